@@ -1,0 +1,38 @@
+{{/*
+The config file both faces read. The user's `config:` is passed through verbatim; the chart
+owns only what it wires itself (listen address, TLS paths, the time budget derived from the
+webhook's timeoutSeconds, audit paths) and prepends the monitor's exemption.
+*/}}
+{{- define "portcullis.configText" -}}
+{{- $v := .Values }}
+{{- $cfg := deepCopy $v.config }}
+{{- $server := dict
+      "listen" (printf "0.0.0.0:%d" (int $v.webhook.port))
+      "tls_cert" "/etc/portcullis/tls/tls.crt"
+      "tls_key" "/etc/portcullis/tls/tls.key"
+      "timeout_seconds" $v.webhook.timeoutSeconds
+      "margin_seconds" $v.webhook.marginSeconds }}
+{{- $_ := set $cfg "server" (mustMergeOverwrite (deepCopy (default dict (get $cfg "server"))) $server) }}
+{{- $exemptions := list }}
+{{- if and $v.monitor.enabled $v.monitor.exemption }}
+{{- $exemptions = append $exemptions (dict
+      "namespaces" (list .Release.Namespace)
+      "checks" (list "privilege")
+      "reason" (printf "portcullis runtime monitor (DaemonSet %s-monitor, service account %s): needs host PID, BPF/PERFMON capabilities and the tracefs hostPath; exempt from the privilege check only, in namespace %s only" (include "portcullis.fullname" .) (include "portcullis.monitorServiceAccount" .) .Release.Namespace)) }}
+{{- end }}
+{{- range (default list (get $cfg "exemptions")) }}
+{{- $exemptions = append $exemptions . }}
+{{- end }}
+{{- if $exemptions }}
+{{- $_ := set $cfg "exemptions" $exemptions }}
+{{- end }}
+{{- if $v.audit.enabled }}
+{{- $audit := dict
+      "directory" "/var/lib/portcullis/audit"
+      "signing_key" (printf "/etc/portcullis/audit-key/%s" $v.audit.signingKey.key) }}
+{{- with $v.audit.origin }}{{ $_ := set $audit "origin" . }}{{ end }}
+{{- with $v.audit.witnesses }}{{ $_ := set $audit "witnesses" . }}{{ end }}
+{{- $_ := set $cfg "audit" (mustMergeOverwrite (deepCopy (default dict (get $cfg "audit"))) $audit) }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}

@@ -1,0 +1,115 @@
+"""AdmissionReview decoding: every malformed input is a clear ReviewError, never a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from webhook import errors
+from webhook.admission import review
+from webhook.admission.decision import Finding, Mode, Verdict, Violation
+
+from .conftest import pod
+from .conftest import review as make_review
+
+
+def test_valid_review_decodes_every_field() -> None:
+    body = orjson.dumps(make_review(pod(), dry_run=True))
+    decoded = review.decode(body)
+    assert decoded.kind == "Pod"
+    assert decoded.operation == "CREATE"
+    assert decoded.dry_run is True
+    assert decoded.username == "alice"
+    assert decoded.object is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[]", "must be a JSON object"),
+        (b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}', "apiVersion must be"),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "Pod"}', "kind must be 'AdmissionReview'"),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}', "request is missing"),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}', "uid"),
+    ],
+)
+def test_malformed_reviews_name_the_problem(body: bytes, reason: str) -> None:
+    with pytest.raises(errors.ReviewError, match=reason):
+        review.decode(body)
+
+
+def test_non_object_workload_is_rejected() -> None:
+    doc = make_review(pod())
+    doc["request"]["object"] = "a string"
+    with pytest.raises(errors.ReviewError, match=r"request.object must be an object"):
+        review.decode(orjson.dumps(doc))
+
+
+def test_wrong_types_in_request_are_rejected() -> None:
+    doc = make_review(pod())
+    doc["request"]["dryRun"] = "yes"
+    with pytest.raises(errors.ReviewError, match="dryRun"):
+        review.decode(orjson.dumps(doc))
+    doc = make_review(pod())
+    doc["request"]["userInfo"]["groups"] = "admins"
+    with pytest.raises(errors.ReviewError, match="groups"):
+        review.decode(orjson.dumps(doc))
+
+
+def test_denied_response_echoes_uid_and_lists_every_violation() -> None:
+    v1 = Violation("privilege", "privileged container", container="a", path="spec.containers[0].securityContext")
+    v2 = Violation("images", "no signature", container="b")
+    verdict = Verdict(False, (Finding(v1, Mode.ENFORCE), Finding(v2, Mode.ENFORCE)), ("w",), {"k": "v"}, ())
+    out = orjson.loads(review.encode("uid-1", verdict))
+    assert out["apiVersion"] == "admission.k8s.io/v1"
+    response = out["response"]
+    assert response["uid"] == "uid-1"
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 403
+    assert "privileged container" in response["status"]["message"]
+    assert "no signature" in response["status"]["message"]
+    assert response["warnings"] == ["w"]
+    assert response["auditAnnotations"] == {"k": "v"}
+
+
+def test_mutating_response_carries_a_json_patch() -> None:
+    import base64
+
+    patch = ({"op": "replace", "path": "/spec/containers/0/image", "value": "x@sha256:00"},)
+    verdict = Verdict(True, (), (), {}, patch)
+    response = orjson.loads(review.encode("u", verdict, mutating=True))["response"]
+    assert response["patchType"] == "JSONPatch"
+    assert orjson.loads(base64.b64decode(response["patch"])) == list(patch)
+    assert "patch" not in orjson.loads(review.encode("u", verdict))["response"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_decoder_never_crashes_on_random_bytes(body: bytes) -> None:
+    with contextlib.suppress(errors.ReviewError):
+        review.decode(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(request=st.dictionaries(
+    st.sampled_from(["uid", "kind", "operation", "object", "oldObject", "userInfo", "dryRun", "namespace",
+                     "name", "resource", "subResource"]),
+    json_values, max_size=11))  # fmt: skip
+def test_decoder_never_crashes_on_random_requests(request: dict[str, object]) -> None:
+    doc = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+    body = json.dumps(doc).encode()
+    with contextlib.suppress(errors.ReviewError):
+        review.decode(body)

@@ -1,0 +1,7 @@
+"""``python -m webhook`` runs the ``portcullis`` command."""
+
+import sys
+
+from webhook.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""Sub-commands of the admission face: ``serve``, ``certs`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from webhook import config as config_mod
+from webhook import errors
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add ``serve``, ``certs`` and ``demo`` to the ``portcullis`` parser."""
+    serve = subparsers.add_parser("serve", help="run the admission webhook over HTTPS")
+    serve.add_argument("--config", type=Path, help="config file (YAML); defaults apply without one")
+    serve.add_argument("--listen", help="HOST:PORT to listen on (default from config: 0.0.0.0:8443)")
+    serve.add_argument("--tls-cert", type=Path, help="serving certificate (PEM); reloaded when it changes")
+    serve.add_argument("--tls-key", type=Path, help="private key of the serving certificate (PEM)")
+    serve.add_argument("--dev", action="store_true", help="self-signed certificate in a temp dir (prints its CA)")
+    serve.set_defaults(func=_serve)
+
+    certs = subparsers.add_parser("certs", help="create a CA and a serving certificate for the webhook")
+    certs.add_argument("--dns", action="append", required=True, help="Service DNS name (repeatable)")
+    certs.add_argument("--out", type=Path, required=True, help="directory for ca.crt, tls.crt, tls.key")
+    certs.add_argument("--days", type=int, default=365, help="validity of the serving certificate")
+    certs.add_argument("--k8s-secret", metavar="NAMESPACE/NAME", help="also store them in this TLS Secret")
+    certs.add_argument(
+        "--k8s-webhooks", metavar="NAME[,NAME]", help="also set caBundle in these webhook configurations"
+    )
+    certs.set_defaults(func=_certs)
+
+    demo = subparsers.add_parser(
+        "demo", help="start the webhook on loopback with a self-signed certificate and send it sample reviews"
+    )
+    demo.add_argument("--config", type=Path, help="config file (YAML); defaults apply without one")
+    demo.set_defaults(func=_demo)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from webhook.admission import service
+
+    cfg = config_mod.load(args.config)
+    listen = service.Listen.parse(args.listen or cfg.server.listen)
+    if args.dev:
+        if args.tls_cert or args.tls_key:
+            raise errors.ConfigError("--dev makes its own certificate: drop --tls-cert/--tls-key")
+        files = service.dev_certificates()
+        print(f"dev certificate: CA at {files.ca_cert}", file=sys.stderr)
+        cert, key = files.cert, files.key
+    else:
+        cert_s = args.tls_cert or cfg.server.tls_cert
+        key_s = args.tls_key or cfg.server.tls_key
+        if not cert_s or not key_s:
+            raise errors.ConfigError("serve needs --tls-cert and --tls-key (or server.tls_cert/tls_key), or --dev")
+        cert, key = Path(cert_s), Path(key_s)
+    with service.event_loop_runner() as runner:
+        runner.run(service.serve(cfg, listen, cert, key))
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from webhook.admission import certs
+
+    names: list[str] = []
+    for dns in args.dns:
+        names += certs.service_names(dns)
+    files = certs.generate(list(dict.fromkeys(names)), args.out, days=args.days)
+    print(f"wrote {files.ca_cert}, {files.cert}, {files.key}")
+    if args.k8s_secret or args.k8s_webhooks:
+        from webhook.admission import certs_k8s
+
+        certs_k8s.publish(files, secret=args.k8s_secret, webhooks=args.k8s_webhooks)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from webhook.admission import demo, service
+
+    cfg = config_mod.load(args.config)
+    with service.event_loop_runner() as runner:
+        return runner.run(demo.run(cfg))

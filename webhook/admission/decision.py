@@ -1,0 +1,154 @@
+"""Violations, modes and how they combine into one verdict (decide stage of admission and CI)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Mode(StrEnum):
+    """What a violation does: deny, warn the user, or only annotate the audit record."""
+
+    ENFORCE = "enforce"
+    WARN = "warn"
+    AUDIT = "audit"
+    OFF = "off"
+
+
+class FailureMode(StrEnum):
+    """What a check that cannot finish (timeout, upstream down) yields: fail closed by default."""
+
+    DENY = "deny"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One finding of one check: which check, where, and how to fix it.
+
+    ``mode`` is set only when the check decides it itself (e.g. a PSS level evaluated for
+    ``warn``, an image pattern with its own mode); otherwise the check's resolved mode applies.
+    """
+
+    check: str
+    message: str
+    container: str | None = None
+    path: str | None = None
+    mode: Mode | None = None
+
+    def describe(self) -> str:
+        where = f"{self.container}: " if self.container else ""
+        field_ = f" ({self.path})" if self.path else ""
+        return f"[{self.check}] {where}{self.message}{field_}"
+
+    def to_json(self, mode: Mode | None = None) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "container": self.container,
+            "path": self.path,
+            "message": self.message,
+            "mode": str(mode or self.mode or Mode.ENFORCE),
+        }
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """What one check returns: findings plus what it learnt for the mutation, Rego and audit."""
+
+    violations: list[Violation] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # informational, never deny (e.g. 80% of quota)
+    patches: list[dict[str, Any]] = field(default_factory=list)  # JSON Patch ops for /mutate
+    context: dict[str, Any] = field(default_factory=dict)  # exposed to Rego input and the audit record
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A violation with its resolved mode."""
+
+    violation: Violation
+    mode: Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The combined answer for one review."""
+
+    allowed: bool
+    findings: tuple[Finding, ...]
+    warnings: tuple[str, ...]
+    audit_annotations: Mapping[str, str]
+    patches: tuple[dict[str, Any], ...]
+    exempt_reason: str | None = None
+    skipped_reason: str | None = None
+
+    @property
+    def denials(self) -> tuple[Violation, ...]:
+        return tuple(f.violation for f in self.findings if f.mode is Mode.ENFORCE)
+
+    def deny_message(self) -> str:
+        denials = self.denials
+        lines = "; ".join(v.describe() for v in denials)
+        noun = "violation" if len(denials) == 1 else "violations"
+        return f"denied by portcullis: {len(denials)} {noun}: {lines}"
+
+
+_MAX_WARNINGS = 50  # the apiserver truncates long warning lists; keep ours readable
+
+
+def combine(
+    results: Mapping[str, CheckResult],
+    modes: Mapping[str, Mode],
+    *,
+    exempt_checks: frozenset[str] = frozenset(),
+) -> Verdict:
+    """Combine the results of every check into one verdict.
+
+    ``modes`` maps check id to its resolved mode for this request; a violation's own mode, when
+    set, is capped by it (a check set to ``warn`` never denies, one set to ``off`` says nothing).
+    """
+    findings: list[Finding] = []
+    warnings: list[str] = []
+    annotations: dict[str, str] = {}
+    patches: list[dict[str, Any]] = []
+    for check_id, result in results.items():
+        check_mode = modes.get(check_id, Mode.ENFORCE)
+        if check_mode is Mode.OFF or check_id in exempt_checks:
+            continue
+        warnings.extend(result.warnings)
+        patches.extend(result.patches)
+        for violation in result.violations:
+            mode = _weaker(violation.mode, check_mode)
+            if mode is Mode.OFF:
+                continue
+            findings.append(Finding(violation, mode))
+    audit_lines: dict[str, list[str]] = {}
+    for finding in findings:
+        if finding.mode is Mode.WARN:
+            warnings.append(finding.violation.describe())
+        elif finding.mode is Mode.AUDIT:
+            audit_lines.setdefault(finding.violation.check, []).append(finding.violation.describe())
+    for check_id, lines in audit_lines.items():
+        annotations[f"portcullis.dev/{check_id}"] = "; ".join(lines)
+    allowed = not any(f.mode is Mode.ENFORCE for f in findings)
+    return Verdict(
+        allowed=allowed,
+        findings=tuple(findings),
+        warnings=tuple(_dedupe(warnings))[:_MAX_WARNINGS],
+        audit_annotations=annotations,
+        patches=tuple(patches) if allowed else (),
+    )
+
+
+_STRENGTH = {Mode.OFF: 0, Mode.AUDIT: 1, Mode.WARN: 2, Mode.ENFORCE: 3}
+
+
+def _weaker(own: Mode | None, configured: Mode) -> Mode:
+    if own is None:
+        return configured
+    return own if _STRENGTH[own] <= _STRENGTH[configured] else configured
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

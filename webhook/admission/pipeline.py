@@ -1,0 +1,225 @@
+"""One review through every check to a verdict: shared by the webhook server and ``portcullis check``.
+
+Order: skip what must not be judged (other subresources, unchanged updates), resolve exemptions
+and modes, run the checks inside the request's deadline (those that do I/O concurrently), turn
+upstream failures into each check's failure mode, combine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from webhook import errors
+from webhook.admission import workloads
+from webhook.admission.deadline import Deadline
+from webhook.admission.decision import CheckResult, FailureMode, Mode, Verdict, Violation, combine
+from webhook.admission.workloads import PodSpecRef
+from webhook.checks.base import Check, RequestContext
+from webhook.config import Config
+
+log = logging.getLogger("portcullis.admission")
+
+# Subresources whose requests carry a pod spec to judge; every other one passes untouched.
+_JUDGED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
+_JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
+# Object metadata that checks may read (policies on labels/annotations); the rest of metadata
+# (resourceVersion, managedFields, ...) changes on every update and must not force a re-judgement.
+_JUDGED_METADATA = ("labels", "annotations")
+
+
+class NamespaceLabels(Protocol):
+    """Where namespace labels come from: the API server's namespace watch, or config."""
+
+    def labels(self, namespace: str) -> Mapping[str, str] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What is being admitted, independent of how it arrived (webhook review or CI manifest)."""
+
+    operation: str
+    kind: str
+    namespace: str
+    name: str
+    object: Mapping[str, Any]
+    old_object: Mapping[str, Any] | None = None
+    subresource: str = ""
+    username: str = ""
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A verdict plus what the checks learnt (for the audit record and Rego)."""
+
+    verdict: Verdict
+    pods: tuple[PodSpecRef, ...]
+    context: Mapping[str, Any]
+    checks_run: tuple[str, ...]
+
+
+class Pipeline:
+    """The configured checks and how to run them; one per server (or CI run)."""
+
+    def __init__(self, config: Config, checks: Sequence[Check], namespaces: NamespaceLabels | None = None) -> None:
+        self.config = config
+        self.checks = tuple(checks)
+        self._namespaces = namespaces
+        # Checks whose run may await I/O start first and overlap; the rest run inline.
+        self._io_checks = tuple(c for c in self.checks if getattr(c, "does_io", False) and c.id != "rego")
+        self._inline_checks = tuple(c for c in self.checks if c not in self._io_checks and c.id != "rego")
+        self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
+
+    async def start(self) -> None:
+        for check in self.checks:
+            start = getattr(check, "start", None)
+            if start is not None:
+                await start()
+
+    async def close(self) -> None:
+        for check in reversed(self.checks):
+            close = getattr(check, "close", None)
+            if close is not None:
+                await close()
+
+    def ready(self) -> bool:
+        return all(getattr(c, "ready", lambda: True)() for c in self.checks)
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        if self._namespaces is not None:
+            labels = self._namespaces.labels(namespace)
+            if labels is not None:
+                return labels
+        settings = self.config.namespaces.get(namespace)
+        return settings.labels if settings is not None else {}
+
+    async def evaluate(self, subject: Subject, deadline: Deadline) -> Outcome:
+        """Judge one subject. Raises ``ReviewError`` only for content that cannot be judged."""
+        if subject.subresource not in _JUDGED_SUBRESOURCES:
+            return _skipped(f"subresource {subject.subresource!r} is not judged")
+        if subject.operation not in _JUDGED_OPERATIONS:
+            return _skipped(f"operation {subject.operation} is not judged")
+        if not workloads.carries_pod_spec(subject.kind):
+            raise errors.ReviewError(
+                f"portcullis cannot find pod specs in kind {subject.kind!r}; "
+                f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
+            )
+        pods = workloads.pod_specs(subject.object, subject.kind)
+        if subject.operation == "UPDATE" and subject.old_object is not None:
+            old_pods = workloads.pod_specs(subject.old_object, subject.kind)
+            if _same_judged_content(pods, old_pods):
+                return _skipped("the update changes nothing a check looks at", pods)
+        labels = self.namespace_labels(subject.namespace)
+        ctx = RequestContext(
+            operation=subject.operation,
+            kind=subject.kind,
+            namespace=subject.namespace,
+            name=subject.name,
+            namespace_labels=labels,
+            username=subject.username,
+            groups=subject.groups,
+            uid=subject.uid,
+            dry_run=subject.dry_run,
+            subresource=subject.subresource,
+            deadline=deadline,
+            object=subject.object,
+            old_object=subject.old_object,
+        )
+        exempt, reason = self._exemptions(ctx, pods)
+        modes = {c.id: self.config.mode_for(c.id, labels) for c in self.checks}
+        active = [c for c in self.checks if c.id not in exempt and modes[c.id] is not Mode.OFF]
+        results = await self._run(active, pods, ctx)
+        verdict = combine(results, modes)
+        if reason:
+            verdict = _with_exempt_reason(verdict, reason)
+        return Outcome(verdict, tuple(pods), ctx.shared, tuple(results))
+
+    async def _run(
+        self, active: Sequence[Check], pods: Sequence[PodSpecRef], ctx: RequestContext
+    ) -> dict[str, CheckResult]:
+        results: dict[str, CheckResult] = {}
+        tasks = {c.id: asyncio.ensure_future(self._guarded(c, pods, ctx)) for c in self._io_checks if c in active}
+        for check in self._inline_checks:
+            if check in active:
+                results[check.id] = await self._guarded(check, pods, ctx)
+        for check_id, task in tasks.items():
+            results[check_id] = await task
+        for check in self._late_checks:
+            if check in active:
+                results[check.id] = await self._guarded(check, pods, ctx)
+        return {c.id: results[c.id] for c in self.checks if c.id in results}  # stable report order
+
+    async def _guarded(self, check: Check, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
+        """Run one check; an outside failure or the deadline becomes its failure mode."""
+        try:
+            result = await ctx.deadline.run(check.run(pods, ctx), f"{check.id} check")
+        except errors.UpstreamError as exc:
+            return self._failure(check, str(exc))
+        except errors.InputError:
+            raise
+        except Exception as exc:  # a bug in one check must not crash the webhook or allow silently
+            log.exception("check %s failed unexpectedly", check.id)
+            return self._failure(check, f"internal error: {type(exc).__name__}: {exc}")
+        if result.context:
+            ctx.shared[check.id] = result.context
+        return result
+
+    def _failure(self, check: Check, reason: str) -> CheckResult:
+        settings = self.config.checks.get(check.id)
+        failure_mode = settings.failure_mode if settings is not None else check.failure_mode
+        if failure_mode is FailureMode.ALLOW:
+            return CheckResult(warnings=[f"[{check.id}] could not finish, allowed by failure mode: {reason}"])
+        message = f"could not finish ({reason}); denied by failure mode 'deny'"
+        return CheckResult(violations=[Violation(check.id, message)])
+
+    def _exemptions(self, ctx: RequestContext, pods: Sequence[PodSpecRef]) -> tuple[set[str], str]:
+        runtime_classes = {p.spec.get("runtimeClassName") for p in pods}
+        exempt: set[str] = set()
+        reasons: list[str] = []
+        all_ids = {c.id for c in self.checks}
+        for rule in self.config.exemptions:
+            if not (
+                ctx.namespace in rule.namespaces
+                or ctx.username in rule.usernames
+                or (rule.runtime_classes and runtime_classes & set(rule.runtime_classes))
+            ):
+                continue
+            checks = set(rule.checks) if rule.checks else all_ids
+            exempt |= checks
+            reasons.append(rule.reason or f"exempted from {', '.join(sorted(checks))}")
+        return exempt, "; ".join(reasons)
+
+
+def _same_judged_content(new: Sequence[PodSpecRef], old: Sequence[PodSpecRef]) -> bool:
+    if len(new) != len(old):
+        return False
+    for a, b in zip(new, old, strict=True):
+        if a.spec != b.spec:
+            return False
+        if any(a.metadata.get(k) != b.metadata.get(k) for k in _JUDGED_METADATA):
+            return False
+    return True
+
+
+def _skipped(reason: str, pods: Sequence[PodSpecRef] = ()) -> Outcome:
+    verdict = Verdict(True, (), (), {}, (), skipped_reason=reason)
+    return Outcome(verdict, tuple(pods), {}, ())
+
+
+def _with_exempt_reason(verdict: Verdict, reason: str) -> Verdict:
+    annotations = {**verdict.audit_annotations, "portcullis.dev/exempt": reason}
+    return Verdict(
+        verdict.allowed,
+        verdict.findings,
+        verdict.warnings,
+        annotations,
+        verdict.patches,
+        exempt_reason=reason,
+        skipped_reason=verdict.skipped_reason,
+    )

@@ -1,0 +1,200 @@
+"""The admission webhook over HTTPS: /validate, /mutate, /healthz, /readyz, /metrics.
+
+Decoding and judging are delegated (``review``, ``pipeline``); this module owns HTTP concerns:
+body limits, the request's deadline (the apiserver's ``?timeout=`` or the configured one, less
+a margin), load shedding, metrics, and recording each decision in the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from webhook import errors
+from webhook.admission import review
+from webhook.admission.deadline import Deadline
+from webhook.admission.metrics import WebhookMetrics
+from webhook.admission.pipeline import Outcome, Pipeline, Subject
+from webhook.config.server import ServerConfig
+
+log = logging.getLogger("portcullis.server")
+
+_JSON = "application/json"
+_TIMEOUT_PARAM = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
+
+
+class DecisionRecorder(Protocol):
+    """Where decisions go (the audit log); ``record`` must not block the event loop."""
+
+    async def record(self, endpoint: str, request: review.ReviewRequest, outcome: Outcome) -> None: ...
+
+
+class WebhookServer:
+    """Holds the per-process state the handlers share (no globals on the hot path)."""
+
+    def __init__(
+        self,
+        settings: ServerConfig,
+        pipeline: Pipeline,
+        *,
+        metrics: WebhookMetrics | None = None,
+        recorder: DecisionRecorder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics or WebhookMetrics()
+        self.recorder = recorder
+        self._in_flight = 0
+        self._budget = settings.budget_seconds
+
+    def app(self) -> web.Application:
+        # client_max_size a little above our own limit, so we answer the oversize case ourselves.
+        app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
+        app.router.add_post("/validate", self._endpoint("validate", mutating=False))
+        app.router.add_post("/mutate", self._endpoint("mutate", mutating=True))
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        await self.pipeline.start()
+
+    async def _on_cleanup(self, _app: web.Application) -> None:
+        await self.pipeline.close()
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        if self.pipeline.ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready: waiting for the first list of cluster state\n")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    def _endpoint(self, name: str, *, mutating: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            if self._in_flight >= self.settings.max_in_flight:
+                self.metrics.shed += 1
+                response = _error(429, "webhook overloaded: too many reviews in flight, retry later")
+                response.headers["Retry-After"] = "1"
+            else:
+                self._in_flight += 1
+                try:
+                    response = await self._review(name, request, mutating=mutating)
+                finally:
+                    self._in_flight -= 1
+            self.metrics.observe(name, response.status, time.perf_counter() - started)
+            return response
+
+        return handle
+
+    async def _review(self, endpoint: str, request: web.Request, *, mutating: bool) -> web.Response:
+        deadline = Deadline.after(self._request_budget(request))
+        try:
+            body = await _read_body(request, self.settings.max_body_bytes)
+            decoded = review.decode(body)
+        except errors.ReviewError as exc:
+            return _error(400, f"invalid AdmissionReview: {exc}")
+        try:
+            outcome = await self.pipeline.evaluate(_subject(decoded), deadline)
+        except errors.ReviewError as exc:
+            # The review is well-formed but its object cannot be judged: deny with the reason.
+            self.metrics.decisions[(endpoint, "invalid")] += 1
+            return web.Response(body=review.encode_error(decoded.uid, str(exc)), content_type=_JSON)
+        verdict = outcome.verdict
+        self.metrics.decisions[(endpoint, _result(outcome))] += 1
+        if not mutating:
+            for finding in verdict.findings:
+                self.metrics.violations[(finding.violation.check, finding.mode.value)] += 1
+        if self.recorder is not None:
+            await self.recorder.record(endpoint, decoded, outcome)
+        return web.Response(body=review.encode(decoded.uid, verdict, mutating=mutating), content_type=_JSON)
+
+    def _request_budget(self, request: web.Request) -> float:
+        """The apiserver sends its own timeout as ``?timeout=10s``; the smaller one wins."""
+        budget = self._budget
+        raw = request.query.get("timeout")
+        if raw:
+            match = _TIMEOUT_PARAM.match(raw)
+            if match:
+                value = float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
+                budget = min(budget, max(0.05, value - self.settings.margin_seconds))
+        return budget
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.ReviewError(f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise errors.ReviewError(f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+        raise errors.ReviewError(f"body could not be read: {exc}") from exc
+    if not chunks:
+        raise errors.ReviewError("body is empty")
+    return b"".join(chunks)
+
+
+def _subject(decoded: review.ReviewRequest) -> Subject:
+    obj: Any = decoded.object if decoded.object is not None else {}
+    # request.kind is authoritative; for pods/ephemeralcontainers it is the whole Pod.
+    kind = "Pod" if decoded.subresource == "ephemeralcontainers" else decoded.kind
+    return Subject(
+        operation=decoded.operation,
+        kind=kind,
+        namespace=decoded.namespace or _object_namespace(obj),
+        name=decoded.name or _object_name(obj),
+        object=obj,
+        old_object=decoded.old_object,
+        subresource=decoded.subresource,
+        username=decoded.username,
+        groups=decoded.groups,
+        uid=decoded.uid,
+        dry_run=decoded.dry_run,
+    )
+
+
+def _object_namespace(obj: Any) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    value = meta.get("namespace") if isinstance(meta, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _object_name(obj: Any) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return ""
+    value = meta.get("name") or meta.get("generateName")
+    return value if isinstance(value, str) else ""
+
+
+def _result(outcome: Outcome) -> str:
+    verdict = outcome.verdict
+    if verdict.skipped_reason:
+        return "skipped"
+    if not verdict.allowed:
+        return "denied"
+    if verdict.warnings:
+        return "warned"
+    return "allowed"
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status)

@@ -1,0 +1,274 @@
+"""The audit log writer: sequencing, durable group commit, signed checkpoints, witnessing.
+
+Called by the admission webhook and the runtime monitor (``await log.append(...)``) and by
+``portcullis audit append``. One writer task owns the files; callers await the index of
+their record, which is returned only once the record and its tiles are fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from webhook import errors
+from webhook.audit import merkle, note, records, store, tiles, witness
+from webhook.audit.records import AuditRecord
+from webhook.audit.tiles import ENTRIES, TILE_WIDTH
+
+__all__ = ["AuditLog", "AuditRecord", "LogClosedError", "read_records"]
+
+log = logging.getLogger("portcullis.audit")
+CHECKPOINT = "checkpoint"
+HISTORY = "checkpoints"
+
+
+class LogClosedError(errors.PortcullisError):
+    """An append was made after ``close()`` or after a write to disk failed."""
+
+
+class AuditLog:
+    """An open, append-only tile log. Create with ``await AuditLog.open(...)``."""
+
+    def __init__(
+        self,
+        tilestore: store.TileStore,
+        signer: note.Signer | None,
+        origin: str,
+        writer: str,
+        commit_window: float,
+        checkpoint_every: int,
+        checkpoint_interval: float,
+        witnesses: list[witness.WitnessEndpoint],
+    ) -> None:
+        self.directory = tilestore.root
+        self.origin = origin
+        self.writer = writer
+        self._store = tilestore
+        self._signer = signer
+        self._window = commit_window
+        self._cp_every = checkpoint_every
+        self._cp_interval = checkpoint_interval
+        self._witnesses = witnesses
+        self._pending: list[tuple[bytes, asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._failed: BaseException | None = None
+        self._cp_size = -1
+        self._cp_time = time.monotonic()
+        self._cp_lock = asyncio.Lock()
+        self._witness_task: asyncio.Task[None] | None = None
+        self._witness_sizes: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        directory: Path,
+        *,
+        signing_key_path: Path | None,
+        origin: str,
+        writer: str,
+        commit_window: float = 0.005,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 10.0,
+        durable: bool = True,
+        witnesses: Iterable[witness.WitnessEndpoint | str] = (),
+    ) -> AuditLog:
+        """Open (creating or recovering) the log in ``directory`` and start its writer task.
+
+        Raises ``AuditFormatError`` if the directory holds a log that does not match its
+        latest checkpoint (tampering, or acknowledged records lost).
+        """
+        directory = Path(directory)
+        signer = note.load_signer(Path(signing_key_path)) if signing_key_path else None
+        if not origin or "\n" in origin:
+            raise errors.ConfigError(f"audit log origin {origin!r} must be one non-empty line")
+        tilestore = await asyncio.to_thread(store.TileStore.recover, directory, durable)
+        self = cls(
+            tilestore,
+            signer,
+            origin,
+            writer,
+            commit_window,
+            checkpoint_every,
+            checkpoint_interval,
+            [witness.WitnessEndpoint.parse(w) for w in witnesses],
+        )
+        self._cp_size = await asyncio.to_thread(self._check_existing_checkpoint)
+        self._task = asyncio.create_task(self._run(), name=f"audit-writer:{origin}")
+        return self
+
+    @property
+    def size(self) -> int:
+        """Entries staged so far (acknowledged ones are a prefix of these)."""
+        return self._store.size
+
+    async def append(self, kind: Literal["admission", "alert", "config"], content: dict[str, Any]) -> int:
+        """Append one record; returns its leaf index once it is durable on disk."""
+        if self._closing or self._failed is not None:
+            raise LogClosedError(f"audit log {self.directory} is closed") from self._failed
+        entry = records.encode_record(records.now(), kind, self.writer, content)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, fut))
+        self._wake.set()
+        return await fut
+
+    async def close(self) -> None:
+        """Flush pending records, write a final checkpoint and stop the writer."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        await self._task
+        self._task = None
+        if self._failed is None:
+            await self._checkpoint(force=True)
+        if self._witness_task is not None:
+            await self._witness_task
+
+    # -- writer task ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                timeout = max(0.0, self._cp_interval - (time.monotonic() - self._cp_time))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                if not self._pending:
+                    await self._checkpoint()
+                    continue
+                if self._window > 0 and not self._closing:
+                    await asyncio.sleep(self._window)
+            batch, self._pending = self._pending, []
+            first = self._store.size
+            try:
+                staged = self._store.stage([entry for entry, _ in batch])
+                await asyncio.to_thread(self._store.write, staged)
+            except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
+                self._failed = exc
+                log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
+                for _, fut in batch + self._pending:
+                    if not fut.done():
+                        fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
+                self._pending = []
+                self._closing = True
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for i, (_, fut) in enumerate(batch):
+                if not fut.done():
+                    fut.set_result(first + i)
+            due = self._store.size - max(self._cp_size, 0) >= self._cp_every
+            if due or time.monotonic() - self._cp_time >= self._cp_interval:
+                await self._checkpoint()
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def _check_existing_checkpoint(self) -> int:
+        path = self.directory / CHECKPOINT
+        if not path.exists():
+            return -1
+        data = path.read_bytes()
+        if self._signer is not None:
+            cp, _ = note.open_checkpoint(data, self._signer.verifier, str(path))
+        else:
+            cp = note.parse_checkpoint(note.parse_note(data, str(path)).text, str(path))
+        if cp.size > self._store.size:
+            raise store.RecoveryError(
+                f"{path}: signed size {cp.size} but only {self._store.size} entries are on disk "
+                "(acknowledged records were lost or removed)"
+            )
+        reader = tiles.TileReader(self.directory, self._store.size)
+        if merkle.root_at(reader.node, cp.size) != cp.root:
+            raise store.RecoveryError(
+                f"{path}: root hash does not match the log; run 'portcullis audit verify'"
+            )
+        return cp.size
+
+    async def _checkpoint(self, force: bool = False) -> None:
+        size = self._store.size
+        self._cp_time = time.monotonic()
+        if self._signer is None or size == self._cp_size or (size == 0 and not force):
+            return
+        cp = note.Checkpoint(self.origin, size, self._store.border.root())
+        signed = note.sign_checkpoint(cp, self._signer)
+        async with self._cp_lock:
+            await asyncio.to_thread(self._write_checkpoint, signed, size)
+        self._cp_size = size
+        if self._witnesses and (self._witness_task is None or self._witness_task.done()):
+            self._witness_task = asyncio.create_task(self._cosign(signed, size))
+
+    def _write_checkpoint(self, signed: bytes, size: int) -> None:
+        durable = self._store.durable
+        store.write_atomic(self.directory / HISTORY / str(size), signed, durable, 0o644)
+        store.write_atomic(self.directory / CHECKPOINT, signed, durable, 0o644)
+        if durable:
+            store.fsync_dir(self.directory / HISTORY)
+            store.fsync_dir(self.directory)
+
+    async def _cosign(self, signed: bytes, size: int) -> None:
+        """Push a checkpoint to the witnesses and fold their cosignatures into the stored copy."""
+        reader = tiles.TileReader(self.directory, size)
+
+        def proof(old: int) -> list[bytes]:
+            return merkle.consistency_proof(reader.node, old, size)
+
+        lines = await witness.collect_cosignatures(self._witnesses, signed, size, proof, self._witness_sizes)
+        if not lines:
+            return
+        async with self._cp_lock:
+            await asyncio.to_thread(self._add_cosignatures, signed, size, lines)
+
+    def _add_cosignatures(self, signed: bytes, size: int, lines: list[str]) -> None:
+        extra = "".join(lines).encode()
+        for path in (self.directory / HISTORY / str(size), self.directory / CHECKPOINT):
+            if path.exists() and path.read_bytes() == signed:
+                store.write_atomic(path, signed + extra, self._store.durable, 0o644)
+
+
+def read_records(directory: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Iterate ``(index, record)`` over a log directory's entry bundles, in order.
+
+    Reads full bundles then the widest partial bundle; raises ``AuditFormatError`` on a
+    malformed bundle (use ``portcullis audit verify`` to locate tampering).
+    """
+    for index, entry in iter_entries(Path(directory)):
+        try:
+            yield index, orjson.loads(entry)
+        except orjson.JSONDecodeError as exc:
+            raise records.RecordError(f"{directory}: entry {index} is not JSON ({exc})") from exc
+
+
+def iter_entries(directory: Path) -> Iterator[tuple[int, bytes]]:
+    """Raw entries of a log directory, bundle by bundle."""
+    index = 0
+    bundle = 0
+    while True:
+        rel = tiles.tile_path(ENTRIES, bundle)
+        path = directory / rel
+        if not path.exists():
+            widths = store._partial_widths(directory, ENTRIES, bundle)
+            if not widths:
+                return
+            rel = tiles.tile_path(ENTRIES, bundle, widths[0])
+            path = directory / rel
+        try:
+            entries = tiles.decode_bundle(path.read_bytes())
+        except tiles.TileFormatError as exc:
+            raise records.RecordError(f"{path}: {exc} (at byte {exc.offset})") from exc
+        for entry in entries:
+            yield index, entry
+            index += 1
+        if len(entries) < TILE_WIDTH:
+            return
+        bundle += 1

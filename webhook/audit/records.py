@@ -1,0 +1,102 @@
+"""Audit records: one RFC 8785 (JCS) canonical JSON object per log entry.
+
+The writer encodes here on the hot path; ``verify`` and readers decode here. A record is
+``{"content": {...}, "kind": "admission|alert|config", "time": RFC 3339 UTC, "writer": "..."}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import orjson
+import rfc8785
+
+from webhook import errors
+
+Kind = Literal["admission", "alert", "config"]
+KINDS: frozenset[str] = frozenset(get_args(Kind))
+MAX_RECORD = 0xFFFF  # an entry bundle stores a uint16 length
+_SAFE_INT = 2**53 - 1
+
+
+class RecordError(errors.AuditFormatError):
+    """A record cannot be encoded, or a stored entry is not a valid record."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    time: str
+    kind: Kind
+    writer: str
+    content: dict[str, Any]
+
+    def encode(self) -> bytes:
+        return encode_record(self.time, self.kind, self.writer, self.content)
+
+
+def _orjson_is_jcs(obj: Any) -> bool:
+    """Whether orjson's sorted output equals JCS for this value (no floats, safe ints, BMP keys).
+
+    JCS sorts keys by UTF-16 code units and formats numbers as ECMAScript does; orjson sorts
+    by code point and prints floats differently, so those cases take the slow exact path.
+    """
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return True
+    if t is int:
+        return bool(-_SAFE_INT <= obj <= _SAFE_INT)
+    if t is dict:
+        for k, v in obj.items():
+            if type(k) is not str or (not k.isascii() and max(k) >= "\ue000"):
+                return False
+            if not _orjson_is_jcs(v):
+                return False
+        return True
+    if t is list or t is tuple:
+        return all(_orjson_is_jcs(v) for v in obj)
+    return False
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 canonical JSON bytes; raises ``RecordError`` for values JSON cannot hold."""
+    if _orjson_is_jcs(obj):
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    try:
+        return rfc8785.dumps(obj)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise RecordError(f"record content is not representable as canonical JSON: {exc}") from exc
+
+
+def now() -> str:
+    """RFC 3339 UTC timestamp with microseconds, as stored in records."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_record(time: str, kind: str, writer: str, content: dict[str, Any]) -> bytes:
+    if kind not in KINDS:
+        raise RecordError(f"record kind {kind!r} is not one of {sorted(KINDS)}")
+    if not isinstance(content, dict):
+        raise RecordError(f"record content must be a JSON object, got {type(content).__name__}")
+    data = canonical({"content": content, "kind": kind, "time": time, "writer": writer})
+    if len(data) > MAX_RECORD:
+        raise RecordError(f"record is {len(data)} bytes; the limit is {MAX_RECORD} (shrink the content)")
+    return data
+
+
+def decode_record(data: bytes) -> dict[str, Any]:
+    """Parse a stored entry and check it is a canonical record (raises ``RecordError``)."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"not JSON ({exc})") from exc
+    if not isinstance(obj, dict) or set(obj) != {"content", "kind", "time", "writer"}:
+        raise RecordError("not an object with exactly content, kind, time, writer")
+    if obj["kind"] not in KINDS or not isinstance(obj["content"], dict):
+        raise RecordError(f"bad kind {obj['kind']!r} or content")
+    if not isinstance(obj["time"], str) or not isinstance(obj["writer"], str):
+        raise RecordError("time and writer must be strings")
+    if canonical(obj) != data:
+        raise RecordError("not in RFC 8785 canonical form")
+    return obj

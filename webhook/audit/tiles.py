@@ -1,0 +1,171 @@
+"""C2SP tlog-tiles layout: tile and entry-bundle paths, bundle coding, tile reads.
+
+Used by the writer (``log.py``) to place files, and by proofs and ``verify`` to read them.
+Every path here is relative to the log directory and uses '/' separators, as the spec's URLs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from webhook.audit import merkle
+
+TILE_WIDTH = 256
+TILE_HEIGHT = 8  # log2(TILE_WIDTH): tile level L holds Merkle nodes of height 8 * L
+MAX_ENTRY = 0xFFFF  # uint16 length prefix
+ENTRIES = -1  # the pseudo-level of entry bundles in paths and parsed results
+
+
+class TileFormatError(ValueError):
+    """A tile or bundle file is malformed; ``offset`` is the first bad byte."""
+
+    def __init__(self, message: str, offset: int = 0) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+@dataclass(frozen=True, slots=True)
+class TileId:
+    """One tile or bundle file: level (``ENTRIES`` for bundles), index, width (256 = full)."""
+
+    level: int
+    index: int
+    width: int = TILE_WIDTH
+
+    @property
+    def partial(self) -> bool:
+        return self.width < TILE_WIDTH
+
+    def path(self) -> str:
+        return tile_path(self.level, self.index, self.width)
+
+
+def encode_index(index: int) -> str:
+    """``1234067`` → ``x001/x234/067`` (zero-padded 3-digit segments, all but last 'x'-prefixed)."""
+    if index < 0:
+        raise ValueError(f"tile index {index} is negative")
+    parts = []
+    while True:
+        parts.append(f"{index % 1000:03d}")
+        index //= 1000
+        if index == 0:
+            break
+    parts.reverse()
+    return "/".join(["x" + p for p in parts[:-1]] + [parts[-1]])
+
+
+def tile_path(level: int, index: int, width: int = TILE_WIDTH) -> str:
+    """Relative path of a tile (``level >= 0``) or entry bundle (``level == ENTRIES``)."""
+    lvl = "entries" if level == ENTRIES else str(level)
+    path = f"tile/{lvl}/{encode_index(index)}"
+    if width < TILE_WIDTH:
+        path += f".p/{width}"
+    return path
+
+
+_TILE_RE = re.compile(r"tile/(entries|0|[1-9]\d?)/((?:x\d{3}/)*\d{3})(?:\.p/([1-9]\d{0,2}))?")
+
+
+def parse_tile_path(rel: str) -> TileId | None:
+    """The tile a relative path names, or None if it is not a canonical tile path."""
+    match = _TILE_RE.fullmatch(rel)
+    if match is None:
+        return None
+    lvl, idx, width = match.groups()
+    level = ENTRIES if lvl == "entries" else int(lvl)
+    if level > 63:
+        return None
+    index = int(idx.replace("x", "").replace("/", ""))
+    w = int(width) if width else TILE_WIDTH
+    if (width and w >= TILE_WIDTH) or encode_index(index) != idx:
+        return None
+    return TileId(level, index, w)
+
+
+def tiles_for_size(size: int) -> Iterator[TileId]:
+    """The right-edge tiles a tree of ``size`` needs, per level: last full tile and partial."""
+    level = 0
+    while True:
+        span = TILE_WIDTH**level
+        count = size // span  # stored hashes at this level
+        if count == 0:
+            return
+        full, width = divmod(count, TILE_WIDTH)
+        if width:
+            yield TileId(level, full, width)
+        level += 1
+
+
+def encode_bundle_entry(entry: bytes) -> bytes:
+    if len(entry) > MAX_ENTRY:
+        raise TileFormatError(f"entry of {len(entry)} bytes exceeds the {MAX_ENTRY}-byte limit")
+    return len(entry).to_bytes(2, "big") + entry
+
+
+def decode_bundle(data: bytes) -> list[bytes]:
+    """Split an entry bundle into entries; raises ``TileFormatError`` at the first bad byte."""
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 2 > end:
+            raise TileFormatError(f"truncated length prefix of entry {len(out)}", pos)
+        n = int.from_bytes(data[pos : pos + 2], "big")
+        if pos + 2 + n > end:
+            raise TileFormatError(f"entry {len(out)} claims {n} bytes but only {end - pos - 2} remain", pos)
+        out.append(data[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    return out
+
+
+class TileReader:
+    """Node oracle over a tile directory for a tree of a given size (proofs, roots).
+
+    Reads only the tiles a proof touches; a Merkle node of height ``8L + k`` is rebuilt by
+    hashing ``2**k`` consecutive hashes of a level-L tile.
+    """
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        self.size = size
+        self._cache: dict[tuple[int, int], bytes] = {}
+
+    def tile(self, level: int, index: int) -> bytes:
+        key = (level, index)
+        data = self._cache.get(key)
+        if data is None:
+            data = self._read(level, index)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = data
+        return data
+
+    def _read(self, level: int, index: int) -> bytes:
+        count = self.size // TILE_WIDTH**level
+        width = min(TILE_WIDTH, count - index * TILE_WIDTH)
+        if width <= 0:
+            raise TileFormatError(f"tile {level}/{index} lies beyond tree size {self.size}")
+        full = self.root / tile_path(level, index)
+        if full.exists():
+            data = full.read_bytes()
+            if len(data) != TILE_WIDTH * merkle.HASH_SIZE:
+                raise TileFormatError(f"{tile_path(level, index)}: {len(data)} bytes, expected 8192")
+            return data[: width * merkle.HASH_SIZE]
+        rel = tile_path(level, index, width)
+        try:
+            data = (self.root / rel).read_bytes()
+        except FileNotFoundError:
+            raise TileFormatError(f"{rel}: missing (needed for tree size {self.size})") from None
+        if len(data) != width * merkle.HASH_SIZE:
+            raise TileFormatError(f"{rel}: {len(data)} bytes, expected {width * merkle.HASH_SIZE}")
+        return data
+
+    def node(self, height: int, index: int) -> bytes:
+        level, k = divmod(height, TILE_HEIGHT)
+        first = index << k  # first stored hash at this tile level
+        tile = self.tile(level, first // TILE_WIDTH)
+        off = (first % TILE_WIDTH) * merkle.HASH_SIZE
+        hashes = [tile[off + i * 32 : off + i * 32 + 32] for i in range(1 << k)]
+        return merkle.fold_complete(hashes)

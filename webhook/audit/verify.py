@@ -1,0 +1,308 @@
+"""Full verification of a log directory: recompute every hash, check every file and signature.
+
+Called by ``portcullis audit verify`` (and reports). Streams bundle by bundle, so memory stays
+flat; each problem carries the first leaf index it affects, so the earliest one is "the first
+bad place".
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from webhook.audit import merkle, note, records, tiles
+from webhook.audit.tiles import ENTRIES, TILE_WIDTH
+
+CHECKPOINT = "checkpoint"
+HISTORY = "checkpoints"
+_NOWHERE = 1 << 64  # a problem not tied to one leaf sorts after every located one
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    position: int  # first leaf index affected (or _NOWHERE)
+    message: str
+
+
+@dataclass
+class Result:
+    directory: Path
+    size: int = 0
+    root: bytes = merkle.EMPTY_ROOT
+    origin: str | None = None
+    checkpoint_size: int | None = None
+    checkpoints_checked: int = 0
+    cosigners: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, position: int, message: str) -> None:
+        self.problems.append(Problem(position, message))
+
+    def first(self) -> Problem | None:
+        return min(self.problems) if self.problems else None
+
+
+class _Files:
+    """Every file of the log directory, classified; unknown ones become problems."""
+
+    def __init__(self, root: Path, result: Result) -> None:
+        self.tiles: dict[tuple[int, int], dict[int, Path]] = defaultdict(dict)
+        self.history: dict[int, Path] = {}
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                path = Path(dirpath, name)
+                rel = path.relative_to(root).as_posix()
+                tid = tiles.parse_tile_path(rel)
+                if tid is not None:
+                    self.tiles[(tid.level, tid.index)][tid.width] = path
+                elif rel == CHECKPOINT:
+                    continue
+                elif rel.startswith(HISTORY + "/") and name.isdigit() and str(int(name)) == name:
+                    self.history[int(name)] = path
+                else:
+                    result.add(_NOWHERE, f"{rel}: file not part of a tile log")
+
+
+class _TreeCheck:
+    """Recomputes tiles level by level as leaves stream in, comparing with stored files."""
+
+    def __init__(self, root: Path, files: _Files, result: Result, sizes: set[int]) -> None:
+        self.root, self.files, self.result = root, files, result
+        self.border = merkle.CompactRange()
+        self.bufs: dict[int, bytearray] = defaultdict(bytearray)
+        self.counts: dict[int, int] = defaultdict(int)
+        self.sizes = sizes
+        self.roots: dict[int, bytes] = {}
+
+    def root_of(self, size: int) -> bytes | None:
+        return merkle.EMPTY_ROOT if size == 0 else self.roots.get(size)
+
+    def leaf(self, h: bytes) -> None:
+        self._push(0, h)
+        self.border.append(h, self._on_node)
+        if self.border.size in self.sizes:
+            self.roots[self.border.size] = self.border.root()
+
+    def _on_node(self, height: int, index: int, h: bytes) -> None:
+        if height % tiles.TILE_HEIGHT == 0:
+            self._push(height // tiles.TILE_HEIGHT, h)
+
+    def _push(self, level: int, h: bytes) -> None:
+        buf = self.bufs[level]
+        buf += h
+        self.counts[level] += 1
+        if len(buf) == TILE_WIDTH * 32:
+            self._compare(level, self.counts[level] // TILE_WIDTH - 1, bytes(buf), full=True)
+            buf.clear()
+
+    def finish(self) -> None:
+        for level, buf in list(self.bufs.items()):
+            if buf:
+                self._compare(level, self.counts[level] // TILE_WIDTH, bytes(buf), full=False)
+        levels = {lvl for lvl, _ in self.files.tiles if lvl >= 0}
+        for level in sorted(levels):
+            done = self.counts.get(level, 0) // TILE_WIDTH + (
+                1 if self.counts.get(level, 0) % TILE_WIDTH else 0
+            )
+            for (lvl, index), widths in sorted(self.files.tiles.items()):
+                if lvl == level and index >= done:
+                    for path in widths.values():
+                        self._problem(level, index, 0, f"{self._rel(path)}: tile beyond the log's entries")
+
+    def _compare(self, level: int, index: int, data: bytes, full: bool) -> None:
+        stored = self.files.tiles.get((level, index), {})
+        if full and TILE_WIDTH not in stored:
+            self._problem(level, index, 0, f"{tiles.tile_path(level, index)}: full tile missing")
+        for width, path in sorted(stored.items()):
+            want = data[: width * 32]
+            if width * 32 > len(data):
+                self._problem(
+                    level, index, len(data) // 32, f"{self._rel(path)}: wider than the log's entries"
+                )
+                continue
+            got = path.read_bytes()
+            if got != want:
+                j = next(
+                    (i for i in range(width) if got[i * 32 : i * 32 + 32] != want[i * 32 : i * 32 + 32]),
+                    width,
+                )
+                if len(got) != len(want):
+                    j = min(j, len(got) // 32)
+                self._problem(level, index, j, f"{self._rel(path)}: hash {j} does not match the entries")
+
+    def _problem(self, level: int, index: int, j: int, msg: str) -> None:
+        first = (index * TILE_WIDTH + j) * TILE_WIDTH**level
+        span = TILE_WIDTH**level
+        where = f"leaf {first}" if span == 1 else f"leaves {first}..{first + span - 1}"
+        self.result.add(first, f"{msg} ({where})")
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+
+def verify(
+    root: Path,
+    log_key: note.Verifier | None,
+    witness_keys: Sequence[note.Verifier] = (),
+    required: int = 0,
+    check_records: bool = True,
+) -> Result:
+    """Verify one log directory; never raises for tampering (it is in ``Result.problems``)."""
+    result = Result(root)
+    if not root.is_dir():
+        result.add(_NOWHERE, f"{root}: not a directory")
+        return result
+    files = _Files(root, result)
+    checkpoints = _load_checkpoints(root, files, log_key, result)
+    tree = _TreeCheck(root, files, result, {cp.size for _, cp in checkpoints})
+    _check_entries(root, files, tree, result, check_records)
+    tree.finish()
+    result.size = tree.border.size
+    result.root = tree.border.root()
+    _check_roots(checkpoints, tree, result)
+    _check_latest(root, list(witness_keys), required, result)
+    return result
+
+
+def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, check_records: bool) -> None:
+    index = bundle = 0
+    bundles = sorted(i for (lvl, i) in files.tiles if lvl == ENTRIES)
+    while True:
+        widths = files.tiles.get((ENTRIES, bundle), {})
+        if not widths:
+            break
+        best = max(widths)
+        data = widths[best].read_bytes()
+        rel = widths[best].relative_to(root).as_posix()
+        try:
+            entries = tiles.decode_bundle(data)
+        except tiles.TileFormatError as exc:
+            result.add(index, f"{rel}: byte {exc.offset}: {exc}")
+            return
+        if len(entries) != best:
+            result.problems.append(
+                Problem(
+                    index + min(best, len(entries)), f"{rel}: holds {len(entries)} entries, name says {best}"
+                )
+            )
+        for width, path in widths.items():
+            if width != best and not data.startswith(path.read_bytes()):
+                result.problems.append(
+                    Problem(index, f"{path.relative_to(root).as_posix()}: not a prefix of {rel}")
+                )
+        offset = 0
+        for entry in entries:
+            if check_records:
+                try:
+                    records.decode_record(entry)
+                except records.RecordError as exc:
+                    result.add(index, f"entry {index} ({rel} byte {offset}): {exc}")
+            tree.leaf(merkle.leaf_hash(entry))
+            offset += 2 + len(entry)
+            index += 1
+        if best < TILE_WIDTH:
+            break
+        bundle += 1
+    for b in bundles:
+        if b > bundle:
+            result.problems.append(
+                Problem(index, f"{tiles.tile_path(ENTRIES, b)}: bundle after a gap or a partial bundle")
+            )
+
+
+def _load_checkpoints(
+    root: Path, files: _Files, log_key: note.Verifier | None, result: Result
+) -> list[tuple[str, note.Checkpoint]]:
+    out = []
+    sources: list[tuple[Path, int | None]] = []
+    if (root / CHECKPOINT).exists():
+        sources.append((root / CHECKPOINT, None))
+    sources += [(p, n) for n, p in sorted(files.history.items())]
+    for path, named in sources:
+        rel = path.relative_to(root).as_posix()
+        try:
+            data = path.read_bytes()
+            if log_key is not None:
+                cp, _ = note.open_checkpoint(data, log_key, rel)
+            else:
+                cp = note.parse_checkpoint(note.parse_note(data, rel).text, rel)
+        except note.NoteError as exc:
+            result.add(_NOWHERE, str(exc))
+            continue
+        if named is not None and named != cp.size:
+            result.add(_NOWHERE, f"{rel}: holds a checkpoint of size {cp.size}")
+            continue
+        if result.origin is None:
+            result.origin = cp.origin
+        elif cp.origin != result.origin:
+            result.problems.append(
+                Problem(_NOWHERE, f"{rel}: origin {cp.origin!r}, expected {result.origin!r}")
+            )
+        if named is None:
+            result.checkpoint_size = cp.size
+        out.append((rel, cp))
+    if result.checkpoint_size is None:
+        result.add(_NOWHERE, f"{root / CHECKPOINT}: missing or unreadable")
+    return out
+
+
+def _check_roots(checkpoints: list[tuple[str, note.Checkpoint]], tree: _TreeCheck, result: Result) -> None:
+    good = [cp.size for _, cp in checkpoints if tree.root_of(cp.size) == cp.root]
+    for rel, cp in checkpoints:
+        if cp.size > result.size:
+            result.problems.append(
+                Problem(
+                    result.size,
+                    f"{rel}: signed size {cp.size} but the log holds {result.size} entries (records removed)",
+                )
+            )
+            continue
+        if tree.root_of(cp.size) != cp.root:
+            below = max((s for s in good if s < cp.size), default=0)
+            result.problems.append(
+                Problem(
+                    cp.size - 1,
+                    f"{rel}: root of size {cp.size} does not match; "
+                    f"a record in {below}..{cp.size - 1} was altered",
+                )
+            )
+        result.checkpoints_checked += 1
+    if result.checkpoint_size is not None:
+        latest = result.checkpoint_size
+        if any(cp.size > latest for _, cp in checkpoints):
+            result.problems.append(
+                Problem(_NOWHERE, f"{CHECKPOINT}: size {latest} is older than a kept checkpoint")
+            )
+
+
+def _check_latest(
+    root: Path,
+    witness_keys: list[note.Verifier],
+    required: int,
+    result: Result,
+) -> None:
+    if not required and not witness_keys:
+        return
+    try:
+        signed = note.parse_note((root / CHECKPOINT).read_bytes(), CHECKPOINT)
+        ok = note.verified_by(signed, list(witness_keys))
+    except (OSError, note.NoteError) as exc:
+        result.add(_NOWHERE, f"{CHECKPOINT}: cosignatures: {exc}")
+        return
+    result.cosigners = sorted(ok)
+    need = required or len(witness_keys)
+    if len(ok) < need:
+        result.problems.append(
+            Problem(_NOWHERE, f"{CHECKPOINT}: {len(ok)} of {need} required witness cosignatures")
+        )
+
+
+def _differs(a: bytes, b: bytes, i: int) -> bool:
+    return a[i * 32 : i * 32 + 32] != b[i * 32 : i * 32 + 32]

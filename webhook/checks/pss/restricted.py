@@ -1,0 +1,253 @@
+"""The Pod Security Standards ``restricted`` checks (evaluate stage), one function per check version.
+
+Semantics follow kubernetes/pod-security-admission ``policy/check_*.go``. Two version changes
+recur: from v1.25 pods with ``spec.os.name: windows`` are exempt from the Linux-only checks
+(the apiserver forbids those fields on Windows pods), and from v1.35 pods in a user namespace
+(``hostUsers: false``) may run as root inside it.
+"""
+
+from __future__ import annotations
+
+from webhook.admission.decision import Violation
+from webhook.checks.pss.baseline import NONE, SECCOMP_TYPES
+from webhook.checks.pss.view import CheckFn, PodView, Stamp, finding, items, mapping
+
+
+def allow_privilege_escalation(*, exempt_windows: bool) -> CheckFn:
+    """allowPrivilegeEscalation must be set to false on every container (v1.8+)."""
+
+    def check(pod: PodView, stamp: Stamp) -> list[Violation]:
+        if exempt_windows and pod.windows:
+            return NONE
+        out = NONE
+        for c in pod.containers:
+            if c.sc.get("allowPrivilegeEscalation") is not False:
+                out = out or []
+                out.append(
+                    finding(
+                        stamp,
+                        "pss:allowPrivilegeEscalation",
+                        "privilege escalation is not disabled; set securityContext.allowPrivilegeEscalation "
+                        "to false",
+                        f"{c.path}.securityContext.allowPrivilegeEscalation",
+                        c.name,
+                    )
+                )
+        return out
+
+    return check
+
+
+def capabilities_restricted(*, exempt_windows: bool) -> CheckFn:
+    """capabilities.drop must include ALL; capabilities.add may only hold NET_BIND_SERVICE (v1.22+)."""
+
+    def check(pod: PodView, stamp: Stamp) -> list[Violation]:
+        if exempt_windows and pod.windows:
+            return NONE
+        out = NONE
+        for c in pod.containers:
+            caps = mapping(c.sc.get("capabilities"))
+            path = f"{c.path}.securityContext.capabilities"
+            if "ALL" not in items(caps.get("drop")):
+                out = out or []
+                out.append(
+                    finding(
+                        stamp,
+                        "pss:capabilities_restricted",
+                        'does not drop all capabilities; set securityContext.capabilities.drop to ["ALL"]',
+                        f"{path}.drop",
+                        c.name,
+                    )
+                )
+            bad = [cap for cap in items(caps.get("add")) if cap != "NET_BIND_SERVICE"]
+            if bad:
+                out = out or []
+                listed = ", ".join(f'"{cap}"' for cap in bad)
+                out.append(
+                    finding(
+                        stamp,
+                        "pss:capabilities_restricted",
+                        f"adds capabilities {listed}; only NET_BIND_SERVICE may be added, remove the others "
+                        "from securityContext.capabilities.add",
+                        f"{path}.add",
+                        c.name,
+                    )
+                )
+        return out
+
+    return check
+
+
+# Inline volume sources the restricted profile allows (every other one is judged forbidden).
+_ALLOWED_VOLUMES = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "image",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+)
+# Forbidden sources PSA names, in its order; a volume with none of these is reported as "unknown".
+_FORBIDDEN_VOLUMES = (
+    "hostPath",
+    "gcePersistentDisk",
+    "awsElasticBlockStore",
+    "gitRepo",
+    "nfs",
+    "iscsi",
+    "glusterfs",
+    "rbd",
+    "flexVolume",
+    "cinder",
+    "cephfs",
+    "flocker",
+    "fc",
+    "azureFile",
+    "vsphereVolume",
+    "quobyte",
+    "azureDisk",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "scaleIO",
+    "storageos",
+)
+
+
+def restricted_volumes(pod: PodView, stamp: Stamp) -> list[Violation]:
+    """Volumes may only be configMap, csi, downwardAPI, emptyDir, ephemeral, image,
+    persistentVolumeClaim, projected or secret (v1.0+)."""
+    out = NONE
+    for index, volume in enumerate(items(pod.spec.get("volumes"))):
+        volume = mapping(volume)
+        if any(volume.get(kind) is not None for kind in _ALLOWED_VOLUMES):
+            continue
+        kind = next((k for k in _FORBIDDEN_VOLUMES if volume.get(k) is not None), "unknown")
+        out = out or []
+        out.append(
+            finding(
+                stamp,
+                "pss:restrictedVolumes",
+                f'volume "{volume.get("name", "")}" uses the restricted volume type "{kind}"; use a '
+                "persistentVolumeClaim (or configMap, secret, emptyDir, projected, csi, ephemeral) instead",
+                f"{pod.path}.volumes[{index}]" + (f".{kind}" if kind != "unknown" else ""),
+            )
+        )
+    return out
+
+
+def run_as_non_root(*, relax_for_user_namespace: bool) -> CheckFn:
+    """runAsNonRoot must be true on the pod or on every container, and false nowhere (v1.0+)."""
+
+    def check(pod: PodView, stamp: Stamp) -> list[Violation]:
+        if relax_for_user_namespace and pod.user_namespace:
+            return NONE
+        out = NONE
+        pod_value = pod.sc.get("runAsNonRoot")
+        if pod_value is False:
+            out = [_non_root_explicit(stamp, pod.path, None)]
+        for c in pod.containers:
+            value = c.sc.get("runAsNonRoot")
+            if value is False:
+                out = out or []
+                out.append(_non_root_explicit(stamp, c.path, c.name))
+            elif value is None and pod_value is not True:
+                out = out or []
+                out.append(
+                    finding(
+                        stamp,
+                        "pss:runAsNonRoot",
+                        "may run as root; set securityContext.runAsNonRoot to true on the pod or the container",
+                        f"{c.path}.securityContext.runAsNonRoot",
+                        c.name,
+                    )
+                )
+        return out
+
+    return check
+
+
+def _non_root_explicit(stamp: Stamp, where: str, container: str | None) -> Violation:
+    return finding(
+        stamp,
+        "pss:runAsNonRoot",
+        "sets runAsNonRoot to false; set securityContext.runAsNonRoot to true",
+        f"{where}.securityContext.runAsNonRoot",
+        container,
+    )
+
+
+def run_as_user(*, relax_for_user_namespace: bool) -> CheckFn:
+    """runAsUser must not be 0 on the pod or any container (v1.23+)."""
+
+    def check(pod: PodView, stamp: Stamp) -> list[Violation]:
+        if relax_for_user_namespace and pod.user_namespace:
+            return NONE
+        out = NONE
+        for where, sc, container in pod.contexts:
+            user = sc.get("runAsUser")
+            if user == 0 and type(user) is int:
+                out = out or []
+                out.append(
+                    finding(
+                        stamp,
+                        "pss:runAsUser",
+                        "runs as user 0 (root); set securityContext.runAsUser to a non-zero UID",
+                        f"{where}.securityContext.runAsUser",
+                        container,
+                    )
+                )
+        return out
+
+    return check
+
+
+def seccomp_restricted(*, exempt_windows: bool) -> CheckFn:
+    """seccompProfile.type must be RuntimeDefault or Localhost, set on the pod or on every
+    container (v1.19+)."""
+
+    def check(pod: PodView, stamp: Stamp) -> list[Violation]:
+        if exempt_windows and pod.windows:
+            return NONE
+        out = NONE
+        pod_profile = pod.sc.get("seccompProfile")
+        pod_set = False
+        if pod_profile is not None:
+            if mapping(pod_profile).get("type") in SECCOMP_TYPES:
+                pod_set = True
+            else:
+                out = [_seccomp_bad(stamp, pod.path, None, pod_profile)]
+        for c in pod.containers:
+            profile = c.sc.get("seccompProfile")
+            if profile is not None:
+                if mapping(profile).get("type") not in SECCOMP_TYPES:
+                    out = out or []
+                    out.append(_seccomp_bad(stamp, c.path, c.name, profile))
+            elif not pod_set:
+                out = out or []
+                out.append(
+                    finding(
+                        stamp,
+                        "pss:seccompProfile_restricted",
+                        "runs without a seccomp profile; set securityContext.seccompProfile.type to "
+                        "RuntimeDefault (or Localhost) on the pod or the container",
+                        f"{c.path}.securityContext.seccompProfile.type",
+                        c.name,
+                    )
+                )
+        return out
+
+    return check
+
+
+def _seccomp_bad(stamp: Stamp, where: str, container: str | None, profile: object) -> Violation:
+    kind = mapping(profile).get("type", "")
+    return finding(
+        stamp,
+        "pss:seccompProfile_restricted",
+        f'forbidden seccomp profile type "{kind}"; set seccompProfile.type to RuntimeDefault or Localhost',
+        f"{where}.securityContext.seccompProfile.type",
+        container,
+    )

@@ -1,0 +1,14 @@
+"""The rego check (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+from webhook.checks.base import Check
+from webhook.checks.services import Services
+from webhook.config import Config
+
+CHECK_ID = "rego"
+
+
+def build(config: Config, services: Services) -> Check | None:
+    """Not implemented yet: contributes no check."""
+    return None

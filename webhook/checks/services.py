@@ -1,0 +1,20 @@
+"""Shared outside resources handed to checks when they are built (API client, mode of use)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Services:
+    """What the running process offers checks.
+
+    ``kube_api`` is a ``kubernetes.client.ApiClient`` when an API server is reachable (in a
+    cluster, or a test server), else ``None``. ``ci`` is true for ``portcullis check``: checks
+    that need live cluster state (GPU usage, runtime class lookup) then judge only what the
+    manifest itself shows and say so.
+    """
+
+    kube_api: Any | None = None
+    ci: bool = False

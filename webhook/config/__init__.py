@@ -1,0 +1,158 @@
+"""Typed, validated settings from one YAML file, shared by the webhook, CI and the monitor.
+
+Every section is a strict record (unknown keys are errors); with no file at all the defaults
+work: enforce Pod Security ``baseline``, warn on ``restricted``, latest version.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from webhook import errors
+from webhook.admission.decision import Mode
+from webhook.config.admission import CheckSettings, Exemption, NamespaceSettings
+from webhook.config.audit import AuditConfig
+from webhook.config.base import Section
+from webhook.config.images import ImagesConfig
+from webhook.config.monitor import MonitorConfig
+from webhook.config.policy import PolicyConfig
+from webhook.config.privilege import PrivilegeConfig, RuntimeClassConfig
+from webhook.config.quota import QuotaConfig
+from webhook.config.server import ServerConfig
+
+__all__ = ["CheckSettings", "Config", "Exemption", "NamespaceSettings", "load", "parse"]
+
+# The checks the webhook knows, in the order they run and report.
+CHECK_IDS: tuple[str, ...] = ("privilege", "runtimeclass", "images", "gpu", "rego")
+
+
+class Config(Section):
+    server: ServerConfig = ServerConfig()
+    checks: dict[str, CheckSettings] = {}
+    exemptions: list[Exemption] = []
+    namespaces: dict[str, NamespaceSettings] = {}
+    default_namespace: str = "default"
+    # Namespace label that overrides a check's mode: portcullis.dev/<check>=enforce|warn|audit|off
+    mode_label_prefix: str = "portcullis.dev/"
+    privilege: PrivilegeConfig = PrivilegeConfig()
+    runtimeclass: RuntimeClassConfig = RuntimeClassConfig()
+    images: ImagesConfig = ImagesConfig()
+    quota: QuotaConfig = QuotaConfig()
+    policy: PolicyConfig = PolicyConfig()
+    audit: AuditConfig = AuditConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    # Directory relative paths in the file are resolved against (set by ``load``).
+    base_dir: str = "."
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.checks) - set(CHECK_IDS))
+        if unknown:
+            raise ValueError(f"unknown check {unknown[0]!r} under `checks` (known: {', '.join(CHECK_IDS)})")
+
+    def check_settings(self, check_id: str) -> CheckSettings:
+        return self.checks.get(check_id) or _DEFAULT_SETTINGS
+
+    def resolve_path(self, path: str) -> Path:
+        """A path from the config file, relative to the file's directory."""
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def mode_for(self, check_id: str, namespace_labels: dict[str, str] | Any) -> Mode:
+        """The check's mode for a namespace: its label override, else the global setting."""
+        label = namespace_labels.get(self.mode_label_prefix + check_id) if namespace_labels else None
+        if label in _MODES:
+            return Mode(label)
+        return self.check_settings(check_id).mode
+
+
+_DEFAULT_SETTINGS = CheckSettings()
+_MODES = {m.value for m in Mode}
+
+
+def parse(data: Any, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a decoded YAML/JSON document into ``Config``; raise ``ConfigError`` naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise errors.ConfigError(f"{source}: the config must be a mapping of sections, got {type(data).__name__}")
+    if base_dir is not None:
+        data = {**data, "base_dir": str(base_dir)}
+    try:
+        return msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise errors.ConfigError(f"{source}: {_explain(str(exc))}") from exc
+
+
+def load(path: str | Path | None) -> Config:
+    """Read the config file (``None`` → defaults)."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise errors.ConfigError(f"{where}: invalid YAML: {problem}") from exc
+    return parse(data, source=str(path), base_dir=path.resolve().parent)
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)` - at `(?P<at>[^`]+)`")
+
+
+def _explain(message: str) -> str:
+    """Turn msgspec's message into one that names the key and what is allowed there."""
+    match = _UNKNOWN.search(message)
+    if match:
+        at = match.group("at")
+        allowed = _allowed_keys(at)
+        key = _dotted(at, match.group("field"))
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"unknown key `{key}`{hint}"
+    at = re.search(r" - at `(?P<at>[^`]+)`$", message)
+    if at:
+        return f"key `{_dotted(at.group('at'))}`: {message[: at.start()]}"
+    return message
+
+
+def _dotted(at: str, leaf: str | None = None) -> str:
+    path = at.removeprefix("$").lstrip(".")
+    path = re.sub(r"\[\.\.\.\]", "", path)
+    return ".".join(p for p in (path, leaf) if p)
+
+
+def _allowed_keys(at: str) -> list[str]:
+    node: Any = Config
+    for part in re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[([^\]]*)\]", at):
+        name, _index = part
+        if name:
+            fields = {f.name: f.type for f in msgspec.structs.fields(node)} if _is_struct(node) else {}
+            node = _unwrap(fields.get(name))
+        else:
+            node = _unwrap(getattr(node, "__args__", (None,))[-1]) if node is not None else None
+    if _is_struct(node):
+        return sorted(f.name for f in msgspec.structs.fields(node) if f.name != "base_dir")
+    return []
+
+
+def _is_struct(node: Any) -> bool:
+    return isinstance(node, type) and issubclass(node, msgspec.Struct)
+
+
+def _unwrap(tp: Any) -> Any:
+    if tp is None or _is_struct(tp):
+        return tp
+    args = [a for a in getattr(tp, "__args__", ()) if a is not type(None)]
+    if getattr(tp, "__origin__", None) in (list, dict):
+        return tp  # containers are unwrapped by the caller on '[...]'
+    return _unwrap(args[0]) if len(args) == 1 else tp

@@ -1,0 +1,19 @@
+"""Config of the audit log writer (``audit:``)."""
+
+from __future__ import annotations
+
+from webhook.config.base import Section
+
+
+class AuditConfig(Section):
+    """Where admission decisions and alerts are recorded; off when ``directory`` is unset."""
+
+    directory: str | None = None
+    signing_key: str | None = None
+    origin: str = "portcullis.local/admission"
+    writer: str = ""
+    commit_window: float = 0.005
+    checkpoint_every: int = 1000
+    checkpoint_interval: float = 10.0
+    durable: bool = True
+    witnesses: list[str] = []

@@ -1,0 +1,58 @@
+"""Config of Rego policies (``policy:``).
+
+The rego check is off until something is configured: a ``directory`` of Rego modules and/or
+``gatekeeper`` directories for the embedded engine, or ``engine: opa`` with an ``opa_url``.
+Nothing is picked up implicitly (a stray ``policies/`` folder must not start denying pods).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from webhook.admission.decision import FailureMode
+from webhook.config.base import Section
+
+
+class PolicyConfig(Section):
+    """Where policies come from and how they run.
+
+    - ``engine``: ``embedded`` (regopy, in process) or ``opa`` (a remote OPA's Data API).
+    - ``directory``: Rego modules (``*_test.rego`` are skipped), relative to the config file.
+    - ``gatekeeper``: directories of ConstraintTemplate + constraint YAML (embedded engine only).
+    - ``opa_url`` / ``opa_path``: the OPA server and the data path whose document holds every
+      policy's ``deny``/``warn`` (e.g. ``portcullis`` → ``POST /v1/data/portcullis``).
+    - ``timeout``: seconds for one evaluation (embedded) or one OPA call; always capped by the
+      request's deadline.
+    - ``failure_mode``: what a policy that errors, returns the wrong shape or overruns yields,
+      unless its ``# METADATA`` sets ``custom.failure_mode``.
+    - ``reload_interval``: seconds between checks for changed files (0 = never reload).
+    - ``strict_builtin_errors``: a built-in that errors fails the policy instead of making the
+      expression undefined (OPA's ``--strict-builtin-errors``).
+    """
+
+    engine: Literal["embedded", "opa"] = "embedded"
+    directory: str | None = None
+    gatekeeper: list[str] = []
+    opa_url: str | None = None
+    opa_path: str = "portcullis"
+    opa_token: str | None = None
+    timeout: float = 1.0
+    failure_mode: FailureMode = FailureMode.DENY
+    reload_interval: float = 2.0
+    strict_builtin_errors: bool = False
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError("policy.timeout must be a positive number of seconds")
+        if self.workers < 1:
+            raise ValueError("policy.workers must be at least 1")
+        if self.engine == "opa" and not self.opa_url:
+            raise ValueError("policy.engine is 'opa' but policy.opa_url is not set")
+
+    @property
+    def configured(self) -> bool:
+        """Whether the rego check has anything to run."""
+        if self.engine == "opa":
+            return True
+        return self.directory is not None or bool(self.gatekeeper)

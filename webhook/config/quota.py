@@ -1,0 +1,144 @@
+"""Config of GPU quota (``quota:``) and of the Kubernetes API connection (``kubernetes:``).
+
+Amounts are in weighted GPUs: a resource's request times its weight (``nvidia.com/gpu`` = 1,
+a ``mig-1g.10gb`` slice = 1/7, a time-sliced replica = 1/N). Weights and limits accept
+integers, decimals ("0.5") and fractions ("1/7"), so sums stay exact.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Literal
+
+import msgspec
+
+from webhook.config.base import Section
+
+Amount = int | float | str
+
+_MIG = re.compile(r"^nvidia\.com/mig-(?P<g>\d+)g\.(?P<mem>\d+)gb$")
+
+
+def parse_amount(value: Amount, what: str) -> Fraction:
+    """An exact non-negative amount out of 2, 0.5, "0.5" or "1/7"; ``ValueError`` naming ``what``."""
+    try:
+        amount = Fraction(str(value).strip()) if not isinstance(value, int) else Fraction(value)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{what}: {value!r} is not a number or fraction (e.g. 2, 0.5, 1/7)") from None
+    if amount < 0:
+        raise ValueError(f"{what}: {value!r} must not be negative")
+    return amount
+
+
+class QuotaRule(Section):
+    """One quota: a limit in weighted GPUs over the pods it matches.
+
+    Filters combine (all must match): ``namespace`` (exact name), ``team`` (value of the
+    team label on the pod's namespace), ``gpu_model`` (the product the pod selects through
+    its node selector or required node affinity). ``per`` splits the limit: ``namespace``
+    gives each matching namespace its own pool, ``team`` each team value.
+    """
+
+    name: str
+    limit: Amount
+    namespace: str | None = None
+    team: str | None = None
+    gpu_model: str | None = None
+    per: Literal["namespace", "team"] | None = None
+    # Resource names counted by this quota; empty means every weighted resource.
+    resources: list[str] = []
+
+    def __post_init__(self) -> None:
+        parse_amount(self.limit, f"quota {self.name!r}: limit")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"quota name {self.name!r} must be non-empty and contain no '/'")
+
+
+class PerPodConfig(Section):
+    """Rules on a single pod, judged even without a cluster (``portcullis check``)."""
+
+    # Most weighted GPUs one pod may request (None: no limit).
+    max_gpus: Amount | None = None
+    # Every container that lists a GPU resource must request exactly its limit.
+    requests_equal_limits: bool = False
+    # When gpu_model quotas exist, a GPU pod must select a model (else it could dodge them).
+    require_gpu_model: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_gpus is not None:
+            parse_amount(self.max_gpus, "quota.per_pod.max_gpus")
+
+
+class QuotaConfig(Section):
+    """GPU quota at admission: weights, quotas, per-pod rules, and how replicas share reservations."""
+
+    # Resource name -> weight in GPUs. MIG profiles not listed weigh <g>/mig_slices.
+    resources: dict[str, Amount] = msgspec.field(default_factory=lambda: {"nvidia.com/gpu": 1})
+    mig_slices: int = 7
+    quotas: list[QuotaRule] = []
+    per_pod: PerPodConfig = PerPodConfig()
+    team_label: str = "team"
+    gpu_model_label: str = "nvidia.com/gpu.product"
+    # local: reservations in memory (one replica); apiserver: one ConfigMap per quota, CAS-updated.
+    coordination: Literal["local", "apiserver"] = "local"
+    coordination_namespace: str = "portcullis-system"
+    # How long an admitted pod holds its GPUs before the pod watch sees it (seconds).
+    reservation_ttl: float = 60.0
+    # Past this share of a quota, admitted pods carry a warning.
+    warn_ratio: float = 0.8
+    # With the pod watch disconnected longer than this (seconds), usage is unknown: failure mode.
+    max_staleness: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name, weight in self.resources.items():
+            parse_amount(weight, f"quota.resources[{name!r}]")
+        names = [q.name for q in self.quotas]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"quota names must be unique; {dupes[0]!r} is used twice")
+        if self.mig_slices < 1:
+            raise ValueError("quota.mig_slices must be at least 1")
+        if not 0 < self.warn_ratio <= 1:
+            raise ValueError("quota.warn_ratio must be in (0, 1]")
+        if self.reservation_ttl <= 0 or self.max_staleness <= 0:
+            raise ValueError("quota.reservation_ttl and quota.max_staleness must be positive")
+
+    def weight(self, resource: str) -> Fraction | None:
+        """The weight of ``resource`` in GPUs, or None when it does not count as GPU."""
+        configured = self.resources.get(resource)
+        if configured is not None:
+            return parse_amount(configured, resource)
+        match = _MIG.match(resource)
+        if match:
+            return Fraction(int(match.group("g")), self.mig_slices)
+        return None
+
+
+class KubernetesConfig(Section):
+    """How Portcullis reaches the Kubernetes API server.
+
+    ``auto`` uses the in-cluster service account when running in a pod, else the kubeconfig
+    (``kubeconfig`` or ``$KUBECONFIG`` or ``~/.kube/config``) when one exists, else no API.
+    ``api_url`` overrides the server address (tests point it at a local server).
+    """
+
+    mode: Literal["auto", "incluster", "kubeconfig", "off"] = "auto"
+    kubeconfig: str | None = None
+    context: str | None = None
+    api_url: str | None = None
+    # Seconds for one API call (connect + read); watches use their own longer read timeout.
+    request_timeout: float = 5.0
+    # Server-side timeout of one watch request; the watch then resumes from its resourceVersion.
+    watch_timeout: int = 300
+    # Items per page when listing (the continue token pages through large clusters).
+    list_page_size: int = 500
+    # Backoff between reconnects after an error (seconds, doubling up to the max).
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.request_timeout <= 0 or self.watch_timeout <= 0 or self.list_page_size <= 0:
+            raise ValueError("kubernetes.request_timeout, watch_timeout and list_page_size must be positive")
+        if self.backoff_initial <= 0 or self.backoff_max < self.backoff_initial:
+            raise ValueError("kubernetes.backoff_initial must be positive and at most backoff_max")

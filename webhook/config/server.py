@@ -1,0 +1,27 @@
+"""Config of the admission server: address, TLS, time budget, limits."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from webhook.config.base import Section
+
+
+class ServerConfig(Section):
+    listen: str = "0.0.0.0:8443"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # The apiserver's timeoutSeconds for this webhook; our own deadline is this minus the margin,
+    # so we always answer (per failure mode) before the apiserver gives up on us.
+    timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=30)] = 5.0
+    margin_seconds: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 3 * 1024 * 1024
+    # Requests handled at once; more are answered 429 at once (load shedding) rather than queued.
+    max_in_flight: Annotated[int, msgspec.Meta(gt=0)] = 512
+    cert_reload_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+
+    @property
+    def budget_seconds(self) -> float:
+        return max(0.05, self.timeout_seconds - self.margin_seconds)

@@ -1,0 +1,184 @@
+"""The quota model compiled from ``quota:`` config: which quotas a pod charges, and how much.
+
+All amounts are integers in one unit chosen so that every weight and limit is exact
+(1 GPU = ``scale`` units, ``scale`` = 1000 x the lcm of the weights' denominators), so a check
+is a few integer additions and comparisons, never float drift (7 x 1/7 GPU is exactly 1 GPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from webhook.config.quota import QuotaConfig, QuotaRule, parse_amount
+from webhook.quota import requests
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What one pod asks: weighted units per counted resource, and the GPU models it may land on
+    (``None`` when it does not constrain the model)."""
+
+    units: Mapping[str, int]
+    models: frozenset[str] | None
+    milli: Mapping[str, int]
+
+    @property
+    def empty(self) -> bool:
+        return not self.units
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One quota a pod draws on: the quota's key, the pod's amount, the quota's limit."""
+
+    key: str
+    rule: str
+    scope: str  # human words: "namespace ml", "team vision", "gpu model A100", "all pods"
+    units: int
+    limit: int
+
+
+class QuotaModel:
+    """Config compiled for the hot path. Pure: no I/O, no clock."""
+
+    def __init__(self, config: QuotaConfig) -> None:
+        self.config = config
+        weights: dict[str, Fraction] = {}
+        for name in config.resources:
+            weight = config.weight(name)
+            if weight is not None:
+                weights[name] = weight
+        denominators = [w.denominator for w in weights.values()]
+        denominators += [parse_amount(q.limit, q.name).denominator for q in config.quotas]
+        if config.per_pod.max_gpus is not None:
+            denominators.append(parse_amount(config.per_pod.max_gpus, "max_gpus").denominator)
+        denominators.append(config.mig_slices)  # any MIG profile weighs <g>/<slices>
+        self._lcm = math.lcm(*denominators) if denominators else 1
+        self.scale = 1000 * self._lcm
+        self._weights = weights
+        self._factor: dict[str, int] = {}  # units per milli-unit of a resource (cache)
+        self._limits = {q.name: int(parse_amount(q.limit, q.name) * self.scale) for q in config.quotas}
+        self._rules = tuple(config.quotas)
+        self._resource_sets = {q.name: frozenset(q.resources) for q in config.quotas if q.resources}
+        self.has_model_quotas = any(q.gpu_model for q in config.quotas)
+        max_gpus = config.per_pod.max_gpus
+        self.max_pod_units = None if max_gpus is None else int(parse_amount(max_gpus, "max_gpus") * self.scale)
+        self.counts = self._counts
+
+    def _counts(self, resource: str) -> bool:
+        return self.factor(resource) is not None
+
+    def factor(self, resource: str) -> int | None:
+        """Units per milli-unit of ``resource``; None when it is not a GPU resource."""
+        factor = self._factor.get(resource)
+        if factor is None and resource not in self._factor:
+            weight = self._weights.get(resource) or self.config.weight(resource)
+            factor = None if weight is None else int(weight * self._lcm)
+            if len(self._factor) < 1024:  # bounded: resource names come from untrusted pods
+                self._factor[resource] = factor
+        return factor
+
+    def demand(self, spec: Mapping[str, Any]) -> Demand:
+        """What the pod asks, by the scheduler's arithmetic. Raises ``QuantityError``."""
+        milli = requests.pod_requests(spec, self.counts)
+        if not milli:
+            return _NO_DEMAND
+        units = {name: m * (self.factor(name) or 0) for name, m in milli.items()}
+        return Demand(units, gpu_models(spec, self.config.gpu_model_label), milli)
+
+    def total(self, demand: Demand, resources: frozenset[str] | None = None) -> int:
+        if resources is None:
+            return sum(demand.units.values())
+        return sum(u for name, u in demand.units.items() if name in resources)
+
+    def charges(self, namespace: str, labels: Mapping[str, str], demand: Demand) -> tuple[Charge, ...]:
+        """Every quota the pod draws on, with its amount (quotas it asks nothing of are left out)."""
+        if demand.empty:
+            return ()
+        team = labels.get(self.config.team_label)
+        out: list[Charge] = []
+        for rule in self._rules:
+            if rule.namespace is not None and rule.namespace != namespace:
+                continue
+            if rule.team is not None and rule.team != team:
+                continue
+            if rule.gpu_model is not None and (demand.models is None or rule.gpu_model not in demand.models):
+                continue
+            key, scope = _key(rule, namespace, team)
+            if key is None:
+                continue
+            units = self.total(demand, self._resource_sets.get(rule.name))
+            if units:
+                out.append(Charge(key, rule.name, scope, units, self._limits[rule.name]))
+        return tuple(out)
+
+    def limit_of(self, key: str) -> int | None:
+        return self._limits.get(key.split("/", 1)[0])
+
+    def gpus(self, units: int) -> str:
+        """Units as GPUs for people: "2", "0.5", "1/7" (exact)."""
+        return format_gpus(Fraction(units, self.scale))
+
+
+def format_gpus(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    decimal = value * 1000
+    if decimal.denominator == 1:
+        return f"{float(value):g}"
+    return f"{value.numerator}/{value.denominator}"
+
+
+def _key(rule: QuotaRule, namespace: str, team: str | None) -> tuple[str | None, str]:
+    if rule.per == "namespace":
+        return f"{rule.name}/namespace={namespace}", f"namespace {namespace}"
+    if rule.per == "team":
+        if team is None:
+            return None, ""
+        return f"{rule.name}/team={team}", f"team {team}"
+    parts = []
+    if rule.namespace is not None:
+        parts.append(f"namespace {rule.namespace}")
+    if rule.team is not None:
+        parts.append(f"team {rule.team}")
+    if rule.gpu_model is not None:
+        parts.append(f"gpu model {rule.gpu_model}")
+    return rule.name, ", ".join(parts) or "all pods"
+
+
+def gpu_models(spec: Mapping[str, Any], label: str) -> frozenset[str] | None:
+    """GPU models the pod may run on, from its node selector and required node affinity
+    (both must hold); ``None`` when neither constrains ``label``."""
+    models: frozenset[str] | None = None
+    selector = spec.get("nodeSelector")
+    if selector and label in selector:
+        models = frozenset((str(selector[label]),))
+    affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    terms = affinity.get("nodeSelectorTerms") or ()
+    if terms:
+        allowed: set[str] = set()
+        for term in terms:  # terms are ORed: every term must pin the label for the pod to be pinned
+            values = _term_values(term, label)
+            if values is None:
+                return models
+            allowed |= values
+        models = frozenset(allowed) if models is None else models & allowed
+    return models
+
+
+def _term_values(term: Mapping[str, Any], label: str) -> set[str] | None:
+    values: set[str] | None = None
+    for expr in term.get("matchExpressions") or ():
+        if expr.get("key") == label and expr.get("operator") == "In":
+            found = {str(v) for v in expr.get("values") or ()}
+            values = found if values is None else values & found
+    return values
+
+
+_NO_DEMAND = Demand({}, None, {})

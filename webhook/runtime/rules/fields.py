@@ -1,0 +1,214 @@
+"""The Falco field catalog and the semantics of derived fields (used by ``compiler`` and the loader).
+
+An event is a mapping of Falco field names (``proc.aname[2]``, ``fd.name``) to values; an
+absent key is a missing value. Most fields are read straight from that mapping; a few are
+derived the way libsinsp computes them (``fd.ip``, ``fd.port``, ``fd.*net``, ``proc.aname``
+without an index), see ``../shared/conformance/falco/README.md`` "Caveats".
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FieldInfo", "FieldType", "derived_values", "lookup", "parse_ip", "parse_net"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class FieldType(enum.Enum):
+    STR = "string"
+    NUM = "number"
+    BOOL = "bool"
+    IP = "ipaddr"
+    NET = "ipnet"
+    LIST = "list"  # several string values (thread.cap_*, fd.types)
+
+
+class Arg(enum.Enum):
+    NONE = "none"  # no [arg] accepted
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+    INDEX = "index"  # optional non-negative integer ([N] ancestors)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldInfo:
+    name: str
+    type: FieldType
+    arg: Arg = Arg.NONE
+
+
+def _table(kind: FieldType, arg: Arg, names: str) -> dict[str, FieldInfo]:
+    return {n: FieldInfo(n, kind, arg) for n in names.split()}
+
+
+S, N, B, IP, NET, L = FieldType.STR, FieldType.NUM, FieldType.BOOL, FieldType.IP, FieldType.NET, FieldType.LIST
+_CATALOG: dict[str, FieldInfo] = {
+    **_table(S, Arg.NONE, """
+        evt.type evt.dir evt.res evt.args evt.buffer evt.info evt.source evt.hostname evt.category
+        evt.datetime evt.datetime.s evt.time.s evt.time.iso8601 evt.reltime evt.plugininfo
+        evt.pluginname evt.asynctype evt.abspath evt.abspath.src evt.abspath.dst evt.deltatime
+        proc.name proc.exe proc.exepath proc.args proc.cmdline proc.pname proc.pcmdline proc.pexe
+        proc.pexepath proc.sname proc.vpgid.name proc.vpgid.exe proc.vpgid.exepath proc.cwd
+        proc.exeline proc.loginshellname proc.tty.name proc.cgroups
+        thread.cgroups fd.type fd.typechar fd.name fd.directory fd.filename fd.l4proto fd.sockfamily
+        fd.containername fd.containerdirectory fd.cip.name fd.sip.name fd.lip.name fd.rip.name
+        fd.nameraw fd.proto fd.cproto fd.sproto fd.lproto fd.rproto
+        user.name user.homedir user.shell user.loginname group.name
+        container.id container.full_id container.name container.image container.image.id
+        container.image.repository container.image.tag container.image.digest container.type
+        container.mounts container.healthcheck container.liveness_probe container.readiness_probe
+        container.ip container.cni.json container.labels
+        fs.path.name fs.path.nameraw fs.path.source fs.path.target fs.path.sourceraw fs.path.targetraw
+    """),
+    **_table(S, Arg.OPTIONAL, "evt.arg evt.rawarg proc.env evt.around"),
+    **_table(S, Arg.REQUIRED, """
+        container.mount container.mount.source container.mount.dest container.mount.mode
+        container.mount.propagation container.label thread.cgroup
+    """),
+    **_table(S, Arg.INDEX, "proc.aname proc.aexe proc.aexepath proc.acmdline"),
+    **_table(N, Arg.INDEX, "proc.apid"),
+    **_table(N, Arg.NONE, """
+        evt.num evt.time evt.rawtime evt.rawres evt.cpu evt.latency evt.latency.s evt.latency.ns
+        evt.count evt.count.error evt.buflen evt.deltatime.s evt.deltatime.ns
+        proc.pid proc.ppid proc.vpid proc.pvpid proc.sid proc.vpgid proc.tty proc.loginshellid
+        proc.duration proc.nthreads proc.nchilds proc.fdopencount proc.fdlimit proc.fdusage
+        proc.vmsize proc.vmrss proc.vmswap proc.pidns_init_start_ts proc.exe_ino proc.exe_ino.ctime
+        proc.exe_ino.mtime proc.exe_ino.ctime_duration_proc_start proc.exe_ino.ctime_duration_pidns_start
+        proc.start_ts proc.ppid.duration proc.cmdnargs proc.cmdlenargs
+        thread.tid thread.vtid thread.exectime thread.totexectime thread.vmsize thread.vmrss
+        fd.num fd.cport fd.sport fd.lport fd.rport fd.port fd.uid fd.dev fd.dev.major fd.dev.minor
+        fd.ino user.uid user.loginuid group.gid container.start_ts container.duration
+    """),
+    **_table(B, Arg.NONE, """
+        evt.failed evt.is_io evt.is_io_read evt.is_io_write evt.is_wait evt.is_syslog evt.is_async
+        evt.is_open_read evt.is_open_write evt.is_open_exec evt.is_open_create
+        proc.is_exe_writable proc.is_exe_upper_layer proc.is_exe_lower_layer proc.is_exe_from_memfd
+        proc.is_sid_leader proc.is_vpgid_leader proc.is_container_healthcheck
+        proc.is_container_liveness_probe proc.is_container_readiness_probe thread.ismain
+        fd.is_server fd.connected fd.name_changed container.privileged container.host_pid
+        container.host_network container.host_ipc
+    """),
+    **_table(IP, Arg.NONE, "fd.ip fd.cip fd.sip fd.lip fd.rip"),
+    **_table(NET, Arg.NONE, "fd.net fd.cnet fd.snet fd.lnet fd.rnet"),
+    **_table(L, Arg.NONE, "thread.cap_permitted thread.cap_effective thread.cap_inheritable fd.types"),
+}
+# Field families whose names are open-ended (k8s metadata, event arguments by name).
+_PREFIXES: tuple[tuple[str, FieldInfo], ...] = (
+    ("evt.arg.", FieldInfo("evt.arg.*", S)),
+    ("evt.rawarg.", FieldInfo("evt.rawarg.*", S)),
+    ("k8s.", FieldInfo("k8s.*", S, Arg.OPTIONAL)),
+)
+# Filter-only fields computed from other fields (no key of their own in the event).
+DERIVED = frozenset(("fd.ip", "fd.port", "fd.net", "fd.cnet", "fd.snet", "fd.lnet", "fd.rnet"))
+ANCESTOR_FIELDS = {"proc.aname": "proc.name", "proc.aexe": "proc.exe", "proc.aexepath": "proc.exepath",
+                   "proc.acmdline": "proc.cmdline", "proc.apid": "proc.pid"}  # fmt: skip
+MAX_ANCESTORS = 64
+
+
+def lookup(name: str, arg: str | None) -> FieldInfo | str:
+    """The field's info, or a message saying why ``name[arg]`` is not a valid field."""
+    info = _CATALOG.get(name)
+    if info is None:
+        for prefix, pinfo in _PREFIXES:
+            if name.startswith(prefix) and len(name) > len(prefix):
+                info = pinfo
+                break
+    if info is None:
+        return f"unknown field '{name}'"
+    if arg is None and info.arg is Arg.REQUIRED:
+        return f"field '{name}' requires an argument, e.g. {name}[...]"
+    if arg is not None and info.arg is Arg.NONE:
+        return f"field '{name}' does not take an argument"
+    if arg is not None and info.arg is Arg.INDEX and not arg.isdigit():
+        return f"field '{name}' takes a numeric index, not '{arg}'"
+    return info
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: object) -> IPAddress | None:
+    """An address from its text, None when it is not one (cached: the same few repeat)."""
+    try:
+        return ipaddress.ip_address(str(text))
+    except ValueError:
+        return None
+
+
+def parse_net(text: str) -> IPNetwork:
+    """A CIDR (or a single address as /32, /128); raises ValueError."""
+    return ipaddress.ip_network(text, strict=False)
+
+
+_ZERO = (ipaddress.IPv4Address(0), ipaddress.IPv6Address(0))
+_SOCKET_TYPES = frozenset(("ipv4", "ipv6"))
+
+
+def _socket_ips(e: Mapping[str, Any]) -> tuple[IPAddress, ...] | None:
+    """fd.ip values: client and server address of an IP socket (libsinsp: either side counts).
+
+    A socket with neither address yet (not bound or connected) reads as the zero address, which
+    libsinsp compares equal to both 0.0.0.0 and ::.
+    """
+    if e.get("fd.type") not in _SOCKET_TYPES:
+        return None
+    out = tuple(ip for ip in (parse_ip(e[k]) for k in ("fd.cip", "fd.sip") if k in e) if ip is not None)
+    return out or _ZERO
+
+
+def _socket_ports(e: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """fd.port values: the port of each side whose address is known (a listening socket: server)."""
+    if e.get("fd.type") not in _SOCKET_TYPES:
+        return None
+    out = tuple(e[p] for a, p in (("fd.cip", "fd.cport"), ("fd.sip", "fd.sport")) if a in e and p in e)
+    return out or (0,)
+
+
+def _one_ip(key: str) -> Callable[[Mapping[str, Any]], tuple[IPAddress, ...] | None]:
+    def values(e: Mapping[str, Any]) -> tuple[IPAddress, ...] | None:
+        v = e.get(key)
+        ip = parse_ip(v) if v is not None else None
+        return None if ip is None else (ip,)
+
+    return values
+
+
+def _ancestors(name: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...] | None]:
+    """``proc.aname`` without index: every present ancestor ``[1]``, ``[2]``, ... (never [0])."""
+    keys = tuple(f"{name}[{i}]" for i in range(1, MAX_ANCESTORS + 1))
+
+    def values(e: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        out = []
+        for k in keys:
+            v = e.get(k)
+            if v is None:
+                break
+            out.append(v)
+        return tuple(out) or None
+
+    return values
+
+
+def derived_values(name: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...] | None] | None:
+    """For a multi-valued field, a function event → tuple of values (None: missing); else None."""
+    if name in ("fd.ip", "fd.net"):
+        return _socket_ips
+    if name == "fd.port":
+        return _socket_ports
+    if name in ("fd.cnet", "fd.snet", "fd.lnet", "fd.rnet"):
+        return _one_ip(f"fd.{name[3]}ip")
+    if name in ANCESTOR_FIELDS:
+        return _ancestors(name)
+    return None
+
+
+def field_key(name: str, arg: str | None) -> str:
+    """The event key of a plain field; ``proc.aname[0]`` is the process itself."""
+    if arg is not None and name in ANCESTOR_FIELDS and arg.isdigit() and int(arg) == 0:
+        return ANCESTOR_FIELDS[name]
+    return name if arg is None else f"{name}[{arg}]"

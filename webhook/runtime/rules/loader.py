@@ -1,0 +1,480 @@
+"""Falco rules YAML → collected lists, macros and rules (the first stage of the rules engine).
+
+Files are read in order; later items append to or override earlier ones exactly as Falco's
+``rule_loader`` does (``override:``, the deprecated ``append: true``, enabling by name).
+Every problem becomes a ``Diagnostic`` with file, line and the offending text; errors are
+collected across all files and raised together by ``rules.load`` (see ``__init__``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Collection", "Diagnostic", "ExceptionDef", "Loc", "RuleDef", "collect"]
+
+ENGINE_VERSION = (0, 57, 0)
+# Plugins whose fields this engine provides natively, with the version it is compatible with.
+BUILTIN_PLUGINS = {"container": (0, 4, 0)}
+PRIORITIES = {
+    "emergency": "Emergency",
+    "alert": "Alert",
+    "critical": "Critical",
+    "error": "Error",
+    "warning": "Warning",
+    "notice": "Notice",
+    "informational": "Informational",
+    "info": "Informational",
+    "debug": "Debug",
+}
+_RULE_KEYS = frozenset(
+    ("rule", "condition", "desc", "output", "priority", "enabled", "tags", "source", "exceptions",
+     "override", "append", "warn_evttypes", "skip-if-unknown-filter", "capture", "capture_duration")
+)  # fmt: skip
+_APPENDABLE = {"rule": {"condition", "output", "desc", "tags", "exceptions"}, "macro": {"condition"},
+               "list": {"items"}}  # fmt: skip
+_REPLACEABLE = {
+    "rule": {"condition", "output", "desc", "priority", "tags", "exceptions", "enabled", "warn_evttypes",
+             "skip-if-unknown-filter", "capture", "capture_duration"},
+    "macro": {"condition"},
+    "list": {"items"},
+}  # fmt: skip
+_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Loc:
+    file: str
+    line: int  # 1-based
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    """An error or warning: ``str()`` is ``file:line: message``; ``snippet`` is the offending text."""
+
+    loc: Loc
+    message: str
+    snippet: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.loc}: {self.message}"
+
+    def detail(self) -> str:
+        """The message with the offending text under it, for people."""
+        if not self.snippet:
+            return str(self)
+        text = "\n".join("    " + line for line in self.snippet.rstrip("\n").splitlines())
+        return f"{self}\n{text}"
+
+
+@dataclass
+class Text:
+    """Condition text assembled from pieces (append), each remembering where it came from."""
+
+    text: str
+    pieces: list[tuple[int, Loc]]
+
+    def append(self, more: Text) -> None:
+        offset = len(self.text) + 1
+        self.text = f"{self.text} {more.text}"
+        self.pieces.extend((start + offset, loc) for start, loc in more.pieces)
+
+    def loc_at(self, pos: int) -> Loc:
+        best = self.pieces[0][1]
+        for start, loc in self.pieces:
+            if start <= pos:
+                best = loc
+        return best
+
+
+@dataclass
+class ExceptionDef:
+    name: str
+    fields: str | list[str] | None
+    comps: str | list[str] | None
+    values: list[Any]
+    loc: Loc
+
+
+@dataclass
+class ListDef:
+    name: str
+    items: list[str]
+    loc: Loc
+    used: bool = False
+
+
+@dataclass
+class MacroDef:
+    name: str
+    condition: Text
+    loc: Loc
+    used: bool = False
+
+
+@dataclass
+class RuleDef:
+    name: str
+    condition: Text
+    output: str
+    desc: str
+    priority: str
+    loc: Loc
+    enabled: bool = True
+    tags: list[str] = field(default_factory=list)
+    source: str = "syscall"
+    exceptions: list[ExceptionDef] = field(default_factory=list)
+    warn_evttypes: bool = True
+    skip_if_unknown_filter: bool = False
+
+
+@dataclass
+class Collection:
+    """Everything the files define, in definition order (a redefinition keeps its place)."""
+
+    lists: dict[str, ListDef] = field(default_factory=dict)
+    macros: dict[str, MacroDef] = field(default_factory=dict)
+    rules: dict[str, RuleDef] = field(default_factory=dict)
+    errors: list[Diagnostic] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+
+class _ItemError(Exception):
+    """One item is invalid; carries the diagnostic (the item is skipped, loading goes on)."""
+
+    def __init__(self, diag: Diagnostic) -> None:
+        super().__init__(diag.message)
+        self.diag = diag
+
+
+_constructor = yaml.constructor.SafeConstructor()
+
+
+def _py(node: yaml.Node) -> Any:
+    return _constructor.construct_object(node, deep=True)
+
+
+def _version(text: Any) -> tuple[int, ...] | None:
+    m = re.fullmatch(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?\s*", str(text))
+    return None if m is None else tuple(int(x or 0) for x in m.groups())
+
+
+class _FileReader:
+    """Reads one file's items into the collection."""
+
+    def __init__(self, col: Collection, name: str, text: str) -> None:
+        self.col, self.name, self.lines = col, name, text.splitlines()
+
+    def loc(self, node: yaml.Node) -> Loc:
+        return Loc(self.name, node.start_mark.line + 1)
+
+    def snippet(self, node: yaml.Node, limit: int = 6) -> str:
+        first, last = node.start_mark.line, max(node.end_mark.line, node.start_mark.line + 1)
+        return "\n".join(self.lines[first : min(last, first + limit)])
+
+    def fail(self, node: yaml.Node, message: str) -> _ItemError:
+        return _ItemError(Diagnostic(self.loc(node), message, self.snippet(node)))
+
+    def warn(self, node: yaml.Node, message: str) -> None:
+        self.col.warnings.append(Diagnostic(self.loc(node), message, self.snippet(node, 1)))
+
+    def read(self, root: yaml.Node | None) -> None:
+        if root is None:
+            return
+        if not isinstance(root, yaml.SequenceNode):
+            self.col.errors.append(Diagnostic(self.loc(root), "rules file must be a YAML list of items"))
+            return
+        for item in root.value:
+            try:
+                self.item(item)
+            except _ItemError as exc:
+                self.col.errors.append(exc.diag)
+
+    def mapping(self, item: yaml.Node) -> dict[str, yaml.Node]:
+        if not isinstance(item, yaml.MappingNode):
+            raise self.fail(item, "item must be a mapping (rule, macro, list, ...)")
+        out: dict[str, yaml.Node] = {}
+        for k, v in item.value:
+            key = _py(k)
+            if key in out:
+                raise self.fail(k, f"key '{key}' appears twice in this item")
+            out[str(key)] = v
+        return out
+
+    def item(self, item: yaml.Node) -> None:
+        keys = self.mapping(item)
+        for kind in ("rule", "macro", "list", "required_engine_version", "required_plugin_versions"):
+            if kind in keys:
+                getattr(self, "item_" + kind)(item, keys)
+                return
+        self.warn(item, f"unknown rules file item with keys {sorted(keys)} (ignored)")
+
+    # -- typed accessors ------------------------------------------------------------------
+    def get(self, keys: dict[str, yaml.Node], key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        if key not in keys:
+            return default
+        value = _py(keys[key])
+        if kind is str and isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.fail(keys[key], f"key '{key}' must be a {names}, got {type(value).__name__}")
+        return value
+
+    def text(self, keys: dict[str, yaml.Node], key: str) -> Text:
+        node = keys[key]
+        value = self.get(keys, key, str)
+        return Text(value, [(0, self.loc(node))])
+
+    def overrides(self, item: yaml.Node, keys: dict[str, yaml.Node], kind: str) -> dict[str, str] | None:
+        """The ``override:`` directive, checked against what may be appended or replaced."""
+        if "override" not in keys:
+            return None
+        if "append" in keys:
+            raise self.fail(item, "'override' and 'append' cannot be used together")
+        ov = self.get(keys, "override", dict)
+        for key, how in ov.items():
+            allowed = {"append": _APPENDABLE, "replace": _REPLACEABLE}.get(how)
+            if allowed is None:
+                raise self.fail(keys["override"], f"override of '{key}' must be 'append' or 'replace'")
+            if key not in allowed[kind]:
+                raise self.fail(keys["override"], f"key '{key}' cannot be overridden with '{how}' in a {kind}")
+            if key not in keys:
+                raise self.fail(keys["override"], f"key '{key}' is in 'override' but not defined in this {kind}")
+        for key in keys:
+            if key not in ov and key not in (kind, "override"):
+                raise self.fail(keys[key], f"key '{key}' must be listed in 'override' (append or replace)")
+        return {str(k): str(v) for k, v in ov.items()}
+
+    def check_name(self, item: yaml.Node, kind: str, name: str) -> None:
+        if not _NAME_RE.match(name):
+            self.warn(item, f"{kind} name '{name}' is invalid: {kind} names should match {_NAME_RE.pattern}")
+
+    # -- items ----------------------------------------------------------------------------
+    def item_required_engine_version(self, item: yaml.Node, keys: dict[str, yaml.Node]) -> None:
+        node = keys["required_engine_version"]
+        want = _version(_py(node))
+        if want is None:
+            raise self.fail(node, "required_engine_version must be a version like 0.57.0")
+        have = ENGINE_VERSION if len(want) == 3 else ENGINE_VERSION[1:2]
+        if want > have:
+            engine = ".".join(map(str, ENGINE_VERSION))
+            raise self.fail(node, f"rules require engine version {_py(node)}, this engine is {engine}")
+
+    def item_required_plugin_versions(self, item: yaml.Node, keys: dict[str, yaml.Node]) -> None:
+        reqs = self.get(keys, "required_plugin_versions", list)
+        for req in reqs:
+            if not isinstance(req, dict) or "name" not in req or "version" not in req:
+                raise self.fail(keys["required_plugin_versions"], "each required plugin needs 'name' and 'version'")
+            choices = [req, *(req.get("alternatives") or [])]
+            ok = any(
+                c.get("name") in BUILTIN_PLUGINS
+                and (_version(c.get("version")) or (0,)) <= BUILTIN_PLUGINS[c["name"]]
+                for c in choices
+                if isinstance(c, dict)
+            )
+            if not ok:
+                have = ", ".join(f"{k} {'.'.join(map(str, v))}" for k, v in BUILTIN_PLUGINS.items())
+                raise self.fail(
+                    keys["required_plugin_versions"],
+                    f"plugin '{req['name']}' version {req['version']} is required; this engine provides {have}",
+                )
+
+    def item_list(self, item: yaml.Node, keys: dict[str, yaml.Node]) -> None:
+        name = self.get(keys, "list", str)
+        ov = self.overrides(item, keys, "list")
+        append = self.get(keys, "append", bool, False)
+        if append:
+            self.warn(item, "the 'append' key is deprecated: use 'override: {items: append}'")
+        if "items" not in keys:
+            raise self.fail(item, f"list '{name}' has no 'items'")
+        raw = self.get(keys, "items", list) or []
+        items = [str(x) if not isinstance(x, bool) else str(x).lower() for x in raw]
+        prev = self.col.lists.get(name)
+        if append or (ov and ov.get("items") == "append"):
+            if prev is None:
+                raise self.fail(item, f"list '{name}' is appended to but was never defined")
+            prev.items.extend(items)
+        elif ov:
+            if prev is None:
+                raise self.fail(item, f"list '{name}' is overridden but was never defined")
+            prev.items = items
+        else:
+            self.check_name(item, "list", name)
+            self.col.lists[name] = ListDef(name, items, self.loc(item))
+
+    def item_macro(self, item: yaml.Node, keys: dict[str, yaml.Node]) -> None:
+        name = self.get(keys, "macro", str)
+        ov = self.overrides(item, keys, "macro")
+        append = self.get(keys, "append", bool, False)
+        if append:
+            self.warn(item, "the 'append' key is deprecated: use 'override: {condition: append}'")
+        if "condition" not in keys:
+            raise self.fail(item, f"macro '{name}' has no 'condition'")
+        cond = self.text(keys, "condition")
+        prev = self.col.macros.get(name)
+        if append or (ov and ov.get("condition") == "append"):
+            if prev is None:
+                raise self.fail(item, f"macro '{name}' is appended to but was never defined")
+            prev.condition.append(cond)
+        elif ov:
+            if prev is None:
+                raise self.fail(item, f"macro '{name}' is overridden but was never defined")
+            prev.condition = cond
+        else:
+            self.check_name(item, "macro", name)
+            self.col.macros[name] = MacroDef(name, cond, self.loc(item))
+
+    def exceptions(self, keys: dict[str, yaml.Node]) -> list[ExceptionDef]:
+        if "exceptions" not in keys:
+            return []
+        node = keys["exceptions"]
+        out: list[ExceptionDef] = []
+        for sub in node.value if isinstance(node, yaml.SequenceNode) else []:
+            ex = _py(sub)
+            if not isinstance(ex, dict) or not isinstance(ex.get("name"), str):
+                raise self.fail(sub, "each exception needs a 'name'")
+            if any(e.name == ex["name"] for e in out):
+                raise self.fail(sub, f"exception name '{ex['name']}' is used twice in this rule")
+            extra = set(ex) - {"name", "fields", "comps", "values"}
+            if extra:
+                raise self.fail(sub, f"unknown exception keys {sorted(extra)}")
+            values = ex.get("values") or []
+            if not isinstance(values, list):
+                raise self.fail(sub, f"exception '{ex['name']}': 'values' must be a list")
+            out.append(ExceptionDef(ex["name"], ex.get("fields"), ex.get("comps"), values, self.loc(sub)))
+        if not isinstance(node, yaml.SequenceNode) and _py(node) is not None:
+            raise self.fail(node, "'exceptions' must be a list")
+        return out
+
+    def item_rule(self, item: yaml.Node, keys: dict[str, yaml.Node]) -> None:
+        name = self.get(keys, "rule", str)
+        for key in keys:
+            if key not in _RULE_KEYS:
+                self.warn(keys[key], f"rule '{name}': unknown key '{key}' (ignored)")
+        ov = self.overrides(item, keys, "rule")
+        append = self.get(keys, "append", bool, False)
+        prev = self.col.rules.get(name)
+        if append:
+            self.warn(item, "the 'append' key is deprecated: use 'override' (e.g. {condition: append})")
+            if prev is None:
+                raise self.fail(item, f"rule '{name}' is appended to but was never defined")
+            if "condition" in keys:
+                prev.condition.append(self.text(keys, "condition"))
+            self.merge_exceptions(prev, self.exceptions(keys), item)
+            return
+        if ov is not None:
+            if prev is None:
+                raise self.fail(item, f"rule '{name}' is overridden but was never defined")
+            self.apply_override(prev, keys, ov, item)
+            return
+        if set(keys) <= {"rule", "enabled"} and "enabled" in keys:
+            if prev is None:
+                raise self.fail(item, f"rule '{name}' is enabled/disabled but was never defined")
+            prev.enabled = self.get(keys, "enabled", bool)
+            return
+        missing = [k for k in ("condition", "output", "desc", "priority") if k not in keys]
+        if missing:
+            raise self.fail(item, f"rule '{name}' is missing required key(s): {', '.join(missing)}")
+        rule = RuleDef(
+            name=name,
+            condition=self.text(keys, "condition"),
+            output=self.get(keys, "output", str).strip(),
+            desc=self.get(keys, "desc", str).strip(),
+            priority=self.priority(keys),
+            loc=self.loc(item),
+            enabled=self.get(keys, "enabled", bool, True),
+            tags=self.tags(keys),
+            source=self.get(keys, "source", str, "syscall"),
+            exceptions=self.exceptions(keys),
+            warn_evttypes=self.get(keys, "warn_evttypes", bool, True),
+            skip_if_unknown_filter=self.get(keys, "skip-if-unknown-filter", bool, False),
+        )
+        self.col.rules[name] = rule  # a redefinition replaces the rule in place
+
+    def priority(self, keys: dict[str, yaml.Node]) -> str:
+        value = self.get(keys, "priority", str)
+        canon = PRIORITIES.get(value.strip().lower())
+        if canon is None:
+            raise self.fail(keys["priority"], f"invalid priority '{value}': one of {', '.join(PRIORITIES)}")
+        return canon
+
+    def tags(self, keys: dict[str, yaml.Node]) -> list[str]:
+        tags = self.get(keys, "tags", list, [])
+        return [str(t) for t in tags]
+
+    def apply_override(self, prev: RuleDef, keys: dict[str, yaml.Node], ov: dict[str, str], item: yaml.Node) -> None:
+        for key, how in ov.items():
+            if key == "condition":
+                cond = self.text(keys, "condition")
+                if how == "append":
+                    prev.condition.append(cond)
+                else:
+                    prev.condition = cond
+            elif key in ("output", "desc"):
+                value = self.get(keys, key, str).strip()
+                old = getattr(prev, key)
+                setattr(prev, key, f"{old} {value}" if how == "append" else value)
+            elif key == "tags":
+                new = self.tags(keys)
+                prev.tags = [*prev.tags, *(t for t in new if t not in prev.tags)] if how == "append" else new
+            elif key == "exceptions":
+                if how == "append":
+                    self.merge_exceptions(prev, self.exceptions(keys), item)
+                else:
+                    prev.exceptions = self.exceptions(keys)
+            elif key == "priority":
+                prev.priority = self.priority(keys)
+            elif key == "enabled":
+                prev.enabled = self.get(keys, "enabled", bool)
+            elif key == "warn_evttypes":
+                prev.warn_evttypes = self.get(keys, key, bool)
+            elif key == "skip-if-unknown-filter":
+                prev.skip_if_unknown_filter = self.get(keys, key, bool)
+
+    def merge_exceptions(self, prev: RuleDef, new: list[ExceptionDef], item: yaml.Node) -> None:
+        """Values of an exception with a known name are appended; new names are added."""
+        for ex in new:
+            old = next((e for e in prev.exceptions if e.name == ex.name), None)
+            if old is None:
+                prev.exceptions.append(ex)
+            elif ex.fields is not None or ex.comps is not None:
+                raise self.fail(item, f"exception '{ex.name}' exists: only its 'values' can be appended")
+            else:
+                if not ex.values:
+                    self.warn(item, f"exception '{ex.name}' is appended with no values")
+                old.values = [*old.values, *ex.values]
+
+
+def _read_file(col: Collection, path: Path) -> None:
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        col.errors.append(Diagnostic(Loc(name, 0), f"cannot read rules file: {exc}"))
+        return
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        snippet = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
+        col.errors.append(Diagnostic(Loc(name, line), f"invalid YAML: {exc}".splitlines()[0], snippet))
+        return
+    _FileReader(col, name, text).read(root)
+
+
+def collect(paths: Iterator[Path] | list[Path] | tuple[Path, ...]) -> Collection:
+    """Read every file in order into one collection (errors and warnings are collected in it)."""
+    col = Collection()
+    for path in paths:
+        _read_file(col, Path(path))
+    return col

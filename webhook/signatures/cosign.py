@@ -1,0 +1,209 @@
+"""Cosign signatures: the ``sha256-<hex>.sig`` tag scheme, its layers, and keyed verification.
+
+A cosign signature manifest has one layer per signature: the layer blob is the simple-signing
+payload (or a DSSE envelope) and ``dev.cosignproject.cosign/signature`` carries the signature;
+keyless signatures add the certificate, chain and Rekor bundle annotations. Keyed signatures
+are verified here with ``cryptography`` (ECDSA P-256/P-384, Ed25519, RSA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+
+from webhook import errors
+from webhook.admission.deadline import Deadline
+from webhook.signatures import evidence as ev
+from webhook.signatures import registry as reg
+
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+CERTIFICATE_ANNOTATION = "dev.sigstore.cosign/certificate"
+CHAIN_ANNOTATION = "dev.sigstore.cosign/chain"
+BUNDLE_ANNOTATION = "dev.sigstore.cosign/bundle"
+SIMPLE_SIGNING_MEDIA = "application/vnd.dev.cosign.simplesigning.v1+json"
+DSSE_MEDIA = "application/vnd.dsse.envelope.v1+json"
+
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+
+
+def signature_tag(digest: str) -> str:
+    """Where cosign stores the signatures of ``digest``: ``sha256-<hex>.sig``."""
+    return digest.replace(":", "-") + ".sig"
+
+
+async def fetch(
+    client: reg.RegistryClient,
+    registry: str,
+    repository: str,
+    digest: str,
+    deadline: Deadline,
+    creds: reg.Credentials | None = None,
+) -> list[ev.Evidence]:
+    """Every signature in the image's ``.sig`` manifest (empty when there is none)."""
+    tag = signature_tag(digest)
+    manifest = await client.manifest(registry, repository, tag, deadline, creds)
+    if manifest is None:
+        return []
+    try:
+        layers = manifest.document().get("layers") or []
+    except ValueError as exc:
+        raise reg.RegistryCallError(registry, f"signature manifest {repository}:{tag} is not JSON") from exc
+    found: list[ev.Evidence] = []
+    for index, layer in enumerate(layers if isinstance(layers, list) else ()):
+        if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
+            continue
+        source = f"{repository}:{tag} layer {index}"
+        blob = await client.blob(registry, repository, layer["digest"], deadline, creds)
+        try:
+            found.extend(_layer_evidence(layer, blob, source))
+        except ev.EvidenceError as exc:
+            found.append(ev.Evidence(source, b"", b"", frozenset(), problems=(str(exc),)))
+    return found
+
+
+def _layer_evidence(layer: dict[str, object], blob: bytes, source: str) -> list[ev.Evidence]:
+    annotations = layer.get("annotations")
+    annotations = annotations if isinstance(annotations, dict) else {}
+    keyless = _keyless_material(annotations, source)
+    if layer.get("mediaType") == DSSE_MEDIA:
+        try:
+            envelope = orjson.loads(blob)
+        except orjson.JSONDecodeError as exc:
+            raise ev.EvidenceError(f"{source}: DSSE envelope is not JSON") from exc
+        return ev.dsse_evidence(envelope, source, **keyless)
+    signature = ev.b64(annotations.get(SIGNATURE_ANNOTATION), f"{source}: {SIGNATURE_ANNOTATION}")
+    return [
+        ev.Evidence(
+            source=source,
+            signed=blob,
+            signature=signature,
+            digests=ev.simple_signing_digests(blob),
+            payload=blob,
+            **keyless,
+        )
+    ]
+
+
+def _keyless_material(annotations: dict[object, object], source: str) -> dict[str, object]:
+    cert_pem = annotations.get(CERTIFICATE_ANNOTATION)
+    if not isinstance(cert_pem, str) or not cert_pem:
+        return {}
+    try:
+        leaf = x509.load_pem_x509_certificate(cert_pem.encode())
+        chain_pem = annotations.get(CHAIN_ANNOTATION)
+        chain = x509.load_pem_x509_certificates(chain_pem.encode()) if isinstance(chain_pem, str) and chain_pem else []
+    except ValueError as exc:
+        raise ev.EvidenceError(f"{source}: certificate annotation is not PEM: {exc}") from exc
+    material: dict[str, object] = {
+        "certificate": leaf.public_bytes(serialization.Encoding.DER),
+        "chain": tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
+    }
+    bundle = annotations.get(BUNDLE_ANNOTATION)
+    if isinstance(bundle, str) and bundle:
+        material["tlog"] = _rekor_bundle(bundle, source)
+    return material
+
+
+def _rekor_bundle(text: str, source: str) -> ev.TlogEntry:
+    """cosign's ``{"SignedEntryTimestamp": b64, "Payload": {body, integratedTime, logIndex, logID}}``."""
+    try:
+        doc = orjson.loads(text)
+        payload = doc["Payload"]
+        return ev.TlogEntry(
+            body=ev.b64(payload["body"], f"{source}: rekor body"),
+            integrated_time=int(payload["integratedTime"]),
+            log_index=int(payload["logIndex"]),
+            log_id=bytes.fromhex(payload["logID"]),
+            signed_entry_timestamp=ev.b64(doc["SignedEntryTimestamp"], f"{source}: SET"),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ev.EvidenceError):
+            raise
+        raise ev.EvidenceError(f"{source}: {BUNDLE_ANNOTATION} is not a Rekor bundle: {exc}") from exc
+
+
+# -- keyed verification ------------------------------------------------------------------------
+
+
+def load_public_key(pem: bytes, where: str) -> PublicKey:
+    """Parse a PEM public key; raise ``ConfigError`` naming the file when it is not one we accept."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise errors.ConfigError(f"{where}: not a PEM public key ({exc}); export it with `cosign public-key`") from exc
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1 | ec.SECP384R1 | ec.SECP521R1):
+            raise errors.ConfigError(f"{where}: ECDSA curve {key.curve.name} is not supported (use P-256 or P-384)")
+        return key
+    if isinstance(key, ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+        return key
+    raise errors.ConfigError(f"{where}: unsupported key type {type(key).__name__} (use ECDSA, Ed25519 or RSA)")
+
+
+_CURVE_HASH: dict[str, type[hashes.HashAlgorithm]] = {
+    "secp256r1": hashes.SHA256,
+    "secp384r1": hashes.SHA384,
+    "secp521r1": hashes.SHA512,
+}
+
+
+def verify_signature(key: PublicKey, signature: bytes, signed: bytes, *, prehashed: bool = False) -> bool:
+    """True when ``signature`` by ``key`` covers ``signed``.
+
+    Cosign hashes with SHA-256 whatever the curve; other signers use the curve's own hash,
+    so ECDSA tries both. RSA accepts PKCS#1 v1.5 and PSS.
+    """
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            if prehashed:
+                return False
+            key.verify(signature, signed)
+            return True
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            if prehashed:
+                return _ok(lambda: key.verify(signature, signed, ec.ECDSA(utils.Prehashed(hashes.SHA256()))))
+            algorithms = {hashes.SHA256, _CURVE_HASH.get(key.curve.name, hashes.SHA256)}
+            return any(_ok(lambda a=a: key.verify(signature, signed, ec.ECDSA(a()))) for a in algorithms)
+        if isinstance(key, rsa.RSAPublicKey):
+            algorithm: hashes.HashAlgorithm | utils.Prehashed = (
+                utils.Prehashed(hashes.SHA256()) if prehashed else hashes.SHA256()
+            )
+            pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+            return _ok(lambda: key.verify(signature, signed, padding.PKCS1v15(), algorithm)) or _ok(
+                lambda: key.verify(signature, signed, pss, algorithm)
+            )
+    except (ValueError, TypeError):
+        return False
+    return False
+
+
+def _ok(call: object) -> bool:
+    try:
+        call()  # type: ignore[operator]
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAuthority:
+    """A trusted public key (one authority of a policy)."""
+
+    name: str  # the key's file as configured
+    key: PublicKey
+
+    def accepts(self, evidence: ev.Evidence, digest: str) -> str | None:
+        """``None`` when the evidence is a valid signature by this key naming ``digest``; else why not."""
+        if evidence.problems:
+            return evidence.problems[0]
+        if not verify_signature(self.key, evidence.signature, evidence.signed, prehashed=evidence.prehashed):
+            return f"signature is not by key {self.name}"
+        if digest not in evidence.digests:
+            named = ", ".join(sorted(evidence.digests)) or "no digest"
+            return f"signed payload names {named}, not {digest} (digest mismatch)"
+        return None

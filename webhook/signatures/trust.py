@@ -1,0 +1,157 @@
+"""Trust policy: image patterns → authorities with an n-of-m threshold and a mode (pure, no I/O).
+
+Built once from ``images:`` by the check's builder; ``match`` is on the admission hot path
+(precompiled regexes), ``judge`` turns fetched evidence into a verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from webhook.admission.decision import FailureMode, Mode
+from webhook.signatures import evidence as ev
+from webhook.signatures.reference import ImageRef
+
+
+class Authority(Protocol):
+    """Something that vouches for images: a public key or a keyless identity."""
+
+    @property
+    def name(self) -> str: ...
+
+    def accepts(self, evidence: ev.Evidence, digest: str) -> str | None: ...
+
+
+def compile_glob(glob: str) -> re.Pattern[str]:
+    """``**`` crosses ``/``, ``*`` and ``?`` stay inside one path segment; the rest is literal."""
+    out: list[str] = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def split_pattern(pattern: str) -> tuple[str, str | None, str | None]:
+    """``name[:tag][@digest]`` → its three globs (a ``:`` before the last ``/`` is a port)."""
+    digest = None
+    if "@" in pattern:
+        pattern, digest = pattern.split("@", 1)
+    tag = None
+    colon, slash = pattern.rfind(":"), pattern.rfind("/")
+    if colon > slash and slash != -1:
+        pattern, tag = pattern[:colon], pattern[colon + 1 :]
+    return pattern, tag, digest
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The verdict for one digest under one policy."""
+
+    verified: bool
+    reason: str  # why not (empty when verified)
+    satisfied: tuple[str, ...]  # authorities whose signature verified
+
+
+class TrustPolicy:
+    """One configured pattern and what it requires."""
+
+    __slots__ = (
+        "_digest",
+        "_name",
+        "_tag",
+        "authorities",
+        "cache_key",
+        "failure_mode",
+        "mode",
+        "pattern",
+        "threshold",
+    )
+
+    def __init__(
+        self,
+        pattern: str,
+        authorities: Sequence[Authority],
+        *,
+        threshold: int = 1,
+        mode: Mode = Mode.ENFORCE,
+        failure_mode: FailureMode = FailureMode.DENY,
+        fingerprint: str = "",
+    ) -> None:
+        self.pattern = pattern
+        self.authorities = tuple(authorities)
+        self.threshold = threshold
+        self.mode = mode
+        self.failure_mode = failure_mode
+        name, tag, digest = split_pattern(pattern)
+        self._name = compile_glob(name)
+        self._tag = compile_glob(tag) if tag is not None else None
+        self._digest = compile_glob(digest) if digest is not None else None
+        # Verdicts are cached per (repository, digest, cache_key): a changed policy never reuses them.
+        material = "\0".join([pattern, str(threshold), fingerprint, *(a.name for a in self.authorities)])
+        self.cache_key = hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    def matches(self, ref: ImageRef) -> bool:
+        if self._name.fullmatch(ref.name) is None:
+            return False
+        if self._tag is not None and (ref.tag is None or self._tag.fullmatch(ref.tag) is None):
+            return False
+        return not (self._digest is not None and (ref.digest is None or self._digest.fullmatch(ref.digest) is None))
+
+    def judge(self, evidence: Sequence[ev.Evidence], digest: str) -> Judgement:
+        """Count the authorities with at least one valid signature naming ``digest``."""
+        usable = [e for e in evidence if not e.problems]
+        if not evidence:
+            return Judgement(False, "no signature found", ())
+        satisfied: list[str] = []
+        failures: list[str] = []
+        for authority in self.authorities:
+            reasons = [authority.accepts(e, digest) for e in evidence]
+            if any(r is None for r in reasons):
+                satisfied.append(authority.name)
+            else:
+                failures.append(f"{authority.name}: {_best(reasons, bool(usable))}")
+        if len(satisfied) >= self.threshold:
+            return Judgement(True, "", tuple(satisfied))
+        needed = f"{len(satisfied)} of the required {self.threshold} authorities verified"
+        return Judgement(False, f"{needed} ({'; '.join(failures)})", tuple(satisfied))
+
+
+def _best(reasons: Sequence[str | None], any_usable: bool) -> str:
+    """The most telling reason: a digest mismatch or bad signature over a generic 'not our key'."""
+    texts = [r for r in reasons if r]
+    for marker in ("digest mismatch", "tampered", "wrong identity", "not valid when", "does not chain", "log"):
+        for text in texts:
+            if marker in text:
+                return text
+    return texts[0] if texts else "no usable signature" if not any_usable else "rejected"
+
+
+class TrustPolicySet:
+    """Patterns in configured order (first match wins) and what to do with the unmatched."""
+
+    __slots__ = ("policies", "unmatched")
+
+    def __init__(self, policies: Sequence[TrustPolicy], unmatched: str = "deny") -> None:
+        self.policies = tuple(policies)
+        self.unmatched = unmatched
+
+    def match(self, ref: ImageRef) -> TrustPolicy | None:
+        for policy in self.policies:
+            if policy.matches(ref):
+                return policy
+        return None
