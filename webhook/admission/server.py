@@ -137,19 +137,17 @@ class WebhookServer:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise errors.ReviewError(f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise errors.ReviewError(f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+        body = await request.read()  # bounded by the app's client_max_size (limit + 1)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise errors.ReviewError(f"body exceeds the limit of {limit} bytes") from exc
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
         raise errors.ReviewError(f"body could not be read: {exc}") from exc
-    if not chunks:
+    if len(body) > limit:
+        raise errors.ReviewError(f"body exceeds the limit of {limit} bytes")
+    if not body:
         raise errors.ReviewError("body is empty")
-    return b"".join(chunks)
+    return body
 
 
 def _subject(decoded: review.ReviewRequest) -> Subject:

@@ -172,9 +172,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     results = []
     for directory in args.log:
         key = _key_for(directory, keys)
-        results.append(
-            verify.verify(directory, key, wkeys, args.witnesses_required, not args.no_record_check)
-        )
+        results.append(verify.verify(directory, key, wkeys, args.witnesses_required, not args.no_record_check))
     if args.format == "json":
         _json({"version": 1, "logs": [_result_json(r) for r in results]})
     else:
@@ -209,7 +207,7 @@ def _result_json(r: verify.Result) -> dict[str, Any]:
         "checkpoints_checked": r.checkpoints_checked,
         "cosigners": r.cosigners,
         "first_problem": first.message if first else None,
-        "problems": [p.message for p in sorted(r.problems)],
+        "problems": [p.message for p in r.ordered()],
     }
 
 
@@ -223,7 +221,7 @@ def _print_result(r: verify.Result) -> None:
     first = r.first()
     assert first is not None
     print(f"{r.directory}: TAMPERED: first bad place: {first.message}")
-    for p in sorted(r.problems)[1:50]:
+    for p in r.ordered()[1:50]:
         print(f"  also: {p.message}")
 
 

@@ -65,6 +65,8 @@ class AuditLog:
         self._cp_lock = asyncio.Lock()
         self._witness_task: asyncio.Task[None] | None = None
         self._witness_sizes: dict[str, int] = {}
+        self._cp_signed = b""
+        self._cosigned_size = -1
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -132,6 +134,9 @@ class AuditLog:
             await self._checkpoint(force=True)
         if self._witness_task is not None:
             await self._witness_task
+        # A checkpoint made while an earlier push was in flight has not been witnessed yet.
+        if self._witnesses and self._cp_signed and self._cosigned_size != self._cp_size:
+            await self._cosign(self._cp_signed, self._cp_size)
 
     # -- writer task ------------------------------------------------------------------------
 
@@ -190,9 +195,7 @@ class AuditLog:
             )
         reader = tiles.TileReader(self.directory, self._store.size)
         if merkle.root_at(reader.node, cp.size) != cp.root:
-            raise store.RecoveryError(
-                f"{path}: root hash does not match the log; run 'portcullis audit verify'"
-            )
+            raise store.RecoveryError(f"{path}: root hash does not match the log; run 'portcullis audit verify'")
         return cp.size
 
     async def _checkpoint(self, force: bool = False) -> None:
@@ -205,6 +208,7 @@ class AuditLog:
         async with self._cp_lock:
             await asyncio.to_thread(self._write_checkpoint, signed, size)
         self._cp_size = size
+        self._cp_signed = signed
         if self._witnesses and (self._witness_task is None or self._witness_task.done()):
             self._witness_task = asyncio.create_task(self._cosign(signed, size))
 
@@ -224,6 +228,7 @@ class AuditLog:
             return merkle.consistency_proof(reader.node, old, size)
 
         lines = await witness.collect_cosignatures(self._witnesses, signed, size, proof, self._witness_sizes)
+        self._cosigned_size = size
         if not lines:
             return
         async with self._cp_lock:

@@ -119,7 +119,7 @@ def cosignature_message(text: bytes, timestamp: int) -> bytes:
 
 
 def _decode_key_parts(text: str, what: str, private: bool = False) -> tuple[str, int, bytes]:
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)  # base64 may itself contain "+"
     if len(parts) != 3:
         raise NoteError(f"{what}: expected <name>+<hex key id>+<base64 key>, got {len(parts)} parts")
     name, hex_id, blob = parts

@@ -78,9 +78,7 @@ def inclusion(directory: Path, index: int) -> InclusionProof:
     try:
         merkle.verify_inclusion(leaf, index, cp.size, path, cp.root)
     except merkle.ProofError as exc:
-        raise errors.AuditFormatError(
-            f"{directory}: tiles disagree with the checkpoint ({exc}); run verify"
-        ) from exc
+        raise errors.AuditFormatError(f"{directory}: tiles disagree with the checkpoint ({exc}); run verify") from exc
     return InclusionProof(index, cp.size, leaf, cp.root, path, entry, signed)
 
 

@@ -168,9 +168,7 @@ class TileStore:
         index = nfull - 1
         while index >= 0 and not (self.root / tiles.tile_path(level, index)).exists():
             log.warning("audit log %s: rebuilding missing tile %s", self.root, tiles.tile_path(level, index))
-            write_atomic(
-                self.root / tiles.tile_path(level, index), self._hashes(level, index, TILE_WIDTH), True
-            )
+            write_atomic(self.root / tiles.tile_path(level, index), self._hashes(level, index, TILE_WIDTH), True)
             index -= 1
         edge = self._hashes(level, nfull, width) if width else b""
         self.edges[level] = bytearray(edge)
@@ -258,22 +256,14 @@ def _entries_size(root: Path) -> tuple[int, bytes]:
 def _drop_beyond(root: Path, level: int, count: int) -> None:
     """Delete tiles of a level that lie beyond ``count`` hashes: an unacknowledged torn tail."""
     nfull, width = divmod(count, TILE_WIDTH)
-    for w in _partial_widths(root, level, nfull):
-        if w > width:
-            log.warning("audit log %s: dropping torn tail %s", root, tiles.tile_path(level, nfull, w))
-            (root / tiles.tile_path(level, nfull, w)).unlink()
-    if width and (root / tiles.tile_path(level, nfull)).exists():
-        log.warning("audit log %s: dropping torn tail %s", root, tiles.tile_path(level, nfull))
-        (root / tiles.tile_path(level, nfull)).unlink()
-    index = nfull + (1 if width else 0)
-    while True:
-        stale = [root / tiles.tile_path(level, index)] + [
-            root / tiles.tile_path(level, index, w) for w in _partial_widths(root, level, index)
-        ]
-        stale = [p for p in stale if p.exists()]
-        if not stale:
-            return
-        for p in stale:
-            log.warning("audit log %s: dropping torn tail %s", root, p)
-            p.unlink()
-        index += 1
+    base = root / "tile" / ("entries" if level == ENTRIES else str(level))
+    for dirpath, _, names in os.walk(base):
+        for name in names:
+            path = Path(dirpath, name)
+            tid = tiles.parse_tile_path(path.relative_to(root).as_posix())
+            if tid is None or tid.level != level:
+                continue
+            beyond = tid.index > nfull or (tid.index == nfull and (not tid.partial or tid.width > width))
+            if beyond:
+                log.warning("audit log %s: dropping torn tail %s", root, tid.path())
+                path.unlink()

@@ -22,9 +22,10 @@ ENTRIES = -1  # the pseudo-level of entry bundles in paths and parsed results
 class TileFormatError(ValueError):
     """A tile or bundle file is malformed; ``offset`` is the first bad byte."""
 
-    def __init__(self, message: str, offset: int = 0) -> None:
+    def __init__(self, message: str, offset: int = 0, count: int = 0) -> None:
         super().__init__(message)
         self.offset = offset
+        self.count = count  # whole entries before the bad byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +112,11 @@ def decode_bundle(data: bytes) -> list[bytes]:
     pos, end = 0, len(data)
     while pos < end:
         if pos + 2 > end:
-            raise TileFormatError(f"truncated length prefix of entry {len(out)}", pos)
+            raise TileFormatError(f"truncated length prefix of entry {len(out)}", pos, len(out))
         n = int.from_bytes(data[pos : pos + 2], "big")
         if pos + 2 + n > end:
-            raise TileFormatError(f"entry {len(out)} claims {n} bytes but only {end - pos - 2} remain", pos)
+            msg = f"entry {len(out)} claims {n} bytes but only {end - pos - 2} remain"
+            raise TileFormatError(msg, pos, len(out))
         out.append(data[pos + 2 : pos + 2 + n])
         pos += 2 + n
     return out
@@ -157,6 +159,8 @@ class TileReader:
         try:
             data = (self.root / rel).read_bytes()
         except FileNotFoundError:
+            if full.exists():  # the writer completed the tile and retired its partials meanwhile
+                return full.read_bytes()[: width * merkle.HASH_SIZE]
             raise TileFormatError(f"{rel}: missing (needed for tree size {self.size})") from None
         if len(data) != width * merkle.HASH_SIZE:
             raise TileFormatError(f"{rel}: {len(data)} bytes, expected {width * merkle.HASH_SIZE}")

@@ -21,10 +21,14 @@ HISTORY = "checkpoints"
 _NOWHERE = 1 << 64  # a problem not tied to one leaf sorts after every located one
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Problem:
     position: int  # first leaf index affected (or _NOWHERE)
     message: str
+    span: int = 1  # leaves it may concern: 1 is exact; wider ones rank after exact ones inside them
+
+    def rank(self) -> tuple[int, int, str]:
+        return (self.position + self.span - 1, self.span, self.message)
 
 
 @dataclass
@@ -42,11 +46,14 @@ class Result:
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, position: int, message: str) -> None:
-        self.problems.append(Problem(position, message))
+    def add(self, position: int, message: str, span: int = 1) -> None:
+        self.problems.append(Problem(position, message, span))
+
+    def ordered(self) -> list[Problem]:
+        return sorted(self.problems, key=Problem.rank)
 
     def first(self) -> Problem | None:
-        return min(self.problems) if self.problems else None
+        return min(self.problems, key=Problem.rank) if self.problems else None
 
 
 class _Files:
@@ -108,13 +115,11 @@ class _TreeCheck:
                 self._compare(level, self.counts[level] // TILE_WIDTH, bytes(buf), full=False)
         levels = {lvl for lvl, _ in self.files.tiles if lvl >= 0}
         for level in sorted(levels):
-            done = self.counts.get(level, 0) // TILE_WIDTH + (
-                1 if self.counts.get(level, 0) % TILE_WIDTH else 0
-            )
+            done = self.counts.get(level, 0) // TILE_WIDTH + (1 if self.counts.get(level, 0) % TILE_WIDTH else 0)
             for (lvl, index), widths in sorted(self.files.tiles.items()):
                 if lvl == level and index >= done:
                     for path in widths.values():
-                        self._problem(level, index, 0, f"{self._rel(path)}: tile beyond the log's entries")
+                        self._problem(level, index, 0, f"{self._rel(path)}: tile beyond the log's entries", True)
 
     def _compare(self, level: int, index: int, data: bytes, full: bool) -> None:
         stored = self.files.tiles.get((level, index), {})
@@ -123,9 +128,7 @@ class _TreeCheck:
         for width, path in sorted(stored.items()):
             want = data[: width * 32]
             if width * 32 > len(data):
-                self._problem(
-                    level, index, len(data) // 32, f"{self._rel(path)}: wider than the log's entries"
-                )
+                self._problem(level, index, len(data) // 32, f"{self._rel(path)}: wider than the log's entries")
                 continue
             got = path.read_bytes()
             if got != want:
@@ -137,11 +140,11 @@ class _TreeCheck:
                     j = min(j, len(got) // 32)
                 self._problem(level, index, j, f"{self._rel(path)}: hash {j} does not match the entries")
 
-    def _problem(self, level: int, index: int, j: int, msg: str) -> None:
+    def _problem(self, level: int, index: int, j: int, msg: str, whole_tile: bool = False) -> None:
         first = (index * TILE_WIDTH + j) * TILE_WIDTH**level
-        span = TILE_WIDTH**level
+        span = TILE_WIDTH ** (level + 1 if whole_tile else level)
         where = f"leaf {first}" if span == 1 else f"leaves {first}..{first + span - 1}"
-        self.result.add(first, f"{msg} ({where})")
+        self.result.add(first, f"{msg} ({where})", span)
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -184,19 +187,13 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         try:
             entries = tiles.decode_bundle(data)
         except tiles.TileFormatError as exc:
-            result.add(index, f"{rel}: byte {exc.offset}: {exc}")
+            result.add(index + exc.count, f"{rel}: byte {exc.offset}: {exc}")
             return
         if len(entries) != best:
-            result.problems.append(
-                Problem(
-                    index + min(best, len(entries)), f"{rel}: holds {len(entries)} entries, name says {best}"
-                )
-            )
+            result.add(index + min(best, len(entries)), f"{rel}: holds {len(entries)} entries, name says {best}")
         for width, path in widths.items():
             if width != best and not data.startswith(path.read_bytes()):
-                result.problems.append(
-                    Problem(index, f"{path.relative_to(root).as_posix()}: not a prefix of {rel}")
-                )
+                result.add(index, f"{path.relative_to(root).as_posix()}: not a prefix of {rel}")
         offset = 0
         for entry in entries:
             if check_records:
@@ -210,11 +207,11 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         if best < TILE_WIDTH:
             break
         bundle += 1
-    for b in bundles:
-        if b > bundle:
-            result.problems.append(
-                Problem(index, f"{tiles.tile_path(ENTRIES, b)}: bundle after a gap or a partial bundle")
-            )
+    later = [b for b in bundles if b > bundle]
+    if later:
+        what = "missing" if not files.tiles.get((ENTRIES, bundle)) else "partial"
+        msg = f"{tiles.tile_path(ENTRIES, bundle)}: {what}, yet {tiles.tile_path(ENTRIES, later[0])} follows"
+        result.add(index, msg)
 
 
 def _load_checkpoints(
@@ -242,14 +239,12 @@ def _load_checkpoints(
         if result.origin is None:
             result.origin = cp.origin
         elif cp.origin != result.origin:
-            result.problems.append(
-                Problem(_NOWHERE, f"{rel}: origin {cp.origin!r}, expected {result.origin!r}")
-            )
+            result.add(_NOWHERE, f"{rel}: origin {cp.origin!r}, expected {result.origin!r}")
         if named is None:
             result.checkpoint_size = cp.size
         out.append((rel, cp))
-    if result.checkpoint_size is None:
-        result.add(_NOWHERE, f"{root / CHECKPOINT}: missing or unreadable")
+    if result.checkpoint_size is None and not (root / CHECKPOINT).exists():
+        result.add(_NOWHERE, f"{CHECKPOINT}: missing")
     return out
 
 
@@ -257,29 +252,18 @@ def _check_roots(checkpoints: list[tuple[str, note.Checkpoint]], tree: _TreeChec
     good = [cp.size for _, cp in checkpoints if tree.root_of(cp.size) == cp.root]
     for rel, cp in checkpoints:
         if cp.size > result.size:
-            result.problems.append(
-                Problem(
-                    result.size,
-                    f"{rel}: signed size {cp.size} but the log holds {result.size} entries (records removed)",
-                )
-            )
+            msg = f"{rel}: signed size {cp.size} but the log holds {result.size} entries (records removed)"
+            result.add(result.size, msg, cp.size - result.size)
             continue
         if tree.root_of(cp.size) != cp.root:
             below = max((s for s in good if s < cp.size), default=0)
-            result.problems.append(
-                Problem(
-                    cp.size - 1,
-                    f"{rel}: root of size {cp.size} does not match; "
-                    f"a record in {below}..{cp.size - 1} was altered",
-                )
-            )
+            msg = f"{rel}: root of size {cp.size} does not match; a record in {below}..{cp.size - 1} was altered"
+            result.add(below, msg, cp.size - below)
         result.checkpoints_checked += 1
     if result.checkpoint_size is not None:
         latest = result.checkpoint_size
         if any(cp.size > latest for _, cp in checkpoints):
-            result.problems.append(
-                Problem(_NOWHERE, f"{CHECKPOINT}: size {latest} is older than a kept checkpoint")
-            )
+            result.add(_NOWHERE, f"{CHECKPOINT}: size {latest} is older than a kept checkpoint")
 
 
 def _check_latest(
@@ -299,9 +283,7 @@ def _check_latest(
     result.cosigners = sorted(ok)
     need = required or len(witness_keys)
     if len(ok) < need:
-        result.problems.append(
-            Problem(_NOWHERE, f"{CHECKPOINT}: {len(ok)} of {need} required witness cosignatures")
-        )
+        result.add(_NOWHERE, f"{CHECKPOINT}: {len(ok)} of {need} required witness cosignatures")
 
 
 def _differs(a: bytes, b: bytes, i: int) -> bool:

@@ -1,14 +1,304 @@
-"""The gpu check (placeholder until its issue lands)."""
+"""The gpu check: GPU requests against per-pod rules and quotas (uses ``quota/``).
+
+Per-pod rules (max GPUs, requests equal limits, model required) are pure and also run in CI.
+Quotas need the cluster: a Pod CREATE is checked against the ledger (pods seen by the watch
+plus reservations) and, when admitted and not a dry run, reserves its GPUs until the watch
+sees it. Workload templates (Deployments, ...) are judged only against what one pod could
+ever get, since their pods come through admission one by one.
+"""
 
 from __future__ import annotations
 
-from webhook.checks.base import Check
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from webhook import errors
+from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.admission.workloads import PodSpecRef
+from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.quota import coordination, metrics, quantity, requests
+from webhook.quota.ledger import Ledger, QuotaView
+from webhook.quota.model import Demand, QuotaModel
+from webhook.quota.watch import PodWatch
 
 CHECK_ID = "gpu"
+log = logging.getLogger("portcullis.quota")
+
+_EMPTY = CheckResult()
+_NO_CLUSTER = "GPU quotas not judged: no cluster to count usage in (per-pod rules only)"
 
 
-def build(config: Config, services: Services) -> Check | None:
-    """Not implemented yet: contributes no check."""
-    return None
+class GpuCheck:
+    """GPU per-pod rules and quotas; ``ready()`` once the pod watch has listed every pod."""
+
+    id = CHECK_ID
+    default_mode = Mode.ENFORCE
+
+    def __init__(
+        self,
+        config: Config,
+        model: QuotaModel,
+        *,
+        ledger: Ledger | None = None,
+        coordinator: coordination.Coordinator | None = None,
+        watch: PodWatch | None = None,
+        namespaces: Any = None,
+        ci: bool = False,
+        owns_namespaces: bool = False,
+    ) -> None:
+        settings = config.checks.get(CHECK_ID)
+        self.failure_mode = settings.failure_mode if settings is not None else FailureMode.DENY
+        self.model = model
+        self.ledger = ledger
+        self.coordinator = coordinator
+        self.watch = watch
+        self.namespaces = namespaces
+        self.ci = ci
+        self.does_io = bool(coordinator is not None and coordinator.does_io)
+        self._quota = config.quota
+        self._owns_namespaces = owns_namespaces
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.namespaces is not None and self._owns_namespaces:
+            await self.namespaces.start()
+        if self.watch is not None:
+            await self.watch.start()
+
+    async def close(self) -> None:
+        if self.watch is not None:
+            await self.watch.close()
+        if self.namespaces is not None and self._owns_namespaces:
+            await self.namespaces.close()
+
+    def ready(self) -> bool:
+        return self.watch is None or self.watch.ready()
+
+    def metrics(self) -> list[str]:
+        """Prometheus text lines: used / reserved / limit per quota (in GPUs)."""
+        if self.ledger is None:
+            return []
+        return metrics.prometheus_lines(self.ledger, self.model)
+
+    # -- judgement -------------------------------------------------------------------------
+    async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
+        result: CheckResult | None = None
+        for pod in pods:
+            try:
+                demand = self.model.demand(pod.spec)
+            except quantity.QuantityError as exc:
+                result = result or CheckResult()
+                result.violations.append(Violation(CHECK_ID, f"cannot read GPU requests: {exc}", path=pod.path))
+                continue
+            if demand.empty:
+                continue
+            result = result or CheckResult()
+            self._per_pod(pod, demand, result)
+            await self._quotas(pod, demand, ctx, result)
+        return result or _EMPTY
+
+    def _per_pod(self, pod: PodSpecRef, demand: Demand, result: CheckResult) -> None:
+        model, rules = self.model, self._quota.per_pod
+        total = model.total(demand)
+        result.context.update(
+            {"gpus": model.gpus(total), "requests": {k: _milli_str(v) for k, v in sorted(demand.milli.items())}}
+        )
+        if demand.models is not None:
+            result.context["gpu_models"] = sorted(demand.models)
+        if model.max_pod_units is not None and total > model.max_pod_units:
+            result.violations.append(
+                Violation(
+                    CHECK_ID,
+                    f"pod asks {model.gpus(total)} GPUs, more than the {model.gpus(model.max_pod_units)} "
+                    f"allowed per pod (quota.per_pod.max_gpus)",
+                    path=pod.path,
+                )
+            )
+        if rules.requests_equal_limits:
+            for m in requests.mismatches(pod.spec, model.counts):
+                result.violations.append(
+                    Violation(
+                        CHECK_ID,
+                        f"{m.resource} request {m.request} must equal its limit ({m.limit})",
+                        container=m.name,
+                        path=f"{pod.path}.{m.field}[{m.index}].resources",
+                    )
+                )
+        if rules.require_gpu_model and model.has_model_quotas and demand.models is None:
+            result.violations.append(
+                Violation(
+                    CHECK_ID,
+                    f"GPU pods must select a GPU model with nodeSelector or required node affinity on "
+                    f"{self._quota.gpu_model_label!r}",
+                    path=pod.path,
+                )
+            )
+
+    async def _quotas(self, pod: PodSpecRef, demand: Demand, ctx: RequestContext, result: CheckResult) -> None:
+        charges = self.model.charges(ctx.namespace, ctx.namespace_labels, demand)
+        if not charges:
+            return
+        if ctx.kind != "Pod":
+            self._template_fits(pod, charges, result)
+            return
+        if ctx.operation != "CREATE":
+            return  # a pod's GPU requests cannot change after creation; it was counted then
+        if self.ci:
+            self._template_fits(pod, charges, result)
+            result.warnings.append(_NO_CLUSTER)
+            return
+        if self.ledger is None or self.coordinator is None:
+            raise errors.ApiServerError(
+                "GPU quotas are configured but there is no Kubernetes API to count usage "
+                "(set kubernetes.mode, or run inside the cluster)"
+            )
+        self._fresh()
+        keys = _pod_keys(ctx)
+        admitted, views = await self.coordinator.admit(keys, charges, reserve=not ctx.dry_run, deadline=ctx.deadline)
+        result.context["quotas"] = [_view_json(self.model, v) for v in views]
+        result.context["usage"] = self._usage(ctx)
+        if not admitted:
+            for view in views:
+                if not view.fits:
+                    result.violations.append(Violation(CHECK_ID, self._denial(view), path=pod.path))
+            return
+        for view in views:
+            after = view.used + view.reserved + view.asked
+            if view.limit and after > view.limit * self._quota.warn_ratio:
+                result.warnings.append(
+                    f"GPU quota {view.rule!r} ({view.scope}) at {100 * after // view.limit}% after this pod: "
+                    f"{self.model.gpus(after)} of {self.model.gpus(view.limit)} GPUs"
+                )
+
+    def _template_fits(self, pod: PodSpecRef, charges: Sequence[Any], result: CheckResult) -> None:
+        for charge in charges:
+            if charge.units > charge.limit:
+                result.violations.append(
+                    Violation(
+                        CHECK_ID,
+                        f"each pod asks {self.model.gpus(charge.units)} GPUs but GPU quota {charge.rule!r} "
+                        f"({charge.scope}) allows {self.model.gpus(charge.limit)} in all: no pod could ever start",
+                        path=pod.path,
+                    )
+                )
+
+    def _fresh(self) -> None:
+        """Raise ``ApiServerError`` when usage is not known (first list pending, watch lost)."""
+        watch = self.watch
+        if watch is None:
+            return
+        if not watch.ready():
+            raise errors.ApiServerError(
+                "GPU usage not known yet: the pod watch has not finished its first list from the API server"
+            )
+        stale = watch.reflector.stale_for()
+        if stale > self._quota.max_staleness:
+            raise errors.ApiServerError(
+                f"GPU usage unknown: the pod watch lost the API server {stale:.0f}s ago "
+                f"({watch.reflector.last_error or 'no answer'}); "
+                f"limit quota.max_staleness={self._quota.max_staleness:g}s"
+            )
+
+    def _denial(self, view: QuotaView) -> str:
+        gpus = self.model.gpus
+        in_use = view.used + view.reserved
+        return (
+            f"GPU quota {view.rule!r} ({view.scope}) exceeded: {gpus(in_use)} of {gpus(view.limit)} GPUs in use "
+            f"({gpus(view.used)} by running pods, {gpus(view.reserved)} reserved), this pod asks "
+            f"{gpus(view.asked)}, {gpus(view.left)} left"
+        )
+
+    def _usage(self, ctx: RequestContext) -> dict[str, str]:
+        assert self.ledger is not None
+        groups = self.ledger.group_used
+        usage = {"namespace": self.model.gpus(groups.get(f"namespace={ctx.namespace}", 0))}
+        team = ctx.namespace_labels.get(self._quota.team_label)
+        if team is not None:
+            usage["team"] = self.model.gpus(groups.get(f"team={team}", 0))
+        return usage
+
+
+def _pod_keys(ctx: RequestContext) -> tuple[str, ...]:
+    """What names the pod to the watch: its uid (set before validating admission) and namespace/name."""
+    metadata = ctx.object.get("metadata") or {}
+    uid = metadata.get("uid")
+    name = ctx.name or metadata.get("name") or ""
+    by_name = f"{ctx.namespace}/{name}"
+    return (str(uid), by_name) if uid else (by_name,)
+
+
+def _view_json(model: QuotaModel, view: QuotaView) -> dict[str, Any]:
+    return {
+        "quota": view.rule,
+        "key": view.key,
+        "scope": view.scope,
+        "used": model.gpus(view.used),
+        "reserved": model.gpus(view.reserved),
+        "limit": model.gpus(view.limit),
+        "asked": model.gpus(view.asked),
+        "left": model.gpus(view.left),
+    }
+
+
+def _milli_str(milli: int) -> str:
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def build(config: Config, services: Services) -> GpuCheck | None:
+    """The gpu check, or None when ``quota:`` configures nothing to judge."""
+    quota = config.quota
+    rules = quota.per_pod
+    if not quota.quotas and rules.max_gpus is None and not rules.requests_equal_limits and not rules.require_gpu_model:
+        return None
+    model = QuotaModel(quota)
+    api = services.kube_api
+    if services.ci or api is None or not quota.quotas:
+        return GpuCheck(config, model, ci=services.ci)
+    kube = _kube_config(config)
+    ledger = Ledger(quota.reservation_ttl)
+    for rule in quota.quotas:
+        if rule.per is None:
+            for charge in model.charges(rule.namespace or "", {quota.team_label: rule.team or ""}, _any(model, rule)):
+                if charge.rule == rule.name:
+                    ledger.note_quota(charge)
+    namespaces = getattr(services, "namespaces", None)
+    owns = False
+    if namespaces is None and any(q.team is not None or q.per == "team" for q in quota.quotas):
+        from webhook.kube.namespaces import NamespaceDirectory
+
+        namespaces = NamespaceDirectory(api, kube)
+        owns = True
+    watch = PodWatch(api, kube, model, ledger, namespaces)
+    if namespaces is not None and hasattr(namespaces, "subscribe"):
+        namespaces.subscribe(watch.namespace_changed)
+    coordinator: coordination.Coordinator
+    if quota.coordination == "apiserver":
+        coordinator = coordination.ApiServerCoordinator(
+            api,
+            quota.coordination_namespace,
+            ledger,
+            model,
+            ttl=quota.reservation_ttl,
+            request_timeout=kube.request_timeout,
+        )
+    else:
+        coordinator = coordination.LocalCoordinator(ledger)
+    return GpuCheck(
+        config, model, ledger=ledger, coordinator=coordinator, watch=watch, namespaces=namespaces, owns_namespaces=owns
+    )
+
+
+def _kube_config(config: Config) -> Any:
+    from webhook.config.quota import KubernetesConfig
+
+    return getattr(config, "kubernetes", None) or KubernetesConfig()
+
+
+def _any(model: QuotaModel, rule: Any) -> Demand:
+    """A demand that matches ``rule`` (to name its quota key in metrics before any pod uses it)."""
+    resource = next(iter(rule.resources), None) or next(iter(model.config.resources), "nvidia.com/gpu")
+    models = frozenset((rule.gpu_model,)) if rule.gpu_model else None
+    return Demand({resource: 1}, models, {resource: 1})

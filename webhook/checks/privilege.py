@@ -1,14 +1,142 @@
-"""The privilege check (placeholder until its issue lands)."""
+"""The least-privilege check: Pod Security Standards (baseline, restricted, every version) plus the
+hardened profile, per namespace (evaluate stage; built by ``checks.registry``, used by the
+webhook and ``portcullis check``).
+
+Findings carry the mode they were found for: violations of the enforce level have mode
+``enforce``, those found only at the warn level ``warn``, only at the audit level ``audit``.
+The check ids are listed in ``webhook.checks.pss``.
+"""
 
 from __future__ import annotations
 
-from webhook.checks.base import Check
+from collections.abc import Mapping, Sequence
+
+import msgspec
+
+from webhook import errors
+from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.admission.workloads import PodSpecRef
+from webhook.checks.base import RequestContext
+from webhook.checks.pss import hardened, policy, registry
+from webhook.checks.pss.policy import LevelVersion, Plan, Policy
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.config.privilege import ALL_HARDENED, NamespacePrivilege, PrivilegeConfig
 
 CHECK_ID = "privilege"
+LEVELS: tuple[str, ...] = tuple(level.value for level in registry.Level)
+NEWEST_VERSION = f"v1.{registry.NEWEST_MINOR}"
+_PLAN_CACHE_LIMIT = 64  # distinct (namespace policy) plans kept; label sets in a cluster are few
 
 
-def build(config: Config, services: Services) -> Check | None:
-    """Not implemented yet: contributes no check."""
-    return None
+def evaluate(
+    pods: Sequence[PodSpecRef],
+    level: str = "restricted",
+    version: str = "latest",
+    *,
+    hardened_checks: Sequence[str] = ALL_HARDENED,
+    required_limits: Sequence[str] = ("cpu", "memory"),
+) -> list[Violation]:
+    """Every violation of ``level`` at ``version`` in ``pods`` (mode left unset).
+
+    A pure function for CI and tests. Raises ``ConfigError`` for an unknown level or version.
+    """
+    try:
+        registry.parse_version(version)
+        lv = LevelVersion(policy.parse_level(level), version)
+    except ValueError as exc:
+        raise errors.ConfigError(str(exc)) from exc
+    plan = policy.compile_plan(
+        Policy(lv, lv, lv), hardened=hardened.checks(hardened_checks, required_limits), modes=False
+    )
+    return plan.evaluate(pods)
+
+
+def with_level(config: Config, level: str | None, version: str | None = None) -> Config:
+    """``config`` with the enforce level and version pinned everywhere (``portcullis check
+    --level/--pss-version``). Raises ``ConfigError`` for an unknown level or version."""
+    try:
+        if level is not None:
+            policy.parse_level(level)
+        if version is not None:
+            registry.parse_version(version)
+    except ValueError as exc:
+        raise errors.ConfigError(str(exc)) from exc
+    current = config.privilege
+    changes: dict[str, object] = {"pinned": True}
+    if level is not None:
+        changes["level"] = level
+    if version is not None:
+        changes["version"] = version
+    return msgspec.structs.replace(config, privilege=msgspec.structs.replace(current, **changes))
+
+
+class PrivilegeCheck:
+    """Pod Security per namespace: config defaults, then labels, then per-namespace overrides."""
+
+    id = CHECK_ID
+    failure_mode = FailureMode.DENY
+    default_mode = Mode.ENFORCE
+    does_io = False
+
+    def __init__(self, config: PrivilegeConfig) -> None:
+        self._config = config
+        self._hardened = hardened.checks(config.hardened_checks, config.required_limits)
+        self._always = hardened.checks(config.always_checks, config.required_limits)
+        self._defaults = Policy(
+            LevelVersion(registry.Level(config.level), config.version),
+            LevelVersion(registry.Level(config.warn_level), config.warn_version),
+            LevelVersion(registry.Level(config.audit_level), config.audit_version),
+        )
+        self._plans: dict[Policy, Plan] = {}
+        self._default_plan = self._plan(self._defaults)
+
+    def policy_for(self, namespace: str, labels: Mapping[str, str]) -> tuple[Policy, list[str]]:
+        """The policy in ``namespace`` with these labels, and warnings about invalid labels."""
+        config = self._config
+        if config.pinned:
+            return self._defaults, []
+        found: Policy = self._defaults
+        problems: list[str] = []
+        if config.namespace_labels and labels:
+            found, problems = policy.from_labels(labels, self._defaults)
+        override = config.namespaces.get(namespace)
+        if override is not None:
+            found = _apply(found, override)
+        return found, problems
+
+    async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
+        found, problems = self.policy_for(ctx.namespace, ctx.namespace_labels)
+        plan = self._default_plan if found is self._defaults else self._plan(found)
+        warnings = [f"[{CHECK_ID}] {p}" for p in problems]
+        return CheckResult(plan.evaluate(pods), warnings, context={"pss": found.describe()})
+
+    def _plan(self, found: Policy) -> Plan:
+        plan = self._plans.get(found)
+        if plan is None:
+            if len(self._plans) >= _PLAN_CACHE_LIMIT:
+                self._plans.clear()
+            plan = policy.compile_plan(found, hardened=self._hardened, always=self._always)
+            self._plans[found] = plan
+        return plan
+
+
+def _apply(found: Policy, override: NamespacePrivilege) -> Policy:
+    def one(current: LevelVersion, level: str | None, version: str | None) -> LevelVersion:
+        if level is None and version is None:
+            return current
+        return LevelVersion(
+            registry.Level(level) if level is not None else current.level,
+            version if version is not None else current.version,
+        )
+
+    return Policy(
+        one(found.enforce, override.level, override.version),
+        one(found.warn, override.warn_level, override.warn_version),
+        one(found.audit, override.audit_level, override.audit_version),
+    )
+
+
+def build(config: Config, services: Services) -> PrivilegeCheck:
+    """The privilege check for ``config.privilege`` (``services`` unused: the check does no I/O)."""
+    return PrivilegeCheck(config.privilege)

@@ -1,14 +1,316 @@
-"""The runtimeclass check (placeholder until its issue lands)."""
+"""Runtime class rules (evaluate stage; built by ``checks.registry``): GPU pods must use a GPU runtime,
+untrusted namespaces a sandbox, denied classes nowhere, and named classes must exist.
+
+Check ids: ``runtimeclass:gpu``, ``runtimeclass:untrusted``, ``runtimeclass:denied``,
+``runtimeclass:unknown``. The first three are a pure function of the manifest and the
+namespace labels (``evaluate``). The last asks the API server for the cluster's RuntimeClasses
+through the official ``kubernetes`` client (blocking, so in a thread, within the request's
+deadline and ``lookup_timeout_seconds``), caches the list for ``cache_seconds`` and shares one
+in-flight lookup between concurrent requests. Failure mode of the lookup: a stale cached list
+is used when there is one (with a warning); otherwise ``lookup_failure_mode`` decides: ``deny``
+raises ``RuntimeClassLookupError`` (the pipeline applies the check's failure mode), ``allow``
+skips the rule with a warning. Without an API server (``portcullis check``) the rule is skipped.
+"""
 
 from __future__ import annotations
 
-from webhook.checks.base import Check
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from webhook import errors
+from webhook.admission import workloads
+from webhook.admission.deadline import Deadline
+from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.admission.workloads import PodSpecRef
+from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.config.privilege import RuntimeClassConfig
 
 CHECK_ID = "runtimeclass"
+_MISS_REFRESH_SECONDS = 5.0  # a name missing from a list this old triggers one refresh
+_PAGE = 500
 
 
-def build(config: Config, services: Services) -> Check | None:
-    """Not implemented yet: contributes no check."""
+class RuntimeClassLookupError(errors.ApiServerError):
+    """The API server could not list RuntimeClasses (and no cached list was at hand)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """``RuntimeClassConfig`` compiled for the hot path."""
+
+    gpu_exact: frozenset[str]
+    gpu_prefixes: tuple[str, ...]
+    gpu_classes: frozenset[str]
+    untrusted_label: str
+    untrusted_values: frozenset[str]
+    sandboxed: frozenset[str]
+    denied: frozenset[str]
+
+    @classmethod
+    def from_config(cls, config: RuntimeClassConfig) -> Rules:
+        return cls(
+            gpu_exact=frozenset(p for p in config.gpu_resources if not p.endswith("*")),
+            gpu_prefixes=tuple(p.rstrip("*") for p in config.gpu_resources if p.endswith("*")),
+            gpu_classes=frozenset(config.gpu_runtime_classes),
+            untrusted_label=config.untrusted_label,
+            untrusted_values=frozenset(config.untrusted_values),
+            sandboxed=frozenset(config.sandboxed_runtime_classes),
+            denied=frozenset(config.denied_runtime_classes),
+        )
+
+    def is_gpu(self, resource: str) -> bool:
+        return resource in self.gpu_exact or (bool(self.gpu_prefixes) and resource.startswith(self.gpu_prefixes))
+
+
+def runtime_class(pod: PodSpecRef) -> str | None:
+    """The pod's runtimeClassName, or None when unset or empty (the cluster's default runtime)."""
+    name = pod.spec.get("runtimeClassName")
+    return name if isinstance(name, str) and name else None
+
+
+def evaluate(pods: Sequence[PodSpecRef], namespace_labels: Mapping[str, str], rules: Rules) -> list[Violation]:
+    """The GPU, untrusted-namespace and denylist findings for ``pods`` (pure; never raises)."""
+    out: list[Violation] = []
+    untrusted = namespace_labels.get(rules.untrusted_label) in rules.untrusted_values
+    for pod in pods:
+        name = runtime_class(pod)
+        path = f"{pod.path}.runtimeClassName"
+        shown = f'"{name}"' if name else "the default runtime"
+        if name in rules.denied:
+            out.append(
+                Violation(
+                    "runtimeclass:denied",
+                    f"runtime class {shown} is denied by policy; set runtimeClassName to an allowed class",
+                    path=path,
+                )
+            )
+        if rules.gpu_classes and name not in rules.gpu_classes:
+            container = _gpu_container(pod, rules)
+            if container is not None:
+                out.append(
+                    Violation(
+                        "runtimeclass:gpu",
+                        f"requests GPUs but runs under {shown}; set runtimeClassName to {_one_of(rules.gpu_classes)}",
+                        container=container,
+                        path=path,
+                    )
+                )
+        if untrusted and name not in rules.sandboxed:
+            out.append(
+                Violation(
+                    "runtimeclass:untrusted",
+                    f"namespace is labelled {rules.untrusted_label}={namespace_labels[rules.untrusted_label]} "
+                    f"and must use a sandboxed runtime, not {shown}; set runtimeClassName to "
+                    f"{_one_of(rules.sandboxed)}",
+                    path=path,
+                )
+            )
+    return out
+
+
+def _gpu_container(pod: PodSpecRef, rules: Rules) -> str | None:
+    """The name of the first container (or "pod" for pod-level resources) that requests a GPU."""
+    if _requests_gpu(pod.spec.get("resources"), rules):
+        return "pod"
+    for ref in workloads.containers(pod, ("initContainers", "containers")):
+        if _requests_gpu(ref.container.get("resources"), rules):
+            return ref.name
     return None
+
+
+def _requests_gpu(resources: Any, rules: Rules) -> bool:
+    if not isinstance(resources, Mapping):
+        return False
+    for key in ("limits", "requests"):
+        amounts = resources.get(key)
+        if isinstance(amounts, Mapping) and any(rules.is_gpu(r) and _nonzero(q) for r, q in amounts.items()):
+            return True
+    return False
+
+
+def _nonzero(quantity: Any) -> bool:
+    return quantity not in (0, "0", None, "")
+
+
+def _one_of(names: frozenset[str]) -> str:
+    listed = sorted(names)
+    return f'"{listed[0]}"' if len(listed) == 1 else "one of " + ", ".join(f'"{n}"' for n in listed)
+
+
+class Catalog:
+    """The cluster's RuntimeClass names, listed through the API server and cached.
+
+    ``api_client`` is a ``kubernetes.client.ApiClient``; its blocking calls run in a thread.
+    """
+
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        cache_seconds: float,
+        timeout_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from kubernetes import client  # imported here: only a cluster deployment pays for it
+
+        self._api = client.NodeV1Api(api_client)
+        self._exception = client.ApiException
+        self._ttl = cache_seconds
+        self._timeout = timeout_seconds
+        self._clock = clock
+        self._names: frozenset[str] | None = None
+        self._fetched_at = float("-inf")
+        self._inflight: asyncio.Future[frozenset[str]] | None = None
+
+    def ready(self) -> bool:
+        return True  # the lookup is lazy and has its own failure mode: never hold /readyz back
+
+    def fresh(self, name: str) -> bool | None:
+        """Whether ``name`` is known in a list that needs no refresh (None: ask ``names``)."""
+        if self._names is None:
+            return None
+        age = self._clock() - self._fetched_at
+        if age >= self._ttl:
+            return None
+        if name in self._names:
+            return True
+        return False if age < _MISS_REFRESH_SECONDS else None
+
+    async def names(self, deadline: Deadline) -> frozenset[str]:
+        """The listed names (refreshing now); raise ``RuntimeClassLookupError`` or ``DeadlineExceeded``."""
+        if self._inflight is None:
+            timeout = deadline.cap(self._timeout)
+            if timeout <= 0:
+                raise errors.DeadlineExceeded("runtime class lookup: no time left in the request's budget")
+            self._inflight = asyncio.ensure_future(self._refresh(timeout))
+            self._inflight.add_done_callback(self._done)
+        # shield: a request that runs out of time must not cancel the lookup others wait on
+        return await deadline.run(asyncio.shield(self._inflight), "runtime class lookup")
+
+    @property
+    def stale(self) -> frozenset[str] | None:
+        return self._names
+
+    def _done(self, future: asyncio.Future[frozenset[str]]) -> None:
+        self._inflight = None
+        if not future.cancelled():
+            future.exception()  # retrieved here so an unawaited failure is never logged as lost
+
+    async def _refresh(self, timeout: float) -> frozenset[str]:
+        names = await asyncio.to_thread(self._list, timeout)
+        self._names, self._fetched_at = names, self._clock()
+        return names
+
+    def _list(self, timeout: float) -> frozenset[str]:
+        names: set[str] = set()
+        token: str | None = None
+        try:
+            while True:
+                page = self._api.list_runtime_class(limit=_PAGE, _continue=token, _request_timeout=timeout)
+                names.update(item.metadata.name for item in page.items or () if item.metadata and item.metadata.name)
+                token = page.metadata._continue if page.metadata else None
+                if not token:
+                    return frozenset(names)
+        except self._exception as exc:
+            raise RuntimeClassLookupError(
+                f"listing RuntimeClasses failed: HTTP {exc.status} {exc.reason} "
+                "(grant the webhook's service account list on runtimeclasses.node.k8s.io)"
+            ) from exc
+        except Exception as exc:  # urllib3 timeouts, refused connections, undecodable bodies
+            raise RuntimeClassLookupError(f"listing RuntimeClasses failed: {type(exc).__name__}: {exc}") from exc
+
+
+class RuntimeClassCheck:
+    """The runtime class rules, plus the existence lookup when a catalog is given."""
+
+    id = CHECK_ID
+    failure_mode = FailureMode.DENY
+    default_mode = Mode.ENFORCE
+
+    def __init__(self, config: RuntimeClassConfig, catalog: Catalog | None = None) -> None:
+        self._config = config
+        self.rules = Rules.from_config(config)
+        self.catalog = catalog
+        self.does_io = catalog is not None
+
+    def ready(self) -> bool:
+        return True
+
+    async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
+        result = CheckResult(evaluate(pods, ctx.namespace_labels, self.rules))
+        if self.catalog is not None:
+            await self._check_exists(pods, ctx, result)
+        return result
+
+    async def _check_exists(self, pods: Sequence[PodSpecRef], ctx: RequestContext, result: CheckResult) -> None:
+        named = _new_names(pods, ctx)
+        if not named:
+            return
+        assert self.catalog is not None
+        if any(self.catalog.fresh(name) is None for name, _ in named):
+            known = await self._known(ctx, result)
+        else:
+            known = self.catalog.stale  # fresh enough to judge every name without asking
+        if known is None:
+            return
+        for name, pod in named:
+            if name not in known:
+                result.violations.append(
+                    Violation(
+                        "runtimeclass:unknown",
+                        f'runtime class "{name}" is not defined in the cluster; create the RuntimeClass '
+                        "or fix runtimeClassName",
+                        path=f"{pod.path}.runtimeClassName",
+                    )
+                )
+
+    async def _known(self, ctx: RequestContext, result: CheckResult) -> frozenset[str] | None:
+        assert self.catalog is not None
+        try:
+            return await self.catalog.names(ctx.deadline)
+        except errors.UpstreamError as exc:
+            if self.catalog.stale is not None:
+                result.warnings.append(f"[{CHECK_ID}] {exc}; judged against the last known list")
+                return self.catalog.stale
+            if self._config.lookup_failure_mode is FailureMode.ALLOW:
+                result.warnings.append(f"[{CHECK_ID}] {exc}; runtime class existence not checked")
+                return None
+            raise
+
+
+def _new_names(pods: Sequence[PodSpecRef], ctx: RequestContext) -> list[tuple[str, PodSpecRef]]:
+    """Pods naming a runtime class that this request sets or changes.
+
+    On UPDATE a class the old object already named is not looked up again: it was admitted
+    then, and a class deleted since must not block edits of the workload that still uses it.
+    """
+    old: list[str | None] = []
+    if ctx.operation == "UPDATE" and ctx.old_object is not None:
+        try:
+            old = [runtime_class(p) for p in workloads.pod_specs(ctx.old_object)]
+        except errors.ReviewError:
+            old = []
+    named = []
+    for index, pod in enumerate(pods):
+        name = runtime_class(pod)
+        if name is not None and (index >= len(old) or old[index] != name):
+            named.append((name, pod))
+    return named
+
+
+def build(config: Config, services: Services) -> RuntimeClassCheck:
+    """The runtime class check; the existence lookup only with an API client and ``lookup`` on."""
+    settings = config.runtimeclass
+    catalog = None
+    if settings.lookup and services.kube_api is not None and not services.ci:
+        catalog = Catalog(
+            services.kube_api,
+            cache_seconds=settings.cache_seconds,
+            timeout_seconds=settings.lookup_timeout_seconds,
+        )
+    return RuntimeClassCheck(settings, catalog)

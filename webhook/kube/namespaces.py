@@ -24,9 +24,7 @@ class NamespaceDirectory:
         self._labels: dict[str, Mapping[str, str]] = {}
         self._listeners: list[Listener] = []
         core = kubernetes.client.CoreV1Api(api)
-        self.reflector = reflector.Reflector(
-            "namespaces", core.list_namespace, config, self._replace, self._event
-        )
+        self.reflector = reflector.Reflector("namespaces", core.list_namespace, config, self._replace, self._event)
 
     def labels(self, namespace: str) -> Mapping[str, str] | None:
         """The namespace's labels, or None when unknown (not listed yet, or no such namespace)."""

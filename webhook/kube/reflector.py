@@ -188,6 +188,8 @@ class Reflector:
         self.watches += 1
         self._connected()
         try:
+            if self._stopping.is_set():  # close() ran before the response was visible to it
+                return
             for line in iter_resp_lines(response):
                 if self._stopping.is_set():
                     return

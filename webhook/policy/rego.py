@@ -14,10 +14,10 @@ import concurrent.futures
 import functools
 import logging
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 import regopy
@@ -33,6 +33,7 @@ log = logging.getLogger("portcullis.policy")
 _WRAPPER_PACKAGE = "portcullis_bundle"
 _RESULT = f"{_WRAPPER_PACKAGE}/result"
 _OUTPUTS = ("deny", "warn")
+T = TypeVar("T")
 
 
 class PolicyEvalError(errors.PortcullisError):
@@ -80,6 +81,10 @@ class CompiledPolicies:
     modules: tuple[RegoModule, ...]
     strict_builtins: bool = False
 
+    @property
+    def policy_ids(self) -> tuple[str, ...]:
+        return tuple(p.id for p in self.policies)
+
     def evaluate(self, document: Mapping[str, Any]) -> list[PolicyResult]:
         """Evaluate every policy against ``document`` (synchronous: run it in a worker thread).
 
@@ -112,10 +117,17 @@ def _as_list(value: Any, n: int) -> list[Any]:
 
 def _result(policy: Policy, value: Any) -> PolicyResult:
     try:
+        if not isinstance(value, list | tuple) or len(value) != 2:
+            raise PolicyEvalError(f"policy {policy.id} ({policy.file}): unexpected result {value!r:.80}")
         deny, warn = value
         return PolicyResult(policy, _items(policy, "deny", deny), _items(policy, "warn", warn))
     except PolicyEvalError as exc:
         return PolicyResult(policy, error=str(exc))
+
+
+def result_of(policy: Policy, deny: Any, warn: Any) -> PolicyResult:
+    """A result from raw ``deny``/``warn`` values (remote OPA, Gatekeeper), shape-checked."""
+    return _result(policy, (deny, warn))
 
 
 def _items(policy: Policy, name: str, value: Any) -> tuple[Item, ...]:
@@ -255,9 +267,7 @@ def _enum(kind: Any, value: Any, where: str, key: str) -> Any:
         return kind(value)
     except ValueError:
         allowed = ", ".join(m.value for m in kind)
-        raise errors.PolicyLoadError(
-            f"{where}: # METADATA custom.{key} is {value!r} (allowed: {allowed})"
-        ) from None
+        raise errors.PolicyLoadError(f"{where}: # METADATA custom.{key} is {value!r} (allowed: {allowed})") from None
 
 
 def wrapper_source(policies: Sequence[Policy]) -> str:
@@ -307,127 +317,124 @@ def load_directory(paths: Sequence[Path], *, strict_builtins: bool = False) -> C
     return compile_modules([modules.read(p) for p in files], strict_builtins=strict_builtins)
 
 
-def fingerprint(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
-    """What changes when a policy file changes (path, size, mtime): cheap to poll."""
-    out: list[tuple[str, int, int]] = []
-    for path in modules.discover([p for p in paths if p.exists()], tests=False):
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        out.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return tuple(out)
-
-
 # --- the running engine: last good bundle, reload, bounded evaluation --------------------------
 
 
 @dataclass(slots=True)
-class EngineStatus:
-    """What /readyz and operators see: which bundle runs and why the last reload failed."""
+class LoadStatus:
+    """What /readyz and operators see: which policies run and why the last reload failed."""
 
     loaded: bool = False
     policies: tuple[str, ...] = ()
     last_error: str | None = None
     reloads: int = 0
-    runaway: int = 0  # evaluations that overran their bound and still hold a worker thread
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
-class RegoEngine:
-    """Compiled policies of a directory plus the machinery to evaluate them within a bound.
-
-    Evaluation runs on a small thread pool (rego-cpp releases the GIL), so a policy that runs
-    too long costs the request its bound, not the event loop; rego-cpp cannot be interrupted,
-    so such a thread is counted as ``runaway`` until it finishes and ``ready()`` turns false
-    when none is left free.
-    """
-
-    def __init__(
-        self,
-        paths: Sequence[Path],
-        *,
-        strict_builtins: bool = False,
-        eval_timeout: float = 1.0,
-        workers: int = 2,
-    ) -> None:
-        self.paths = tuple(paths)
-        self.strict_builtins = strict_builtins
-        self.eval_timeout = eval_timeout
-        self.workers = workers
-        self.status = EngineStatus()
-        self._compiled: CompiledPolicies | None = None
-        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rego")
-        self._lock = threading.Lock()
-
+class _Loaded(Protocol):
     @property
-    def compiled(self) -> CompiledPolicies | None:
-        return self._compiled
+    def policy_ids(self) -> tuple[str, ...]: ...
 
-    def load(self) -> CompiledPolicies:
-        """Compile now; raise ``PolicyLoadError`` (start-up must fail loudly on a broken policy)."""
-        fp = fingerprint(self.paths)
-        compiled = load_directory(self.paths, strict_builtins=self.strict_builtins)
-        self._install(compiled, fp)
-        return compiled
+
+L = TypeVar("L", bound=_Loaded)
+
+
+class Reloadable(Generic[L]):
+    """Something compiled from files (a Rego bundle, Gatekeeper templates) that is recompiled
+    when the files change, and keeps the last good version when the new one is broken."""
+
+    def __init__(self, paths: Sequence[Path], load: Callable[[Sequence[Path]], L], suffixes: tuple[str, ...]):
+        self.paths = tuple(paths)
+        self._load = load
+        self._suffixes = suffixes
+        self.status = LoadStatus()
+        self.current: L | None = None
+        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+
+    def load(self) -> L:
+        """Compile now; raise ``PolicyLoadError`` (start-up fails loudly on a broken policy)."""
+        fp = fingerprint(self.paths, self._suffixes)
+        loaded = self._load(self.paths)
+        self._install(loaded, fp)
+        return loaded
 
     def reload_if_changed(self) -> bool:
-        """Recompile when a file changed; on error keep the last good bundle and record why."""
-        fp = fingerprint(self.paths)
+        """Recompile when a file changed; on error keep the last good version and record why."""
+        fp = fingerprint(self.paths, self._suffixes)
         if fp == self._fingerprint:
             return False
         try:
-            compiled = load_directory(self.paths, strict_builtins=self.strict_builtins)
+            loaded = self._load(self.paths)
         except errors.PolicyLoadError as exc:
             if self.status.last_error != str(exc):
-                log.error("policy reload failed, keeping the last good bundle: %s", exc)
+                log.error("policy reload failed, keeping the last good version: %s", exc)
             self.status.last_error = str(exc)
             self._fingerprint = fp
             return False
-        self._install(compiled, fp)
+        self._install(loaded, fp)
         log.info("policies reloaded: %s", ", ".join(self.status.policies) or "none")
         return True
 
-    def _install(self, compiled: CompiledPolicies, fp: tuple[tuple[str, int, int], ...]) -> None:
-        with self._lock:
-            self._compiled = compiled
-            self._fingerprint = fp
-            self.status.loaded = True
-            self.status.policies = tuple(p.id for p in compiled.policies)
-            self.status.last_error = None
-            self.status.reloads += 1
+    def _install(self, loaded: L, fp: tuple[tuple[str, int, int], ...]) -> None:
+        self.current = loaded  # one reference swap: a request in flight keeps the old version
+        self._fingerprint = fp
+        self.status.loaded = True
+        self.status.policies = loaded.policy_ids
+        self.status.last_error = None
+        self.status.reloads += 1
+
+
+def fingerprint(paths: Sequence[Path], suffixes: tuple[str, ...] = (".rego",)) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a policy file changes (path, size, mtime): cheap enough to poll."""
+    out: list[tuple[str, int, int]] = []
+    for root in paths:
+        candidates = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
+        for path in candidates:
+            if not path.name.endswith(suffixes):
+                continue
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            out.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+class BoundedPool:
+    """Worker threads for evaluations that must not exceed a time bound.
+
+    rego-cpp releases the GIL, so evaluation never blocks the event loop; it also cannot be
+    interrupted, so a thread that overran is counted as ``runaway`` until it finishes and
+    ``ready()`` turns false while no worker is free.
+    """
+
+    def __init__(self, workers: int = 2) -> None:
+        self.workers = workers
+        self.runaway = 0
+        self._lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rego")
 
     def ready(self) -> bool:
-        return self._compiled is not None and self.status.runaway < self.workers
+        return self.runaway < self.workers
 
-    async def evaluate(self, document: Mapping[str, Any], timeout: float) -> list[PolicyResult]:
-        """Evaluate the current bundle within ``min(timeout, eval_timeout)`` seconds.
-
-        Raises ``PolicyTimeout`` when the bound passes (the thread is left to finish).
-        """
-        compiled = self._compiled
-        if compiled is None:
-            raise errors.PolicyLoadError("no policy bundle is loaded")
-        bound = min(timeout, self.eval_timeout)
-        future = self._pool.submit(compiled.evaluate, document)
+    async def run(self, fn: Callable[[], T], bound: float, what: str) -> T:
+        """Run ``fn`` on a worker; raise ``PolicyTimeout`` naming ``what`` after ``bound`` s."""
+        future = self._pool.submit(fn)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout=bound)
         except TimeoutError:
             self._count_runaway(future)
-            ids = ", ".join(p.id for p in compiled.policies)
             raise PolicyTimeout(
-                f"Rego evaluation exceeded {bound * 1000:.0f} ms (policies: {ids}); "
-                f"look for large comprehensions or numbers.range over input sizes"
+                f"Rego evaluation exceeded {bound * 1000:.0f} ms ({what}); look for comprehensions "
+                f"or numbers.range that grow with the input"
             ) from None
 
     def _count_runaway(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
-            self.status.runaway += 1
+            self.runaway += 1
 
         def done(_: concurrent.futures.Future[Any]) -> None:
             with self._lock:
-                self.status.runaway -= 1
+                self.runaway -= 1
 
         future.add_done_callback(done)
 
@@ -436,4 +443,9 @@ class RegoEngine:
 
 
 class PolicyTimeout(errors.UpstreamError):
-    """Evaluation overran its bound; the check's failure mode decides."""
+    """Evaluation overran its bound; the policies' failure mode decides."""
+
+
+def engine(paths: Sequence[Path], *, strict_builtins: bool = False) -> Reloadable[CompiledPolicies]:
+    """A reloadable bundle of the Rego modules under ``paths``."""
+    return Reloadable(paths, lambda p: load_directory(p, strict_builtins=strict_builtins), (".rego",))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from webhook.quota.model import Charge, Demand
@@ -46,6 +46,7 @@ class PodRecord:
     name: str
     demand: Demand
     charges: tuple[Charge, ...]
+    team: str | None = None
 
 
 @dataclass(slots=True)
@@ -65,6 +66,8 @@ class Ledger:
         self.used: dict[str, int] = {}
         self.reserved: dict[str, int] = {}
         self.remote_reserved: dict[str, int] = {}  # last totals read from the API server (metrics)
+        # Every GPU pod's units by "namespace=<ns>" and "team=<team>", quota or not (Rego input).
+        self.group_used: dict[str, int] = {}
         self._quotas: dict[str, Charge] = {}  # key -> a charge naming it (rule, scope, limit)
         self._pods: dict[str, PodRecord] = {}
         self._by_namespace: dict[str, set[str]] = {}
@@ -80,6 +83,7 @@ class Ledger:
         self._pods.clear()
         self._by_namespace.clear()
         self.used.clear()
+        self.group_used.clear()
         for uid, record in pods:
             self._insert(uid, record)
         self.version += 1
@@ -99,12 +103,19 @@ class Ledger:
             self._remove(uid, old)
         self.version += 1
 
-    def recharge(self, namespace: str, charges_of: Callable[[PodRecord], tuple[Charge, ...]]) -> None:
+    def recharge(
+        self,
+        namespace: str,
+        charges_of: Callable[[PodRecord], tuple[Charge, ...]],
+        labels: Mapping[str, str],
+        team_label: str = "team",
+    ) -> None:
         """Recompute the charges of a namespace's pods (its team label changed)."""
         for uid in list(self._by_namespace.get(namespace, ())):
             record = self._pods[uid]
             self._remove(uid, record)
             record.charges = charges_of(record)
+            record.team = labels.get(team_label)
             self._insert(uid, record)
         self.version += 1
 
@@ -179,6 +190,7 @@ class Ledger:
         for charge in record.charges:
             used[charge.key] = used.get(charge.key, 0) + charge.units
             self._quotas.setdefault(charge.key, charge)
+        self._group(record, 1)
         now = self._clock()
         for key in (uid, f"{record.namespace}/{record.name}"):
             reservation = self._reservations.get(key)
@@ -203,6 +215,18 @@ class Ledger:
                 used[charge.key] = left
             else:
                 used.pop(charge.key, None)
+        self._group(record, -1)
+
+    def _group(self, record: PodRecord, sign: int) -> None:
+        units = sign * sum(record.demand.units.values())
+        groups = self.group_used
+        for group in (f"namespace={record.namespace}", f"team={record.team}" if record.team else None):
+            if group is not None:
+                total = groups.get(group, 0) + units
+                if total > 0:
+                    groups[group] = total
+                else:
+                    groups.pop(group, None)
 
     def _release(self, reservation: _Reservation) -> None:
         if not reservation.live:

@@ -92,9 +92,7 @@ def mismatches(spec: Mapping[str, Any], counts: Counts) -> Iterator[Mismatch]:
                 if req is None:
                     continue  # defaulted to the limit
                 if lim is None or quantity.parse(req) != quantity.parse(lim):
-                    yield Mismatch(
-                        field, index, str(container.get("name", index)), name, str(req), str(lim)
-                    )
+                    yield Mismatch(field, index, str(container.get("name", index)), name, str(req), str(lim))
 
 
 def _add(into: dict[str, int], other: Mapping[str, int]) -> None:

@@ -8,6 +8,7 @@ registry is asked again at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -99,6 +100,7 @@ class VerdictCache(Generic[V]):
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(self._compute(key, compute, positive))
+            future.add_done_callback(_retrieve)
             self._inflight[key] = future
         else:
             self.stats.shared += 1
@@ -123,8 +125,12 @@ class VerdictCache(Generic[V]):
         for future in list(self._inflight.values()):
             future.cancel()
         for future in list(self._inflight.values()):
-            try:
+            with contextlib.suppress(BaseException):  # cancelled or failed: nothing to keep at shutdown
                 await future
-            except BaseException:  # noqa: S110 - cancelled or failed: nothing to keep at shutdown
-                pass
         self._inflight.clear()
+
+
+def _retrieve(future: asyncio.Future[object]) -> None:
+    """Mark a failure as seen even when every waiter gave up (no 'never retrieved' noise)."""
+    if not future.cancelled():
+        future.exception()

@@ -106,6 +106,25 @@ def load_trust_root(setting: str, resolve: Any) -> TrustRoot:
     return parse_trust_root(data, str(path))
 
 
+class TrustRootSource:
+    """Loads the trust root once, on first use (public-good needs the network; files fail early)."""
+
+    def __init__(self, setting: str, resolve: Any) -> None:
+        self.setting = setting
+        self._resolve = resolve
+        self._root: TrustRoot | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._root is not None
+
+    def get(self) -> TrustRoot:
+        """The trust root; raises ``ConfigError`` (bad file) or ``UpstreamError`` (TUF unreachable)."""
+        if self._root is None:
+            self._root = load_trust_root(self.setting, self._resolve)
+        return self._root
+
+
 # -- referrer bundles --------------------------------------------------------------------------
 
 
@@ -161,9 +180,7 @@ def bundle_evidence(bundle: Any, source: str) -> list[ev.Evidence]:
     digest = ev.b64((message.get("messageDigest") or {}).get("digest"), f"{source}: messageDigest")
     signature = ev.b64(message.get("signature"), f"{source}: signature")
     # A message signature signs the artifact itself: here, the image manifest with that digest.
-    return [
-        ev.Evidence(source, digest, signature, frozenset({"sha256:" + digest.hex()}), prehashed=True, **extra)
-    ]
+    return [ev.Evidence(source, digest, signature, frozenset({"sha256:" + digest.hex()}), prehashed=True, **extra)]
 
 
 def _tlog_entry(entry: dict[str, Any], source: str) -> ev.TlogEntry:
@@ -209,7 +226,7 @@ class KeylessAuthority:
     """A keyless identity under one trust root (one authority of a policy)."""
 
     identity: Identity
-    trust: TrustRoot
+    trust: TrustRootSource
 
     @property
     def name(self) -> str:
@@ -221,6 +238,7 @@ class KeylessAuthority:
             return evidence.problems[0]
         if evidence.certificate is None:
             return "no certificate (a keyed signature)"
+        trust = self.trust.get()
         if evidence.tlog is None:
             return "no transparency log entry (Rekor bundle) with the certificate"
         try:
@@ -229,10 +247,10 @@ class KeylessAuthority:
             return f"unreadable certificate: {exc}"
         signed_at = datetime.fromtimestamp(evidence.tlog.integrated_time, UTC)
         for check in (
-            lambda: _check_chain(leaf, self.trust, signed_at),
+            lambda: _check_chain(leaf, trust, signed_at),
             lambda: _check_profile(leaf, self.identity),
             lambda: _check_signature(leaf, evidence),
-            lambda: _check_tlog(leaf, evidence, self.trust),
+            lambda: _check_tlog(leaf, evidence, trust),
         ):
             problem = check()
             if problem:

@@ -161,3 +161,67 @@ seccompProfile:
 {{- define "portcullis.hasRules" -}}
 {{- if or .Values.rules.existingConfigMap (include "portcullis.ruleFiles" . | fromJson) }}true{{ end }}
 {{- end }}
+
+{{/* Secret rules of the certificate Job: create (cannot be limited by name), then only its own Secret. */}}
+{{- define "portcullis.certgenSecretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: [{{ . | quote }}]
+  verbs: ["get", "update", "patch"]
+{{- end }}
+
+{{/* Pod template of the certificate Job and CronJob; args: root, serviceAccount, webhooks. */}}
+{{- define "portcullis.certgenPod" -}}
+{{- $root := .root -}}
+metadata:
+  labels:
+    {{- include "portcullis.selectorLabels" (dict "root" $root "component" "certgen") | nindent 4 }}
+spec:
+  serviceAccountName: {{ .serviceAccount }}
+  automountServiceAccountToken: true
+  restartPolicy: OnFailure
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  securityContext:
+    {{- include "portcullis.restrictedPodSecurityContext" $root | nindent 4 }}
+  containers:
+    - name: certgen
+      image: {{ include "portcullis.image" $root | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      args:
+        - certs
+        - --dns
+        - {{ include "portcullis.serviceDNS" $root }}
+        - --out
+        - /tmp/certs
+        - --k8s-secret
+        - {{ printf "%s/%s" $root.Release.Namespace (include "portcullis.tlsSecret" $root) }}
+        {{- if .webhooks }}
+        - --k8s-webhooks
+        - {{ join "," .webhooks }}
+        {{- end }}
+        - --validity-days
+        - {{ $root.Values.tls.hook.validityDays | quote }}
+        - --renew-before-days
+        - {{ $root.Values.tls.hook.renewBeforeDays | quote }}
+      resources:
+        {{- toYaml $root.Values.tls.hook.resources | nindent 8 }}
+      securityContext:
+        {{- include "portcullis.restrictedContainerSecurityContext" $root | nindent 8 }}
+      volumeMounts:
+        - name: certs
+          mountPath: /tmp/certs
+  volumes:
+    # Memory-backed: the CA key never touches the node's disk.
+    - name: certs
+      emptyDir:
+        medium: Memory
+        sizeLimit: 1Mi
+{{- end }}

@@ -253,7 +253,7 @@ def seccomp_annotations(pod: PodView, stamp: Stamp) -> list[Violation]:
     """The alpha seccomp annotations may only name runtime/default, docker/default or
     localhost/* (v1.0 to v1.18; from v1.19 the fields are judged instead)."""
     out = NONE
-    keys = [(_SECCOMP_POD_ANNOTATION, None)]
+    keys: list[tuple[str, str | None]] = [(_SECCOMP_POD_ANNOTATION, None)]
     keys += [(_SECCOMP_CONTAINER_ANNOTATION + c.name, c.name) for c in pod.containers]
     for key, container in keys:
         if key not in pod.annotations:

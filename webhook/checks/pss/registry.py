@@ -94,7 +94,13 @@ CHECKS: tuple[CheckDef, ...] = (
         _B,
         tuple(
             _v(since, b.sysctls(allowed))
-            for since, allowed in ((0, _SYSCTLS_1_0), (27, _SYSCTLS_1_27), (29, _SYSCTLS_1_29), (32, _SYSCTLS_1_32), (37, _SYSCTLS_1_37))
+            for since, allowed in (
+                (0, _SYSCTLS_1_0),
+                (27, _SYSCTLS_1_27),
+                (29, _SYSCTLS_1_29),
+                (32, _SYSCTLS_1_32),
+                (37, _SYSCTLS_1_37),
+            )
         ),
     ),
     CheckDef("windowsHostProcess", _B, (_v(0, b.windows_host_process),)),

@@ -1,1 +1,26 @@
-"""Portcullis package."""
+"""The Falco rules language: ``loader`` (YAML) → ``resolve`` (macros, lists, exceptions) →
+``compiler`` (fast Python), with ``parser`` (conditions), ``fields`` and ``output`` beside them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from webhook.runtime.rules import loader, resolve
+from webhook.runtime.rules.resolve import Rule, RuleSet, RulesError
+
+__all__ = ["Rule", "RuleSet", "RulesError", "condition", "load"]
+
+
+def load(paths: Sequence[Path | str]) -> RuleSet:
+    """Load rules files in order; raises RulesError listing every error with file:line."""
+    return resolve.resolve(loader.collect([Path(p) for p in paths]))
+
+
+def condition(text: str, paths: Sequence[Path | str] = ()) -> Callable[[Mapping[str, Any]], bool]:
+    """One condition (macros and lists from ``paths``) as event → bool, no event-type prefilter.
+
+    Raises RulesError (file:line for the rules files, ``<condition>`` for the text itself).
+    """
+    return resolve.compile_condition(loader.collect([Path(p) for p in paths]), text)

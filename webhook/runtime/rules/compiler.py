@@ -93,7 +93,9 @@ def _typed(text: str, ftype: FieldType, op: str, pos: int) -> Any:
         if ftype is FieldType.NET:
             return fields.parse_net(text)
     except ValueError as exc:
-        raise CompileError(f"invalid {ftype.value} value '{text}' ({exc})", pos) from exc
+        hint = {FieldType.NUM: "a number", FieldType.BOOL: "true or false", FieldType.IP: "an IP address",
+                FieldType.NET: "a CIDR such as 10.0.0.0/8 or 2001:db8::/32"}.get(ftype, "hex bytes")  # fmt: skip
+        raise CompileError(f"invalid {ftype.value} value '{text}' (expected {hint})", pos) from exc
     if op == "icontains":
         return text.lower()
     return text
@@ -212,11 +214,15 @@ def _predicate(p: _Prepared) -> Callable[[Any], bool]:
     """The check as a function of one present value (generic path, any type)."""
     op, c, t = p.check.op, p.value, p.ftype
     if t is FieldType.IP:
-        ip = fields.parse_ip
-        if op in ("in", "intersects"):
-            s = frozenset(c)
-            return lambda v: ip(v) in s
-        return (lambda v: ip(v) == c) if op == "=" else (lambda v: (a := ip(v)) is not None and a != c)
+        consts = c if isinstance(c, tuple) else (c,)
+
+        def ip_eq(v: Any) -> bool:
+            a = v if not isinstance(v, str) else fields.parse_ip(v)
+            return a is not None and any(fields.ip_equal(a, k) for k in consts)
+
+        if op == "!=":
+            return lambda v: (v if not isinstance(v, str) else fields.parse_ip(v)) is not None and not ip_eq(v)
+        return ip_eq
     if t is FieldType.NET:
         nets = c if isinstance(c, tuple) else (c,)
 

@@ -97,7 +97,8 @@ _CATALOG: dict[str, FieldInfo] = {
     """),
     **_table(IP, Arg.NONE, "fd.ip fd.cip fd.sip fd.lip fd.rip"),
     **_table(NET, Arg.NONE, "fd.net fd.cnet fd.snet fd.lnet fd.rnet"),
-    **_table(L, Arg.NONE, "thread.cap_permitted thread.cap_effective thread.cap_inheritable fd.types"),
+    **_table(S, Arg.NONE, "thread.cap_permitted thread.cap_effective thread.cap_inheritable"),
+    **_table(L, Arg.NONE, "fd.types"),
 }
 # Field families whose names are open-ended (k8s metadata, event arguments by name).
 _PREFIXES: tuple[tuple[str, FieldInfo], ...] = (
@@ -140,25 +141,38 @@ def parse_ip(text: object) -> IPAddress | None:
         return None
 
 
+def ip_equal(value: IPAddress, const: IPAddress) -> bool:
+    """libsinsp's address comparison across families, as sysdig 0.29 answers it: an IPv4 value
+    is compared with the first 4 bytes of an IPv6 constant, an IPv6 value with an IPv4 constant
+    followed by 12 zero bytes. So a not-yet-bound IPv4 socket (0.0.0.0) equals "::" and "::1",
+    and an unbound IPv6 socket (::) equals "0.0.0.0" (conformance ``fdip_zero``, ``fdip_eq_v6``)."""
+    if value.version == const.version:
+        return value == const
+    if value.version == 4:
+        return value.packed == const.packed[:4]
+    return value.packed == const.packed + bytes(12)
+
+
 def parse_net(text: str) -> IPNetwork:
     """A CIDR (or a single address as /32, /128); raises ValueError."""
     return ipaddress.ip_network(text, strict=False)
 
 
-_ZERO = (ipaddress.IPv4Address(0), ipaddress.IPv6Address(0))
+_ZERO = {"ipv4": (ipaddress.IPv4Address(0),), "ipv6": (ipaddress.IPv6Address(0),)}
 _SOCKET_TYPES = frozenset(("ipv4", "ipv6"))
 
 
 def _socket_ips(e: Mapping[str, Any]) -> tuple[IPAddress, ...] | None:
     """fd.ip values: client and server address of an IP socket (libsinsp: either side counts).
 
-    A socket with neither address yet (not bound or connected) reads as the zero address, which
-    libsinsp compares equal to both 0.0.0.0 and ::.
+    A socket with neither address yet (not bound or connected) reads as the zero address of its
+    family (see ``ip_equal`` for how that compares with the other family).
     """
-    if e.get("fd.type") not in _SOCKET_TYPES:
+    kind = e.get("fd.type")
+    if kind not in _SOCKET_TYPES:
         return None
     out = tuple(ip for ip in (parse_ip(e[k]) for k in ("fd.cip", "fd.sip") if k in e) if ip is not None)
-    return out or _ZERO
+    return out or _ZERO[kind]
 
 
 def _socket_ports(e: Mapping[str, Any]) -> tuple[int, ...] | None:

@@ -155,7 +155,12 @@ class _ItemError(Exception):
         self.diag = diag
 
 
-_constructor = yaml.constructor.SafeConstructor()
+class _Constructor(yaml.constructor.SafeConstructor):
+    """PyYAML resolves a bare ``=`` to the ``value`` tag; Falco (yaml-cpp) reads it as a string."""
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:value", _Constructor.construct_yaml_str)
+_constructor = _Constructor()
 
 
 def _py(node: yaml.Node) -> Any:

@@ -9,6 +9,7 @@ file:line and the offending text.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,9 @@ from webhook.runtime.rules import compiler, output, parser
 from webhook.runtime.rules.loader import Collection, Diagnostic, ExceptionDef, Loc, RuleDef, Text
 from webhook.runtime.rules.parser import And, Check, Expr, FieldRef, ListRef, MacroRef, Not, Or
 
-__all__ = ["Rule", "RuleSet", "RulesError", "resolve"]
+__all__ = ["SOURCES", "Rule", "RuleSet", "RulesError", "resolve"]
+
+SOURCES = frozenset(("syscall",))
 
 
 class RulesError(errors.RuleLoadError):
@@ -86,7 +89,7 @@ class _Resolver:
                     self.col.lists[item].used = True
                     out.extend(self.lists[item])
                 else:
-                    out.append(item)
+                    out.append(_list_item(item))
             self.lists[name] = tuple(out)
 
     def parse(self, text: Text, what: str) -> Expr:
@@ -229,6 +232,10 @@ class _Resolver:
 
     # -- rules ---------------------------------------------------------------------------
     def rule(self, rd: RuleDef) -> Rule | None:
+        if rd.source not in SOURCES:
+            self.warnings.append(Diagnostic(rd.loc, f"rule '{rd.name}' skipped: unknown source '{rd.source}' "
+                                            f"(this engine evaluates: {', '.join(sorted(SOURCES))})"))  # fmt: skip
+            return None
         tree = self.parse(rd.condition, f"rule '{rd.name}'")
         excs = [e for e in (self.exception(ex, rd.name) for ex in rd.exceptions) if e is not None]
         if excs:
@@ -307,15 +314,41 @@ class _Resolver:
             if not ld.used:
                 self.warnings.append(Diagnostic(ld.loc, f"list '{name}' is not referred to by any rule, macro "
                                                 "or list"))  # fmt: skip
+        warnings = list(dict.fromkeys(self.warnings))  # a macro shared by many rules warns once
         if self.errors:
-            raise RulesError(self.errors, self.warnings)
-        return RuleSet(tuple(rules), tuple(self.warnings))
+            raise RulesError(self.errors, warnings)
+        return RuleSet(tuple(rules), tuple(warnings))
+
+
+def _list_item(item: str) -> str:
+    """A list item as Falco reads it once substituted into a condition: a quoted item is unquoted."""
+    if len(item) >= 2 and item[0] == item[-1] and item[0] in "'\"":
+        try:
+            return parser.unescape(item, 0)
+        except parser.ConditionSyntaxError:
+            return item
+    return item
 
 
 def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def compile_condition(col: Collection, text: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A lone condition using the collection's macros and lists (``rules test --condition``)."""
+    r = _Resolver(col)
+    r.expand_lists()
+    r.parse_macros()
+    try:
+        tree = r.resolve(r.parse(Text(text, [(0, Loc("<condition>", 1))]), "condition"))
+        r.validate(tree)
+    except _Problem as p:
+        r.report(p)
+    if r.errors:
+        raise RulesError(r.errors, r.warnings)
+    return compiler.compile_condition(tree)
 
 
 def resolve(col: Collection) -> RuleSet:

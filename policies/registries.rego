@@ -1,0 +1,23 @@
+# METADATA
+# title: Allowed registries
+# description: Every container image comes from a registry the organisation trusts.
+# custom:
+#   id: allowed-registries
+#   mode: enforce
+package portcullis.registries
+
+import data.portcullis.lib
+import data.portcullis.settings
+import rego.v1
+
+deny contains {"msg": msg, "path": sprintf("%s.image", [entry.path])} if {
+	some entry in lib.containers
+	image := entry.container.image
+	not allowed(image)
+	msg := sprintf("image \"%s\" is not from an allowed registry (%s)", [image, concat(", ", settings.allowed_registries)])
+}
+
+allowed(image) if {
+	some prefix in settings.allowed_registries
+	startswith(image, prefix)
+}

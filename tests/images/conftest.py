@@ -1,0 +1,441 @@
+"""Fixtures for the images tests: a real docker-registry, and signers that push to it.
+
+The registry is Debian's ``docker-registry`` (distribution 2.8), started once per session on
+127.0.0.1 with its own config (filesystem storage, no auth). Images and signatures are pushed
+over the distribution HTTP API; signatures are made here with ``cryptography`` keys, keyless
+ones with a test Fulcio-style CA and a test Rekor-style log key named by a test trust root.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Registry:
+    """Pushes blobs and manifests to a running registry over the distribution API."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self._names = itertools.count()
+
+    def repo(self, prefix: str = "team-a") -> str:
+        """A fresh repository name, so tests never see each other's tags."""
+        return f"{prefix}/app{next(self._names)}-{os.getpid()}"
+
+    def _open(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+        url = path if path.startswith("http") else f"http://{self.host}{path}"
+        request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        return urllib.request.urlopen(request, timeout=10)
+
+    def push_blob(self, repo: str, data: bytes) -> str:
+        digest = digest_of(data)
+        with self._open("POST", f"/v2/{repo}/blobs/uploads/") as resp:
+            location = resp.headers["Location"]
+        sep = "&" if "?" in location else "?"
+        headers = {"Content-Type": "application/octet-stream"}
+        with self._open("PUT", f"{location}{sep}digest={digest}", data, headers):
+            pass
+        return digest
+
+    def push_manifest(self, repo: str, reference: str, doc: dict[str, Any]) -> str:
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        headers = {"Content-Type": doc.get("mediaType", OCI_MANIFEST)}
+        with self._open("PUT", f"/v2/{repo}/manifests/{reference}", body, headers):
+            pass
+        return digest_of(body)
+
+    def get_manifest(self, repo: str, reference: str) -> dict[str, Any] | None:
+        try:
+            with self._open("GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"}) as resp:
+                return dict(json.loads(resp.read()))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def push_image(self, repo: str, tag: str, content: bytes | None = None) -> str:
+        """A one-layer OCI image; returns its manifest digest."""
+        layer = content if content is not None else os.urandom(32)
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": _descriptor("application/vnd.oci.image.config.v1+json", config, self.push_blob(repo, config)),
+            "layers": [_descriptor("application/vnd.oci.image.layer.v1.tar", layer, self.push_blob(repo, layer))],
+        }
+        return self.push_manifest(repo, tag, doc)
+
+    def push_signature_layers(self, repo: str, digest: str, layers: list[tuple[bytes, str, dict[str, str]]]) -> None:
+        """Append layers (blob, media type, annotations) to the image's cosign ``.sig`` manifest."""
+        tag = digest.replace(":", "-") + ".sig"
+        existing = self.get_manifest(repo, tag)
+        descriptors = list(existing["layers"]) if existing else []
+        for blob, media_type, annotations in layers:
+            descriptors.append({**_descriptor(media_type, blob, self.push_blob(repo, blob)), "annotations": annotations})
+        config = b"{}"
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": _descriptor("application/vnd.oci.image.config.v1+json", config, self.push_blob(repo, config)),
+            "layers": descriptors,
+        }
+        self.push_manifest(repo, tag, doc)
+
+    def push_referrer(self, repo: str, subject: str, artifact_type: str, blob: bytes, media_type: str) -> str:
+        """An OCI 1.1 artifact with ``subject``, plus the referrers-tag index (registry has no API)."""
+        with self._open("GET", f"/v2/{repo}/manifests/{subject}", headers={"Accept": OCI_MANIFEST}) as resp:
+            subject_body = resp.read()
+        empty = b"{}"
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": _descriptor(EMPTY_CONFIG, empty, self.push_blob(repo, empty)),
+            "layers": [_descriptor(media_type, blob, self.push_blob(repo, blob))],
+            "subject": _descriptor(OCI_MANIFEST, subject_body, subject),
+        }
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        artifact = self.push_manifest(repo, digest_of(body), doc)
+        tag = subject.replace(":", "-")
+        index = self.get_manifest(repo, tag) or {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+        index["manifests"].append({**_descriptor(OCI_MANIFEST, body, artifact), "artifactType": artifact_type})
+        self.push_manifest(repo, tag, index)
+        return artifact
+
+
+def _descriptor(media_type: str, data: bytes, digest: str) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real docker-registry on a free loopback port, killed at the end of the session."""
+    if not Path(REGISTRY_BINARY).exists() or shutil.which(REGISTRY_BINARY) is None:
+        pytest.skip(f"{REGISTRY_BINARY} is not installed (apt-get install docker-registry)")
+    root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        [REGISTRY_BINARY, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    host = f"127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"http://{host}/v2/", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"docker-registry exited with {proc.returncode}")
+                time.sleep(0.05)
+        else:
+            pytest.fail("docker-registry did not start within 10 s")
+        yield Registry(host)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+# -- signers -----------------------------------------------------------------------------------
+
+
+def simple_signing(repo_name: str, digest: str) -> bytes:
+    doc = {
+        "critical": {
+            "identity": {"docker-reference": repo_name},
+            "image": {"docker-manifest-digest": digest},
+            "type": "cosign container image signature",
+        },
+        "optional": None,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def sign_bytes(key: Any, data: bytes) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return bytes(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    raise TypeError(type(key))
+
+
+def public_pem(key: Any) -> bytes:
+    return bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+@dataclass
+class KeylessSigner:
+    """A test Fulcio (CA) and Rekor (log key), and the trusted_root.json naming them."""
+
+    ca_key: ec.EllipticCurvePrivateKey
+    ca_cert: x509.Certificate
+    log_key: ec.EllipticCurvePrivateKey
+    trust_root: Path
+    issued: list[x509.Certificate] = field(default_factory=list)
+
+    @property
+    def log_id(self) -> bytes:
+        der = self.log_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(der).digest()
+
+    def certificate(
+        self,
+        key: ec.EllipticCurvePrivateKey,
+        subject: str,
+        issuer: str,
+        *,
+        not_before: dt.datetime | None = None,
+        lifetime: dt.timedelta = dt.timedelta(minutes=10),
+        ca_key: ec.EllipticCurvePrivateKey | None = None,
+        ca_cert: x509.Certificate | None = None,
+    ) -> x509.Certificate:
+        start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+        issuer_value = issuer.encode()
+        der_issuer = bytes([0x0C, len(issuer_value)]) + issuer_value
+        san: x509.GeneralName = (
+            x509.RFC822Name(subject) if "@" in subject and "://" not in subject else x509.UniformResourceIdentifier(subject)
+        )
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name((ca_cert or self.ca_cert).subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + lifetime)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([san]), critical=True)
+            .add_extension(x509.UnrecognizedExtension(ISSUER_V2, der_issuer), critical=False)
+            .sign(ca_key or self.ca_key, hashes.SHA256())
+        )
+
+    def rekor_entry(
+        self, payload: bytes, signature: bytes, cert: x509.Certificate, integrated_time: int, log_index: int = 7
+    ) -> dict[str, Any]:
+        """A hashedrekord body and its signed entry timestamp, as cosign's bundle annotation holds them."""
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        body = {
+            "apiVersion": "0.0.1",
+            "kind": "hashedrekord",
+            "spec": {
+                "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
+                "signature": {
+                    "content": base64.b64encode(signature).decode(),
+                    "publicKey": {"content": base64.b64encode(cert_pem).decode()},
+                },
+            },
+        }
+        body_b64 = base64.b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+        promise = {
+            "body": body_b64,
+            "integratedTime": integrated_time,
+            "logID": self.log_id.hex(),
+            "logIndex": log_index,
+        }
+        canonical = json.dumps(promise, sort_keys=True, separators=(",", ":")).encode()
+        set_ = self.log_key.sign(canonical, ec.ECDSA(hashes.SHA256()))
+        return {"SignedEntryTimestamp": base64.b64encode(set_).decode(), "Payload": promise}
+
+
+def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+@pytest.fixture(scope="session")
+def keyless(tmp_path_factory: pytest.TempPathFactory) -> KeylessSigner:
+    ca_key, ca_cert = _ca("test-fulcio")
+    log_key = ec.generate_private_key(ec.SECP256R1())
+    log_der = log_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    root = {
+        "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+        "tlogs": [
+            {
+                "baseUrl": "https://rekor.test",
+                "hashAlgorithm": "SHA2_256",
+                "publicKey": {
+                    "rawBytes": base64.b64encode(log_der).decode(),
+                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                    "validFor": {"start": "2020-01-01T00:00:00Z"},
+                },
+                "logId": {"keyId": base64.b64encode(hashlib.sha256(log_der).digest()).decode()},
+            }
+        ],
+        "certificateAuthorities": [
+            {
+                "subject": {"organization": "test", "commonName": "test-fulcio"},
+                "uri": "https://fulcio.test",
+                "certChain": {
+                    "certificates": [
+                        {"rawBytes": base64.b64encode(ca_cert.public_bytes(serialization.Encoding.DER)).decode()}
+                    ]
+                },
+                "validFor": {"start": "2020-01-01T00:00:00Z"},
+            }
+        ],
+        "ctlogs": [],
+        "timestampAuthorities": [],
+    }
+    path = tmp_path_factory.mktemp("trust") / "trusted_root.json"
+    path.write_text(json.dumps(root))
+    return KeylessSigner(ca_key, ca_cert, log_key, path)
+
+
+@pytest.fixture
+def rogue_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A CA that no trust root names."""
+    return _ca("rogue-ca")
+
+
+# -- building and running the check ------------------------------------------------------------
+
+
+class Env:
+    """Builds images checks from config dicts and admits pods through the real pipeline."""
+
+    def __init__(self, base_dir: Path, registry_host: str | None) -> None:
+        self.base_dir = base_dir
+        self.host = registry_host
+        self._checks: list[Any] = []
+
+    def key_file(self, key: Any, name: str | None = None) -> str:
+        path = self.base_dir / (name or f"key{len(list(self.base_dir.glob('*.pub')))}.pub")
+        path.write_bytes(public_pem(key))
+        return path.name
+
+    def config(self, images: dict[str, Any]) -> Any:
+        from webhook import config as config_mod
+
+        section = {"insecure_registries": [self.host] if self.host else [], **images}
+        return config_mod.parse({"images": section}, base_dir=self.base_dir)
+
+    def check(self, services: Any = None, **images: Any) -> Any:
+        from webhook.checks import images as images_check
+        from webhook.checks.services import Services
+
+        check = images_check.build(self.config(images), services or Services())
+        assert check is not None
+        self._checks.append(check)
+        return check
+
+    async def admit(
+        self, check: Any, *images: str, budget: float = 3.0, kind: str = "Pod", pull_secrets: tuple[str, ...] = ()
+    ) -> Any:
+        from webhook.admission.deadline import Deadline
+        from webhook.admission.pipeline import Pipeline, Subject
+
+        containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
+        spec: dict[str, Any] = {"containers": containers}
+        if pull_secrets:
+            spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
+        if kind == "Pod":
+            obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}
+        else:
+            obj = {
+                "apiVersion": "apps/v1",
+                "kind": kind,
+                "metadata": {"name": "d"},
+                "spec": {"template": {"metadata": {}, "spec": spec}},
+            }
+        pipeline = Pipeline(check_config(check), [check])
+        subject = Subject("CREATE", kind, "default", obj["metadata"]["name"], obj)
+        return await pipeline.evaluate(subject, Deadline.after(budget))
+
+    async def close(self) -> None:
+        for check in self._checks:
+            await check.close()
+
+
+def check_config(check: Any) -> Any:
+    from webhook import config as config_mod
+
+    return config_mod.parse({})
+
+
+@pytest.fixture
+async def env(tmp_path: Path, registry: Registry) -> Any:
+    environment = Env(tmp_path, registry.host)
+    yield environment
+    await environment.close()
+
+
+@dataclass
+class Tools:
+    """Signing helpers handed to tests (test modules cannot import conftest)."""
+
+    simple_signing: Any = staticmethod(simple_signing)
+    sign_bytes: Any = staticmethod(sign_bytes)
+    public_pem: Any = staticmethod(public_pem)
+    digest_of: Any = staticmethod(digest_of)
+    free_port: Any = staticmethod(free_port)
+
+
+@pytest.fixture(scope="session")
+def tools() -> Tools:
+    return Tools()

@@ -1,0 +1,231 @@
+"""Keyless signatures against a real registry, under a test trust root (test CA, test log key).
+
+Signatures carry cosign's keyless annotations (certificate, chain, Rekor bundle) or live in
+sigstore bundles attached as OCI referrers (found through the referrers tag: docker-registry
+2.8 has no referrers API).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import time
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from webhook import errors
+from webhook.signatures import cosign
+
+pytestmark = pytest.mark.registry
+
+ISSUER = "https://token.actions.example"
+SUBJECT = "https://github.example/org/repo/.github/workflows/release.yml@refs/heads/main"
+
+
+def keyless_sign(
+    registry: Any,
+    tools: Any,
+    keyless: Any,
+    repo: str,
+    digest: str,
+    *,
+    subject: str = SUBJECT,
+    issuer: str = ISSUER,
+    signed_at: int | None = None,
+    cert_start: dt.datetime | None = None,
+    ca: tuple[Any, Any] | None = None,
+    log_key: Any = None,
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_key, ca_cert = ca if ca else (None, None)
+    cert = keyless.certificate(key, subject, issuer, not_before=cert_start, ca_key=ca_key, ca_cert=ca_cert)
+    payload = tools.simple_signing(f"{registry.host}/{repo}", digest)
+    signature = tools.sign_bytes(key, payload)
+    when = signed_at if signed_at is not None else int(time.time())
+    entry = keyless.rekor_entry(payload, signature, cert, when)
+    if log_key is not None:  # re-sign the promise with a log key the trust root does not name
+        signer = type(keyless)(keyless.ca_key, keyless.ca_cert, log_key, keyless.trust_root)
+        entry = signer.rekor_entry(payload, signature, cert, when)
+    annotations = {
+        cosign.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+        cosign.CERTIFICATE_ANNOTATION: cert.public_bytes(serialization.Encoding.PEM).decode(),
+        cosign.CHAIN_ANNOTATION: (ca_cert or keyless.ca_cert).public_bytes(serialization.Encoding.PEM).decode(),
+        cosign.BUNDLE_ANNOTATION: json.dumps(entry),
+    }
+    registry.push_signature_layers(repo, digest, [(payload, cosign.SIMPLE_SIGNING_MEDIA, annotations)])
+
+
+def keyless_policy(env: Any, keyless: Any, **identity: str) -> dict[str, Any]:
+    return {
+        "policies": [{"pattern": f"{env.host}/team-a/*", "keyless": [identity or {"issuer": ISSUER, "subject": SUBJECT}]}],
+        "trust_root": str(keyless.trust_root),
+    }
+
+
+async def test_keyless_signature_with_trusted_certificate_and_log_entry_is_admitted(
+    env, registry, tools, keyless
+) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest)
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    assert outcome.context["images"]["images"][0]["authorities"] == [f"keyless {SUBJECT} from {ISSUER}"]
+
+
+async def test_subject_regex_matches_on_top_of_the_exact_issuer(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest)
+    config = keyless_policy(env, keyless, issuer=ISSUER, subject_regex=r"https://github\.example/org/.*@refs/heads/main")
+    assert (await env.admit(env.check(**config), f"{registry.host}/{repo}:v1")).verdict.allowed
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        pytest.param({"issuer": ISSUER, "subject": "https://github.example/org/other.yml@refs/heads/main"}, id="subject"),
+        pytest.param({"issuer": "https://accounts.example", "subject": SUBJECT}, id="issuer"),
+        pytest.param({"issuer": ISSUER, "subject_regex": r"https://github\.example/org/repo/.*@refs/tags/.*"}, id="regex"),
+    ],
+)
+async def test_wrong_identity_is_denied(env, registry, tools, keyless, identity) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest)
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless, **identity)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "wrong identity" in outcome.verdict.deny_message()
+
+
+async def test_certificate_expired_when_logged_is_denied(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    keyless_sign(registry, tools, keyless, repo, digest, cert_start=start)  # 10-minute cert, logged now
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "was not valid when logged" in outcome.verdict.deny_message()
+
+
+async def test_certificate_from_an_untrusted_ca_is_denied(env, registry, tools, keyless, rogue_ca) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest, ca=rogue_ca)
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "does not chain to a trusted CA" in outcome.verdict.deny_message()
+
+
+async def test_log_promise_signed_by_an_unknown_log_is_denied(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest, log_key=ec.generate_private_key(ec.SECP256R1()))
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "is not in the trust root" in outcome.verdict.deny_message()
+
+
+async def test_keyed_signature_does_not_satisfy_a_keyless_identity(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    payload = tools.simple_signing(f"{registry.host}/{repo}", digest)
+    annotations = {cosign.SIGNATURE_ANNOTATION: base64.b64encode(tools.sign_bytes(key, payload)).decode()}
+    registry.push_signature_layers(repo, digest, [(payload, cosign.SIMPLE_SIGNING_MEDIA, annotations)])
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "no certificate" in outcome.verdict.deny_message()
+
+
+def dsse_bundle(keyless: Any, tools: Any, image: str, digest: str, key: Any, cert: Any) -> bytes:
+    """A sigstore bundle v0.3 holding a DSSE in-toto statement, a certificate and a dsse log entry."""
+    statement = {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": image, "digest": {"sha256": digest.split(":")[1]}}],
+        "predicateType": "https://sigstore.dev/cosign/sign/v1",
+        "predicate": {},
+    }
+    payload = json.dumps(statement).encode()
+    kind = "application/vnd.in-toto+json"
+    pae = b"DSSEv1 %d %s %d %s" % (len(kind), kind.encode(), len(payload), payload)
+    signature = tools.sign_bytes(key, pae)
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    body = {
+        "apiVersion": "0.0.1",
+        "kind": "dsse",
+        "spec": {
+            "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
+            "signatures": [
+                {"signature": base64.b64encode(signature).decode(), "verifier": base64.b64encode(cert_pem).decode()}
+            ],
+        },
+    }
+    body_bytes = json.dumps(body, separators=(",", ":")).encode()
+    now = int(time.time())
+    canonical = json.dumps(
+        {"body": base64.b64encode(body_bytes).decode(), "integratedTime": now, "logID": keyless.log_id.hex(), "logIndex": 3},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    set_ = keyless.log_key.sign(canonical, ec.ECDSA(hashes.SHA256()))
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {
+            "certificate": {"rawBytes": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()},
+            "tlogEntries": [
+                {
+                    "logIndex": "3",
+                    "logId": {"keyId": base64.b64encode(keyless.log_id).decode()},
+                    "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+                    "integratedTime": str(now),
+                    "inclusionPromise": {"signedEntryTimestamp": base64.b64encode(set_).decode()},
+                    "canonicalizedBody": base64.b64encode(body_bytes).decode(),
+                }
+            ],
+        },
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": kind,
+            "signatures": [{"sig": base64.b64encode(signature).decode(), "keyid": ""}],
+        },
+    }
+    return json.dumps(bundle).encode()
+
+
+async def test_keyless_bundle_found_through_the_referrers_tag_is_admitted(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = keyless.certificate(key, SUBJECT, ISSUER)
+    bundle = dsse_bundle(keyless, tools, f"{registry.host}/{repo}", digest, key, cert)
+    registry.push_referrer(repo, digest, "application/vnd.dev.sigstore.bundle.v0.3+json", bundle,
+                           "application/vnd.dev.sigstore.bundle.v0.3+json")
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+
+
+async def test_bundle_naming_another_digest_is_denied(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    other = registry.push_image(repo, "v2")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = keyless.certificate(key, SUBJECT, ISSUER)
+    bundle = dsse_bundle(keyless, tools, f"{registry.host}/{repo}", other, key, cert)
+    registry.push_referrer(repo, digest, "application/vnd.dev.sigstore.bundle.v0.3+json", bundle,
+                           "application/vnd.dev.sigstore.bundle.v0.3+json")
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "digest mismatch" in outcome.verdict.deny_message()
+
+
+def test_unreadable_trust_root_is_a_config_error(env, tmp_path) -> None:
+    (tmp_path / "root.json").write_text("{}")
+    config = {"policies": [{"pattern": "x/*", "keyless": [{"issuer": ISSUER, "subject": SUBJECT}]}]}
+    with pytest.raises(errors.ConfigError, match="root.json"):
+        env.check(**config, trust_root="root.json")

@@ -1,0 +1,99 @@
+"""Manifests → findings with the very checks and config of the webhook (evaluate stage of CI)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook import errors
+from webhook.admission import workloads
+from webhook.admission.deadline import Deadline
+from webhook.admission.decision import Mode
+from webhook.admission.pipeline import Pipeline, Subject
+from webhook.ci.manifests import InputProblem, Loaded, Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str
+    message: str
+    mode: Mode
+    container: str | None
+    path: str | None
+    line: int
+
+
+@dataclass(slots=True)
+class ObjectResult:
+    manifest: Manifest
+    kind: str
+    namespace: str
+    name: str
+    allowed: bool
+    findings: list[Finding] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # informational, not tied to a violation
+    exempt: str | None = None
+
+    @property
+    def file(self) -> str:
+        return self.manifest.file
+
+
+@dataclass(slots=True)
+class Report:
+    results: list[ObjectResult] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+    skipped_objects: int = 0  # objects that carry no pod spec
+    files: int = 0
+    checks: tuple[str, ...] = ()
+    skipped_checks: tuple[str, ...] = ()
+
+    def count(self, mode: Mode) -> int:
+        return sum(1 for r in self.results for f in r.findings if f.mode is mode)
+
+    @property
+    def denied(self) -> int:
+        return sum(1 for r in self.results if not r.allowed)
+
+
+async def check(
+    loaded: Loaded,
+    pipeline: Pipeline,
+    *,
+    default_namespace: str,
+    budget_seconds: float = 30.0,
+    skipped_checks: Sequence[str] = (),
+) -> Report:
+    """Judge every manifest as a CREATE by the pipeline; objects without pod specs are counted."""
+    report = Report(problems=list(loaded.problems), files=loaded.files, skipped_checks=tuple(skipped_checks))
+    report.checks = tuple(c.id for c in pipeline.checks)
+    for manifest in loaded.manifests:
+        kind = manifest.obj.get("kind", "")
+        if not workloads.carries_pod_spec(kind):
+            report.skipped_objects += 1
+            continue
+        meta = manifest.obj.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}
+        namespace = _string(meta.get("namespace")) or default_namespace
+        name = _string(meta.get("name")) or _string(meta.get("generateName")) or "<unnamed>"
+        subject = Subject("CREATE", kind, namespace, name, manifest.obj)
+        try:
+            outcome = await pipeline.evaluate(subject, Deadline.after(budget_seconds))
+        except errors.ReviewError as exc:
+            report.problems.append(InputProblem(manifest.file, manifest.line, f"{kind}/{name}: {exc}"))
+            continue
+        verdict = outcome.verdict
+        result = ObjectResult(manifest, kind, namespace, name, verdict.allowed, exempt=verdict.exempt_reason)
+        for finding in verdict.findings:
+            v = finding.violation
+            line = manifest.line_of(v.path)
+            result.findings.append(Finding(v.check, v.message, finding.mode, v.container, v.path, line))
+        described = {f.violation.describe() for f in verdict.findings}
+        result.warnings = [w for w in verdict.warnings if w not in described]
+        report.results.append(result)
+    return report
+
+
+def _string(value: Any) -> str:
+    return value if isinstance(value, str) else ""

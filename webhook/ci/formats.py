@@ -1,0 +1,331 @@
+"""Reports of ``portcullis check``: text, JSON, SARIF 2.1.0, JUnit XML and PolicyReport.
+
+Machine formats are contracts: sorted keys, stable names, no timestamps, byte-identical output for
+the same input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from webhook import __version__
+from webhook.admission.decision import Mode
+from webhook.ci.check import Finding, ObjectResult, Report
+
+FORMATS = ("text", "json", "sarif", "junit", "policyreport")
+DOCS = "https://github.com/portcullis-dev/portcullis/blob/main/docs/checks.md"
+
+# Help for rule families (check ids are "<family>" or "<family>:<detail>").
+_FAMILY_HELP = {
+    "pss": "Pod Security Standards (Kubernetes Pod Security Admission semantics, baseline/restricted).",
+    "privilege": "Least-privilege settings of the pod (Pod Security Standards).",
+    "hardened": "Hardening beyond the Pod Security Standards (the `hardened` profile).",
+    "runtimeclass": "Runtime class rules: GPU pods use the GPU runtime, untrusted namespaces a sandbox.",
+    "images": "Image signatures and trust policy: every image must be signed by a trusted authority.",
+    "gpu": "GPU quota and per-pod GPU rules.",
+    "rego": "Custom Rego policy.",
+}
+
+
+def render(report: Report, fmt: str, *, color: bool = False, base_dir: str | None = None) -> str:
+    renderers: dict[str, Callable[[], str]] = {
+        "text": lambda: text(report, color=color),
+        "json": lambda: to_json(report),
+        "sarif": lambda: sarif(report, base_dir=base_dir),
+        "junit": lambda: junit(report),
+        "policyreport": lambda: policy_report(report),
+    }
+    return renderers[fmt]()
+
+
+# --- text -----------------------------------------------------------------------------------------
+
+_COLORS = {Mode.ENFORCE: "\033[31m", Mode.WARN: "\033[33m", Mode.AUDIT: "\033[36m"}
+_RESET, _BOLD, _GREEN = "\033[0m", "\033[1m", "\033[32m"
+
+
+def text(report: Report, *, color: bool = False) -> str:
+    def paint(code: str, s: str) -> str:
+        return f"{code}{s}{_RESET}" if color else s
+
+    lines: list[str] = []
+    for result in report.results:
+        if not result.findings and not result.warnings:
+            continue
+        status = paint(_GREEN, "allowed") if result.allowed else paint("\033[31m", "DENIED")
+        head = f"{result.file}:{result.manifest.line}: {result.kind} {result.namespace}/{result.name}: {status}"
+        lines.append(paint(_BOLD, head) if color else head)
+        for f in result.findings:
+            where = f" [{f.container}]" if f.container else ""
+            path = f" ({f.path})" if f.path else ""
+            lines.append(f"  {f.line}: {paint(_COLORS.get(f.mode, ''), f.mode.value)} {f.check}{where}: {f.message}{path}")
+        for warning in result.warnings:
+            lines.append(f"  warning: {warning}")
+    for problem in report.problems:
+        lines.append(f"error: {problem}")
+    lines.append(_summary(report))
+    return "\n".join(lines) + "\n"
+
+
+def _summary(report: Report) -> str:
+    parts = [
+        f"{len(report.results)} objects checked",
+        f"{report.denied} denied",
+        f"{report.count(Mode.ENFORCE)} enforce, {report.count(Mode.WARN)} warn, {report.count(Mode.AUDIT)} audit findings",
+        f"{report.skipped_objects} objects without pod specs skipped",
+    ]
+    if report.problems:
+        parts.append(f"{len(report.problems)} input errors")
+    if report.skipped_checks:
+        parts.append(f"checks skipped: {', '.join(report.skipped_checks)}")
+    return "summary: " + "; ".join(parts)
+
+
+# --- JSON -----------------------------------------------------------------------------------------
+
+
+def _violation_json(f: Finding) -> dict[str, Any]:
+    return {
+        "check": f.check,
+        "container": f.container,
+        "path": f.path,
+        "message": f.message,
+        "mode": f.mode.value,
+        "line": f.line,
+    }
+
+
+def to_json(report: Report) -> str:
+    """One JSON array of objects: {file, kind, namespace, name, allowed, violations: [...]}."""
+    items = [
+        {
+            "file": r.file,
+            "line": r.manifest.line,
+            "kind": r.kind,
+            "namespace": r.namespace,
+            "name": r.name,
+            "allowed": r.allowed,
+            "violations": [_violation_json(f) for f in r.findings],
+        }
+        for r in report.results
+    ]
+    return json.dumps(items, sort_keys=True, indent=2) + "\n"
+
+
+# --- SARIF 2.1.0 ----------------------------------------------------------------------------------
+
+_SARIF_LEVEL = {Mode.ENFORCE: "error", Mode.WARN: "warning", Mode.AUDIT: "note"}
+
+
+def _rule_help(rule_id: str) -> str:
+    family = rule_id.split(":", 1)[0].split(".", 1)[0].split("/", 1)[0]
+    return _FAMILY_HELP.get(family, f"Portcullis check {family}.")
+
+
+def _uri(path: str, base_dir: str | None) -> str:
+    if path == "<stdin>":
+        return "stdin"
+    if base_dir and os.path.isabs(path):
+        try:
+            path = os.path.relpath(path, base_dir)
+        except ValueError:
+            pass
+    return path.replace(os.sep, "/")
+
+
+def sarif(report: Report, *, base_dir: str | None = None) -> str:
+    rule_ids = sorted({f.check for r in report.results for f in r.findings})
+    index = {rule_id: i for i, rule_id in enumerate(rule_ids)}
+    example: dict[str, str] = {}
+    for r in report.results:
+        for f in r.findings:
+            example.setdefault(f.check, f.message)
+    rules = [
+        {
+            "id": rule_id,
+            "name": rule_id.replace(":", "/"),
+            "shortDescription": {"text": _rule_help(rule_id)},
+            "fullDescription": {"text": f"{_rule_help(rule_id)} Example finding: {example[rule_id]}"},
+            "help": {
+                "text": f"{_rule_help(rule_id)} See {DOCS} for how to fix it.",
+                "markdown": f"{_rule_help(rule_id)} See [the checks reference]({DOCS}).",
+            },
+            "helpUri": DOCS,
+            "defaultConfiguration": {"level": "error"},
+        }
+        for rule_id in rule_ids
+    ]
+    results = []
+    for r in report.results:
+        for f in r.findings:
+            container = f"/{f.container}" if f.container else ""
+            results.append(
+                {
+                    "ruleId": f.check,
+                    "ruleIndex": index[f.check],
+                    "level": _SARIF_LEVEL[f.mode],
+                    "message": {"text": f"{r.kind} {r.namespace}/{r.name}{container}: {f.message}"},
+                    "locations": [
+                        {
+                            "physicalLocation": {
+                                "artifactLocation": {"uri": _uri(r.file, base_dir)},
+                                "region": {"startLine": max(1, f.line)},
+                            },
+                            "logicalLocations": [
+                                {"fullyQualifiedName": f"{r.kind}/{r.namespace}/{r.name}{container}", "kind": "object"}
+                            ],
+                        }
+                    ],
+                    "properties": {"mode": f.mode.value, "path": f.path or ""},
+                }
+            )
+    notifications = [
+        {
+            "level": "error",
+            "message": {"text": p.message},
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": _uri(p.file, base_dir)},
+                        "region": {"startLine": max(1, p.line)},
+                    }
+                }
+            ],
+        }
+        for p in report.problems
+    ]
+    doc = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "portcullis",
+                        "version": __version__,
+                        "informationUri": DOCS,
+                        "rules": rules,
+                    }
+                },
+                "results": results,
+                "invocations": [
+                    {"executionSuccessful": not report.problems, "toolExecutionNotifications": notifications}
+                ],
+            }
+        ],
+    }
+    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+
+
+# --- JUnit XML ------------------------------------------------------------------------------------
+
+
+def junit(report: Report) -> str:
+    """One test case per object × check; enforce findings fail, warn/audit go to system-out."""
+    suites = ET.Element("testsuites", name="portcullis")
+    total = failures = 0
+    by_file: dict[str, list[ObjectResult]] = {}
+    for r in report.results:
+        by_file.setdefault(r.file, []).append(r)
+    for file, results in by_file.items():
+        suite = ET.SubElement(suites, "testsuite", name=file)
+        cases = fails = 0
+        for r in results:
+            for check in report.checks or sorted({f.check.split(":")[0] for f in r.findings}):
+                found = [f for f in r.findings if _family_of(f.check, report.checks) == check]
+                case = ET.SubElement(
+                    suite, "testcase", classname=f"{r.kind}.{r.namespace}.{r.name}", name=check, file=file
+                )
+                case.set("line", str(r.manifest.line))
+                cases += 1
+                denied = [f for f in found if f.mode is Mode.ENFORCE]
+                if denied:
+                    fails += 1
+                    failure = ET.SubElement(case, "failure", message=denied[0].message, type=denied[0].check)
+                    failure.text = "\n".join(f"{f.line}: {f.check}: {f.message}" for f in denied)
+                others = [f for f in found if f.mode is not Mode.ENFORCE]
+                if others:
+                    ET.SubElement(case, "system-out").text = "\n".join(
+                        f"{f.mode.value}: {f.check}: {f.message}" for f in others
+                    )
+        suite.set("tests", str(cases))
+        suite.set("failures", str(fails))
+        suite.set("errors", "0")
+        total += cases
+        failures += fails
+    if report.problems:
+        suite = ET.SubElement(suites, "testsuite", name="input", tests=str(len(report.problems)))
+        suite.set("failures", "0")
+        suite.set("errors", str(len(report.problems)))
+        for p in report.problems:
+            case = ET.SubElement(suite, "testcase", classname="input", name=f"{p.file}:{p.line}")
+            ET.SubElement(case, "error", message=p.message, type="InputError")
+    suites.set("tests", str(total + len(report.problems)))
+    suites.set("failures", str(failures))
+    suites.set("errors", str(len(report.problems)))
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _family_of(check: str, families: tuple[str, ...]) -> str:
+    """Map a finding's check id to the check that produced it (e.g. 'pss:privileged' → 'privilege')."""
+    if check in families:
+        return check
+    prefix = check.split(":", 1)[0]
+    if prefix in families:
+        return prefix
+    if prefix in ("pss", "hardened"):
+        return "privilege"
+    return prefix
+
+
+# --- PolicyReport (wgpolicyk8s.io/v1alpha2) --------------------------------------------------------
+
+_POLICY_RESULT = {Mode.ENFORCE: "fail", Mode.WARN: "warn", Mode.AUDIT: "warn"}
+
+
+def policy_report(report: Report) -> str:
+    """A ``ClusterPolicyReport`` (a ``PolicyReport`` per namespace would need one doc per namespace)."""
+    results: list[dict[str, Any]] = []
+    summary = {"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0}
+    for r in report.results:
+        resource = {
+            "apiVersion": r.manifest.obj.get("apiVersion", ""),
+            "kind": r.kind,
+            "name": r.name,
+            "namespace": r.namespace,
+        }
+        failed = {_family_of(f.check, report.checks) for f in r.findings}
+        for f in r.findings:
+            outcome = _POLICY_RESULT[f.mode]
+            summary[outcome] += 1
+            results.append(
+                {
+                    "policy": _family_of(f.check, report.checks),
+                    "rule": f.check,
+                    "result": outcome,
+                    "severity": "high" if f.mode is Mode.ENFORCE else "medium",
+                    "message": f.message,
+                    "source": "portcullis",
+                    "resources": [resource],
+                    "properties": {"container": f.container or "", "path": f.path or ""},
+                }
+            )
+        for check in report.checks:
+            if check not in failed:
+                summary["pass"] += 1
+                results.append(
+                    {"policy": check, "result": "pass", "source": "portcullis", "resources": [resource]}
+                )
+    doc = {
+        "apiVersion": "wgpolicyk8s.io/v1alpha2",
+        "kind": "ClusterPolicyReport",
+        "metadata": {"name": "portcullis-check"},
+        "summary": summary,
+        "results": results,
+    }
+    return json.dumps(doc, sort_keys=True, indent=2) + "\n"

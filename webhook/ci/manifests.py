@@ -1,0 +1,226 @@
+"""Manifests in, objects with their file and line out (decode stage of ``portcullis check``).
+
+YAML is composed with libyaml (when present) and turned into plain objects here, so we keep the
+line of every field (a finding points at the offending line), reject duplicate keys, and bound
+alias expansion (a "billion laughs" document fails fast instead of eating memory).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SUFFIXES = (".yaml", ".yml", ".json")
+MAX_NODES_PER_DOCUMENT = 200_000  # expanded nodes; real manifests have a few hundred
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """One Kubernetes object from a file, with the line of the object and of each field path."""
+
+    file: str
+    line: int  # 1-based line where the object starts
+    obj: dict[str, Any]
+    lines: dict[str, int] = field(default_factory=dict, repr=False)  # "spec.containers[0].image" -> line
+
+    def line_of(self, path: str | None, prefix: str = "") -> int:
+        """The line of ``path`` (or of its nearest ancestor that has one)."""
+        if not path:
+            return self.line
+        candidate = f"{prefix}{path}" if prefix else path
+        while candidate:
+            if candidate in self.lines:
+                return self.lines[candidate]
+            cut = max(candidate.rfind("."), candidate.rfind("["))
+            candidate = candidate[:cut] if cut > 0 else ""
+        return self.line
+
+
+@dataclass(frozen=True, slots=True)
+class InputProblem:
+    """A file or document that could not be read; the rest is still checked."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}" if self.line else f"{self.file}: {self.message}"
+
+
+@dataclass(slots=True)
+class Loaded:
+    manifests: list[Manifest] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+    files: int = 0
+
+
+def expand_paths(paths: Sequence[str]) -> Iterator[str]:
+    """Files as given, directories walked recursively for *.yaml|*.yml|*.json, '-' for stdin."""
+    for raw in paths:
+        if raw == "-":
+            yield raw
+            continue
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    if name.endswith(_SUFFIXES):
+                        yield os.path.join(root, name)
+        else:
+            yield raw
+
+
+def load(paths: Sequence[str], stdin: Any = None) -> Loaded:
+    """Read every manifest under ``paths``; unreadable input becomes a problem, never an exception."""
+    out = Loaded()
+    for name in expand_paths(paths):
+        out.files += 1
+        if name == "-":
+            text = (stdin or sys.stdin).read()
+            _load_text(text, "<stdin>", out)
+            continue
+        try:
+            with open(name, "rb") as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            out.problems.append(InputProblem(name, 0, f"cannot read: {exc.strerror or exc}"))
+            continue
+        if len(data) > MAX_FILE_BYTES:
+            out.problems.append(InputProblem(name, 0, f"file is larger than {MAX_FILE_BYTES} bytes"))
+            continue
+        if b"\0" in data[:8192]:
+            out.problems.append(InputProblem(name, 0, "binary file, not YAML or JSON"))
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            out.problems.append(InputProblem(name, 0, f"not UTF-8 text (byte {exc.start})"))
+            continue
+        _load_text(text, name, out)
+    return out
+
+
+def _load_text(text: str, name: str, out: Loaded) -> None:
+    loader = _Loader(text)
+    try:
+        while True:
+            try:
+                node = loader.get_node() if loader.check_node() else None
+            except yaml.YAMLError as exc:
+                out.problems.append(_yaml_problem(name, exc))
+                return  # the parser cannot resynchronise after a syntax error
+            if node is None:
+                return
+            line = node.start_mark.line + 1
+            try:
+                builder = _Builder(name)
+                obj = builder.build(node, "")
+            except _DocumentError as exc:
+                out.problems.append(InputProblem(name, exc.line, exc.message))
+                continue
+            if obj is None:
+                continue  # an empty document ('---' with nothing after it)
+            if not isinstance(obj, dict):
+                out.problems.append(InputProblem(name, line, f"document is a {type(obj).__name__}, not an object"))
+                continue
+            _add_object(obj, name, line, builder.lines, "", out)
+    finally:
+        loader.dispose()
+
+
+def _add_object(obj: dict[str, Any], name: str, line: int, lines: dict[str, int], prefix: str, out: Loaded) -> None:
+    kind = obj.get("kind")
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(obj.get("items"), list):
+        for index, item in enumerate(obj["items"]):
+            item_prefix = f"{prefix}items[{index}]"
+            item_line = lines.get(item_prefix, line)
+            if not isinstance(item, dict):
+                out.problems.append(InputProblem(name, item_line, f"{kind} item {index} is not an object"))
+                continue
+            _add_object(item, name, item_line, lines, item_prefix + ".", out)
+        return
+    if not isinstance(kind, str) or not kind:
+        out.problems.append(InputProblem(name, line, "object has no `kind`"))
+        return
+    if prefix:
+        cut = len(prefix)
+        lines = {k[cut:]: v for k, v in lines.items() if k.startswith(prefix)}
+    out.manifests.append(Manifest(name, line, obj, lines))
+
+
+def _yaml_problem(name: str, exc: yaml.YAMLError) -> InputProblem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    text = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
+    return InputProblem(name, mark.line + 1 if mark else 0, text)
+
+
+class _DocumentError(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+class _Builder:
+    """Nodes → Python objects, recording the line of every path; duplicate keys are errors."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lines: dict[str, int] = {}
+        self.budget = MAX_NODES_PER_DOCUMENT
+        self._scalar = yaml.constructor.SafeConstructor()
+
+    def build(self, node: yaml.Node, path: str) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _DocumentError(
+                node.start_mark.line + 1,
+                f"document expands to more than {MAX_NODES_PER_DOCUMENT} nodes (alias bomb?); refused",
+            )
+        if path:
+            self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            result: dict[str, Any] = {}
+            for key_node, value_node in self._pairs(node):
+                key = self._key(key_node)
+                if key in result:
+                    raise _DocumentError(
+                        key_node.start_mark.line + 1, f"duplicate key {key!r} (YAML forbids it; one value would be lost)"
+                    )
+                result[key] = self.build(value_node, f"{path}.{key}" if path else str(key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        try:
+            return self._scalar.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            raise _DocumentError(node.start_mark.line + 1, f"invalid value: {exc}") from exc
+
+    def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges the anchored mapping
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in sources:
+                    if isinstance(source, yaml.MappingNode):
+                        pairs.extend(self._pairs(source))
+                continue
+            pairs.append((key_node, value_node))
+        return pairs
+
+    def _key(self, node: yaml.Node) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise _DocumentError(node.start_mark.line + 1, "mapping keys must be scalars")
+        value = self._scalar.construct_object(node)
+        return value if isinstance(value, str) else str(value)

@@ -1,0 +1,177 @@
+"""Compiled Falco rules, indexed by event type: event → alerts (the last stage of the rules engine).
+
+``Engine.load`` runs ``rules.load`` (loader → resolve) and compiles, for every event type some
+rule names, one function holding exactly the rules that can match that type, with their
+``evt.type`` checks folded away and shared sub-conditions evaluated once. Rules that can match
+any type also go to a default function used for types no rule names. Called by the monitor
+and by ``portcullis rules test``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from webhook.runtime import rules
+from webhook.runtime.rules import compiler, output
+from webhook.runtime.rules.loader import Diagnostic
+from webhook.runtime.rules.resolve import Rule
+
+__all__ = ["Alert", "Engine"]
+
+Event = Mapping[str, Any]
+Match = Literal["first", "all"]
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One rule match, as Falco reports it."""
+
+    rule: str
+    priority: str
+    source: str
+    output: str
+    output_fields: dict[str, Any] = field(hash=False)
+    tags: tuple[str, ...]
+    time: int  # nanoseconds since the epoch (evt.time, or the engine clock when absent)
+
+    def to_falco_json(self, hostname: str) -> dict[str, Any]:
+        """The alert in Falco's JSON output shape (what falcosidekick and friends read)."""
+        return {
+            "hostname": hostname,
+            "output": self.output,
+            "output_fields": dict(self.output_fields),
+            "priority": self.priority,
+            "rule": self.rule,
+            "source": self.source,
+            "tags": sorted(self.tags),
+            "time": output.iso_time(self.time),
+        }
+
+
+def _select(ruleset: rules.RuleSet, disabled_tags: Collection[str], enabled_rules: Collection[str] | None) -> list[Rule]:
+    tags = frozenset(disabled_tags)
+    chosen = []
+    for r in ruleset.rules:
+        on = r.enabled if enabled_rules is None else r.name in enabled_rules
+        if on and not tags.intersection(r.tags):
+            chosen.append(r)
+    return chosen
+
+
+class Engine:
+    """Enabled rules compiled into per-event-type functions. Build with ``Engine.load``."""
+
+    def __init__(
+        self,
+        ruleset: rules.RuleSet,
+        *,
+        match: Match = "all",
+        disabled_tags: Collection[str] = (),
+        enabled_rules: Collection[str] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if match not in ("first", "all"):
+            raise ValueError(f"match must be 'first' or 'all', not {match!r}")
+        self.ruleset = ruleset
+        self.warnings: list[Diagnostic] = list(ruleset.warnings)
+        self.rules: tuple[Rule, ...] = tuple(_select(ruleset, disabled_tags, enabled_rules))
+        self.match: Match = match
+        self._clock = clock
+        positive: set[str] = set()
+        named: set[str] = set()
+        for r in self.rules:
+            named |= r.event_types.names
+            if not r.event_types.neg:
+                positive |= r.event_types.names
+        positive.discard("")
+        named.discard("")
+        self.matches_all_types: bool = any(r.event_types.neg for r in self.rules)
+        self.event_types: frozenset[str] = frozenset(positive)
+        self.required_fields: frozenset[str] = frozenset(
+            {"evt.num", "evt.time"}.union(*(r.fields for r in self.rules))
+        )
+        self._dispatch: dict[str | None, Callable[[Event], Any]] = {}
+        for name in sorted(named):
+            fn = self._bucket(name)
+            if fn is not None:
+                self._dispatch[name] = fn
+        missing = self._bucket(None)
+        if missing is not None:
+            self._dispatch[None] = missing
+        self._default = self._bucket(compiler.UNKNOWN)
+        self.process: Callable[[Event], list[Alert]] = self._make_process()
+
+    @classmethod
+    def load(
+        cls,
+        paths: Sequence[Path | str],
+        *,
+        match: Match = "all",
+        disabled_tags: Collection[str] = (),
+        enabled_rules: Collection[str] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> Engine:
+        """Load and compile rules files in order; raises ``rules.RulesError`` listing every error."""
+        ruleset = rules.load(paths)
+        return cls(ruleset, match=match, disabled_tags=disabled_tags, enabled_rules=enabled_rules, clock=clock)
+
+    def _bucket(self, evtype: str | None | object) -> Callable[[Event], Any] | None:
+        memo: dict[int, Any] = {}
+        members: list[tuple[int, Any]] = []
+        for idx, r in enumerate(self.rules):
+            key = "" if evtype is None else evtype
+            if isinstance(key, str) and key not in r.event_types:
+                continue
+            if not isinstance(key, str) and not r.event_types.neg:
+                continue
+            cond = compiler.specialize(r.condition, evtype, memo)  # type: ignore[arg-type]
+            if cond is not False:
+                members.append((idx, cond))
+        if not members:
+            return None
+        return compiler.compile_bucket(members, first=self.match == "first")
+
+    def _make_process(self) -> Callable[[Event], list[Alert]]:
+        dispatch, default, alert = self._dispatch, self._default, self._alert
+
+        def process(event: Event) -> list[Alert]:
+            """Alerts of the enabled rules matching this event (Falco field name → value)."""
+            fn = dispatch.get(event.get("evt.type"), default)
+            if fn is None:
+                return []
+            hits = fn(event)
+            if hits is None:
+                return []
+            return [alert(i, event) for i in hits]
+
+        return process
+
+    def _alert(self, idx: int, event: Event) -> Alert:
+        r = self.rules[idx]
+        values = r.output.values(event)
+        t = event.get("evt.time")
+        when = t if isinstance(t, int) else self._clock()
+        text = r.output.render({**values, "evt.time": when})
+        fields_out = {**values, "evt.time": when}
+        if "evt.num" in event:
+            fields_out["evt.num"] = event["evt.num"]
+        return Alert(
+            rule=r.name,
+            priority=r.priority,
+            source=r.source,
+            output=f"{output.format_time(when)}: {r.priority} {text}",
+            output_fields=fields_out,
+            tags=r.tags,
+            time=when,
+        )
+
+    def matcher(self, rule_name: str) -> Callable[[Event], bool]:
+        """One loaded rule (enabled or not) as event → bool, with no event-type prefiltering."""
+        for r in self.ruleset.rules:
+            if r.name == rule_name:
+                return compiler.compile_condition(r.condition)
+        raise KeyError(rule_name)

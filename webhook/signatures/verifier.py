@@ -1,0 +1,70 @@
+"""One image under one policy → a judgement: resolve the digest, fetch signatures, judge, cache.
+
+Called by the images check. Signatures are looked up in cosign's ``.sig`` tag first (two round
+trips for a keyed signature) and in OCI referrers only when those do not reach the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+from webhook.admission.deadline import Deadline
+from webhook.signatures import cosign, sigstore
+from webhook.signatures import registry as reg
+from webhook.signatures.cache import VerdictCache
+from webhook.signatures.reference import ImageRef
+from webhook.signatures.trust import Judgement, TrustPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """What was judged: the exact digest and the judgement for it."""
+
+    digest: str
+    judgement: Judgement
+
+
+class ImageVerifier:
+    """Owns the registry client and the verdict cache of one images check."""
+
+    def __init__(self, client: reg.RegistryClient, cache: VerdictCache[Judgement], *, job_timeout: float) -> None:
+        self.client = client
+        self.cache = cache
+        self._job_timeout = job_timeout
+
+    @staticmethod
+    def cache_key(ref: ImageRef, digest: str, policy: TrustPolicy) -> Hashable:
+        return (ref.registry, ref.repository, digest, policy.cache_key)
+
+    def cached(self, ref: ImageRef, policy: TrustPolicy) -> Verified | None:
+        """The warm path for digest references: a dict lookup, no await."""
+        if ref.digest is None:
+            return None
+        judgement = self.cache.get(self.cache_key(ref, ref.digest, policy))
+        return Verified(ref.digest, judgement) if judgement is not None else None
+
+    async def verify(
+        self, ref: ImageRef, policy: TrustPolicy, deadline: Deadline, creds: reg.Credentials | None = None
+    ) -> Verified:
+        """Judge ``ref`` (its digest, or what its tag points to now). Raises ``RegistryError``."""
+        digest = ref.digest
+        if digest is None:
+            assert ref.tag is not None
+            digest = await self.client.resolve(ref.registry, ref.repository, ref.tag, deadline, creds)
+        key = self.cache_key(ref, digest, policy)
+        judgement = await self.cache.get_or_compute(
+            key, lambda: self._judge(ref, digest, policy, creds), positive=lambda j: j.verified
+        )
+        return Verified(digest, judgement)
+
+    async def _judge(self, ref: ImageRef, digest: str, policy: TrustPolicy, creds: reg.Credentials | None) -> Judgement:
+        # The shared job has its own budget: one requester's nearly spent deadline must not
+        # fail it for the others waiting on it (each waiter still stops at its own deadline).
+        deadline = Deadline.after(self._job_timeout)
+        evidence = await cosign.fetch(self.client, ref.registry, ref.repository, digest, deadline, creds)
+        judgement = policy.judge(evidence, digest)
+        if judgement.verified:
+            return judgement
+        evidence += await sigstore.fetch(self.client, ref.registry, ref.repository, digest, deadline, creds)
+        return policy.judge(evidence, digest)
