@@ -97,6 +97,8 @@ class FakeKubeApi:
         kind = "MODIFIED" if key in self.objects else "ADDED"
         if kind == "ADDED":
             metadata.setdefault("uid", f"uid-{resource}-{key[1]}-{key[2]}-{self.rv}")
+        else:  # an update keeps the object's identity
+            metadata["uid"] = self.objects[key]["metadata"]["uid"]
         self._commit(resource, key, obj, kind)
         return obj
 

@@ -21,6 +21,7 @@ from webhook.admission import review
 from webhook.admission.deadline import Deadline
 from webhook.admission.metrics import WebhookMetrics
 from webhook.admission.pipeline import Outcome, Pipeline, Subject
+from webhook.admission.recorder import AuditUnavailable
 from webhook.config.server import ServerConfig
 
 log = logging.getLogger("portcullis.server")
@@ -119,7 +120,11 @@ class WebhookServer:
             for finding in verdict.findings:
                 self.metrics.violations[(finding.violation.check, finding.mode.value)] += 1
         if self.recorder is not None:
-            await self.recorder.record(endpoint, decoded, outcome)
+            try:
+                await self.recorder.record(endpoint, decoded, outcome)
+            except AuditUnavailable as exc:
+                self.metrics.decisions[(endpoint, "audit_failure")] += 1
+                return web.Response(body=review.encode_error(decoded.uid, str(exc), 500), content_type=_JSON)
         return web.Response(body=review.encode(decoded.uid, verdict, mutating=mutating), content_type=_JSON)
 
     def _request_budget(self, request: web.Request) -> float:

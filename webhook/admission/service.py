@@ -6,16 +6,20 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from webhook import errors
 from webhook.admission import certs, tls
+from webhook.admission.decision import FailureMode
 from webhook.admission.metrics import WebhookMetrics
 from webhook.admission.pipeline import Pipeline
+from webhook.admission.recorder import AuditRecorder
 from webhook.admission.server import DecisionRecorder, WebhookServer
 from webhook.checks.registry import build_checks
 from webhook.checks.services import Services
@@ -63,6 +67,9 @@ async def serve(
     """Run until SIGTERM/SIGINT (or ``stop`` is set); drain in-flight reviews before exiting."""
     reloading = tls.ReloadingContext(cert, key, interval=config.server.cert_reload_interval)
     metrics = WebhookMetrics()
+    audit_log = None
+    if recorder is None and config.audit.directory:
+        audit_log, recorder = await open_audit(config)
     pipeline = pipeline or build_pipeline(config)
     server = WebhookServer(config.server, pipeline, metrics=metrics, recorder=recorder)
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -83,7 +90,36 @@ async def serve(
         await stop.wait()
     finally:
         await reloading.stop()
-        await runner.cleanup()
+        await runner.cleanup()  # drains in-flight reviews first
+        if isinstance(recorder, AuditRecorder):
+            await recorder.drain()
+        if audit_log is not None:
+            await audit_log.close()
+
+
+async def open_audit(config: Config) -> tuple[Any, AuditRecorder]:
+    """Open this replica's own audit log (its own origin) and the recorder that feeds it."""
+    from webhook.audit.log import AuditLog
+
+    audit = config.audit
+    assert audit.directory is not None
+    key = config.resolve_path(audit.signing_key) if audit.signing_key else None
+    writer = audit.writer or socket.gethostname()
+    audit_log = await AuditLog.open(
+        config.resolve_path(audit.directory),
+        signing_key_path=key,
+        origin=audit.origin,
+        writer=writer,
+        commit_window=audit.commit_window,
+        checkpoint_every=audit.checkpoint_every,
+        checkpoint_interval=audit.checkpoint_interval,
+        durable=audit.durable,
+        witnesses=audit.witnesses,
+    )
+    recorder = AuditRecorder(
+        audit_log, wait_durable=audit.wait_durable, deny_on_failure=audit.failure_mode is FailureMode.DENY
+    )
+    return audit_log, recorder
 
 
 def event_loop_runner() -> asyncio.Runner:

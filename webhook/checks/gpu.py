@@ -19,6 +19,7 @@ from webhook.admission.workloads import PodSpecRef
 from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.config.quota import KubernetesConfig
 from webhook.quota import coordination, metrics, quantity, requests
 from webhook.quota.ledger import Ledger, QuotaView
 from webhook.quota.model import Demand, QuotaModel
@@ -247,8 +248,11 @@ def _milli_str(milli: int) -> str:
     return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
 
 
-def build(config: Config, services: Services) -> GpuCheck | None:
-    """The gpu check, or None when ``quota:`` configures nothing to judge."""
+def build(config: Config, services: Services, *, kubernetes: KubernetesConfig | None = None) -> GpuCheck | None:
+    """The gpu check, or None when ``quota:`` configures nothing to judge.
+
+    ``kubernetes`` (timeouts, backoff) defaults to the config's ``kubernetes:`` section.
+    """
     quota = config.quota
     rules = quota.per_pod
     if not quota.quotas and rules.max_gpus is None and not rules.requests_equal_limits and not rules.require_gpu_model:
@@ -257,7 +261,7 @@ def build(config: Config, services: Services) -> GpuCheck | None:
     api = services.kube_api
     if services.ci or api is None or not quota.quotas:
         return GpuCheck(config, model, ci=services.ci)
-    kube = _kube_config(config)
+    kube = kubernetes or _kube_config(config)
     ledger = Ledger(quota.reservation_ttl)
     for rule in quota.quotas:
         if rule.per is None:
@@ -291,10 +295,9 @@ def build(config: Config, services: Services) -> GpuCheck | None:
     )
 
 
-def _kube_config(config: Config) -> Any:
-    from webhook.config.quota import KubernetesConfig
-
-    return getattr(config, "kubernetes", None) or KubernetesConfig()
+def _kube_config(config: Config) -> KubernetesConfig:
+    configured = getattr(config, "kubernetes", None)  # the lead wires KubernetesConfig in as `kubernetes:`
+    return configured if isinstance(configured, KubernetesConfig) else KubernetesConfig()
 
 
 def _any(model: QuotaModel, rule: Any) -> Demand:

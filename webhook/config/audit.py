@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from webhook.admission.decision import FailureMode
 from webhook.config.base import Section
 
 
@@ -17,3 +18,7 @@ class AuditConfig(Section):
     checkpoint_interval: float = 10.0
     durable: bool = True
     witnesses: list[str] = []
+    # Answer only once the decision is durable in the log; when the log cannot take it,
+    # ``failure_mode: deny`` denies the request (fail closed) and ``allow`` only logs loudly.
+    wait_durable: bool = True
+    failure_mode: FailureMode = FailureMode.DENY

@@ -1,10 +1,83 @@
-"""Sub-commands of the policy face (registered by ``webhook.cli``)."""
+"""Sub-commands of the policy face: ``portcullis policy test`` and ``portcullis policy validate``.
+
+Thin layer: find files, call ``policy.testing`` / ``policy.rego`` / ``policy.gatekeeper`` (the
+code the webhook runs), print, pick the exit code (0 ok, 1 a test failed, 2 bad input).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
+from webhook import errors
+from webhook.policy import gatekeeper, modules, rego, testing
 
-def register(subparsers: "argparse._SubParsersAction[Any]") -> None:
+_VERSION = 1
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this face's sub-commands to the ``portcullis`` parser."""
+    policy = subparsers.add_parser("policy", help="test and validate Rego policies and Gatekeeper templates")
+    sub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    test = sub.add_parser("test", help="run Rego test_ rules and gator Suite files; exit 1 on failure")
+    test.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="directories or files (default: policies)")
+    test.add_argument("--format", choices=("text", "json"), default="text")
+    test.set_defaults(func=cmd_test)
+    validate = sub.add_parser("validate", help="compile policies and templates; report problems")
+    validate.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="Rego directories (default: policies)")
+    validate.add_argument("--gatekeeper", action="append", type=Path, default=[], metavar="DIR")
+    validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.set_defaults(func=cmd_validate)
+    policy.set_defaults(func=lambda _args: _usage(policy))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _paths(args: argparse.Namespace) -> list[Path]:
+    paths: list[Path] = args.paths or [Path("policies")]
+    for path in paths:
+        if not path.exists():
+            raise errors.PolicyLoadError(f"{path}: no such file or directory")
+    return paths
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    results = testing.run(_paths(args))
+    failed = [r for r in results if not r.passed]
+    if args.format == "json":
+        doc = {"version": _VERSION, "passed": len(results) - len(failed), "failed": len(failed)}
+        doc["tests"] = [r.to_json() for r in sorted(results, key=lambda r: (r.file, r.name))]
+        print(json.dumps(doc, sort_keys=True, indent=2))
+    else:
+        for result in results:
+            status = "PASS" if result.passed else "FAIL"
+            detail = f": {result.message}" if result.message else ""
+            print(f"{status} {result.name} ({result.file}){detail}")
+        print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if not results:
+        print("no tests found (test_ rules in *_test.rego, or kind: Suite files)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    rego_files = modules.discover(paths, tests=False)
+    found: dict[str, list[str]] = {"policies": [], "constraints": []}
+    if rego_files:
+        found["policies"] = list(rego.load_directory(paths).policy_ids)
+    if args.gatekeeper:
+        found["constraints"] = list(gatekeeper.load(args.gatekeeper).policy_ids)
+    if args.format == "json":
+        print(json.dumps({"version": _VERSION, **found}, sort_keys=True, indent=2))
+    else:
+        for policy_id in found["policies"]:
+            print(f"ok policy {policy_id}")
+        for constraint_id in found["constraints"]:
+            print(f"ok constraint {constraint_id}")
+    return 0

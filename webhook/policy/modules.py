@@ -215,6 +215,7 @@ def _uncomment(line: str) -> str:
 
 _CALL = re.compile(r"(?<![\w.\]])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
 _NOT_CALLS = frozenset({"if", "not", "in", "contains", "else", "some", "every", "with", "as"})
+_WITH_INPUT = re.compile(r"\bwith\s+input\s+as\b")
 _INVENTORY = re.compile(r"\bdata\.inventory\b|\bdata\[\s*\"inventory\"")
 
 
@@ -236,6 +237,13 @@ def lint(modules: Sequence[RegoModule], is_builtin: Callable[[str], bool]) -> li
             problems.append(
                 f"{module.name}:{line}:{col}: undefined function `{fn}` (not a built-in of the embedded "
                 f"engine and not defined in any policy module)"
+            )
+        for match in _WITH_INPUT.finditer(masked):
+            line, col = _line_col(module.source, match.start())
+            problems.append(
+                f"{module.name}:{line}:{col}: `with input as <document>` crashes the embedded engine "
+                f"(rego-cpp 1.x) when the rule under test calls a built-in; replace input per key "
+                f"instead: `with input.pods as ... with input.request as ...`"
             )
     return problems
 

@@ -121,6 +121,7 @@ def run_suite(path: Path) -> list[TestResult]:
     """Run one gator Suite file."""
     suite = _yaml_one(path)
     base = path.parent
+    suite_name = str((suite.get("metadata") or {}).get("name") or path.parent.name)
     results: list[TestResult] = []
     for t_index, test in enumerate(suite.get("tests") or []):
         where = f"{path}: tests[{t_index}]"
@@ -134,7 +135,7 @@ def run_suite(path: Path) -> list[TestResult]:
         constraint = loaded.constraints[0]
         for c_index, case in enumerate(test.get("cases") or []):
             case_name = str(case.get("name") or f"case-{c_index}")
-            name = f"{path.stem}/{test_name}/{case_name}"
+            name = f"{suite_name}/{test_name}/{case_name}"
             results.append(_run_case(name, str(path), f"{where}.cases[{c_index}]", base, case, loaded, constraint))
     return results
 

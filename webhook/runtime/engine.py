@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from webhook.runtime import rules
-from webhook.runtime.rules import compiler, output
+from webhook.runtime.rules import compiler, fields, output
 from webhook.runtime.rules.loader import Diagnostic
 from webhook.runtime.rules.resolve import Rule
 
@@ -81,6 +81,7 @@ class Engine:
         self.rules: tuple[Rule, ...] = tuple(_select(ruleset, disabled_tags, enabled_rules))
         self.match: Match = match
         self._clock = clock
+        self.eval_errors = 0  # events whose values could not be evaluated even after coercion
         positive: set[str] = set()
         named: set[str] = set()
         for r in self.rules:
@@ -143,12 +144,24 @@ class Engine:
             fn = dispatch.get(event.get("evt.type"), default)
             if fn is None:
                 return []
-            hits = fn(event)
+            try:
+                hits = fn(event)
+            except (TypeError, AttributeError, ValueError):  # a value of the wrong type
+                event, hits = self._retry(fn, event)
             if hits is None:
                 return []
             return [alert(i, event) for i in hits]
 
         return process
+
+    def _retry(self, fn: Callable[[Event], Any], event: Event) -> tuple[Event, Any]:
+        """Evaluate again with values coerced to their fields' types; count events that still fail."""
+        fixed = fields.normalize(event)
+        try:
+            return fixed, fn(fixed)
+        except (TypeError, AttributeError, ValueError):
+            self.eval_errors += 1
+            return fixed, None
 
     def _alert(self, idx: int, event: Event) -> Alert:
         r = self.rules[idx]

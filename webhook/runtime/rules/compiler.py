@@ -64,10 +64,10 @@ def _field_type(ref: FieldRef, pos: int) -> tuple[FieldInfo, FieldType]:
         raise CompileError(info, pos, unknown_field=info.startswith("unknown field"))
     ftype = info.type
     for tr in ref.transformers:
-        if tr == "len":
-            ftype = FieldType.NUM
-        elif ftype not in (FieldType.STR,) or (tr == "basename" and ftype is not FieldType.STR):
+        accepts = (FieldType.STR, FieldType.LIST) if tr == "len" else (FieldType.STR,)
+        if ftype not in accepts:
             raise CompileError(f"transformer '{tr}' needs a string field, '{ref.key}' is {ftype.value}", pos)
+        ftype = FieldType.NUM if tr == "len" else ftype
     return info, ftype
 
 

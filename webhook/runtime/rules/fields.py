@@ -226,3 +226,32 @@ def field_key(name: str, arg: str | None) -> str:
     if arg is not None and name in ANCESTOR_FIELDS and arg.isdigit() and int(arg) == 0:
         return ANCESTOR_FIELDS[name]
     return name if arg is None else f"{name}[{arg}]"
+
+
+def normalize(event: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the event with values coerced to their fields' types (the slow, forgiving path
+    the engine takes when a source hands over, say, a number where Falco has a string)."""
+    out: dict[str, Any] = {}
+    for key, value in event.items():
+        name, _, arg = key.partition("[")
+        info = lookup(name, arg[:-1] if arg else None)
+        kind = info.type if isinstance(info, FieldInfo) else None
+        out[key] = _coerce(value, kind)
+    return out
+
+
+def _coerce(value: Any, kind: FieldType | None) -> Any:
+    if value is None or kind is None:
+        return value
+    if kind in (FieldType.STR, FieldType.IP):
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return value if isinstance(value, str) else str(value)
+    if kind is FieldType.NUM and not isinstance(value, int | float) or isinstance(value, bool):
+        try:
+            return int(str(value), 0)
+        except ValueError:
+            return None
+    if kind is FieldType.BOOL and not isinstance(value, bool):
+        return str(value).lower() in ("true", "1")
+    return value

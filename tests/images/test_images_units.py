@@ -1,0 +1,181 @@
+"""Pure parts of image verification: references, patterns, config, the verdict cache, pull secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from webhook import config as config_mod
+from webhook import errors
+from webhook.signatures import credentials, reference
+from webhook.signatures.cache import VerdictCache
+from webhook.signatures.trust import TrustPolicy
+
+HEX = "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("text", "registry", "repository", "tag", "digest"),
+    [
+        ("nginx", "docker.io", "library/nginx", "latest", None),
+        ("nginx:1.27", "docker.io", "library/nginx", "1.27", None),
+        ("team/app", "docker.io", "team/app", "latest", None),
+        ("index.docker.io/library/nginx:1", "docker.io", "library/nginx", "1", None),
+        ("localhost/app", "localhost", "app", "latest", None),
+        ("127.0.0.1:5000/team-a/app:v1", "127.0.0.1:5000", "team-a/app", "v1", None),
+        (f"ghcr.io/org/app@sha256:{HEX}", "ghcr.io", "org/app", None, f"sha256:{HEX}"),
+        (f"ghcr.io/org/app:v2@sha256:{HEX}", "ghcr.io", "org/app", "v2", f"sha256:{HEX}"),
+    ],
+)
+def test_references_parse_like_the_container_runtime(text, registry, repository, tag, digest) -> None:
+    ref = reference.parse(text)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+
+
+def test_pinning_keeps_the_name_as_written() -> None:
+    assert reference.parse("nginx:1.27").pinned(f"sha256:{HEX}") == f"nginx@sha256:{HEX}"
+    assert reference.parse("127.0.0.1:5000/a/b:v1").pinned(f"sha256:{HEX}") == f"127.0.0.1:5000/a/b@sha256:{HEX}"
+
+
+@pytest.mark.parametrize("text", ["", " nginx", "Nginx", "nginx@sha256:abc", "nginx:bad tag", "a//b"])
+def test_malformed_references_are_rejected(text) -> None:
+    with pytest.raises(reference.ReferenceError_):
+        reference.parse(text)
+
+
+class _Nobody:
+    name = "nobody"
+
+    def accepts(self, evidence, digest):  # pragma: no cover - never judged here
+        return "no"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "image", "matches"),
+    [
+        ("127.0.0.1:5000/team-a/*", "127.0.0.1:5000/team-a/app:v1", True),
+        ("127.0.0.1:5000/team-a/*", "127.0.0.1:5000/team-a/sub/app:v1", False),
+        ("127.0.0.1:5000/team-a/**", "127.0.0.1:5000/team-a/sub/app:v1", True),
+        ("docker.io/library/*:1.*", "nginx:1.27", True),
+        ("docker.io/library/*:1.*", "nginx:2.0", False),
+        ("ghcr.io/org/*@sha256:*", f"ghcr.io/org/app@sha256:{HEX}", True),
+        ("ghcr.io/org/*@sha256:*", "ghcr.io/org/app:v1", False),
+        ("ghcr.io/org/app?", "ghcr.io/org/app1", True),
+    ],
+)
+def test_patterns_glob_over_registry_repository_tag_and_digest(pattern, image, matches) -> None:
+    assert TrustPolicy(pattern, [_Nobody()]).matches(reference.parse(image)) is matches
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        ({"policies": [{"pattern": "x/*"}]}, "names no authority"),
+        ({"policies": [{"pattern": "x/*", "keys": ["a.pub"], "threshold": 2}]}, "threshold 2 exceeds"),
+        ({"policies": [{"pattern": "x/*", "keyless": [{"issuer": "i"}]}]}, "subject"),
+        ({"policies": [{"pattern": "x/*", "keyless": [{"issuer": "i", "subject_regex": "("}]}]}, "regular expression"),
+        ({"unmatched": "maybe"}, "images.unmatched"),
+        ({"policy": []}, "unknown key `images.policy`"),
+    ],
+)
+def test_bad_config_names_the_key(images, message) -> None:
+    with pytest.raises(errors.ConfigError, match=message):
+        config_mod.parse({"images": images})
+
+
+def test_unreadable_or_invalid_key_file_is_a_config_error(tmp_path) -> None:
+    from webhook.checks import images
+    from webhook.checks.services import Services
+
+    config = config_mod.parse({"images": {"policies": [{"pattern": "x/*", "keys": ["k.pub"]}]}}, base_dir=tmp_path)
+    with pytest.raises(errors.ConfigError, match=r"policies\[0\].keys: .*k.pub: cannot read"):
+        images.build(config, Services())
+    (tmp_path / "k.pub").write_text("not a key")
+    with pytest.raises(errors.ConfigError, match="not a PEM public key"):
+        images.build(config, Services())
+
+
+def test_no_policies_means_no_check() -> None:
+    from webhook.checks import images
+    from webhook.checks.services import Services
+
+    assert images.build(config_mod.parse({}), Services()) is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_cache_honours_positive_and_negative_ttls_and_its_bound() -> None:
+    clock = _Clock()
+    cache: VerdictCache[str] = VerdictCache(ttl=300, negative_ttl=10, max_entries=2, clock=clock)
+    cache.put("good", "ok", positive=True)
+    cache.put("bad", "no", positive=False)
+    clock.now = 11
+    assert cache.get("bad") is None
+    assert cache.get("good") == "ok"
+    cache.put("x", "1", positive=True)
+    cache.put("y", "2", positive=True)
+    assert len(cache) == 2
+    assert cache.stats.evictions == 1
+    assert cache.get("good") is None  # least recently used went first
+
+
+async def test_cache_runs_one_computation_per_key_and_does_not_cache_failures() -> None:
+    cache: VerdictCache[str] = VerdictCache(ttl=300, negative_ttl=10, max_entries=10)
+    calls = 0
+    release = asyncio.Event()
+
+    async def compute() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        if calls == 1:
+            raise errors.RegistryError("registry r: down")
+        return "ok"
+
+    waiters = [asyncio.ensure_future(cache.get_or_compute("k", compute, lambda v: True)) for _ in range(10)]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert calls == 1
+    assert all(isinstance(r, errors.RegistryError) for r in results)
+    assert await cache.get_or_compute("k", compute, lambda v: True) == "ok"
+    assert calls == 2
+
+
+async def test_a_waiter_giving_up_does_not_cancel_the_shared_verification() -> None:
+    cache: VerdictCache[str] = VerdictCache(ttl=300, negative_ttl=10, max_entries=10)
+    release = asyncio.Event()
+
+    async def compute() -> str:
+        await release.wait()
+        return "ok"
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(cache.get_or_compute("k", compute, lambda v: True), 0.01)
+    release.set()
+    assert await cache.get_or_compute("k", compute, lambda v: True) == "ok"
+    assert cache.stats.computations == 1
+
+
+def test_docker_config_json_gives_credentials_by_registry() -> None:
+    doc = {
+        "auths": {
+            "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()},
+            "registry.example:5000": {"username": "u", "password": "p"},
+            "broken": {"auth": "@@@"},
+        }
+    }
+    found = credentials.parse_docker_config(json.dumps(doc).encode())
+    assert found["docker.io"].username == "hub"
+    assert found["docker.io"].password == "pw"
+    assert found["registry.example:5000"].password == "p"
+    assert "broken" not in found

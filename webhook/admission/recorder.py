@@ -1,0 +1,161 @@
+"""Admission decisions into the audit log (record stage of the webhook).
+
+One record per judged review: who asked for what, the verdict, every finding with its mode, and
+what the checks learnt (image digests and verdicts, GPU usage). Records are bounded: an entry of
+a C2SP tile log holds at most 64 KiB, so oversize parts are cut with a marker, never dropped
+silently. Whether the webhook waits for durability, and what happens when the log fails, is set
+by ``audit.wait_durable`` and ``audit.failure_mode``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+import orjson
+
+from webhook.admission.pipeline import Outcome
+from webhook.admission.review import ReviewRequest
+
+log = logging.getLogger("portcullis.audit")
+
+_MAX_FINDINGS = 100
+_MAX_TEXT = 1000
+_MAX_CONTEXT_BYTES = 16 * 1024
+
+
+class AppendOnlyLog(Protocol):
+    async def append(self, kind: Any, content: dict[str, Any]) -> int: ...
+
+
+class AuditUnavailable(Exception):
+    """Raised to the server when a decision could not be recorded and the failure mode is deny."""
+
+
+def decision_record(endpoint: str, request: ReviewRequest, outcome: Outcome) -> dict[str, Any]:
+    """The record's content: stable keys, bounded size."""
+    verdict = outcome.verdict
+    findings = [
+        {
+            "check": f.violation.check,
+            "mode": f.mode.value,
+            "container": f.violation.container,
+            "path": f.violation.path,
+            "message": _cut(f.violation.message),
+        }
+        for f in verdict.findings[:_MAX_FINDINGS]
+    ]
+    record: dict[str, Any] = {
+        "endpoint": endpoint,
+        "uid": request.uid,
+        "operation": request.operation,
+        "kind": request.kind,
+        "subresource": request.subresource,
+        "namespace": request.namespace,
+        "name": request.name or _object_name(request.object),
+        "user": request.username,
+        "dry_run": request.dry_run,
+        "allowed": verdict.allowed,
+        "result": _result(outcome),
+        "findings": findings,
+        "warnings": [_cut(w) for w in verdict.warnings[:_MAX_FINDINGS]],
+        "images": _images(outcome),
+    }
+    if len(verdict.findings) > _MAX_FINDINGS:
+        record["findings_truncated"] = len(verdict.findings) - _MAX_FINDINGS
+    if verdict.exempt_reason:
+        record["exempt"] = verdict.exempt_reason
+    if verdict.skipped_reason:
+        record["skipped"] = verdict.skipped_reason
+    context = _jsonable(outcome.context)
+    if context:
+        encoded = orjson.dumps(context, default=str)
+        record["context"] = context if len(encoded) <= _MAX_CONTEXT_BYTES else {"truncated_bytes": len(encoded)}
+    return record
+
+
+def _images(outcome: Outcome) -> list[str]:
+    images: list[str] = []
+    for pod in outcome.pods:
+        for field in ("initContainers", "containers", "ephemeralContainers"):
+            for c in pod.spec.get(field) or ():
+                image = c.get("image") if isinstance(c, dict) else None
+                if isinstance(image, str):
+                    images.append(image)
+    return list(dict.fromkeys(images))[:_MAX_FINDINGS]
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return orjson.loads(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
+    except (TypeError, orjson.JSONEncodeError):
+        return {"unserialisable": True}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…[cut]"
+
+
+def _object_name(obj: Any) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    name = meta.get("name") or meta.get("generateName") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def _result(outcome: Outcome) -> str:
+    verdict = outcome.verdict
+    if verdict.skipped_reason:
+        return "skipped"
+    if not verdict.allowed:
+        return "denied"
+    return "warned" if verdict.warnings else "allowed"
+
+
+class AuditRecorder:
+    """Writes decisions; with ``wait_durable`` the answer waits for the record to be on disk."""
+
+    def __init__(self, audit_log: AppendOnlyLog, *, wait_durable: bool, deny_on_failure: bool,
+                 max_pending: int = 10_000) -> None:  # fmt: skip
+        self._log = audit_log
+        self._wait = wait_durable
+        self._deny = deny_on_failure
+        self._pending: set[asyncio.Task[int]] = set()
+        self._max_pending = max_pending
+        self.failures = 0
+        self.dropped = 0
+
+    async def record(self, endpoint: str, request: ReviewRequest, outcome: Outcome) -> None:
+        if outcome.verdict.skipped_reason and endpoint == "mutate":
+            return
+        content = decision_record(endpoint, request, outcome)
+        if self._wait:
+            try:
+                await self._log.append("admission", content)
+            except Exception as exc:
+                self.failures += 1
+                log.error("AUDIT LOG FAILURE: decision %s not recorded: %s", request.uid, exc)
+                if self._deny:
+                    raise AuditUnavailable(f"the audit log cannot record decisions: {exc}") from exc
+            return
+        if len(self._pending) >= self._max_pending:
+            self.dropped += 1
+            log.error(
+                "AUDIT LOG BACKLOG: %d records pending; decision %s not recorded", len(self._pending), request.uid
+            )
+            if self._deny:
+                raise AuditUnavailable("the audit log is too far behind to record decisions")
+            return
+        task = asyncio.create_task(self._log.append("admission", content))
+        self._pending.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[int]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.failures += 1
+            log.error("AUDIT LOG FAILURE: a decision was not recorded: %s", task.exception())
+
+    async def drain(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
