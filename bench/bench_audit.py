@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from webhook.audit import merkle, note, records, tiles, verify  # noqa: E402
-from webhook.audit.log import AuditLog, iter_entries  # noqa: E402
+from webhook.audit import merkle, note, records, tiles, verify
+from webhook.audit.log import AuditLog, iter_entries
 
 ORIGIN = "bench.portcullis/log"
 
@@ -159,7 +159,12 @@ def main() -> None:
     ap.add_argument("--producers", type=int, default=512)
     ap.add_argument("--window", type=float, default=0.005)
     ap.add_argument("--big", type=int, default=10_000_000)
+    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the webhook runs on uvloop")
     args = ap.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     tmp = Path(tempfile.mkdtemp(prefix="bench-audit-"))
     try:
         signer = note.generate(ORIGIN)
@@ -170,7 +175,9 @@ def main() -> None:
         base = baseline_encode_hash(min(n, 100_000))
         durable = asyncio.run(appends(tmp / "durable", key, n, args.producers, True, args.window))
         fast = asyncio.run(appends(tmp / "nodurable", key, n, args.producers, False, args.window))
-        print(f"appends ({n} records, {args.producers} concurrent producers, window {args.window * 1e3:.0f} ms)")
+        print(
+            f"appends ({n} records, {args.producers} concurrent producers, window {args.window * 1e3:.0f} ms, {args.loop})"
+        )
         print(f"  baseline encode+leaf-hash loop: {base:,.0f} records/s")
         print(
             f"  durable group commit:           {durable:,.0f} appends/s = {durable / base:.2f}x baseline, "

@@ -20,7 +20,9 @@ from typing import Any
 from webhook.runtime.engine import Engine
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "conformance" / "falco"
-RULE_FILES = [DATA / "rules" / n for n in ("falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml")]
+RULE_FILES = [
+    DATA / "rules" / n for n in ("falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml")
+]
 
 
 def load_events(total: int) -> list[dict[str, Any]]:
@@ -73,10 +75,14 @@ def main() -> None:
     alerts = Counter(a.rule for e in events for a in process(e))
     hit = sum(1 for e in events if e.get("evt.type") in engine.event_types)
 
-    print(f"rules loaded+compiled: {len(engine.rules)} enabled in {load_s * 1000:.0f} ms; "
-          f"{len(engine.event_types)} indexed event types, matches_all_types={engine.matches_all_types}")
-    print(f"events: {n:,} (conformance traces replicated, pre-decoded dicts); "
-          f"{hit:,} of an indexed type; alerts: {sum(alerts.values()):,} from {len(alerts)} rule(s)")
+    print(
+        f"rules loaded+compiled: {len(engine.rules)} enabled in {load_s * 1000:.0f} ms; "
+        f"{len(engine.event_types)} indexed event types, matches_all_types={engine.matches_all_types}"
+    )
+    print(
+        f"events: {n:,} (conformance traces replicated, pre-decoded dicts); "
+        f"{hit:,} of an indexed type; alerts: {sum(alerts.values()):,} from {len(alerts)} rule(s)"
+    )
     print(f"iterate only      : {n / it:14,.0f} events/s  ({it * 1e9 / n:6.1f} ns/event)")
     print(f"iterate + no-op() : {n / nc:14,.0f} events/s  ({nc * 1e9 / n:6.1f} ns/event)")
     print(f"engine.process    : {n / pr:14,.0f} events/s  ({pr * 1e9 / n:6.1f} ns/event)")

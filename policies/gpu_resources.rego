@@ -15,7 +15,7 @@ deny contains {"msg": msg, "path": sprintf("%s.resources.limits", [entry.path])}
 	some entry in lib.containers
 	entry.container.resources.requests[lib.gpu_resource]
 	not entry.container.resources.limits[lib.gpu_resource]
-	msg := sprintf("container \"%s\" requests %s but sets no limit for it", [entry.container.name, lib.gpu_resource])
+	msg := sprintf("container '%s' requests %s but sets no limit for it", [entry.container.name, lib.gpu_resource])
 }
 
 deny contains {"msg": msg, "path": sprintf("%s.tolerations", [pod.path])} if {

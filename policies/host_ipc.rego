@@ -18,7 +18,7 @@ deny contains {"msg": msg, "path": sprintf("%s.hostIPC", [pod.path])} if {
 	n := lib.pod_gpus(pod)
 	n > 1
 	not exempt(pod)
-	msg := sprintf("pod uses %d GPUs and hostIPC; mount an emptyDir (medium: Memory) at /dev/shm instead, or annotate %s: \"true\"", [n, settings.host_ipc_exemption])
+	msg := sprintf("pod uses %d GPUs and hostIPC; mount an emptyDir (medium: Memory) at /dev/shm instead, or annotate %s=true", [n, settings.host_ipc_exemption])
 }
 
 exempt(pod) if lib.annotations(pod)[settings.host_ipc_exemption] == "true"

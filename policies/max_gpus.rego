@@ -20,5 +20,5 @@ total := sum([lib.pod_gpus(pod) | some pod in input.pods]) * lib.replicas
 
 deny contains {"msg": msg, "path": "spec"} if {
 	total > limit
-	msg := sprintf("workload holds %d GPUs at once (%d replicas), above the limit of %d for namespace \"%s\"", [total, lib.replicas, limit, input.namespace.name])
+	msg := sprintf("workload holds %d GPUs at once (%d replicas), above the limit of %d for namespace '%s'", [total, lib.replicas, limit, input.namespace.name])
 }

@@ -25,5 +25,5 @@ deny contains {"msg": msg, "path": sprintf("%s.image", [entry.path])} if {
 	model_serving
 	some entry in lib.containers
 	not regex.match(`@sha256:[a-f0-9]{64}$`, entry.container.image)
-	msg := sprintf("model-serving image \"%s\" must be pinned by digest (image@sha256:...)", [entry.container.image])
+	msg := sprintf("model-serving image '%s' must be pinned by digest (image@sha256:...)", [entry.container.image])
 }

@@ -14,7 +14,9 @@ deny contains {"msg": msg, "path": sprintf("%s.image", [entry.path])} if {
 	some entry in lib.containers
 	image := entry.container.image
 	not allowed(image)
-	msg := sprintf("image \"%s\" is not from an allowed registry (%s)", [image, concat(", ", settings.allowed_registries)])
+	# concat, not sprintf("%s"): rego-cpp 1.x quotes a computed string inside sprintf
+	allowed := concat(", ", settings.allowed_registries)
+	msg := concat("", ["image '", image, "' is not from an allowed registry (", allowed, ")"])
 }
 
 allowed(image) if {

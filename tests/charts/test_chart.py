@@ -8,6 +8,7 @@ Kubernetes version; cert-manager objects against a schema of the fields the char
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Iterator
@@ -47,14 +48,15 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "hook-without-renewal": {"tls": {"mode": "hook", "hook": {"renewSchedule": ""}}},
     "audit-pvc": {"audit": {"enabled": True, "signingKey": SIGNING, "witnesses": ["https://w.example/"]}},
-    "audit-existing-claim": {
-        "audit": {"enabled": True, "signingKey": SIGNING, "pvc": {"existingClaim": "audit-data"}}
-    },
+    "audit-existing-claim": {"audit": {"enabled": True, "signingKey": SIGNING, "pvc": {"existingClaim": "audit-data"}}},
     "audit-hostpath": {"audit": {"enabled": True, "storage": "hostPath", "signingKey": SIGNING}},
     "monitor-audit": {"audit": {"signingKey": SIGNING}, "monitor": {"audit": {"enabled": True}}},
     "monitor-off": {"monitor": {"enabled": False}},
     "monitor-legacy-kernel": {
-        "monitor": {"capabilities": ["SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"], "seccompProfile": "Unconfined"}
+        "monitor": {
+            "capabilities": ["SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH"],
+            "seccompProfile": "Unconfined",
+        }
     },
     "mutating-off": {"webhook": {"mutating": {"enabled": False}}},
     "validating-off": {"webhook": {"validating": {"enabled": False}}},
@@ -239,7 +241,9 @@ def validate_object(obj: dict[str, Any], seen: set[tuple[str, str]]) -> None:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             where = "/".join(str(p) for p in exc.path)
-            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version} at {where}: {exc.message}")
+            pytest.fail(
+                f"{obj['kind']}/{obj['metadata']['name']} invalid for Kubernetes {version} at {where}: {exc.message}"
+            )
         seen.add((version, canonical))
 
 
@@ -272,6 +276,23 @@ def test_lint_finds_nothing_wrong(option: str) -> None:
     assert report["errors"] == []
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert problems == []
+
+
+def test_lint_as_users_run_it_without_a_namespace_is_clean() -> None:
+    report = helm.lint(CHART, strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_packaged_chart_renders_like_the_directory(chart: helm.Chart, tmp_path: Path) -> None:
+    archive = helm.package(CHART, destination=tmp_path)
+    with helm.Chart.load(archive) as packaged:
+        assert packaged.render(None, name=RELEASE, namespace=NAMESPACE) == chart.render(
+            None, name=RELEASE, namespace=NAMESPACE
+        )
+        names = {f["name"] for f in packaged.files}
+    assert "files/rules/portcullis_rules.yaml" in names
+    assert "README.md" in names
 
 
 def test_rendering_is_deterministic(chart: helm.Chart) -> None:
@@ -329,6 +350,7 @@ CROSS_FIELD: list[tuple[dict[str, Any], str]] = [
         {"webhook": {"validating": {"enabled": False}, "mutating": {"enabled": False}}, "monitor": {"enabled": False}},
         "nothing to install",
     ),
+    ({"rules": {"useChartFiles": False}}, "monitor.enabled is true but it has no rules"),
 ]
 
 
@@ -373,7 +395,9 @@ def test_including_the_release_namespace_is_explicit_and_warned_about(chart: hel
     values = OPTIONS["include-release-namespace"]
     for hook in webhook_configs(render(chart, values)):
         assert hook["namespaceSelector"]["matchExpressions"][0]["values"] == ["kube-system"]
-    assert "WARNING: webhook.includeReleaseNamespace=true" in render_files(chart, values)["portcullis/templates/NOTES.txt"]
+    assert (
+        "WARNING: webhook.includeReleaseNamespace=true" in render_files(chart, values)["portcullis/templates/NOTES.txt"]
+    )
 
 
 def test_webhook_rules_cover_pods_ephemeral_containers_and_every_workload_kind(chart: helm.Chart) -> None:
@@ -458,7 +482,8 @@ def _go_duration_hours(text: str) -> float:
 
 def test_cert_manager_issues_for_the_service_name_and_injects_the_ca(chart: helm.Chart) -> None:
     objects = render(chart, OPTIONS["cert-manager-own-ca"])
-    assert not find(objects, "Job") and not find(objects, "CronJob")
+    assert not find(objects, "Job")
+    assert not find(objects, "CronJob")
     serving = one(objects, "Certificate", FULLNAME)["spec"]
     assert f"{FULLNAME}.{NAMESPACE}.svc" in serving["dnsNames"]
     assert serving["secretName"] == f"{FULLNAME}-tls"
@@ -517,7 +542,10 @@ def test_the_service_dns_name_is_the_one_the_apiserver_calls(chart: helm.Chart) 
     assert hook["port"] == service["spec"]["ports"][0]["port"]
     container = pod_spec(one(objects, "Deployment"))["containers"][0]
     assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
-    assert service["spec"]["selector"].items() <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        service["spec"]["selector"].items()
+        <= one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_certificates_are_mounted_so_renewals_reach_the_running_server(chart: helm.Chart) -> None:
@@ -558,7 +586,8 @@ def test_deployment_stays_available_through_drains_and_rollouts(chart: helm.Char
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
     assert pdb["spec"]["maxUnavailable"] == 1
     container = spec["containers"][0]
-    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]["memory"]
     for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         assert container[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}
     hard = pod_spec(one(render(chart, OPTIONS["hard-anti-affinity"]), "Deployment"))["affinity"]
@@ -614,7 +643,7 @@ def restricted_violations(spec: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: capabilities must drop ALL")
         if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
             problems.append(f"{name}: adds capabilities {caps['add']}")
-        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
             problems.append(f"{name}: runAsNonRoot must be true")
         if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
             problems.append(f"{name}: runAsUser 0")
@@ -645,38 +674,75 @@ def test_the_oracle_sees_the_monitor_break_the_restricted_profile(chart: helm.Ch
     assert any(p.startswith("volume audit") for p in restricted_violations(hostpath))
 
 
-def _privilege_check() -> Any:
+def _privilege() -> Any:
     from webhook.checks import privilege
-    from webhook.checks.services import Services
 
-    check = privilege.build(portcullis_config.Config(), Services(ci=True))
-    if check is None:
-        pytest.skip("webhook.checks.privilege is still a placeholder (build() returns None)")
-    return check
+    if not hasattr(privilege, "evaluate"):
+        pytest.skip("webhook.checks.privilege has no evaluate() yet (its issue has not landed)")
+    return privilege
 
 
-async def test_webhook_deployment_passes_portcullis_own_restricted_check(chart: helm.Chart) -> None:
-    """Uses the real privilege check; its defaults enforce `baseline` and warn on `restricted`,
-    so a clean verdict with no warnings means the Deployment meets `restricted`."""
-    check = _privilege_check()
-    config = portcullis_config.Config()
-    pipe = admission_pipeline.Pipeline(config, [check])
-    for option in ("default", "audit-pvc"):
-        deployment = one(render(chart, OPTIONS[option]), "Deployment")
-        subject = admission_pipeline.Subject("CREATE", "Deployment", "default", FULLNAME, deployment)
-        outcome = await pipe.evaluate(subject, Deadline.after(5))
-        assert outcome.verdict.allowed, outcome.verdict.deny_message()
-        assert outcome.verdict.warnings == ()
-        assert outcome.verdict.findings == ()
+@pytest.mark.parametrize("option", ["default", "cert-manager-own-ca", "audit-pvc"])
+def test_webhook_and_jobs_pass_portcullis_own_restricted_check(chart: helm.Chart, option: str) -> None:
+    privilege = _privilege()
+    objects = render(chart, OPTIONS[option])
+    for obj in (o for o in objects if o["kind"] in ("Deployment", "Job", "CronJob")):
+        violations = privilege.evaluate(workloads.pod_specs(obj), "restricted", "latest")
+        assert violations == [], [v.describe() for v in violations]
+    # Beyond restricted: read-only root, a named service account, a pinned image tag.
+    deployment = one(objects, "Deployment")
+    hardened = ["readOnlyRootFilesystem", "defaultServiceAccount", "imageTag"]
+    assert privilege.evaluate(workloads.pod_specs(deployment), "hardened", hardened_checks=hardened) == []
 
 
-async def test_portcullis_own_check_flags_the_monitor_outside_its_exemption(chart: helm.Chart) -> None:
-    check = _privilege_check()
-    pipe = admission_pipeline.Pipeline(portcullis_config.Config(), [check])
+def test_portcullis_own_check_sees_what_the_monitor_needs(chart: helm.Chart) -> None:
+    privilege = _privilege()
     daemonset = one(render(chart), "DaemonSet")
-    subject = admission_pipeline.Subject("CREATE", "DaemonSet", "default", "m", daemonset)
-    outcome = await pipe.evaluate(subject, Deadline.after(5))
-    assert outcome.verdict.findings or outcome.verdict.warnings
+    found = {v.message.split(":")[0] for v in privilege.evaluate(workloads.pod_specs(daemonset), "baseline")}
+    assert found, "the monitor's host PID and capabilities must show up at baseline"
+
+
+def _portcullis_check(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from webhook import cli
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "check" not in commands.choices:
+        pytest.skip("`portcullis check` is not registered yet")
+    code = cli.main(["check", *args])
+    return code, capsys.readouterr().out
+
+
+def _write(path: Path, objects: list[dict[str, Any]]) -> Path:
+    path.write_text(yaml.safe_dump_all(objects), encoding="utf-8")
+    return path
+
+
+def test_portcullis_check_restricted_passes_the_rendered_webhook_deployment(
+    chart: helm.Chart, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployment = _write(tmp_path / "deployment.yaml", [one(render(chart), "Deployment")])
+    code, out = _portcullis_check(
+        ["--level", "restricted", "--skip", "images", "--format", "json", str(deployment)], capsys
+    )
+    assert code == 0, out
+
+
+def test_portcullis_check_restricted_passes_the_whole_chart_only_through_the_monitor_exemption(
+    chart: helm.Chart, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rendered config's scoped exemption is what admits the monitor; without it, it is denied."""
+    objects = render(chart)
+    manifests = _write(tmp_path / "chart.yaml", objects)
+    config = tmp_path / "config.yaml"
+    config.write_text(one(objects, "ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"], encoding="utf-8")
+    code, out = _portcullis_check(
+        ["--level", "restricted", "--skip", "images", "--config", str(config), str(manifests)], capsys
+    )
+    assert code == 0, out
+    code, out = _portcullis_check(["--level", "restricted", "--skip", "images", str(manifests)], capsys)
+    assert code == 1
+    assert f"{FULLNAME}-monitor" in out
 
 
 # --- monitor ----------------------------------------------------------------------------------
@@ -686,7 +752,8 @@ def test_monitor_holds_only_the_privileges_bpftrace_needs(chart: helm.Chart) -> 
     daemonset = one(render(chart), "DaemonSet")
     spec = pod_spec(daemonset)
     assert spec["hostPID"] is True
-    assert not spec.get("hostNetwork") and not spec.get("hostIPC")
+    assert not spec.get("hostNetwork")
+    assert not spec.get("hostIPC")
     assert spec["automountServiceAccountToken"] is False
     (container,) = spec["containers"]
     sc = container["securityContext"]
@@ -774,7 +841,11 @@ async def test_rendered_exemption_spares_the_monitor_from_the_privilege_check_on
 
 def _grants(objects: list[dict[str, Any]], service_account: str) -> set[tuple[str, str, str, str]]:
     """(namespace or '*', apiGroup, resource, verb) the service account is granted."""
-    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    roles = {
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+        for o in objects
+        if o["kind"] in ("Role", "ClusterRole")
+    }
     grants: set[tuple[str, str, str, str]] = set()
     for binding in find(objects, "RoleBinding") + find(objects, "ClusterRoleBinding"):
         if not any(s["name"] == service_account for s in binding["subjects"]):
@@ -813,10 +884,15 @@ def test_webhook_rbac_is_least_privilege(chart: helm.Chart) -> None:
 
 def test_pull_secret_reading_can_be_limited_to_namespaces_or_off(chart: helm.Chart) -> None:
     grants = _grants(render(chart, OPTIONS["pull-secrets-in-namespaces"]), FULLNAME)
-    assert {g for g in grants if g[2] == "secrets"} == {("team-a", "", "secrets", "get"), ("team-b", "", "secrets", "get")}
+    assert {g for g in grants if g[2] == "secrets"} == {
+        ("team-a", "", "secrets", "get"),
+        ("team-b", "", "secrets", "get"),
+    }
     assert not {g for g in _grants(render(chart, OPTIONS["no-pull-secrets"]), FULLNAME) if g[2] == "secrets"}
     coordination = _grants(render(chart, OPTIONS["configmap-coordination"]), FULLNAME)
-    assert {g for g in coordination if g[0] == NAMESPACE} == {(NAMESPACE, "", "configmaps", v) for v in ("get", "create", "update")}
+    assert {g for g in coordination if g[0] == NAMESPACE} == {
+        (NAMESPACE, "", "configmaps", v) for v in ("get", "create", "update")
+    }
 
 
 def test_certificate_job_may_touch_only_its_secret_and_the_two_webhooks(chart: helm.Chart) -> None:
@@ -867,7 +943,11 @@ def test_audit_log_lives_on_a_volume_with_one_directory_per_pod(chart: helm.Char
     assert not find(existing, "PersistentVolumeClaim")
     volume = [v for v in pod_spec(one(existing, "Deployment"))["volumes"] if v["name"] == "audit"]
     assert volume[0]["persistentVolumeClaim"]["claimName"] == "audit-data"
-    hostpath = [v for v in pod_spec(one(render(chart, OPTIONS["audit-hostpath"]), "Deployment"))["volumes"] if v["name"] == "audit"]
+    hostpath = [
+        v
+        for v in pod_spec(one(render(chart, OPTIONS["audit-hostpath"]), "Deployment"))["volumes"]
+        if v["name"] == "audit"
+    ]
     assert hostpath[0]["hostPath"]["path"] == "/var/lib/portcullis/audit"
 
 
@@ -917,7 +997,12 @@ def test_chart_rules_load_in_the_rules_engine(chart: helm.Chart, tmp_path: Path)
 
 def test_image_is_pinned_by_digest_when_given(chart: helm.Chart) -> None:
     objects = render(chart, OPTIONS["image-digest"])
-    images = {c["image"] for o in objects if o["kind"] in ("Deployment", "DaemonSet", "Job", "CronJob") for c in pod_spec(o)["containers"]}
+    images = {
+        c["image"]
+        for o in objects
+        if o["kind"] in ("Deployment", "DaemonSet", "Job", "CronJob")
+        for c in pod_spec(o)["containers"]
+    }
     assert images == {f"ghcr.io/portcullis-dev/portcullis@{DIGEST}"}
     assert pod_spec(one(objects, "Deployment"))["imagePullSecrets"] == [{"name": "regcred"}]
     default = {c["image"] for c in pod_spec(one(render(chart), "Deployment"))["containers"]}

@@ -471,3 +471,11 @@ async def test_pipeline_judges_updates_that_change_the_pod_spec() -> None:
     outcome = await pipeline.evaluate(Subject("UPDATE", "Deployment", "locked", "d", new, old), Deadline.never())
     assert not outcome.verdict.allowed
     assert [f.violation.check for f in outcome.verdict.findings] == ["pss:allowPrivilegeEscalation"]
+
+
+def test_the_shared_empty_answer_is_never_mutated() -> None:
+    from webhook.checks.pss import baseline
+
+    obj = pod(container("a", privileged=True, capabilities={"add": ["SYS_ADMIN"]}), spec={"hostPID": True})
+    assert privilege.evaluate(workloads.pod_specs(obj), "hardened")
+    assert baseline.NONE == []

@@ -23,6 +23,7 @@ from webhook.admission.deadline import Deadline
 from webhook.admission.pipeline import Pipeline, Subject
 from webhook.checks import privilege
 from webhook.checks.pss import registry
+from webhook.checks.services import Services
 from webhook.config import Config
 
 TESTDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "conformance" / "psa" / "testdata"
@@ -96,13 +97,7 @@ def test_pure_evaluation_agrees_with_pod_security_admission(path: Path) -> None:
 @pytest.fixture(scope="module")
 def pipeline() -> Pipeline:
     config = Config()
-    return Pipeline(config, [privilege.build(config, _services())], namespaces=_Labels())
-
-
-def _services() -> Any:
-    from webhook.checks.services import Services
-
-    return Services(ci=True)
+    return Pipeline(config, [privilege.build(config, Services(ci=True))], namespaces=_Labels())
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=_case_id)

@@ -19,6 +19,7 @@ from aiohttp import web
 from kubernetes import client
 
 from webhook import config as config_mod
+from webhook import errors
 from webhook.admission import workloads
 from webhook.admission.deadline import Deadline
 from webhook.admission.decision import Verdict
@@ -217,8 +218,6 @@ def test_the_check_needs_no_io_without_an_api_server() -> None:
     ],
 )
 def test_bad_config_is_a_config_error(bad: dict[str, Any]) -> None:
-    from webhook import errors
-
     with pytest.raises(errors.ConfigError, match="runtimeclass"):
         config_mod.parse(bad)
 

@@ -16,12 +16,13 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 BUNDLE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+ISSUER_V1 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 ISSUER_V2 = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
+SCT_LIST = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
 
 
 def free_port() -> int:
@@ -84,7 +87,9 @@ class Registry:
 
     def get_manifest(self, repo: str, reference: str) -> dict[str, Any] | None:
         try:
-            with self._open("GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"}) as resp:
+            with self._open(
+                "GET", f"/v2/{repo}/manifests/{reference}", headers={"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"}
+            ) as resp:
                 return dict(json.loads(resp.read()))
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -108,8 +113,8 @@ class Registry:
         tag = digest.replace(":", "-") + ".sig"
         existing = self.get_manifest(repo, tag)
         descriptors = list(existing["layers"]) if existing else []
-        for blob, media_type, annotations in layers:
-            descriptors.append({**_descriptor(media_type, blob, self.push_blob(repo, blob)), "annotations": annotations})
+        for blob, media_type, notes in layers:
+            descriptors.append({**_descriptor(media_type, blob, self.push_blob(repo, blob)), "annotations": notes})
         config = b"{}"
         doc = {
             "schemaVersion": 2,
@@ -210,22 +215,44 @@ def public_pem(key: Any) -> bytes:
     )
 
 
+def _spki(key: Any) -> bytes:
+    return bytes(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _key_id(key: Any) -> bytes:
+    return hashlib.sha256(_spki(key)).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _der_octet_string(data: bytes) -> bytes:
+    n = len(data)
+    if n < 128:
+        return bytes([0x04, n]) + data
+    length = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x04, 0x80 | len(length)]) + length + data
+
+
 @dataclass
 class KeylessSigner:
-    """A test Fulcio (CA) and Rekor (log key), and the trusted_root.json naming them."""
+    """A test Fulcio (CA), CT log and Rekor (log key), and the trusted_root.json naming them.
+
+    Certificates carry an embedded SCT and both Fulcio issuer extensions; bundles carry an
+    inclusion proof (a one-entry tree) with a signed checkpoint and an inclusion promise, so
+    the ``sigstore`` library verifies them against this trust root, offline.
+    """
 
     ca_key: ec.EllipticCurvePrivateKey
     ca_cert: x509.Certificate
     log_key: ec.EllipticCurvePrivateKey
+    ct_key: ec.EllipticCurvePrivateKey
     trust_root: Path
-    issued: list[x509.Certificate] = field(default_factory=list)
 
     @property
     def log_id(self) -> bytes:
-        der = self.log_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return hashlib.sha256(der).digest()
+        return _key_id(self.log_key.public_key())
 
     def certificate(
         self,
@@ -238,26 +265,63 @@ class KeylessSigner:
         ca_key: ec.EllipticCurvePrivateKey | None = None,
         ca_cert: x509.Certificate | None = None,
     ) -> x509.Certificate:
+        """A Fulcio-style code-signing certificate with an SCT from the test CT log."""
+        ca_key = ca_key or self.ca_key
+        ca_cert = ca_cert or self.ca_cert
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-        issuer_value = issuer.encode()
-        der_issuer = bytes([0x0C, len(issuer_value)]) + issuer_value
+        serial = x509.random_serial_number()
+        value = issuer.encode()
         san: x509.GeneralName = (
-            x509.RFC822Name(subject) if "@" in subject and "://" not in subject else x509.UniformResourceIdentifier(subject)
+            x509.RFC822Name(subject)
+            if "@" in subject and "://" not in subject
+            else x509.UniformResourceIdentifier(subject)
         )
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name((ca_cert or self.ca_cert).subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(start + lifetime)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-            .add_extension(x509.SubjectAlternativeName([san]), critical=True)
-            .add_extension(x509.UnrecognizedExtension(ISSUER_V2, der_issuer), critical=False)
-            .sign(ca_key or self.ca_key, hashes.SHA256())
+
+        def builder() -> x509.CertificateBuilder:
+            return (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([]))
+                .issuer_name(ca_cert.subject)
+                .public_key(key.public_key())
+                .serial_number(serial)
+                .not_valid_before(start)
+                .not_valid_after(start + lifetime)
+                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
+                .add_extension(x509.SubjectAlternativeName([san]), critical=True)
+                .add_extension(x509.UnrecognizedExtension(ISSUER_V1, value), critical=False)
+                .add_extension(x509.UnrecognizedExtension(ISSUER_V2, bytes([0x0C, len(value)]) + value), False)
+            )
+
+        # RFC 6962 §3.2: the SCT signs the precertificate's TBS (without the SCT extension).
+        tbs = builder().sign(ca_key, hashes.SHA256()).tbs_certificate_bytes
+        millis = int(time.time() * 1000)
+        entry = _key_id(ca_key.public_key()) + struct.pack("!I", len(tbs))[1:] + tbs
+        signed = struct.pack("!BBQH", 0, 0, millis, 1) + entry + struct.pack("!H", 0)
+        signature = self.ct_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        sct = (
+            bytes([0])
+            + _key_id(self.ct_key.public_key())
+            + struct.pack("!QH", millis, 0)
+            + bytes([4, 3])
+            + struct.pack("!H", len(signature))
+            + signature
         )
+        sct_list = struct.pack("!HH", len(sct) + 2, len(sct)) + sct
+        extension = x509.UnrecognizedExtension(SCT_LIST, _der_octet_string(sct_list))
+        return builder().add_extension(extension, critical=False).sign(ca_key, hashes.SHA256())
+
+    def _promise(self, body: bytes, integrated_time: int, log_index: int) -> bytes:
+        promise = {
+            "body": _b64(body),
+            "integratedTime": integrated_time,
+            "logID": self.log_id.hex(),
+            "logIndex": log_index,
+        }
+        canonical = json.dumps(promise, sort_keys=True, separators=(",", ":")).encode()
+        return bytes(self.log_key.sign(canonical, ec.ECDSA(hashes.SHA256())))
 
     def rekor_entry(
         self, payload: bytes, signature: bytes, cert: x509.Certificate, integrated_time: int, log_index: int = 7
@@ -269,27 +333,82 @@ class KeylessSigner:
             "kind": "hashedrekord",
             "spec": {
                 "data": {"hash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()}},
-                "signature": {
-                    "content": base64.b64encode(signature).decode(),
-                    "publicKey": {"content": base64.b64encode(cert_pem).decode()},
-                },
+                "signature": {"content": _b64(signature), "publicKey": {"content": _b64(cert_pem)}},
             },
         }
-        body_b64 = base64.b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+        raw = json.dumps(body, separators=(",", ":")).encode()
         promise = {
-            "body": body_b64,
+            "body": _b64(raw),
             "integratedTime": integrated_time,
             "logID": self.log_id.hex(),
             "logIndex": log_index,
         }
-        canonical = json.dumps(promise, sort_keys=True, separators=(",", ":")).encode()
-        set_ = self.log_key.sign(canonical, ec.ECDSA(hashes.SHA256()))
-        return {"SignedEntryTimestamp": base64.b64encode(set_).decode(), "Payload": promise}
+        return {"SignedEntryTimestamp": _b64(self._promise(raw, integrated_time, log_index)), "Payload": promise}
+
+    def dsse_bundle(self, image: str, digest: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> bytes:
+        """A sigstore bundle v0.3: DSSE in-toto statement, certificate, dsse log entry with proof."""
+        statement = {
+            "_type": "https://in-toto.io/Statement/v1",
+            "subject": [{"name": image, "digest": {"sha256": digest.split(":")[1]}}],
+            "predicateType": "https://sigstore.dev/cosign/sign/v1",
+            "predicate": {},
+        }
+        payload = json.dumps(statement).encode()
+        kind = "application/vnd.in-toto+json"
+        pae = b"DSSEv1 %d %s %d %s" % (len(kind), kind.encode(), len(payload), payload)
+        signature = key.sign(pae, ec.ECDSA(hashes.SHA256()))
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        body = {
+            "apiVersion": "0.0.1",
+            "kind": "dsse",
+            "spec": {
+                "envelopeHash": {"algorithm": "sha256", "value": hashlib.sha256(b"envelope").hexdigest()},
+                "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
+                "signatures": [{"signature": _b64(signature), "verifier": _b64(cert_pem)}],
+            },
+        }
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        now = int(time.time())
+        root_hash = hashlib.sha256(b"\x00" + raw).digest()  # RFC 6962 leaf hash = root of a 1-entry tree
+        note = f"rekor.test - 1\n1\n{_b64(root_hash)}\n"
+        note_signature = self.log_key.sign(note.encode(), ec.ECDSA(hashes.SHA256()))
+        checkpoint = f"{note}\n\u2014 rekor.test {_b64(self.log_id[:4] + note_signature)}\n"
+        bundle = {
+            "mediaType": BUNDLE_TYPE,
+            "verificationMaterial": {
+                "certificate": {"rawBytes": _b64(cert.public_bytes(serialization.Encoding.DER))},
+                "tlogEntries": [
+                    {
+                        "logIndex": "0",
+                        "logId": {"keyId": _b64(self.log_id)},
+                        "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+                        "integratedTime": str(now),
+                        "inclusionPromise": {"signedEntryTimestamp": _b64(self._promise(raw, now, 0))},
+                        "inclusionProof": {
+                            "logIndex": "0",
+                            "rootHash": _b64(root_hash),
+                            "treeSize": "1",
+                            "hashes": [],
+                            "checkpoint": {"envelope": checkpoint},
+                        },
+                        "canonicalizedBody": _b64(raw),
+                    }
+                ],
+            },
+            "dsseEnvelope": {
+                "payload": _b64(payload),
+                "payloadType": kind,
+                "signatures": [{"sig": _b64(signature), "keyid": ""}],
+            },
+        }
+        return json.dumps(bundle).encode()
 
 
 def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test"), x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    )
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -301,50 +420,47 @@ def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
+
+
+def _log(key: ec.EllipticCurvePrivateKey, url: str) -> dict[str, Any]:
+    return {
+        "baseUrl": url,
+        "hashAlgorithm": "SHA2_256",
+        "publicKey": {
+            "rawBytes": _b64(_spki(key.public_key())),
+            "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+            "validFor": {"start": "2020-01-01T00:00:00Z"},
+        },
+        "logId": {"keyId": _b64(_key_id(key.public_key()))},
+    }
 
 
 @pytest.fixture(scope="session")
 def keyless(tmp_path_factory: pytest.TempPathFactory) -> KeylessSigner:
     ca_key, ca_cert = _ca("test-fulcio")
     log_key = ec.generate_private_key(ec.SECP256R1())
-    log_der = log_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    ct_key = ec.generate_private_key(ec.SECP256R1())
     root = {
         "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
-        "tlogs": [
-            {
-                "baseUrl": "https://rekor.test",
-                "hashAlgorithm": "SHA2_256",
-                "publicKey": {
-                    "rawBytes": base64.b64encode(log_der).decode(),
-                    "keyDetails": "PKIX_ECDSA_P256_SHA_256",
-                    "validFor": {"start": "2020-01-01T00:00:00Z"},
-                },
-                "logId": {"keyId": base64.b64encode(hashlib.sha256(log_der).digest()).decode()},
-            }
-        ],
+        "tlogs": [_log(log_key, "https://rekor.test")],
         "certificateAuthorities": [
             {
                 "subject": {"organization": "test", "commonName": "test-fulcio"},
                 "uri": "https://fulcio.test",
-                "certChain": {
-                    "certificates": [
-                        {"rawBytes": base64.b64encode(ca_cert.public_bytes(serialization.Encoding.DER)).decode()}
-                    ]
-                },
+                "certChain": {"certificates": [{"rawBytes": _b64(ca_cert.public_bytes(serialization.Encoding.DER))}]},
                 "validFor": {"start": "2020-01-01T00:00:00Z"},
             }
         ],
-        "ctlogs": [],
+        "ctlogs": [_log(ct_key, "https://ct.test")],
         "timestampAuthorities": [],
     }
     path = tmp_path_factory.mktemp("trust") / "trusted_root.json"
     path.write_text(json.dumps(root))
-    return KeylessSigner(ca_key, ca_cert, log_key, path)
+    return KeylessSigner(ca_key, ca_cert, log_key, ct_key, path)
 
 
 @pytest.fixture
@@ -425,15 +541,14 @@ async def env(tmp_path: Path, registry: Registry) -> Any:
     await environment.close()
 
 
-@dataclass
 class Tools:
     """Signing helpers handed to tests (test modules cannot import conftest)."""
 
-    simple_signing: Any = staticmethod(simple_signing)
-    sign_bytes: Any = staticmethod(sign_bytes)
-    public_pem: Any = staticmethod(public_pem)
-    digest_of: Any = staticmethod(digest_of)
-    free_port: Any = staticmethod(free_port)
+    simple_signing = staticmethod(simple_signing)
+    sign_bytes = staticmethod(sign_bytes)
+    public_pem = staticmethod(public_pem)
+    digest_of = staticmethod(digest_of)
+    free_port = staticmethod(free_port)
 
 
 @pytest.fixture(scope="session")

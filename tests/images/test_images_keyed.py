@@ -214,3 +214,25 @@ async def test_dsse_envelope_signature_verifies(env, registry, tools, p256) -> N
     registry.push_signature_layers(repo, digest, [(json.dumps(envelope).encode(), cosign.DSSE_MEDIA, {})])
     outcome = await env.admit(env.check(policies=[policy(env, p256)]), f"{registry.host}/{repo}:v1")
     assert outcome.verdict.allowed
+
+
+async def test_multi_arch_index_is_verified_by_its_own_digest(env, registry, tools, p256) -> None:
+    repo = registry.repo()
+    amd64 = registry.push_image(repo, "amd64")
+    arm64 = registry.push_image(repo, "arm64")
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d, "size": 1, "platform": p}
+            for d, p in (
+                (amd64, {"os": "linux", "architecture": "amd64"}),
+                (arm64, {"os": "linux", "architecture": "arm64"}),
+            )
+        ],
+    }
+    digest = registry.push_manifest(repo, "v1", index)
+    sign_image(registry, tools, repo, digest, p256)
+    outcome = await env.admit(env.check(policies=[policy(env, p256)]), f"{registry.host}/{repo}:v1")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    assert outcome.verdict.patches[0]["value"] == f"{registry.host}/{repo}@{digest}"

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import time
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from webhook import errors
@@ -24,6 +23,7 @@ from webhook.signatures import cosign
 pytestmark = pytest.mark.registry
 
 ISSUER = "https://token.actions.example"
+BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 SUBJECT = "https://github.example/org/repo/.github/workflows/release.yml@refs/heads/main"
 
 
@@ -49,7 +49,7 @@ def keyless_sign(
     when = signed_at if signed_at is not None else int(time.time())
     entry = keyless.rekor_entry(payload, signature, cert, when)
     if log_key is not None:  # re-sign the promise with a log key the trust root does not name
-        signer = type(keyless)(keyless.ca_key, keyless.ca_cert, log_key, keyless.trust_root)
+        signer = type(keyless)(keyless.ca_key, keyless.ca_cert, log_key, keyless.ct_key, keyless.trust_root)
         entry = signer.rekor_entry(payload, signature, cert, when)
     annotations = {
         cosign.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
@@ -62,7 +62,9 @@ def keyless_sign(
 
 def keyless_policy(env: Any, keyless: Any, **identity: str) -> dict[str, Any]:
     return {
-        "policies": [{"pattern": f"{env.host}/team-a/*", "keyless": [identity or {"issuer": ISSUER, "subject": SUBJECT}]}],
+        "policies": [
+            {"pattern": f"{env.host}/team-a/*", "keyless": [identity or {"issuer": ISSUER, "subject": SUBJECT}]}
+        ],
         "trust_root": str(keyless.trust_root),
     }
 
@@ -82,16 +84,22 @@ async def test_subject_regex_matches_on_top_of_the_exact_issuer(env, registry, t
     repo = registry.repo()
     digest = registry.push_image(repo, "v1")
     keyless_sign(registry, tools, keyless, repo, digest)
-    config = keyless_policy(env, keyless, issuer=ISSUER, subject_regex=r"https://github\.example/org/.*@refs/heads/main")
+    config = keyless_policy(
+        env, keyless, issuer=ISSUER, subject_regex=r"https://github\.example/org/.*@refs/heads/main"
+    )
     assert (await env.admit(env.check(**config), f"{registry.host}/{repo}:v1")).verdict.allowed
 
 
 @pytest.mark.parametrize(
     "identity",
     [
-        pytest.param({"issuer": ISSUER, "subject": "https://github.example/org/other.yml@refs/heads/main"}, id="subject"),
+        pytest.param(
+            {"issuer": ISSUER, "subject": "https://github.example/org/other.yml@refs/heads/main"}, id="subject"
+        ),
         pytest.param({"issuer": "https://accounts.example", "subject": SUBJECT}, id="issuer"),
-        pytest.param({"issuer": ISSUER, "subject_regex": r"https://github\.example/org/repo/.*@refs/tags/.*"}, id="regex"),
+        pytest.param(
+            {"issuer": ISSUER, "subject_regex": r"https://github\.example/org/repo/.*@refs/tags/.*"}, id="regex"
+        ),
     ],
 )
 async def test_wrong_identity_is_denied(env, registry, tools, keyless, identity) -> None:
@@ -143,59 +151,8 @@ async def test_keyed_signature_does_not_satisfy_a_keyless_identity(env, registry
     assert "no certificate" in outcome.verdict.deny_message()
 
 
-def dsse_bundle(keyless: Any, tools: Any, image: str, digest: str, key: Any, cert: Any) -> bytes:
-    """A sigstore bundle v0.3 holding a DSSE in-toto statement, a certificate and a dsse log entry."""
-    statement = {
-        "_type": "https://in-toto.io/Statement/v1",
-        "subject": [{"name": image, "digest": {"sha256": digest.split(":")[1]}}],
-        "predicateType": "https://sigstore.dev/cosign/sign/v1",
-        "predicate": {},
-    }
-    payload = json.dumps(statement).encode()
-    kind = "application/vnd.in-toto+json"
-    pae = b"DSSEv1 %d %s %d %s" % (len(kind), kind.encode(), len(payload), payload)
-    signature = tools.sign_bytes(key, pae)
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    body = {
-        "apiVersion": "0.0.1",
-        "kind": "dsse",
-        "spec": {
-            "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
-            "signatures": [
-                {"signature": base64.b64encode(signature).decode(), "verifier": base64.b64encode(cert_pem).decode()}
-            ],
-        },
-    }
-    body_bytes = json.dumps(body, separators=(",", ":")).encode()
-    now = int(time.time())
-    canonical = json.dumps(
-        {"body": base64.b64encode(body_bytes).decode(), "integratedTime": now, "logID": keyless.log_id.hex(), "logIndex": 3},
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    set_ = keyless.log_key.sign(canonical, ec.ECDSA(hashes.SHA256()))
-    bundle = {
-        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
-        "verificationMaterial": {
-            "certificate": {"rawBytes": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()},
-            "tlogEntries": [
-                {
-                    "logIndex": "3",
-                    "logId": {"keyId": base64.b64encode(keyless.log_id).decode()},
-                    "kindVersion": {"kind": "dsse", "version": "0.0.1"},
-                    "integratedTime": str(now),
-                    "inclusionPromise": {"signedEntryTimestamp": base64.b64encode(set_).decode()},
-                    "canonicalizedBody": base64.b64encode(body_bytes).decode(),
-                }
-            ],
-        },
-        "dsseEnvelope": {
-            "payload": base64.b64encode(payload).decode(),
-            "payloadType": kind,
-            "signatures": [{"sig": base64.b64encode(signature).decode(), "keyid": ""}],
-        },
-    }
-    return json.dumps(bundle).encode()
+def push_bundle(registry: Any, repo: str, digest: str, bundle: bytes) -> None:
+    registry.push_referrer(repo, digest, BUNDLE, bundle, BUNDLE)
 
 
 async def test_keyless_bundle_found_through_the_referrers_tag_is_admitted(env, registry, tools, keyless) -> None:
@@ -203,9 +160,7 @@ async def test_keyless_bundle_found_through_the_referrers_tag_is_admitted(env, r
     digest = registry.push_image(repo, "v1")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = keyless.certificate(key, SUBJECT, ISSUER)
-    bundle = dsse_bundle(keyless, tools, f"{registry.host}/{repo}", digest, key, cert)
-    registry.push_referrer(repo, digest, "application/vnd.dev.sigstore.bundle.v0.3+json", bundle,
-                           "application/vnd.dev.sigstore.bundle.v0.3+json")
+    push_bundle(registry, repo, digest, keyless.dsse_bundle(f"{registry.host}/{repo}", digest, key, cert))
     outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
 
@@ -216,9 +171,7 @@ async def test_bundle_naming_another_digest_is_denied(env, registry, tools, keyl
     other = registry.push_image(repo, "v2")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = keyless.certificate(key, SUBJECT, ISSUER)
-    bundle = dsse_bundle(keyless, tools, f"{registry.host}/{repo}", other, key, cert)
-    registry.push_referrer(repo, digest, "application/vnd.dev.sigstore.bundle.v0.3+json", bundle,
-                           "application/vnd.dev.sigstore.bundle.v0.3+json")
+    push_bundle(registry, repo, digest, keyless.dsse_bundle(f"{registry.host}/{repo}", other, key, cert))
     outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
     assert not outcome.verdict.allowed
     assert "digest mismatch" in outcome.verdict.deny_message()
@@ -227,5 +180,56 @@ async def test_bundle_naming_another_digest_is_denied(env, registry, tools, keyl
 def test_unreadable_trust_root_is_a_config_error(env, tmp_path) -> None:
     (tmp_path / "root.json").write_text("{}")
     config = {"policies": [{"pattern": "x/*", "keyless": [{"issuer": ISSUER, "subject": SUBJECT}]}]}
-    with pytest.raises(errors.ConfigError, match="root.json"):
+    with pytest.raises(errors.ConfigError, match=r"root\.json"):
         env.check(**config, trust_root="root.json")
+
+
+async def test_bundle_with_wrong_identity_is_denied_by_the_library_policy(env, registry, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = keyless.certificate(key, "mallory@example.com", ISSUER)
+    push_bundle(registry, repo, digest, keyless.dsse_bundle(f"{registry.host}/{repo}", digest, key, cert))
+    config = keyless_policy(
+        env, keyless, issuer_regex=r"https://token\.actions\.example", subject_regex=r".*@org\.example"
+    )
+    outcome = await env.admit(env.check(**config), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    message = outcome.verdict.deny_message()
+    assert "sigstore bundle rejected" in message
+    assert "wrong identity" in message
+
+
+async def test_bundle_from_an_untrusted_ca_is_denied_by_the_library(env, registry, keyless, rogue_ca) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = keyless.certificate(key, SUBJECT, ISSUER, ca_key=rogue_ca[0], ca_cert=rogue_ca[1])
+    push_bundle(registry, repo, digest, keyless.dsse_bundle(f"{registry.host}/{repo}", digest, key, cert))
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "sigstore bundle rejected" in outcome.verdict.deny_message()
+
+
+async def test_bundle_with_tampered_statement_is_denied(env, registry, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = keyless.certificate(key, SUBJECT, ISSUER)
+    bundle = json.loads(keyless.dsse_bundle(f"{registry.host}/{repo}", digest, key, cert))
+    statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+    statement["predicate"] = {"evil": True}
+    bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    push_bundle(registry, repo, digest, json.dumps(bundle).encode())
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "sigstore bundle rejected" in outcome.verdict.deny_message()
+
+
+async def test_unreadable_bundle_is_reported_not_raised(env, registry, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    push_bundle(registry, repo, digest, b"{not json")
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "unreadable bundle" in outcome.verdict.deny_message()

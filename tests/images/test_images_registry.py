@@ -93,9 +93,7 @@ async def stall(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.mark.parametrize(("failure_mode", "allowed"), [("deny", False), ("allow", True)])
-async def test_stalling_registry_gets_a_decision_within_the_budget(
-    env, serve, key, failure_mode, allowed
-) -> None:
+async def test_stalling_registry_gets_a_decision_within_the_budget(env, serve, key, failure_mode, allowed) -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", stall)
     host = await serve(app)
@@ -163,7 +161,9 @@ async def test_registry_not_listed_insecure_is_only_spoken_to_over_https(env, re
     assert "SSL" in outcome.verdict.deny_message() or "ssl" in outcome.verdict.deny_message()
 
 
-def auth_front(upstream: str, mode: str, stats: dict[str, int], user: str = "ci", password: str = "s3cret") -> web.Application:
+def auth_front(
+    upstream: str, mode: str, stats: dict[str, int], user: str = "ci", password: str = "s3cret"
+) -> web.Application:
     """A registry front that demands Bearer tokens (or Basic) and forwards to the real registry."""
     basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     app = web.Application()
@@ -181,16 +181,21 @@ def auth_front(upstream: str, mode: str, stats: dict[str, int], user: str = "ci"
         expected = "Bearer t0k3n" if mode == "bearer" else basic
         if request.headers.get("Authorization") != expected:
             repo = request.path.split("/v2/", 1)[-1].rsplit("/manifests/", 1)[0].rsplit("/blobs/", 1)[0]
-            realm = f'http://{request.host}/token'
+            realm = f"http://{request.host}/token"
             challenge = (
                 f'Bearer realm="{realm}",service="test-registry",scope="repository:{repo}:pull"'
                 if mode == "bearer"
                 else 'Basic realm="test"'
             )
             return web.Response(status=401, headers={"WWW-Authenticate": challenge})
-        async with aiohttp.ClientSession() as session, session.request(
-            request.method, f"http://{upstream}{request.path_qs}", headers={"Accept": request.headers.get("Accept", "*/*")}
-        ) as up:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                f"http://{upstream}{request.path_qs}",
+                headers={"Accept": request.headers.get("Accept", "*/*")},
+            ) as up,
+        ):
             body = await up.read()
             headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
             return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
@@ -249,7 +254,9 @@ async def test_basic_auth_from_the_pods_image_pull_secret(env, registry, tools, 
         sign(registry, tools, repo, digest, key, f"{host}/{repo}")
         check = env.check(services=Services(kube_api=api_client), **key_policy(env, host, key))
         denied = await env.admit(check, f"{host}/{repo}:v1")
-        assert "unauthorized" in denied.verdict.deny_message() or "requires credentials" in denied.verdict.deny_message()
+        assert (
+            "unauthorized" in denied.verdict.deny_message() or "requires credentials" in denied.verdict.deny_message()
+        )
         outcome = await env.admit(check, f"{host}/{repo}:v1", pull_secrets=("missing", "regcred"))
         assert outcome.verdict.allowed, outcome.verdict.deny_message()
         assert secret_reads == [
@@ -258,3 +265,68 @@ async def test_basic_auth_from_the_pods_image_pull_secret(env, registry, tools, 
         ]
     finally:
         api_client.close()
+
+
+def referrers_front(upstream: str, stats: dict[str, int]) -> web.Application:
+    """A registry with the OCI 1.1 referrers API (answered from the real registry's data) and
+    no referrers tag, so only the API can find the signatures."""
+    app = web.Application()
+
+    async def referrers(request: web.Request) -> web.Response:
+        stats["referrers"] = stats.get("referrers", 0) + 1
+        repo, digest = request.match_info["repo"], request.match_info["digest"]
+        tag = digest.replace(":", "-")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://{upstream}/v2/{repo}/manifests/{tag}",
+                headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+            ) as up,
+        ):
+            body = await up.read() if up.status == 200 else b'{"schemaVersion":2,"manifests":[]}'
+        return web.Response(body=body, content_type="application/vnd.oci.image.index.v1+json")
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith(".sig") or "/manifests/sha256-" in request.path:
+            return web.Response(status=404)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                f"http://{upstream}{request.path_qs}",
+                headers={"Accept": request.headers.get("Accept", "*/*")},
+            ) as up,
+        ):
+            body = await up.read()
+            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
+            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
+
+    app.router.add_get("/v2/{repo:.+}/referrers/{digest}", referrers)
+    app.router.add_route("*", "/v2/{tail:.*}", proxy)
+    return app
+
+
+async def test_signatures_found_through_the_referrers_api(env, registry, tools, serve, key) -> None:
+    """A keyed sigstore bundle (message signature over the manifest digest) found via the API."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import utils
+
+    stats: dict[str, int] = {}
+    host = await serve(referrers_front(registry.host, stats))
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    raw = bytes.fromhex(digest.split(":")[1])
+    signature = key.sign(raw, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {"publicKey": {"hint": "team-a"}, "tlogEntries": []},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": base64.b64encode(raw).decode()},
+            "signature": base64.b64encode(signature).decode(),
+        },
+    }
+    kind = "application/vnd.dev.sigstore.bundle.v0.3+json"
+    registry.push_referrer(repo, digest, kind, json.dumps(bundle).encode(), kind)
+    outcome = await env.admit(env.check(**key_policy(env, host, key)), f"{host}/{repo}:v1")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    assert stats["referrers"] == 1

@@ -22,8 +22,9 @@ from webhook.runtime import rules
 from webhook.runtime.engine import Engine
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "conformance" / "falco"
-RULE_FILES = [DATA / "rules" / n for n in ("falco_rules.yaml", "falco-incubating_rules.yaml",
-                                            "falco-sandbox_rules.yaml")]  # fmt: skip
+RULE_FILES = [
+    DATA / "rules" / n for n in ("falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml")
+]
 TRACES = sorted(p.stem for p in (DATA / "events").glob("*.jsonl"))
 # Differences from sysdig that the README documents as sysdig limitations: none are needed.
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {}

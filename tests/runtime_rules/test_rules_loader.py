@@ -182,9 +182,7 @@ def test_exception_values_are_appended_by_override(write: Callable[..., Path]) -
 
 
 def test_macro_override_replace_and_append(write: Callable[..., Path]) -> None:
-    local = write(
-        "- macro: spawned\n  condition: evt.type = execveat\n  override:\n    condition: replace\n", "l.yaml"
-    )
+    local = write("- macro: spawned\n  condition: evt.type = execveat\n  override:\n    condition: replace\n", "l.yaml")
     assert fired([write(BASE), local], EXECVE_BASH) == []
     assert fired([write(BASE), local], {**EXECVE_BASH, "evt.type": "execveat"}) == ["Shell spawned"]
 
@@ -240,7 +238,8 @@ def test_every_error_is_reported_with_file_line_and_text(write: Callable[..., Pa
         f"{path}:30: rule 'Bad number': invalid number value 'three' (expected a number)",
     ]
     field_err = info.value.errors[2]
-    assert "proc.nme = x" in field_err.snippet and "^" in field_err.snippet
+    assert "proc.nme = x" in field_err.snippet
+    assert "^" in field_err.snippet
     assert "Bad field" in str(info.value)
 
 
@@ -293,8 +292,9 @@ def test_skip_if_unknown_filter_skips_with_a_warning(write: Callable[..., Path])
 
 
 def test_required_engine_and_plugin_versions(write: Callable[..., Path]) -> None:
-    ok = write("- required_engine_version: 0.10.0\n- required_plugin_versions:\n  - name: container\n"
-               "    version: 0.1.0\n")  # fmt: skip
+    ok = write(
+        "- required_engine_version: 0.10.0\n- required_plugin_versions:\n  - name: container\n    version: 0.1.0\n"
+    )
     assert rules.load([ok]).rules == ()
     new = write("- required_engine_version: 99.0.0\n", "new.yaml")
     assert errors_of([new]) == [f"{new}:1: rules require engine version 99.0.0, this engine is 0.57.0"]
@@ -319,8 +319,9 @@ def test_yaml_errors_and_non_list_files(write: Callable[..., Path]) -> None:
 
 
 def test_unknown_source_is_skipped_with_a_warning(write: Callable[..., Path]) -> None:
-    path = write("- rule: Audit\n  desc: d\n  condition: ka.verb = create\n  output: o\n  priority: INFO\n"
-                 "  source: k8s_audit\n")  # fmt: skip
+    path = write(
+        "- rule: Audit\n  desc: d\n  condition: ka.verb = create\n  output: o\n  priority: INFO\n  source: k8s_audit\n"
+    )
     ruleset = rules.load([path])
     assert ruleset.rules == ()
     assert "unknown source 'k8s_audit'" in str(ruleset.warnings[0])

@@ -19,8 +19,23 @@ def test_repeated_not_toggles_like_libs() -> None:
 
 
 def test_every_operator_parses() -> None:
-    for op in ("=", "!=", "<", "<=", ">", ">=", "contains", "icontains", "bcontains", "startswith",
-               "bstartswith", "endswith", "glob", "iglob", "regex"):  # fmt: skip
+    for op in (
+        "=",
+        "!=",
+        "<",
+        "<=",
+        ">",
+        ">=",
+        "contains",
+        "icontains",
+        "bcontains",
+        "startswith",
+        "bstartswith",
+        "endswith",
+        "glob",
+        "iglob",
+        "regex",
+    ):
         value = "1" if op in ("<", "<=", ">", ">=") else "x"
         check = parser.parse(f"fd.name {op} {value}")
         assert isinstance(check, Check)

@@ -18,13 +18,14 @@ from typing import Any
 import orjson
 
 from webhook import errors
-from webhook.audit import log, note, proofs, records, verify, witness
+from webhook.audit import log, note, proofs, records, report_commands, verify, witness
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this face's sub-commands to the ``portcullis`` parser."""
     audit = subparsers.add_parser("audit", help="the C2SP tile audit log: append, verify, prove, witness")
     sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    report_commands.register(sub)  # `audit report` lives in its own module (report_commands.py)
 
     p = sub.add_parser("keygen", help="create an Ed25519 log key (audit.key / audit.pub)")
     p.add_argument("--out", type=Path, required=True, help="directory for the key files")

@@ -7,6 +7,8 @@ The writer encodes here on the hot path; ``verify`` and readers decode here. A r
 from __future__ import annotations
 
 import datetime as dt
+import re
+import time as _time
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -19,6 +21,8 @@ Kind = Literal["admission", "alert", "config"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 MAX_RECORD = 0xFFFF  # an entry bundle stores a uint16 length
 _SAFE_INT = 2**53 - 1
+_ORJSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+_FLOATY = re.compile(rb"[0-9][.eE]")  # a float token (or a string merely resembling one)
 
 
 class RecordError(errors.AuditFormatError):
@@ -60,18 +64,43 @@ def _orjson_is_jcs(obj: Any) -> bool:
 
 
 def canonical(obj: Any) -> bytes:
-    """RFC 8785 canonical JSON bytes; raises ``RecordError`` for values JSON cannot hold."""
-    if _orjson_is_jcs(obj):
-        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    """RFC 8785 canonical JSON bytes; raises ``RecordError`` for values JSON cannot hold.
+
+    Fast path: orjson's sorted output, taken only when it provably equals JCS: pure ASCII
+    (so code-point and UTF-16 key orders agree) with no float-looking token (orjson and
+    ECMAScript format floats differently) and, via OPT_STRICT_INTEGER, no unsafe integer.
+    Anything else goes through the exact, slower ``rfc8785`` encoder.
+    """
+    try:
+        out = orjson.dumps(obj, option=_ORJSON_OPTS)
+    except (orjson.JSONEncodeError, TypeError):
+        out = None
+    if out is not None and ((out.isascii() and _FLOATY.search(out) is None) or _orjson_is_jcs(obj)):
+        return bytes(out)
     try:
         return rfc8785.dumps(obj)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise RecordError(f"record content is not representable as canonical JSON: {exc}") from exc
 
 
-def now() -> str:
-    """RFC 3339 UTC timestamp with microseconds, as stored in records."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+class _Clock:
+    """RFC 3339 UTC timestamps with microseconds; the per-second prefix is formatted once."""
+
+    __slots__ = ("prefix", "second")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.prefix = ""
+
+    def __call__(self) -> str:
+        second, micro = divmod(_time.time_ns() // 1000, 1_000_000)
+        if second != self.second:
+            self.second = second
+            self.prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self.prefix}.{micro:06d}Z"
+
+
+now = _Clock()
 
 
 def encode_record(time: str, kind: str, writer: str, content: dict[str, Any]) -> bytes:

@@ -104,9 +104,8 @@ class GpuCheck:
     def _per_pod(self, pod: PodSpecRef, demand: Demand, result: CheckResult) -> None:
         model, rules = self.model, self._quota.per_pod
         total = model.total(demand)
-        result.context.update(
-            {"gpus": model.gpus(total), "requests": {k: _milli_str(v) for k, v in sorted(demand.milli.items())}}
-        )
+        result.context["gpus"] = total / model.scale
+        result.context["requests"] = {k: _milli_str(v) for k, v in demand.milli.items()}
         if demand.models is not None:
             result.context["gpu_models"] = sorted(demand.models)
         if model.max_pod_units is not None and total > model.max_pod_units:
@@ -159,7 +158,8 @@ class GpuCheck:
         self._fresh()
         keys = _pod_keys(ctx)
         admitted, views = await self.coordinator.admit(keys, charges, reserve=not ctx.dry_run, deadline=ctx.deadline)
-        result.context["quotas"] = [_view_json(self.model, v) for v in views]
+        scale = self.model.scale
+        result.context["quotas"] = [_view_json(scale, v) for v in views]
         result.context["usage"] = self._usage(ctx)
         if not admitted:
             for view in views:
@@ -212,13 +212,14 @@ class GpuCheck:
             f"{gpus(view.asked)}, {gpus(view.left)} left"
         )
 
-    def _usage(self, ctx: RequestContext) -> dict[str, str]:
+    def _usage(self, ctx: RequestContext) -> dict[str, float]:
+        """GPUs held by every pod of the namespace and of its team (quota or not), for Rego."""
         assert self.ledger is not None
-        groups = self.ledger.group_used
-        usage = {"namespace": self.model.gpus(groups.get(f"namespace={ctx.namespace}", 0))}
+        groups, scale = self.ledger.group_used, self.model.scale
+        usage = {"namespace": groups.get(f"namespace={ctx.namespace}", 0) / scale}
         team = ctx.namespace_labels.get(self._quota.team_label)
         if team is not None:
-            usage["team"] = self.model.gpus(groups.get(f"team={team}", 0))
+            usage["team"] = groups.get(f"team={team}", 0) / scale
         return usage
 
 
@@ -231,16 +232,17 @@ def _pod_keys(ctx: RequestContext) -> tuple[str, ...]:
     return (str(uid), by_name) if uid else (by_name,)
 
 
-def _view_json(model: QuotaModel, view: QuotaView) -> dict[str, Any]:
+def _view_json(scale: int, view: QuotaView) -> dict[str, Any]:
+    """One quota for Rego and the audit record, in GPUs as numbers."""
     return {
         "quota": view.rule,
         "key": view.key,
         "scope": view.scope,
-        "used": model.gpus(view.used),
-        "reserved": model.gpus(view.reserved),
-        "limit": model.gpus(view.limit),
-        "asked": model.gpus(view.asked),
-        "left": model.gpus(view.left),
+        "used": view.used / scale,
+        "reserved": view.reserved / scale,
+        "limit": view.limit / scale,
+        "asked": view.asked / scale,
+        "left": view.left / scale,
     }
 
 

@@ -25,7 +25,7 @@ from webhook.checks.base import Check, RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.images import ImagesConfig, KeylessIdentity
-from webhook.signatures import cosign, credentials, reference, sigstore
+from webhook.signatures import cosign, credentials, fulcio, reference, sigstore
 from webhook.signatures import registry as reg
 from webhook.signatures.cache import VerdictCache
 from webhook.signatures.reference import ImageRef
@@ -153,7 +153,8 @@ class ImagesCheck:
         deadline = Deadline.after(budget)
         try:
             creds = await self._credentials(ref, pod, ctx, deadline)
-            verified = await asyncio.wait_for(self.verifier.verify(ref, policy, deadline, creds), budget)
+            verify = self.verifier.verify(ref, policy, deadline, creds)
+            verified = await asyncio.wait_for(verify, deadline.remaining())
         except TimeoutError:
             reason = f"registry {ref.registry}: no verdict within {budget * 1000:.0f} ms (timeout)"
             return _Outcome(image, ref, policy, reason=reason, failed=True)
@@ -166,8 +167,8 @@ class ImagesCheck:
     ) -> reg.Credentials | None:
         if self._pull_secrets is None:
             return None
-        names = [s.get("name") for s in pod.spec.get("imagePullSecrets") or () if isinstance(s, dict)]
-        names = [n for n in names if isinstance(n, str) and n]
+        entries = pod.spec.get("imagePullSecrets") or ()
+        names = [str(s["name"]) for s in entries if isinstance(s, dict) and isinstance(s.get("name"), str)]
         if not names:
             return None
         return await self._pull_secrets.lookup(ctx.namespace, names, ref.registry, deadline)
@@ -314,8 +315,8 @@ def _key(config: Config, path: str, index: int, keys: dict[str, cosign.KeyAuthor
     return keys[path]
 
 
-def _identity(item: KeylessIdentity) -> sigstore.Identity:
-    return sigstore.Identity(
+def _identity(item: KeylessIdentity) -> fulcio.Identity:
+    return fulcio.Identity(
         issuer=item.issuer or re.compile(item.issuer_regex),
         subject=item.subject or re.compile(item.subject_regex),
     )

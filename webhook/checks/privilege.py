@@ -4,12 +4,16 @@ webhook and ``portcullis check``).
 
 Findings carry the mode they were found for: violations of the enforce level have mode
 ``enforce``, those found only at the warn level ``warn``, only at the audit level ``audit``.
-The check ids are listed in ``webhook.checks.pss``.
+The check ids are listed in ``webhook.checks.pss``. Verdicts per pod spec are Pod Security
+Admission's; one deliberate difference: PSA enforces on Pods only and merely warns on workload
+templates, while Portcullis judges every template at the enforce level too, so a Deployment that
+could never create its pods is refused at once instead of failing later in its ReplicaSet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import msgspec
 
@@ -41,15 +45,19 @@ def evaluate(
 
     A pure function for CI and tests. Raises ``ConfigError`` for an unknown level or version.
     """
+    plan = _single_level_plan(level, version, tuple(hardened_checks), tuple(required_limits))
+    return plan.evaluate(pods)
+
+
+@lru_cache(maxsize=_PLAN_CACHE_LIMIT)
+def _single_level_plan(level: str, version: str, hardened_checks: tuple[str, ...], limits: tuple[str, ...]) -> Plan:
+    """The compiled plan for one level (memoised: compiling costs more than judging a pod)."""
     try:
         registry.parse_version(version)
         lv = LevelVersion(policy.parse_level(level), version)
     except ValueError as exc:
         raise errors.ConfigError(str(exc)) from exc
-    plan = policy.compile_plan(
-        Policy(lv, lv, lv), hardened=hardened.checks(hardened_checks, required_limits), modes=False
-    )
-    return plan.evaluate(pods)
+    return policy.compile_plan(Policy(lv, lv, lv), hardened=hardened.checks(hardened_checks, limits), modes=False)
 
 
 def with_level(config: Config, level: str | None, version: str | None = None) -> Config:

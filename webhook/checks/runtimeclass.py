@@ -167,9 +167,6 @@ class Catalog:
         self._fetched_at = float("-inf")
         self._inflight: asyncio.Future[frozenset[str]] | None = None
 
-    def ready(self) -> bool:
-        return True  # the lookup is lazy and has its own failure mode: never hold /readyz back
-
     def fresh(self, name: str) -> bool | None:
         """Whether ``name`` is known in a list that needs no refresh (None: ask ``names``)."""
         if self._names is None:
@@ -239,7 +236,7 @@ class RuntimeClassCheck:
         self.does_io = catalog is not None
 
     def ready(self) -> bool:
-        return True
+        return True  # the lookup is lazy and has its own failure mode: never hold /readyz back
 
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         result = CheckResult(evaluate(pods, ctx.namespace_labels, self.rules))

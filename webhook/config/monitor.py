@@ -1,9 +1,37 @@
-"""Config of the runtime monitor (``monitor:``)."""
+"""Config of the runtime monitor (``monitor:``); flags of ``portcullis monitor`` override it."""
 
 from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
 
 from webhook.config.base import Section
 
 
 class MonitorConfig(Section):
-    """Filled in by the runtime monitor issue."""
+    """Where events come from, which rules judge them and where alerts go.
+
+    ``rules`` empty means the project's own ``rules/portcullis_rules.yaml``. ``outputs`` take
+    ``stdout``, ``file:PATH`` or ``http:URL``. ``queue_batches`` bounds the source → engine
+    queue (a batch is one read of the source, up to 64 KiB of bpftrace output).
+    """
+
+    source: Literal["ebpf", "jsonl", "tetragon"] = "ebpf"
+    input: str = "-"
+    rules: list[str] = []
+    match: Literal["first", "all"] = "all"
+    disabled_tags: list[str] = []
+    outputs: list[str] = msgspec.field(default_factory=lambda: ["stdout"])
+    hostname: str = ""
+    queue_batches: int = 64
+    metrics_listen: str = ""
+    bpftrace: str = "bpftrace"
+    buffering: Literal["line", "full"] = "line"
+    audit_log: str = ""
+    audit_key: str = ""
+    audit_origin: str = "portcullis.dev/monitor"
+
+    def __post_init__(self) -> None:
+        if self.queue_batches < 1:
+            raise ValueError("monitor.queue_batches must be at least 1")

@@ -37,7 +37,7 @@ def _check_version(key: str, value: str | None) -> None:
         raise ValueError(f'{key}: invalid Pod Security version {value!r} (use "latest" or "v1.N", e.g. v1.30)')
 
 
-class NamespacePrivilege(Section):
+class NamespacePrivilege(Section, frozen=True):
     """Per-namespace override; unset fields keep the global value. It wins over namespace labels
     (the config is the cluster admin's; labels may be set by namespace owners)."""
 
@@ -53,7 +53,7 @@ class NamespacePrivilege(Section):
             _check_version(key, getattr(self, key))
 
 
-class PrivilegeConfig(Section):
+class PrivilegeConfig(Section, frozen=True):
     """Pod Security levels (enforce = ``level``), versions, overrides and hardened checks."""
 
     level: PssLevel = "baseline"
@@ -79,7 +79,7 @@ class PrivilegeConfig(Section):
             _check_version(key, getattr(self, key))
 
 
-class RuntimeClassConfig(Section):
+class RuntimeClassConfig(Section, frozen=True):
     """Runtime class rules: GPU pods, untrusted namespaces, a denylist, classes the cluster lacks."""
 
     # Extended resources that make a pod a GPU pod; a trailing '*' matches any suffix.

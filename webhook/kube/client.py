@@ -53,14 +53,14 @@ def build(config: KubernetesConfig) -> kubernetes.client.ApiClient | None:
             return None
     try:
         if mode == "incluster":
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
+            kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         elif mode == "kubeconfig":
             path = _kubeconfig_path(config)
             if not path.is_file():
                 raise errors.ConfigError(
                     f"kubernetes.kubeconfig: {path} does not exist (set kubernetes.kubeconfig or $KUBECONFIG)"
                 )
-            kubernetes.config.load_kube_config(
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=str(path), context=config.context, client_configuration=configuration
             )
     except kubernetes.config.ConfigException as exc:

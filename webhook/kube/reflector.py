@@ -190,7 +190,7 @@ class Reflector:
         try:
             if self._stopping.is_set():  # close() ran before the response was visible to it
                 return
-            for line in iter_resp_lines(response):
+            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
                 if self._stopping.is_set():
                     return
                 if line:

@@ -51,7 +51,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     results = testing.run(_paths(args))
     failed = [r for r in results if not r.passed]
     if args.format == "json":
-        doc = {"version": _VERSION, "passed": len(results) - len(failed), "failed": len(failed)}
+        doc: dict[str, Any] = {"version": _VERSION, "passed": len(results) - len(failed), "failed": len(failed)}
         doc["tests"] = [r.to_json() for r in sorted(results, key=lambda r: (r.file, r.name))]
         print(json.dumps(doc, sort_keys=True, indent=2))
     else:

@@ -58,7 +58,7 @@ class Match:
         ):
             return False
         namespace = review.get("namespace") or ""
-        if self.scope == "Cluster" and namespace or self.scope == "Namespaced" and not namespace:
+        if (self.scope == "Cluster" and namespace) or (self.scope == "Namespaced" and not namespace):
             return False
         if self.namespaces and not _glob_any(self.namespaces, namespace):
             return False
@@ -113,22 +113,16 @@ class GatekeeperSet:
         template = self.templates[constraint.kind]
         policy = Policy(id=constraint.id, package=template.kind, file=constraint.file, mode=constraint.mode)
         interpreter = rego._interpreter(template.compiled.strict_builtins)
-        interpreter.set_input(rego.regopy.Input({"review": review, "parameters": constraint.parameters}))
+        interpreter.set_input(rego.new_input({"review": review, "parameters": constraint.parameters}))
         try:
             value = rego._query(interpreter, template.compiled.bundle, template.entrypoint)
         except rego.PolicyEvalError as exc:
             return PolicyResult(policy, error=f"constraint {constraint.id} ({template.file}): {exc}")
         if value is None:
             value = []
-        if isinstance(value, list):
-            value = [_with_check(v, constraint.name) for v in value]
+        if isinstance(value, list):  # keep msg only: `details` is free-form in Gatekeeper
+            value = [{"msg": v["msg"]} if isinstance(v, dict) and "msg" in v else v for v in value]
         return rego.result_of(policy, value, [])
-
-
-def _with_check(item: Any, name: str) -> Any:
-    if isinstance(item, dict) and "msg" in item:
-        return {"msg": item["msg"], "check": name, "path": None}
-    return item
 
 
 def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -184,9 +178,9 @@ def load(paths: Sequence[Path], *, strict_builtins: bool = False) -> GatekeeperS
             except errors.PolicyLoadError as exc:
                 problems.append(str(exc))
     constraints: list[Constraint] = []
-    for where, doc in raw_constraints:
+    for where, raw in raw_constraints:
         try:
-            constraints.append(constraint(where, doc, templates))
+            constraints.append(constraint(where, raw, templates))
         except errors.PolicyLoadError as exc:
             problems.append(str(exc))
     if problems:
@@ -297,7 +291,9 @@ def constraint(where: str, doc: Mapping[str, Any], templates: Mapping[str, Templ
         raise errors.PolicyLoadError(f"{where}: constraint {kind} needs metadata.name")
     if kind not in templates:
         known = ", ".join(sorted(templates)) or "none loaded"
-        raise errors.PolicyLoadError(f"{where}: constraint {name} has kind {kind!r} but no template defines it ({known})")
+        raise errors.PolicyLoadError(
+            f"{where}: constraint {name} has kind {kind!r} but no template defines it ({known})"
+        )
     spec = doc.get("spec") or {}
     action = spec.get("enforcementAction", "deny")
     if action not in _ACTIONS:

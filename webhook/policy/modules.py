@@ -214,7 +214,7 @@ def _uncomment(line: str) -> str:
 # --- static lint: what rego-cpp would only notice at evaluation time ------------------------
 
 _CALL = re.compile(r"(?<![\w.\]])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
-_NOT_CALLS = frozenset({"if", "not", "in", "contains", "else", "some", "every", "with", "as"})
+_NOT_CALLS = frozenset({"if", "not", "in", "contains", "else", "some", "every", "with", "as", "set"})
 _WITH_INPUT = re.compile(r"\bwith\s+input\s+as\b")
 _INVENTORY = re.compile(r"\bdata\.inventory\b|\bdata\[\s*\"inventory\"")
 

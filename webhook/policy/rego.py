@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import threading
@@ -94,7 +95,7 @@ class CompiledPolicies:
         if not self.policies:
             return []
         interpreter = _interpreter(self.strict_builtins)
-        interpreter.set_input(regopy.Input(document))
+        interpreter.set_input(new_input(document))
         try:
             value = _query(interpreter, self.bundle, _RESULT)
             return [_result(p, v) for p, v in zip(self.policies, _as_list(value, len(self.policies)), strict=True)]
@@ -163,6 +164,11 @@ def _kind(value: Any) -> str:
 # --- the regopy boundary ----------------------------------------------------------------------
 
 
+def new_input(document: Mapping[str, Any]) -> Any:
+    """An engine input handle for ``document`` (the costly part of a query: a copy into rego-cpp)."""
+    return regopy.Input(document)
+
+
 def _interpreter(strict_builtins: bool = False) -> Any:
     interpreter = regopy.Interpreter()
     interpreter.log_level = regopy.LogLevel.NONE
@@ -185,16 +191,67 @@ def _query(interpreter: Any, bundle: Any, entrypoint: str) -> Any:
         if not rego_shared.rego_output_ok(output):
             raise PolicyEvalError(_error_text(rego_shared.rego_output_node(output)))
         text = rego_shared.rego_output_string(output)
+        if text == "undefined":
+            return None
+        if text.startswith("(error"):
+            raise PolicyEvalError(modules.explain_compile_error(text, ()))
+        # rego-cpp's JSON text does not escape quotes inside strings, so read the value tree.
+        terms = rego_shared.rego.regoOutputExpressionsAtIndex(output, 0)
+        if not terms or rego_shared.rego.regoNodeSize(terms) < 1:
+            raise PolicyEvalError(f"unexpected engine output: {text[:200]}")
+        return _value(rego_shared.rego_node_get(terms, 0), 0)
     finally:
         rego_shared.rego.regoFreeOutput(output)
-    if text == "undefined":
+
+
+_TERM, _SCALAR, _ARRAY, _SET, _OBJECT = 1002, 1003, 1004, 1005, 1006
+_INT, _FLOAT, _STRING, _TRUE, _FALSE, _BOOLEAN, _NULL = 1008, 1009, 1010, 1011, 1012, 1111, 1013
+_MAX_NESTING = 64
+
+
+def _string(raw: str) -> str:
+    # A string literal's node keeps its JSON quotes; a computed string's node does not.
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return raw
+        if isinstance(decoded, str):
+            return decoded
+    return raw
+
+
+def _value(node: Any, depth: int) -> Any:
+    """A Python value from a rego-cpp value node (exact strings, unlike the JSON text)."""
+    if depth > _MAX_NESTING:
+        raise PolicyEvalError("result nested too deeply")
+    lib = rego_shared.rego
+    kind = lib.regoNodeType(node)
+    while kind in (_TERM, _SCALAR):
+        node = rego_shared.rego_node_get(node, 0)
+        kind = lib.regoNodeType(node)
+    if kind == _STRING:
+        return _string(rego_shared.rego_node_value(node))
+    if kind in (_ARRAY, _SET):
+        return [_value(rego_shared.rego_node_get(node, i), depth + 1) for i in range(lib.regoNodeSize(node))]
+    if kind == _OBJECT:
+        out: dict[str, Any] = {}
+        for i in range(lib.regoNodeSize(node)):
+            item = rego_shared.rego_node_get(node, i)
+            key = _value(rego_shared.rego_node_get(item, 0), depth + 1)
+            out[key if isinstance(key, str) else orjson.dumps(key).decode()] = _value(
+                rego_shared.rego_node_get(item, 1), depth + 1
+            )
+        return out
+    if kind == _INT:
+        return int(rego_shared.rego_node_value(node))
+    if kind == _FLOAT:
+        return float(rego_shared.rego_node_value(node))
+    if kind in (_TRUE, _FALSE, _BOOLEAN):
+        return kind == _TRUE or (kind == _BOOLEAN and rego_shared.rego_node_value(node) == "true")
+    if kind == _NULL:
         return None
-    if text.startswith("(error"):
-        raise PolicyEvalError(modules.explain_compile_error(text, ()))
-    try:
-        return orjson.loads(text)["expressions"][0]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
-        raise PolicyEvalError(f"unexpected engine output: {text[:200]}") from exc
+    raise PolicyEvalError(f"unexpected value kind {kind} in engine output")
 
 
 _ERRORMSG_KIND = 1801
@@ -209,10 +266,8 @@ def _error_text(node: Any) -> str:
         current = stack.pop()
         kind = rego_shared.rego.regoNodeType(current)
         if kind in found:
-            try:
+            with contextlib.suppress(regopy.RegoError):
                 found[kind].append(rego_shared.rego_node_value(current))
-            except regopy.RegoError:
-                pass
             continue
         size = rego_shared.rego.regoNodeSize(current)
         stack.extend(rego_shared.rego_node_get(current, i) for i in reversed(range(size)))

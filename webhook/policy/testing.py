@@ -86,7 +86,7 @@ def run_in_process(files: Sequence[Path]) -> list[TestResult]:
             continue
         seen.add(name)
         interpreter = rego._interpreter()
-        interpreter.set_input(rego.regopy.Input({}))
+        interpreter.set_input(rego.new_input({}))
         try:
             value = rego._query(interpreter, compiled.bundle, f"{module.package_path}/{test}")
         except rego.PolicyEvalError as exc:

@@ -13,12 +13,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from webhook.quota.model import Charge, Demand
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaView:
+class QuotaView(NamedTuple):
     """One quota's state as a check saw it (units; see ``QuotaModel.scale``)."""
 
     key: str

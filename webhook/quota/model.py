@@ -8,10 +8,10 @@ is a few integer additions and comparisons, never float drift (7 x 1/7 GPU is ex
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 from webhook.config.quota import QuotaConfig, QuotaRule, parse_amount
 from webhook.quota import requests
@@ -31,9 +31,11 @@ class Demand:
         return not self.units
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """One quota a pod draws on: the quota's key, the pod's amount, the quota's limit."""
+class Charge(NamedTuple):
+    """One quota a pod draws on: the quota's key, the pod's amount, the quota's limit.
+
+    A NamedTuple, not a frozen dataclass: a check builds several per request (hot path).
+    """
 
     key: str
     rule: str
@@ -60,17 +62,21 @@ class QuotaModel:
         self._lcm = math.lcm(*denominators) if denominators else 1
         self.scale = 1000 * self._lcm
         self._weights = weights
-        self._factor: dict[str, int] = {}  # units per milli-unit of a resource (cache)
+        self._factor: dict[str, int | None] = {}  # units per milli-unit of a resource (cache)
         self._limits = {q.name: int(parse_amount(q.limit, q.name) * self.scale) for q in config.quotas}
         self._rules = tuple(config.quotas)
         self._resource_sets = {q.name: frozenset(q.resources) for q in config.quotas if q.resources}
         self.has_model_quotas = any(q.gpu_model for q in config.quotas)
         max_gpus = config.per_pod.max_gpus
         self.max_pod_units = None if max_gpus is None else int(parse_amount(max_gpus, "max_gpus") * self.scale)
-        self.counts = self._counts
-
-    def _counts(self, resource: str) -> bool:
-        return self.factor(resource) is not None
+        # rule name, filters, static key and scope (None for per-namespace / per-team rules)
+        self._compiled = tuple(
+            (q, q.namespace, q.team, q.gpu_model, self._limits[q.name], self._resource_sets.get(q.name))
+            + ((None, "") if q.per is not None else _key(q, "", None))
+            for q in config.quotas
+        )
+        # counts(resource) -> bool, a C-level dict lookup once a name has been seen (hot path)
+        self.counts: Callable[[str], bool] = _Counted(self).__getitem__
 
     def factor(self, resource: str) -> int | None:
         """Units per milli-unit of ``resource``; None when it is not a GPU resource."""
@@ -100,20 +106,23 @@ class QuotaModel:
         if demand.empty:
             return ()
         team = labels.get(self.config.team_label)
+        models = demand.models
+        everything = sum(demand.units.values())
         out: list[Charge] = []
-        for rule in self._rules:
-            if rule.namespace is not None and rule.namespace != namespace:
+        for rule, rule_ns, rule_team, rule_model, limit, resources, key, scope in self._compiled:
+            if rule_ns is not None and rule_ns != namespace:
                 continue
-            if rule.team is not None and rule.team != team:
+            if rule_team is not None and rule_team != team:
                 continue
-            if rule.gpu_model is not None and (demand.models is None or rule.gpu_model not in demand.models):
+            if rule_model is not None and (models is None or rule_model not in models):
                 continue
-            key, scope = _key(rule, namespace, team)
             if key is None:
-                continue
-            units = self.total(demand, self._resource_sets.get(rule.name))
+                key, scope = _key(rule, namespace, team)
+                if key is None:
+                    continue
+            units = everything if resources is None else self.total(demand, resources)
             if units:
-                out.append(Charge(key, rule.name, scope, units, self._limits[rule.name]))
+                out.append(Charge(key, rule.name, scope, units, limit))
         return tuple(out)
 
     def limit_of(self, key: str) -> int | None:
@@ -121,7 +130,28 @@ class QuotaModel:
 
     def gpus(self, units: int) -> str:
         """Units as GPUs for people: "2", "0.5", "1/7" (exact)."""
+        whole, rest = divmod(units, self.scale)
+        if not rest:
+            return str(whole)
         return format_gpus(Fraction(units, self.scale))
+
+    def as_float(self, units: int) -> float:
+        """Units as GPUs for machines (Rego input, metrics)."""
+        return units / self.scale
+
+
+class _Counted(dict[str, bool]):
+    """resource name -> counts as GPU; misses are computed once (bounded: names come from pods)."""
+
+    def __init__(self, model: QuotaModel) -> None:
+        super().__init__()
+        self._model = model
+
+    def __missing__(self, resource: str) -> bool:
+        counted = self._model.factor(resource) is not None
+        if len(self) < 1024:
+            self[resource] = counted
+        return counted
 
 
 def format_gpus(value: Fraction) -> str:

@@ -82,15 +82,17 @@ def mismatches(spec: Mapping[str, Any], counts: Counts) -> Iterator[Mismatch]:
     that request one without a limit)."""
     for field in ("initContainers", "containers"):
         for index, container in enumerate(spec.get(field) or ()):
-            resources = container.get("resources") or {}
+            resources = container.get("resources")
+            if not resources:
+                continue
             requests = resources.get("requests") or {}
             limits = resources.get("limits") or {}
             for name in sorted({*requests, *limits}):
                 if not counts(name):
                     continue
                 req, lim = requests.get(name), limits.get(name)
-                if req is None:
-                    continue  # defaulted to the limit
+                if req is None or req == lim:
+                    continue  # defaulted to the limit, or written the same
                 if lim is None or quantity.parse(req) != quantity.parse(lim):
                     yield Mismatch(field, index, str(container.get("name", index)), name, str(req), str(lim))
 

@@ -49,8 +49,15 @@ def _register_rules(subparsers: argparse._SubParsersAction[Any]) -> None:
     test.add_argument("--events", required=True, metavar="EVENTS.jsonl", help="events file ('-': stdin)")
     test.add_argument("--match", choices=("first", "all"), default="all", help="Falco's rule_matching")
     test.add_argument("--condition", metavar="TEXT", help="test this condition instead of the rules")
-    test.add_argument("--rules", dest="macro_rules", nargs="+", type=Path, default=[], metavar="RULES",
-                      help="with --condition: files providing macros and lists")  # fmt: skip
+    test.add_argument(
+        "--rules",
+        dest="macro_rules",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="RULES",
+        help="with --condition: files providing macros and lists",
+    )
     test.add_argument("--hostname", default=None, help="hostname in alerts (default: this host)")
     test.set_defaults(func=_test)
 
@@ -71,8 +78,14 @@ def _validate(args: argparse.Namespace) -> int:
         for e in exc.errors:
             print(f"error: {e.detail()}", file=sys.stderr)
         if args.format == "json":
-            _print_json({"version": 1, "ok": False, "errors": [_diag(e) for e in exc.errors],
-                         "warnings": [_diag(w) for w in exc.warnings]})  # fmt: skip
+            _print_json(
+                {
+                    "version": 1,
+                    "ok": False,
+                    "errors": [_diag(e) for e in exc.errors],
+                    "warnings": [_diag(w) for w in exc.warnings],
+                }
+            )
         else:
             print(f"{len(exc.errors)} error(s), {len(exc.warnings)} warning(s)")
         return 1
@@ -80,8 +93,16 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     enabled = sum(r.enabled for r in ruleset.rules)
     if args.format == "json":
-        _print_json({"version": 1, "ok": True, "errors": [], "warnings": [_diag(w) for w in ruleset.warnings],
-                     "rules": len(ruleset.rules), "enabled": enabled})  # fmt: skip
+        _print_json(
+            {
+                "version": 1,
+                "ok": True,
+                "errors": [],
+                "warnings": [_diag(w) for w in ruleset.warnings],
+                "rules": len(ruleset.rules),
+                "enabled": enabled,
+            }
+        )
     else:
         print(f"Ok: {len(ruleset.rules)} rules ({enabled} enabled), {len(ruleset.warnings)} warning(s)")
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from webhook.runtime import rules
-from webhook.runtime.rules import compiler, fields, output
+from webhook.runtime.rules import compiler, evttypes, fields, output
 from webhook.runtime.rules.loader import Diagnostic
 from webhook.runtime.rules.resolve import Rule
 
@@ -52,7 +52,9 @@ class Alert:
         }
 
 
-def _select(ruleset: rules.RuleSet, disabled_tags: Collection[str], enabled_rules: Collection[str] | None) -> list[Rule]:
+def _select(
+    ruleset: rules.RuleSet, disabled_tags: Collection[str], enabled_rules: Collection[str] | None
+) -> list[Rule]:
     tags = frozenset(disabled_tags)
     chosen = []
     for r in ruleset.rules:
@@ -92,9 +94,7 @@ class Engine:
         named.discard("")
         self.matches_all_types: bool = any(r.event_types.neg for r in self.rules)
         self.event_types: frozenset[str] = frozenset(positive)
-        self.required_fields: frozenset[str] = frozenset(
-            {"evt.num", "evt.time"}.union(*(r.fields for r in self.rules))
-        )
+        self.required_fields: frozenset[str] = frozenset({"evt.num", "evt.time"}.union(*(r.fields for r in self.rules)))
         self._dispatch: dict[str | None, Callable[[Event], Any]] = {}
         for name in sorted(named):
             fn = self._bucket(name)
@@ -103,7 +103,7 @@ class Engine:
         missing = self._bucket(None)
         if missing is not None:
             self._dispatch[None] = missing
-        self._default = self._bucket(compiler.UNKNOWN)
+        self._default = self._bucket(evttypes.UNKNOWN)
         self.process: Callable[[Event], list[Alert]] = self._make_process()
 
     @classmethod
@@ -120,7 +120,7 @@ class Engine:
         ruleset = rules.load(paths)
         return cls(ruleset, match=match, disabled_tags=disabled_tags, enabled_rules=enabled_rules, clock=clock)
 
-    def _bucket(self, evtype: str | None | object) -> Callable[[Event], Any] | None:
+    def _bucket(self, evtype: str | object | None) -> Callable[[Event], Any] | None:
         memo: dict[int, Any] = {}
         members: list[tuple[int, Any]] = []
         for idx, r in enumerate(self.rules):
@@ -129,7 +129,7 @@ class Engine:
                 continue
             if not isinstance(key, str) and not r.event_types.neg:
                 continue
-            cond = compiler.specialize(r.condition, evtype, memo)  # type: ignore[arg-type]
+            cond = evttypes.specialize(r.condition, evtype, memo)  # type: ignore[arg-type]
             if cond is not False:
                 members.append((idx, cond))
         if not members:
@@ -141,24 +141,25 @@ class Engine:
 
         def process(event: Event) -> list[Alert]:
             """Alerts of the enabled rules matching this event (Falco field name → value)."""
-            fn = dispatch.get(event.get("evt.type"), default)
-            if fn is None:
-                return []
             try:
+                fn = dispatch.get(event.get("evt.type"), default)
+                if fn is None:
+                    return []
                 hits = fn(event)
             except (TypeError, AttributeError, ValueError):  # a value of the wrong type
-                event, hits = self._retry(fn, event)
+                event, hits = self._retry(event)
             if hits is None:
                 return []
             return [alert(i, event) for i in hits]
 
         return process
 
-    def _retry(self, fn: Callable[[Event], Any], event: Event) -> tuple[Event, Any]:
+    def _retry(self, event: Event) -> tuple[Event, Any]:
         """Evaluate again with values coerced to their fields' types; count events that still fail."""
         fixed = fields.normalize(event)
         try:
-            return fixed, fn(fixed)
+            fn = self._dispatch.get(fixed.get("evt.type"), self._default)
+            return fixed, (fn(fixed) if fn is not None else None)
         except (TypeError, AttributeError, ValueError):
             self.eval_errors += 1
             return fixed, None

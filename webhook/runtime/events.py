@@ -79,9 +79,7 @@ class EventBuilder:
         wanted = fields if fields is not None else _ALL_FIELDS
         self.proc_keys = tuple(sorted(f for f in wanted if _proc_getter(f) is not None))
         self.fd_keys = frozenset(f for f in wanted if f.startswith("fd."))
-        self.evt_getters = tuple(
-            (f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None
-        )
+        self.evt_getters = tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None)
         self.args = tuple(sorted(f for f in wanted if f.startswith(("evt.arg.", "evt.rawarg."))))
         self.want_tid = "thread.tid" in wanted
         self.fs_path = any(f.startswith("fs.path.") for f in wanted)
@@ -171,7 +169,7 @@ class EventBuilder:
         fd = Fd(
             num=num, type="ipv4" if family == 2 else "ipv6", name="",
             l4proto=_L4.get(p["proto"], "<NA>"), cip=cip, cport=cport, sip=sip, sport=sport,
-            is_server=server, connected=kind in ("connect", "accept", "accept4") and ev.res >= 0
+            is_server=server, connected=(kind in ("connect", "accept", "accept4") and ev.res >= 0)
             or (kind == "connect" and ev.res == -errno.EINPROGRESS),
         )  # fmt: skip
         fd.name = f"{cip}:{cport}->{sip}:{sport}" if cip else f"{sip}:{sport}"
@@ -270,8 +268,9 @@ _EVT_GETTERS: dict[str, Callable[[RawEvent], Any]] = {
     "evt.failed": lambda e: e.res < 0,
     "evt.is_open_read": lambda e: e.type in _OPEN_TYPES and e.params["flags"] & 3 in (0, 2),
     "evt.is_open_write": lambda e: e.type in _OPEN_TYPES and e.params["flags"] & 3 in (1, 2),
-    "evt.is_open_exec": lambda e: e.type in _OPEN_TYPES and bool(e.params["flags"] & 0o100)
-    and bool(e.params["mode"] & 0o111),
+    "evt.is_open_exec": lambda e: (
+        e.type in _OPEN_TYPES and bool(e.params["flags"] & 0o100) and bool(e.params["mode"] & 0o111)
+    ),
     "evt.is_open_create": lambda e: e.type in _OPEN_TYPES and bool(e.params["flags"] & 0o100),
 }
 

@@ -128,9 +128,7 @@ class FileOutput(Output):
 class HttpOutput(Output):
     """POSTs batches as JSON lines (``application/x-ndjson``); retries with exponential backoff."""
 
-    def __init__(
-        self, url: str, *, retries: int = 5, backoff: float = 0.2, timeout: float = 10.0, **kw: Any
-    ) -> None:
+    def __init__(self, url: str, *, retries: int = 5, backoff: float = 0.2, timeout: float = 10.0, **kw: Any) -> None:
         super().__init__(**kw)
         self.url = url
         self.name = f"http:{url}"
@@ -190,7 +188,7 @@ class AuditOutput(Output):
         await super().start()
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
-        await asyncio.gather(*(self._log.append("alert", a) for a in batch))
+        await asyncio.gather(*(self._log.append("alert", _json_safe(a)) for a in batch))
 
     async def close(self) -> None:
         await super().close()
@@ -198,6 +196,21 @@ class AuditOutput(Output):
             with contextlib.suppress(Exception):
                 await self._log.close()
             self._log = None
+
+
+_SAFE_INT = 2**53 - 1
+
+
+def _json_safe(value: Any) -> Any:
+    """The alert with integers past 2^53 (``evt.time`` in ns) as strings: the audit log's
+    canonical JSON (RFC 8785) only represents integers a double holds exactly."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _SAFE_INT:
+        return str(value)
+    return value
 
 
 def parse_output(spec: str) -> Output:

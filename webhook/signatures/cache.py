@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -130,7 +130,7 @@ class VerdictCache(Generic[V]):
         self._inflight.clear()
 
 
-def _retrieve(future: asyncio.Future[object]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a failure as seen even when every waiter gave up (no 'never retrieved' noise)."""
     if not future.cancelled():
         future.exception()

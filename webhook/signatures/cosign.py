@@ -9,6 +9,7 @@ are verified here with ``cryptography`` (ECDSA P-256/P-384, Ed25519, RSA).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from cryptography import x509
@@ -89,7 +90,7 @@ def _layer_evidence(layer: dict[str, object], blob: bytes, source: str) -> list[
     ]
 
 
-def _keyless_material(annotations: dict[object, object], source: str) -> dict[str, object]:
+def _keyless_material(annotations: dict[object, object], source: str) -> dict[str, Any]:
     cert_pem = annotations.get(CERTIFICATE_ANNOTATION)
     if not isinstance(cert_pem, str) or not cert_pem:
         return {}
@@ -99,7 +100,7 @@ def _keyless_material(annotations: dict[object, object], source: str) -> dict[st
         chain = x509.load_pem_x509_certificates(chain_pem.encode()) if isinstance(chain_pem, str) and chain_pem else []
     except ValueError as exc:
         raise ev.EvidenceError(f"{source}: certificate annotation is not PEM: {exc}") from exc
-    material: dict[str, object] = {
+    material: dict[str, Any] = {
         "certificate": leaf.public_bytes(serialization.Encoding.DER),
         "chain": tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
     }

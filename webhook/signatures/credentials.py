@@ -82,6 +82,8 @@ class PullSecrets:
             data = await asyncio.wait_for(asyncio.to_thread(self._read, namespace, name, timeout), timeout)
         except TimeoutError as exc:
             raise errors.ApiServerError(f"reading imagePullSecret {namespace}/{name}: timed out") from exc
+        if len(self._cache) >= 1024:
+            self._cache.clear()
         self._cache[key] = (now + self._ttl, data)
         return data
 

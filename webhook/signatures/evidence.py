@@ -41,6 +41,7 @@ class Evidence:
     certificate: bytes | None = None  # DER leaf (keyless)
     chain: tuple[bytes, ...] = ()  # DER intermediates/root shipped alongside
     tlog: TlogEntry | None = None
+    bundle: bytes | None = None  # the whole sigstore bundle, for the library's verifier
     problems: tuple[str, ...] = field(default=())  # decode issues worth reporting if nothing verifies
 
 

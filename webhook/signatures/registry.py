@@ -7,7 +7,6 @@ HTTPS) is used only for registries configured as insecure. One session: connecti
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
@@ -30,6 +29,7 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 
+_MAX_TOKENS = 4096
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -235,6 +235,8 @@ class RegistryClient:
         challenge = resp.headers.get("WWW-Authenticate", "")
         resp.release()
         authorization, ttl = await self._authorize(registry, repository, challenge, creds, deadline)
+        if len(self._tokens) >= _MAX_TOKENS:
+            self._tokens.clear()  # a crude bound; tokens are cheap to fetch again
         self._tokens[key] = (authorization, time.monotonic() + ttl)
         headers["Authorization"] = authorization
         resp = await self._request(method, registry, path, headers, deadline)
@@ -253,7 +255,8 @@ class RegistryClient:
                 method, self._url(registry, path), headers=headers, timeout=timeout, allow_redirects=True
             )
         except TimeoutError as exc:
-            raise RegistryCallError(registry, f"{what}: no answer within {timeout.total * 1000:.0f} ms") from exc
+            waited = (timeout.total or 0.0) * 1000
+            raise RegistryCallError(registry, f"{what}: no answer within {waited:.0f} ms") from exc
         except aiohttp.ClientError as exc:
             raise RegistryCallError(registry, f"{what}: {type(exc).__name__}: {exc}") from exc
 
@@ -368,14 +371,3 @@ def _descriptors(body: bytes) -> list[dict[str, Any]]:
         return []
     manifests = data.get("manifests") if isinstance(data, dict) else None
     return [m for m in manifests or () if isinstance(m, dict) and isinstance(m.get("digest"), str)]
-
-
-async def gather_limited(*aws: Any) -> list[Any]:
-    """``asyncio.gather`` that cancels the rest when one fails (no orphaned registry calls)."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise

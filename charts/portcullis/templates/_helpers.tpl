@@ -72,12 +72,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s.%s.svc" (include "portcullis.fullname" .) .Release.Namespace }}
 {{- end }}
 
+{{/* Webhook configurations are cluster-scoped: the namespace in the name keeps two releases apart. */}}
 {{- define "portcullis.validatingName" -}}
-{{- printf "%s.%s.validate.portcullis.dev" (include "portcullis.fullname" .) .Release.Namespace }}
+{{- compact (list (include "portcullis.fullname" .) .Release.Namespace "validate.portcullis.dev") | join "." }}
 {{- end }}
 
 {{- define "portcullis.mutatingName" -}}
-{{- printf "%s.%s.mutate.portcullis.dev" (include "portcullis.fullname" .) .Release.Namespace }}
+{{- compact (list (include "portcullis.fullname" .) .Release.Namespace "mutate.portcullis.dev") | join "." }}
 {{- end }}
 
 {{- define "portcullis.configMapName" -}}
@@ -224,4 +225,41 @@ spec:
       emptyDir:
         medium: Memory
         sizeLimit: 1Mi
+{{- end }}
+
+{{/* What both webhooks are sent: pods, their ephemeral containers, every workload kind with a pod template. */}}
+{{- define "portcullis.webhookRules" -}}
+- apiGroups: [""]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
+  scope: Namespaced
+- apiGroups: ["apps"]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
+  scope: Namespaced
+- apiGroups: ["batch"]
+  apiVersions: ["v1"]
+  operations: ["CREATE", "UPDATE"]
+  resources: ["jobs", "cronjobs"]
+  scope: Namespaced
+{{- end }}
+
+{{/* Who is never sent to the webhooks: see webhooks.yaml. */}}
+{{- define "portcullis.webhookSelectors" -}}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: {{ include "portcullis.excludedNamespaces" . }}
+    {{- with .Values.webhook.namespaceSelectorExpressions }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+matchConditions:
+  - name: exclude-system-namespaces
+    expression: {{ printf "!(request.namespace in %s)" (include "portcullis.excludedNamespaces" . | fromJsonArray | toJson) | quote }}
+  {{- with .Values.webhook.extraMatchConditions }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}

@@ -9,8 +9,11 @@ versions apart by function identity.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from webhook.admission.decision import Violation
-from webhook.checks.pss.view import CheckFn, PodView, Stamp, finding, items, mapping
+from webhook.checks.pss.view import CheckFn, ContainerView, PodView, Stamp, finding, items, mapping
 
 NONE: list[Violation] = []  # shared "allowed" answer; callers never mutate it
 
@@ -118,8 +121,11 @@ def host_ports(pod: PodView, stamp: Stamp) -> list[Violation]:
     """ports[*].hostPort must be unset or 0 (v1.0+)."""
     out = NONE
     for c in pod.containers:
-        for index, port in enumerate(items(c.container.get("ports"))):
-            host_port = mapping(port).get("hostPort")
+        ports = c.container.get("ports")
+        if not ports or not isinstance(ports, list):
+            continue
+        for index, port in enumerate(ports):
+            host_port = port.get("hostPort") if (type(port) is dict or isinstance(port, Mapping)) else None
             if host_port:
                 out = out or []
                 out.append(
@@ -324,7 +330,8 @@ def windows_host_process(pod: PodView, stamp: Stamp) -> list[Violation]:
     """windowsOptions.hostProcess must be unset or false (v1.0+)."""
     out = NONE
     for where, sc, container in pod.contexts:
-        if mapping(sc.get("windowsOptions")).get("hostProcess") is True:
+        options = sc.get("windowsOptions")
+        if options and mapping(options).get("hostProcess") is True:
             out = out or []
             out.append(
                 finding(
@@ -341,33 +348,52 @@ def windows_host_process(pod: PodView, stamp: Stamp) -> list[Violation]:
 
 _PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
 _HANDLERS = ("postStart", "preStop")
+_ACTIONS = ("httpGet", "tcpSocket")
 
 
 def host_probes_and_lifecycle(pod: PodView, stamp: Stamp) -> list[Violation]:
     """Probes and lifecycle handlers must not set httpGet.host or tcpSocket.host (v1.34+)."""
     out = NONE
     for c in pod.containers:
-        handlers = [(f"{c.path}.{p}", c.container.get(p)) for p in _PROBES]
-        lifecycle = mapping(c.container.get("lifecycle"))
-        handlers += [(f"{c.path}.lifecycle.{h}", lifecycle.get(h)) for h in _HANDLERS]
-        for where, handler in handlers:
-            if handler is None:
-                continue
-            handler = mapping(handler)
-            for action in ("httpGet", "tcpSocket"):
-                host = mapping(handler.get(action)).get("host")
-                if host:
-                    out = out or []
-                    out.append(
-                        finding(
-                            stamp,
-                            "pss:hostProbesAndHostLifecycle",
-                            f"{action} targets host {_quote([host])}; remove the host field so the "
-                            "kubelet targets the pod's own IP",
-                            f"{where}.{action}.host",
-                            c.name,
-                        )
-                    )
+        container = c.container
+        for where in _PROBES:
+            handler = container.get(where)
+            if handler and _sets_host(handler):
+                out = _handler_hosts(stamp, c, where, handler, out)
+        lifecycle = container.get("lifecycle")
+        if lifecycle and (type(lifecycle) is dict or isinstance(lifecycle, Mapping)):
+            for hook in _HANDLERS:
+                handler = lifecycle.get(hook)
+                if handler and _sets_host(handler):
+                    out = _handler_hosts(stamp, c, f"lifecycle.{hook}", handler, out)
+    return out
+
+
+def _sets_host(handler: Any) -> bool:
+    if not (type(handler) is dict or isinstance(handler, Mapping)):
+        return False
+    for action in _ACTIONS:
+        target = handler.get(action)
+        if target and (type(target) is dict or isinstance(target, Mapping)) and target.get("host"):
+            return True
+    return False
+
+
+def _handler_hosts(stamp: Stamp, c: ContainerView, where: str, handler: Any, out: list[Violation]) -> list[Violation]:
+    for action in _ACTIONS:
+        host = mapping(handler.get(action)).get("host")
+        if host:
+            out = out or []
+            out.append(
+                finding(
+                    stamp,
+                    "pss:hostProbesAndHostLifecycle",
+                    f"{action} targets host {_quote([host])}; remove the host field so the "
+                    "kubelet targets the pod's own IP",
+                    f"{c.path}.{where}.{action}.host",
+                    c.name,
+                )
+            )
     return out
 
 

@@ -8,9 +8,11 @@ recur: from v1.25 pods with ``spec.os.name: windows`` are exempt from the Linux-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from webhook.admission.decision import Violation
 from webhook.checks.pss.baseline import NONE, SECCOMP_TYPES
-from webhook.checks.pss.view import CheckFn, PodView, Stamp, finding, items, mapping
+from webhook.checks.pss.view import EMPTY, CheckFn, PodView, Stamp, finding, items, mapping
 
 
 def allow_privilege_escalation(*, exempt_windows: bool) -> CheckFn:
@@ -45,20 +47,23 @@ def capabilities_restricted(*, exempt_windows: bool) -> CheckFn:
             return NONE
         out = NONE
         for c in pod.containers:
-            caps = mapping(c.sc.get("capabilities"))
-            path = f"{c.path}.securityContext.capabilities"
-            if "ALL" not in items(caps.get("drop")):
+            caps = c.sc.get("capabilities")
+            if not (type(caps) is dict or isinstance(caps, Mapping)):
+                caps = EMPTY
+            drop = caps.get("drop")
+            if not (isinstance(drop, list) and "ALL" in drop):
                 out = out or []
                 out.append(
                     finding(
                         stamp,
                         "pss:capabilities_restricted",
                         'does not drop all capabilities; set securityContext.capabilities.drop to ["ALL"]',
-                        f"{path}.drop",
+                        f"{c.path}.securityContext.capabilities.drop",
                         c.name,
                     )
                 )
-            bad = [cap for cap in items(caps.get("add")) if cap != "NET_BIND_SERVICE"]
+            added = caps.get("add")
+            bad = [cap for cap in added if cap != "NET_BIND_SERVICE"] if added and isinstance(added, list) else None
             if bad:
                 out = out or []
                 listed = ", ".join(f'"{cap}"' for cap in bad)
@@ -68,7 +73,7 @@ def capabilities_restricted(*, exempt_windows: bool) -> CheckFn:
                         "pss:capabilities_restricted",
                         f"adds capabilities {listed}; only NET_BIND_SERVICE may be added, remove the others "
                         "from securityContext.capabilities.add",
-                        f"{path}.add",
+                        f"{c.path}.securityContext.capabilities.add",
                         c.name,
                     )
                 )
@@ -78,16 +83,18 @@ def capabilities_restricted(*, exempt_windows: bool) -> CheckFn:
 
 
 # Inline volume sources the restricted profile allows (every other one is judged forbidden).
-_ALLOWED_VOLUMES = (
-    "configMap",
-    "csi",
-    "downwardAPI",
-    "emptyDir",
-    "ephemeral",
-    "image",
-    "persistentVolumeClaim",
-    "projected",
-    "secret",
+_ALLOWED_VOLUMES = frozenset(
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "image",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
 )
 # Every other inline source of the core API, in PSA's order.
 _FORBIDDEN_VOLUMES = (
@@ -121,7 +128,7 @@ def restricted_volumes(pod: PodView, stamp: Stamp) -> list[Violation]:
     out = NONE
     for index, volume in enumerate(items(pod.spec.get("volumes"))):
         volume = mapping(volume)
-        if any(volume.get(kind) is not None for kind in _ALLOWED_VOLUMES):
+        if any(volume[key] is not None for key in volume if key in _ALLOWED_VOLUMES):
             continue
         kind = next((k for k in _FORBIDDEN_VOLUMES if volume.get(k) is not None), None)
         if kind is None:

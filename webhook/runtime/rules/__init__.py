@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook.runtime.rules import loader, resolve
-from webhook.runtime.rules.resolve import Rule, RuleSet, RulesError
+from webhook.runtime.rules.resolve import Rule, RulesError, RuleSet
 
 __all__ = ["Rule", "RuleSet", "RulesError", "condition", "load"]
 

@@ -50,7 +50,10 @@ def _table(kind: FieldType, arg: Arg, names: str) -> dict[str, FieldInfo]:
 
 S, N, B, IP, NET, L = FieldType.STR, FieldType.NUM, FieldType.BOOL, FieldType.IP, FieldType.NET, FieldType.LIST
 _CATALOG: dict[str, FieldInfo] = {
-    **_table(S, Arg.NONE, """
+    **_table(
+        S,
+        Arg.NONE,
+        """
         evt.type evt.dir evt.res evt.args evt.buffer evt.info evt.source evt.hostname evt.category
         evt.datetime evt.datetime.s evt.time.s evt.time.iso8601 evt.reltime evt.plugininfo
         evt.pluginname evt.asynctype evt.abspath evt.abspath.src evt.abspath.dst evt.deltatime
@@ -66,15 +69,23 @@ _CATALOG: dict[str, FieldInfo] = {
         container.mounts container.healthcheck container.liveness_probe container.readiness_probe
         container.ip container.cni.json container.labels
         fs.path.name fs.path.nameraw fs.path.source fs.path.target fs.path.sourceraw fs.path.targetraw
-    """),
+    """,
+    ),
     **_table(S, Arg.OPTIONAL, "evt.arg evt.rawarg proc.env evt.around"),
-    **_table(S, Arg.REQUIRED, """
+    **_table(
+        S,
+        Arg.REQUIRED,
+        """
         container.mount container.mount.source container.mount.dest container.mount.mode
         container.mount.propagation container.label thread.cgroup
-    """),
+    """,
+    ),
     **_table(S, Arg.INDEX, "proc.aname proc.aexe proc.aexepath proc.acmdline"),
     **_table(N, Arg.INDEX, "proc.apid"),
-    **_table(N, Arg.NONE, """
+    **_table(
+        N,
+        Arg.NONE,
+        """
         evt.num evt.time evt.rawtime evt.rawres evt.cpu evt.latency evt.latency.s evt.latency.ns
         evt.count evt.count.error evt.buflen evt.deltatime.s evt.deltatime.ns
         proc.pid proc.ppid proc.vpid proc.pvpid proc.sid proc.vpgid proc.tty proc.loginshellid
@@ -85,8 +96,12 @@ _CATALOG: dict[str, FieldInfo] = {
         thread.tid thread.vtid thread.exectime thread.totexectime thread.vmsize thread.vmrss
         fd.num fd.cport fd.sport fd.lport fd.rport fd.port fd.uid fd.dev fd.dev.major fd.dev.minor
         fd.ino user.uid user.loginuid group.gid container.start_ts container.duration
-    """),
-    **_table(B, Arg.NONE, """
+    """,
+    ),
+    **_table(
+        B,
+        Arg.NONE,
+        """
         evt.failed evt.is_io evt.is_io_read evt.is_io_write evt.is_wait evt.is_syslog evt.is_async
         evt.is_open_read evt.is_open_write evt.is_open_exec evt.is_open_create
         proc.is_exe_writable proc.is_exe_upper_layer proc.is_exe_lower_layer proc.is_exe_from_memfd
@@ -94,7 +109,8 @@ _CATALOG: dict[str, FieldInfo] = {
         proc.is_container_liveness_probe proc.is_container_readiness_probe thread.ismain
         fd.is_server fd.connected fd.name_changed container.privileged container.host_pid
         container.host_network container.host_ipc
-    """),
+    """,
+    ),
     **_table(IP, Arg.NONE, "fd.ip fd.cip fd.sip fd.lip fd.rip"),
     **_table(NET, Arg.NONE, "fd.net fd.cnet fd.snet fd.lnet fd.rnet"),
     **_table(S, Arg.NONE, "thread.cap_permitted thread.cap_effective thread.cap_inheritable"),
@@ -108,8 +124,13 @@ _PREFIXES: tuple[tuple[str, FieldInfo], ...] = (
 )
 # Filter-only fields computed from other fields (no key of their own in the event).
 DERIVED = frozenset(("fd.ip", "fd.port", "fd.net", "fd.cnet", "fd.snet", "fd.lnet", "fd.rnet"))
-ANCESTOR_FIELDS = {"proc.aname": "proc.name", "proc.aexe": "proc.exe", "proc.aexepath": "proc.exepath",
-                   "proc.acmdline": "proc.cmdline", "proc.apid": "proc.pid"}  # fmt: skip
+ANCESTOR_FIELDS = {
+    "proc.aname": "proc.name",
+    "proc.aexe": "proc.exe",
+    "proc.aexepath": "proc.exepath",
+    "proc.acmdline": "proc.cmdline",
+    "proc.apid": "proc.pid",
+}
 MAX_ANCESTORS = 64
 
 
@@ -158,7 +179,7 @@ def parse_net(text: str) -> IPNetwork:
     return ipaddress.ip_network(text, strict=False)
 
 
-_ZERO = {"ipv4": (ipaddress.IPv4Address(0),), "ipv6": (ipaddress.IPv6Address(0),)}
+_ZERO: dict[str, tuple[IPAddress, ...]] = {"ipv4": (ipaddress.IPv4Address(0),), "ipv6": (ipaddress.IPv6Address(0),)}
 _SOCKET_TYPES = frozenset(("ipv4", "ipv6"))
 
 
@@ -247,7 +268,7 @@ def _coerce(value: Any, kind: FieldType | None) -> Any:
         if isinstance(value, bool):
             return "true" if value else "false"
         return value if isinstance(value, str) else str(value)
-    if kind is FieldType.NUM and not isinstance(value, int | float) or isinstance(value, bool):
+    if (kind is FieldType.NUM and not isinstance(value, int | float)) or isinstance(value, bool):
         try:
             return int(str(value), 0)
         except ValueError:

@@ -33,17 +33,42 @@ PRIORITIES = {
     "debug": "Debug",
 }
 _RULE_KEYS = frozenset(
-    ("rule", "condition", "desc", "output", "priority", "enabled", "tags", "source", "exceptions",
-     "override", "append", "warn_evttypes", "skip-if-unknown-filter", "capture", "capture_duration")
-)  # fmt: skip
-_APPENDABLE = {"rule": {"condition", "output", "desc", "tags", "exceptions"}, "macro": {"condition"},
-               "list": {"items"}}  # fmt: skip
+    (
+        "rule",
+        "condition",
+        "desc",
+        "output",
+        "priority",
+        "enabled",
+        "tags",
+        "source",
+        "exceptions",
+        "override",
+        "append",
+        "warn_evttypes",
+        "skip-if-unknown-filter",
+        "capture",
+        "capture_duration",
+    )
+)
+_APPENDABLE = {"rule": {"condition", "output", "desc", "tags", "exceptions"}, "macro": {"condition"}, "list": {"items"}}
 _REPLACEABLE = {
-    "rule": {"condition", "output", "desc", "priority", "tags", "exceptions", "enabled", "warn_evttypes",
-             "skip-if-unknown-filter", "capture", "capture_duration"},
+    "rule": {
+        "condition",
+        "output",
+        "desc",
+        "priority",
+        "tags",
+        "exceptions",
+        "enabled",
+        "warn_evttypes",
+        "skip-if-unknown-filter",
+        "capture",
+        "capture_duration",
+    },
     "macro": {"condition"},
     "list": {"items"},
-}  # fmt: skip
+}
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
@@ -155,7 +180,7 @@ class _ItemError(Exception):
         self.diag = diag
 
 
-class _Constructor(yaml.constructor.SafeConstructor):
+class _Constructor(yaml.constructor.SafeConstructor):  # type: ignore[misc]
     """PyYAML resolves a bare ``=`` to the ``value`` tag; Falco (yaml-cpp) reads it as a string."""
 
 
@@ -281,8 +306,7 @@ class _FileReader:
                 raise self.fail(keys["required_plugin_versions"], "each required plugin needs 'name' and 'version'")
             choices = [req, *(req.get("alternatives") or [])]
             ok = any(
-                c.get("name") in BUILTIN_PLUGINS
-                and (_version(c.get("version")) or (0,)) <= BUILTIN_PLUGINS[c["name"]]
+                c.get("name") in BUILTIN_PLUGINS and (_version(c.get("version")) or (0,)) <= BUILTIN_PLUGINS[c["name"]]
                 for c in choices
                 if isinstance(c, dict)
             )

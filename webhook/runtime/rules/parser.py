@@ -54,9 +54,9 @@ _RE_FIELD = re.compile(r"[a-zA-Z]+[a-zA-Z0-9_]*(?:\.[a-zA-Z0-9_]+)+")
 _RE_FIELD_ARG = re.compile(r"[^ \t\b\r\n\[\]\"']+")
 _RE_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|[+\-]?[0-9]+\.?[0-9]*(?:[eE][+\-][0-9]+)?")
 _RE_BARE = re.compile(r"[^ \t\b\r\n(),=\"']+")
-_RE_WORD_OP = re.compile(r"(%s)(?=[ \t\b\r\n])" % "|".join(sorted(WORD_OPS, key=len, reverse=True)))
+_RE_WORD_OP = re.compile("(" + "|".join(sorted(WORD_OPS, key=len, reverse=True)) + r")(?=[ \t\b\r\n])")
 _RE_LIST_OP = re.compile(r"(intersects|in|pmatch)(?=[ \t\b\r\n(])")
-_RE_TRANSFORMER = re.compile(r"(%s)\(" % "|".join(TRANSFORMERS))
+_RE_TRANSFORMER = re.compile("(" + "|".join(TRANSFORMERS) + r")\(")
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", " ": "\\", "\\": "\\", "/": "/"}
 
 
@@ -315,12 +315,12 @@ class _Parser:
         for op in EQ_OPS:
             if self.lit(op):
                 return Check(field, "=" if op == "==" else op, self.str_or_field(), start)
-        op = self.rgx(_RE_WORD_OP)
-        if op:
-            return Check(field, op, self.str_or_field(), start)
-        op = self.rgx(_RE_LIST_OP)
-        if op:
-            return Check(field, op, self.list_value(), start)
+        word = self.rgx(_RE_WORD_OP)
+        if word:
+            return Check(field, word, self.str_or_field(), start)
+        listop = self.rgx(_RE_LIST_OP)
+        if listop:
+            return Check(field, listop, self.list_value(), start)
         ops = ", ".join(f"'{o}'" for o in sorted(OPERATORS))
         raise self.fail(f"expected a valid check operator: one of {ops}")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook import errors
-from webhook.runtime.rules import compiler, output, parser
+from webhook.runtime.rules import checks, compiler, evttypes, output, parser
 from webhook.runtime.rules.loader import Collection, Diagnostic, ExceptionDef, Loc, RuleDef, Text
 from webhook.runtime.rules.parser import And, Check, Expr, FieldRef, ListRef, MacroRef, Not, Or
 
@@ -39,7 +39,7 @@ class Rule:
 
     name: str
     condition: Expr
-    event_types: compiler.TypeSet
+    event_types: evttypes.TypeSet
     output: output.OutputFormat
     priority: str
     tags: tuple[str, ...]
@@ -233,8 +233,13 @@ class _Resolver:
     # -- rules ---------------------------------------------------------------------------
     def rule(self, rd: RuleDef) -> Rule | None:
         if rd.source not in SOURCES:
-            self.warnings.append(Diagnostic(rd.loc, f"rule '{rd.name}' skipped: unknown source '{rd.source}' "
-                                            f"(this engine evaluates: {', '.join(sorted(SOURCES))})"))  # fmt: skip
+            self.warnings.append(
+                Diagnostic(
+                    rd.loc,
+                    f"rule '{rd.name}' skipped: unknown source '{rd.source}' "
+                    f"(this engine evaluates: {', '.join(sorted(SOURCES))})",
+                )
+            )
             return None
         tree = self.parse(rd.condition, f"rule '{rd.name}'")
         excs = [e for e in (self.exception(ex, rd.name) for ex in rd.exceptions) if e is not None]
@@ -246,18 +251,27 @@ class _Resolver:
             self.validate(resolved)
             problem = fmt.invalid_field()
             if problem:
-                raise _Problem(f"rule '{rd.name}': output: {problem}", Text(rd.output, [(0, rd.loc)]), 0,
-                               unknown_field=problem.startswith("unknown field"))  # fmt: skip
+                raise _Problem(
+                    f"rule '{rd.name}': output: {problem}",
+                    Text(rd.output, [(0, rd.loc)]),
+                    0,
+                    unknown_field=problem.startswith("unknown field"),
+                )
         except _Problem as p:
             if p.unknown_field and rd.skip_if_unknown_filter:
                 self.warnings.append(Diagnostic(rd.loc, f"rule '{rd.name}' skipped: {p.message}"))
                 return None
             raise
-        types = compiler.event_types(resolved)
+        types = evttypes.event_types(resolved)
         if types.neg and rd.warn_evttypes and rd.enabled:
-            self.warnings.append(Diagnostic(rd.loc, f"rule '{rd.name}' matches too many evt.type values "
-                                            "(no event-type restriction): it runs on every event, which "
-                                            "costs performance; add an evt.type check"))  # fmt: skip
+            self.warnings.append(
+                Diagnostic(
+                    rd.loc,
+                    f"rule '{rd.name}' matches too many evt.type values "
+                    "(no event-type restriction): it runs on every event, which "
+                    "costs performance; add an evt.type check",
+                )
+            )
         return Rule(
             name=rd.name,
             condition=resolved,
@@ -275,15 +289,20 @@ class _Resolver:
     def validate(self, node: Expr) -> None:
         if isinstance(node, Check):
             try:
-                compiler.validate(node)
-            except compiler.CompileError as exc:
+                checks.validate(node)
+            except checks.CompileError as exc:
                 text, pos = self.origin.get(id(node), (Text(str(node), [(0, Loc("?", 0))]), 0))
                 raise _Problem(exc.message, text, pos, unknown_field=exc.unknown_field) from exc
             if node.value == "<NA>" or (isinstance(node.value, tuple) and "<NA>" in node.value):
-                text, _ = self.origin.get(id(node), (None, 0))
-                if text is not None:
-                    self.warnings.append(Diagnostic(text.loc_at(node.pos), f"unsafe <NA> comparison in "
-                                                    f"condition: '{node.field}' compared with \"<NA>\""))  # fmt: skip
+                origin = self.origin.get(id(node))
+                if origin is not None:
+                    text = origin[0]
+                    self.warnings.append(
+                        Diagnostic(
+                            text.loc_at(node.pos),
+                            f"unsafe <NA> comparison in condition: '{node.field}' compared with \"<NA>\"",
+                        )
+                    )
         elif isinstance(node, Not):
             self.validate(node.child)
         elif isinstance(node, And | Or):
@@ -312,8 +331,7 @@ class _Resolver:
                 self.warnings.append(Diagnostic(md.loc, f"macro '{name}' is not referred to by any rule or macro"))
         for name, ld in self.col.lists.items():
             if not ld.used:
-                self.warnings.append(Diagnostic(ld.loc, f"list '{name}' is not referred to by any rule, macro "
-                                                "or list"))  # fmt: skip
+                self.warnings.append(Diagnostic(ld.loc, f"list '{name}' is not referred to by any rule, macro or list"))
         warnings = list(dict.fromkeys(self.warnings))  # a macro shared by many rules warns once
         if self.errors:
             raise RulesError(self.errors, warnings)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PROBES", "Program", "Probe", "generate", "tracepoint_exists"]
+__all__ = ["PROBES", "Probe", "Program", "generate", "tracepoint_exists"]
 
 STRLEN = 200
 _COMMON_FMT = "%llu\\t%d\\t%d\\t%d\\t%s\\t%d"
@@ -158,6 +158,13 @@ PROCESS_TYPES = frozenset(("execve", "execveat", "procexit", "clone", "clone3", 
 SUPPORTED_TYPES = frozenset(p.evt for p in PROBES) | PROCESS_TYPES
 
 
+_EXIT_PROBE = (
+    "tracepoint:sched:sched_process_exit /pid == tid/ {\n"
+    '  printf("procexit\\t%llu\\t%d\\t%d\\t%d\\t%s\\t0\\t%d\\n",'
+    " nsecs, pid, tid, uid, comm, curtask->exit_code >> 8);\n}"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Program:
     """A generated program, the event types it traces and those it cannot (with the reason)."""
@@ -185,11 +192,10 @@ def generate(
     wanted = SUPPORTED_TYPES if event_types is None else frozenset(event_types)
     missing = {t: "not traced by the eBPF source" for t in sorted(wanted - SUPPORTED_TYPES)}
     parts = [
-        "BEGIN { printf(\"READY\\t%llu\\n\", nsecs); }",
+        'BEGIN { printf("READY\\t%llu\\n", nsecs); }',
         _exec_probe(self_pid),
         _fork_probe(self_pid, emit_clone=bool(wanted & {"clone", "clone3", "fork", "vfork"})),
-        "tracepoint:sched:sched_process_exit /pid == tid/ {\n  printf(\"procexit\\t%llu\\t%d\\t%d\\t%d\\t%s\\t%d\\n\","
-        " nsecs, pid, tid, uid, comm, curtask->exit_code >> 8);\n}",
+        _EXIT_PROBE,
     ]
     traced = set(PROCESS_TYPES & wanted)
     for probe_id, probe in enumerate(PROBES, start=1):
@@ -231,9 +237,7 @@ def _fork_probe(self_pid: int, *, emit_clone: bool) -> str:
 
 def _syscall_probe(probe: Probe, probe_id: int, self_pid: int) -> str:
     saves = "".join(f" @a{i}[tid] = (uint64){expr};" for i, expr in enumerate(probe.save))
-    enter = (
-        f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ @in[tid] = {probe_id};{saves} }}"
-    )
+    enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ @in[tid] = {probe_id};{saves} }}"
     loads = "".join(f" $a{i} = @a{i}[tid];" for i in range(len(probe.save)))
     deletes = " ".join(["delete(@in[tid]);", *(f"delete(@a{i}[tid]);" for i in range(len(probe.save)))])
     if probe.body is not None:
@@ -244,4 +248,5 @@ def _syscall_probe(probe: Probe, probe_id: int, self_pid: int) -> str:
         sep = "\\t" if probe.fmt else ""
         body = f'{strings}printf("{probe.evt}\\t{_COMMON_FMT}{sep}{probe.fmt}\\n", {_COMMON_ARGS}, {exprs});'
         body = body.replace(", );", ");")
-    return f"{enter}\ntracepoint:syscalls:sys_exit_{probe.syscall} /@in[tid] == {probe_id}/ {{\n {loads}\n  {body}\n  {deletes}\n}}"
+    exit_probe = f"tracepoint:syscalls:sys_exit_{probe.syscall} /@in[tid] == {probe_id}/"
+    return f"{enter}\n{exit_probe} {{\n {loads}\n  {body}\n  {deletes}\n}}"

@@ -114,7 +114,8 @@ class LineDecoder:
             params.update(zip(names, strings or (), strict=False))
         if kind == "execve":
             params["argv"] = self._argv.pop(tid, None) or [params["filename"]]
-        return RawEvent(kind, int(parts[1]) + self.offset, pid, int(tid), int(parts[4]), parts[5], int(parts[6]), params)
+        ts = int(parts[1]) + self.offset
+        return RawEvent(kind, ts, pid, int(tid), int(parts[4]), parts[5], int(parts[6]), params)
 
 
 def _argv(escaped: str) -> list[str]:
@@ -195,7 +196,8 @@ class EbpfSource:
         """Decoded events, one list per read from bpftrace's stdout (≤ chunk_size bytes)."""
         if self._proc is None:
             await self.start()
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
+        assert self._proc.stdout is not None
         stdout, decode, rest = self._proc.stdout, self.decoder.decode, ""
         while True:
             chunk = await stdout.read(self._chunk)

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-
 from webhook.runtime.sources import jsonl
 
 __all__ = ["TetragonSource", "to_fields"]
@@ -92,7 +91,8 @@ def _kprobe(out: dict[str, Any], k: dict[str, Any]) -> None:
                         "fd.l4proto": _L4.get(s.get("protocol", ""), "<NA>"),
                         "fd.cip": s.get("saddr"), "fd.cport": s.get("sport"), "fd.sip": s.get("daddr"),
                         "fd.sport": s.get("dport"),
-                        "fd.name": f"{s.get('saddr')}:{s.get('sport')}->{s.get('daddr')}:{s.get('dport')}"})  # fmt: skip
+                        "fd.name": f"{s.get('saddr')}:{s.get('sport')}->{s.get('daddr')}:{s.get('dport')}",
+                        })  # fmt: skip
         elif "string_arg" in arg and "evt.arg.name" not in out:
             out["evt.arg.name"] = arg["string_arg"]
 
@@ -151,5 +151,3 @@ class TetragonSource:
 
     async def close(self) -> None:
         return None
-
-

@@ -1,0 +1,154 @@
+"""Benchmark of the runtime monitor (run as root: python bench/bench_monitor.py [--seconds 5]).
+
+1. eBPF pipeline: bpftrace → decoder → process table → engine (the project's rules) → sink, under
+   our own load generator (a child process looping open/close at a set rate, or flat out).
+   Prints events/s through the pipeline, drop ratio (queue) and kernel losses, and CPU seconds
+   per second used by the monitor (Python + bpftrace) per 10k events/s. Baseline: the generator's
+   own open rate with no monitor, measured first in the same run.
+2. jsonl source: events/s through the whole pipeline vs plain orjson decoding of the same lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from webhook.runtime import monitor, outputs  # noqa: E402
+from webhook.runtime.engine import Engine  # noqa: E402
+from webhook.runtime.sources import ebpf, jsonl  # noqa: E402
+
+RULES = ROOT / "rules" / "portcullis_rules.yaml"
+FALCO = ROOT / ".." / "shared" / "conformance" / "falco"
+
+LOADGEN = """
+import os, sys, time
+rate, seconds = float(sys.argv[1]), float(sys.argv[2])
+end = time.monotonic() + seconds
+n = 0
+start = time.monotonic()
+while True:
+    now = time.monotonic()
+    if now >= end:
+        break
+    if rate > 0 and n >= (now - start) * rate:
+        time.sleep(0.001)
+        continue
+    for _ in range(50):
+        os.close(os.open("/etc/hostname", os.O_RDONLY))
+    n += 50
+print(n / (time.monotonic() - start))
+"""
+
+
+class Null(outputs.Output):
+    name = "null"
+
+    async def _write(self, batch: list[dict[str, Any]]) -> None:
+        return None
+
+
+def cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loadgen(rate: float, seconds: float) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", LOADGEN, str(rate), str(seconds)], stdout=subprocess.PIPE, text=True)
+
+
+async def ebpf_run(rate: float, seconds: float) -> dict[str, Any]:
+    engine = Engine.load([RULES])
+    source = ebpf.EbpfSource({"openat"})
+    mon = monitor.Monitor(source, engine, [Null()])
+    stop = asyncio.Event()
+    task = asyncio.create_task(mon.run(stop=stop))
+    await mon.ready.wait()
+    assert source._proc is not None
+    bt_pid = source._proc.pid
+    self0, bt0 = resource.getrusage(resource.RUSAGE_SELF), cpu_of(bt_pid)
+    ev0, t0 = mon.metrics.events + mon.metrics.drops, time.monotonic()
+    proc = loadgen(rate, seconds)
+    offered = float((await asyncio.to_thread(proc.communicate))[0])
+    await asyncio.sleep(0.5)  # let the pipeline drain what was read
+    wall = time.monotonic() - t0
+    self1, bt1 = resource.getrusage(resource.RUSAGE_SELF), cpu_of(bt_pid)
+    snap = mon.snapshot()
+    stop.set()
+    await task
+    seen = snap["events"] + snap["drops"] - ev0
+    py_cpu = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
+    evps = snap["events"] / max(snap["elapsed_s"], 1e-9)
+    return {
+        "offered_opens_per_s": offered,
+        "events_per_s": seen / wall,
+        "processed": snap["events"],
+        "drops": snap["drops"],
+        "kernel_lost": snap["source"]["kernel_lost"],
+        "drop_ratio": (snap["drops"] + snap["source"]["kernel_lost"]) / max(seen + snap["source"]["kernel_lost"], 1),
+        "cpu_python_per_s": py_cpu / wall,
+        "cpu_bpftrace_per_s": (bt1 - bt0) / wall,
+        "cpu_per_10k_evps": (py_cpu + bt1 - bt0) / wall / max(evps / 10_000, 1e-9),
+    }
+
+
+async def jsonl_run(lines: list[bytes]) -> tuple[float, float]:
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
+        f.write(b"".join(lines))
+    try:
+        t = time.perf_counter()
+        for line in lines:
+            orjson.loads(line)
+        plain = len(lines) / (time.perf_counter() - t)
+        rules = [FALCO / "rules" / n for n in ("falco_rules.yaml", "falco-incubating_rules.yaml")]
+        engine = Engine.load(rules)
+        t = time.perf_counter()
+        snap = await monitor.Monitor(jsonl.JsonlSource(f.name), engine, [Null()]).run()
+        piped = snap["events"] / (time.perf_counter() - t)
+        return plain, piped
+    finally:
+        os.unlink(f.name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rates", default="5000,20000,0", help="offered opens/s; 0 = flat out")
+    args = ap.parse_args()
+
+    print("== baseline: load generator alone (no monitor)")
+    base = float(loadgen(0, args.seconds).communicate()[0])
+    print(f"  opens/s flat out: {base:,.0f}")
+    if os.geteuid() == 0:
+        for rate in (float(r) for r in args.rates.split(",")):
+            r = asyncio.run(ebpf_run(rate, args.seconds))
+            label = f"{rate:,.0f}/s" if rate else "flat out"
+            print(f"== eBPF pipeline, load {label}")
+            for k, v in r.items():
+                print(f"  {k}: {v:,.3f}" if isinstance(v, float) else f"  {k}: {v}")
+            print(f"  generator rate under monitoring / baseline: {r['offered_opens_per_s'] / base:.2f}")
+    else:
+        print("(not root: eBPF part skipped)")
+
+    lines = [ln for p in sorted((FALCO / "events").glob("*.jsonl")) for ln in p.read_bytes().splitlines(True)]
+    lines = (lines * (60_000 // max(len(lines), 1) + 1))[:60_000]
+    plain, piped = asyncio.run(jsonl_run(lines))
+    print("== jsonl source, Falco rules (default + incubating), 60k conformance events")
+    print(f"  orjson decode only: {plain:,.0f} lines/s")
+    print(f"  whole pipeline:     {piped:,.0f} events/s  (ratio to decode: {piped / plain:.3f})")
+
+
+if __name__ == "__main__":
+    main()

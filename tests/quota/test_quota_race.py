@@ -1,0 +1,129 @@
+"""Concurrent admissions racing for the last GPUs: none overshoots, with one replica (local
+reservations) and with two replicas (two ledgers, two watches) whose reservations go through
+the local API server (``kubeapi.py``: ConfigMaps with resourceVersion compare-and-swap, 409)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from webhook.admission.deadline import Deadline
+from webhook.admission.pipeline import Pipeline, Subject
+from webhook.checks import gpu
+from webhook.checks.services import Services
+from webhook.config import parse
+from webhook.kube import client as kube_client
+from webhook.quota import coordination
+
+LIMIT = 4
+
+
+@pytest.fixture
+async def replicas(kube_config: Any) -> AsyncIterator[Callable[..., Any]]:
+    """``await replicas(n, coordination)`` → n pipelines, each with its own API client and ledger."""
+    made: list[tuple[Pipeline, Any]] = []
+
+    async def make(n: int, mode: str) -> list[Pipeline]:
+        config = parse(
+            {
+                "quota": {
+                    "quotas": [{"name": "pool", "limit": LIMIT}],
+                    "coordination": mode,
+                    "coordination_namespace": "pc",
+                }
+            }
+        )
+        out = []
+        for _ in range(n):
+            api = kube_client.build(kube_config)
+            check = gpu.build(config, Services(kube_api=api), kubernetes=kube_config)
+            assert check is not None
+            pipeline = Pipeline(config, [check])
+            await pipeline.start()
+            assert await check.watch.wait_ready(10)
+            made.append((pipeline, api))
+            out.append(pipeline)
+        return out
+
+    yield make
+    for pipeline, api in made:
+        await pipeline.close()
+        await asyncio.to_thread(api.close)
+
+
+async def _race(pipelines: list[Pipeline], make_pod: Any, count: int) -> list[bool]:
+    async def one(i: int) -> bool:
+        obj = make_pod(f"p{i}", gpus=1, uid=f"uid-{i}", phase=None)
+        subject = Subject("CREATE", "Pod", "ml", obj["metadata"]["name"], obj)
+        outcome = await pipelines[i % len(pipelines)].evaluate(subject, Deadline.after(20))
+        return outcome.verdict.allowed
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def test_one_replica_admits_exactly_what_is_left(kube: Any, make_pod: Any, replicas: Any) -> None:
+    kube.put("pods", make_pod("running", gpus=1))
+    (pipeline,) = await replicas(1, "local")
+    check = pipeline.checks[0]
+    assert len(check.ledger) == 1
+    admitted = await _race([pipeline], make_pod, 12)
+    assert sum(admitted) == LIMIT - 1
+
+
+async def test_two_replicas_share_reservations_through_the_api_server(kube: Any, make_pod: Any, replicas: Any) -> None:
+    kube.put("pods", make_pod("running", gpus=1))
+    pipelines = await replicas(2, "apiserver")
+    admitted = await _race(pipelines, make_pod, 12)
+    assert sum(admitted) == LIMIT - 1
+    stored = kube.objects[("configmaps", "pc", coordination.configmap_name("pool"))]
+    entries = json.loads(stored["data"]["reservations.json"])
+    assert sorted(entries) == sorted(f"uid-{i}" for i, ok in enumerate(admitted) if ok)
+    assert all(e["gpus"] == "1" for e in entries.values())
+
+
+async def test_replicas_skip_reservations_of_pods_their_watch_has_seen(
+    kube: Any, make_pod: Any, replicas: Any, eventually: Any
+) -> None:
+    first, second = await replicas(2, "apiserver")
+    obj = make_pod("a", gpus=3, uid="uid-a", phase=None)
+    assert (await first.evaluate(Subject("CREATE", "Pod", "ml", "a", obj), Deadline.after(10))).verdict.allowed
+    kube.put("pods", {**obj, "status": {"phase": "Running"}})
+    await eventually(lambda: all(len(p.checks[0].ledger) == 1 for p in (first, second)))
+    # 3 used (seen by both watches) + the stale reservation of the same pod must not count twice
+    obj = make_pod("b", gpus=1, uid="uid-b", phase=None)
+    outcome = await second.evaluate(Subject("CREATE", "Pod", "ml", "b", obj), Deadline.after(10))
+    assert outcome.verdict.allowed
+    assert outcome.context["gpu"]["quotas"][0]["used"] == "3"
+    assert outcome.context["gpu"]["quotas"][0]["reserved"] == "0"
+
+
+async def test_stale_resource_version_gets_409_and_the_replica_decides_again(
+    kube: Any, api: Any, make_pod: Any, replicas: Any
+) -> None:
+    (pipeline,) = await replicas(1, "apiserver")
+    name = coordination.configmap_name("pool")
+    kube.put("configmaps", {"metadata": {"name": name, "namespace": "pc"}, "data": {"reservations.json": "{}"}})
+    coordinator = pipeline.checks[0].coordinator
+    original = coordinator._read
+    raced = False
+
+    async def read_then_someone_else_writes(name: str, deadline: Deadline) -> Any:
+        nonlocal raced
+        current = await original(name, deadline)
+        if not raced:  # another replica takes 3 GPUs between our read and our write
+            raced = True
+            entries = {"uid-other": {"gpus": "3", "expires": 4e9}}
+            body = {"metadata": {"name": name, "namespace": "pc"}, "data": {"reservations.json": json.dumps(entries)}}
+            kube.put("configmaps", body)
+        return current
+
+    coordinator._read = read_then_someone_else_writes
+    obj = make_pod("mine", gpus=2, uid="uid-mine", phase=None)
+    outcome = await pipeline.evaluate(Subject("CREATE", "Pod", "ml", "mine", obj), Deadline.after(10))
+    assert coordinator.conflicts == 1
+    assert kube.requests.count(f"PUT /api/v1/namespaces/pc/configmaps/{name}") == 1  # the stale write only
+    assert "3 reserved), this pod asks 2, 1 left" in outcome.verdict.deny_message()

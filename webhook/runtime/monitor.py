@@ -1,0 +1,188 @@
+"""The runtime pipeline: source → (process table →) engine → outputs, with a bounded queue.
+
+A live source (eBPF) never waits for the engine: when the queue is full the batch is dropped
+and counted (Falco's ``n_drops``), so memory stays bounded and the kernel buffers keep draining.
+Replayed sources (files) wait instead, so no event is lost. Called by ``monitor_commands``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from webhook.runtime import events, outputs, state
+from webhook.runtime.sources.base import Source
+
+__all__ = ["Metrics", "Monitor"]
+
+_log = logging.getLogger("portcullis.monitor")
+_STOP = object()
+
+
+class RuleEngine(Protocol):
+    required_fields: frozenset[str]
+
+    def process(self, event: dict[str, Any]) -> list[Any]: ...
+
+
+@dataclass
+class Metrics:
+    """Counters of one run; ``snapshot`` is what /metrics and the final summary show."""
+
+    started: float = field(default_factory=time.monotonic)
+    events: int = 0
+    batches: int = 0
+    drops: int = 0  # events dropped because the queue was full (Falco's n_drops)
+    errors: int = 0
+    alerts_by_rule: Counter[str] = field(default_factory=Counter)
+    alerts_by_priority: Counter[str] = field(default_factory=Counter)
+
+    def snapshot(self, source: dict[str, int], sinks: dict[str, dict[str, int]]) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        seen = self.events + self.drops
+        return {
+            "elapsed_s": round(elapsed, 3),
+            "events": self.events,
+            "events_per_s": round(self.events / elapsed, 1),
+            "drops": self.drops,
+            "drop_ratio": round(self.drops / seen, 6) if seen else 0.0,
+            "errors": self.errors,
+            "alerts": sum(self.alerts_by_rule.values()),
+            "alerts_by_rule": dict(sorted(self.alerts_by_rule.items())),
+            "alerts_by_priority": dict(sorted(self.alerts_by_priority.items())),
+            "source": source,
+            "outputs": sinks,
+        }
+
+
+class Monitor:
+    """Runs one source through the engine into the outputs until stopped or the source ends."""
+
+    def __init__(
+        self,
+        source: Source,
+        engine: RuleEngine,
+        sinks: Sequence[outputs.Output],
+        *,
+        queue_batches: int = 64,
+        hostname: str | None = None,
+        table: state.ProcessTable | None = None,
+    ) -> None:
+        self.source = source
+        self.engine = engine
+        self.sinks = list(sinks)
+        self.hostname = hostname or os.uname().nodename
+        self.metrics = Metrics()
+        self.ready = asyncio.Event()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_batches)
+        self.table = table
+        self.builder: events.EventBuilder | None = None
+        if source.kind == "raw":
+            self.table = table or state.ProcessTable()
+            self.builder = events.EventBuilder(self.table, engine.required_fields, self.hostname)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.metrics.snapshot(self.source.stats(), {s.name: s.stats() for s in self.sinks})
+
+    async def run(self, *, duration: float | None = None, stop: asyncio.Event | None = None) -> dict[str, Any]:
+        """Run until ``duration`` seconds pass, ``stop`` is set, or the source ends; then flush."""
+        for sink in self.sinks:
+            await sink.start()
+        if self.table is not None and not self.table.procs:
+            await asyncio.to_thread(self.table.seed)
+        consumer = asyncio.create_task(self._consume(), name="monitor-engine")
+        try:
+            start = getattr(self.source, "start", None)
+            if start is not None:
+                await start()
+            self.metrics.started = time.monotonic()
+            self.ready.set()
+            producer = asyncio.create_task(self._produce(), name="monitor-source")
+            waiters: list[asyncio.Future[Any]] = [producer]
+            if stop is not None:
+                waiters.append(asyncio.ensure_future(stop.wait()))
+            await asyncio.wait(waiters, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters[1:]:
+                w.cancel()
+            if not producer.done():
+                producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer  # re-raises the source's own error (bad input, bpftrace failure)
+        finally:
+            await self.source.close()
+            await self._queue.put(_STOP)
+            await consumer
+            for sink in self.sinks:
+                await sink.close()
+        return self.snapshot()
+
+    async def _produce(self) -> None:
+        queue, live, metrics = self._queue, self.source.live, self.metrics
+        async for batch in self.source.batches():
+            if not live:
+                await queue.put(batch)
+                continue
+            try:
+                queue.put_nowait(batch)
+            except asyncio.QueueFull:
+                metrics.drops += len(batch)
+
+    async def _consume(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            if batch is _STOP:
+                return
+            self._process(batch)
+            await asyncio.sleep(0)  # let the reader and the sinks run between batches
+
+    def _process(self, batch: list[Any]) -> None:
+        metrics, process, build = self.metrics, self.engine.process, self.builder
+        by_rule, by_priority, hostname, sinks = (
+            metrics.alerts_by_rule, metrics.alerts_by_priority, self.hostname, self.sinks,
+        )  # fmt: skip
+        metrics.batches += 1
+        for item in batch:
+            try:
+                event = build.build(item) if build is not None else item
+                if event is None:
+                    continue
+                metrics.events += 1
+                alerts = process(event)
+            except Exception:  # one odd event must not stop the node's monitor
+                metrics.errors += 1
+                _log.debug("event failed: %r", item, exc_info=True)
+                continue
+            for alert in alerts:
+                by_rule[alert.rule] += 1
+                by_priority[alert.priority] += 1
+                doc = alert.to_falco_json(hostname)
+                for sink in sinks:
+                    sink.emit(doc)
+
+
+def prometheus(snapshot: dict[str, Any]) -> str:
+    """The snapshot in Prometheus text format (served on --metrics-listen)."""
+    lines = [
+        f"portcullis_monitor_events_total {snapshot['events']}",
+        f"portcullis_monitor_events_per_second {snapshot['events_per_s']}",
+        f"portcullis_monitor_drops_total {snapshot['drops']}",
+        f"portcullis_monitor_errors_total {snapshot['errors']}",
+    ]
+    for key, value in snapshot["source"].items():
+        lines.append(f'portcullis_monitor_source_total{{counter="{key}"}} {value}')
+    for rule, n in snapshot["alerts_by_rule"].items():
+        label = rule.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'portcullis_monitor_alerts_total{{rule="{label}"}} {n}')
+    for prio, n in snapshot["alerts_by_priority"].items():
+        lines.append(f'portcullis_monitor_alerts_by_priority_total{{priority="{prio}"}} {n}')
+    for name, stats in snapshot["outputs"].items():
+        for key, value in stats.items():
+            lines.append(f'portcullis_monitor_output_{key}_total{{output="{name}"}} {value}')
+    return "\n".join(lines) + "\n"
