@@ -21,9 +21,9 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loadgen  # noqa: E402
+import loadgen
 
-from webhook.admission import certs  # noqa: E402
+from webhook.admission import certs
 
 
 def deployment() -> dict:
@@ -120,12 +120,34 @@ def main() -> None:
     echo_port, hook_port = free_port(), free_port()
     echo = measure(
         "echo",
-        [sys.executable, str(Path(__file__).parent / "echo_server.py"), "--port", str(echo_port),
-         "--cert", str(files.cert), "--key", str(files.key)],
-        echo_port, str(files.ca_cert), body, args.seconds, args.rate,
-    )  # fmt: skip
-    serve = [sys.executable, "-m", "webhook", "serve", "--listen", f"127.0.0.1:{hook_port}",
-             "--tls-cert", str(files.cert), "--tls-key", str(files.key)]  # fmt: skip
+        [
+            sys.executable,
+            str(Path(__file__).parent / "echo_server.py"),
+            "--port",
+            str(echo_port),
+            "--cert",
+            str(files.cert),
+            "--key",
+            str(files.key),
+        ],
+        echo_port,
+        str(files.ca_cert),
+        body,
+        args.seconds,
+        args.rate,
+    )
+    serve = [
+        sys.executable,
+        "-m",
+        "webhook",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{hook_port}",
+        "--tls-cert",
+        str(files.cert),
+        "--tls-key",
+        str(files.key),
+    ]
     if args.config:
         serve += ["--config", args.config]
     hook = measure("webhook", serve, hook_port, str(files.ca_cert), body, args.seconds, args.rate)

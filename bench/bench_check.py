@@ -1,6 +1,6 @@
 """``portcullis check`` over 10,000 manifests, next to just parsing them with libyaml.
 
-    python bench/bench_check.py [--count 10000]
+python bench/bench_check.py [--count 10000]
 """
 
 from __future__ import annotations

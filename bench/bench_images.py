@@ -178,8 +178,9 @@ async def run(root: Path, host: str) -> None:
             rtt.append(time.perf_counter() - t0)
     c, b = statistics.median(cold[5:]), statistics.median(rtt[5:])
     print(
-        f"cold keyed verification (2 round trips + ECDSA P-256): median {c * 1e3:.2f} ms (target ≤ 10 ms); "
-        f"one bare registry round trip {b * 1e3:.2f} ms; ratio {c / b:.1f}x"
+        f"cold keyed verification (2 round trips + ECDSA P-256): median {c * 1e3:.2f} ms, "
+        f"best {min(cold) * 1e3:.2f} ms (target ≤ 10 ms); one bare registry round trip: median {b * 1e3:.2f} ms, "
+        f"best {min(rtt) * 1e3:.2f} ms; ratio of medians {c / b:.1f}x, of bests {min(cold) / min(rtt):.1f}x"
     )
     await check.close()
 

@@ -1,6 +1,6 @@
 """``portcullis audit report`` over a large log, next to just reading and decoding its records.
 
-    python bench/bench_report.py [--records 1000000]
+python bench/bench_report.py [--records 1000000]
 """
 
 from __future__ import annotations
@@ -20,23 +20,54 @@ from webhook.audit import report, report_render
 def content(i: int, rng: random.Random) -> tuple[str, dict]:
     ns = f"team-{i % 40}"
     if i % 5 == 4:
-        return "alert", {"rule": f"rule-{i % 9}", "priority": "Warning", "hostname": f"node-{i % 20}",
-                         "output": "x", "output_fields": {"k8s.ns.name": ns, "k8s.pod.name": f"p-{i % 300}",
-                                                          "container.image.repository": f"reg.example.com/{ns}/app"}}  # fmt: skip
+        return "alert", {
+            "rule": f"rule-{i % 9}",
+            "priority": "Warning",
+            "hostname": f"node-{i % 20}",
+            "output": "x",
+            "output_fields": {
+                "k8s.ns.name": ns,
+                "k8s.pod.name": f"p-{i % 300}",
+                "container.image.repository": f"reg.example.com/{ns}/app",
+            },
+        }
     result = rng.choice(("allowed", "allowed", "warned", "denied"))
     return "admission", {
-        "namespace": ns, "kind": "Deployment", "name": f"app-{i % 500}", "user": f"user-{i % 30}",
-        "result": result, "allowed": result != "denied", "dry_run": False, "images": [f"reg.example.com/{ns}/app:1"],
+        "namespace": ns,
+        "kind": "Deployment",
+        "name": f"app-{i % 500}",
+        "user": f"user-{i % 30}",
+        "result": result,
+        "allowed": result != "denied",
+        "dry_run": False,
+        "images": [f"reg.example.com/{ns}/app:1"],
         "findings": [{"check": "pss:privileged", "mode": "enforce" if result == "denied" else "warn"}],
-        "context": {"images": {"images": [{"image": f"reg.example.com/{ns}/app:1", "verified": i % 3 != 0,
-                                           "digest": "sha256:" + "0" * 64, "reason": "no signature"}]}},
-    }  # fmt: skip
+        "context": {
+            "images": {
+                "images": [
+                    {
+                        "image": f"reg.example.com/{ns}/app:1",
+                        "verified": i % 3 != 0,
+                        "digest": "sha256:" + "0" * 64,
+                        "reason": "no signature",
+                    }
+                ]
+            }
+        },
+    }
 
 
 async def write(directory: Path, n: int) -> None:
     rng = random.Random(1)
-    log = await audit_log.AuditLog.open(directory, signing_key_path=None, origin="bench/report", writer="bench",
-                                        commit_window=0.05, durable=False, checkpoint_every=1 << 40)  # fmt: skip
+    log = await audit_log.AuditLog.open(
+        directory,
+        signing_key_path=None,
+        origin="bench/report",
+        writer="bench",
+        commit_window=0.05,
+        durable=False,
+        checkpoint_every=1 << 40,
+    )
     batch = []
     for i in range(n):
         kind, c = content(i, rng)

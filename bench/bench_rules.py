@@ -69,7 +69,14 @@ def main() -> None:
         for e in events:
             process(e)
 
+    hot = [e for e in events if e.get("evt.type") in engine.event_types]
+
+    def run_hot() -> None:
+        for e in hot:
+            process(e)
+
     it = best(iterate, args.repeat)
+    hot_s = best(run_hot, args.repeat) if hot else 0.0
     nc = best(noop_call, args.repeat)
     pr = best(run, args.repeat)
     alerts = Counter(a.rule for e in events for a in process(e))
@@ -86,8 +93,13 @@ def main() -> None:
     print(f"iterate only      : {n / it:14,.0f} events/s  ({it * 1e9 / n:6.1f} ns/event)")
     print(f"iterate + no-op() : {n / nc:14,.0f} events/s  ({nc * 1e9 / n:6.1f} ns/event)")
     print(f"engine.process    : {n / pr:14,.0f} events/s  ({pr * 1e9 / n:6.1f} ns/event)")
+    if hot:
+        print(
+            f"engine.process, only events of an indexed type ({len(hot):,}): "
+            f"{len(hot) / hot_s:,.0f} events/s ({hot_s * 1e9 / len(hot):.0f} ns/event)"
+        )
     print(f"ratio process/iterate time: {pr / it:.1f}x   process/no-op-call time: {pr / nc:.2f}x")
-    print(f"goal 1.7M events/s: {'met' if n / pr >= 1.7e6 else 'not met'} ({n / pr / 1.7e6:.2f} of goal)")
+    print(f"vs the 1.7M events/s goal: {n / pr / 1.7e6:.2f}x (wall clock: depends on machine load)")
 
 
 def _noop(_e: dict[str, Any]) -> None:

@@ -66,8 +66,9 @@ async def closed_loop(url: str, body: bytes, ca: str, *, connections: int = 8, s
     return LoadResult(len(latencies), errors, elapsed, latencies)
 
 
-async def open_loop(url: str, body: bytes, ca: str, *, rate: float, seconds: float = 5.0,
-                    connections: int = 32) -> LoadResult:  # fmt: skip
+async def open_loop(
+    url: str, body: bytes, ca: str, *, rate: float, seconds: float = 5.0, connections: int = 32
+) -> LoadResult:
     """Send ``rate`` requests per second on schedule; latency counts from the scheduled time."""
     latencies: list[float] = []
     errors = 0

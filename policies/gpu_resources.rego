@@ -11,11 +11,11 @@ package portcullis.gpu_resources
 import data.portcullis.lib
 import rego.v1
 
-deny contains {"msg": msg, "path": sprintf("%s.resources.limits", [entry.path])} if {
-	some entry in lib.containers
-	entry.container.resources.requests[lib.gpu_resource]
-	not entry.container.resources.limits[lib.gpu_resource]
-	msg := sprintf("container '%s' requests %s but sets no limit for it", [entry.container.name, lib.gpu_resource])
+deny contains {"msg": msg, "path": sprintf("%s.resources.limits", [path])} if {
+	some path, container in lib.containers
+	container.resources.requests[lib.gpu_resource]
+	not container.resources.limits[lib.gpu_resource]
+	msg := sprintf("container '%s' requests %s but sets no limit for it", [container.name, lib.gpu_resource])
 }
 
 deny contains {"msg": msg, "path": sprintf("%s.tolerations", [pod.path])} if {

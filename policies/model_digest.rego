@@ -21,9 +21,9 @@ model_serving if {
 	pod.metadata.labels["app.kubernetes.io/component"] in settings.model_serving_components
 }
 
-deny contains {"msg": msg, "path": sprintf("%s.image", [entry.path])} if {
+deny contains {"msg": msg, "path": sprintf("%s.image", [path])} if {
 	model_serving
-	some entry in lib.containers
-	not regex.match(`@sha256:[a-f0-9]{64}$`, entry.container.image)
-	msg := sprintf("model-serving image '%s' must be pinned by digest (image@sha256:...)", [entry.container.image])
+	some path, container in lib.containers
+	not regex.match(`@sha256:[a-f0-9]{64}$`, container.image)
+	msg := sprintf("model-serving image '%s' must be pinned by digest (image@sha256:...)", [container.image])
 }

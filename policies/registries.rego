@@ -10,13 +10,13 @@ import data.portcullis.lib
 import data.portcullis.settings
 import rego.v1
 
-deny contains {"msg": msg, "path": sprintf("%s.image", [entry.path])} if {
-	some entry in lib.containers
-	image := entry.container.image
+deny contains {"msg": msg, "path": sprintf("%s.image", [path])} if {
+	some path, container in lib.containers
+	image := container.image
 	not allowed(image)
 	# concat, not sprintf("%s"): rego-cpp 1.x quotes a computed string inside sprintf
-	allowed := concat(", ", settings.allowed_registries)
-	msg := concat("", ["image '", image, "' is not from an allowed registry (", allowed, ")"])
+	registries := concat(", ", settings.allowed_registries)
+	msg := concat("", ["image '", image, "' is not from an allowed registry (", registries, ")"])
 }
 
 allowed(image) if {

@@ -5,11 +5,13 @@ import rego.v1
 
 gpu_resource := "nvidia.com/gpu"
 
-# Every container of every pod spec of the workload, with the field path to it.
-containers contains {"pod": pod, "container": c, "path": sprintf("%s.%s[%d]", [pod.path, field, i])} if {
+# Every container of every pod spec of the workload, keyed by its field path.
+# (An object, not a set of {path, container}: rego-cpp hashes set members, objects it does not.)
+containers[path] := c if {
 	some pod in input.pods
 	some field in ["initContainers", "containers"]
 	some i, c in pod.spec[field]
+	path := concat("", [pod.path, ".", field, "[", format_int(i, 10), "]"])
 }
 
 # GPUs a container asks for (limits win; a request alone still counts).

@@ -29,9 +29,16 @@ def pod(name: str = "p", namespace: str = "default", **spec: Any) -> dict[str, A
     }
 
 
-def review(obj: dict[str, Any] | None, *, operation: str = "CREATE", old: dict[str, Any] | None = None,
-           kind: str | None = None, subresource: str | None = None, dry_run: bool = False,
-           username: str = "alice") -> dict[str, Any]:  # fmt: skip
+def review(
+    obj: dict[str, Any] | None,
+    *,
+    operation: str = "CREATE",
+    old: dict[str, Any] | None = None,
+    kind: str | None = None,
+    subresource: str | None = None,
+    dry_run: bool = False,
+    username: str = "alice",
+) -> dict[str, Any]:
     kind = kind or (obj or old or {}).get("kind", "Pod")
     request: dict[str, Any] = {
         "uid": str(uuid.uuid4()),
@@ -81,8 +88,9 @@ def start_webhook(tmp_path: Path) -> Callable[..., Any]:
     import contextlib
 
     @contextlib.asynccontextmanager
-    async def start(cfg: dict[str, Any] | None = None, recorder: DecisionRecorder | None = None,
-                    pipeline: Any = None) -> AsyncIterator[RunningWebhook]:  # fmt: skip
+    async def start(
+        cfg: dict[str, Any] | None = None, recorder: DecisionRecorder | None = None, pipeline: Any = None
+    ) -> AsyncIterator[RunningWebhook]:
         files = certs.generate(["localhost", "127.0.0.1"], tmp_path / "tls")
         config = config_mod.parse(cfg or {})
         listen = service.Listen("127.0.0.1", free_port())

@@ -20,7 +20,7 @@ async def test_decisions_are_recorded_with_findings_and_dry_run(start_webhook: A
         ok = review(pod())
         bad = review(privileged_pod(), dry_run=True)
         await hook.post("/validate", ok)
-        status, body = await hook.post("/validate", bad)
+        _status, body = await hook.post("/validate", bad)
         assert body["response"]["allowed"] is False
     records = [r for _, r in read_records(log_dir)]
     assert [r["kind"] for r in records] == ["admission", "admission"]
@@ -59,6 +59,6 @@ async def test_audit_failure_allows_loudly_when_failure_mode_is_allow(start_webh
 
     recorder = AuditRecorder(BrokenLog(), wait_durable=True, deny_on_failure=False)
     async with start_webhook(recorder=recorder) as hook:
-        status, body = await hook.post("/validate", review(pod()))
+        _status, body = await hook.post("/validate", review(pod()))
     assert body["response"]["allowed"] is True
     assert "AUDIT LOG FAILURE" in caplog.text

@@ -92,8 +92,9 @@ async def test_other_subresources_pass_untouched(subresource: str) -> None:
 
 async def test_ephemeral_containers_subresource_is_judged() -> None:
     check = DenyPrivileged()
-    outcome = await judge(Pipeline(config_mod.Config(), [check]), privileged_pod(), subresource="ephemeralcontainers",
-                          operation="UPDATE")  # fmt: skip
+    outcome = await judge(
+        Pipeline(config_mod.Config(), [check]), privileged_pod(), subresource="ephemeralcontainers", operation="UPDATE"
+    )
     assert check.calls == 1
     assert not outcome.verdict.allowed
 
@@ -192,3 +193,19 @@ async def test_context_of_checks_is_shared_with_later_checks() -> None:
     pipeline = Pipeline(config_mod.Config(), [SlowUpstream(delay=0)])
     outcome = await judge(pipeline, pod())
     assert outcome.context == {"images": {"digest": "sha256:00"}}
+
+
+async def test_exemption_selectors_must_all_match() -> None:
+    rule = {"namespaces": ["monitoring"], "service_accounts": ["monitor"], "checks": ["privilege"]}
+    cfg = config_mod.parse({"exemptions": [rule]})
+    pipeline = Pipeline(cfg, [DenyPrivileged()])
+    obj = privileged_pod()
+    obj["spec"]["serviceAccountName"] = "monitor"
+    assert (await judge(pipeline, obj, namespace="monitoring")).verdict.allowed
+    assert not (await judge(pipeline, privileged_pod(), namespace="monitoring")).verdict.allowed  # other SA
+    assert not (await judge(pipeline, obj, namespace="default")).verdict.allowed  # other namespace
+
+
+def test_an_exemption_without_selectors_is_a_config_error() -> None:
+    with pytest.raises(errors.ConfigError, match="must name namespaces"):
+        config_mod.parse({"exemptions": [{"checks": ["privilege"]}]})

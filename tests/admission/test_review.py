@@ -104,10 +104,27 @@ def test_decoder_never_crashes_on_random_bytes(body: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(request=st.dictionaries(
-    st.sampled_from(["uid", "kind", "operation", "object", "oldObject", "userInfo", "dryRun", "namespace",
-                     "name", "resource", "subResource"]),
-    json_values, max_size=11))  # fmt: skip
+@given(
+    request=st.dictionaries(
+        st.sampled_from(
+            [
+                "uid",
+                "kind",
+                "operation",
+                "object",
+                "oldObject",
+                "userInfo",
+                "dryRun",
+                "namespace",
+                "name",
+                "resource",
+                "subResource",
+            ]
+        ),
+        json_values,
+        max_size=11,
+    )
+)
 def test_decoder_never_crashes_on_random_requests(request: dict[str, object]) -> None:
     doc = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
     body = json.dumps(doc).encode()

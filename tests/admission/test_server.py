@@ -40,10 +40,12 @@ async def test_health_ready_and_metrics(start_webhook: Any) -> None:
 
 
 async def test_denial_lists_every_violation_and_counts_by_check(start_webhook: Any) -> None:
-    obj = pod(containers=[
-        {"name": "a", "image": "x", "securityContext": {"privileged": True}},
-        {"name": "b", "image": "y", "securityContext": {"privileged": True}},
-    ])  # fmt: skip
+    obj = pod(
+        containers=[
+            {"name": "a", "image": "x", "securityContext": {"privileged": True}},
+            {"name": "b", "image": "y", "securityContext": {"privileged": True}},
+        ]
+    )
     async with start_webhook(pipeline=pipeline_with(DenyPrivileged())) as hook:
         doc = review(obj)
         status, body = await hook.post("/validate", doc)
@@ -141,8 +143,9 @@ async def test_dry_run_is_decided_and_marked_for_the_audit_record(start_webhook:
     assert not outcome.verdict.allowed
 
 
-async def test_certificate_rotation_is_picked_up_without_dropping_connections(start_webhook: Any,
-                                                                              tmp_path: Path) -> None:  # fmt: skip
+async def test_certificate_rotation_is_picked_up_without_dropping_connections(
+    start_webhook: Any, tmp_path: Path
+) -> None:
     async with start_webhook({"server": {"cert_reload_interval": 0.05}}) as hook:
         # A keep-alive connection made with the first certificate.
         status, _ = await hook.post("/validate", review(pod()))
@@ -185,9 +188,21 @@ async def test_random_bodies_never_get_a_500(start_webhook: Any) -> None:
 
     rng = random.Random(7)
     bodies = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) for _ in range(30)]
-    bodies += [orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": x})
-               for x in (1, [], {"uid": 5}, {"uid": "u", "kind": []}, {"uid": "u", "kind": {"kind": "Pod"},
-                         "operation": "CREATE", "object": {"kind": "Pod", "spec": {"containers": 3}}})]  # fmt: skip
+    bodies += [
+        orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": x})
+        for x in (
+            1,
+            [],
+            {"uid": 5},
+            {"uid": "u", "kind": []},
+            {
+                "uid": "u",
+                "kind": {"kind": "Pod"},
+                "operation": "CREATE",
+                "object": {"kind": "Pod", "spec": {"containers": 3}},
+            },
+        )
+    ]
     async with start_webhook() as hook:
         for body in bodies:
             status, _ = await hook.post("/validate", body)

@@ -205,3 +205,24 @@ def test_bad_records_are_refused_with_a_clear_reason(kind: str, content: object,
 def test_non_canonical_stored_entries_are_detected() -> None:
     with pytest.raises(records.RecordError, match="canonical"):
         records.decode_record(b'{"kind":"alert","content":{},"time":"t","writer":"w"}')
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(), json_values, max_size=5), st.text(), st.text())
+def test_whole_records_are_exactly_rfc8785(content: dict[str, Any], time: str, writer: str) -> None:
+    data = records.encode_record(time, "config", writer, content)
+    assert data == rfc8785.dumps({"content": content, "kind": "config", "time": time, "writer": writer})
+    assert records.decode_record(data)["content"] == records.decode_record(data)["content"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"t": "04:14:41.123"},
+        {"a": "x:1.5", "b": [1, -2]},
+        {"f": [1.5, -0.0, 1e21, 1e-7]},
+        {"\ue000": 1, "\U0001f600": 2},
+    ],
+)
+def test_tricky_contents_take_the_exact_path_when_needed(content: dict[str, Any]) -> None:
+    assert records.canonical(content) == rfc8785.dumps(content)

@@ -22,8 +22,11 @@ from webhook.audit import records
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
 NAMESPACES = ("ml-train", "ml-serve", "web")
 USERS = ("alice", "bob", "system:serviceaccount:ci:deployer")
-RULES = (("Terminal shell in container", "Notice"), ("Read sensitive file untrusted", "Warning"),
-         ("Crypto miner pool connection", "Critical"))  # fmt: skip
+RULES = (
+    ("Terminal shell in container", "Notice"),
+    ("Read sensitive file untrusted", "Warning"),
+    ("Crypto miner pool connection", "Critical"),
+)
 
 
 def simulated_events(seed: int = 11) -> list[tuple[str, str, dict[str, Any]]]:
@@ -39,24 +42,69 @@ def simulated_events(seed: int = 11) -> list[tuple[str, str, dict[str, Any]]]:
             result = rng.choices(["allowed", "warned", "denied"], [6, 2, 2])[0]
             findings = []
             if result == "denied":
-                findings.append({"check": rng.choice(["pss:privileged", "images", "gpu"]), "mode": "enforce",
-                                 "container": "app", "path": "spec.containers[0]", "message": "bad"})  # fmt: skip
+                findings.append(
+                    {
+                        "check": rng.choice(["pss:privileged", "images", "gpu"]),
+                        "mode": "enforce",
+                        "container": "app",
+                        "path": "spec.containers[0]",
+                        "message": "bad",
+                    }
+                )
             if result in ("warned", "denied"):
-                findings.append({"check": "pss:runAsNonRoot", "mode": "warn", "container": "app",
-                                 "path": "spec.containers[0]", "message": "may run as root"})  # fmt: skip
+                findings.append(
+                    {
+                        "check": "pss:runAsNonRoot",
+                        "mode": "warn",
+                        "container": "app",
+                        "path": "spec.containers[0]",
+                        "message": "may run as root",
+                    }
+                )
             content = {
-                "endpoint": "validate", "uid": f"{day}-{i}", "operation": "CREATE", "kind": "Deployment",
-                "subresource": "", "namespace": ns, "name": f"app-{i % 7}", "user": rng.choice(USERS),
-                "dry_run": i % 17 == 0, "allowed": result != "denied", "result": result, "findings": findings,
-                "warnings": [], "images": [image],
+                "endpoint": "validate",
+                "uid": f"{day}-{i}",
+                "operation": "CREATE",
+                "kind": "Deployment",
+                "subresource": "",
+                "namespace": ns,
+                "name": f"app-{i % 7}",
+                "user": rng.choice(USERS),
+                "dry_run": i % 17 == 0,
+                "allowed": result != "denied",
+                "result": result,
+                "findings": findings,
+                "warnings": [],
+                "images": [image],
                 "context": {
-                    "images": {"images": [{"image": image, "digest": f"sha256:{i:064x}", "verified": verified,
-                                           "error": False, "reason": "" if verified else "no signature found",
-                                           "pattern": "registry.example.com/*"}]},
-                    "gpu": {"quotas": [{"quota": "team", "key": ns, "scope": "namespace", "used": str(i % 6),
-                                        "reserved": "0", "limit": "8", "asked": "1", "left": "1"}]},
+                    "images": {
+                        "images": [
+                            {
+                                "image": image,
+                                "digest": f"sha256:{i:064x}",
+                                "verified": verified,
+                                "error": False,
+                                "reason": "" if verified else "no signature found",
+                                "pattern": "registry.example.com/*",
+                            }
+                        ]
+                    },
+                    "gpu": {
+                        "quotas": [
+                            {
+                                "quota": "team",
+                                "key": ns,
+                                "scope": "namespace",
+                                "used": str(i % 6),
+                                "reserved": "0",
+                                "limit": "8",
+                                "asked": "1",
+                                "left": "1",
+                            }
+                        ]
+                    },
                 },
-            }  # fmt: skip
+            }
             if i % 40 == 0:
                 content["exempt"] = "trusted operator"
             events.append((time, "admission", content))
@@ -64,12 +112,27 @@ def simulated_events(seed: int = 11) -> list[tuple[str, str, dict[str, Any]]]:
             time = f"{day}T{(i * 31) // 60:02d}:{(i * 31) % 60:02d}:30.000000Z"
             rule, priority = rng.choice(RULES)
             ns = rng.choice(NAMESPACES)
-            events.append((time, "alert", {
-                "time": time, "rule": rule, "priority": priority, "source": "syscall", "output": f"{rule} (x)",
-                "hostname": f"node-{i % 3}", "tags": ["container"],
-                "output_fields": {"k8s.ns.name": ns, "k8s.pod.name": f"app-{i % 7}-abc",
-                                  "container.image.repository": f"registry.example.com/{ns}/app", "evt.num": i},
-            }))  # fmt: skip
+            events.append(
+                (
+                    time,
+                    "alert",
+                    {
+                        "time": time,
+                        "rule": rule,
+                        "priority": priority,
+                        "source": "syscall",
+                        "output": f"{rule} (x)",
+                        "hostname": f"node-{i % 3}",
+                        "tags": ["container"],
+                        "output_fields": {
+                            "k8s.ns.name": ns,
+                            "k8s.pod.name": f"app-{i % 7}-abc",
+                            "container.image.repository": f"registry.example.com/{ns}/app",
+                            "evt.num": i,
+                        },
+                    },
+                )
+            )
     events.sort(key=lambda e: e[0])
     return events
 
@@ -86,8 +149,13 @@ def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     try:
 
         async def write() -> None:
-            log = await audit_log.AuditLog.open(root / "log", signing_key_path=keys / "audit.key",
-                                                origin="test.local/report", writer="webhook-0", commit_window=0)  # fmt: skip
+            log = await audit_log.AuditLog.open(
+                root / "log",
+                signing_key_path=keys / "audit.key",
+                origin="test.local/report",
+                writer="webhook-0",
+                commit_window=0,
+            )
             for _, kind, content in events:
                 await log.append(kind, content)  # type: ignore[arg-type]
             await log.close()
@@ -124,7 +192,9 @@ def test_json_numbers_match_independent_counts(simulated_log: Any) -> None:
     assert doc["runtime"]["alerts_by_priority"] == dict(Counter(a["priority"] for a in alerts))
     assert doc["runtime"]["alerts_by_rule"] == dict(Counter(a["rule"] for a in alerts))
     assert doc["runtime"]["alerts_by_node"] == dict(Counter(a["hostname"] for a in alerts))
-    verified = Counter("verified" if c["context"]["images"]["images"][0]["verified"] else "unsigned" for c in admissions)
+    verified = Counter(
+        "verified" if c["context"]["images"]["images"][0]["verified"] else "unsigned" for c in admissions
+    )
     assert doc["images"]["by_registry"] == {"registry.example.com": dict(verified)}
     (integrity,) = doc["integrity"]
     assert integrity["verified"] is True
@@ -140,8 +210,9 @@ def test_window_and_namespace_filters(simulated_log: Any) -> None:
     log, pub, events = simulated_log
     _, out = report(log, pub, "--format", "json", "--from", "2026-11-02", "--to", "2026-11-02", "--namespace", "web")
     doc = json.loads(out)
-    expected = Counter(c["result"] for t, k, c in events
-                       if k == "admission" and t.startswith("2026-11-02") and c["namespace"] == "web")  # fmt: skip
+    expected = Counter(
+        c["result"] for t, k, c in events if k == "admission" and t.startswith("2026-11-02") and c["namespace"] == "web"
+    )
     assert doc["admission"]["decisions"] == dict(expected)
     assert set(doc["admission"]["decisions_by_day"]) == {"2026-11-02"}
 
@@ -186,21 +257,34 @@ def test_html_renders_in_headless_chromium(simulated_log: Any, tmp_path: Path) -
     code, _ = report(log, pub, "--format", "html", "--output", str(page))
     assert code == 0
     text = page.read_text()
-    for reference in ('src="http', "href=\"http", "url(http", "@import"):  # self-contained: nothing fetched
+    for reference in ('src="http', 'href="http', "url(http", "@import"):  # self-contained: nothing fetched
         assert reference not in text
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
-    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     for section in ("summary", "integrity", "admission", "images", "gpu", "runtime"):
         assert f'id="{section}"' in dom
     for chart in ("chart-decisions", "chart-alerts", "chart-gpu"):
         assert f'id="{chart}"' in dom
     assert dom.count("<svg") >= 3
     shot = tmp_path / "report.png"
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,2400", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     from PIL import Image
 
     image = Image.open(shot).convert("RGB")
@@ -209,6 +293,10 @@ def test_html_renders_in_headless_chromium(simulated_log: Any, tmp_path: Path) -
     assert len(colors) > 50, "the screenshot looks blank"
     # a phone-width render lays out too (no horizontal overflow of the page body)
     phone = tmp_path / "phone.png"
-    subprocess.run([chromium, *flags, f"--screenshot={phone}", "--window-size=390,2000", page.as_uri()],
-                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={phone}", "--window-size=390,2000", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert Image.open(phone).size == (390, 2000)

@@ -479,3 +479,14 @@ def test_the_shared_empty_answer_is_never_mutated() -> None:
     obj = pod(container("a", privileged=True, capabilities={"add": ["SYS_ADMIN"]}), spec={"hostPID": True})
     assert privilege.evaluate(workloads.pod_specs(obj), "hardened")
     assert baseline.NONE == []
+
+
+def test_every_check_id_is_documented() -> None:
+    import webhook.checks.pss as pss_package
+    from webhook.checks.pss import hardened
+
+    documented = pss_package.__doc__ or ""
+    for check in registry.CHECKS:
+        assert f"``pss:{check.id}``" in documented
+    for name in hardened.NAMES:
+        assert f"``hardened:{name}``" in documented

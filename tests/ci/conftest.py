@@ -33,9 +33,14 @@ def run_check(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
 def run_subprocess(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "NO_COLOR": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "webhook", "check", *args], input=stdin, capture_output=True, cwd=ROOT, env=env,
-        timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "webhook", "check", *args],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 def golden(name: str, actual: str) -> None:

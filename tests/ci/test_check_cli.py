@@ -45,7 +45,7 @@ def test_json_output_matches_the_interface() -> None:
 
 
 def test_objects_inside_a_list_keep_their_lines() -> None:
-    code, out, _ = run_check(str(FIXTURES / "list.yaml"), *PINNED, "--format", "json")
+    _code, out, _ = run_check(str(FIXTURES / "list.yaml"), *PINNED, "--format", "json")
     (item,) = json.loads(out)
     assert item["line"] == 4
     (cap,) = [v for v in item["violations"] if v["check"] == "pss:capabilities_baseline"]
@@ -78,8 +78,10 @@ def test_golden_output_per_format(fmt: str, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(ROOT)
     code, out, _ = run_check("tests/ci/manifests", *PINNED, "--format", fmt, "--color", "never")
     assert code == 1
-    golden(f"report.{ {'policyreport': 'policyreport.json', 'sarif': 'sarif.json', 'junit': 'junit.xml'}.get(fmt, fmt)}",
-           out)  # fmt: skip
+    golden(
+        f"report.{ {'policyreport': 'policyreport.json', 'sarif': 'sarif.json', 'junit': 'junit.xml'}.get(fmt, fmt) }",
+        out,
+    )
 
 
 def test_sarif_is_valid_against_the_sarif_2_1_0_schema() -> None:
@@ -146,7 +148,7 @@ def test_bad_input_is_reported_and_the_rest_still_checked(tmp_path: Path) -> Non
     (tmp_path / "g-bomb.yaml").write_text(bomb)
     (tmp_path / "h-spec-not-object.yaml").write_text("kind: Pod\nmetadata: {name: p}\nspec: 5\n")
     (tmp_path / "z-good.yaml").write_text((FIXTURES / "list.yaml").read_text())
-    code, out, err = run_check(str(tmp_path), *PINNED)
+    code, out, _err = run_check(str(tmp_path), *PINNED)
     assert code == 2
     assert f"{tmp_path / 'a-broken.yaml'}:3: invalid YAML" in out
     assert f"{tmp_path / 'b-dupe.yaml'}:2: duplicate key 'kind'" in out

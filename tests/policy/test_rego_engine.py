@@ -175,3 +175,34 @@ def test_one_bundle_serves_concurrent_threads() -> None:
         t.join()
     assert mismatches == []
     assert sum(len(r.deny) for r in expected[0]) == 1
+
+
+CRASHING = """package crash
+import rego.v1
+deny contains msg if {
+  some c in input.pods[_].spec.containers
+  not allowed(c.image)
+  allowed := "x"
+  msg := concat("", [c.image, allowed])
+}
+allowed(image) if startswith(image, "registry.example.com/")
+"""
+
+
+def test_crash_probe_rejects_a_policy_that_crashes_the_engine(tmp_path: Path) -> None:
+    write(tmp_path, "crash.rego", CRASHING)
+    with pytest.raises(
+        errors.PolicyLoadError, match=r"policy crash \(.*crash\.rego\): the embedded Rego engine crashed"
+    ):
+        rego.engine([tmp_path]).load()
+
+
+def test_crashing_reload_keeps_last_good_bundle(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.rego", GOOD)
+    engine = rego.engine([tmp_path])
+    engine.load()
+    path.write_text(CRASHING)
+    assert engine.reload_if_changed() is False
+    assert "crashed" in (engine.status.last_error or "")
+    assert engine.current is not None
+    assert engine.current.policy_ids == ("no-latest",)

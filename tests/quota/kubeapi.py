@@ -56,6 +56,7 @@ class FakeKubeApi:
         self.snapshots: dict[str, list[dict[str, Any]]] = {}  # continue token prefix -> list snapshot
         self.requests: list[str] = []  # "GET /api/v1/pods?watch=true" ... for assertions
         self.conflicts = 0
+        self.expire_next_continue = False  # answer the next continue token with 410 Expired
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -161,6 +162,9 @@ class FakeKubeApi:
         if token:
             snapshot_id, _, offset_text = token.partition(":")
             snapshot = self.snapshots.get(snapshot_id)
+            if self.expire_next_continue:
+                self.expire_next_continue = False
+                snapshot = None
             if snapshot is None:
                 message = "The provided continue parameter is too old to display a consistent list result."
                 return web.json_response(status(410, "Expired", message), status=410)

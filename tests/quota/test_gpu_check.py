@@ -88,7 +88,7 @@ async def test_team_quota_sums_every_namespace_of_the_team(
     assert "GPU quota 'vision' (team vision) exceeded: 2 of 3 GPUs in use" in message
     speech = await admit(pipeline, make_pod("c", "audio", gpus=4, phase=None))
     assert speech.verdict.allowed
-    assert speech.context["gpu"]["usage"] == {"namespace": "0", "team": "0"}
+    assert speech.context["gpu"]["usage"] == {"namespace": 0, "team": 0}
     message = denial(await admit(pipeline, make_pod("d", "audio", gpus=1, phase=None)))
     assert "GPU quota 'teams' (team speech) exceeded: 4 of 4 GPUs in use (0 by running pods, 4 reserved)" in message
 
@@ -168,13 +168,13 @@ async def test_warning_past_eighty_percent_and_context_for_rego(env: Env, kube: 
         "quota": "q",
         "key": "q",
         "scope": "all pods",
-        "used": "0",
-        "reserved": "8",
-        "limit": "10",
-        "asked": "1",
-        "left": "2",
+        "used": 0,
+        "reserved": 8,
+        "limit": 10,
+        "asked": 1,
+        "left": 2,
     }
-    assert loud.context["gpu"]["gpus"] == "1"
+    assert loud.context["gpu"]["gpus"] == 1
 
 
 async def test_per_pod_rules_apply_to_every_workload(env: Env, kube: Any, make_pod: Any) -> None:

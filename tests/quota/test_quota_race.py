@@ -97,8 +97,8 @@ async def test_replicas_skip_reservations_of_pods_their_watch_has_seen(
     obj = make_pod("b", gpus=1, uid="uid-b", phase=None)
     outcome = await second.evaluate(Subject("CREATE", "Pod", "ml", "b", obj), Deadline.after(10))
     assert outcome.verdict.allowed
-    assert outcome.context["gpu"]["quotas"][0]["used"] == "3"
-    assert outcome.context["gpu"]["quotas"][0]["reserved"] == "0"
+    assert outcome.context["gpu"]["quotas"][0]["used"] == 3
+    assert outcome.context["gpu"]["quotas"][0]["reserved"] == 0
 
 
 async def test_stale_resource_version_gets_409_and_the_replica_decides_again(

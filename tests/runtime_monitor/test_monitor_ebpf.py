@@ -209,3 +209,18 @@ def test_metrics_count_events_and_no_drops_at_test_load(session: Session) -> Non
     assert snap["events"] > 0
     assert snap["source"]["kernel_lost"] == 0
     assert snap["alerts_by_rule"]
+
+
+async def test_every_supported_event_type_compiles_and_attaches() -> None:
+    """The program for all types (what a rules set with `evt.type != x` needs) loads in this kernel."""
+    if os.geteuid() != 0 or shutil.which("bpftrace") is None:
+        pytest.skip("needs root and bpftrace")
+    source = ebpf.EbpfSource(None)
+    try:
+        await source.start()
+    except ebpf.EbpfUnavailable as exc:
+        pytest.skip(f"eBPF unavailable here: {exc}")
+    finally:
+        await source.close()
+    assert source.decoder.ready
+    assert set(source.program.missing) <= {"init_module", "finit_module"}  # kernels built without modules

@@ -80,16 +80,16 @@ def generate(
     )
     out.mkdir(parents=True, exist_ok=True)
     files = CertFiles(out / "ca.crt", out / "tls.crt", out / "tls.key")
-    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write(files.key, key_pem, 0o600)
+    write_file(files.key, key_pem, 0o600)
     return files
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     """Atomic write (temp + rename) so a reloading server never reads half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

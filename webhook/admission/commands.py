@@ -24,7 +24,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     certs = subparsers.add_parser("certs", help="create a CA and a serving certificate for the webhook")
     certs.add_argument("--dns", action="append", required=True, help="Service DNS name (repeatable)")
     certs.add_argument("--out", type=Path, required=True, help="directory for ca.crt, tls.crt, tls.key")
-    certs.add_argument("--days", type=int, default=365, help="validity of the serving certificate")
+    certs.add_argument(
+        "--days", "--validity-days", dest="days", type=int, default=365, help="validity of the serving certificate"
+    )
+    certs.add_argument(
+        "--renew-before-days", type=int, default=30, help="with --k8s-secret: keep a certificate valid longer than this"
+    )
     certs.add_argument("--k8s-secret", metavar="NAMESPACE/NAME", help="also store them in this TLS Secret")
     certs.add_argument(
         "--k8s-webhooks", metavar="NAME[,NAME]", help="also set caBundle in these webhook configurations"
@@ -66,12 +71,24 @@ def _certs(args: argparse.Namespace) -> int:
     names: list[str] = []
     for dns in args.dns:
         names += certs.service_names(dns)
-    files = certs.generate(list(dict.fromkeys(names)), args.out, days=args.days)
-    print(f"wrote {files.ca_cert}, {files.cert}, {files.key}")
+    names = list(dict.fromkeys(names))
+    if args.days <= 0 or args.renew_before_days < 0 or args.renew_before_days >= args.days:
+        raise errors.ConfigError("--validity-days must be positive and larger than --renew-before-days")
     if args.k8s_secret or args.k8s_webhooks:
         from webhook.admission import certs_k8s
 
-        certs_k8s.publish(files, secret=args.k8s_secret, webhooks=args.k8s_webhooks)
+        files, issued = certs_k8s.sync(
+            names,
+            args.out,
+            secret=args.k8s_secret,
+            webhooks=args.k8s_webhooks,
+            days=args.days,
+            renew_before_days=args.renew_before_days,
+        )
+        print(f"{'issued a new' if issued else 'kept the existing'} certificate; files in {args.out}")
+        return 0
+    files = certs.generate(names, args.out, days=args.days)
+    print(f"wrote {files.ca_cert}, {files.cert}, {files.key}")
     return 0
 
 

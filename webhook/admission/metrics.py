@@ -12,8 +12,21 @@ from collections.abc import Callable, Iterable
 
 # Seconds; admission answers are expected in the low milliseconds.
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 GaugeSource = Callable[[], Iterable[tuple[str, dict[str, str], float]]]
 
@@ -54,12 +67,27 @@ class WebhookMetrics:
 
     def render(self) -> str:
         out: list[str] = []
-        _counter(out, "portcullis_requests_total", "HTTP requests by endpoint and status code.",
-                 ("endpoint", "code"), self.requests)  # fmt: skip
-        _counter(out, "portcullis_decisions_total", "Admission decisions by endpoint and result.",
-                 ("endpoint", "result"), self.decisions)  # fmt: skip
-        _counter(out, "portcullis_violations_total", "Violations found, by check and mode.",
-                 ("check", "mode"), self.violations)  # fmt: skip
+        _counter(
+            out,
+            "portcullis_requests_total",
+            "HTTP requests by endpoint and status code.",
+            ("endpoint", "code"),
+            self.requests,
+        )
+        _counter(
+            out,
+            "portcullis_decisions_total",
+            "Admission decisions by endpoint and result.",
+            ("endpoint", "result"),
+            self.decisions,
+        )
+        _counter(
+            out,
+            "portcullis_violations_total",
+            "Violations found, by check and mode.",
+            ("check", "mode"),
+            self.violations,
+        )
         out.append("# HELP portcullis_requests_shed_total Requests refused because too many were in flight.")
         out.append("# TYPE portcullis_requests_shed_total counter")
         out.append(f"portcullis_requests_shed_total {self.shed}")

@@ -180,15 +180,18 @@ class Pipeline:
 
     def _exemptions(self, ctx: RequestContext, pods: Sequence[PodSpecRef]) -> tuple[set[str], str]:
         runtime_classes = {p.spec.get("runtimeClassName") for p in pods}
+        service_accounts = {p.spec.get("serviceAccountName") or "default" for p in pods}
         exempt: set[str] = set()
         reasons: list[str] = []
         all_ids = {c.id for c in self.checks}
         for rule in self.config.exemptions:
-            if not (
-                ctx.namespace in rule.namespaces
-                or ctx.username in rule.usernames
-                or (rule.runtime_classes and runtime_classes & set(rule.runtime_classes))
-            ):
+            if rule.namespaces and ctx.namespace not in rule.namespaces:
+                continue
+            if rule.usernames and ctx.username not in rule.usernames:
+                continue
+            if rule.runtime_classes and not runtime_classes <= set(rule.runtime_classes):
+                continue
+            if rule.service_accounts and not service_accounts <= set(rule.service_accounts):
                 continue
             checks = set(rule.checks) if rule.checks else all_ids
             exempt |= checks

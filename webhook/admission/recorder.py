@@ -115,8 +115,9 @@ def _result(outcome: Outcome) -> str:
 class AuditRecorder:
     """Writes decisions; with ``wait_durable`` the answer waits for the record to be on disk."""
 
-    def __init__(self, audit_log: AppendOnlyLog, *, wait_durable: bool, deny_on_failure: bool,
-                 max_pending: int = 10_000) -> None:  # fmt: skip
+    def __init__(
+        self, audit_log: AppendOnlyLog, *, wait_durable: bool, deny_on_failure: bool, max_pending: int = 10_000
+    ) -> None:
         self._log = audit_log
         self._wait = wait_durable
         self._deny = deny_on_failure

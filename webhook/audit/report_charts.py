@@ -10,16 +10,26 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # headless, before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, selectable, prints sharp
 matplotlib.rcParams["svg.hashsalt"] = "portcullis"  # deterministic ids: same input, same bytes
 
 _COLORS = {
-    "allowed": "#2e7d32", "warned": "#f9a825", "denied": "#c62828", "skipped": "#90a4ae", "invalid": "#6a1b9a",
-    "Emergency": "#4a148c", "Alert": "#880e4f", "Critical": "#b71c1c", "Error": "#e53935",
-    "Warning": "#fb8c00", "Notice": "#fdd835", "Informational": "#42a5f5", "Debug": "#90a4ae",
-}  # fmt: skip
+    "allowed": "#2e7d32",
+    "warned": "#f9a825",
+    "denied": "#c62828",
+    "skipped": "#90a4ae",
+    "invalid": "#6a1b9a",
+    "Emergency": "#4a148c",
+    "Alert": "#880e4f",
+    "Critical": "#b71c1c",
+    "Error": "#e53935",
+    "Warning": "#fb8c00",
+    "Notice": "#fdd835",
+    "Informational": "#42a5f5",
+    "Debug": "#90a4ae",
+}
 _FALLBACK = ("#5c6bc0", "#26a69a", "#8d6e63", "#ec407a", "#7e57c2", "#9ccc65")
 
 
@@ -38,8 +48,9 @@ def stacked_bars(title: str, days: Sequence[str], series: dict[str, Counter[str]
             bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
         _finish(ax, title, days)
         if categories:
-            ax.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8, ncols=min(len(categories), 6),
-                      frameon=False)  # fmt: skip
+            ax.legend(
+                loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8, ncols=min(len(categories), 6), frameon=False
+            )
             ax.figure.tight_layout()
         return _svg(fig)
     finally:

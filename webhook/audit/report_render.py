@@ -28,8 +28,14 @@ def render(data: ReportData, fmt: str) -> str:
 
 
 def _evidence_json(e: Evidence) -> dict[str, Any]:
-    return {"log": e.log, "index": e.index, "time": e.time, "summary": e.summary, "detail": e.detail,
-            "prove": e.prove_command()}  # fmt: skip
+    return {
+        "log": e.log,
+        "index": e.index,
+        "time": e.time,
+        "summary": e.summary,
+        "detail": e.detail,
+        "prove": e.prove_command(),
+    }
 
 
 def to_dict(data: ReportData) -> dict[str, Any]:
@@ -132,9 +138,15 @@ def _md_table(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
 
 def to_markdown(data: ReportData) -> str:
     parts = ["# Portcullis audit report", "", _window_text(data), "", "## Integrity", ""]
-    parts.append(_md_table(["log", "origin", "tree size", "root hash", "signature", "verify"],
-                           [(i.log, i.origin, i.tree_size, i.root_hash[:16] + "…", _tri(i.signature_valid),
-                             _tri(i.verified)) for i in data.integrity]))  # fmt: skip
+    parts.append(
+        _md_table(
+            ["log", "origin", "tree size", "root hash", "signature", "verify"],
+            [
+                (i.log, i.origin, i.tree_size, i.root_hash[:16] + "…", _tri(i.signature_valid), _tri(i.verified))
+                for i in data.integrity
+            ],
+        )
+    )
     parts += ["", "## Admission", "", _md_table(["result", "count"], sorted(data.decisions.items())), ""]
     parts += ["### Denials by check", "", _md_table(["check", "denials"], top(data.denials_by_check, 50)), ""]
     parts += ["### Denials by namespace", "", _md_table(["namespace", "denials"], top(data.denials_by_namespace)), ""]
@@ -142,8 +154,12 @@ def to_markdown(data: ReportData) -> str:
     parts += ["### Top violating workloads", "", _md_table(["workload", "denials"], top(data.violating_workloads)), ""]
     parts += ["### Would have been denied (warn/audit)", "", _md_table(["check", "findings"], top(data.would_deny, 50))]
     parts += ["", "## Images", ""]
-    parts.append(_md_table(["registry", "outcome", "count"],
-                           [(r, o, n) for r, c in sorted(data.images_by_registry.items()) for o, n in sorted(c.items())]))  # fmt: skip
+    parts.append(
+        _md_table(
+            ["registry", "outcome", "count"],
+            [(r, o, n) for r, c in sorted(data.images_by_registry.items()) for o, n in sorted(c.items())],
+        )
+    )
     parts += ["", "## Runtime alerts", "", _md_table(["priority", "alerts"], top(data.alerts_by_priority))]
     parts += ["", _md_table(["rule", "alerts"], top(data.alerts_by_rule, 50))]
     parts += ["", "## Evidence", ""]
@@ -210,8 +226,10 @@ def _evidence_rows(items: list[Evidence]) -> list[tuple[Any, ...]]:
         admission = e.detail.get("admission")
         if admission:
             verified = {True: "verified", False: "NOT verified", None: "unknown"}[admission.get("verified")]
-            extra = f"<br><span class=muted>admitted at {_e(admission['log'])}#{admission['index']}: " \
-                    f"digest {_e(admission.get('digest') or '?')} ({verified})</span>"  # fmt: skip
+            extra = (
+                f"<br><span class=muted>admitted at {_e(admission['log'])}#{admission['index']}: "
+                f"digest {_e(admission.get('digest') or '?')} ({verified})</span>"
+            )
         proof = f'<code title="{_e(e.prove_command())}">audit prove --index {e.index}</code>'
         rows.append((e.time[:19].replace("T", " "), _Raw(_e(e.summary) + extra), _Raw(proof)))
     return rows
@@ -220,9 +238,13 @@ def _evidence_rows(items: list[Evidence]) -> list[tuple[Any, ...]]:
 def to_html(data: ReportData) -> str:
     all_days = days(data)
     integrity_ok = all(i.verified for i in data.integrity) and bool(data.integrity)
-    status = ('<b class="ok">verified</b>' if integrity_ok else
-              '<b class="bad">NOT verified</b>' if any(i.verified is False for i in data.integrity) else
-              '<b class="warn">not checked (no public key)</b>')  # fmt: skip
+    status = (
+        '<b class="ok">verified</b>'
+        if integrity_ok
+        else '<b class="bad">NOT verified</b>'
+        if any(i.verified is False for i in data.integrity)
+        else '<b class="warn">not checked (no public key)</b>'
+    )
     cards = [
         ("Integrity", _Raw(status)),
         ("Decisions", sum(data.decisions.values())),
@@ -234,13 +256,23 @@ def to_html(data: ReportData) -> str:
             sum(n for c in data.images_by_registry.values() for o, n in c.items() if o != "verified"),
         ),
     ]
-    card_html = "".join(f'<div class="card"><span class="muted">{_e(t)}</span>{v if isinstance(v, _Raw) else f"<b>{_e(v)}</b>"}</div>'
-                        for t, v in cards)  # fmt: skip
+    card_html = "".join(
+        f'<div class="card"><span class="muted">{_e(t)}</span>{v if isinstance(v, _Raw) else f"<b>{_e(v)}</b>"}</div>'
+        for t, v in cards
+    )
     integrity_rows = [
-        (i.log, i.origin or "?", i.tree_size, _Raw(f"<code>{_e(i.root_hash)}</code>"), i.checkpoint_size,
-         _tri(i.signature_valid), _tri(i.verified), "; ".join(i.problems[:3]) or "—")
+        (
+            i.log,
+            i.origin or "?",
+            i.tree_size,
+            _Raw(f"<code>{_e(i.root_hash)}</code>"),
+            i.checkpoint_size,
+            _tri(i.signature_valid),
+            _tri(i.verified),
+            "; ".join(i.problems[:3]) or "—",
+        )
         for i in data.integrity
-    ]  # fmt: skip
+    ]
     decisions_chart = report_charts.stacked_bars(
         "Admission decisions per day", all_days, data.decisions_by_day, _RESULTS
     )
@@ -258,7 +290,7 @@ def to_html(data: ReportData) -> str:
             integrity_rows,
             {2, 4},
         )
-        + "</section>",  # fmt: skip
+        + "</section>",
         '<section id="admission"><h2>Admission</h2>'
         f'<figure id="chart-decisions">{decisions_chart}</figure><div class="grid2">'
         f"<div><h3>Denials by check</h3>{_table(['check', 'denials'], top(data.denials_by_check, 30), {1})}</div>"

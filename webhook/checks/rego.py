@@ -184,11 +184,13 @@ def build(config: Config, services: Services) -> Check | None:
     strict = settings.strict_builtin_errors
     bundle = None
     if settings.directory is not None:
-        bundle = rego.engine([config.resolve_path(settings.directory)], strict_builtins=strict)
+        bundle = rego.engine(
+            [config.resolve_path(settings.directory)], strict_builtins=strict, probe=settings.crash_probe
+        )
         bundle.load()
     templates = None
     if settings.gatekeeper:
         paths = [config.resolve_path(p) for p in settings.gatekeeper]
-        templates = gatekeeper.reloadable(paths, strict_builtins=strict)
+        templates = gatekeeper.reloadable(paths, strict_builtins=strict, probe=settings.crash_probe)
         templates.load()
     return RegoCheck(settings, failure_mode=failure_mode, bundle=bundle, templates=templates)

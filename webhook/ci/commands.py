@@ -30,18 +30,35 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (recursive) or '-' for stdin")
     p.add_argument("--config", type=Path, help="the webhook's config file (same keys)")
-    p.add_argument("--level", choices=("privileged", "baseline", "restricted", "hardened"),
-                   help="Pod Security level to enforce for every object (overrides config and labels)")  # fmt: skip
+    p.add_argument(
+        "--level",
+        choices=("privileged", "baseline", "restricted", "hardened"),
+        help="Pod Security level to enforce for every object (overrides config and labels)",
+    )
     p.add_argument("--pss-version", help="Pod Security version: v1.N or latest (default latest)")
     p.add_argument("--format", choices=formats.FORMATS, default="text")
     p.add_argument("--output", "-o", type=Path, help="write the report here instead of stdout")
     p.add_argument("--namespace", help="namespace for objects without one (default from config: default)")
-    p.add_argument("--namespace-label", action="append", default=[], metavar="KEY=VALUE",
-                   help="label to assume on every namespace (repeatable)")  # fmt: skip
-    p.add_argument("--skip", action="append", default=[], metavar="CHECK",
-                   help="do not run this check (repeatable or comma-separated), e.g. --skip images")  # fmt: skip
-    p.add_argument("--fail-on", choices=("enforce", "warn"), default="enforce",
-                   help="exit 1 on enforce violations only (default) or on warnings too")  # fmt: skip
+    p.add_argument(
+        "--namespace-label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label to assume on every namespace (repeatable)",
+    )
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="CHECK",
+        help="do not run this check (repeatable or comma-separated), e.g. --skip images",
+    )
+    p.add_argument(
+        "--fail-on",
+        choices=("enforce", "warn"),
+        default="enforce",
+        help="exit 1 on enforce violations only (default) or on warnings too",
+    )
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.set_defaults(func=_run)
 
@@ -66,11 +83,15 @@ def build_config(args: argparse.Namespace) -> config_mod.Config:
         if args.level:
             changes |= {"level": args.level, "warn_level": args.level, "audit_level": args.level}
         if args.pss_version:
-            changes |= {"version": args.pss_version, "warn_version": args.pss_version,
-                        "audit_version": args.pss_version}  # fmt: skip
+            changes |= {
+                "version": args.pss_version,
+                "warn_version": args.pss_version,
+                "audit_version": args.pss_version,
+            }
         try:
-            privilege = msgspec.convert(msgspec.to_builtins(msgspec.structs.replace(privilege, **changes)),
-                                        type(privilege))  # fmt: skip
+            privilege = msgspec.convert(
+                msgspec.to_builtins(msgspec.structs.replace(privilege, **changes)), type(privilege)
+            )
         except (msgspec.ValidationError, ValueError) as exc:
             raise errors.ConfigError(f"--level/--pss-version: {exc}") from exc
         cfg = msgspec.structs.replace(cfg, privilege=privilege)
@@ -91,19 +112,24 @@ def _skipped(values: list[str]) -> frozenset[str]:
     skipped = {s.strip() for v in values for s in v.split(",") if s.strip()}
     unknown = skipped - set(config_mod.CHECK_IDS)
     if unknown:
-        raise errors.ConfigError(f"--skip: unknown check {sorted(unknown)[0]!r} (known: {', '.join(config_mod.CHECK_IDS)})")
+        raise errors.ConfigError(
+            f"--skip: unknown check {sorted(unknown)[0]!r} (known: {', '.join(config_mod.CHECK_IDS)})"
+        )
     return frozenset(skipped)
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     skip = _skipped(args.skip)
-    pipeline = Pipeline(cfg, build_checks(cfg, Services(ci=True), skip=skip), _AssumedLabels(cfg, _labels(args.namespace_label)))
+    pipeline = Pipeline(
+        cfg, build_checks(cfg, Services(ci=True), skip=skip), _AssumedLabels(cfg, _labels(args.namespace_label))
+    )
     loaded = manifests.load(args.paths)
     report = asyncio.run(_check(loaded, pipeline, cfg, args.namespace or cfg.default_namespace, sorted(skip)))
     out_stream = sys.stdout
-    color = args.color == "always" or (args.color == "auto" and args.output is None and sys.stdout.isatty()
-                                        and "NO_COLOR" not in os.environ)  # fmt: skip
+    color = args.color == "always" or (
+        args.color == "auto" and args.output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    )
     rendered = formats.render(report, args.format, color=color, base_dir=os.getcwd())
     if args.output:
         args.output.write_text(rendered, encoding="utf-8")
@@ -120,8 +146,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _check(loaded: manifests.Loaded, pipeline: Pipeline, cfg: config_mod.Config, namespace: str,
-                 skipped: list[str]) -> check.Report:  # fmt: skip
+async def _check(
+    loaded: manifests.Loaded, pipeline: Pipeline, cfg: config_mod.Config, namespace: str, skipped: list[str]
+) -> check.Report:
     await pipeline.start()
     try:
         return await check.check(loaded, pipeline, default_namespace=namespace, skipped_checks=skipped)

@@ -6,6 +6,7 @@ the same input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -62,7 +63,9 @@ def text(report: Report, *, color: bool = False) -> str:
         for f in result.findings:
             where = f" [{f.container}]" if f.container else ""
             path = f" ({f.path})" if f.path else ""
-            lines.append(f"  {f.line}: {paint(_COLORS.get(f.mode, ''), f.mode.value)} {f.check}{where}: {f.message}{path}")
+            lines.append(
+                f"  {f.line}: {paint(_COLORS.get(f.mode, ''), f.mode.value)} {f.check}{where}: {f.message}{path}"
+            )
         for warning in result.warnings:
             lines.append(f"  warning: {warning}")
     for problem in report.problems:
@@ -75,7 +78,8 @@ def _summary(report: Report) -> str:
     parts = [
         f"{len(report.results)} objects checked",
         f"{report.denied} denied",
-        f"{report.count(Mode.ENFORCE)} enforce, {report.count(Mode.WARN)} warn, {report.count(Mode.AUDIT)} audit findings",
+        f"{report.count(Mode.ENFORCE)} enforce, {report.count(Mode.WARN)} warn, "
+        f"{report.count(Mode.AUDIT)} audit findings",
         f"{report.skipped_objects} objects without pod specs skipped",
     ]
     if report.problems:
@@ -130,10 +134,8 @@ def _uri(path: str, base_dir: str | None) -> str:
     if path == "<stdin>":
         return "stdin"
     if base_dir and os.path.isabs(path):
-        try:
+        with contextlib.suppress(ValueError):
             path = os.path.relpath(path, base_dir)
-        except ValueError:
-            pass
     return path.replace(os.sep, "/")
 
 
@@ -318,9 +320,7 @@ def policy_report(report: Report) -> str:
         for check in report.checks:
             if check not in failed:
                 summary["pass"] += 1
-                results.append(
-                    {"policy": check, "result": "pass", "source": "portcullis", "resources": [resource]}
-                )
+                results.append({"policy": check, "result": "pass", "source": "portcullis", "resources": [resource]})
     doc = {
         "apiVersion": "wgpolicyk8s.io/v1alpha2",
         "kind": "ClusterPolicyReport",

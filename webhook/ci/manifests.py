@@ -196,7 +196,8 @@ class _Builder:
                 key = self._key(key_node)
                 if key in result:
                     raise _DocumentError(
-                        key_node.start_mark.line + 1, f"duplicate key {key!r} (YAML forbids it; one value would be lost)"
+                        key_node.start_mark.line + 1,
+                        f"duplicate key {key!r} (YAML forbids it; one value would be lost)",
                     )
                 result[key] = self.build(value_node, f"{path}.{key}" if path else str(key))
             return result

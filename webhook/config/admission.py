@@ -15,14 +15,25 @@ class CheckSettings(Section):
 
 
 class Exemption(Section):
-    """Requests matching any listed namespace, username or runtime class skip ``checks``
-    (all checks when empty). Like Pod Security Admission's exemptions, but per check."""
+    """A request matching this rule skips ``checks`` (all checks when empty).
+
+    Every selector the rule lists must match (namespace AND service account, say); an empty
+    selector matches anything; list several rules for "or". A rule must list at least one
+    selector, so no rule exempts everything by accident.
+    """
 
     namespaces: list[str] = []
     usernames: list[str] = []
     runtime_classes: list[str] = []
+    service_accounts: list[str] = []  # the pod's serviceAccountName ("default" when unset)
     checks: list[str] = []
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.namespaces or self.usernames or self.runtime_classes or self.service_accounts):
+            raise ValueError(
+                "an exemption must name namespaces, usernames, runtime_classes or service_accounts"
+            )
 
 
 class NamespaceSettings(Section):

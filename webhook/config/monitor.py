@@ -28,6 +28,7 @@ class MonitorConfig(Section):
     metrics_listen: str = ""
     bpftrace: str = "bpftrace"
     buffering: Literal["line", "full"] = "line"
+    perf_rb_pages: int = 1024
     audit_log: str = ""
     audit_key: str = ""
     audit_origin: str = "portcullis.dev/monitor"

@@ -26,6 +26,9 @@ class PolicyConfig(Section):
     - ``failure_mode``: what a policy that errors, returns the wrong shape or overruns yields,
       unless its ``# METADATA`` sets ``custom.failure_mode``.
     - ``reload_interval``: seconds between checks for changed files (0 = never reload).
+    - ``crash_probe``: compile and evaluate each new policy version in a child process first, so
+      an engine crash (rego-cpp can abort on some constructs) rejects it instead of killing the
+      webhook (costs ~0.5 s per load).
     - ``strict_builtin_errors``: a built-in that errors fails the policy instead of making the
       expression undefined (OPA's ``--strict-builtin-errors``).
     """
@@ -41,6 +44,7 @@ class PolicyConfig(Section):
     reload_interval: float = 2.0
     strict_builtin_errors: bool = False
     workers: int = 2
+    crash_probe: bool = True
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:

@@ -21,6 +21,7 @@ import yaml
 from webhook import errors
 from webhook.admission.decision import Mode
 from webhook.policy import modules, rego
+from webhook.policy import probe as crash_probe
 from webhook.policy.rego import Policy, PolicyResult
 
 TARGET = "admission.k8s.gatekeeper.sh"
@@ -326,6 +327,15 @@ def _match(where: str, name: str, spec: Mapping[str, Any]) -> Match:
     )
 
 
-def reloadable(paths: Sequence[Path], *, strict_builtins: bool = False) -> rego.Reloadable[GatekeeperSet]:
-    """Templates and constraints under ``paths``, recompiled when their files change."""
-    return rego.Reloadable(paths, lambda p: load(p, strict_builtins=strict_builtins), (".yaml", ".yml"))
+def reloadable(
+    paths: Sequence[Path], *, strict_builtins: bool = False, probe: bool = True
+) -> rego.Reloadable[GatekeeperSet]:
+    """Templates and constraints under ``paths``, recompiled when their files change (after a
+    crash probe in a child process, see ``policy.probe``)."""
+
+    def load_checked(p: Sequence[Path]) -> GatekeeperSet:
+        if probe:
+            crash_probe.check("gatekeeper", p, strict_builtins=strict_builtins)
+        return load(p, strict_builtins=strict_builtins)
+
+    return rego.Reloadable(paths, load_checked, (".yaml", ".yml"))

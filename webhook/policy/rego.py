@@ -103,6 +103,12 @@ class CompiledPolicies:
             pass
         return [self._evaluate_one(interpreter, i, p) for i, p in enumerate(self.policies)]
 
+    def evaluate_policy(self, policy: Policy, document: Mapping[str, Any]) -> PolicyResult:
+        """Evaluate one policy alone (the crash probe uses this to name a crashing policy)."""
+        interpreter = _interpreter(self.strict_builtins)
+        interpreter.set_input(new_input(document))
+        return self._evaluate_one(interpreter, self.policies.index(policy), policy)
+
     def _evaluate_one(self, interpreter: Any, index: int, policy: Policy) -> PolicyResult:
         try:
             return _result(policy, _query(interpreter, self.bundle, f"{_WRAPPER_PACKAGE}/p{index}"))
@@ -501,6 +507,16 @@ class PolicyTimeout(errors.UpstreamError):
     """Evaluation overran its bound; the policies' failure mode decides."""
 
 
-def engine(paths: Sequence[Path], *, strict_builtins: bool = False) -> Reloadable[CompiledPolicies]:
-    """A reloadable bundle of the Rego modules under ``paths``."""
-    return Reloadable(paths, lambda p: load_directory(p, strict_builtins=strict_builtins), (".rego",))
+def engine(paths: Sequence[Path], *, strict_builtins: bool = False, probe: bool = True) -> Reloadable[CompiledPolicies]:
+    """A reloadable bundle of the Rego modules under ``paths``; with ``probe``, each version is
+    first compiled and evaluated in a child process (``policy.probe``) so an engine crash
+    rejects it instead of killing the webhook."""
+
+    def load(p: Sequence[Path]) -> CompiledPolicies:
+        if probe:
+            from webhook.policy import probe as crash_probe  # the probe imports this module
+
+            crash_probe.check("rego", p, strict_builtins=strict_builtins)
+        return load_directory(p, strict_builtins=strict_builtins)
+
+    return Reloadable(paths, load, (".rego",))

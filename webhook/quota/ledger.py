@@ -144,8 +144,15 @@ class Ledger:
         ``keys`` name the pod (uid and/or "namespace/name") so the watch can end the
         reservation when it sees the pod. Returns (admitted, views).
         """
-        views = self.views(charges)
-        admitted = all(v.fits for v in views)
+        self._purge(self._clock())
+        used, reserved = self.used, self.reserved
+        views = []
+        admitted = True
+        for key, rule, scope, units, limit in charges:
+            u, r = used.get(key, 0), reserved.get(key, 0)
+            if u + r + units > limit:
+                admitted = False
+            views.append(QuotaView(key, rule, scope, u, r, limit, units))
         if admitted and reserve and charges:
             self.reserve(keys, charges)
         return admitted, views

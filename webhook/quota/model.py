@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, NamedTuple
 
@@ -17,8 +16,7 @@ from webhook.config.quota import QuotaConfig, QuotaRule, parse_amount
 from webhook.quota import requests
 
 
-@dataclass(frozen=True, slots=True)
-class Demand:
+class Demand(NamedTuple):
     """What one pod asks: weighted units per counted resource, and the GPU models it may land on
     (``None`` when it does not constrain the model)."""
 

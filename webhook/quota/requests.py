@@ -58,19 +58,24 @@ def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
         _add(total, container_requests(container, counts))
     init_containers = spec.get("initContainers")
     if init_containers:
+        # Upstream also takes the max with the running sidecar sum after each sidecar; ``total``
+        # already holds every sidecar, so only a regular init container (plus the sidecars
+        # started before it) can raise the peak.
         sidecars: dict[str, int] = {}
         init_peak: dict[str, int] = {}
         for container in init_containers:
             own = container_requests(container, counts)
+            if not own:
+                continue
             if container.get("restartPolicy") == "Always":
                 _add(total, own)
                 _add(sidecars, own)
-                _max(init_peak, sidecars)
             else:
-                running = dict(sidecars)
-                _add(running, own)
-                _max(init_peak, running)
-        _max(total, init_peak)
+                if sidecars:
+                    _add(own, sidecars)
+                _max(init_peak, own)
+        if init_peak:
+            _max(total, init_peak)
     overhead = spec.get("overhead")
     if overhead:
         _add(total, {k: quantity.milli(v) for k, v in overhead.items() if counts(k)})
@@ -79,20 +84,18 @@ def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
 
 def mismatches(spec: Mapping[str, Any], counts: Counts) -> Iterator[Mismatch]:
     """Containers whose request of a counted resource is set and differs from its limit (or
-    that request one without a limit)."""
+    that request one without a limit). A limit without a request is fine: the request defaults
+    to it."""
     for field in ("initContainers", "containers"):
         for index, container in enumerate(spec.get(field) or ()):
             resources = container.get("resources")
             if not resources:
                 continue
-            requests = resources.get("requests") or {}
             limits = resources.get("limits") or {}
-            for name in sorted({*requests, *limits}):
-                if not counts(name):
+            for name, req in (resources.get("requests") or {}).items():
+                lim = limits.get(name)
+                if req == lim or not counts(name):
                     continue
-                req, lim = requests.get(name), limits.get(name)
-                if req is None or req == lim:
-                    continue  # defaulted to the limit, or written the same
                 if lim is None or quantity.parse(req) != quantity.parse(lim):
                     yield Mismatch(field, index, str(container.get("name", index)), name, str(req), str(lim))
 

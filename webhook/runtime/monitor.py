@@ -111,8 +111,7 @@ class Monitor:
             await asyncio.wait(waiters, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters[1:]:
                 w.cancel()
-            if not producer.done():
-                producer.cancel()
+            await self._drain_source(producer)
             with contextlib.suppress(asyncio.CancelledError):
                 await producer  # re-raises the source's own error (bad input, bpftrace failure)
         finally:
@@ -122,6 +121,15 @@ class Monitor:
             for sink in self.sinks:
                 await sink.close()
         return self.snapshot()
+
+    async def _drain_source(self, producer: asyncio.Task[None]) -> None:
+        """Stop a live source gracefully: it exits, and what it already printed is still read."""
+        interrupt = getattr(self.source, "interrupt", None)
+        if interrupt is not None and not producer.done():
+            interrupt()
+            await asyncio.wait([producer], timeout=10)
+        if not producer.done():
+            producer.cancel()
 
     async def _produce(self) -> None:
         queue, live, metrics = self._queue, self.source.live, self.metrics

@@ -69,7 +69,7 @@ def build_source(mon: MonitorConfig, engine: Any) -> Any:
     from webhook.runtime.sources import ebpf
 
     types = None if engine.matches_all_types else engine.event_types
-    source = ebpf.EbpfSource(types, bpftrace=mon.bpftrace, buffering=mon.buffering)
+    source = ebpf.EbpfSource(types, bpftrace=mon.bpftrace, buffering=mon.buffering, perf_rb_pages=mon.perf_rb_pages)
     for evt, why in sorted(source.program.missing.items()):
         print(f"portcullis monitor: warning: event type {evt!r} will not be seen: {why}", file=sys.stderr)
     return source

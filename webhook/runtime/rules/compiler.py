@@ -30,14 +30,6 @@ class _Codegen:
         self.consts: dict[str, Any] = {}
         self._ids: dict[Any, str] = {}
         self.shared: dict[int, str] = {}  # id(subtree) → cache variable (set by compile_bucket)
-        self.reads: dict[str, str] = {}  # event key → cache variable for fields read more than once
-
-    def read(self, key: str) -> str:
-        """Code reading one key; a key read by several checks is fetched once per event."""
-        var = self.reads.get(key)
-        if var is None:
-            return f"g({key!r})"
-        return f"({var} if {var} is not _M else ({var} := g({key!r})))"
 
     def const(self, value: Any, key: Any = None) -> str:
         k = key if key is not None else (type(value).__name__, value)
@@ -64,12 +56,62 @@ class _Codegen:
         if isinstance(node, And):
             return "(" + " and ".join(self.expr(c) for c in node.children) + ")"
         if isinstance(node, Or):
-            return "(" + " or ".join(self.expr(c) for c in node.children) + ")"
+            return "(" + " or ".join(self.or_parts(node)) + ")"
         if isinstance(node, Not):
             return f"(not {self.expr(node.child)})"
         if isinstance(node, Check):
             return self.leaf(node)
         raise checks.CompileError(f"macro '{node.name}' is not defined", node.pos)
+
+    def or_parts(self, node: Or) -> list[str]:
+        """The alternatives of an ``or``, with plain checks of one field and one operator merged:
+        ``fd.name startswith /a or fd.name startswith /b`` → one ``startswith((a, b))`` call,
+        ``x = a or x in (b, c)`` → one set lookup (no side effects, so the order is free)."""
+        groups: dict[tuple[str, str], list[Check]] = {}
+        order: list[Expr | tuple[str, str]] = []
+        for child in node.children:
+            key = self._mergeable(child)
+            if key is None:
+                order.append(child)
+                continue
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(child)  # type: ignore[arg-type]
+        parts = []
+        for item in order:
+            if not isinstance(item, tuple):
+                parts.append(self.expr(item))
+                continue
+            members = groups[item]
+            if len(members) == 1:
+                parts.append(self.expr(members[0]))
+                continue
+            key, kind = item
+            values: list[Any] = []
+            for m in members:
+                v = checks.prepare(m).value
+                values.extend(v if isinstance(v, tuple) else (v,))
+            if kind == "eq":
+                parts.append(f"(g({key!r}) in {self.const(frozenset(values), ('set', frozenset(values)))})")
+            else:
+                parts.append(f"g({key!r}, '').{kind}({self.const(tuple(values))})")
+        return parts
+
+    def _mergeable(self, node: Expr) -> tuple[str, str] | None:
+        if not isinstance(node, Check) or id(node) in self.shared or node.field.transformers:
+            return None
+        if isinstance(node.value, FieldRef) or (node.field.arg is None and fields.derived_values(node.field.name)):
+            return None
+        info = fields.lookup(node.field.name, node.field.arg)
+        if not isinstance(info, fields.FieldInfo):
+            return None
+        key = fields.field_key(node.field.name, node.field.arg)
+        if info.type in (FieldType.STR, FieldType.NUM) and node.op in ("=", "in", "intersects"):
+            return key, "eq"
+        if info.type is FieldType.STR and node.op in ("startswith", "endswith") and node.value:
+            return key, node.op
+        return None
 
     def value_code(self, ref: FieldRef) -> tuple[str, bool]:
         """Code reading the field, and whether it yields a tuple of values (multi-valued)."""
@@ -80,7 +122,7 @@ class _Codegen:
                 tr = self.const(checks.transform(ref.transformers), ("tr", ref.transformers))
                 code = f"tuple(map({tr}, {code} or ()))"
             return code, True
-        code = self.read(fields.field_key(ref.name, ref.arg))
+        code = f"g({fields.field_key(ref.name, ref.arg)!r})"
         if ref.transformers:
             code = f"{self.const(checks.transform(ref.transformers), ('tr', ref.transformers))}({code})"
         return code, False
@@ -124,6 +166,10 @@ class _Codegen:
             return f"({read} in {self.const(frozenset(c), ('set', frozenset(c)))})"
         if plain and op in ("!=", "<", "<=", ">", ">="):
             return f"((_v := {read}) is not None and _v {op} {self.const(c)})"
+        if t is FieldType.STR and op in ("contains", "startswith", "endswith") and c and read.endswith("')"):
+            # a missing field reads as "", which neither contains nor starts/ends with a non-empty c
+            text = f"{read[:-1]}, '')"
+            return f"({self.const(c)} in {text})" if op == "contains" else f"{text}.{op}({self.const(c)})"
         if t is FieldType.STR and op == "contains":
             return f"((_v := {read}) is not None and {self.const(c)} in _v)"
         if t is FieldType.STR and op in ("startswith", "endswith"):
@@ -186,25 +232,6 @@ def _subtrees(node: Expr, out: Counter[int], seen_in_rule: set[int]) -> None:
         out[id(node)] += 1
 
 
-_MISSING = object()  # "not read yet" for cached field reads (None means the field is absent)
-
-
-def _reads(node: Expr, out: Counter[str], seen: set[int]) -> None:
-    """Count plain field reads (each shared subtree once: it is evaluated at most once)."""
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    if isinstance(node, And | Or):
-        for c in node.children:
-            _reads(c, out, seen)
-    elif isinstance(node, Not):
-        _reads(node.child, out, seen)
-    elif isinstance(node, Check):
-        for ref in (node.field, node.value):
-            if isinstance(ref, FieldRef) and not (ref.arg is None and fields.derived_values(ref.name)):
-                out[fields.field_key(ref.name, ref.arg)] += 1
-
-
 def compile_bucket(rules: list[tuple[int, Expr | bool]], *, first: bool) -> Callable[[Event], Any]:
     """One function for the rules of one event type: event → list of rule ids that match (or None).
 
@@ -219,15 +246,7 @@ def compile_bucket(rules: list[tuple[int, Expr | bool]], *, first: bool) -> Call
             _subtrees(cond, counts, set())
     shared = [n for n, k in counts.items() if k > 1]
     gen.shared = {n: f"_s{j}" for j, n in enumerate(shared)}
-    keys: Counter[str] = Counter()
-    seen: set[int] = set()
-    for _, cond in live:
-        if not isinstance(cond, bool):
-            _reads(cond, keys, seen)
-    gen.reads = {k: f"_f{j}" for j, k in enumerate(k for k, n in keys.items() if n > 1)}
-    gen.consts["_M"] = _MISSING
     lines = [f"    {name} = None" for name in gen.shared.values()]
-    lines += [f"    {name} = _M" for name in gen.reads.values()]
     lines.append("    g = e.get")
     lines.append("    r = None")
     for idx, cond in live:

@@ -206,6 +206,9 @@ def generate(
             continue
         parts.append(_syscall_probe(probe, probe_id, self_pid))
         traced.add(probe.evt)
+    # bpftrace prints every non-empty map when it exits: clear the argument stash first.
+    nargs = max((len(p.save) for p in PROBES if p.evt in traced), default=0)
+    parts.append("END { clear(@in); " + " ".join(f"clear(@a{i});" for i in range(nargs)) + " }")
     return Program("\n".join(parts) + "\n", frozenset(traced), missing)
 
 

@@ -151,12 +151,14 @@ class EbpfSource:
         buffering: str = "line",
         start_timeout: float = 90.0,
         chunk_size: int = 1 << 16,
+        perf_rb_pages: int = 1024,
     ) -> None:
         self.program = bpftrace_program.generate(event_types, self_pid=os.getpid())
         self._bpftrace = bpftrace
         self._buffering = buffering
         self._start_timeout = start_timeout
         self._chunk = chunk_size
+        self._rb_pages = perf_rb_pages
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr: bytes = b""
         self.decoder = LineDecoder(ignore_pids=(os.getpid(),))
@@ -169,7 +171,12 @@ class EbpfSource:
         if os.geteuid() != 0:
             raise EbpfUnavailable("the eBPF source needs root (CAP_BPF and CAP_PERFMON)")
         ensure_tracefs()
-        env = {**os.environ, "BPFTRACE_STRLEN": str(bpftrace_program.STRLEN)}
+        # A larger perf ring per CPU absorbs bursts while the reader is descheduled.
+        env = {
+            **os.environ,
+            "BPFTRACE_STRLEN": str(bpftrace_program.STRLEN),
+            "BPFTRACE_PERF_RB_PAGES": str(self._rb_pages),
+        }
         self._proc = await asyncio.create_subprocess_exec(
             exe, "-B", self._buffering, "-e", self.program.text,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -209,6 +216,12 @@ class EbpfSource:
             out = [e for e in map(decode, lines) if e is not None]
             if out:
                 yield out
+
+    def interrupt(self) -> None:
+        """Ask bpftrace to detach and exit; ``batches()`` then ends after the last buffered line."""
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(2)
 
     def stats(self) -> dict[str, int]:
         d = self.decoder
