@@ -11,7 +11,7 @@ containers[path] := c if {
 	some pod in input.pods
 	some field in ["initContainers", "containers"]
 	some i, c in pod.spec[field]
-	path := concat("", [pod.path, ".", field, "[", format_int(i, 10), "]"])
+	path := sprintf("%s.%s[%d]", [pod.path, field, i])
 }
 
 # GPUs a container asks for (limits win; a request alone still counts).

@@ -210,9 +210,15 @@ def test_non_canonical_stored_entries_are_detected() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.text(), json_values, max_size=5), st.text(), st.text())
 def test_whole_records_are_exactly_rfc8785(content: dict[str, Any], time: str, writer: str) -> None:
+    try:
+        expected = rfc8785.dumps({"content": content, "kind": "config", "time": time, "writer": writer})
+    except rfc8785.CanonicalizationError:  # e.g. a float beyond 2**53 that JCS cannot print
+        with pytest.raises(records.RecordError):
+            records.encode_record(time, "config", writer, content)
+        return
     data = records.encode_record(time, "config", writer, content)
-    assert data == rfc8785.dumps({"content": content, "kind": "config", "time": time, "writer": writer})
-    assert records.decode_record(data)["content"] == records.decode_record(data)["content"]
+    assert data == expected
+    assert records.decode_record(data)["writer"] == writer
 
 
 @pytest.mark.parametrize(

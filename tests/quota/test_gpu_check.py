@@ -273,3 +273,23 @@ async def test_metrics_report_used_reserved_and_limit(env: Env, kube: Any, make_
     assert 'portcullis_gpu_quota_limit_gpus{quota="ns",key="ns/namespace=ml",scope="namespace ml"} 2' in lines
     assert "# TYPE portcullis_gpu_quota_limit_gpus gauge" in lines
     assert "portcullis_gpu_ledger_pods 1" in lines
+
+
+async def test_quotas_without_any_kubernetes_api_fail_by_the_failure_mode(make_pod: Any) -> None:
+    config = parse({"quota": {"quotas": [{"name": "q", "limit": 1}]}})
+    check = gpu.build(config, Services())
+    assert check is not None
+    outcome = await admit(Pipeline(config, [check]), make_pod("a", gpus=1, phase=None))
+    assert "GPU quotas are configured but there is no Kubernetes API to count usage" in denial(outcome)
+
+
+async def test_apiserver_coordination_with_the_server_down_names_the_failed_call(
+    env: Env, kube: Any, make_pod: Any
+) -> None:
+    pipeline, check = await env(quota={"quotas": [{"name": "q", "limit": 4}], "coordination": "apiserver"})
+    assert check.does_io
+    assert (await admit(pipeline, make_pod("a", gpus=1, uid="u-a", phase=None))).verdict.allowed
+    await kube.stop()  # the watch's last contact is fresh (max_staleness 30 s): the reservation call fails
+    message = denial(await admit(pipeline, make_pod("b", gpus=1, uid="u-b", phase=None)))
+    assert "could not finish (read GPU reservations portcullis-system/portcullis-gpu-q-" in message
+    assert "API server unreachable" in message

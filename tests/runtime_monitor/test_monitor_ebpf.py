@@ -103,7 +103,8 @@ def session() -> Iterator[Session]:
     yield s
     s.stop()
     thread.join(60)
-    assert s.snapshot["errors"] == 0
+    assert s.error is None
+    assert s.snapshot["errors"] == 0, s.monitor.last_errors
 
 
 def _run(*argv: str, **kw: Any) -> tuple[int, int]:

@@ -109,6 +109,7 @@ def combine(
     set, is capped by it (a check set to ``warn`` never denies, one set to ``off`` says nothing).
     """
     findings: list[Finding] = []
+    audit_lines: dict[str, list[str]] = {}  # keyed by check id: a valid annotation key name
     warnings: list[str] = []
     annotations: dict[str, str] = {}
     patches: list[dict[str, Any]] = []
@@ -123,12 +124,10 @@ def combine(
             if mode is Mode.OFF:
                 continue
             findings.append(Finding(violation, mode))
-    audit_lines: dict[str, list[str]] = {}
-    for finding in findings:
-        if finding.mode is Mode.WARN:
-            warnings.append(finding.violation.describe())
-        elif finding.mode is Mode.AUDIT:
-            audit_lines.setdefault(finding.violation.check, []).append(finding.violation.describe())
+            if mode is Mode.WARN:
+                warnings.append(violation.describe())
+            elif mode is Mode.AUDIT:
+                audit_lines.setdefault(check_id, []).append(violation.describe())
     for check_id, lines in audit_lines.items():
         annotations[f"portcullis.dev/{check_id}"] = "; ".join(lines)
     allowed = not any(f.mode is Mode.ENFORCE for f in findings)

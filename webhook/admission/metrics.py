@@ -29,6 +29,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 
 GaugeSource = Callable[[], Iterable[tuple[str, dict[str, str], float]]]
+# A check's own metrics: a mapping of name -> value, or ready-made exposition lines.
+CheckMetrics = Callable[[], "dict[str, float] | list[str]"]
 
 
 class Histogram:
@@ -55,8 +57,9 @@ class WebhookMetrics:
         self.violations: defaultdict[tuple[str, str], int] = defaultdict(int)  # (check, mode)
         self.latency: dict[str, Histogram] = {}
         self.shed = 0
-        self.cert_reloads = 0
+        self.cert_reloads: Callable[[], int] = lambda: 0  # set by the server to its TLS reloader
         self.gauge_sources: list[GaugeSource] = []
+        self.check_sources: list[tuple[str, CheckMetrics]] = []
 
     def observe(self, endpoint: str, code: int, seconds: float) -> None:
         self.requests[(endpoint, str(code))] += 1
@@ -93,7 +96,7 @@ class WebhookMetrics:
         out.append(f"portcullis_requests_shed_total {self.shed}")
         out.append("# HELP portcullis_tls_reloads_total Serving certificate reloads.")
         out.append("# TYPE portcullis_tls_reloads_total counter")
-        out.append(f"portcullis_tls_reloads_total {self.cert_reloads}")
+        out.append(f"portcullis_tls_reloads_total {self.cert_reloads()}")
         out.append("# HELP portcullis_request_duration_seconds Time to answer a request.")
         out.append("# TYPE portcullis_request_duration_seconds histogram")
         for endpoint, h in sorted(self.latency.items()):
@@ -113,6 +116,20 @@ class WebhookMetrics:
                     out.append(f"# TYPE {name} gauge")
                     seen.add(name)
                 out.append(f"{name}{_labels(labels)} {value}")
+        values: list[str] = []
+        for check_id, source in self.check_sources:
+            produced = source()
+            if isinstance(produced, dict):
+                values += [
+                    f'portcullis_check_metric{{check="{_escape(check_id)}",name="{_escape(k)}"}} {float(v)}'
+                    for k, v in sorted(produced.items())
+                ]
+            else:
+                out.extend(produced)
+        if values:
+            out.append("# HELP portcullis_check_metric Counters and gauges a check keeps (e.g. the image cache).")
+            out.append("# TYPE portcullis_check_metric untyped")
+            out.extend(values)
         return "\n".join(out) + "\n"
 
 

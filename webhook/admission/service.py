@@ -77,7 +77,11 @@ async def serve(
     site = web.TCPSite(runner, listen.host, listen.port, ssl_context=reloading.context, backlog=1024)
     await site.start()
     reloading.start()
-    metrics.gauge_sources.append(lambda: [("portcullis_tls_reloads", {}, float(reloading.reloads))])
+    metrics.cert_reloads = lambda: reloading.reloads
+    for check in pipeline.checks:
+        source = getattr(check, "metrics", None)
+        if callable(source):
+            metrics.check_sources.append((check.id, source))
     log.warning("portcullis webhook listening on https://%s:%d", listen.host, listen.port)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -81,6 +81,7 @@ class Monitor:
         self.hostname = hostname or os.uname().nodename
         self.metrics = Metrics()
         self.ready = asyncio.Event()
+        self.last_errors: list[str] = []  # the first few events that failed, for diagnosis
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_batches)
         self.table = table
         self.builder: events.EventBuilder | None = None
@@ -163,8 +164,10 @@ class Monitor:
                     continue
                 metrics.events += 1
                 alerts = process(event)
-            except Exception:  # one odd event must not stop the node's monitor
+            except Exception as exc:  # one odd event must not stop the node's monitor
                 metrics.errors += 1
+                if len(self.last_errors) < 10:
+                    self.last_errors.append(f"{type(exc).__name__}: {exc} in {item!r}")
                 _log.debug("event failed: %r", item, exc_info=True)
                 continue
             for alert in alerts:

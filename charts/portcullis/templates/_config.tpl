@@ -17,8 +17,9 @@ webhook's timeoutSeconds, audit paths) and prepends the monitor's exemption.
 {{- if and $v.monitor.enabled $v.monitor.exemption }}
 {{- $exemptions = append $exemptions (dict
       "namespaces" (list .Release.Namespace)
+      "service_accounts" (list (include "portcullis.monitorServiceAccount" .))
       "checks" (list "privilege")
-      "reason" (printf "portcullis runtime monitor (DaemonSet %s-monitor, service account %s): needs host PID, BPF/PERFMON capabilities and the tracefs hostPath; exempt from the privilege check only, in namespace %s only" (include "portcullis.fullname" .) (include "portcullis.monitorServiceAccount" .) .Release.Namespace)) }}
+      "reason" (printf "portcullis runtime monitor (DaemonSet %s-monitor, service account %s): needs host PID, BPF/PERFMON capabilities and the tracefs hostPath; exempt from the privilege check only, for that service account in namespace %s only" (include "portcullis.fullname" .) (include "portcullis.monitorServiceAccount" .) .Release.Namespace)) }}
 {{- end }}
 {{- range (default list (get $cfg "exemptions")) }}
 {{- $exemptions = append $exemptions . }}

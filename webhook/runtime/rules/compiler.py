@@ -232,6 +232,56 @@ def _subtrees(node: Expr, out: Counter[int], seen_in_rule: set[int]) -> None:
         out[id(node)] += 1
 
 
+def _groups(live: list[tuple[int, Expr | bool]]) -> list[tuple[Expr | None, list[tuple[int, Expr | bool]]]]:
+    """Rules whose conditions start with the same (shared) conjunct, e.g. the ``open_read``
+    macro, go under one ``if`` on it: when it is false the whole group costs one test."""
+    by_first: dict[int, list[tuple[int, Expr | bool]]] = {}
+    heads: dict[int, Expr] = {}
+    order: list[int | tuple[int, Expr | bool]] = []
+    for idx, cond in live:
+        if isinstance(cond, And):
+            head = cond.children[0]
+            if id(head) not in by_first:
+                by_first[id(head)] = []
+                heads[id(head)] = head
+                order.append(id(head))
+            by_first[id(head)].append((idx, cond))
+        else:
+            order.append((idx, cond))
+    out: list[tuple[Expr | None, list[tuple[int, Expr | bool]]]] = []
+    for item in order:
+        if isinstance(item, tuple):
+            out.append((None, [item]))
+            continue
+        members = by_first[item]
+        if len(members) == 1:
+            out.append((None, members))
+            continue
+        rests: list[tuple[int, Expr | bool]] = []
+        for idx, cond in members:
+            tail = cond.children[1:]  # type: ignore[union-attr]
+            rests.append((idx, tail[0] if len(tail) == 1 else And(tail)))
+        out.append((heads[item], rests))
+    return out
+
+
+_MAX_NESTING = 24  # Python's parser allows 100 indentation levels; stay far below
+
+
+def _emit_groups(gen: _Codegen, members: list[tuple[int, Expr | bool]], indent: str, lines: list[str]) -> None:
+    """Emit rule tests, nesting rules that share leading conjuncts under one ``if`` per level."""
+    groups = _groups(members) if len(indent) < 4 * _MAX_NESTING else [(None, [m]) for m in members]
+    for guard, group in groups:
+        if guard is not None:
+            lines.append(f"{indent}if {gen.expr(guard)}:")
+            _emit_groups(gen, group, indent + "    ", lines)
+            continue
+        for idx, cond in group:
+            lines.append(f"{indent}if {gen.expr(cond)}:")
+            lines.append(f"{indent}    if r is None:\n{indent}        r = [{idx}]")
+            lines.append(f"{indent}    else:\n{indent}        r.append({idx})")
+
+
 def compile_bucket(rules: list[tuple[int, Expr | bool]], *, first: bool) -> Callable[[Event], Any]:
     """One function for the rules of one event type: event → list of rule ids that match (or None).
 
@@ -249,15 +299,12 @@ def compile_bucket(rules: list[tuple[int, Expr | bool]], *, first: bool) -> Call
     lines = [f"    {name} = None" for name in gen.shared.values()]
     lines.append("    g = e.get")
     lines.append("    r = None")
-    for idx, cond in live:
-        test = gen.expr(cond)
-        if first:
-            lines.append(f"    if {test}:\n        return [{idx}]")
-        else:
-            lines.append(
-                f"    if {test}:\n        if r is None:\n            r = [{idx}]\n"
-                f"        else:\n            r.append({idx})"
-            )
+    if first:
+        for idx, cond in live:
+            lines.append(f"    if {gen.expr(cond)}:\n        return [{idx}]")
+    else:
+        _emit_groups(gen, live, "    ", lines)
+        lines.append("    if r is not None and len(r) > 1:\n        r.sort()")
     lines.append("    return r")
     body = "\n".join("    " + line for line in "\n".join(lines).split("\n"))
     return _build(body, gen.consts, "_bucket")
