@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -384,3 +385,16 @@ def test_entries_are_found_in_the_bundle_their_index_names(tmp_path: Path, signe
     assert tiles.decode_bundle((directory / tiles.tile_path(ENTRIES, 2, 88)).read_bytes())[0] == proofs.read_entry(
         directory, 512, 600
     )
+
+
+def test_a_published_checkpoint_exposes_truncation_of_the_whole_log(tmp_path: Path, signer: note.Signer) -> None:
+    published = tmp_path / "published"
+    asyncio.run(fill(tmp_path / "log", tmp_path / "audit.key", [300], witnesses=[f"dir:{published}"]))
+    assert verify.verify(tmp_path / "log", signer.verifier, published=[published]).ok
+    # Whoever holds the key rewrites history: a fresh, shorter log, validly signed.
+    shutil.rmtree(tmp_path / "log")
+    asyncio.run(fill(tmp_path / "log", tmp_path / "audit.key", [10]))
+    assert verify.verify(tmp_path / "log", signer.verifier).ok  # looks fine on its own
+    result = verify.verify(tmp_path / "log", signer.verifier, published=[published])
+    assert not result.ok
+    assert "records removed" in str(result.first())

@@ -304,3 +304,14 @@ def test_out_of_range_requests_are_refused() -> None:
         merkle.inclusion_proof(NODES, 5, 5)
     with pytest.raises(merkle.ProofError):
         merkle.consistency_proof(NODES, 6, 5)
+
+
+def test_appending_a_whole_subtree_equals_appending_its_leaves() -> None:
+    one, bulk = merkle.CompactRange(), merkle.CompactRange()
+    for leaf in LEAVES[:256]:
+        one.append(leaf)
+    bulk.append_node(8, merkle.fold_complete(LEAVES[:256]))
+    assert (bulk.size, bulk.root()) == (one.size, one.root())
+    bulk.append(LEAVES[256])
+    with pytest.raises(merkle.ProofError):
+        bulk.append_node(1, LEAVES[0])

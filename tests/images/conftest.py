@@ -501,7 +501,7 @@ class Env:
         return check
 
     async def admit(
-        self, check: Any, *images: str, budget: float = 3.0, kind: str = "Pod", pull_secrets: tuple[str, ...] = ()
+        self, check: Any, *images: str, budget: float = 10.0, kind: str = "Pod", pull_secrets: tuple[str, ...] = ()
     ) -> Any:
         from webhook.admission.deadline import Deadline
         from webhook.admission.pipeline import Pipeline, Subject

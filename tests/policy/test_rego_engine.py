@@ -8,7 +8,7 @@ import pytest
 
 from webhook import errors
 from webhook.admission.decision import Mode
-from webhook.policy import modules, rego
+from webhook.policy import lifecycle, modules, rego
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,8 +135,8 @@ async def test_runaway_policy_is_bounded(tmp_path: Path) -> None:
         'deny contains sprintf("%d", [n]) if { n := count([y | some y in numbers.range(1, input.n); y % 7 == 0]) }\n',
     )
     compiled = rego.load_directory([tmp_path])
-    pool = rego.BoundedPool(1)
-    with pytest.raises(rego.PolicyTimeout, match="exceeded 1 ms"):
+    pool = lifecycle.BoundedPool(1)
+    with pytest.raises(lifecycle.PolicyTimeout, match="exceeded 1 ms"):
         await pool.run(lambda: compiled.evaluate({"n": 300_000}), 0.001, "policies: slow")
     assert pool.runaway in (0, 1)  # the thread keeps running until rego-cpp finishes
     pool.close()

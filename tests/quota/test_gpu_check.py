@@ -178,11 +178,12 @@ async def test_warning_past_eighty_percent_and_context_for_rego(env: Env, kube: 
 
 
 async def test_per_pod_rules_apply_to_every_workload(env: Env, kube: Any, make_pod: Any) -> None:
-    pipeline, _ = await env(
+    pipeline, check = await env(
         quota={"quotas": [{"name": "q", "limit": 4}], "per_pod": {"max_gpus": 2, "requests_equal_limits": True}}
     )
     message = denial(await admit(pipeline, make_pod("big", gpus=3, phase=None)))
     assert "pod asks 3 GPUs, more than the 2 allowed per pod" in message
+    assert not check.ledger.reserved  # a denied pod holds nothing
     uneven = make_pod(
         "uneven",
         phase=None,

@@ -27,6 +27,7 @@ def test_seven_mig_slices_weigh_exactly_one_gpu() -> None:
     assert model.total(demand) == model.scale
     assert model.gpus(model.total(model.demand(_spec({"nvidia.com/mig-1g.10gb": 1})))) == "1/7"
     assert model.gpus(model.total(model.demand(_spec({"nvidia.com/mig-3g.40gb": 2})))) == "6/7"
+    assert model.gpus(model.scale * 1234567 + model.scale // 2) == "1234567.5"
 
 
 def test_time_sliced_replica_weighs_one_over_n_and_unknown_resources_do_not_count() -> None:

@@ -6,6 +6,8 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from webhook.quota import quantity, requests
 
@@ -111,3 +113,46 @@ def test_mismatched_request_and_limit_is_reported() -> None:
     }
     found = list(requests.mismatches(spec, lambda r: r == "nvidia.com/gpu"))
     assert [(m.name, m.request, m.limit) for m in found] == [("a", "1", "2"), ("c", "1", "None")]
+
+
+def _reference(spec: dict[str, Any]) -> int:
+    """resourcehelper.PodRequests for one resource, step by step as upstream writes it."""
+
+    def req(c: dict[str, Any]) -> int:
+        res = c.get("resources") or {}
+        value = (res.get("requests") or {}).get("nvidia.com/gpu", (res.get("limits") or {}).get("nvidia.com/gpu", 0))
+        return int(value)
+
+    total = sum(req(c) for c in spec.get("containers", []))
+    restartable = peak = 0
+    for c in spec.get("initContainers", []):
+        if c.get("restartPolicy") == "Always":
+            total += req(c)
+            restartable += req(c)
+            use = restartable
+        else:
+            use = req(c) + restartable
+        peak = max(peak, use)
+    return max(total, peak) + int((spec.get("overhead") or {}).get("nvidia.com/gpu", 0))
+
+
+_containers = st.lists(
+    st.builds(
+        lambda g, always, limit_only: _c(g, always=always, limit_only=limit_only),
+        st.one_of(st.none(), st.integers(0, 8)),
+        st.booleans(),
+        st.booleans(),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_containers, _containers, st.one_of(st.none(), st.integers(0, 2)))
+def test_pod_requests_match_the_upstream_algorithm(init: list[Any], regular: list[Any], overhead: int | None) -> None:
+    for c in regular:
+        c.pop("restartPolicy", None)
+    spec: dict[str, Any] = {"containers": regular, "initContainers": init}
+    if overhead is not None:
+        spec["overhead"] = {"nvidia.com/gpu": overhead}
+    assert _gpus(spec) == _reference(spec)

@@ -50,6 +50,7 @@ class Session:
         self.ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self.stopped_by_test = False
 
     def run(self) -> None:
         try:
@@ -69,7 +70,8 @@ class Session:
         self.snapshot = await task
 
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self.stopped_by_test = True
             self._loop.call_soon_threadsafe(self._stop.set)
 
     def wait_for(self, pred: Callable[[dict[str, Any]], bool], limit: float = 30.0) -> dict[str, Any]:
@@ -105,6 +107,7 @@ def session() -> Iterator[Session]:
     thread.join(60)
     assert s.error is None
     assert s.snapshot["errors"] == 0, s.monitor.last_errors
+    assert s.stopped_by_test, f"the monitor stopped early: {s.snapshot} {s.monitor.source._stderr!r}"
 
 
 def _run(*argv: str, **kw: Any) -> tuple[int, int]:

@@ -280,3 +280,40 @@ def test_values_of_the_wrong_type_are_coerced_not_fatal(engine: Engine) -> None:
     odd = engine.process({"evt.type": ["open"], "proc.name": "cat"})  # unhashable: coerced to a string
     assert [a.rule for a in odd] == ["Not open"]
     assert engine.eval_errors == 0
+
+
+def test_rules_sharing_a_macro_fire_in_load_order_whatever_the_grouping(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            - macro: opened
+              condition: evt.type = open and fd.num >= 0
+            - rule: A
+              desc: d
+              condition: opened and fd.name startswith /etc
+              output: a
+              priority: INFO
+            - rule: B
+              desc: d
+              condition: evt.type = open and proc.name = cat
+              output: b
+              priority: INFO
+            - rule: C
+              desc: d
+              condition: opened and proc.name = cat
+              output: c
+              priority: INFO
+            """
+        ),
+        encoding="utf-8",
+    )
+    event = {"evt.type": "open", "fd.num": 3, "fd.name": "/etc/x", "proc.name": "cat"}
+    assert [a.rule for a in Engine.load([path]).process(event)] == ["A", "B", "C"]
+    assert [a.rule for a in Engine.load([path], match="first").process(event)] == ["A"]
+    assert [a.rule for a in Engine.load([path]).process({**event, "fd.num": -1})] == ["B"]
+
+
+def test_a_key_holding_none_counts_as_missing() -> None:
+    assert not m("proc.name exists", {"proc.name": None})
+    assert not m("proc.name != x", {"proc.name": None})

@@ -120,7 +120,7 @@ def combine(
         warnings.extend(result.warnings)
         patches.extend(result.patches)
         for violation in result.violations:
-            mode = _weaker(violation.mode, check_mode)
+            mode = weaker(violation.mode, check_mode)
             if mode is Mode.OFF:
                 continue
             findings.append(Finding(violation, mode))
@@ -143,7 +143,8 @@ def combine(
 _STRENGTH = {Mode.OFF: 0, Mode.AUDIT: 1, Mode.WARN: 2, Mode.ENFORCE: 3}
 
 
-def _weaker(own: Mode | None, configured: Mode) -> Mode:
+def weaker(own: Mode | None, configured: Mode) -> Mode:
+    """The weaker of two modes (``off`` < ``audit`` < ``warn`` < ``enforce``); ``None`` yields the other."""
     if own is None:
         return configured
     return own if _STRENGTH[own] <= _STRENGTH[configured] else configured

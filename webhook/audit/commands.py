@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--origin", default=None, help="checkpoint origin (default: the key name)")
     p.add_argument("--writer", default=socket.gethostname(), help="writer identity stored in records")
     p.add_argument("--kind", default="config", choices=sorted(records.KINDS), help="kind for plain objects")
-    p.add_argument("--witness-url", action="append", default=[], help="'URL [VKEY]' of a witness")
+    p.add_argument(
+        "--witness-url", action="append", default=[], help="'URL [VKEY]' of a witness, or 'dir:PATH' to publish"
+    )
     _format(p)
     p.set_defaults(func=cmd_append)
 
@@ -49,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--witness-key", action="append", default=[], help="witness vkey or file (repeatable)")
     p.add_argument("--witnesses-required", type=int, default=0, help="k of n (default: all given)")
     p.add_argument("--no-record-check", action="store_true", help="skip the canonical-JSON check")
+    p.add_argument("--published", type=Path, action="append", default=[], help="publish dir (repeatable)")
     _format(p)
     p.set_defaults(func=cmd_verify)
 
@@ -173,7 +176,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     results = []
     for directory in args.log:
         key = _key_for(directory, keys)
-        results.append(verify.verify(directory, key, wkeys, args.witnesses_required, not args.no_record_check))
+        check = not args.no_record_check
+        results.append(verify.verify(directory, key, wkeys, args.witnesses_required, check, args.published))
     if args.format == "json":
         _json({"version": 1, "logs": [_result_json(r) for r in results]})
     else:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from webhook import errors
-from webhook.audit import merkle, note, records, store, tiles, witness
+from webhook.audit import merkle, note, publish, records, store, tiles, witness
 from webhook.audit.records import AuditRecord
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
@@ -67,6 +67,7 @@ class AuditLog:
         self._witness_sizes: dict[str, int] = {}
         self._cp_signed = b""
         self._cosigned_size = -1
+        self._publish_dirs: list[Path] = []
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -89,6 +90,7 @@ class AuditLog:
         latest checkpoint (tampering, or acknowledged records lost).
         """
         directory = Path(directory)
+        witnesses = list(witnesses)
         signer = note.load_signer(Path(signing_key_path)) if signing_key_path else None
         if not origin or "\n" in origin:
             raise errors.ConfigError(f"audit log origin {origin!r} must be one non-empty line")
@@ -101,8 +103,9 @@ class AuditLog:
             commit_window,
             checkpoint_every,
             checkpoint_interval,
-            [witness.WitnessEndpoint.parse(w) for w in witnesses],
+            [witness.WitnessEndpoint.parse(w) for w in witnesses if not _publish_target(w)],
         )
+        self._publish_dirs = [d for w in witnesses if (d := _publish_target(w)) is not None]
         self._cp_size = await asyncio.to_thread(self._check_existing_checkpoint)
         self._task = asyncio.create_task(self._run(), name=f"audit-writer:{origin}")
         return self
@@ -229,6 +232,11 @@ class AuditLog:
             await asyncio.to_thread(self._write_checkpoint, signed, size)
         self._cp_size = size
         self._cp_signed = signed
+        for target in self._publish_dirs:
+            try:
+                await asyncio.to_thread(publish.publish, target, self.origin, signed, self._store.durable)
+            except OSError as exc:  # failure mode: logged; the local log is unaffected
+                log.warning("audit log %s: cannot publish checkpoint to %s: %s", self.directory, target, exc)
         if self._witnesses and (self._witness_task is None or self._witness_task.done()):
             self._witness_task = asyncio.create_task(self._cosign(signed, size))
 
@@ -247,18 +255,24 @@ class AuditLog:
         def proof(old: int) -> list[bytes]:
             return merkle.consistency_proof(reader.node, old, size)
 
-        lines = await witness.collect_cosignatures(self._witnesses, signed, size, proof, self._witness_sizes)
-        self._cosigned_size = size
-        if not lines:
-            return
-        async with self._cp_lock:
-            await asyncio.to_thread(self._add_cosignatures, signed, size, lines)
+        try:
+            lines = await witness.collect_cosignatures(self._witnesses, signed, size, proof, self._witness_sizes)
+            self._cosigned_size = size
+            if lines:
+                async with self._cp_lock:
+                    await asyncio.to_thread(self._add_cosignatures, signed, size, lines)
+        except Exception as exc:  # failure mode: witnessing is best effort, never fatal to the log
+            log.warning("audit log %s: witnessing checkpoint %d failed: %s", self.directory, size, exc)
 
     def _add_cosignatures(self, signed: bytes, size: int, lines: list[str]) -> None:
         extra = "".join(lines).encode()
         for path in (self.directory / HISTORY / str(size), self.directory / CHECKPOINT):
             if path.exists() and path.read_bytes() == signed:
                 store.write_atomic(path, signed + extra, self._store.durable, 0o644)
+
+
+def _publish_target(value: witness.WitnessEndpoint | str) -> Path | None:
+    return publish.parse_target(value) if isinstance(value, str) else None
 
 
 def read_records(directory: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -205,6 +205,23 @@ class CompactRange:
         stack.append(h)
         self.size += 1
 
+    def append_node(self, height: int, h: bytes, on_node: Callable[[int, int, bytes], None] | None = None) -> None:
+        """Append a complete subtree of ``2**height`` leaves (the size must be aligned to it)."""
+        size = self.size
+        if size % (1 << height):
+            raise ProofError(f"a subtree of height {height} cannot start at leaf {size}")
+        stack = self._stack
+        self.size += 1 << height
+        while (size >> height) & 1:
+            h = node_hash(stack.pop(), h)
+            height += 1
+            if on_node is not None:
+                on_node(height, size >> height, h)
+        stack.append(h)
+
+    def copy(self) -> CompactRange:
+        return CompactRange(self.size, self._stack)
+
     def root(self) -> bytes:
         if not self._stack:
             return EMPTY_ROOT

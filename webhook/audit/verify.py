@@ -7,13 +7,14 @@ bad place".
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook.audit import merkle, note, records, tiles
+from webhook.audit import merkle, note, publish, records, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
 CHECKPOINT = "checkpoint"
@@ -91,6 +92,27 @@ class _TreeCheck:
     def root_of(self, size: int) -> bytes | None:
         return merkle.EMPTY_ROOT if size == 0 else self.roots.get(size)
 
+    def leaves(self, hashes: list[bytes]) -> None:
+        """Leaf hashes of one bundle; a whole aligned tile is checked and folded in one go."""
+        start = self.border.size
+        if len(hashes) != TILE_WIDTH or start % TILE_WIDTH:
+            for h in hashes:
+                self.leaf(h)
+            return
+        for size in self.sizes:
+            if start < size < start + TILE_WIDTH:  # a checkpoint inside this tile
+                part = self.border.copy()
+                for h in hashes[: size - start]:
+                    part.append(h)
+                self.roots[size] = part.root()
+        self.counts[0] += TILE_WIDTH
+        self._compare(0, start // TILE_WIDTH, b"".join(hashes), full=True)
+        top = merkle.fold_complete(hashes)
+        self._push(1, top)
+        self.border.append_node(tiles.TILE_HEIGHT, top, self._on_node)
+        if self.border.size in self.sizes:
+            self.roots[self.border.size] = self.border.root()
+
     def leaf(self, h: bytes) -> None:
         self._push(0, h)
         self.border.append(h, self._on_node)
@@ -156,14 +178,20 @@ def verify(
     witness_keys: Sequence[note.Verifier] = (),
     required: int = 0,
     check_records: bool = True,
+    published: Sequence[Path] = (),
 ) -> Result:
-    """Verify one log directory; never raises for tampering (it is in ``Result.problems``)."""
+    """Verify one log directory; never raises for tampering (it is in ``Result.problems``).
+
+    ``published`` are directories the log copies its checkpoints to (``publish.py``): a copy
+    larger than the log, or with another root, shows the whole log was truncated or rewritten.
+    """
     result = Result(root)
     if not root.is_dir():
         result.add(_NOWHERE, f"{root}: not a directory")
         return result
     files = _Files(root, result)
     checkpoints = _load_checkpoints(root, files, log_key, result)
+    checkpoints += _load_published(published, log_key, result)
     tree = _TreeCheck(root, files, result, {cp.size for _, cp in checkpoints})
     _check_entries(root, files, tree, result, check_records)
     tree.finish()
@@ -194,16 +222,16 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         for width, path in widths.items():
             if width != best and not data.startswith(path.read_bytes()):
                 result.add(index, f"{path.relative_to(root).as_posix()}: not a prefix of {rel}")
-        offset = 0
-        for entry in entries:
-            if check_records:
+        if check_records:
+            offset = 0
+            for i, entry in enumerate(entries):
                 try:
                     records.decode_record(entry)
                 except records.RecordError as exc:
-                    result.add(index, f"entry {index} ({rel} byte {offset}): {exc}")
-            tree.leaf(merkle.leaf_hash(entry))
-            offset += 2 + len(entry)
-            index += 1
+                    result.add(index + i, f"entry {index + i} ({rel} byte {offset}): {exc}")
+                offset += 2 + len(entry)
+        tree.leaves([hashlib.sha256(b"\x00" + e).digest() for e in entries])
+        index += len(entries)
         if best < TILE_WIDTH:
             break
         bundle += 1
@@ -245,6 +273,31 @@ def _load_checkpoints(
         out.append((rel, cp))
     if result.checkpoint_size is None and not (root / CHECKPOINT).exists():
         result.add(_NOWHERE, f"{CHECKPOINT}: missing")
+    return out
+
+
+def _load_published(
+    dirs: Sequence[Path], log_key: note.Verifier | None, result: Result
+) -> list[tuple[str, note.Checkpoint]]:
+    out = []
+    for d in dirs:
+        if result.origin is None:
+            result.add(_NOWHERE, f"{d}: cannot match a published checkpoint without the log's own")
+            continue
+        path = publish.checkpoint_path(d, result.origin)
+        try:
+            data = path.read_bytes()
+            if log_key is not None:
+                cp, _ = note.open_checkpoint(data, log_key, str(path))
+            else:
+                cp = note.parse_checkpoint(note.parse_note(data, str(path)).text, str(path))
+        except OSError as exc:
+            result.add(_NOWHERE, f"{path}: published checkpoint unreadable ({exc.strerror})")
+            continue
+        except note.NoteError as exc:
+            result.add(_NOWHERE, str(exc))
+            continue
+        out.append((str(path), cp))
     return out
 
 

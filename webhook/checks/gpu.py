@@ -59,6 +59,7 @@ class GpuCheck:
         self.namespaces = namespaces
         self.ci = ci
         self.does_io = bool(coordinator is not None and coordinator.does_io)
+        self._config = config
         self._quota = config.quota
         self._owns_namespaces = owns_namespaces
 
@@ -76,6 +77,9 @@ class GpuCheck:
             await self.namespaces.close()
 
     def ready(self) -> bool:
+        """Ready once pods (and namespace labels, for team quotas) have been listed."""
+        if self.namespaces is not None and not self.namespaces.ready():
+            return False
         return self.watch is None or self.watch.ready()
 
     def metrics(self) -> list[str]:
@@ -157,7 +161,10 @@ class GpuCheck:
             )
         self._fresh()
         keys = _pod_keys(ctx)
-        admitted, views = await self.coordinator.admit(keys, charges, reserve=not ctx.dry_run, deadline=ctx.deadline)
+        # A pod this check denies anyway (a per-pod rule, enforced) must not hold GPUs for the TTL.
+        doomed = bool(result.violations) and self._config.mode_for(CHECK_ID, ctx.namespace_labels) is Mode.ENFORCE
+        reserve = not ctx.dry_run and not doomed
+        admitted, views = await self.coordinator.admit(keys, charges, reserve=reserve, deadline=ctx.deadline)
         scale = self.model.scale
         result.context["quotas"] = [_view_json(scale, v) for v in views]
         result.context["usage"] = self._usage(ctx)
@@ -191,7 +198,7 @@ class GpuCheck:
         watch = self.watch
         if watch is None:
             return
-        if not watch.ready():
+        if not self.ready():
             raise errors.ApiServerError(
                 "GPU usage not known yet: the pod watch has not finished its first list from the API server"
             )

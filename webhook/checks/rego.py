@@ -15,19 +15,19 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from webhook.admission import decision
 from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
 from webhook.admission.workloads import PodSpecRef
 from webhook.checks.base import Check, RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.policy import PolicyConfig
-from webhook.policy import gatekeeper, opa, rego
+from webhook.policy import gatekeeper, lifecycle, opa, rego
 from webhook.policy import input as policy_input
 from webhook.policy.rego import PolicyResult
 
 CHECK_ID = "rego"
 log = logging.getLogger("portcullis.policy")
-_STRENGTH = {Mode.OFF: 0, Mode.AUDIT: 1, Mode.WARN: 2, Mode.ENFORCE: 3}
 
 
 class RegoCheck:
@@ -41,8 +41,8 @@ class RegoCheck:
         settings: PolicyConfig,
         *,
         failure_mode: FailureMode,
-        bundle: rego.Reloadable[rego.CompiledPolicies] | None = None,
-        templates: rego.Reloadable[gatekeeper.GatekeeperSet] | None = None,
+        bundle: lifecycle.Reloadable[rego.CompiledPolicies] | None = None,
+        templates: lifecycle.Reloadable[gatekeeper.GatekeeperSet] | None = None,
         remote: opa.OpaEngine | None = None,
     ) -> None:
         self.settings = settings
@@ -51,7 +51,7 @@ class RegoCheck:
         self.templates = templates
         self.remote = remote
         self.does_io = remote is not None
-        self.pool = rego.BoundedPool(settings.workers)
+        self.pool = lifecycle.BoundedPool(settings.workers)
         self._reloader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -103,7 +103,7 @@ class RegoCheck:
         bound = ctx.deadline.cap(self.settings.timeout)
         try:
             results = await self.pool.run(evaluate, bound, _names(bundle, templates))
-        except rego.PolicyTimeout as exc:
+        except lifecycle.PolicyTimeout as exc:
             return self._overrun(str(exc), bundle, templates)
         return to_result(results, self.settings.failure_mode)
 
@@ -140,7 +140,7 @@ def to_result(results: Sequence[PolicyResult], default_failure: FailureMode) -> 
             continue
         for item in result.deny:
             out.violations.append(_violation(policy, item, policy.mode))
-        warn_mode = _weaker(Mode.WARN, policy.mode)
+        warn_mode = decision.weaker(policy.mode, Mode.WARN)
         for item in result.warn:
             out.violations.append(_violation(policy, item, warn_mode))
     out.context = {"policies": evaluated, "failed": failed}
@@ -158,12 +158,6 @@ def _failure(out: CheckResult, result: PolicyResult, failure_mode: FailureMode) 
 def _violation(policy: rego.Policy, item: rego.Item, mode: Mode | None) -> Violation:
     name = f"{policy.id}/{item.check}" if item.check else policy.id
     return Violation(CHECK_ID, f"{name}: {item.msg}", path=item.path, mode=mode)
-
-
-def _weaker(a: Mode, b: Mode | None) -> Mode:
-    if b is None:
-        return a
-    return a if _STRENGTH[a] <= _STRENGTH[b] else b
 
 
 def build(config: Config, services: Services) -> Check | None:

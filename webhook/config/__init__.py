@@ -37,7 +37,9 @@ class Config(Section):
     exemptions: list[Exemption] = []
     namespaces: dict[str, NamespaceSettings] = {}
     default_namespace: str = "default"
-    # Namespace label that overrides a check's mode: portcullis.dev/<check>=enforce|warn|audit|off
+    # Namespace label that overrides a check's mode: portcullis.dev/<check>=enforce|warn|audit|off.
+    # Whoever may label namespaces may change modes (as with Pod Security Admission's labels);
+    # set to "" to ignore such labels and take modes from this file only.
     mode_label_prefix: str = "portcullis.dev/"
     privilege: PrivilegeConfig = PrivilegeConfig()
     runtimeclass: RuntimeClassConfig = RuntimeClassConfig()
@@ -64,7 +66,8 @@ class Config(Section):
 
     def mode_for(self, check_id: str, namespace_labels: dict[str, str] | Any) -> Mode:
         """The check's mode for a namespace: its label override, else the global setting."""
-        label = namespace_labels.get(self.mode_label_prefix + check_id) if namespace_labels else None
+        prefix = self.mode_label_prefix
+        label = namespace_labels.get(prefix + check_id) if prefix and namespace_labels else None
         if label in _MODES:
             return Mode(label)
         return self.check_settings(check_id).mode

@@ -20,7 +20,7 @@ import yaml
 
 from webhook import errors
 from webhook.admission.decision import Mode
-from webhook.policy import modules, rego
+from webhook.policy import lifecycle, modules, native, rego
 from webhook.policy import probe as crash_probe
 from webhook.policy.rego import Policy, PolicyResult
 
@@ -113,11 +113,11 @@ class GatekeeperSet:
     def evaluate_one(self, constraint: Constraint, review: Mapping[str, Any]) -> PolicyResult:
         template = self.templates[constraint.kind]
         policy = Policy(id=constraint.id, package=template.kind, file=constraint.file, mode=constraint.mode)
-        interpreter = rego._interpreter(template.compiled.strict_builtins)
-        interpreter.set_input(rego.new_input({"review": review, "parameters": constraint.parameters}))
+        interpreter = native.interpreter(template.compiled.strict_builtins)
+        interpreter.set_input(native.new_input({"review": review, "parameters": constraint.parameters}))
         try:
-            value = rego._query(interpreter, template.compiled.bundle, template.entrypoint)
-        except rego.PolicyEvalError as exc:
+            value = native.query(interpreter, template.compiled.bundle, template.entrypoint)
+        except native.PolicyEvalError as exc:
             return PolicyResult(policy, error=f"constraint {constraint.id} ({template.file}): {exc}")
         if value is None:
             value = []
@@ -329,7 +329,7 @@ def _match(where: str, name: str, spec: Mapping[str, Any]) -> Match:
 
 def reloadable(
     paths: Sequence[Path], *, strict_builtins: bool = False, probe: bool = True
-) -> rego.Reloadable[GatekeeperSet]:
+) -> lifecycle.Reloadable[GatekeeperSet]:
     """Templates and constraints under ``paths``, recompiled when their files change (after a
     crash probe in a child process, see ``policy.probe``)."""
 
@@ -338,4 +338,4 @@ def reloadable(
             crash_probe.check("gatekeeper", p, strict_builtins=strict_builtins)
         return load(p, strict_builtins=strict_builtins)
 
-    return rego.Reloadable(paths, load_checked, (".yaml", ".yml"))
+    return lifecycle.Reloadable(paths, load_checked, (".yaml", ".yml"))

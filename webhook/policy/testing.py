@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from webhook import errors
-from webhook.policy import gatekeeper, modules, rego
+from webhook.policy import gatekeeper, modules, native, rego
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +85,11 @@ def run_in_process(files: Sequence[Path]) -> list[TestResult]:
         if name in seen:
             continue
         seen.add(name)
-        interpreter = rego._interpreter()
-        interpreter.set_input(rego.new_input({}))
+        interpreter = native.interpreter()
+        interpreter.set_input(native.new_input({}))
         try:
-            value = rego._query(interpreter, compiled.bundle, f"{module.package_path}/{test}")
-        except rego.PolicyEvalError as exc:
+            value = native.query(interpreter, compiled.bundle, f"{module.package_path}/{test}")
+        except native.PolicyEvalError as exc:
             results.append(TestResult(name, module.name, False, f"error: {exc}"))
             continue
         if value is True:

@@ -127,15 +127,6 @@ class Ledger:
         return len(self._pods)
 
     # -- used by the check -----------------------------------------------------------------
-    def views(self, charges: Iterable[Charge]) -> list[QuotaView]:
-        """The state of each charged quota with this pod's amount as ``asked``."""
-        self._purge(self._clock())
-        used, reserved = self.used, self.reserved
-        return [
-            QuotaView(c.key, c.rule, c.scope, used.get(c.key, 0), reserved.get(c.key, 0), c.limit, c.units)
-            for c in charges
-        ]
-
     def admit(
         self, keys: tuple[str, ...], charges: tuple[Charge, ...], *, reserve: bool
     ) -> tuple[bool, list[QuotaView]]:

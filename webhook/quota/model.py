@@ -123,19 +123,12 @@ class QuotaModel:
                 out.append(Charge(key, rule.name, scope, units, limit))
         return tuple(out)
 
-    def limit_of(self, key: str) -> int | None:
-        return self._limits.get(key.split("/", 1)[0])
-
     def gpus(self, units: int) -> str:
         """Units as GPUs for people: "2", "0.5", "1/7" (exact)."""
         whole, rest = divmod(units, self.scale)
         if not rest:
             return str(whole)
         return format_gpus(Fraction(units, self.scale))
-
-    def as_float(self, units: int) -> float:
-        """Units as GPUs for machines (Rego input, metrics)."""
-        return units / self.scale
 
 
 class _Counted(dict[str, bool]):
@@ -155,9 +148,10 @@ class _Counted(dict[str, bool]):
 def format_gpus(value: Fraction) -> str:
     if value.denominator == 1:
         return str(value.numerator)
-    decimal = value * 1000
-    if decimal.denominator == 1:
-        return f"{float(value):g}"
+    thousandths = value * 1000
+    if thousandths.denominator == 1:
+        whole, frac = divmod(thousandths.numerator, 1000)
+        return f"{whole}.{frac:03d}".rstrip("0")
     return f"{value.numerator}/{value.denominator}"
 
 

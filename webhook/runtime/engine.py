@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from webhook.runtime import rules
 from webhook.runtime.rules import compiler, evttypes, fields, output
-from webhook.runtime.rules.loader import Diagnostic
+from webhook.runtime.rules.model import Diagnostic
 from webhook.runtime.rules.resolve import Rule
 
 __all__ = ["Alert", "Engine"]
@@ -50,6 +50,10 @@ class Alert:
             "tags": sorted(self.tags),
             "time": output.iso_time(self.time),
         }
+
+
+def _no_rules(event: Event) -> None:
+    return None
 
 
 def _select(
@@ -100,9 +104,8 @@ class Engine:
             fn = self._bucket(name)
             if fn is not None:
                 self._dispatch[name] = fn
-        missing = self._bucket(None)
-        if missing is not None:
-            self._dispatch[None] = missing
+        # Events with no evt.type never reach the default function (where `evt.type != x` is true).
+        self._dispatch[None] = self._bucket(None) or _no_rules
         self._default = self._bucket(evttypes.UNKNOWN)
         self.process: Callable[[Event], list[Alert]] = self._make_process()
 

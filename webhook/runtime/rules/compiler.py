@@ -3,8 +3,10 @@
 Each leaf check becomes a Python expression over the event mapping ``e`` (``g = e.get``):
 lists become frozensets or prefix tables, globs and regexes are compiled once, common shapes
 are inlined and the rest call a predicate from ``checks``. ``compile_bucket`` emits one function
-for all the rules that can match one event type, evaluating sub-conditions shared by several
-rules at most once per event.
+for all the rules that can match one event type: sub-conditions shared by several rules are
+evaluated at most once per event, rules that start with the same conjunct (a macro such as
+``open_write``) are nested under one test of it, and ``or``-ed checks of one field merge into
+one set lookup or one ``startswith((...))`` call.
 """
 
 from __future__ import annotations
@@ -87,15 +89,15 @@ class _Codegen:
             if len(members) == 1:
                 parts.append(self.expr(members[0]))
                 continue
-            key, kind = item
+            field_key, kind = item
             values: list[Any] = []
             for m in members:
                 v = checks.prepare(m).value
                 values.extend(v if isinstance(v, tuple) else (v,))
             if kind == "eq":
-                parts.append(f"(g({key!r}) in {self.const(frozenset(values), ('set', frozenset(values)))})")
+                parts.append(f"(g({field_key!r}) in {self.const(frozenset(values), ('set', frozenset(values)))})")
             else:
-                parts.append(f"g({key!r}, '').{kind}({self.const(tuple(values))})")
+                parts.append(f"g({field_key!r}, '').{kind}({self.const(tuple(values))})")
         return parts
 
     def _mergeable(self, node: Expr) -> tuple[str, str] | None:
@@ -132,8 +134,6 @@ class _Codegen:
         ref, op = check.field, check.op
         read, multi = self.value_code(ref)
         if op == "exists":
-            if not multi and not ref.transformers:
-                return f"({fields.field_key(ref.name, ref.arg)!r} in e)"
             return f"({read} is not None)" if not multi else f"bool({read})"
         if isinstance(p.value, FieldRef):
             rhs, rmulti = self.value_code(p.value)
@@ -289,7 +289,7 @@ def compile_bucket(rules: list[tuple[int, Expr | bool]], *, first: bool) -> Call
     shared by many rules costs one evaluation per event.
     """
     gen = _Codegen()
-    live = [(i, c) for i, c in rules if c is not False]
+    live: list[tuple[int, Expr | bool]] = [(i, c) for i, c in rules if c is not False]
     counts: Counter[int] = Counter()
     for _, cond in live:
         if not isinstance(cond, bool):

@@ -15,7 +15,7 @@ from typing import Any
 
 from webhook import errors
 from webhook.runtime.rules import checks, compiler, evttypes, output, parser
-from webhook.runtime.rules.loader import Collection, Diagnostic, ExceptionDef, Loc, RuleDef, Text
+from webhook.runtime.rules.model import Collection, Diagnostic, ExceptionDef, Loc, RuleDef, Text
 from webhook.runtime.rules.parser import And, Check, Expr, FieldRef, ListRef, MacroRef, Not, Or
 
 __all__ = ["SOURCES", "Rule", "RuleSet", "RulesError", "resolve"]

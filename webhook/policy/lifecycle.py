@@ -1,0 +1,146 @@
+"""Running compiled policies: reload when files change (keeping the last good version) and
+evaluate on worker threads within a time bound. Used by ``policy.rego``, ``policy.gatekeeper``
+and ``checks.rego``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from webhook import errors
+
+log = logging.getLogger("portcullis.policy")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class LoadStatus:
+    """What /readyz and operators see: which policies run and why the last reload failed."""
+
+    loaded: bool = False
+    policies: tuple[str, ...] = ()
+    last_error: str | None = None
+    reloads: int = 0
+
+
+class _Loaded(Protocol):
+    @property
+    def policy_ids(self) -> tuple[str, ...]: ...
+
+
+L = TypeVar("L", bound=_Loaded)
+
+
+class Reloadable(Generic[L]):
+    """Something compiled from files (a Rego bundle, Gatekeeper templates) that is recompiled
+    when the files change, and keeps the last good version when the new one is broken."""
+
+    def __init__(self, paths: Sequence[Path], load: Callable[[Sequence[Path]], L], suffixes: tuple[str, ...]):
+        self.paths = tuple(paths)
+        self._load = load
+        self._suffixes = suffixes
+        self.status = LoadStatus()
+        self.current: L | None = None
+        self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
+
+    def load(self) -> L:
+        """Compile now; raise ``PolicyLoadError`` (start-up fails loudly on a broken policy)."""
+        fp = fingerprint(self.paths, self._suffixes)
+        loaded = self._load(self.paths)
+        self._install(loaded, fp)
+        return loaded
+
+    def reload_if_changed(self) -> bool:
+        """Recompile when a file changed; on error keep the last good version and record why."""
+        fp = fingerprint(self.paths, self._suffixes)
+        if fp == self._fingerprint:
+            return False
+        try:
+            loaded = self._load(self.paths)
+        except errors.PolicyLoadError as exc:
+            if self.status.last_error != str(exc):
+                log.error("policy reload failed, keeping the last good version: %s", exc)
+            self.status.last_error = str(exc)
+            self._fingerprint = fp
+            return False
+        self._install(loaded, fp)
+        log.info("policies reloaded: %s", ", ".join(self.status.policies) or "none")
+        return True
+
+    def _install(self, loaded: L, fp: tuple[tuple[str, int, int], ...]) -> None:
+        self.current = loaded  # one reference swap: a request in flight keeps the old version
+        self._fingerprint = fp
+        self.status.loaded = True
+        self.status.policies = loaded.policy_ids
+        self.status.last_error = None
+        self.status.reloads += 1
+
+
+def fingerprint(paths: Sequence[Path], suffixes: tuple[str, ...] = (".rego",)) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a policy file changes (path, size, mtime): cheap enough to poll."""
+    out: list[tuple[str, int, int]] = []
+    for root in paths:
+        candidates = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
+        for path in candidates:
+            if not path.name.endswith(suffixes):
+                continue
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            out.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+class BoundedPool:
+    """Worker threads for evaluations that must not exceed a time bound.
+
+    rego-cpp releases the GIL, so evaluation never blocks the event loop; it also cannot be
+    interrupted, so a thread that overran is counted as ``runaway`` until it finishes and
+    ``ready()`` turns false while no worker is free.
+    """
+
+    def __init__(self, workers: int = 2) -> None:
+        self.workers = workers
+        self.runaway = 0
+        self._lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rego")
+
+    def ready(self) -> bool:
+        return self.runaway < self.workers
+
+    async def run(self, fn: Callable[[], T], bound: float, what: str) -> T:
+        """Run ``fn`` on a worker; raise ``PolicyTimeout`` naming ``what`` after ``bound`` s."""
+        future = self._pool.submit(fn)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=bound)
+        except TimeoutError:
+            self._count_runaway(future)
+            raise PolicyTimeout(
+                f"Rego evaluation exceeded {bound * 1000:.0f} ms ({what}); look for comprehensions "
+                f"or numbers.range that grow with the input"
+            ) from None
+
+    def _count_runaway(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self.runaway += 1
+
+        def done(_: concurrent.futures.Future[Any]) -> None:
+            with self._lock:
+                self.runaway -= 1
+
+        future.add_done_callback(done)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class PolicyTimeout(errors.UpstreamError):
+    """Evaluation overran its bound; the policies' failure mode decides."""
