@@ -359,6 +359,10 @@ def test_cli_input_errors_exit_2_with_the_line(
     assert not (tmp_path / "log").exists()
     assert cli.main(["audit", "prove", "--log", str(tmp_path / "nolog"), "--index", "0"]) == 2
     assert cli.main(["audit", "verify", "--log", str(tmp_path), "--pub", "garbage+1+2"]) == 2
+    pub = str(tmp_path / "audit.pub")
+    assert cli.main(["audit", "verify", "--log", str(tmp_path / "missing"), "--pub", pub]) == 2
+    # the log's own key is not a witness: it must not count as a cosignature
+    assert cli.main(["audit", "verify", "--log", str(tmp_path), "--pub", pub, "--witness-key", pub]) == 2
 
 
 def test_verify_takes_several_logs_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -398,3 +402,20 @@ def test_a_published_checkpoint_exposes_truncation_of_the_whole_log(tmp_path: Pa
     result = verify.verify(tmp_path / "log", signer.verifier, published=[published])
     assert not result.ok
     assert "records removed" in str(result.first())
+
+
+async def test_only_one_writer_may_open_a_log(tmp_path: Path, signer: note.Signer) -> None:
+    first = await AuditLog.open(tmp_path / "log", signing_key_path=tmp_path / "audit.key", origin=ORIGIN, writer="a")
+    with pytest.raises(errors.AuditFormatError, match="another writer"):
+        await AuditLog.open(tmp_path / "log", signing_key_path=tmp_path / "audit.key", origin=ORIGIN, writer="b")
+    await first.close()
+    second = await AuditLog.open(tmp_path / "log", signing_key_path=tmp_path / "audit.key", origin=ORIGIN, writer="b")
+    await second.close()
+
+
+def test_a_crash_leftover_temp_file_is_a_warning_not_tampering(tmp_path: Path, signer: note.Signer) -> None:
+    directory = build(tmp_path, [10])
+    (directory / "tile/0/000.p/11.tmp").write_bytes(b"half")
+    result = check(directory, signer)
+    assert result.ok
+    assert "unfinished write" in result.warnings[0]

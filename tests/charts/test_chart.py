@@ -874,9 +874,9 @@ def test_webhook_rbac_is_least_privilege(chart: helm.Chart) -> None:
         ("*", "node.k8s.io", "runtimeclasses", "list"),
         ("*", "node.k8s.io", "runtimeclasses", "watch"),
         ("*", "", "secrets", "get"),
-        (NAMESPACE, "coordination.k8s.io", "leases", "get"),
-        (NAMESPACE, "coordination.k8s.io", "leases", "create"),
-        (NAMESPACE, "coordination.k8s.io", "leases", "update"),
+        (NAMESPACE, "", "configmaps", "get"),
+        (NAMESPACE, "", "configmaps", "create"),
+        (NAMESPACE, "", "configmaps", "update"),
     }
     for role in find(objects, "Role") + find(objects, "ClusterRole"):
         for rule in role["rules"]:

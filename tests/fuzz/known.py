@@ -28,6 +28,10 @@ KNOWN: frozenset[Signature] = frozenset(
         ("AttributeError", "quota/requests.py", "for name, value in requests.items():"),
         ("AttributeError", "quota/requests.py", "for name, value in limits.items():"),
         ("TypeError", "quota/model.py", "models = frozenset((str(selector[label]),))"),
+        ("AttributeError", "quota/model.py", "models = frozenset((str(selector[label]),))"),
+        ("AttributeError", "quota/model.py", 'for expr in term.get("matchExpressions") or ():'),
+        ("AttributeError", "quota/model.py", 'if expr.get("key") == label and expr.get("operator") == "In":'),
+        ("AttributeError", "quota/requests.py", 'resources = container.get("resources")'),
         ("AttributeError", "quota/model.py", 'affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get('),
         # admission pipeline: exemption selectors collect raw values into sets (unhashable)
         ("TypeError", "admission/pipeline.py", 'runtime_classes = {p.spec.get("runtimeClassName") for p in pods}'),

@@ -74,6 +74,14 @@ def test_exec_takes_its_argv_from_the_a_line() -> None:
     assert ev.params["ppid"] == 1
 
 
+def test_a_literal_backslash_in_argv_is_kept() -> None:
+    d = decoder()
+    d.decode("A\t11\tgrep\\x00a\\|b\\x00")
+    ev = d.decode("execve\t5\t10\t11\t0\tgrep\t0\t1\t-1\t/bin/grep")
+    assert ev is not None
+    assert ev.params["argv"] == ["grep", "a\\|b"]
+
+
 def test_lost_events_ready_and_malformed_lines_are_counted() -> None:
     d = decoder()
     assert d.decode("Attaching 12 probes...") is None

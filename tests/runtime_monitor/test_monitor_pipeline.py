@@ -244,9 +244,8 @@ def test_cli_replays_a_file_into_a_file_output(tmp_path: Path, capsys: pytest.Ca
 def test_cli_reads_the_monitor_section_of_the_config(tmp_path: Path) -> None:
     out = tmp_path / "alerts.jsonl"
     cfg = tmp_path / "portcullis.yaml"
-    cfg.write_text(
-        f"monitor:\n  source: jsonl\n  input: {events_file(tmp_path, 2)}\n  rules: [r.yaml]\n  outputs: ['file:{out}']\n"
-    )
+    events = events_file(tmp_path, 2)
+    cfg.write_text(f"monitor:\n  source: jsonl\n  input: {events}\n  rules: [r.yaml]\n  outputs: ['file:{out}']\n")
     shadow_rules(tmp_path)
     assert cli("--config", str(cfg)) == 0
     assert len(out.read_text().splitlines()) == 2

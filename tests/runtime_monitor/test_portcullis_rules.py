@@ -61,11 +61,22 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         spawned("apt-get", "bash", container="host"),
     ),
     "Process attached with ptrace": (
-        {"evt.type": "ptrace", "evt.dir": "<", "evt.rawres": 0, "evt.arg.request": "PTRACE_ATTACH",
-         "evt.arg.pid": "4242", "proc.name": "gdb"},
-        {"evt.type": "ptrace", "evt.dir": "<", "evt.rawres": 0, "evt.arg.request": "PTRACE_TRACEME",
-         "proc.name": "strace"},
-    ),  # fmt: skip
+        {
+            "evt.type": "ptrace",
+            "evt.dir": "<",
+            "evt.rawres": 0,
+            "evt.arg.request": "PTRACE_ATTACH",
+            "evt.arg.pid": "4242",
+            "proc.name": "gdb",
+        },
+        {
+            "evt.type": "ptrace",
+            "evt.dir": "<",
+            "evt.rawres": 0,
+            "evt.arg.request": "PTRACE_TRACEME",
+            "proc.name": "strace",
+        },
+    ),
     "Fileless execution via memfd": (
         {"evt.type": "memfd_create", "evt.dir": "<", "evt.rawres": 3, "evt.arg.name": "x", "proc.name": "kworkerx"},
         {"evt.type": "memfd_create", "evt.dir": "<", "evt.rawres": 3, "evt.arg.name": "x", "proc.name": "runc"},

@@ -55,7 +55,12 @@ def test_process_exec_maps_process_parent_pod_and_time() -> None:
 def test_kprobes_map_files_and_sockets() -> None:
     f = tetragon.to_fields(KPROBE)
     assert f is not None
-    assert (f["evt.type"], f["fd.name"], f["fd.directory"], f["fd.filename"]) == ("read", "/etc/shadow", "/etc", "shadow")
+    assert (f["evt.type"], f["fd.name"], f["fd.directory"], f["fd.filename"]) == (
+        "read",
+        "/etc/shadow",
+        "/etc",
+        "shadow",
+    )
     c = tetragon.to_fields(CONNECT)
     assert c is not None
     assert (c["evt.type"], c["fd.sport"], c["fd.l4proto"], c["fd.typechar"]) == ("connect", 3333, "tcp", "4")

@@ -67,7 +67,10 @@ async def run(config: Config) -> int:
     files = service.dev_certificates()
     listen = service.Listen("127.0.0.1", _free_port())
     started, stop = asyncio.Event(), asyncio.Event()
-    server = asyncio.create_task(service.serve(config, listen, files.cert, files.key, started=started, stop=stop))
+    pipeline = service.build_pipeline(config)  # no cluster: the demo never talks to an API server
+    server = asyncio.create_task(
+        service.serve(config, listen, files.cert, files.key, pipeline=pipeline, started=started, stop=stop)
+    )
     await asyncio.wait([server, asyncio.create_task(started.wait())], return_when=asyncio.FIRST_COMPLETED)
     if server.done():
         await server  # raises the start-up error

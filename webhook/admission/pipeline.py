@@ -76,20 +76,24 @@ class Pipeline:
         self._inline_checks = tuple(c for c in self.checks if c not in self._io_checks and c.id != "rego")
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
 
+    def _components(self) -> list[object]:
+        """What has a lifecycle: the namespace directory first (checks read it), then the checks."""
+        return [c for c in (self._namespaces, *self.checks) if c is not None]
+
     async def start(self) -> None:
-        for check in self.checks:
-            start = getattr(check, "start", None)
+        for component in self._components():
+            start = getattr(component, "start", None)
             if start is not None:
                 await start()
 
     async def close(self) -> None:
-        for check in reversed(self.checks):
-            close = getattr(check, "close", None)
+        for component in reversed(self._components()):
+            close = getattr(component, "close", None)
             if close is not None:
                 await close()
 
     def ready(self) -> bool:
-        return all(getattr(c, "ready", lambda: True)() for c in self.checks)
+        return all(getattr(c, "ready", lambda: True)() for c in self._components())
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:
         if self._namespaces is not None:

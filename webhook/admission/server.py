@@ -114,6 +114,13 @@ class WebhookServer:
             # The review is well-formed but its object cannot be judged: deny with the reason.
             self.metrics.decisions[(endpoint, "invalid")] += 1
             return web.Response(body=review.encode_error(decoded.uid, str(exc)), content_type=_JSON)
+        except Exception as exc:
+            # A bug outside the checks (which have their own failure modes) must deny, not become
+            # an HTTP 500: the apiserver applies failurePolicy to that, and `Ignore` would admit.
+            log.exception("judging review %s failed unexpectedly", decoded.uid)
+            self.metrics.decisions[(endpoint, "error")] += 1
+            message = f"portcullis could not judge this object (internal error: {type(exc).__name__}); denied"
+            return web.Response(body=review.encode_error(decoded.uid, message, 500), content_type=_JSON)
         verdict = outcome.verdict
         self.metrics.decisions[(endpoint, _result(outcome))] += 1
         if not mutating:

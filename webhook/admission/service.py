@@ -41,10 +41,23 @@ class Listen:
         return cls(host.strip("[]") or "0.0.0.0", int(port))
 
 
+def cluster_services(config: Config) -> Services:
+    """The API client (in a cluster, or per ``kubernetes:``) and the namespace label watch."""
+    from webhook.kube import client as kube_client
+
+    api = kube_client.build(config.kubernetes)
+    services = Services(kube_api=api)
+    if api is not None:
+        from webhook.kube.namespaces import NamespaceDirectory
+
+        services.namespaces = NamespaceDirectory(api, config.kubernetes)
+    return services
+
+
 def build_pipeline(config: Config, services: Services | None = None) -> Pipeline:
-    services = services or Services()
-    namespaces = None
-    return Pipeline(config, build_checks(config, services), namespaces)
+    """The webhook's pipeline; with an API server, namespace labels come from its watch."""
+    services = services if services is not None else Services()
+    return Pipeline(config, build_checks(config, services), services.namespaces)
 
 
 def dev_certificates() -> certs.CertFiles:
@@ -70,7 +83,10 @@ async def serve(
     audit_log = None
     if recorder is None and config.audit.directory:
         audit_log, recorder = await open_audit(config)
-    pipeline = pipeline or build_pipeline(config)
+    services: Services | None = None
+    if pipeline is None:
+        services = cluster_services(config)
+        pipeline = build_pipeline(config, services)
     server = WebhookServer(config.server, pipeline, metrics=metrics, recorder=recorder)
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
@@ -99,6 +115,8 @@ async def serve(
             await recorder.drain()
         if audit_log is not None:
             await audit_log.close()
+        if services is not None and services.kube_api is not None:
+            await asyncio.to_thread(services.kube_api.close)  # its connection pool and threads
 
 
 async def open_audit(config: Config) -> tuple[Any, AuditRecorder]:

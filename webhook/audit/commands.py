@@ -160,7 +160,7 @@ def cmd_append(args: argparse.Namespace) -> int:
             await asyncio.gather(*(alog.append(kind, content) for kind, content in items))  # type: ignore[arg-type]
         finally:
             await alog.close()
-        return alog.size, alog._store.border.root()
+        return alog.size, alog.root
 
     size, root = asyncio.run(run())
     if args.format == "json":
@@ -172,9 +172,11 @@ def cmd_append(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     keys = [note.load_verifier(p) for p in args.pub]
-    wkeys = [note.load_verifier(p) for p in args.witness_key]
+    wkeys = _witness_keys(args.witness_key)
     results = []
     for directory in args.log:
+        if not directory.is_dir():
+            raise errors.InputError(f"--log {directory}: not a directory")
         key = _key_for(directory, keys)
         check = not args.no_record_check
         results.append(verify.verify(directory, key, wkeys, args.witnesses_required, check, args.published))
@@ -184,6 +186,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for r in results:
             _print_result(r)
     return 0 if all(r.ok for r in results) else 1
+
+
+def _witness_keys(values: list[str]) -> list[note.Verifier]:
+    keys = [note.load_verifier(v) for v in values]
+    for key in keys:
+        if key.sig_type != note.SIG_COSIGNATURE_V1:
+            raise errors.InputError(f"--witness-key {key.name}: not a cosignature key (keygen --witness)")
+    return keys
 
 
 def _key_for(directory: Path, keys: list[note.Verifier]) -> note.Verifier:
@@ -213,10 +223,13 @@ def _result_json(r: verify.Result) -> dict[str, Any]:
         "cosigners": r.cosigners,
         "first_problem": first.message if first else None,
         "problems": [p.message for p in r.ordered()],
+        "warnings": r.warnings,
     }
 
 
 def _print_result(r: verify.Result) -> None:
+    for w in r.warnings:
+        print(f"{r.directory}: warning: {w}", file=sys.stderr)
     if r.ok:
         print(
             f"{r.directory}: OK origin={r.origin} size={r.size} root={r.root.hex()} "
@@ -243,7 +256,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 def cmd_verify_proof(args: argparse.Namespace) -> int:
     key = note.load_verifier(args.pub)
-    wkeys = [note.load_verifier(p) for p in args.witness_key]
+    wkeys = _witness_keys(args.witness_key)
     try:
         record = args.record.read_bytes() if args.record else None
         data = args.proof.read_bytes()

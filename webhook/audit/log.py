@@ -95,6 +95,26 @@ class AuditLog:
         if not origin or "\n" in origin:
             raise errors.ConfigError(f"audit log origin {origin!r} must be one non-empty line")
         tilestore = await asyncio.to_thread(store.TileStore.recover, directory, durable)
+        try:
+            return await cls._start(
+                tilestore, signer, origin, writer, commit_window, checkpoint_every, checkpoint_interval, witnesses
+            )
+        except BaseException:
+            tilestore.close()
+            raise
+
+    @classmethod
+    async def _start(
+        cls,
+        tilestore: store.TileStore,
+        signer: note.Signer | None,
+        origin: str,
+        writer: str,
+        commit_window: float,
+        checkpoint_every: int,
+        checkpoint_interval: float,
+        witnesses: list[witness.WitnessEndpoint | str],
+    ) -> AuditLog:
         self = cls(
             tilestore,
             signer,
@@ -109,6 +129,11 @@ class AuditLog:
         self._cp_size = await asyncio.to_thread(self._check_existing_checkpoint)
         self._task = asyncio.create_task(self._run(), name=f"audit-writer:{origin}")
         return self
+
+    @property
+    def root(self) -> bytes:
+        """Root hash over the entries staged so far (equal to ``size``'s tree)."""
+        return self._store.border.root()
 
     @property
     def size(self) -> int:
@@ -133,14 +158,16 @@ class AuditLog:
         self._wake.set()
         await self._task
         self._task = None
-        self._store.close()
-        if self._failed is None:
-            await self._checkpoint(force=True)
-        if self._witness_task is not None:
-            await self._witness_task
-        # A checkpoint made while an earlier push was in flight has not been witnessed yet.
-        if self._witnesses and self._cp_signed and self._cosigned_size != self._cp_size:
-            await self._cosign(self._cp_signed, self._cp_size)
+        try:
+            if self._failed is None:
+                await self._checkpoint(force=True)
+            if self._witness_task is not None:
+                await self._witness_task
+            # A checkpoint made while an earlier push was in flight has not been witnessed yet.
+            if self._witnesses and self._cp_signed and self._cosigned_size != self._cp_size:
+                await self._cosign(self._cp_signed, self._cp_size)
+        finally:
+            self._store.close()  # also releases the writer lock
 
     # -- writer task ------------------------------------------------------------------------
 

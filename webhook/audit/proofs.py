@@ -138,7 +138,8 @@ def verify_tlog_proof(
         return "no record given and no extra line"
     try:
         cp, signed = note.open_checkpoint(checkpoint, log_key)
-        cosigners = note.verified_by(signed, witness_keys) if witness_keys else {}
+        wkeys = [k for k in witness_keys if k.sig_type == note.SIG_COSIGNATURE_V1]  # never the log's key
+        cosigners = note.verified_by(signed, wkeys) if wkeys else {}
     except note.NoteError as exc:
         return str(exc)
     need = required or len(witness_keys)

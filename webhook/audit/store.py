@@ -7,6 +7,7 @@ after a crash. Every file is written as temp + fsync + rename, so a file is whol
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +86,7 @@ class TileStore:
         self.counts: dict[int, int] = {}  # level -> stored hashes (or entries) so far
         self.edges: dict[int, bytearray] = {}  # level -> contents of its partial tile
         self._pool: ThreadPoolExecutor | None = None
+        self._lock_fd: int | None = None
 
     # -- staging (event loop) -------------------------------------------------------------
 
@@ -170,6 +172,19 @@ class TileStore:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        """One writer per log: an exclusive flock on the directory itself (no extra file)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RecoveryError(f"{self.root}: another writer has this audit log open") from None
+        self._lock_fd = fd
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -178,12 +193,17 @@ class TileStore:
         """Open a log directory, truncate a torn tail (with a warning) and rebuild the edge."""
         store = cls(root, durable)
         root.mkdir(parents=True, exist_ok=True)
-        _remove_temp_files(root)
-        size, bundle = _entries_size(root)
-        store.size = size
-        store._repair(size, bundle)
-        reader = tiles.TileReader(root, size)
-        store.border = merkle.CompactRange.from_nodes(reader.node, size)
+        store._lock()
+        try:
+            _remove_temp_files(root)
+            size, bundle = _entries_size(root)
+            store.size = size
+            store._repair(size, bundle)
+            reader = tiles.TileReader(root, size)
+            store.border = merkle.CompactRange.from_nodes(reader.node, size)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def _repair(self, size: int, bundle: bytes) -> None:

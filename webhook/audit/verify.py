@@ -42,6 +42,7 @@ class Result:
     checkpoints_checked: int = 0
     cosigners: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +73,8 @@ class _Files:
                     self.tiles[(tid.level, tid.index)][tid.width] = path
                 elif rel == CHECKPOINT:
                     continue
+                elif name.endswith(".tmp"):  # a crash leftover, cleaned when the writer reopens
+                    result.warnings.append(f"{rel}: unfinished write from a crash (ignored)")
                 elif rel.startswith(HISTORY + "/") and name.isdigit() and str(int(name)) == name:
                     self.history[int(name)] = path
                 else:
@@ -198,7 +201,8 @@ def verify(
     result.size = tree.border.size
     result.root = tree.border.root()
     _check_roots(checkpoints, tree, result)
-    _check_latest(root, list(witness_keys), required, result)
+    cosigners = [k for k in witness_keys if k.sig_type == note.SIG_COSIGNATURE_V1]  # never the log's key
+    _check_latest(root, cosigners, required, result)
     return result
 
 

@@ -18,3 +18,6 @@ class Services:
 
     kube_api: Any | None = None
     ci: bool = False
+    # The namespace label directory (``webhook.kube.namespaces.NamespaceDirectory``) when an API
+    # server is reachable; checks that need namespace labels subscribe to it.
+    namespaces: Any | None = None

@@ -8,6 +8,7 @@ alias expansion (a "billion laughs" document fails fast instead of eating memory
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -166,6 +167,22 @@ def _yaml_problem(name: str, exc: yaml.YAMLError) -> InputProblem:
     return InputProblem(name, mark.line + 1 if mark else 0, text)
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+# Plain scalars PyYAML keeps as strings but kubectl's YAML reader (go-yaml v2, YAML 1.1) does
+# not: `privileged: y` reaches the cluster as `true`, `runAsUser: 0o0` as 0. Read them the
+# way the cluster will, or CI would pass what admission then judges differently.
+_GO_BOOLS = {"y": True, "Y": True, "n": False, "N": False}
+_GO_OCTAL = re.compile(r"[-+]?0o[0-7_]+")
+
+
+def _go_yaml_scalar(text: str) -> bool | int | None:
+    if text in _GO_BOOLS:
+        return _GO_BOOLS[text]
+    if _GO_OCTAL.fullmatch(text):
+        return int(text.replace("_", ""), 0)
+    return None
+
+
 class _DocumentError(Exception):
     def __init__(self, line: int, message: str) -> None:
         super().__init__(message)
@@ -203,6 +220,10 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        if not node.style and node.tag == _STR_TAG:  # plain (libyaml says "", PyYAML None)
+            value = _go_yaml_scalar(node.value)
+            if value is not None:
+                return value
         try:
             return self._scalar.construct_object(node, deep=True)
         except yaml.YAMLError as exc:

@@ -22,7 +22,7 @@ from webhook.config.images import ImagesConfig
 from webhook.config.monitor import MonitorConfig
 from webhook.config.policy import PolicyConfig
 from webhook.config.privilege import PrivilegeConfig, RuntimeClassConfig
-from webhook.config.quota import QuotaConfig
+from webhook.config.quota import KubernetesConfig, QuotaConfig
 from webhook.config.server import ServerConfig
 
 __all__ = ["CheckSettings", "Config", "Exemption", "NamespaceSettings", "load", "parse"]
@@ -45,6 +45,7 @@ class Config(Section):
     runtimeclass: RuntimeClassConfig = RuntimeClassConfig()
     images: ImagesConfig = ImagesConfig()
     quota: QuotaConfig = QuotaConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
     monitor: MonitorConfig = MonitorConfig()

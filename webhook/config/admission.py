@@ -34,6 +34,13 @@ class Exemption(Section):
             raise ValueError(
                 "an exemption must name namespaces, usernames, runtime_classes or service_accounts"
             )
+        if self.service_accounts and not self.namespaces:
+            # A service account name means nothing outside its namespace: anyone who can create
+            # one named "monitor" in their own namespace would otherwise inherit the exemption.
+            raise ValueError(
+                "an exemption by service_accounts must also name its namespaces "
+                "(service account names are only unique within a namespace)"
+            )
 
 
 class NamespaceSettings(Section):

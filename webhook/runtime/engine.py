@@ -91,7 +91,7 @@ class Engine:
         positive: set[str] = set()
         named: set[str] = set()
         for r in self.rules:
-            named |= r.event_types.names
+            named |= r.event_types.names | evttypes.named_types(r.condition)
             if not r.event_types.neg:
                 positive |= r.event_types.names
         positive.discard("")

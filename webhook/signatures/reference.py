@@ -9,9 +9,11 @@ import re
 from dataclasses import dataclass
 
 DOCKER_HUB = "docker.io"
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+# Matched with ``fullmatch`` and ASCII classes, as Go's regexp does: Python's ``$`` accepts a
+# trailing newline and ``\w`` any Unicode letter, neither of which the container runtime accepts.
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 
 
 class ReferenceError_(ValueError):
@@ -58,14 +60,14 @@ def parse(text: str) -> ImageRef:
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not _DIGEST.match(digest):
+        if not _DIGEST.fullmatch(digest):
             raise ReferenceError_(f"image reference {text!r}: digest must be sha256:<64 lowercase hex>")
     tag = None
     slash = rest.rfind("/")
     colon = rest.rfind(":")
     if colon > slash:
         rest, tag = rest[:colon], rest[colon + 1 :]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise ReferenceError_(f"image reference {text!r}: invalid tag {tag!r}")
     written = rest
     parts = rest.split("/")
@@ -73,16 +75,26 @@ def parse(text: str) -> ImageRef:
         registry, components = parts[0], parts[1:]
     else:
         registry, components = DOCKER_HUB, parts
+    registry = _canonical_host(registry)
     if registry in ("index.docker.io", "registry-1.docker.io"):
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and len(components) == 1:
         components = ["library", *components]
     for component in components:
-        if not _COMPONENT.match(component):
+        if not _COMPONENT.fullmatch(component):
             raise ReferenceError_(f"image reference {text!r}: invalid repository component {component!r}")
     if tag is None and digest is None:
         tag = "latest"
     return ImageRef(registry, "/".join(components), tag, digest, written)
+
+
+def _canonical_host(registry: str) -> str:
+    """One spelling per registry host, so a pattern cannot be dodged by respelling the host.
+
+    Host names are case-insensitive and ``:443`` is the port HTTPS uses anyway: the runtime
+    pulls ``GHCR.IO/org/app`` and ``ghcr.io:443/org/app`` from the very registry ``ghcr.io``.
+    """
+    return registry.lower().removesuffix(":443")
 
 
 def api_host(registry: str) -> str:

@@ -108,7 +108,10 @@ class TrustPolicy:
     def matches(self, ref: ImageRef) -> bool:
         if self._name.fullmatch(ref.name) is None:
             return False
-        if self._tag is not None and (ref.tag is None or self._tag.fullmatch(ref.tag) is None):
+        # With a digest the runtime ignores the tag: it is free text then and must not pick the policy.
+        if self._tag is not None and (
+            ref.tag is None or ref.digest is not None or self._tag.fullmatch(ref.tag) is None
+        ):
             return False
         return not (self._digest is not None and (ref.digest is None or self._digest.fullmatch(ref.digest) is None))
 

@@ -27,6 +27,11 @@ webhook's timeoutSeconds, audit paths) and prepends the monitor's exemption.
 {{- if $exemptions }}
 {{- $_ := set $cfg "exemptions" $exemptions }}
 {{- end }}
+{{- $quota := deepCopy (default dict (get $cfg "quota")) }}
+{{- if not (hasKey $quota "coordination_namespace") }}
+{{- $_ := set $quota "coordination_namespace" .Release.Namespace }}
+{{- $_ := set $cfg "quota" $quota }}
+{{- end }}
 {{- if $v.audit.enabled }}
 {{- $audit := dict
       "directory" "/var/lib/portcullis/audit"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from webhook.runtime.rules import checks
 from webhook.runtime.rules.parser import And, Check, Expr, FieldRef, Not, Or
 
-__all__ = ["ALL", "UNKNOWN", "TypeSet", "event_types", "specialize"]
+__all__ = ["ALL", "UNKNOWN", "TypeSet", "event_types", "named_types", "specialize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +109,8 @@ def _specialize(node: Expr, evtype: str | _Unknown | None, memo: dict[int, Expr 
             if node.op in ("!=", "exists"):
                 return True
             return node
+        if node.op == "exists":
+            return True
         return checks.predicate(checks.prepare(node))(evtype)
     if isinstance(node, Not):
         child = specialize(node.child, evtype, memo)
@@ -126,3 +128,17 @@ def _specialize(node: Expr, evtype: str | _Unknown | None, memo: dict[int, Expr 
             return is_and
         return kept[0] if len(kept) == 1 else (And(tuple(kept)) if is_and else Or(tuple(kept)))
     return node
+
+
+def named_types(node: Expr) -> set[str]:
+    """Every event type an ``evt.type`` check of the condition names. The engine builds one
+    function per named type: ``specialize(..., UNKNOWN)`` is only valid for the other types."""
+    if isinstance(node, Check):
+        if _is_evttype(node) and isinstance(node.value, str | tuple):
+            return {node.value} if isinstance(node.value, str) else set(node.value)
+        return set()
+    if isinstance(node, Not):
+        return named_types(node.child)
+    if isinstance(node, And | Or):
+        return set().union(*(named_types(c) for c in node.children))
+    return set()

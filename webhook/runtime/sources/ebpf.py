@@ -7,9 +7,9 @@ Called by ``runtime.monitor``. bpftrace prints one tab-separated line per syscal
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -76,6 +76,13 @@ class LineDecoder:
 
     def decode(self, line: str) -> RawEvent | None:
         """One event, or None for side lines (S, A, READY, Lost) and malformed ones (counted)."""
+        try:
+            return self._decode(line)
+        except (ValueError, IndexError, KeyError):
+            self.malformed += 1
+            return None
+
+    def _decode(self, line: str) -> RawEvent | None:
         parts = line.split("\t")
         kind = parts[0]
         schema = SCHEMAS.get(kind)
@@ -118,9 +125,15 @@ class LineDecoder:
         return RawEvent(kind, ts, pid, int(tid), int(parts[4]), parts[5], int(parts[6]), params)
 
 
+_HEX_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
 def _argv(escaped: str) -> list[str]:
-    """The NUL-separated argument block bpftrace's %r prints with \\xNN escapes."""
-    raw = codecs.escape_decode(escaped.encode("utf-8", "surrogateescape"))[0]
+    """The NUL-separated argument block bpftrace's %r prints with \\xNN escapes.
+
+    Only ``\\xNN`` is an escape: %r leaves a literal backslash as is (``grep 'a\\|b'``).
+    """
+    raw = _HEX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), escaped.encode("utf-8", "surrogateescape"))
     args = raw.decode("utf-8", "replace").split("\x00")
     if args and args[-1] == "":
         args.pop()

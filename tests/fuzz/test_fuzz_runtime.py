@@ -1,0 +1,241 @@
+"""Fuzzing the runtime monitor's parsers: Falco conditions, rules files, event lines (JSON lines
+and Tetragon export) and the engine on events whose fields hold values of any JSON type.
+
+Contract: conditions and rules files fail with ``RuleLoadError`` (file:line), event lines with
+``InputError``; the engine never raises on an event, whatever its values (it counts them).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from webhook import errors
+from webhook.runtime import rules
+from webhook.runtime.engine import Engine
+from webhook.runtime.rules import loader, parser, resolve
+from webhook.runtime.sources import jsonl, tetragon
+
+from . import known
+from . import strategies as S
+
+CONFORMANCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "conformance" / "falco"
+RULES = CONFORMANCE / "rules" / "falco_rules.yaml"
+
+# Pieces of the condition grammar, glued at random into plausible and broken conditions.
+_TOKENS = [
+    "evt.type", "proc.name", "proc.aname[2]", "fd.name", "fd.net", "evt.arg.flags", "container.id", "user.uid",
+    "=", "!=", "<", ">=", "in", "pmatch", "contains", "startswith", "endswith", "glob", "exists", "intersects",
+    "and", "or", "not", "(", ")", "[", "]", ",", "'", '"', "\\", "execve", "open", "127.0.0.1/8", "sh",
+    "spawned_process", "shell_binaries", "0", "-1", "1e9", "val(", "tolower(", "b64(", "%", "${", " ",
+]  # fmt: skip
+conditions = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=12).map(" ".join),
+    st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=12).map("".join),
+)
+
+
+@settings(max_examples=300)
+@given(conditions)
+def test_condition_parser_raises_only_rule_load_error(text: str) -> None:
+    try:
+        parser.parse(text)
+    except errors.RuleLoadError:
+        pass
+
+
+@settings(max_examples=150)
+@given(conditions)
+def test_condition_compile_raises_only_rule_load_error(text: str) -> None:
+    try:
+        rules.condition(text)
+    except errors.RuleLoadError:
+        pass
+
+
+# Rules-file items with keys of any type (the loader must name file and line for each problem).
+_scalar_or = S.maybe
+rule_items = st.one_of(
+    S.obj(list=_scalar_or(st.just("shell_binaries")), items=S.lst(S.maybe(st.sampled_from(["sh", "bash"])))),
+    S.obj(macro=_scalar_or(st.just("spawned_process")), condition=S.maybe(conditions)),
+    S.obj(
+        rule=_scalar_or(st.sampled_from(["R", "Terminal shell"])),
+        desc=S.awkward,
+        condition=S.maybe(conditions),
+        output=S.maybe(st.sampled_from(["%proc.name %fd.name", "%nope", "x %evt.time", "%"])),
+        priority=S.maybe(st.sampled_from(["WARNING", "critical", "bogus"])),
+        enabled=S.awkward,
+        tags=S.lst(S.maybe(st.just("t"))),
+        exceptions=S.lst(S.obj(name=S.maybe(st.just("e")), fields=S.awkward, comps=S.awkward, values=S.awkward)),
+        override=S.obj(condition=S.maybe(st.sampled_from(["append", "replace"])), exceptions=S.awkward),
+        append=S.awkward,
+        source=S.maybe(st.sampled_from(["syscall", "k8s_audit"])),
+    ),
+    S.obj(required_engine_version=S.awkward),
+    S.obj(required_plugin_versions=S.awkward),
+    S.awkward,
+)
+rules_documents = st.one_of(
+    st.lists(rule_items, max_size=5).map(lambda items: orjson.dumps(items).decode()),  # JSON is YAML
+    st.text(max_size=120),
+    st.lists(st.sampled_from(["- rule: r", "  condition: evt.type=open", "  output: x", "  priority: INFO",
+                              "- macro: m", "- list: l", "  items: [a, b", "  desc: &a *a", "!!python/object x",
+                              "\t", ":", "- {", "  override: {condition: append}", "  append: true"]),
+             max_size=8).map("\n".join),
+)  # fmt: skip
+
+
+@settings(max_examples=200)
+@given(rules_documents)
+def test_rules_files_load_or_raise_rule_load_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    path = tmp_path_factory.mktemp("rules") / "custom.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        ruleset = rules.load([path])
+    except errors.RuleLoadError as exc:
+        assert str(exc)
+        return
+    Engine(ruleset)
+
+
+def test_the_conformance_rules_load() -> None:
+    assert Engine.load([RULES]).rules
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=150)
+@given(st.lists(st.binary(max_size=40), max_size=4))
+def test_jsonl_lines_decode_or_raise_input_error(lines: list[bytes]) -> None:
+    try:
+        out = jsonl.decode_lines(lines, name="events.jsonl", first_line=1)
+    except errors.InputError as exc:
+        assert "events.jsonl:" in str(exc)
+        return
+    assert all(isinstance(o, dict) for o in out)
+
+
+def _base_events() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for path in sorted((CONFORMANCE / "events").glob("*.jsonl")):
+        for line in path.read_bytes().splitlines()[:40]:
+            if line.strip():
+                out.append(orjson.loads(line))
+    return out
+
+
+BASE_EVENTS = _base_events()
+ENGINE = Engine.load([RULES])
+FIELD_NAMES = sorted(ENGINE.required_fields)
+
+
+@st.composite
+def events(draw: st.DrawFn) -> dict[str, Any]:
+    """A real event from the conformance data with some fields replaced by any JSON value."""
+    event = dict(draw(st.sampled_from(BASE_EVENTS))) if BASE_EVENTS else {}
+    for name in draw(st.lists(st.sampled_from(FIELD_NAMES), max_size=5)):
+        event[name] = draw(S.awkward)
+    return event
+
+
+@settings(max_examples=300)
+@given(events())
+def test_engine_never_raises_on_ill_typed_events(event: dict[str, Any]) -> None:
+    try:
+        alerts = ENGINE.process(event)
+    except Exception as exc:
+        if known.is_known(exc):
+            return
+        raise
+    for alert in alerts:
+        orjson.dumps(alert.to_falco_json("host"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime.engine.Engine._alert: output.format_time(evt.time) overflows (OverflowError/ValueError) "
+    "for an integer evt.time beyond datetime's range; it is outside process()'s type-error guard",
+)
+def test_regression_huge_event_time_does_not_crash_the_engine() -> None:
+    event = next((e for e in BASE_EVENTS if ENGINE.process(e)), None)
+    if event is None:
+        pytest.skip("no conformance event matches a default rule")
+    ENGINE.process({**event, "evt.time": 2**64})
+
+
+# Tetragon export records: the three kinds mapped, with every nested field possibly ill-typed.
+process = S.obj(
+    binary=S.maybe(st.just("/bin/sh")), arguments=S.awkward, pid=S.awkward, tid=S.awkward, cwd=S.awkward,
+    uid=S.awkward, auid=S.maybe(st.integers(0, 2**33)), docker=S.awkward,
+    pod=S.obj(namespace=S.awkward, name=S.awkward,
+              container=S.obj(id=S.maybe(st.just("containerd://abc")), name=S.awkward, image=S.obj(name=S.awkward))),
+)  # fmt: skip
+kprobe = S.obj(
+    process=process, parent=process, function_name=S.maybe(st.sampled_from(["__x64_sys_openat", "tcp_connect"])),
+    args=S.lst(S.obj(file_arg=S.obj(path=S.awkward), sock_arg=S.obj(family=S.awkward, protocol=S.awkward),
+                     string_arg=S.awkward)),
+    **{"return": S.obj(int_arg=S.awkward)},
+)  # fmt: skip
+tetragon_records = S.obj(
+    process_exec=S.obj(process=process, parent=process),
+    process_exit=S.obj(process=process),
+    process_kprobe=kprobe,
+    time=S.maybe(st.sampled_from(["2024-01-01T00:00:00.123456789Z", "bad", "", "2024-13-01T00:00:00Z"])),
+    node_name=S.awkward,
+)
+
+
+def _tetragon(record: Any) -> None:
+    """What ``TetragonSource`` does with one decoded line (a dict, as ``jsonl`` guarantees)."""
+    if not isinstance(record, dict):
+        return
+    fields = tetragon.to_fields(record)
+    if fields is not None:
+        ENGINE.process(fields)
+
+
+@settings(max_examples=200)
+@given(tetragon_records)
+def test_tetragon_records_map_or_raise_input_error(record: Any) -> None:
+    try:
+        _tetragon(record)
+    except errors.PortcullisError:
+        pass
+    except Exception as exc:
+        if not known.is_known(exc):
+            raise
+
+
+TETRAGON_REGRESSIONS = [
+    ({"process_exec": []}, "to_fields: body.get() on a non-object process_exec"),
+    ({"process_exec": {"process": {"binary": 1}}}, "_process: binary.rsplit() on a non-string binary"),
+    ({"process_exec": {"process": {"cwd": 1}}}, "_process: cwd.endswith() on a non-string cwd"),
+    ({"process_exec": {"process": {"auid": "x"}}}, "_process: auid >= 1 << 31 on a string auid"),
+    ({"process_exec": {"process": {}}, "time": "bad"}, "_time: datetime.fromisoformat('bad') raises ValueError"),
+    ({"process_kprobe": {"args": [1]}}, "_kprobe: 'file_arg' in 1 on a non-object argument"),
+    ({"process_kprobe": {"return": {"int_arg": "x"}}}, "_kprobe: ret >= 0 on a string int_arg"),
+]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [pytest.param(r, id=why.split(":")[0], marks=pytest.mark.xfail(strict=True, reason=f"runtime.sources.tetragon.{why}"))
+     for r, why in TETRAGON_REGRESSIONS],
+)  # fmt: skip
+def test_regression_tetragon_record_with_wrong_types_is_refused_cleanly(record: dict[str, Any]) -> None:
+    try:
+        _tetragon(record)
+    except errors.PortcullisError:
+        pass
+
+
+def test_resolve_and_loader_modules_are_the_ones_fuzzed() -> None:
+    assert loader.collect and resolve.resolve and math.isfinite(1.0)
