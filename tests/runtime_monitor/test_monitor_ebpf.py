@@ -171,15 +171,19 @@ def test_model_weights_read_by_cat(session: Session, tmp_path: Path) -> None:
     assert a["output_fields"]["fd.name"] == str(weights)
 
 
-def test_memfd_create_by_an_unexpected_process(session: Session, tmp_path: Path) -> None:
-    tool = tmp_path / "loader"
-    shutil.copy(sys.executable, tool)
-    name = f"payload-{uuid.uuid4().hex[:8]}"
-    _run(str(tool), "-c", f"import os; os.close(os.memfd_create({name!r}))")
-    a = session.wait_for(
-        lambda a: a["rule"] == "Fileless execution via memfd" and a["output_fields"].get("evt.arg.name") == name
+def test_a_program_executed_from_a_memfd(session: Session) -> None:
+    marker = uuid.uuid4().hex[:8]
+    code = (
+        "import os\n"
+        "fd = os.memfd_create('payload', 0)\n"
+        "os.write(fd, open('/bin/true', 'rb').read())\n"
+        f"os.execv(f'/proc/self/fd/{{fd}}', ['true', {marker!r}])\n"
     )
-    assert a["output_fields"]["proc.name"] == "loader"
+    _run(sys.executable, "-c", code)
+    a = session.wait_for(lambda a: a["rule"] == "Fileless execution via memfd" and marker in a["output"])
+    f = a["output_fields"]
+    assert f["proc.exepath"].startswith("/proc/self/fd/")
+    assert f["proc.cmdline"].endswith(marker)
 
 
 def test_ptrace_attach_is_seen(session: Session) -> None:

@@ -78,8 +78,8 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         },
     ),
     "Fileless execution via memfd": (
-        {"evt.type": "memfd_create", "evt.dir": "<", "evt.rawres": 3, "evt.arg.name": "x", "proc.name": "kworkerx"},
-        {"evt.type": "memfd_create", "evt.dir": "<", "evt.rawres": 3, "evt.arg.name": "x", "proc.name": "runc"},
+        {**spawned("3", "python3"), "proc.exepath": "/proc/self/fd/3"},
+        {**spawned("runc", "runc"), "proc.exepath": "/proc/self/fd/5"},
     ),
 }
 

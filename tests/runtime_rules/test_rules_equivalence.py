@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from webhook.runtime import rules
@@ -61,7 +61,11 @@ def events() -> st.SearchStrategy[dict[str, Any]]:
 
 
 @settings(
-    max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    database=None,  # write nothing into the work tree
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(conds=st.lists(conditions(), min_size=1, max_size=6), evs=st.lists(events(), min_size=1, max_size=12))
 def test_engine_matches_plain_evaluation(tmp_path: Path, conds: list[str], evs: list[dict[str, Any]]) -> None:

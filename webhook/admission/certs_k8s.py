@@ -59,13 +59,13 @@ def sync(
 
 def _client() -> tuple[Any, type[Exception]]:
     from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError) as exc:
             raise errors.ConfigError(f"no Kubernetes API to publish certificates to: {exc}") from exc
     return client, ApiException
@@ -113,7 +113,7 @@ def _apply_secret(core: Any, namespace: str, name: str, files: certs.CertFiles, 
                   api_exception: type[Exception]) -> None:  # fmt: skip
     from kubernetes import client
 
-    data = {
+    data: dict[str, bytes | str] = {
         "ca.crt": base64.b64encode(files.ca_cert.read_bytes()).decode(),
         "tls.crt": base64.b64encode(files.cert.read_bytes()).decode(),
         "tls.key": base64.b64encode(files.key.read_bytes()).decode(),

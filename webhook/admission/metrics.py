@@ -117,8 +117,8 @@ class WebhookMetrics:
                     seen.add(name)
                 out.append(f"{name}{_labels(labels)} {value}")
         values: list[str] = []
-        for check_id, source in self.check_sources:
-            produced = source()
+        for check_id, check_source in self.check_sources:
+            produced = check_source()
             if isinstance(produced, dict):
                 values += [
                     f'portcullis_check_metric{{check="{_escape(check_id)}",name="{_escape(k)}"}} {float(v)}'

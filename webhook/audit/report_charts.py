@@ -11,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless, before pyplot is imported
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, selectable, prints sharp
 matplotlib.rcParams["svg.hashsalt"] = "portcullis"  # deterministic ids: same input, same bytes
@@ -51,7 +53,7 @@ def stacked_bars(title: str, days: Sequence[str], series: dict[str, Counter[str]
             ax.legend(
                 loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8, ncols=min(len(categories), 6), frameon=False
             )
-            ax.figure.tight_layout()
+            fig.tight_layout()
         return _svg(fig)
     finally:
         plt.close(fig)
@@ -73,23 +75,23 @@ def usage_lines(title: str, days: Sequence[str], usage: dict[str, dict[str, tupl
         ax.set_ylabel("GPUs")
         if scopes:
             ax.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=7, ncols=4, frameon=False)
-            ax.figure.tight_layout()
+            fig.tight_layout()
         return _svg(fig)
     finally:
         plt.close(fig)
 
 
-def _finish(ax: plt.Axes, title: str, days: Sequence[str]) -> None:
+def _finish(ax: Axes, title: str, days: Sequence[str]) -> None:
     ax.set_title(title, fontsize=11, loc="left")
     ax.set_xticks(range(len(days)))
     step = max(1, len(days) // 12)
     ax.set_xticklabels([d[5:] if i % step == 0 else "" for i, d in enumerate(days)], fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(axis="y", labelsize=8)
-    ax.figure.tight_layout()
 
 
-def _svg(fig: plt.Figure) -> str:
+def _svg(fig: Figure) -> str:
+    fig.tight_layout()
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "portcullis"})
     text = buffer.getvalue()

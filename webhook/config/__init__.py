@@ -31,7 +31,7 @@ __all__ = ["CheckSettings", "Config", "Exemption", "NamespaceSettings", "load", 
 CHECK_IDS: tuple[str, ...] = ("privilege", "runtimeclass", "images", "gpu", "rego")
 
 
-class Config(Section):
+class Config(Section, frozen=True):
     server: ServerConfig = ServerConfig()
     checks: dict[str, CheckSettings] = {}
     exemptions: list[Exemption] = []

@@ -6,7 +6,7 @@ from webhook.admission.decision import FailureMode, Mode
 from webhook.config.base import Section
 
 
-class CheckSettings(Section):
+class CheckSettings(Section, frozen=True):
     """How one check runs: its mode, and what it yields when it cannot finish."""
 
     mode: Mode = Mode.ENFORCE
@@ -14,7 +14,7 @@ class CheckSettings(Section):
     enabled: bool = True
 
 
-class Exemption(Section):
+class Exemption(Section, frozen=True):
     """A request matching this rule skips ``checks`` (all checks when empty).
 
     Every selector the rule lists must match (namespace AND service account, say); an empty
@@ -43,7 +43,7 @@ class Exemption(Section):
             )
 
 
-class NamespaceSettings(Section):
+class NamespaceSettings(Section, frozen=True):
     """A namespace's labels when no API server is asked (CI, or as a fallback)."""
 
     labels: dict[str, str] = {}

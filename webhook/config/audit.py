@@ -6,7 +6,7 @@ from webhook.admission.decision import FailureMode
 from webhook.config.base import Section
 
 
-class AuditConfig(Section):
+class AuditConfig(Section, frozen=True):
     """Where admission decisions and alerts are recorded; off when ``directory`` is unset."""
 
     directory: str | None = None

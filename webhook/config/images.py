@@ -17,7 +17,7 @@ from webhook.config.base import Section
 _MiB = 1024 * 1024
 
 
-class KeylessIdentity(Section):
+class KeylessIdentity(Section, frozen=True):
     """A keyless signer: certificate issuer and subject (SAN), each exact or a regex (full match)."""
 
     issuer: str = ""
@@ -39,7 +39,7 @@ class KeylessIdentity(Section):
                     raise ValueError(f"`{name}` {value!r} is not a valid regular expression: {exc}") from None
 
 
-class ImagePolicy(Section):
+class ImagePolicy(Section, frozen=True):
     """Images matching ``pattern`` must carry signatures from ``threshold`` of its authorities.
 
     Authorities are each PEM key in ``keys`` and each identity in ``keyless`` (m = their count).
@@ -66,7 +66,7 @@ class ImagePolicy(Section):
             )
 
 
-class RegistryCredential(Section):
+class RegistryCredential(Section, frozen=True):
     """Basic credentials for one registry host (``password_file`` relative to the config file)."""
 
     registry: str
@@ -75,7 +75,7 @@ class RegistryCredential(Section):
     password_file: str = ""
 
 
-class CacheSettings(Section):
+class CacheSettings(Section, frozen=True):
     """Verdict cache: positive TTL, short negative TTL, and a bound on entries."""
 
     ttl_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
@@ -83,7 +83,7 @@ class CacheSettings(Section):
     max_entries: Annotated[int, msgspec.Meta(ge=1)] = 10_000
 
 
-class ImagesConfig(Section):
+class ImagesConfig(Section, frozen=True):
     """The trust policy. With no ``policies`` the images check is off."""
 
     insecure_registries: list[str] = []

@@ -9,7 +9,7 @@ import msgspec
 from webhook.config.base import Section
 
 
-class MonitorConfig(Section):
+class MonitorConfig(Section, frozen=True):
     """Where events come from, which rules judge them and where alerts go.
 
     ``rules`` empty means the project's own ``rules/portcullis_rules.yaml``. ``outputs`` take

@@ -13,7 +13,7 @@ from webhook.admission.decision import FailureMode
 from webhook.config.base import Section
 
 
-class PolicyConfig(Section):
+class PolicyConfig(Section, frozen=True):
     """Where policies come from and how they run.
 
     - ``engine``: ``embedded`` (regopy, in process) or ``opa`` (a remote OPA's Data API).

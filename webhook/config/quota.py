@@ -31,7 +31,7 @@ def parse_amount(value: Amount, what: str) -> Fraction:
     return amount
 
 
-class QuotaRule(Section):
+class QuotaRule(Section, frozen=True):
     """One quota: a limit in weighted GPUs over the pods it matches.
 
     Filters combine (all must match): ``namespace`` (exact name), ``team`` (value of the
@@ -55,7 +55,7 @@ class QuotaRule(Section):
             raise ValueError(f"quota name {self.name!r} must be non-empty and contain no '/'")
 
 
-class PerPodConfig(Section):
+class PerPodConfig(Section, frozen=True):
     """Rules on a single pod, judged even without a cluster (``portcullis check``)."""
 
     # Most weighted GPUs one pod may request (None: no limit).
@@ -70,7 +70,7 @@ class PerPodConfig(Section):
             parse_amount(self.max_gpus, "quota.per_pod.max_gpus")
 
 
-class QuotaConfig(Section):
+class QuotaConfig(Section, frozen=True):
     """GPU quota at admission: weights, quotas, per-pod rules, and how replicas share reservations."""
 
     # Resource name -> weight in GPUs. MIG profiles not listed weigh <g>/mig_slices.
@@ -115,7 +115,7 @@ class QuotaConfig(Section):
         return None
 
 
-class KubernetesConfig(Section):
+class KubernetesConfig(Section, frozen=True):
     """How Portcullis reaches the Kubernetes API server.
 
     ``auto`` uses the in-cluster service account when running in a pod, else the kubeconfig

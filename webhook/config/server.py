@@ -9,7 +9,7 @@ import msgspec
 from webhook.config.base import Section
 
 
-class ServerConfig(Section):
+class ServerConfig(Section, frozen=True):
     listen: str = "0.0.0.0:8443"
     tls_cert: str | None = None
     tls_key: str | None = None

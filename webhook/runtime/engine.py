@@ -52,10 +52,6 @@ class Alert:
         }
 
 
-def _no_rules(event: Event) -> None:
-    return None
-
-
 def _select(
     ruleset: rules.RuleSet, disabled_tags: Collection[str], enabled_rules: Collection[str] | None
 ) -> list[Rule]:
@@ -99,13 +95,12 @@ class Engine:
         self.matches_all_types: bool = any(r.event_types.neg for r in self.rules)
         self.event_types: frozenset[str] = frozenset(positive)
         self.required_fields: frozenset[str] = frozenset({"evt.num", "evt.time"}.union(*(r.fields for r in self.rules)))
-        self._dispatch: dict[str | None, Callable[[Event], Any]] = {}
-        for name in sorted(named):
-            fn = self._bucket(name)
-            if fn is not None:
-                self._dispatch[name] = fn
-        # Events with no evt.type never reach the default function (where `evt.type != x` is true).
-        self._dispatch[None] = self._bucket(None) or _no_rules
+        # Every named type (and "no evt.type", None) gets an entry, None when no rule can match:
+        # such events must never reach the default function, where `evt.type != x` folds to true.
+        self._dispatch: dict[str | None, Callable[[Event], Any] | None] = {
+            name: self._bucket(name) for name in sorted(named)
+        }
+        self._dispatch[None] = self._bucket(None)
         self._default = self._bucket(evttypes.UNKNOWN)
         self.process: Callable[[Event], list[Alert]] = self._make_process()
 
