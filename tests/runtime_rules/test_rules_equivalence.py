@@ -30,6 +30,12 @@ LEAVES = [
     "fd.num >= 0",
     "fd.num = 3",
     "shared_macro",
+    "evt.type = connect",
+    "proc.aname = sh",
+    "proc.aname[1] = cat",
+    "fd.name in (/tmp/x, /var)",
+    "tolower(proc.name) = cat",
+    "fd.name glob '/etc*'",
 ]
 MACRO = "evt.type in (open, openat) and fd.num >= 0"
 
@@ -56,6 +62,7 @@ def events() -> st.SearchStrategy[dict[str, Any]]:
             "proc.name": st.sampled_from(["cat", "sh", "curl"]),
             "fd.name": st.sampled_from(["/etc/passwd", "/tmp/x", "/var", "/etcx"]),
             "fd.num": st.sampled_from([-1, 0, 3]),
+            "proc.aname[1]": st.sampled_from(["sh", "cat"]),
         },
     )
 

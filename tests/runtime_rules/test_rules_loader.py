@@ -296,6 +296,8 @@ def test_required_engine_and_plugin_versions(write: Callable[..., Path]) -> None
         "- required_engine_version: 0.10.0\n- required_plugin_versions:\n  - name: container\n    version: 0.1.0\n"
     )
     assert rules.load([ok]).rules == ()
+    assert rules.load([write("- required_engine_version: 17\n", "old.yaml")]).rules == ()  # 0.17.0
+    assert "engine version 99" in errors_of([write("- required_engine_version: 99\n", "old99.yaml")])[0]
     new = write("- required_engine_version: 99.0.0\n", "new.yaml")
     assert errors_of([new]) == [f"{new}:1: rules require engine version 99.0.0, this engine is 0.57.0"]
     plug = write("- required_plugin_versions:\n  - name: k8saudit\n    version: 0.1.0\n", "p.yaml")

@@ -192,11 +192,13 @@ class _FileReader:
     # -- items ----------------------------------------------------------------------------
     def item_required_engine_version(self, item: yaml.Node, keys: dict[str, yaml.Node]) -> None:
         node = keys["required_engine_version"]
-        want = _version(_py(node))
+        raw = str(_py(node)).strip()
+        want = _version(raw)
         if want is None:
             raise self.fail(node, "required_engine_version must be a version like 0.57.0")
-        have = ENGINE_VERSION if len(want) == 3 else ENGINE_VERSION[1:2]
-        if want > have:
+        if raw.isdigit():  # the old integer form N means engine 0.N.0
+            want = (0, int(raw), 0)
+        if want > ENGINE_VERSION:
             engine = ".".join(map(str, ENGINE_VERSION))
             raise self.fail(node, f"rules require engine version {_py(node)}, this engine is {engine}")
 

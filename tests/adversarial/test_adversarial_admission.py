@@ -1,0 +1,297 @@
+"""Attacks on the admission path itself: kinds and API versions, subresources, UPDATE skipping,
+labels, exemptions, and reviews crafted to crash the webhook.
+
+The webhook's Service is reachable from any pod in the cluster, so a crafted AdmissionReview
+is a real input: it must never get an HTTP 500 (with ``failurePolicy: Ignore`` the apiserver
+admits on a 500) and never a hang.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from webhook import config as config_mod
+from webhook import errors
+
+from .conftest import RESTRICTED_SC, checks_found, judge, pod, privileged, review
+
+
+def _deployment(api_version: str, containers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": "default"},
+        "spec": {"template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": containers}}},
+    }
+
+
+# -- crafted reviews straight at the Service (fixed: internal errors deny, never HTTP 500) -----
+
+
+_DEEP = b'{"a":' * 990 + b"{}" + b"}" * 990  # deeper than orjson.dumps goes, within orjson.loads
+
+
+def _with_deep_affinity(body: dict[str, Any]) -> bytes:
+    return orjson.dumps(body).replace(b'"affinity":"DEEP"', b'"affinity":' + _DEEP)
+
+
+@pytest.mark.parametrize(
+    ("obj", "old"),
+    [
+        # a runtimeClassName that is a list reached a set() in the exemption matcher (TypeError)
+        (pod(runtimeClassName=["gvisor"], containers=[privileged()]), None),
+        # identical, deeply nested old and new objects: comparing them overflowed the stack
+        (pod(affinity="DEEP"), pod(affinity="DEEP")),
+    ],
+    ids=["unhashable-runtime-class", "deep-update-compare"],
+)
+async def test_crafted_review_that_breaks_the_pipeline_is_denied_not_500(webhook: Any, obj: Any, old: Any) -> None:
+    async with webhook() as hook:
+        body = review(obj, operation="UPDATE" if old else "CREATE", old=old)
+        raw = _with_deep_affinity(body)
+        status, answer = await hook.post("/validate", raw)
+        assert status == 200, answer
+        response = answer["response"]
+        assert response["uid"] == body["request"]["uid"]
+        assert response["allowed"] is False
+        assert "internal error" in response["status"]["message"]
+        status, answer = await hook.post("/mutate", raw)
+        assert status == 200 and answer["response"]["allowed"] is False
+
+
+async def test_webhook_keeps_serving_after_a_crafted_review(webhook: Any) -> None:
+    async with webhook() as hook:
+        await hook.post("/validate", review(pod(runtimeClassName={"x": 1})))
+        status, answer = await hook.post("/validate", review(pod(containers=[privileged()])))
+        assert status == 200 and answer["response"]["allowed"] is False
+        assert "pss:privileged" in answer["response"]["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":' + b"[" * 5000 + b"]" * 5000 + b"}",
+        b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"\\ud800"}}',
+        b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","x":1e400}}',
+    ],
+    ids=["nesting-beyond-the-parser", "lone-surrogate", "infinite-number"],
+)
+async def test_pathological_json_is_a_400(webhook: Any, body: bytes) -> None:
+    async with webhook() as hook:
+        status, answer = await hook.post("/validate", body)
+        assert status == 400
+        assert "invalid AdmissionReview" in answer["error"]
+
+
+async def test_duplicate_keys_take_the_last_value_like_the_apiserver(webhook: Any) -> None:
+    """Go's encoding/json keeps the last of duplicate keys, and so does orjson: a review that
+    says ``privileged: false`` first and ``true`` last is judged privileged (the apiserver itself
+    never sends duplicates, but a reviewer of our decoder will try)."""
+    body = review(pod(containers=[{"name": "a", "image": "nginx:1.27", "securityContext": {}}]))
+    raw = orjson.dumps(body).replace(
+        b'"securityContext":{}', b'"securityContext":{"privileged":false,"privileged":true}'
+    )
+    async with webhook() as hook:
+        status, answer = await hook.post("/validate", raw)
+        assert status == 200 and answer["response"]["allowed"] is False
+
+
+# -- kinds, groups and versions ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("group", "version"),
+    [("apps", "v1"), ("apps", "v1beta1"), ("apps", "v1beta2"), ("extensions", "v1beta1")],
+)
+async def test_deployment_in_every_api_version_is_judged(group: str, version: str) -> None:
+    """With ``matchPolicy: Equivalent`` the apiserver converts to the version the webhook
+    registered, but an older apiserver or a webhook registered for the old version sends these:
+    ``request.kind.kind`` is what decides, the group and version do not matter."""
+    obj = _deployment(f"{group}/{version}", [privileged()])
+    outcome = await judge(obj, kind="Deployment")
+    assert "pss:privileged" in checks_found(outcome)
+    assert outcome.verdict.denials[0].path == "spec.template.spec.containers[0].securityContext.privileged"
+
+
+async def test_cronjob_v1beta1_is_judged() -> None:
+    obj = {
+        "apiVersion": "batch/v1beta1",
+        "kind": "CronJob",
+        "metadata": {"name": "c"},
+        "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": [privileged()]}}}}},
+    }
+    assert "pss:privileged" in checks_found(await judge(obj))
+
+
+async def test_request_kind_wins_over_the_objects_own_kind() -> None:
+    """An object that calls itself a ConfigMap, sent as a Pod, is judged as the Pod it is."""
+    obj = pod(containers=[privileged()])
+    obj["kind"] = "ConfigMap"
+    assert "pss:privileged" in checks_found(await judge(obj, kind="Pod"))
+
+
+async def test_unknown_kind_is_refused_not_allowed() -> None:
+    obj = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "spec": {"template": {"spec": {}}}}
+    with pytest.raises(errors.ReviewError, match="Rollout"):
+        await judge(obj)
+
+
+# -- subresources -------------------------------------------------------------------------------
+
+
+async def test_ephemeral_debug_container_is_judged_on_the_subresource(webhook: Any) -> None:
+    old = pod(containers=[{"name": "app", "image": "nginx:1.27"}])
+    new = pod(containers=[{"name": "app", "image": "nginx:1.27"}], ephemeralContainers=[privileged("debugger")])
+    body = review(new, operation="UPDATE", old=old, subresource="ephemeralcontainers")
+    async with webhook() as hook:
+        status, answer = await hook.post("/validate", body)
+    assert status == 200 and answer["response"]["allowed"] is False
+    assert "spec.ephemeralContainers[0].securityContext.privileged" in answer["response"]["status"]["message"]
+
+
+@pytest.mark.parametrize("subresource", ["status", "binding", "eviction", "exec", "attach", "portforward", "proxy"])
+async def test_other_pod_subresources_pass_untouched(subresource: str) -> None:
+    outcome = await judge(pod(containers=[privileged()]), subresource=subresource, operation="UPDATE")
+    assert outcome.verdict.allowed and outcome.verdict.skipped_reason
+
+
+async def test_scale_subresource_is_not_mistaken_for_a_workload() -> None:
+    scale = {"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": 1000}}
+    outcome = await judge(scale, kind="Scale", subresource="scale", operation="UPDATE")
+    assert outcome.verdict.skipped_reason
+
+
+# -- UPDATE skipping ----------------------------------------------------------------------------
+
+
+async def test_update_that_only_touches_bookkeeping_metadata_is_not_rejudged() -> None:
+    old = pod(containers=[privileged()])
+    new = pod(containers=[privileged()])
+    new["metadata"].update(resourceVersion="2", managedFields=[{"manager": "kubectl"}], generation=3)
+    outcome = await judge(new, operation="UPDATE", old=old)
+    assert outcome.verdict.allowed and outcome.verdict.skipped_reason
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda o: o["spec"]["containers"][0].update(image="nginx:1.28"),
+        lambda o: o["spec"].update(initContainers=[privileged("init")]),
+        lambda o: o["metadata"].setdefault("annotations", {}).update(
+            {"container.apparmor.security.beta.kubernetes.io/app": "unconfined"}
+        ),
+        lambda o: o["metadata"].setdefault("labels", {}).update(team="x"),
+    ],
+    ids=["image", "init-container", "apparmor-annotation", "label"],
+)
+async def test_update_that_changes_a_judged_field_is_judged_in_full(change: Any) -> None:
+    """Skipping is all or nothing: once anything judged changes, every container is judged,
+    including the privileged one the old object already had."""
+    old = pod(containers=[privileged()])
+    new = pod(containers=[privileged()])
+    change(new)
+    outcome = await judge(new, operation="UPDATE", old=old)
+    assert outcome.verdict.skipped_reason is None
+    assert "pss:privileged" in checks_found(outcome)
+
+
+async def test_update_of_a_deployment_template_compares_templates_only() -> None:
+    old = _deployment("apps/v1", [{"name": "a", "image": "nginx:1.27"}])
+    new = _deployment("apps/v1", [privileged("a")])
+    new["spec"]["replicas"] = 3
+    outcome = await judge(new, operation="UPDATE", old=old)
+    assert "pss:privileged" in checks_found(outcome)
+
+
+# -- labels and annotations the workload author controls ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"portcullis.dev/privilege": "off"},
+        {"pod-security.kubernetes.io/enforce": "privileged"},
+        {"portcullis.dev/untrusted": "false"},
+    ],
+)
+async def test_labels_on_the_workload_do_not_change_the_policy(labels: dict[str, str]) -> None:
+    """Modes come from *namespace* labels (cluster admins); the same labels on a pod or its
+    template are just labels."""
+    obj = pod(labels=labels, containers=[privileged()])
+    assert "pss:privileged" in checks_found(await judge(obj))
+
+
+@pytest.mark.parametrize("value", ["OFF", "Off", " off", "disabled", ""])
+async def test_only_exact_mode_values_on_a_namespace_change_the_mode(value: str) -> None:
+    cfg = {"namespaces": {"default": {"labels": {"portcullis.dev/privilege": value}}}}
+    assert "pss:privileged" in checks_found(await judge(pod(containers=[privileged()]), cfg))
+
+
+async def test_invalid_pod_security_enforce_label_fails_closed() -> None:
+    cfg = {"namespaces": {"default": {"labels": {"pod-security.kubernetes.io/enforce": "Privileged"}}}}
+    outcome = await judge(pod(containers=[{"name": "a", "image": "nginx:1.27"}]), cfg)
+    assert "pss:runAsNonRoot" in checks_found(outcome)  # unreadable level -> restricted, like PSA
+
+
+# -- exemptions ---------------------------------------------------------------------------------
+
+
+def test_service_account_exemption_without_namespaces_is_refused() -> None:
+    """Fixed: a service account name is only unique within its namespace; an exemption for
+    ``service_accounts: [monitor]`` alone was inherited by anyone who made a ``monitor``
+    account in their own namespace."""
+    with pytest.raises(errors.ConfigError, match="namespaces"):
+        config_mod.parse({"exemptions": [{"service_accounts": ["monitor"], "checks": ["privilege"]}]})
+
+
+async def test_service_account_exemption_applies_in_its_namespace_only() -> None:
+    cfg = {"exemptions": [{"namespaces": ["monitoring"], "service_accounts": ["monitor"]}]}
+    obj = pod(serviceAccountName="monitor", containers=[privileged()])
+    assert checks_found(await judge(obj, cfg, namespace="monitoring")) == set()
+    assert "pss:privileged" in checks_found(await judge(obj, cfg, namespace="tenant-a"))
+
+
+@pytest.mark.parametrize(
+    ("spec_extra", "exempt"),
+    [
+        ({}, False),  # unset runtime class is not "any runtime class"
+        ({"runtimeClassName": None}, False),
+        ({"runtimeClassName": ""}, False),
+        ({"runtimeClassName": "KATA"}, False),  # names are exact
+        ({"runtimeClassName": "kata"}, True),
+    ],
+)
+async def test_runtime_class_exemption_matches_exactly(spec_extra: dict[str, Any], exempt: bool) -> None:
+    cfg = {"exemptions": [{"runtime_classes": ["kata"], "checks": ["privilege"]}]}
+    obj = pod(containers=[privileged()], **spec_extra)
+    assert ("pss:privileged" not in checks_found(await judge(obj, cfg))) is exempt
+
+
+async def test_default_service_account_exemption_covers_pods_without_one() -> None:
+    """``serviceAccountName`` unset means ``default``, as the apiserver fills it in: an
+    exemption for ``default`` therefore covers bare pods (scope it with namespaces)."""
+    cfg = {"exemptions": [{"namespaces": ["ci"], "service_accounts": ["default"]}]}
+    obj = pod(containers=[privileged()])
+    assert checks_found(await judge(obj, cfg, namespace="ci")) == set()
+    assert "pss:privileged" in checks_found(await judge(obj, cfg, namespace="default"))
+
+
+async def test_username_exemption_is_exact() -> None:
+    cfg = {"exemptions": [{"usernames": ["system:serviceaccount:kube-system:replicaset-controller"]}]}
+    obj = pod(containers=[privileged()])
+    assert "pss:privileged" in checks_found(await judge(obj, cfg, username="system:serviceaccount:kube-system"))
+    assert "pss:privileged" in checks_found(
+        await judge(obj, cfg, username="System:serviceaccount:kube-system:replicaset-controller")
+    )
+
+
+# -- a restricted pod stays admitted (no false positives from the attacks above) -------------
+
+
+async def test_restricted_pod_is_admitted_quietly() -> None:
+    obj = pod(containers=[{"name": "a", "image": "nginx:1.27", "securityContext": RESTRICTED_SC}])
+    outcome = await judge(obj)
+    assert outcome.verdict.allowed and not outcome.verdict.findings
