@@ -59,14 +59,16 @@ async def test_crafted_review_that_breaks_the_pipeline_is_denied_not_500(webhook
         assert response["allowed"] is False
         assert "internal error" in response["status"]["message"]
         status, answer = await hook.post("/mutate", raw)
-        assert status == 200 and answer["response"]["allowed"] is False
+        assert status == 200
+        assert answer["response"]["allowed"] is False
 
 
 async def test_webhook_keeps_serving_after_a_crafted_review(webhook: Any) -> None:
     async with webhook() as hook:
         await hook.post("/validate", review(pod(runtimeClassName={"x": 1})))
         status, answer = await hook.post("/validate", review(pod(containers=[privileged()])))
-        assert status == 200 and answer["response"]["allowed"] is False
+        assert status == 200
+        assert answer["response"]["allowed"] is False
         assert "pss:privileged" in answer["response"]["status"]["message"]
 
 
@@ -96,7 +98,8 @@ async def test_duplicate_keys_take_the_last_value_like_the_apiserver(webhook: An
     )
     async with webhook() as hook:
         status, answer = await hook.post("/validate", raw)
-        assert status == 200 and answer["response"]["allowed"] is False
+        assert status == 200
+        assert answer["response"]["allowed"] is False
 
 
 # -- kinds, groups and versions ---------------------------------------------------------------
@@ -121,7 +124,10 @@ async def test_cronjob_v1beta1_is_judged() -> None:
         "apiVersion": "batch/v1beta1",
         "kind": "CronJob",
         "metadata": {"name": "c"},
-        "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": [privileged()]}}}}},
+        "spec": {
+            "schedule": "* * * * *",
+            "jobTemplate": {"spec": {"template": {"spec": {"containers": [privileged()]}}}},
+        },
     }
     assert "pss:privileged" in checks_found(await judge(obj))
 
@@ -148,14 +154,16 @@ async def test_ephemeral_debug_container_is_judged_on_the_subresource(webhook: A
     body = review(new, operation="UPDATE", old=old, subresource="ephemeralcontainers")
     async with webhook() as hook:
         status, answer = await hook.post("/validate", body)
-    assert status == 200 and answer["response"]["allowed"] is False
+    assert status == 200
+    assert answer["response"]["allowed"] is False
     assert "spec.ephemeralContainers[0].securityContext.privileged" in answer["response"]["status"]["message"]
 
 
 @pytest.mark.parametrize("subresource", ["status", "binding", "eviction", "exec", "attach", "portforward", "proxy"])
 async def test_other_pod_subresources_pass_untouched(subresource: str) -> None:
     outcome = await judge(pod(containers=[privileged()]), subresource=subresource, operation="UPDATE")
-    assert outcome.verdict.allowed and outcome.verdict.skipped_reason
+    assert outcome.verdict.allowed
+    assert outcome.verdict.skipped_reason
 
 
 async def test_scale_subresource_is_not_mistaken_for_a_workload() -> None:
@@ -172,7 +180,8 @@ async def test_update_that_only_touches_bookkeeping_metadata_is_not_rejudged() -
     new = pod(containers=[privileged()])
     new["metadata"].update(resourceVersion="2", managedFields=[{"manager": "kubectl"}], generation=3)
     outcome = await judge(new, operation="UPDATE", old=old)
-    assert outcome.verdict.allowed and outcome.verdict.skipped_reason
+    assert outcome.verdict.allowed
+    assert outcome.verdict.skipped_reason
 
 
 @pytest.mark.parametrize(
@@ -180,8 +189,10 @@ async def test_update_that_only_touches_bookkeeping_metadata_is_not_rejudged() -
     [
         lambda o: o["spec"]["containers"][0].update(image="nginx:1.28"),
         lambda o: o["spec"].update(initContainers=[privileged("init")]),
-        lambda o: o["metadata"].setdefault("annotations", {}).update(
-            {"container.apparmor.security.beta.kubernetes.io/app": "unconfined"}
+        lambda o: (
+            o["metadata"]
+            .setdefault("annotations", {})
+            .update({"container.apparmor.security.beta.kubernetes.io/app": "unconfined"})
         ),
         lambda o: o["metadata"].setdefault("labels", {}).update(team="x"),
     ],
@@ -294,4 +305,5 @@ async def test_username_exemption_is_exact() -> None:
 async def test_restricted_pod_is_admitted_quietly() -> None:
     obj = pod(containers=[{"name": "a", "image": "nginx:1.27", "securityContext": RESTRICTED_SC}])
     outcome = await judge(obj)
-    assert outcome.verdict.allowed and not outcome.verdict.findings
+    assert outcome.verdict.allowed
+    assert not outcome.verdict.findings

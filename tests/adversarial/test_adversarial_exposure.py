@@ -11,6 +11,8 @@ against a configured CA, plus a NetworkPolicy in the chart for clusters that can
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import aiohttp
 import pytest
 
 from webhook import config as config_mod
-from webhook.admission import certs
+from webhook.admission import certs, service
 
 from .conftest import pod, review
 
@@ -29,7 +31,8 @@ async def test_any_tls_client_gets_a_decision_today(webhook: Any) -> None:
     async with webhook() as hook:
         body = review(pod(), username="system:serviceaccount:kube-system:replicaset-controller")
         status, answer = await hook.post("/validate", body)
-    assert status == 200 and answer["response"]["uid"] == body["request"]["uid"]
+    assert status == 200
+    assert answer["response"]["uid"] == body["request"]["uid"]
 
 
 @pytest.mark.xfail(
@@ -39,22 +42,15 @@ async def test_any_tls_client_gets_a_decision_today(webhook: Any) -> None:
     "serving pair; document the apiserver's AdmissionConfiguration kubeConfigFile that supplies it",
 )
 async def test_reviews_without_an_apiserver_client_certificate_are_refused(tmp_path: Path) -> None:
-    from webhook.admission import service
-
     client_ca = certs.generate(["apiserver"], tmp_path / "client").ca_cert
     config = config_mod.parse({"server": {"client_ca": str(client_ca)}})
     files = certs.generate(["127.0.0.1"], tmp_path / "tls")
-    import asyncio
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
-        service.serve(
-            config, service.Listen("127.0.0.1", port), files.cert, files.key, started=started, stop=stop
-        )
+        service.serve(config, service.Listen("127.0.0.1", port), files.cert, files.key, started=started, stop=stop)
     )
     try:
         await asyncio.wait_for(started.wait(), 10)

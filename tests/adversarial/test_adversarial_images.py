@@ -50,7 +50,9 @@ async def _admit(tmp_path: Path, image: str, cfg: dict[str, Any], field: str = "
     else:
         spec[field] = [{"name": "x", "image": image}]
     obj = pod(**spec)
-    return await judge(obj, {**cfg, "privilege": {"level": "privileged", "warn_level": "privileged"}}, base_dir=tmp_path)
+    return await judge(
+        obj, {**cfg, "privilege": {"level": "privileged", "warn_level": "privileged"}}, base_dir=tmp_path
+    )
 
 
 # -- respelled registry hosts (fixed: reference.parse canonicalises the host) ------------------

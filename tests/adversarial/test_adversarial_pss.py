@@ -25,10 +25,19 @@ def _container(**fields: Any) -> dict[str, Any]:
     ("spec", "check"),
     [
         # capability names are compared as written: anything but the exact default set is refused
-        ({"containers": [_container(securityContext={"capabilities": {"add": ["sys_admin"]}})]}, "pss:capabilities_baseline"),
-        ({"containers": [_container(securityContext={"capabilities": {"add": ["CAP_SYS_ADMIN"]}})]}, "pss:capabilities_baseline"),
+        (
+            {"containers": [_container(securityContext={"capabilities": {"add": ["sys_admin"]}})]},
+            "pss:capabilities_baseline",
+        ),
+        (
+            {"containers": [_container(securityContext={"capabilities": {"add": ["CAP_SYS_ADMIN"]}})]},
+            "pss:capabilities_baseline",
+        ),
         ({"containers": [_container(securityContext={"capabilities": {"add": ["ALL"]}})]}, "pss:capabilities_baseline"),
-        ({"containers": [_container(securityContext={"capabilities": {"add": [" NET_ADMIN"]}})]}, "pss:capabilities_baseline"),
+        (
+            {"containers": [_container(securityContext={"capabilities": {"add": [" NET_ADMIN"]}})]},
+            "pss:capabilities_baseline",
+        ),
         # every container list counts
         ({"initContainers": [_container(securityContext={"privileged": True})]}, "pss:privileged"),
         ({"ephemeralContainers": [_container(securityContext={"privileged": True})]}, "pss:privileged"),

@@ -31,9 +31,7 @@ class Exemption(Section, frozen=True):
 
     def __post_init__(self) -> None:
         if not (self.namespaces or self.usernames or self.runtime_classes or self.service_accounts):
-            raise ValueError(
-                "an exemption must name namespaces, usernames, runtime_classes or service_accounts"
-            )
+            raise ValueError("an exemption must name namespaces, usernames, runtime_classes or service_accounts")
         if self.service_accounts and not self.namespaces:
             # A service account name means nothing outside its namespace: anyone who can create
             # one named "monitor" in their own namespace would otherwise inherit the exemption.
