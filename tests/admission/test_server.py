@@ -207,3 +207,12 @@ async def test_random_bodies_never_get_a_500(start_webhook: Any) -> None:
         for body in bodies:
             status, _ = await hook.post("/validate", body)
             assert status in (200, 400), body
+
+
+async def test_mutate_never_denies_and_runs_only_the_pinning_checks(start_webhook: Any) -> None:
+    check = DenyPrivileged()
+    async with start_webhook(pipeline=pipeline_with(check)) as hook:
+        status, body = await hook.post("/mutate", review(privileged_pod()))
+    assert status == 200
+    assert body["response"]["allowed"] is True
+    assert check.calls == 0  # privilege is judged by /validate only

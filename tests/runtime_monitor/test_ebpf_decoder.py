@@ -102,3 +102,17 @@ def test_fork_lines_carry_the_parent() -> None:
     ev = decoder().decode("F\t5\t20\t10\t0\tbash")
     assert ev is not None
     assert (ev.type, ev.pid, ev.params) == ("F", 20, {"ppid": 10})
+
+
+def test_events_read_out_of_order_across_cpus_are_released_sorted() -> None:
+    from webhook.runtime.sources.base import RawEvent
+
+    def e(ts: int) -> RawEvent:
+        return RawEvent("openat", ts, 1, 1, 0, "x", 0, {})
+
+    r = ebpf.Reorder(window_ns=10)
+    assert r.push([e(5), e(1)]) == []  # nothing is 10 ns older than the newest yet
+    out = r.push([e(3), e(20)])
+    assert [x.ts for x in out] == [1, 3, 5]
+    assert [x.ts for x in r.flush()] == [20]
+    assert ebpf.Reorder(0).push([e(2), e(1)])[0].ts == 2  # window 0: pass through

@@ -103,8 +103,11 @@ class Pipeline:
         settings = self.config.namespaces.get(namespace)
         return settings.labels if settings is not None else {}
 
-    async def evaluate(self, subject: Subject, deadline: Deadline) -> Outcome:
-        """Judge one subject. Raises ``ReviewError`` only for content that cannot be judged."""
+    async def evaluate(self, subject: Subject, deadline: Deadline, *, only: frozenset[str] | None = None) -> Outcome:
+        """Judge one subject. Raises ``ReviewError`` only for content that cannot be judged.
+
+        ``only`` limits the checks that run (``/mutate`` runs just those that pin images).
+        """
         if subject.subresource not in _JUDGED_SUBRESOURCES:
             return _skipped(f"subresource {subject.subresource!r} is not judged")
         if subject.operation not in _JUDGED_OPERATIONS:
@@ -137,7 +140,11 @@ class Pipeline:
         )
         exempt, reason = self._exemptions(ctx, pods)
         modes = {c.id: self.config.mode_for(c.id, labels) for c in self.checks}
-        active = [c for c in self.checks if c.id not in exempt and modes[c.id] is not Mode.OFF]
+        active = [
+            c
+            for c in self.checks
+            if c.id not in exempt and modes[c.id] is not Mode.OFF and (only is None or c.id in only)
+        ]
         results = await self._run(active, pods, ctx)
         verdict = combine(results, modes)
         if reason:

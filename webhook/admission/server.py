@@ -19,6 +19,7 @@ from aiohttp import web
 from webhook import errors
 from webhook.admission import review
 from webhook.admission.deadline import Deadline
+from webhook.admission.decision import Verdict
 from webhook.admission.metrics import WebhookMetrics
 from webhook.admission.pipeline import Outcome, Pipeline, Subject
 from webhook.admission.recorder import AuditUnavailable
@@ -27,6 +28,8 @@ from webhook.config.server import ServerConfig
 log = logging.getLogger("portcullis.server")
 
 _JSON = "application/json"
+# The checks whose results /mutate applies: image digest pinning.
+_MUTATING_CHECKS = frozenset({"images"})
 _TIMEOUT_PARAM = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
 
 
@@ -109,7 +112,9 @@ class WebhookServer:
         except errors.ReviewError as exc:
             return _error(400, f"invalid AdmissionReview: {exc}")
         try:
-            outcome = await self.pipeline.evaluate(_subject(decoded), deadline)
+            outcome = await self.pipeline.evaluate(
+                _subject(decoded), deadline, only=_MUTATING_CHECKS if mutating else None
+            )
         except errors.ReviewError as exc:
             # The review is well-formed but its object cannot be judged: deny with the reason.
             self.metrics.decisions[(endpoint, "invalid")] += 1
@@ -122,10 +127,16 @@ class WebhookServer:
             message = f"portcullis could not judge this object (internal error: {type(exc).__name__}); denied"
             return web.Response(body=review.encode_error(decoded.uid, message, 500), content_type=_JSON)
         verdict = outcome.verdict
+        if mutating:
+            # /mutate never denies: it pins verified images; /validate judges (and denies) the result,
+            # so an image that failed verification is left as it is for /validate to refuse.
+            patches = verdict.patches if verdict.allowed else ()
+            verdict = Verdict(True, (), (), {}, patches, skipped_reason=verdict.skipped_reason)
+            self.metrics.decisions[(endpoint, "patched" if patches else "unchanged")] += 1
+            return web.Response(body=review.encode(decoded.uid, verdict, mutating=True), content_type=_JSON)
         self.metrics.decisions[(endpoint, _result(outcome))] += 1
-        if not mutating:
-            for finding in verdict.findings:
-                self.metrics.violations[(finding.violation.check, finding.mode.value)] += 1
+        for finding in verdict.findings:
+            self.metrics.violations[(finding.violation.check, finding.mode.value)] += 1
         if self.recorder is not None:
             try:
                 await self.recorder.record(endpoint, decoded, outcome)

@@ -15,6 +15,7 @@ import orjson
 
 SIMPLE_SIGNING_TYPE = "cosign container image signature"
 IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
+COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"  # what `cosign sign` (v3 bundles) signs
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +73,18 @@ def simple_signing_digests(payload: bytes) -> frozenset[str]:
 
 
 def in_toto_digests(payload: bytes) -> frozenset[str]:
-    """The sha256 subject digests of an in-toto statement."""
+    """The sha256 subject digests of an in-toto statement that is an image *signature*.
+
+    Only cosign's signing predicate counts: an SBOM, a provenance or a scan report signed by
+    the same identity is an attestation about the image, not an approval to run it (cosign
+    and policy-controller keep the two apart the same way).
+    """
     try:
         doc = orjson.loads(payload)
         subjects = doc["subject"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        if doc.get("predicateType") != COSIGN_SIGN_PREDICATE:
+            return frozenset()
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         return frozenset()
     found = set()
     for subject in subjects if isinstance(subjects, list) else ():

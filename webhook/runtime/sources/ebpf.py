@@ -7,6 +7,7 @@ Called by ``runtime.monitor``. bpftrace prints one tab-separated line per syscal
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import os
 import re
@@ -128,6 +129,48 @@ class LineDecoder:
 _HEX_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 
 
+class Reorder:
+    """Puts events back in timestamp order across CPUs.
+
+    bpftrace drains one perf buffer per CPU, so a child's fork or exec read from one CPU can
+    come after its first syscall read from another. Events are held until ``window_ns`` newer
+    ones have been seen (or the stream goes quiet), then released sorted, as libscap merges
+    its per-CPU buffers.
+    """
+
+    def __init__(self, window_ns: int) -> None:
+        self.window = window_ns
+        self.held: list[RawEvent] = []
+        self.newest = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.held)
+
+    def wait_s(self) -> float:
+        return self.window / 1e9
+
+    def push(self, events: list[RawEvent]) -> list[RawEvent]:
+        if not self.window:
+            return events
+        held = self.held
+        held.extend(events)
+        if not held:
+            return held
+        held.sort(key=_ts)
+        self.newest = max(self.newest, held[-1].ts)
+        cut = bisect.bisect_right(held, self.newest - self.window, key=_ts)
+        out, self.held = held[:cut], held[cut:]
+        return out
+
+    def flush(self) -> list[RawEvent]:
+        out, self.held = self.held, []
+        return out
+
+
+def _ts(ev: RawEvent) -> int:
+    return ev.ts
+
+
 def _argv(escaped: str) -> list[str]:
     """The NUL-separated argument block bpftrace's %r prints with \\xNN escapes.
 
@@ -165,6 +208,7 @@ class EbpfSource:
         start_timeout: float = 90.0,
         chunk_size: int = 1 << 16,
         perf_rb_pages: int = 1024,
+        reorder_ms: float = 50.0,
     ) -> None:
         self.program = bpftrace_program.generate(event_types, self_pid=os.getpid())
         self._bpftrace = bpftrace
@@ -172,6 +216,7 @@ class EbpfSource:
         self._start_timeout = start_timeout
         self._chunk = chunk_size
         self._rb_pages = perf_rb_pages
+        self._reorder_ns = int(reorder_ms * 1_000_000)
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr: bytes = b""
         self.decoder = LineDecoder(ignore_pids=(os.getpid(),))
@@ -219,16 +264,23 @@ class EbpfSource:
         assert self._proc is not None
         assert self._proc.stdout is not None
         stdout, decode, rest = self._proc.stdout, self.decoder.decode, ""
+        reorder = Reorder(self._reorder_ns)
         while True:
-            chunk = await stdout.read(self._chunk)
+            try:
+                chunk = await asyncio.wait_for(stdout.read(self._chunk), reorder.wait_s() if reorder else None)
+            except TimeoutError:  # quiet: what is held is as old as it will get
+                yield reorder.flush()
+                continue
             if not chunk:
                 break
             text = rest + chunk.decode("utf-8", "surrogateescape")
             lines = text.split("\n")
             rest = lines.pop()
-            out = [e for e in map(decode, lines) if e is not None]
+            out = reorder.push([e for e in map(decode, lines) if e is not None])
             if out:
                 yield out
+        if reorder:
+            yield reorder.flush()
 
     def interrupt(self) -> None:
         """Ask bpftrace to detach and exit; ``batches()`` then ends after the last buffered line."""
