@@ -33,6 +33,22 @@ KNOWN: frozenset[Signature] = frozenset(
         ("AttributeError", "quota/model.py", 'if expr.get("key") == label and expr.get("operator") == "In":'),
         ("AttributeError", "quota/requests.py", 'resources = container.get("resources")'),
         ("AttributeError", "quota/model.py", 'affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get('),
+        # gpu: with requests_equal_limits, requests.mismatches parses quantities outside GpuCheck.run's
+        # QuantityError guard; QuantityError is an InputError, which Pipeline._guarded re-raises, and the
+        # server catches only ReviewError: HTTP 500
+        ("QuantityError", "quota/quantity.py", 'raise QuantityError(f"quantity {value!r} must be a number or a string such as \'1\', \'500m\', \'2Ki\'")'),
+        ("QuantityError", "quota/quantity.py", 'raise QuantityError(f"quantity {text!r} is not valid (expected e.g. \'1\', \'500m\', \'2Ki\', \'1e3\')")'),
+        ("QuantityError", "quota/quantity.py", 'raise QuantityError(f"quantity {text!r} has an unknown suffix {suffix!r} (use Ki, Mi, m, k, M, G, e3, ...)")'),
+        # audit: base64.b64decode(str, validate=True) raises ValueError (not binascii.Error) on non-ASCII
+        ("ValueError", "audit/note.py", "raw = base64.b64decode(parts[2], validate=True)"),
+        ("ValueError", "audit/note.py", "root = base64.b64decode(root_s, validate=True)"),
+        ("ValueError", "audit/proofs.py", "hashes = [base64.b64decode(h, validate=True) for h in rest[1:]]"),
+        ("ValueError", "audit/proofs.py", "record = base64.b64decode(extra, validate=True)"),
+        ("ValueError", "audit/proofs.py", "index = int(rest[0][6:])"),
+        # YAML: PyYAML raises ValueError for an impossible timestamp (2001-13-01), not YAMLError
+        ("ValueError", "config/__init__.py", "data = yaml.safe_load(text)"),
+        ("ValueError", "ci/manifests.py", "return self._scalar.construct_object(node, deep=True)"),
+        ("ValueError", "ci/manifests.py", "value = self._scalar.construct_object(node)"),
         # admission pipeline: exemption selectors collect raw values into sets (unhashable)
         ("TypeError", "admission/pipeline.py", 'runtime_classes = {p.spec.get("runtimeClassName") for p in pods}'),
         ("TypeError", "admission/pipeline.py", 'service_accounts = {p.spec.get("serviceAccountName") or "default" for p in pods}'),

@@ -230,6 +230,12 @@ REGRESSIONS = [
         "quota.model.gpu_models: affinity.get() on a non-object",
     ),
     (
+        "gpu-limit-not-a-quantity",
+        _pod({"containers": [{"name": "app", "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "abc"}}}]}),
+        "checks.gpu.GpuCheck._per_pod: requests.mismatches raises QuantityError outside run()'s guard; "
+        "Pipeline._guarded re-raises InputError and the server answers HTTP 500",
+    ),
+    (
         "runtime-class-list",
         _pod({"runtimeClassName": ["gvisor"]}),
         "admission.pipeline.Pipeline._exemptions: set of runtimeClassName values (unhashable)",

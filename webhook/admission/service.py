@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -126,7 +127,7 @@ async def open_audit(config: Config) -> tuple[Any, AuditRecorder]:
     audit = config.audit
     assert audit.directory is not None
     key = config.resolve_path(audit.signing_key) if audit.signing_key else None
-    writer = audit.writer or socket.gethostname()
+    writer = audit.writer or os.environ.get("POD_NAME") or socket.gethostname()
     audit_log = await AuditLog.open(
         config.resolve_path(audit.directory),
         signing_key_path=key,
