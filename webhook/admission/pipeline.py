@@ -169,7 +169,12 @@ class Pipeline:
     async def _guarded(self, check: Check, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         """Run one check; an outside failure or the deadline becomes its failure mode."""
         try:
-            result = await ctx.deadline.run(check.run(pods, ctx), f"{check.id} check")
+            if getattr(check, "does_io", False):
+                result = await ctx.deadline.run(check.run(pods, ctx), f"{check.id} check")
+            elif ctx.deadline.expired:  # a CPU-only check never waits: no timer task needed for it
+                raise errors.DeadlineExceeded(f"{check.id} check: no time left in the request's budget")
+            else:
+                result = await check.run(pods, ctx)
         except errors.UpstreamError as exc:
             return self._failure(check, str(exc))
         except errors.InputError:
