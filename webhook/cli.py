@@ -19,6 +19,7 @@ from webhook import __version__, errors
 _COMMAND_MODULES = (
     "webhook.admission.commands",  # serve, certs
     "webhook.ci.commands",  # check
+    "webhook.signatures.commands",  # images export
     "webhook.runtime.commands",  # monitor, rules
     "webhook.policy.commands",  # policy
     "webhook.audit.commands",  # audit

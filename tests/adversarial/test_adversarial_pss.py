@@ -89,13 +89,6 @@ async def test_restricted_namespace_judges_ephemeral_containers_too() -> None:
 # -- cost: findings are the expensive part --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="findings per review are unbounded: a 2.6 MB pod with 70,000 hostPath volumes yields "
-    "140,000 findings and ~1 s of event-loop time in the privilege check and combine() (the check "
-    "runs inline and cannot be interrupted by the deadline). Fix: cap findings per check (e.g. 200, "
-    "then one summary finding at the strongest dropped mode) in pss.policy.Plan.evaluate.",
-)
 def test_findings_per_review_are_bounded() -> None:
     """Not a timing assertion: the number of findings is what the time is proportional to."""
     spec = {

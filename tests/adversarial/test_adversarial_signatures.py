@@ -212,3 +212,61 @@ async def test_signature_stored_for_one_digest_does_not_cover_another(
     outcome = await _admit(tmp_path, registry, key, f"{registry.host}/{repo_b}@{digest_b}")
     assert not outcome.verdict.allowed
     assert "digest mismatch" in outcome.verdict.deny_message()
+
+
+async def test_registry_settings_use_the_same_host_spelling_as_references(
+    tmp_path: Path, registry: Registry, key: ec.EllipticCurvePrivateKey
+) -> None:
+    """References are canonicalised (lower case, no ``:443``), so the registry names in the
+    config must be too, or an ``insecure_registries`` entry written in capitals stops applying."""
+    repo, digest = registry.image()
+    payload = json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": repo},
+                "image": {"docker-manifest-digest": digest},
+                "type": "cosign container image signature",
+            },
+            "optional": None,
+        }
+    ).encode()
+    sig = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+    registry.attach(repo, digest, payload, cosign.SIMPLE_SIGNING_MEDIA, {cosign.SIGNATURE_ANNOTATION: sig})
+    port = registry.host.rsplit(":", 1)[1]
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "ci.pub").write_bytes(pem)
+    images = {
+        "insecure_registries": [f"LocalHost:{port}"],
+        "policies": [{"pattern": f"localhost:{port}/team/**", "keys": ["ci.pub"]}],
+    }
+    config = config_mod.parse({"images": images}, base_dir=tmp_path)
+    check = images_check.build(config, Services())
+    assert check is not None
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "a", "image": f"LOCALHOST:{port}/{repo}:v1"}]},
+    }
+    try:
+        outcome = await Pipeline(config_mod.parse({}), [check]).evaluate(
+            Subject("CREATE", "Pod", "default", "p", obj), Deadline.after(10)
+        )
+    finally:
+        await check.close()
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    assert outcome.verdict.patches[0]["value"] == f"LOCALHOST:{port}/{repo}@{digest}"
+
+
+@pytest.mark.parametrize(
+    ("key", "host"),
+    [
+        ("https://GHCR.IO:443/v1/", "ghcr.io"),
+        ("https://index.docker.io/v1/", "docker.io"),
+        ("Registry.Example:5000", "registry.example:5000"),
+    ],
+)
+def test_pull_secret_hosts_are_canonical(key: str, host: str) -> None:
+    from webhook.signatures import credentials
+
+    assert credentials.normalize_registry(key) == host

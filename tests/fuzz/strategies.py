@@ -31,7 +31,9 @@ json_values: st.SearchStrategy[Any] = st.recursive(
 # Values that tend to trip type confusion: unhashable where a name is expected, containers
 # where a string is expected, numbers where a mapping is expected.
 awkward = st.one_of(
-    st.sampled_from([None, True, False, 0, 1, -1, 1.5, "", "x", [], {}, [[]], [{}], {"": {}}, [None], ["ALL"]]),
+    st.sampled_from(
+        [None, True, False, 0, 1, -1, 1.5, "", "x", [], {}, [[]], [{}], {"": {}}, [None], ["ALL"], 2**64 - 1]
+    ),
     json_values,
 )
 
@@ -58,7 +60,9 @@ resource_names = st.sampled_from(
 # Quantities, legal and not; exponents stay small: a huge one is a known hang, tested on its own.
 quantities = maybe(
     st.one_of(
-        st.sampled_from(["1", "0", "500m", "2Ki", "1e3", "1E-2", "-1", "+1", ".5", "1.", "abc", " 1", "1Qi", "1e", "0.1n"]),
+        st.sampled_from(
+            ["1", "0", "500m", "2Ki", "1e3", "1E-2", "-1", "+1", ".5", "1.", "abc", " 1", "1Qi", "1e", "0.1n"]
+        ),
         st.integers(-10, 10),
         st.floats(-1e6, 1e6, allow_nan=False),
         st.from_regex(r"\A[+-]?[0-9]{0,4}(\.[0-9]{0,3})?([KMGTPE]i?|[numk]|[eE][+-]?[0-9]{1,2})?\Z"),
@@ -102,7 +106,9 @@ container = obj(
 )
 gpu_label = "nvidia.com/gpu.product"
 match_expression = obj(
-    key=maybe(st.just(gpu_label)), operator=maybe(st.sampled_from(["In", "NotIn"])), values=lst(maybe(st.text(max_size=4)))
+    key=maybe(st.just(gpu_label)),
+    operator=maybe(st.sampled_from(["In", "NotIn"])),
+    values=lst(maybe(st.text(max_size=4))),
 )
 affinity = obj(
     nodeAffinity=obj(
@@ -212,7 +218,10 @@ STRICT_CONFIG: dict[str, Any] = {
     },
     "quota": {
         "per_pod": {"max_gpus": 4, "requests_equal_limits": True, "require_gpu_model": True},
-        "quotas": [{"name": "a100", "limit": 8, "gpu_model": "A100"}, {"name": "team", "limit": "1/2", "per": "namespace"}],
+        "quotas": [
+            {"name": "a100", "limit": 8, "gpu_model": "A100"},
+            {"name": "team", "limit": "1/2", "per": "namespace"},
+        ],
     },
 }
 UNTRUSTED_LABELS = {"portcullis.dev/untrusted": "true", "pod-security.kubernetes.io/enforce": "restricted"}

@@ -10,6 +10,7 @@ Crashes found and not fixed yet are listed in ``known.py`` and pinned by xfail t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import subprocess
 import sys
@@ -46,10 +47,8 @@ def test_the_strict_config_builds_every_pure_check() -> None:
 @settings(max_examples=150)
 @given(st.binary(max_size=256))
 def test_decode_of_arbitrary_bytes_raises_only_review_error(body: bytes) -> None:
-    try:
+    with contextlib.suppress(errors.ReviewError):
         review.decode(body)
-    except errors.ReviewError:
-        pass
 
 
 envelope = st.fixed_dictionaries(
@@ -110,7 +109,8 @@ async def _run_checks(kind: str, obj: Any, labels: dict[str, str]) -> None:
                 continue
             raise AssertionError(f"check {check.id} crashed: {known.signature(exc)}") from exc
         for violation in result.violations:
-            assert isinstance(violation.message, str) and violation.message
+            assert isinstance(violation.message, str)
+            assert violation.message
 
 
 @settings(max_examples=300)
@@ -194,7 +194,11 @@ def _gpu_container(**fields: Any) -> dict[str, Any]:
 _UNHASHABLE = "values of the wrong JSON type reach a frozenset membership test (unhashable)"
 # (id, object, reason): each fails today with the exception named in known.KNOWN.
 REGRESSIONS = [
-    ("capabilities-add-object", _sc({"capabilities": {"add": [{}]}}), f"pss.baseline.capabilities_baseline: {_UNHASHABLE}"),
+    (
+        "capabilities-add-object",
+        _sc({"capabilities": {"add": [{}]}}),
+        f"pss.baseline.capabilities_baseline: {_UNHASHABLE}",
+    ),
     ("apparmor-type-object", _sc({"appArmorProfile": {"type": {}}}), f"pss.baseline.app_armor_profile: {_UNHASHABLE}"),
     ("selinux-type-list", _sc({"seLinuxOptions": {"type": ["x"]}}), f"pss.baseline.selinux_options: {_UNHASHABLE}"),
     ("seccomp-type-object", _sc({"seccompProfile": {"type": {}}}), f"pss.baseline.seccomp_baseline: {_UNHASHABLE}"),
@@ -231,7 +235,16 @@ REGRESSIONS = [
     ),
     (
         "gpu-limit-not-a-quantity",
-        _pod({"containers": [{"name": "app", "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "abc"}}}]}),
+        _pod(
+            {
+                "containers": [
+                    {
+                        "name": "app",
+                        "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "abc"}},
+                    }
+                ]
+            }
+        ),
         "checks.gpu.GpuCheck._per_pod: requests.mismatches raises QuantityError outside run()'s guard; "
         "Pipeline._guarded re-raises InputError and the server answers HTTP 500",
     ),
@@ -256,10 +269,8 @@ async def test_regression_ill_typed_field_is_judged_without_crashing(obj: dict[s
     pods = workloads.pod_specs(obj, "Pod")
     ctx = RequestContext("CREATE", "Pod", "default", "p", object=obj)
     for check in CHECKS:
-        try:
+        with contextlib.suppress(errors.PortcullisError):
             await check.run(pods, ctx)
-        except errors.PortcullisError:
-            pass
     handler = _Crashes()
     logging.getLogger("portcullis.admission").addHandler(handler)
     try:
@@ -288,7 +299,7 @@ except quantity.QuantityError:
 def test_regression_huge_quantity_exponent_is_refused_quickly() -> None:
     # A hang guard, not a timing assertion: the fixed parser answers in microseconds.
     try:
-        proc = subprocess.run([sys.executable, "-c", _HANG], capture_output=True, text=True, timeout=20)
+        proc = subprocess.run([sys.executable, "-c", _HANG], capture_output=True, text=True, timeout=8)
     except subprocess.TimeoutExpired:
         pytest.fail("parsing a quantity with a huge exponent did not finish")
     assert proc.stdout.strip() == "refused", proc.stderr

@@ -8,6 +8,7 @@ an unexpected type. Two YAML-level crashes affect every loader and are pinned be
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ config_docs = st.one_of(
                 credentials=S.lst(S.obj(registry=S.awkward, username=S.awkward, password=S.awkward)),
             ),
             "quota": S.obj(
-                resources=S.maybe(st.dictionaries(S.resource_names, S.maybe(st.sampled_from(["1/7", "0.5", "1/0", "-1"])))),
+                resources=S.maybe(
+                    st.dictionaries(S.resource_names, S.maybe(st.sampled_from(["1/7", "0.5", "1/0", "-1"])))
+                ),
                 quotas=S.lst(S.obj(name=S.awkward, limit=S.awkward, per=S.awkward)),
                 per_pod=S.obj(max_gpus=S.awkward),
             ),
@@ -59,7 +62,7 @@ def test_config_parse_raises_only_config_error(doc: Any) -> None:
     try:
         config_mod.parse(doc, source="fuzz.yaml")
     except errors.ConfigError as exc:
-        assert str(exc).startswith("fuzz.yaml")
+        assert str(exc).startswith("fuzz.yaml")  # noqa: PT017 (fuzz: the error may not occur)
 
 
 # -- YAML text for every YAML loader ------------------------------------------------------------
@@ -89,10 +92,11 @@ def _write(tmp: pytest.TempPathFactory, name: str, text: str) -> Path:
 @settings(max_examples=200)
 @given(yaml_texts)
 def test_config_load_raises_only_config_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    # (text is written as UTF-8; the non-UTF-8 case is pinned in the regressions below)
     try:
         config_mod.load(_write(tmp_path_factory, "portcullis.yaml", text))
     except errors.ConfigError as exc:
-        assert "portcullis.yaml" in str(exc)
+        assert "portcullis.yaml" in str(exc)  # noqa: PT017 (fuzz: the error may not occur)
 
 
 @settings(max_examples=200)
@@ -106,19 +110,15 @@ def test_manifests_load_reports_problems_and_never_raises(tmp_path_factory: pyte
 @settings(max_examples=150)
 @given(yaml_texts)
 def test_gatekeeper_load_raises_only_policy_load_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
-    try:
+    with contextlib.suppress(errors.PolicyLoadError):
         gatekeeper.load([_write(tmp_path_factory, "t.yaml", text)])
-    except errors.PolicyLoadError:
-        pass
 
 
 @settings(max_examples=150)
 @given(yaml_texts)
 def test_rules_loader_raises_only_rule_load_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
-    try:
+    with contextlib.suppress(errors.RuleLoadError):
         rules.load([_write(tmp_path_factory, "r.yaml", text)])
-    except errors.RuleLoadError:
-        pass
 
 
 # Gatekeeper documents with the right outline and ill-typed insides.
@@ -129,7 +129,8 @@ template_docs = S.obj(
     spec=S.obj(
         crd=S.obj(spec=S.obj(names=S.obj(kind=S.maybe(st.just("K8sDeny"))))),
         targets=S.lst(S.obj(target=S.maybe(st.just("admission.k8s.gatekeeper.sh")), rego=S.maybe(
-            st.sampled_from(["package k8sdeny\nviolation[{\"msg\": m}] { m := \"x\" }", "package", "", "x"])), libs=S.awkward)),
+            st.sampled_from(["package k8sdeny\nviolation[{\"msg\": m}] { m := \"x\" }", "package", "", "x"])),
+            libs=S.awkward)),
     ),
 )  # fmt: skip
 constraint_docs = S.obj(
@@ -157,10 +158,8 @@ def test_gatekeeper_documents_of_any_shape_raise_only_policy_load_error(
     tmp_path_factory: pytest.TempPathFactory, docs: list[Any]
 ) -> None:
     text = "\n---\n".join(orjson.dumps(d).decode() for d in docs)
-    try:
+    with contextlib.suppress(errors.PolicyLoadError):
         gatekeeper.load([_write(tmp_path_factory, "gk.yaml", text)])
-    except errors.PolicyLoadError:
-        pass
 
 
 _REGO = ["package p", "package", "import future.keywords", "import rego.v1", "deny[msg] {", "deny contains msg if {",
@@ -171,10 +170,8 @@ _REGO = ["package p", "package", "import future.keywords", "import rego.v1", "de
 @settings(max_examples=200)
 @given(st.one_of(st.text(max_size=80), st.lists(st.sampled_from(_REGO), max_size=10).map("\n".join)))
 def test_rego_module_parse_raises_only_policy_load_error(text: str) -> None:
-    try:
+    with contextlib.suppress(errors.PolicyLoadError):
         modules.parse("fuzz.rego", text)
-    except errors.PolicyLoadError:
-        pass
 
 
 # -- regression tests ---------------------------------------------------------------------------
@@ -188,10 +185,8 @@ _DEEP = "RecursionError on YAML nested 5000 levels deep is not caught"
 
 
 def _config_load(path: Path) -> None:
-    try:
+    with contextlib.suppress(errors.ConfigError):
         config_mod.load(path)
-    except errors.ConfigError:
-        pass
 
 
 def _manifests_load(path: Path) -> None:
@@ -200,26 +195,25 @@ def _manifests_load(path: Path) -> None:
 
 
 def _gatekeeper_load(path: Path) -> None:
-    try:
+    with contextlib.suppress(errors.PolicyLoadError):
         gatekeeper.load([path])
-    except errors.PolicyLoadError:
-        pass
 
 
 def _rules_load(path: Path) -> None:
-    try:
+    with contextlib.suppress(errors.RuleLoadError):
         rules.load([path])
-    except errors.RuleLoadError:
-        pass
 
 
-RULE_WITH_BAD_TAG = "- rule: x\n  desc: d\n  condition: evt.type=open\n  output: o\n  priority: INFO\n  tags: [2001-13-01]\n"
+RULE_WITH_BAD_TAG = (
+    "- rule: x\n  desc: d\n  condition: evt.type=open\n  output: o\n  priority: INFO\n  tags: [2001-13-01]\n"
+)
 YAML_REGRESSIONS = [
     ("config-timestamp", _config_load, BAD_TIMESTAMP, f"config.load: {_TS}"),
     ("config-deep", _config_load, DEEP, f"config.load: {_DEEP}"),
     ("manifests-timestamp", _manifests_load, BAD_TIMESTAMP, f"ci.manifests._Builder.build: {_TS}"),
     ("manifests-deep", _manifests_load, DEEP, f"ci.manifests._Builder.build: {_DEEP}"),
-    ("gatekeeper-timestamp", _gatekeeper_load, "kind: ConstraintTemplate\nx: 2001-13-01\n", f"policy.gatekeeper._documents: {_TS}"),
+    ("gatekeeper-timestamp", _gatekeeper_load, "kind: ConstraintTemplate\nx: 2001-13-01\n",
+     f"policy.gatekeeper._documents: {_TS}"),
     ("gatekeeper-deep", _gatekeeper_load, DEEP, f"policy.gatekeeper._documents: {_DEEP}"),
     ("rules-timestamp", _rules_load, RULE_WITH_BAD_TAG, f"runtime.rules.loader._py: {_TS}"),
     ("gatekeeper-spec-bool", _gatekeeper_load, "kind: ConstraintTemplate\nspec: true\n",
@@ -232,6 +226,18 @@ YAML_REGRESSIONS = [
      "policy.gatekeeper.constraint: `kind not in templates` with a list kind (TypeError: unhashable)"),
     ("rules-deep", _rules_load, "- rule: x\n  desc: " + DEEP[3:], f"runtime.rules.loader: {_DEEP}"),
 ]  # fmt: skip
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.load: path.read_text(encoding='utf-8') raises UnicodeDecodeError on a non-UTF-8 file; "
+    "only OSError is caught (found by atheris, tests/fuzz/atheris/fuzz_config.py)",
+)
+def test_regression_non_utf8_config_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "portcullis.yaml"
+    path.write_bytes(b"\x00\x00\xfa")
+    with pytest.raises(errors.ConfigError):
+        config_mod.load(path)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Contract: conditions and rules files fail with ``RuleLoadError`` (file:line), ev
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -44,19 +45,15 @@ conditions = st.one_of(
 @settings(max_examples=300)
 @given(conditions)
 def test_condition_parser_raises_only_rule_load_error(text: str) -> None:
-    try:
+    with contextlib.suppress(errors.RuleLoadError):
         parser.parse(text)
-    except errors.RuleLoadError:
-        pass
 
 
 @settings(max_examples=150)
 @given(conditions)
 def test_condition_compile_raises_only_rule_load_error(text: str) -> None:
-    try:
+    with contextlib.suppress(errors.RuleLoadError):
         rules.condition(text)
-    except errors.RuleLoadError:
-        pass
 
 
 # Rules-file items with keys of any type (the loader must name file and line for each problem).
@@ -99,7 +96,7 @@ def test_rules_files_load_or_raise_rule_load_error(tmp_path_factory: pytest.Temp
     try:
         ruleset = rules.load([path])
     except errors.RuleLoadError as exc:
-        assert str(exc)
+        assert str(exc)  # noqa: PT017 (fuzz: the error may not occur)
         return
     Engine(ruleset)
 
@@ -117,7 +114,7 @@ def test_jsonl_lines_decode_or_raise_input_error(lines: list[bytes]) -> None:
     try:
         out = jsonl.decode_lines(lines, name="events.jsonl", first_line=1)
     except errors.InputError as exc:
-        assert "events.jsonl:" in str(exc)
+        assert "events.jsonl:" in str(exc)  # noqa: PT017 (fuzz: the error may not occur)
         return
     assert all(isinstance(o, dict) for o in out)
 
@@ -176,8 +173,10 @@ def test_engine_never_raises_on_ill_typed_events(engines: list[Engine], event: d
             orjson.dumps(alert.to_falco_json("host"), default=str)
 
 
-@pytest.mark.parametrize("when", [2**64, -(2**63), 10**30])
-def test_an_event_time_beyond_datetime_range_still_renders_an_alert(engines: list[Engine], when: int) -> None:
+# The extremes an event line can carry: orjson decodes integers up to 2**64 - 1 and turns larger
+# ones into floats (a float evt.time is ignored for the clock).
+@pytest.mark.parametrize("when", [2**64 - 1, -(2**63), 1e30])
+def test_an_event_time_beyond_datetime_range_still_renders_an_alert(engines: list[Engine], when: float) -> None:
     assert engines[1].process({"evt.num": 1, "evt.type": "open", "evt.time": when})
 
 
@@ -220,10 +219,8 @@ def _tetragon(record: Any) -> None:
 @settings(max_examples=200, phases=[Phase.explicit, Phase.generate])
 @given(tetragon_records)
 def test_tetragon_records_map_or_raise_input_error(record: Any) -> None:
-    try:
+    with contextlib.suppress(errors.PortcullisError):
         _tetragon(record)
-    except errors.PortcullisError:
-        pass
 
 
 TETRAGON_REGRESSIONS = [
@@ -239,11 +236,10 @@ TETRAGON_REGRESSIONS = [
 
 @pytest.mark.parametrize(
     "record",
-    [pytest.param(r, id=why.split(":")[0], marks=pytest.mark.xfail(strict=True, reason=f"runtime.sources.tetragon.{why}"))
+    [pytest.param(r, id=why.split(":")[0],
+                  marks=pytest.mark.xfail(strict=True, reason=f"runtime.sources.tetragon.{why}"))
      for r, why in TETRAGON_REGRESSIONS],
 )  # fmt: skip
 def test_regression_tetragon_record_with_wrong_types_is_refused_cleanly(record: dict[str, Any]) -> None:
-    try:
+    with contextlib.suppress(errors.PortcullisError):
         _tetragon(record)
-    except errors.PortcullisError:
-        pass

@@ -284,3 +284,27 @@ async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:
         await runner.cleanup()
     assert "portcullis_monitor_events_total 3" in text
     _ = asyncio  # the event loop is pytest-asyncio's
+
+
+def test_events_from_stdin_to_stdout_as_falco_json(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    runner = "import sys; from webhook.runtime import monitor_commands as m; sys.exit(m.main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", runner, "--source", "jsonl", "--input", "-", "--rules", str(shadow_rules(tmp_path))],
+        input=events_file(tmp_path, 2).read_bytes(), capture_output=True, cwd=root, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    alerts = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["rule"] for a in alerts] == ["shadow", "shadow"]
+    assert set(alerts[0]) == {"hostname", "output", "output_fields", "priority", "rule", "source", "tags", "time"}
+
+
+def test_an_invalid_rules_file_exits_2_with_the_location(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- rule: x\n  desc: d\n  condition: fd.name =\n  output: o\n  priority: INFO\n")
+    code = monitor_commands.main(["--source", "jsonl", "--input", str(events_file(tmp_path, 1)), "--rules", str(bad)])
+    assert code == 2
+    assert "bad.yaml" in capsys.readouterr().err

@@ -77,6 +77,18 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "proc.name": "strace",
         },
     ),
+    "BPF program loaded by unexpected process": (
+        {"evt.type": "bpf", "evt.dir": "<", "evt.rawres": 3, "evt.arg.cmd": "BPF_PROG_LOAD", "proc.name": "loader"},
+        {"evt.type": "bpf", "evt.dir": "<", "evt.rawres": 3, "evt.arg.cmd": "BPF_PROG_LOAD", "proc.name": "bpftrace"},
+    ),
+    "Kernel module loaded": (
+        {"evt.type": "finit_module", "evt.dir": "<", "evt.rawres": 0, "proc.name": "python3"},
+        {"evt.type": "finit_module", "evt.dir": "<", "evt.rawres": 0, "proc.name": "modprobe"},
+    ),
+    "Mount inside a container": (
+        {"evt.type": "mount", "evt.dir": "<", "evt.rawres": 0, "evt.arg.dir": "/host", "container.id": "0123456789ab"},
+        {"evt.type": "mount", "evt.dir": "<", "evt.rawres": 0, "evt.arg.dir": "/mnt", "container.id": "host"},
+    ),
     "Fileless execution via memfd": (
         {**spawned("3", "python3"), "proc.exepath": "/proc/self/fd/3"},
         {**spawned("runc", "runc"), "proc.exepath": "/proc/self/fd/5"},

@@ -139,3 +139,9 @@ def test_exited_processes_stay_for_late_events_then_go(table: state.ProcessTable
 )
 def test_open_flags_render_as_falco_does(flags: int, text: str) -> None:
     assert events.open_flags(flags) == text
+
+
+def test_a_successful_setuid_changes_the_user_of_later_events(table: state.ProcessTable) -> None:
+    b = events.EventBuilder(table, ["user.uid"])
+    assert b.build(ev("setuid", 200, res=0, uid=33)) == {"evt.num": 1, "user.uid": 33}
+    assert b.build(ev("setuid", 200, res=-1, uid=0)) == {"evt.num": 2, "user.uid": 33}

@@ -89,12 +89,20 @@ class Verdict:
 
     def deny_message(self) -> str:
         denials = self.denials
-        lines = "; ".join(v.describe() for v in denials)
+        lines = _listed([v.describe() for v in denials[:_MAX_LISTED]], len(denials))
         noun = "violation" if len(denials) == 1 else "violations"
         return f"denied by portcullis: {len(denials)} {noun}: {lines}"
 
 
 _MAX_WARNINGS = 50  # the apiserver truncates long warning lists; keep ours readable
+# Violations named in one denial or audit annotation. A crafted pod can carry 100,000+ of them
+# (thousands of containers, each wrong in every way): listing all made multi-MB responses.
+_MAX_LISTED = 200
+
+
+def _listed(lines: list[str], total: int) -> str:
+    text = "; ".join(lines)
+    return f"{text}; and {total - len(lines)} more" if total > len(lines) else text
 
 
 def combine(
@@ -110,6 +118,7 @@ def combine(
     """
     findings: list[Finding] = []
     audit_lines: dict[str, list[str]] = {}  # keyed by check id: a valid annotation key name
+    audit_counts: dict[str, int] = {}
     warnings: list[str] = []
     annotations: dict[str, str] = {}
     patches: list[dict[str, Any]] = []
@@ -125,11 +134,15 @@ def combine(
                 continue
             findings.append(Finding(violation, mode))
             if mode is Mode.WARN:
-                warnings.append(violation.describe())
+                if len(warnings) < 4 * _MAX_WARNINGS:  # enough to fill the list after dedupe
+                    warnings.append(violation.describe())
             elif mode is Mode.AUDIT:
-                audit_lines.setdefault(check_id, []).append(violation.describe())
+                lines = audit_lines.setdefault(check_id, [])
+                audit_counts[check_id] = audit_counts.get(check_id, 0) + 1
+                if len(lines) < _MAX_LISTED:
+                    lines.append(violation.describe())
     for check_id, lines in audit_lines.items():
-        annotations[f"portcullis.dev/{check_id}"] = "; ".join(lines)
+        annotations[f"portcullis.dev/{check_id}"] = _listed(lines, audit_counts[check_id])
     allowed = not any(f.mode is Mode.ENFORCE for f in findings)
     return Verdict(
         allowed=allowed,

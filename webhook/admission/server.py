@@ -57,6 +57,14 @@ class WebhookServer:
         self._in_flight = 0
         self._budget = settings.budget_seconds
 
+    def health_app(self) -> web.Application:
+        """Probes and metrics only, for a plain-HTTP port (``server.health_listen``)."""
+        app = web.Application(client_max_size=1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
     def app(self) -> web.Application:
         # client_max_size a little above our own limit, so we answer the oversize case ourselves.
         app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
@@ -107,7 +115,7 @@ class WebhookServer:
     async def _review(self, endpoint: str, request: web.Request, *, mutating: bool) -> web.Response:
         deadline = Deadline.after(self._request_budget(request))
         try:
-            body = await _read_body(request, self.settings.max_body_bytes)
+            body = await _read_body(request, self.settings.max_body_bytes, deadline)
             decoded = review.decode(body)
         except errors.ReviewError as exc:
             return _error(400, f"invalid AdmissionReview: {exc}")
@@ -124,6 +132,9 @@ class WebhookServer:
             # an HTTP 500: the apiserver applies failurePolicy to that, and `Ignore` would admit.
             log.exception("judging review %s failed unexpectedly", decoded.uid)
             self.metrics.decisions[(endpoint, "error")] += 1
+            if mutating:  # /mutate never denies: unchanged, and /validate (same pipeline) refuses
+                unchanged = Verdict(True, (), (), {}, ())
+                return web.Response(body=review.encode(decoded.uid, unchanged, mutating=True), content_type=_JSON)
             message = f"portcullis could not judge this object (internal error: {type(exc).__name__}); denied"
             return web.Response(body=review.encode_error(decoded.uid, message, 500), content_type=_JSON)
         verdict = outcome.verdict
@@ -157,11 +168,18 @@ class WebhookServer:
         return budget
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, deadline: Deadline) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise errors.ReviewError(f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
     try:
-        body = await request.read()  # bounded by the app's client_max_size (limit + 1)
+        # bounded by the app's client_max_size (limit + 1); a body still arriving is awaited only
+        # within the budget, so a client that dribbles it cannot hold an in-flight slot for ever
+        if request.content.is_eof():
+            body = await request.read()
+        else:
+            body = await deadline.run(request.read(), "reading the review body")
+    except errors.DeadlineExceeded as exc:
+        raise errors.ReviewError(f"body not received within the request's budget ({exc})") from exc
     except web.HTTPRequestEntityTooLarge as exc:
         raise errors.ReviewError(f"body exceeds the limit of {limit} bytes") from exc
     except (asyncio.IncompleteReadError, ConnectionError) as exc:

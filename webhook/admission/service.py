@@ -79,7 +79,8 @@ async def serve(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); drain in-flight reviews before exiting."""
-    reloading = tls.ReloadingContext(cert, key, interval=config.server.cert_reload_interval)
+    client_ca = config.resolve_path(config.server.client_ca) if config.server.client_ca else None
+    reloading = tls.ReloadingContext(cert, key, interval=config.server.cert_reload_interval, client_ca=client_ca)
     metrics = WebhookMetrics()
     audit_log = None
     if recorder is None and config.audit.directory:
@@ -93,6 +94,12 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, listen.host, listen.port, ssl_context=reloading.context, backlog=1024)
     await site.start()
+    health_runner = None
+    if config.server.health_listen:
+        health = Listen.parse(config.server.health_listen)
+        health_runner = web.AppRunner(server.health_app(), access_log=None, handle_signals=False)
+        await health_runner.setup()
+        await web.TCPSite(health_runner, health.host, health.port).start()
     reloading.start()
     metrics.cert_reloads = lambda: reloading.reloads
     for check in pipeline.checks:
@@ -111,6 +118,8 @@ async def serve(
         await stop.wait()
     finally:
         await reloading.stop()
+        if health_runner is not None:
+            await health_runner.cleanup()
         await runner.cleanup()  # drains in-flight reviews first
         if isinstance(recorder, AuditRecorder):
             await recorder.drain()

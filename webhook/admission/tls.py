@@ -20,7 +20,9 @@ from webhook import errors
 log = logging.getLogger("portcullis.tls")
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.2+; with ``client_ca``, clients must present a certificate chaining to it (mTLS:
+    the apiserver authenticates itself to webhooks through its AdmissionConfiguration)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
@@ -28,23 +30,30 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise errors.ConfigError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from exc
+    if client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.ConfigError(f"cannot load the client CA bundle {client_ca}: {exc}") from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
 class ReloadingContext:
     """Owns the live context and the task that watches the files."""
 
-    def __init__(self, cert: Path, key: Path, *, interval: float = 5.0) -> None:
-        self.cert, self.key, self.interval = cert, key, interval
-        self.context = server_context(cert, key)
+    def __init__(self, cert: Path, key: Path, *, interval: float = 5.0, client_ca: Path | None = None) -> None:
+        self.cert, self.key, self.interval, self.client_ca = cert, key, interval, client_ca
+        self.context = server_context(cert, key, client_ca)
         self._fingerprint = self._read_fingerprint()
         self.reloads = 0
         self._task: asyncio.Task[None] | None = None
 
     def _read_fingerprint(self) -> bytes:
         digest = hashlib.sha256()
-        for path in (self.cert, self.key):
-            digest.update(path.read_bytes())
+        for path in (self.cert, self.key, self.client_ca):
+            if path is not None:
+                digest.update(path.read_bytes())
         return digest.digest()
 
     def check(self) -> bool:
@@ -57,8 +66,10 @@ class ReloadingContext:
         if fingerprint == self._fingerprint:
             return False
         try:
-            server_context(self.cert, self.key)  # validate the pair before touching the live context
+            server_context(self.cert, self.key, self.client_ca)  # validate before touching the live context
             self.context.load_cert_chain(self.cert, self.key)
+            if self.client_ca is not None:
+                self.context.load_verify_locations(cafile=str(self.client_ca))
         except (errors.ConfigError, ssl.SSLError, OSError) as exc:
             log.error("new TLS certificate does not load, keeping the current one: %s", exc)
             return False

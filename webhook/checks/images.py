@@ -3,7 +3,9 @@
 Findings name the image, the matching pattern and the reason. Verified tag references are
 pinned (``name@sha256:…`` JSON Patch ops, returned by /mutate), so what runs is what was
 verified; a digest reference is admitted only if that digest verifies. Registry trouble
-becomes each pattern's failure mode, decided inside the request's deadline.
+becomes each pattern's failure mode, decided inside the request's deadline; in ``portcullis
+check`` it becomes a warning instead (``images.ci_registry_errors``), and with
+``images.offline_bundles`` the evidence comes from exported files, judged by the same code.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from webhook.checks.base import Check, RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.images import ImagesConfig, KeylessIdentity
-from webhook.signatures import cosign, credentials, fulcio, reference, sigstore
+from webhook.signatures import bundles, cosign, credentials, fulcio, reference, sigstore
 from webhook.signatures import registry as reg
+from webhook.signatures import source as src
 from webhook.signatures.cache import VerdictCache
 from webhook.signatures.reference import ImageRef
 from webhook.signatures.trust import Authority, Judgement, TrustPolicy, TrustPolicySet
@@ -66,6 +69,8 @@ class ImagesCheck:
         pull_secrets: credentials.PullSecrets | None = None,
         failure_mode: FailureMode = FailureMode.DENY,
         trust_root: sigstore.TrustRootSource | None = None,
+        ci: bool = False,
+        offline: Path | None = None,
     ) -> None:
         self.failure_mode = failure_mode
         self.default_mode = Mode.ENFORCE
@@ -75,6 +80,12 @@ class ImagesCheck:
         self._pull_secrets = pull_secrets
         self._trust_root = trust_root
         self._parsed: dict[str, tuple[ImageRef, TrustPolicy | None] | str] = {}
+        self._offline = offline
+        # In CI a registry that failed once is not asked again for the same image (an
+        # unreachable registry would otherwise cost a timeout per manifest).
+        self._ci = ci
+        self._ci_warn = ci and offline is None and settings.ci_registry_errors == "warn"
+        self._ci_failed: dict[str, _Outcome] = {}
 
     async def start(self) -> None:
         if self._trust_root is not None and not self._trust_root.loaded:
@@ -84,7 +95,7 @@ class ImagesCheck:
 
     async def close(self) -> None:
         await self.verifier.cache.close()
-        await self.verifier.client.close()
+        await self.verifier.source.close()
 
     def ready(self) -> bool:
         return True
@@ -110,7 +121,16 @@ class ImagesCheck:
         if pending:
             done = await asyncio.gather(*(self._slow(i, r, p, pod, ctx) for i, (r, p, pod) in pending.items()))
             outcomes.update(zip(pending, done, strict=True))
+            if self._ci:
+                self._remember_failures(done)
         return self._result(items, outcomes)
+
+    def _remember_failures(self, done: Sequence[_Outcome]) -> None:
+        for outcome in done:
+            if outcome.failed:
+                if len(self._ci_failed) >= _PARSED_MAX:
+                    self._ci_failed.clear()
+                self._ci_failed[outcome.image] = outcome
 
     # -- per image ------------------------------------------------------------------------------
 
@@ -124,6 +144,9 @@ class ImagesCheck:
         ref, policy = parsed
         if policy is None:
             return _Outcome(image, ref, None), None
+        failed = self._ci_failed.get(image) if self._ci else None
+        if failed is not None:
+            return failed, None
         hit = self.verifier.cached(ref, policy)
         if hit is not None:
             return _from_verified(image, ref, policy, hit), None
@@ -160,6 +183,8 @@ class ImagesCheck:
             return _Outcome(image, ref, policy, reason=reason, failed=True)
         except errors.UpstreamError as exc:
             return _Outcome(image, ref, policy, reason=str(exc), failed=True)
+        except src.Unresolvable as exc:  # offline, no tag file: a finding, no failure mode
+            return _Outcome(image, ref, policy, reason=str(exc))
         return _from_verified(image, ref, policy, verified)
 
     async def _credentials(
@@ -187,6 +212,11 @@ class ImagesCheck:
             self._judge(outcome, container, field, result)
             seen.append(_context_entry(outcome, container, field))
         result.context = {"images": seen, "digests": {e["image"]: e["digest"] for e in seen if e["digest"]}}
+        if self._ci_warn:
+            # What `portcullis check` lists as not judged (the image and why), per object.
+            not_judged = {o.image: o.reason for o in outcomes.values() if o.failed and o.policy is not None}
+            if not_judged:
+                result.context["not_judged"] = [{"image": i, "reason": r} for i, r in sorted(not_judged.items())]
         return result
 
     def _judge(self, o: _Outcome, container: ContainerRef, field: str, result: CheckResult) -> None:
@@ -203,7 +233,12 @@ class ImagesCheck:
             return
         where = f"image {o.image}: pattern {o.policy.pattern!r}"
         if o.failed:
-            if o.policy.failure_mode is FailureMode.ALLOW:
+            if self._ci_warn:
+                result.warnings.append(
+                    f"[{CHECK_ID}] {where}: not judged: {o.reason} (verify offline with "
+                    "`portcullis check --signatures DIR`, or skip with `--skip images`)"
+                )
+            elif o.policy.failure_mode is FailureMode.ALLOW:
                 result.warnings.append(f"[{CHECK_ID}] {where}: not verified, allowed by failure mode: {o.reason}")
             else:
                 message = f"{where}: registry error: {o.reason}; denied by failure mode 'deny'"
@@ -211,6 +246,8 @@ class ImagesCheck:
             return
         if not o.verified:
             message = f"{where}: {o.reason}"
+            if self._offline is not None:
+                message += f" (offline signatures in {self._offline})"
             result.violations.append(Violation(CHECK_ID, message, name, field, mode=o.policy.mode))
             return
         if self._settings.pin_digests and o.ref.digest is None and o.digest is not None:
@@ -254,6 +291,11 @@ def build(config: Config, services: Services) -> Check | None:
     """
     settings = config.images
     if not settings.policies:
+        if settings.offline_bundles:
+            raise errors.ConfigError(
+                "images.offline_bundles (or --signatures) is set but images.policies is empty: "
+                "nothing would be verified (add a trust policy, or drop the bundles)"
+            )
         return None
     trust_root = sigstore.TrustRootSource(settings.trust_root, config.resolve_path)
     uses_keyless = any(p.keyless for p in settings.policies)
@@ -275,22 +317,19 @@ def build(config: Config, services: Services) -> Check | None:
                 fingerprint=fingerprint,
             )
         )
-    client = reg.RegistryClient(
-        insecure_registries=frozenset(settings.insecure_registries),
-        credentials={c.registry: reg.Credentials(c.username, _password(config, c)) for c in settings.credentials},
-        timeout=settings.request_timeout_seconds,
-        max_manifest_bytes=settings.max_manifest_bytes,
-        max_blob_bytes=settings.max_blob_bytes,
+    offline = _offline_dir(config) if settings.offline_bundles else None
+    source: src.SignatureSource = (
+        bundles.BundleSource(offline) if offline is not None else src.RegistrySource(registry_client(config))
     )
     cache: VerdictCache[Judgement] = VerdictCache(
         ttl=settings.cache.ttl_seconds,
         negative_ttl=settings.cache.negative_ttl_seconds,
         max_entries=settings.cache.max_entries,
     )
-    verifier = ImageVerifier(client, cache, job_timeout=settings.request_timeout_seconds * 5)
+    verifier = ImageVerifier(source, cache, job_timeout=settings.request_timeout_seconds * 5)
     pull_secrets = (
         credentials.PullSecrets(services.kube_api, timeout=settings.request_timeout_seconds)
-        if settings.use_pull_secrets and services.kube_api is not None
+        if settings.use_pull_secrets and services.kube_api is not None and offline is None
         else None
     )
     return ImagesCheck(
@@ -300,7 +339,34 @@ def build(config: Config, services: Services) -> Check | None:
         pull_secrets=pull_secrets,
         failure_mode=config.check_settings(CHECK_ID).failure_mode,
         trust_root=trust_root if uses_keyless else None,
+        ci=services.ci,
+        offline=offline,
     )
+
+
+def registry_client(config: Config) -> reg.RegistryClient:
+    """A registry client per ``images:`` (insecure hosts, credentials, timeouts, size limits)."""
+    settings = config.images
+    return reg.RegistryClient(
+        # Hosts spelled the way image references are parsed (lower case, no :443).
+        insecure_registries=frozenset(reference.canonical_host(r) for r in settings.insecure_registries),
+        credentials={
+            reference.canonical_host(c.registry): reg.Credentials(c.username, _password(config, c))
+            for c in settings.credentials
+        },
+        timeout=settings.request_timeout_seconds,
+        max_manifest_bytes=settings.max_manifest_bytes,
+        max_blob_bytes=settings.max_blob_bytes,
+    )
+
+
+def _offline_dir(config: Config) -> Path:
+    path = config.resolve_path(config.images.offline_bundles)
+    if not path.is_dir():
+        raise errors.ConfigError(
+            f"images.offline_bundles: {path} is not a directory (write it with `portcullis images export`)"
+        )
+    return path
 
 
 def _key(config: Config, path: str, index: int, keys: dict[str, cosign.KeyAuthority]) -> cosign.KeyAuthority:

@@ -100,6 +100,8 @@ def evaluate(pods: Sequence[PodSpecRef], namespace_labels: Mapping[str, str], ru
                         path=path,
                     )
                 )
+        if rules.gpu_classes:
+            out.extend(_gpu_env(pod))
         if untrusted and name not in rules.sandboxed:
             out.append(
                 Violation(
@@ -111,6 +113,39 @@ def evaluate(pods: Sequence[PodSpecRef], namespace_labels: Mapping[str, str], ru
                 )
             )
     return out
+
+
+# Values of NVIDIA_VISIBLE_DEVICES that expose no GPU.
+_NO_DEVICES = frozenset({"", "void", "none"})
+
+
+def _gpu_env(pod: PodSpecRef) -> list[Violation]:
+    """NVIDIA_VISIBLE_DEVICES in a container's env: with the NVIDIA toolkit's default ``envvar``
+    strategy it hands the container GPUs that no resource request names, past the quota and the
+    GPU runtime class rule. A value from elsewhere (``valueFrom``) cannot be judged, so it counts."""
+    found: list[Violation] = []
+    for ref in workloads.containers(pod):
+        env = ref.container.get("env")
+        if not isinstance(env, list):
+            continue
+        for index, var in enumerate(env):
+            if not isinstance(var, Mapping) or var.get("name") != "NVIDIA_VISIBLE_DEVICES":
+                continue
+            value = var.get("value")
+            if "valueFrom" not in var and isinstance(value, str) and value.strip().lower() in _NO_DEVICES:
+                continue
+            shown = f"={value}" if isinstance(value, str) else " from valueFrom"
+            found.append(
+                Violation(
+                    "runtimeclass:gpuEnv",
+                    f"sets NVIDIA_VISIBLE_DEVICES{shown}, which exposes GPUs without a resource request "
+                    f"(bypassing GPU quota and the GPU runtime class); request nvidia.com/gpu in resources "
+                    f"instead (and set accept-nvidia-visible-devices-envvar-when-unprivileged=false on nodes)",
+                    container=ref.name,
+                    path=f"{ref.path}.env[{index}]",
+                )
+            )
+    return found
 
 
 def _gpu_container(pod: PodSpecRef, rules: Rules) -> str | None:

@@ -48,6 +48,7 @@ class Report:
     files: int = 0
     checks: tuple[str, ...] = ()
     skipped_checks: tuple[str, ...] = ()
+    not_judged: dict[str, str] = field(default_factory=dict)  # image -> why the images check could not judge it
 
     def count(self, mode: Mode) -> int:
         return sum(1 for r in self.results for f in r.findings if f.mode is mode)
@@ -84,6 +85,8 @@ async def check(
             report.problems.append(InputProblem(manifest.file, manifest.line, f"{kind}/{name}: {exc}"))
             continue
         verdict = outcome.verdict
+        for entry in (outcome.context.get("images") or {}).get("not_judged", ()):
+            report.not_judged.setdefault(entry["image"], entry["reason"])
         result = ObjectResult(manifest, kind, namespace, name, verdict.allowed, exempt=verdict.exempt_reason)
         for finding in verdict.findings:
             v = finding.violation

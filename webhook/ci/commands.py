@@ -60,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="exit 1 on enforce violations only (default) or on warnings too",
     )
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument(
+        "--signatures",
+        type=Path,
+        metavar="DIR",
+        help="verify image signatures offline from DIR, written by `portcullis images export` "
+        "(sets images.offline_bundles; no registry is contacted)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -95,6 +102,9 @@ def build_config(args: argparse.Namespace) -> config_mod.Config:
         except (msgspec.ValidationError, ValueError) as exc:
             raise errors.ConfigError(f"--level/--pss-version: {exc}") from exc
         cfg = msgspec.structs.replace(cfg, privilege=privilege)
+    if getattr(args, "signatures", None) is not None:  # relative to the working directory, like the manifests
+        images = msgspec.structs.replace(cfg.images, offline_bundles=str(args.signatures.absolute()))
+        cfg = msgspec.structs.replace(cfg, images=images)
     return cfg
 
 

@@ -86,6 +86,8 @@ def _summary(report: Report) -> str:
         parts.append(f"{len(report.problems)} input errors")
     if report.skipped_checks:
         parts.append(f"checks skipped: {', '.join(report.skipped_checks)}")
+    if report.not_judged:
+        parts.append(f"checks not judged: images ({len(report.not_judged)} images unverified: registry errors)")
     return "summary: " + "; ".join(parts)
 
 

@@ -101,3 +101,11 @@ class ImagesConfig(Section, frozen=True):
     # Rewrite verified references to name@sha256:... in /mutate.
     pin_digests: bool = True
     cache: CacheSettings = CacheSettings()
+    # A directory written by `portcullis images export` (relative to the config file; the
+    # `portcullis check --signatures DIR` flag sets it). When set, no registry is contacted:
+    # tags resolve through its tag files and signatures come from its files (docs/images.md).
+    offline_bundles: str = ""
+    # What `portcullis check` does with an image it cannot judge because the registry failed
+    # and no offline bundles are given: "warn" (a warning per image; the images check is
+    # reported as not judged) or "failure-mode" (each pattern's failure_mode, as the webhook).
+    ci_registry_errors: Literal["warn", "failure-mode"] = "warn"

@@ -21,6 +21,20 @@ class ServerConfig(Section, frozen=True):
     # Requests handled at once; more are answered 429 at once (load shedding) rather than queued.
     max_in_flight: Annotated[int, msgspec.Meta(gt=0)] = 512
     cert_reload_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # mTLS: a PEM bundle of the CAs that issue the apiserver's client certificate. When set, the
+    # webhook port refuses clients without such a certificate, so no pod on the network can post
+    # reviews (forging audit records, holding GPU reservations); probes and metrics then use
+    # `health_listen`.
+    client_ca: str | None = None
+    # Plain-HTTP port for /healthz, /readyz and /metrics only (e.g. "0.0.0.0:8081"); required
+    # with client_ca, since kubelet probes present no client certificate.
+    health_listen: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.client_ca and not self.health_listen:
+            raise ValueError(
+                "server.client_ca needs server.health_listen (kubelet probes carry no client certificate)"
+            )
 
     @property
     def budget_seconds(self) -> float:

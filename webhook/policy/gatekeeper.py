@@ -113,10 +113,10 @@ class GatekeeperSet:
     def evaluate_one(self, constraint: Constraint, review: Mapping[str, Any]) -> PolicyResult:
         template = self.templates[constraint.kind]
         policy = Policy(id=constraint.id, package=template.kind, file=constraint.file, mode=constraint.mode)
-        interpreter = native.interpreter(template.compiled.strict_builtins)
-        interpreter.set_input(native.new_input({"review": review, "parameters": constraint.parameters}))
         try:
-            value = native.query(interpreter, template.compiled.bundle, template.entrypoint)
+            value = template.compiled.query(
+                template.entrypoint, {"review": review, "parameters": constraint.parameters}
+            )
         except native.PolicyEvalError as exc:
             return PolicyResult(policy, error=f"constraint {constraint.id} ({template.file}): {exc}")
         if value is None:

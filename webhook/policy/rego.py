@@ -9,8 +9,9 @@ returns every policy's ``deny``/``warn``, plus one entrypoint per policy to attr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ import orjson
 
 from webhook import errors
 from webhook.admission.decision import FailureMode, Mode
-from webhook.policy import lifecycle, modules, native
+from webhook.policy import lifecycle, modules, native, plan, reads
 from webhook.policy import probe as crash_probe
 from webhook.policy.modules import RegoModule
 
+log = logging.getLogger("portcullis.policy")
 _WRAPPER_PACKAGE = "portcullis_bundle"
 _RESULT = f"{_WRAPPER_PACKAGE}/result"
 _OUTPUTS = ("deny", "warn")
@@ -67,6 +69,11 @@ class CompiledPolicies:
     policies: tuple[Policy, ...]
     modules: tuple[RegoModule, ...]
     strict_builtins: bool = False
+    reads: reads.InputReads | None = None  # what the policies can read of the input (None: all)
+    _interpreters: native.Interpreters = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_interpreters", native.Interpreters(self.strict_builtins))
 
     @property
     def policy_ids(self) -> tuple[str, ...]:
@@ -76,24 +83,45 @@ class CompiledPolicies:
         """Evaluate every policy against ``document`` (synchronous: run it in a worker thread).
 
         One query returns all results; when it fails, each policy is re-run alone so the error
-        names the policy and the healthy ones still answer.
+        names the policy and the healthy ones still answer. An input the engine cannot take
+        is every policy's error (each follows its own failure mode).
         """
         if not self.policies:
             return []
-        interpreter = native.interpreter(self.strict_builtins)
-        interpreter.set_input(native.new_input(document))
+        interpreter = self._interpreters.take()
+        try:
+            native.set_input(interpreter, self.readable(document))
+        except native.PolicyEvalError as exc:
+            return [PolicyResult(p, error=f"policy {p.id} ({p.file}): {exc}") for p in self.policies]
         try:
             value = native.query(interpreter, self.bundle, _RESULT)
-            return [_result(p, v) for p, v in zip(self.policies, _as_list(value, len(self.policies)), strict=True)]
+            results = [_result(p, v) for p, v in zip(self.policies, _as_list(value, len(self.policies)), strict=True)]
         except native.PolicyEvalError:
-            pass
-        return [self._evaluate_one(interpreter, i, p) for i, p in enumerate(self.policies)]
+            return [self._evaluate_one(interpreter, i, p) for i, p in enumerate(self.policies)]
+        self._interpreters.give_back(interpreter)  # only after a clean run
+        return results
 
     def evaluate_policy(self, policy: Policy, document: Mapping[str, Any]) -> PolicyResult:
         """Evaluate one policy alone (the crash probe uses this to name a crashing policy)."""
         interpreter = native.interpreter(self.strict_builtins)
-        interpreter.set_input(native.new_input(document))
+        try:
+            native.set_input(interpreter, self.readable(document))
+        except native.PolicyEvalError as exc:
+            return PolicyResult(policy, error=f"policy {policy.id} ({policy.file}): {exc}")
         return self._evaluate_one(interpreter, self.policies.index(policy), policy)
+
+    def readable(self, document: Mapping[str, Any]) -> Any:
+        """``document`` cut to what some plan of the bundle can read (``policy.reads``)."""
+        return document if self.reads is None else self.reads.prune(document)
+
+    def query(self, entrypoint: str, document: Mapping[str, Any]) -> Any:
+        """The value of one extra entrypoint for ``document`` (Gatekeeper's ``violation``);
+        raise ``PolicyEvalError``. Reuses an idle interpreter like ``evaluate``."""
+        interpreter = self._interpreters.take()
+        native.set_input(interpreter, self.readable(document))
+        value = native.query(interpreter, self.bundle, entrypoint)
+        self._interpreters.give_back(interpreter)
+        return value
 
     def _evaluate_one(self, interpreter: Any, index: int, policy: Policy) -> PolicyResult:
         try:
@@ -213,8 +241,10 @@ def compile_modules(
     *,
     strict_builtins: bool = False,
     extra_entrypoints: Sequence[str] = (),
+    prune_input: bool = True,
 ) -> CompiledPolicies:
-    """Compile modules into one bundle; raise ``PolicySyntaxError`` listing every problem."""
+    """Compile modules into one bundle; raise ``PolicySyntaxError`` listing every problem.
+    ``prune_input`` copies only the input paths the plans can read into the engine."""
     policies = policies_of(mods)
     problems = modules.lint(mods, native.is_builtin)
     if problems:
@@ -228,7 +258,20 @@ def compile_modules(
         if not exc.raw:
             raise modules.PolicySyntaxError("the Rego compiler could not build a bundle from " + _names(mods)) from exc
         raise modules.PolicySyntaxError(modules.explain_compile_error(exc.raw, mods)) from exc
-    return CompiledPolicies(bundle, tuple(policies), tuple(mods), strict_builtins)
+    readable = _input_reads(bundle) if prune_input else None
+    return CompiledPolicies(bundle, tuple(policies), tuple(mods), strict_builtins, readable)
+
+
+def _input_reads(bundle: Any) -> reads.InputReads | None:
+    """What the compiled plans can read of the input; None (copy it all) when unknown."""
+    data = native.bundle_bytes(bundle)
+    if data is None:
+        return None
+    try:
+        return reads.analyse(plan.read(data))
+    except plan.PlanFormatError as exc:
+        log.warning("copying the whole input to the engine: cannot read the compiled plan (%s)", exc)
+        return None
 
 
 def _names(mods: Sequence[RegoModule]) -> str:

@@ -86,8 +86,8 @@ def run_in_process(files: Sequence[Path]) -> list[TestResult]:
             continue
         seen.add(name)
         interpreter = native.interpreter()
-        interpreter.set_input(native.new_input({}))
         try:
+            native.set_input(interpreter, {})
             value = native.query(interpreter, compiled.bundle, f"{module.package_path}/{test}")
         except native.PolicyEvalError as exc:
             results.append(TestResult(name, module.name, False, f"error: {exc}"))

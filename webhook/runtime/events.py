@@ -71,13 +71,17 @@ def expand_required(required: Iterable[str] | None) -> frozenset[str] | None:
 class EventBuilder:
     """Makes the event dict for each RawEvent (None for the table-only fork events)."""
 
-    def __init__(self, table: ProcessTable, required: Iterable[str] | None, hostname: str = "") -> None:
+    def __init__(
+        self, table: ProcessTable, required: Iterable[str] | None, hostname: str = "", metadata: Any = None
+    ) -> None:
         fields = expand_required(required)
         self.table = table
+        self.metadata = metadata  # k8s_meta.KubeletPods or None
         self.all = fields is None
         self.hostname = hostname or os.uname().nodename
         wanted = fields if fields is not None else _ALL_FIELDS
         self.proc_keys = tuple(sorted(f for f in wanted if _proc_getter(f) is not None))
+        self.pod_keys = None if fields is None else frozenset(f for f in wanted if f.startswith(_POD_PREFIXES))
         self.fd_keys = frozenset(f for f in wanted if f.startswith("fd."))
         self.evt_getters = tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None)
         self.args = tuple(sorted(f for f in wanted if f.startswith(("evt.arg.", "evt.rawarg."))))
@@ -112,14 +116,21 @@ class EventBuilder:
 
     # -- process ---------------------------------------------------------------------------------
     def _proc_fields(self, proc: Process) -> dict[str, Any]:
-        if proc.cache is None or proc.cache_gen != self.table.generation:
+        meta = self.metadata
+        gen = self.table.generation + (meta.generation << 40 if meta is not None else 0)
+        if proc.cache is None or proc.cache_gen != gen:
             cache = {}
             for key in self.proc_keys:
                 getter = _proc_getter(key)
                 value = getter(self, proc) if getter is not None else None
                 if value is not None:
                     cache[key] = value
-            proc.cache, proc.cache_gen = cache, self.table.generation
+            if meta is not None and proc.container and (self.pod_keys is None or self.pod_keys):
+                info = meta.lookup(proc.container)
+                if info is not None:
+                    keys = self.pod_keys
+                    cache.update((k, v) for k, v in info.fields().items() if keys is None or k in keys)
+            proc.cache, proc.cache_gen = cache, gen
         return dict(proc.cache)
 
     def user_name(self, uid: int) -> str | None:
@@ -317,6 +328,7 @@ _PROC_GETTERS: dict[str, Callable[[EventBuilder, Process], Any]] = {
     "container.full_id": lambda b, p: _container(p, full=True),
     "evt.hostname": lambda b, p: b.hostname,
 }
+_POD_PREFIXES = ("k8s.", "container.name", "container.image")
 _ANC_ATTR = {"aname": "name", "apid": "pid", "aexe": "exe", "aexepath": "exepath", "acmdline": "cmdline"}
 
 

@@ -74,6 +74,7 @@ class Monitor:
         queue_batches: int = 64,
         hostname: str | None = None,
         table: state.ProcessTable | None = None,
+        metadata: Any = None,
     ) -> None:
         self.source = source
         self.engine = engine
@@ -84,21 +85,28 @@ class Monitor:
         self.last_errors: list[str] = []  # the first few events that failed, for diagnosis
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_batches)
         self.table = table
+        self.metadata = metadata  # k8s_meta.KubeletPods: pod fields for container ids
         self.builder: events.EventBuilder | None = None
         if source.kind == "raw":
             self.table = table or state.ProcessTable()
-            self.builder = events.EventBuilder(self.table, engine.required_fields, self.hostname)
+            self.builder = events.EventBuilder(self.table, engine.required_fields, self.hostname, metadata)
 
     def snapshot(self) -> dict[str, Any]:
-        return self.metrics.snapshot(self.source.stats(), {s.name: s.stats() for s in self.sinks})
+        source = self.source.stats()
+        if self.metadata is not None:
+            source = {**source, **self.metadata.stats()}
+        return self.metrics.snapshot(source, {s.name: s.stats() for s in self.sinks})
 
     async def run(self, *, duration: float | None = None, stop: asyncio.Event | None = None) -> dict[str, Any]:
         """Run until ``duration`` seconds pass, ``stop`` is set, or the source ends; then flush."""
         for sink in self.sinks:
             await sink.start()
+        if self.metadata is not None:
+            await self.metadata.start()
         if self.table is not None and not self.table.procs:
             await asyncio.to_thread(self.table.seed)
         consumer = asyncio.create_task(self._consume(), name="monitor-engine")
+        producer: asyncio.Task[None] | None = None
         try:
             start = getattr(self.source, "start", None)
             if start is not None:
@@ -116,11 +124,15 @@ class Monitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await producer  # re-raises the source's own error (bad input, bpftrace failure)
         finally:
+            if producer is not None and not producer.done():  # run() itself was cancelled
+                producer.cancel()
             await self.source.close()
             await self._queue.put(_STOP)
             await consumer
             for sink in self.sinks:
                 await sink.close()
+            if self.metadata is not None:
+                await self.metadata.close()
         return self.snapshot()
 
     async def _drain_source(self, producer: asyncio.Task[None]) -> None:

@@ -30,7 +30,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--audit-key", help="the audit log's signing key (with --audit-log)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGINT/SIGTERM)")
     p.add_argument("--metrics-listen", help="serve Prometheus metrics on HOST:PORT (/metrics)")
+    p.add_argument("--kubelet", help="kubelet URL for pod metadata (k8s.* fields), e.g. https://NODE:10250")
     p.set_defaults(func=run)
+
+
+def main(argv: list[str]) -> int:
+    """``portcullis monitor ARGS`` without the rest of the CLI (tests, and ``python -m`` use)."""
+    parser = argparse.ArgumentParser(prog="portcullis")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["monitor", *argv])
+    try:
+        return int(args.func(args))
+    except errors.PortcullisError as exc:
+        print(f"portcullis: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
@@ -39,7 +52,7 @@ def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
     mon = cfg.monitor
     overrides = {
         "source": args.source, "input": args.input, "outputs": args.output, "audit_log": args.audit_log,
-        "audit_key": args.audit_key, "metrics_listen": args.metrics_listen,
+        "audit_key": args.audit_key, "metrics_listen": args.metrics_listen, "kubelet_url": args.kubelet,
     }  # fmt: skip
     values = {k: v for k, v in overrides.items() if v is not None}
     if values:
@@ -69,7 +82,10 @@ def build_source(mon: MonitorConfig, engine: Any) -> Any:
     from webhook.runtime.sources import ebpf
 
     types = None if engine.matches_all_types else engine.event_types
-    source = ebpf.EbpfSource(types, bpftrace=mon.bpftrace, buffering=mon.buffering, perf_rb_pages=mon.perf_rb_pages)
+    source = ebpf.EbpfSource(
+        types, bpftrace=mon.bpftrace, buffering=mon.buffering, perf_rb_pages=mon.perf_rb_pages,
+        reorder_ms=mon.reorder_ms,
+    )  # fmt: skip
     for evt, why in sorted(source.program.missing.items()):
         print(f"portcullis monitor: warning: event type {evt!r} will not be seen: {why}", file=sys.stderr)
     return source
@@ -84,6 +100,17 @@ def build_outputs(mon: MonitorConfig) -> list[outputs.Output]:
             outputs.AuditOutput(mon.audit_log, mon.audit_key, origin=mon.audit_origin, writer=socket.gethostname())
         )
     return sinks
+
+
+def build_metadata(mon: MonitorConfig) -> Any:
+    if not mon.kubelet_url:
+        return None
+    from webhook.runtime import k8s_meta
+
+    token = mon.kubelet_token_path if mon.kubelet_token_path and Path(mon.kubelet_token_path).is_file() else None
+    return k8s_meta.KubeletPods(
+        mon.kubelet_url, token_path=token, ca_path=mon.kubelet_ca_path or None, insecure=mon.kubelet_insecure
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict[str, Any]:
     sinks = build_outputs(mon)
     mon_ = monitor.Monitor(build_source(mon, engine), engine, sinks, queue_batches=mon.queue_batches,
-                           hostname=mon.hostname or None)  # fmt: skip
+                           hostname=mon.hostname or None, metadata=build_metadata(mon))  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

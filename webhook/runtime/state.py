@@ -150,7 +150,10 @@ class ProcessTable:
         if kind == "execve":
             return self._exec(ev)
         proc = self.get(ev.pid, ev.comm, ev.uid)
-        if kind == "procexit":
+        if kind == "setuid" and ev.res == 0:  # the effective uid changes (as libsinsp tracks it)
+            proc.uid = ev.params["uid"]
+            proc.cache = None
+        elif kind == "procexit":
             proc.exited_ns = ev.ts
             self._exited.append((ev.ts, ev.pid))
             self._purge(ev.ts)

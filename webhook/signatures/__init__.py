@@ -2,5 +2,6 @@
 
 Used by ``webhook.checks.images``. Layers, bottom up: ``reference`` and ``registry`` (I/O),
 ``evidence``, ``cosign``/``fulcio``/``sigstore`` (decode and verify), ``trust`` (policy),
-``cache`` and ``verifier`` (orchestration).
+``source`` (registry) and ``bundles`` (exported files) as the verifier's evidence sources,
+``cache`` and ``verifier`` (orchestration); ``export`` and ``commands`` (``portcullis images``).
 """

@@ -47,6 +47,22 @@ async def fetch(
 ) -> list[ev.Evidence]:
     """Every signature in the image's ``.sig`` manifest (empty when there is none)."""
     tag = signature_tag(digest)
+    found: list[ev.Evidence] = []
+    for index, (layer, blob) in enumerate(await fetch_layers(client, registry, repository, digest, deadline, creds)):
+        found.extend(decode_layer(layer, blob, f"{repository}:{tag} layer {index}"))
+    return found
+
+
+async def fetch_layers(
+    client: reg.RegistryClient,
+    registry: str,
+    repository: str,
+    digest: str,
+    deadline: Deadline,
+    creds: reg.Credentials | None = None,
+) -> list[tuple[dict[str, Any], bytes]]:
+    """The ``.sig`` manifest's layer descriptors with their blobs (what ``images export`` saves)."""
+    tag = signature_tag(digest)
     manifest = await client.manifest(registry, repository, tag, deadline, creds)
     if manifest is None:
         return []
@@ -54,17 +70,20 @@ async def fetch(
         layers = manifest.document().get("layers") or []
     except ValueError as exc:
         raise reg.RegistryCallError(registry, f"signature manifest {repository}:{tag} is not JSON") from exc
-    found: list[ev.Evidence] = []
-    for index, layer in enumerate(layers if isinstance(layers, list) else ()):
+    found: list[tuple[dict[str, Any], bytes]] = []
+    for layer in layers if isinstance(layers, list) else ():
         if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
             continue
-        source = f"{repository}:{tag} layer {index}"
-        blob = await client.blob(registry, repository, layer["digest"], deadline, creds)
-        try:
-            found.extend(_layer_evidence(layer, blob, source))
-        except ev.EvidenceError as exc:
-            found.append(ev.Evidence(source, b"", b"", frozenset(), problems=(str(exc),)))
+        found.append((layer, await client.blob(registry, repository, layer["digest"], deadline, creds)))
     return found
+
+
+def decode_layer(layer: dict[str, Any], blob: bytes, source: str) -> list[ev.Evidence]:
+    """One ``.sig`` layer (descriptor + blob) as evidence; unreadable content becomes a problem."""
+    try:
+        return _layer_evidence(layer, blob, source)
+    except ev.EvidenceError as exc:
+        return [ev.Evidence(source, b"", b"", frozenset(), problems=(str(exc),))]
 
 
 def _layer_evidence(layer: dict[str, object], blob: bytes, source: str) -> list[ev.Evidence]:

@@ -75,7 +75,7 @@ def parse(text: str) -> ImageRef:
         registry, components = parts[0], parts[1:]
     else:
         registry, components = DOCKER_HUB, parts
-    registry = _canonical_host(registry)
+    registry = canonical_host(registry)
     if registry in ("index.docker.io", "registry-1.docker.io"):
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and len(components) == 1:
@@ -88,7 +88,7 @@ def parse(text: str) -> ImageRef:
     return ImageRef(registry, "/".join(components), tag, digest, written)
 
 
-def _canonical_host(registry: str) -> str:
+def canonical_host(registry: str) -> str:
     """One spelling per registry host, so a pattern cannot be dodged by respelling the host.
 
     Host names are case-insensitive and ``:443`` is the port HTTPS uses anyway: the runtime

@@ -107,6 +107,21 @@ async def fetch(
 ) -> list[ev.Evidence]:
     """Sigstore bundles whose subject is ``digest``, as evidence."""
     found: list[ev.Evidence] = []
+    for source, raw in await fetch_bundles(client, registry, repository, digest, deadline, creds):
+        found.extend(decode_bundle(raw, source))
+    return found
+
+
+async def fetch_bundles(
+    client: reg.RegistryClient,
+    registry: str,
+    repository: str,
+    digest: str,
+    deadline: Deadline,
+    creds: reg.Credentials | None = None,
+) -> list[tuple[str, bytes | str]]:
+    """(source, raw bundle) for each referrer bundle of ``digest``; why not, when it cannot be read."""
+    found: list[tuple[str, bytes | str]] = []
     for descriptor in await client.referrers(registry, repository, digest, deadline, creds):
         artifact = str(descriptor.get("artifactType") or "")
         if not artifact.startswith(BUNDLE_ARTIFACT_PREFIX):
@@ -118,11 +133,21 @@ async def fetch(
         try:
             layers = manifest.document().get("layers") or []
             layer = layers[0]
-            blob = await client.blob(registry, repository, layer["digest"], deadline, creds)
-            found.extend(bundle_evidence(blob, source))
-        except (ev.EvidenceError, ValueError, KeyError, IndexError, TypeError) as exc:
-            found.append(ev.Evidence(source, b"", b"", frozenset(), problems=(f"{source}: unreadable bundle: {exc}",)))
+            found.append((source, await client.blob(registry, repository, layer["digest"], deadline, creds)))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            found.append((source, f"{source}: unreadable bundle: {exc}"))
     return found
+
+
+def decode_bundle(raw: bytes | str, source: str) -> list[ev.Evidence]:
+    """A raw bundle (or why it could not be read) as evidence; unreadable ones become problems."""
+    problem = raw if isinstance(raw, str) else ""
+    if isinstance(raw, bytes):
+        try:
+            return bundle_evidence(raw, source)
+        except (ev.EvidenceError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            problem = f"{source}: unreadable bundle: {exc}"
+    return [ev.Evidence(source, b"", b"", frozenset(), problems=(problem,))]
 
 
 def bundle_evidence(raw: bytes, source: str) -> list[ev.Evidence]:

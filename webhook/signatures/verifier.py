@@ -2,6 +2,7 @@
 
 Called by the images check. Signatures are looked up in cosign's ``.sig`` tag first (two round
 trips for a keyed signature) and in OCI referrers only when those do not reach the threshold.
+The same judging runs whatever the ``SignatureSource``: the registry, or exported files offline.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from webhook.admission.deadline import Deadline
-from webhook.signatures import cosign, sigstore
 from webhook.signatures import registry as reg
 from webhook.signatures.cache import VerdictCache
 from webhook.signatures.reference import ImageRef
+from webhook.signatures.source import SignatureSource
 from webhook.signatures.trust import Judgement, TrustPolicy
 
 
@@ -26,10 +27,10 @@ class Verified:
 
 
 class ImageVerifier:
-    """Owns the registry client and the verdict cache of one images check."""
+    """Owns the signature source and the verdict cache of one images check."""
 
-    def __init__(self, client: reg.RegistryClient, cache: VerdictCache[Judgement], *, job_timeout: float) -> None:
-        self.client = client
+    def __init__(self, source: SignatureSource, cache: VerdictCache[Judgement], *, job_timeout: float) -> None:
+        self.source = source
         self.cache = cache
         self._job_timeout = job_timeout
 
@@ -47,11 +48,14 @@ class ImageVerifier:
     async def verify(
         self, ref: ImageRef, policy: TrustPolicy, deadline: Deadline, creds: reg.Credentials | None = None
     ) -> Verified:
-        """Judge ``ref`` (its digest, or what its tag points to now). Raises ``RegistryError``."""
+        """Judge ``ref`` (its digest, or what its tag points to now).
+
+        Raises ``RegistryError`` (outside trouble) or ``Unresolvable`` (offline, no tag file).
+        """
         digest = ref.digest
         if digest is None:
             assert ref.tag is not None
-            digest = await self.client.resolve(ref.registry, ref.repository, ref.tag, deadline, creds)
+            digest = await self.source.resolve(ref, ref.tag, deadline, creds)
         key = self.cache_key(ref, digest, policy)
         judgement = await self.cache.get_or_compute(
             key, lambda: self._judge(ref, digest, policy, creds), positive=lambda j: j.verified
@@ -62,9 +66,9 @@ class ImageVerifier:
         # The shared job has its own budget: one requester's nearly spent deadline must not
         # fail it for the others waiting on it (each waiter still stops at its own deadline).
         deadline = Deadline.after(self._job_timeout)
-        evidence = await cosign.fetch(self.client, ref.registry, ref.repository, digest, deadline, creds)
+        evidence = await self.source.cosign(ref, digest, deadline, creds)
         judgement = policy.judge(evidence, digest)
         if judgement.verified:
             return judgement
-        evidence += await sigstore.fetch(self.client, ref.registry, ref.repository, digest, deadline, creds)
+        evidence += await self.source.sigstore(ref, digest, deadline, creds)
         return policy.judge(evidence, digest)

@@ -7,6 +7,7 @@ the checks; plain byte mutations still hit the decoder.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import sys
 
@@ -23,7 +24,7 @@ with atheris.instrument_imports(include=["webhook"]):
     from webhook.checks.registry import build_checks
     from webhook.checks.services import Services
 
-import strategies as S  # noqa: E402  (tests/fuzz on sys.path via harness)
+import strategies as S  # tests/fuzz is on sys.path (harness)
 
 CONFIG = config_mod.parse(S.STRICT_CONFIG)
 PIPELINE = Pipeline(CONFIG, build_checks(CONFIG, Services(ci=True)))
@@ -65,15 +66,36 @@ def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
     return harness.mutate_json(data, SEEDS, max_size, rnd)
 
 
+class _Crashes(logging.Handler):
+    """The exceptions the pipeline logs (and turns into a failure mode) when a check crashes."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.excs: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.excs.append(record.exc_info[1])
+
+
+CRASHES = _Crashes()
+_log = logging.getLogger("portcullis.admission")
+_log.addHandler(CRASHES)
+_log.propagate = False
+
+
 def test_one_input(data: bytes) -> None:
     try:
         decoded = review.decode(data)
     except errors.ReviewError:
         return
+    CRASHES.excs.clear()
     try:
         asyncio.run(PIPELINE.evaluate(server._subject(decoded), Deadline.after(30)))
     except Exception as exc:
         harness.tolerate(exc, errors.ReviewError)
+    for exc in CRASHES.excs:
+        harness.tolerate(exc)
 
 
 def main() -> None:

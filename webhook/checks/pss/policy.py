@@ -126,7 +126,38 @@ class Plan:
                 if index + 1 < len(self.groups) and len(out) > start:
                     seen = seen or set()
                     seen.update((v.check, v.path) for v in out[start:])
-        return out
+        return _bounded(out) if len(out) > MAX_FINDINGS_PER_CHECK else out
+
+
+# A pod built to produce a finding per volume or container (tens of thousands) must not cost the
+# webhook seconds of judging and megabytes of response; past this many findings of one check id
+# the rest are summed up in one finding at the strongest mode among them.
+MAX_FINDINGS_PER_CHECK = 100
+_MODE_RANK = {None: 0, Mode.OFF: 0, Mode.AUDIT: 1, Mode.WARN: 2, Mode.ENFORCE: 3}
+
+
+def _bounded(found: list[Violation]) -> list[Violation]:
+    kept: list[Violation] = []
+    counts: dict[str, int] = {}
+    dropped: dict[str, list[Violation]] = {}
+    for v in found:
+        n = counts.get(v.check, 0)
+        counts[v.check] = n + 1
+        if n < MAX_FINDINGS_PER_CHECK:
+            kept.append(v)
+        else:
+            dropped.setdefault(v.check, []).append(v)
+    for check, rest in dropped.items():
+        strongest = max(rest, key=lambda v: _MODE_RANK[v.mode])
+        kept.append(
+            Violation(
+                check,
+                f"and {len(rest)} more {check} findings like the ones above (only the first "
+                f"{MAX_FINDINGS_PER_CHECK} are listed); fix them all",
+                mode=strongest.mode,
+            )
+        )
+    return kept
 
 
 def compile_plan(

@@ -213,12 +213,14 @@ def generate(
 
 
 def _exec_probe(self_pid: int) -> str:
+    # The effective uid (Falco's user.uid), not the real one: a setuid-root binary runs as root.
     return (
         f"tracepoint:sched:sched_process_exec /pid != {self_pid}/ {{\n"
         "  $m = curtask->mm;\n"
         '  printf("A\\t%d\\t%r\\n", tid, buf(uptr($m->arg_start), $m->arg_end - $m->arg_start));\n'
-        '  printf("execve\\t%llu\\t%d\\t%d\\t%d\\t%s\\t0\\t%d\\t%d\\t%s\\n", nsecs, pid, tid, uid, comm,'
-        " curtask->real_parent->tgid, curtask->loginuid.val, str(args->filename));\n}"
+        '  printf("execve\\t%llu\\t%d\\t%d\\t%d\\t%s\\t0\\t%d\\t%d\\t%s\\n",'
+        " nsecs, pid, tid, curtask->cred->euid.val, comm, curtask->real_parent->tgid,"
+        " curtask->loginuid.val, str(args->filename));\n}"
     )
 
 

@@ -219,6 +219,7 @@ class EbpfSource:
         self._reorder_ns = int(reorder_ms * 1_000_000)
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr: bytes = b""
+        self._stopping = False
         self.decoder = LineDecoder(ignore_pids=(os.getpid(),))
 
     async def start(self) -> None:
@@ -281,9 +282,14 @@ class EbpfSource:
                 yield out
         if reorder:
             yield reorder.flush()
+        if not self._stopping:  # bpftrace died on its own: say so (a DaemonSet then restarts us)
+            await self.close()
+            detail = [d for d in self._stderr.decode("utf-8", "replace").splitlines() if "RLIMIT_MEMLOCK" not in d]
+            raise EbpfUnavailable("bpftrace exited unexpectedly: " + (" | ".join(detail[-5:]) or "no message"))
 
     def interrupt(self) -> None:
         """Ask bpftrace to detach and exit; ``batches()`` then ends after the last buffered line."""
+        self._stopping = True
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(2)
@@ -294,6 +300,7 @@ class EbpfSource:
 
     async def close(self) -> None:
         """Stop bpftrace (SIGINT first, so it detaches its probes cleanly)."""
+        self._stopping = True
         proc, self._proc = self._proc, None
         if proc is None:
             return
