@@ -100,7 +100,7 @@ def test_input_nested_too_deep_is_an_error() -> None:
 
 def test_unrepresentable_input_fails_every_policy_by_its_failure_mode() -> None:
     library = rego.load_directory([ROOT / "policies"])
-    results = library.evaluate({"pods": [], "request": {"object": {"bad": "\udcff"}}})
+    results = library.evaluate({"pods": [{"spec": {"bad": "\udcff"}}], "request": {"object": {}}})
     assert len(results) == len(library.policies)
     assert all("cannot be passed to the engine" in (r.error or "") for r in results)
     decided = rego_check.to_result(results, FailureMode.DENY)

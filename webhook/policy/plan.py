@@ -209,10 +209,10 @@ class _Reader:
             self._u32()
             return Other((a, b))
         if kind == 31:  # Scan: source, key local, value local, body
-            source = self._u32()
+            scanned = self._u32()
             self._u32()
             self._u32()
-            return Other((source,), (self._block(),))
+            return Other((scanned,), (self._block(),))
         if kind == 33:  # With: the local it rebinds (input), the value, a path, a body
             target, value = self._u32(), self._operand()
             self.pos += 4 * self._byte()

@@ -97,7 +97,8 @@ class _Body:
             for i, arg in enumerate(stmt.args):
                 # A rule or function of the bundle gets input as argument 0; its own body is
                 # analysed with that parameter as the input, so passing the root is no read.
-                if i == 0 and stmt.func in self.program.functions and self.held.get(arg.local) == {()}:
+                passed = self.held.get(arg.local) if arg.local is not None else None
+                if i == 0 and stmt.func in self.program.functions and passed == {()}:
                     continue
                 self._read(arg.local)
         else:

@@ -1,7 +1,7 @@
 {{/*
 The config file both faces read. The user's `config:` is passed through verbatim; the chart
 owns only what it wires itself (listen address, TLS paths, the time budget derived from the
-webhook's timeoutSeconds, audit paths) and prepends the monitor's exemption.
+webhook's timeoutSeconds, with clientAuth the client CA path and the health port, audit paths) and prepends the monitor's exemption.
 */}}
 {{- define "portcullis.configText" -}}
 {{- $v := .Values }}
@@ -12,6 +12,10 @@ webhook's timeoutSeconds, audit paths) and prepends the monitor's exemption.
       "tls_key" "/etc/portcullis/tls/tls.key"
       "timeout_seconds" $v.webhook.timeoutSeconds
       "margin_seconds" $v.webhook.marginSeconds }}
+{{- if $v.webhook.clientAuth.enabled }}
+{{- $_ := set $server "client_ca" (include "portcullis.clientCAFile" .) }}
+{{- $_ := set $server "health_listen" (printf "0.0.0.0:%d" (int $v.webhook.healthPort)) }}
+{{- end }}
 {{- $_ := set $cfg "server" (mustMergeOverwrite (deepCopy (default dict (get $cfg "server"))) $server) }}
 {{- $exemptions := list }}
 {{- if and $v.monitor.enabled $v.monitor.exemption }}

@@ -67,6 +67,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-tls" (include "portcullis.fullname" .)) .Values.tls.secretName }}
 {{- end }}
 
+{{/* Where the client CA bundle (webhook.clientAuth) is mounted, and the file the server reads. */}}
+{{- define "portcullis.clientCADir" -}}
+/etc/portcullis/client-ca
+{{- end }}
+
+{{- define "portcullis.clientCAFile" -}}
+{{- printf "%s/%s" (include "portcullis.clientCADir" .) .Values.webhook.clientAuth.key }}
+{{- end }}
+
+{{/* The kubeconfig user name the API server picks this webhook's credentials by: the service's
+DNS name, with ":port" unless the service port is 443. */}}
+{{- define "portcullis.kubeconfigUser" -}}
+{{- if eq (int .Values.webhook.service.port) 443 }}
+{{- include "portcullis.serviceDNS" . }}
+{{- else }}
+{{- printf "%s:%d" (include "portcullis.serviceDNS" .) (int .Values.webhook.service.port) }}
+{{- end }}
+{{- end }}
+
 {{/* The in-cluster DNS name the API server calls; the serving certificate is issued for it. */}}
 {{- define "portcullis.serviceDNS" -}}
 {{- printf "%s.%s.svc" (include "portcullis.fullname" .) .Release.Namespace }}

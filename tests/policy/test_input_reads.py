@@ -1,0 +1,160 @@
+"""Copying only what policies can read (real rego-cpp plans): the binary plan reader, the
+conservative analysis, and evaluations that match the whole-input ones exactly."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from webhook.policy import gatekeeper, modules, native, plan, probe, reads, rego
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def paths_of(source: str) -> list[str] | None:
+    compiled = rego.compile_modules([modules.parse("p.rego", "package p\nimport rego.v1\n" + source)])
+    return compiled.reads.paths() if compiled.reads is not None else None
+
+
+def test_library_reads_pods_labels_and_replicas_but_not_the_template_copy() -> None:
+    compiled = rego.load_directory([ROOT / "policies"])
+    assert compiled.reads is not None
+    assert compiled.reads.paths() == [
+        "namespace.labels.*",
+        "namespace.name.*",
+        "pods.*",
+        "request.object.metadata.*",
+        "request.object.spec.parallelism.*",
+        "request.object.spec.replicas.*",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ('deny contains "x" if input.a.b', ["a.b.*"]),
+        ('deny contains "x" if not input.a.b.c', ["a.b.c.*"]),
+        ('deny contains "x" if { some v in input.list; v == 1 }', ["list.*"]),
+        ('deny contains "x" if input.a[input.k] == 1', ["a.*", "k.*"]),
+        ('deny contains "x" if object.get(input.meta, "labels", {}).team == "a"', ["meta.*"]),
+        (
+            'deny contains "x" if { m := input.request.object; m.metadata.name == "n" }',
+            ["request.object.metadata.name.*"],
+        ),
+        ('deny contains "x" if f(input.obj)\nf(o) if { o.a; input.z }', ["obj.*", "z.*"]),
+        ('deny contains "x" if count(input.request) > 1', ["request.*"]),
+        ('deny contains "x" if { x := input; x.a }', ["a.*"]),
+    ],
+)
+def test_analysis_keeps_every_path_a_policy_can_reach(source: str, expected: list[str]) -> None:
+    assert paths_of(source) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'deny contains "x" if count(input) > 1',
+        'deny contains "x" if { walk(input, [p, v]); v == 1 }',
+        'deny contains "x" if json.marshal(input) == "{}"',
+        'deny contains "x" if { some k, _ in input; k == "a" }',
+        'deny contains "x" if g with input.a as 1\ng if input.a == 1',
+    ],
+)
+def test_a_use_of_the_whole_input_disables_pruning(source: str) -> None:
+    assert paths_of(source) is None
+
+
+def documents() -> list[dict[str, Any]]:
+    """Reviews across the library's branches (GPUs, hostIPC, labels, digests, replicas)."""
+    out: list[dict[str, Any]] = []
+    for sample in probe.SAMPLES:
+        base = probe._document(sample)
+        out.append(base)
+        bare = copy.deepcopy(base)
+        bare["request"]["object"]["metadata"]["labels"] = {"team": " "}
+        bare["namespace"]["labels"] = {"portcullis.dev/max-gpus": "1"}
+        out.append(bare)
+        job = copy.deepcopy(base)
+        job["request"]["object"]["spec"]["parallelism"] = 8
+        job["request"]["oldObject"] = copy.deepcopy(job["request"]["object"])
+        job["context"] = {"images": {"verified": True}}
+        out.append(job)
+    return out
+
+
+def test_pruned_evaluation_matches_the_whole_input_on_the_library() -> None:
+    mods = [modules.read(p) for p in modules.discover([ROOT / "policies"], tests=False)]
+    pruned = rego.compile_modules(mods)
+    whole = rego.compile_modules(mods, prune_input=False)
+    assert whole.reads is None
+    findings = 0
+    for document in documents():
+        expected = whole.evaluate(document)
+        assert pruned.evaluate(document) == expected
+        findings += sum(len(r.deny) for r in expected)
+    assert findings > 10  # the documents exercise deny branches, not just empty answers
+
+
+def test_pruned_gatekeeper_evaluation_matches_the_whole_input() -> None:
+    templates = gatekeeper.load([ROOT / "policies" / "gatekeeper"])
+    for template in templates.templates.values():
+        assert template.compiled.reads is not None
+    for document in documents():
+        review = document["request"]
+        results = templates.evaluate(review, {})
+        for constraint in templates.constraints:
+            template = templates.templates[constraint.kind]
+            whole = native.interpreter()
+            native.set_input(whole, {"review": review, "parameters": constraint.parameters})
+            value = native.query(whole, template.compiled.bundle, template.entrypoint) or []
+            mine = next(r for r in results if r.policy.id == constraint.id)
+            assert sorted(i.msg for i in mine.deny) == sorted(v["msg"] for v in value)
+
+
+def test_unreadable_fields_no_longer_reach_the_engine() -> None:
+    compiled = rego.load_directory([ROOT / "policies"])
+    document = probe._document(probe.SAMPLES[0])
+    document["request"]["oldObject"] = {"metadata": {"annotations": {"note": "\udcff"}}}
+    assert all(r.error is None for r in compiled.evaluate(document))
+
+
+def test_unreadable_plan_falls_back_to_the_whole_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "bundle_bytes", lambda bundle: b"REGOBUND\x01\x01 truncated")
+    compiled = rego.load_directory([ROOT / "policies"])
+    assert compiled.reads is None
+    assert all(r.error is None for r in compiled.evaluate(probe._document(probe.SAMPLES[0])))
+
+
+def test_plan_reader_rejects_what_it_does_not_understand() -> None:
+    compiled = rego.load_directory([ROOT / "policies"])
+    data = native.bundle_bytes(compiled.bundle)
+    assert data is not None
+    assert len(plan.read(data).bodies) > len(compiled.policies)
+    for bad in (b"junk", data[:200], data[:8] + b"\x02" + data[9:]):
+        with pytest.raises(plan.PlanFormatError):
+            plan.read(bad)
+
+
+def test_compiling_writes_nothing_beside_the_modules(tmp_path: Path) -> None:
+    source = tmp_path / "a.rego"
+    source.write_text('package a\nimport rego.v1\ndeny contains "x" if input.a\n')
+    before = source.stat().st_mtime_ns
+    compiled = rego.compile_modules([modules.read(source, str(source))])
+    assert compiled.reads is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.rego"]
+    assert source.stat().st_mtime_ns == before
+
+
+def test_prune_keeps_shared_values_and_drops_the_rest() -> None:
+    compiled = rego.compile_modules(
+        [modules.parse("p.rego", 'package p\nimport rego.v1\ndeny contains "x" if input.a.b == input.c[0]\n')]
+    )
+    assert isinstance(compiled.reads, reads.InputReads)
+    shared = {"deep": [1]}
+    document = {"a": {"b": shared, "other": 1}, "c": [shared], "d": "dropped"}
+    pruned = compiled.reads.prune(document)
+    assert pruned == {"a": {"b": shared}, "c": [shared]}
+    assert pruned["a"]["b"] is shared
