@@ -9,8 +9,11 @@ Kubernetes version; cert-manager objects against a schema of the fields the char
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import re
+import ssl
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +23,15 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook import config as portcullis_config
+from webhook.admission import certs as admission_certs
 from webhook.admission import pipeline as admission_pipeline
+from webhook.admission import tls as admission_tls
 from webhook.admission import workloads
 from webhook.admission.deadline import Deadline
 from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
@@ -91,6 +100,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
         }
     },
     "include-release-namespace": {"webhook": {"includeReleaseNamespace": True}},
+    "client-auth-secret": {"webhook": {"clientAuth": {"enabled": True, "caSecret": "apiserver-client-ca"}}},
+    "client-auth-configmap": {
+        "webhook": {
+            "healthPort": 9081,
+            "service": {"port": 8443},
+            "clientAuth": {"enabled": True, "caConfigMap": "apiserver-client-ca", "key": "bundle.pem"},
+        }
+    },
 }
 
 
@@ -139,9 +156,9 @@ def webhook_configs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    if obj["kind"] == "CronJob":
-        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return obj["spec"]["template"]["spec"]
+    template = obj["spec"]["jobTemplate"]["spec"]["template"] if obj["kind"] == "CronJob" else obj["spec"]["template"]
+    spec: dict[str, Any] = template["spec"]
+    return spec
 
 
 def render_error(chart: helm.Chart, values: dict[str, Any]) -> str:
@@ -272,7 +289,9 @@ def test_every_option_renders_a_config_portcullis_accepts(chart: helm.Chart, opt
     assert config.server.tls_cert == "/etc/portcullis/tls/tls.crt"
 
 
-@pytest.mark.parametrize("option", ["default", "cert-manager-own-ca", "audit-pvc", "monitor-off", "user-config"])
+@pytest.mark.parametrize(
+    "option", ["default", "cert-manager-own-ca", "audit-pvc", "monitor-off", "user-config", "client-auth-secret"]
+)
 def test_lint_finds_nothing_wrong(option: str) -> None:
     report = helm.lint(CHART, OPTIONS[option], strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
     assert report["errors"] == []
@@ -329,6 +348,15 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"config": {"checks": {"gpu": {"mode": "deny"}}}}, "/config/checks/gpu/mode"),
     ({"config": {"checks": {"signatures": {}}}}, "/config/checks"),
     ({"rules": {"files": {"../escape.yaml": "x"}}}, "/rules/files"),
+    ({"webhook": {"healthPort": 80}}, "/webhook/healthPort"),
+    ({"webhook": {"clientAuth": {"enabled": "yes"}}}, "/webhook/clientAuth/enabled"),
+    ({"webhook": {"clientAuth": {"caSecret": "Client_CA"}}}, "/webhook/clientAuth/caSecret"),
+    ({"webhook": {"clientAuth": {"key": "../ca.crt"}}}, "/webhook/clientAuth/key"),
+    ({"webhook": {"clientAuth": {"ca": "x"}}}, "additional properties 'ca' not allowed"),
+    (
+        {"config": {"exemptions": [{"service_accounts": ["ci"], "checks": ["gpu"], "reason": "r"}]}},
+        "'namespaces' required, if 'service_accounts' exists",
+    ),
 ]
 
 
@@ -353,6 +381,17 @@ CROSS_FIELD: list[tuple[dict[str, Any], str]] = [
         "nothing to install",
     ),
     ({"rules": {"useChartFiles": False}}, "monitor.enabled is true but it has no rules"),
+    ({"webhook": {"clientAuth": {"enabled": True}}}, "set exactly one of webhook.clientAuth.caSecret or"),
+    (
+        {"webhook": {"clientAuth": {"enabled": True, "caSecret": "a", "caConfigMap": "b"}}},
+        "webhook.clientAuth.enabled is true: set exactly one of",
+    ),
+    (
+        {"webhook": {"healthPort": 8443, "clientAuth": {"enabled": True, "caSecret": "a"}}},
+        "webhook.healthPort (8443) must differ from webhook.port",
+    ),
+    ({"config": {"server": {"client_ca": "/ca.pem"}}}, "config.server.client_ca is set by the chart"),
+    ({"config": {"server": {"health_listen": "0.0.0.0:8081"}}}, "config.server.health_listen is set by the chart"),
 ]
 
 
@@ -657,7 +696,10 @@ def restricted_violations(spec: dict[str, Any]) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("option", ["default", "cert-manager-own-ca", "audit-pvc", "image-digest"])
+@pytest.mark.parametrize(
+    "option",
+    ["default", "cert-manager-own-ca", "audit-pvc", "image-digest", "client-auth-secret", "client-auth-configmap"],
+)
 def test_webhook_and_certificate_jobs_meet_the_restricted_profile(chart: helm.Chart, option: str) -> None:
     objects = render(chart, OPTIONS[option])
     workloads_ = [o for o in objects if o["kind"] in ("Deployment", "Job", "CronJob")]
@@ -684,7 +726,7 @@ def _privilege() -> Any:
     return privilege
 
 
-@pytest.mark.parametrize("option", ["default", "cert-manager-own-ca", "audit-pvc"])
+@pytest.mark.parametrize("option", ["default", "cert-manager-own-ca", "audit-pvc", "client-auth-secret"])
 def test_webhook_and_jobs_pass_portcullis_own_restricted_check(chart: helm.Chart, option: str) -> None:
     privilege = _privilege()
     objects = render(chart, OPTIONS[option])
@@ -720,10 +762,11 @@ def _write(path: Path, objects: list[dict[str, Any]]) -> Path:
     return path
 
 
+@pytest.mark.parametrize("option", ["default", "client-auth-secret", "client-auth-configmap"])
 def test_portcullis_check_restricted_passes_the_rendered_webhook_deployment(
-    chart: helm.Chart, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    chart: helm.Chart, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
 ) -> None:
-    deployment = _write(tmp_path / "deployment.yaml", [one(render(chart), "Deployment")])
+    deployment = _write(tmp_path / "deployment.yaml", [one(render(chart, OPTIONS[option]), "Deployment")])
     code, out = _portcullis_check(
         ["--level", "restricted", "--skip", "images", "--format", "json", str(deployment)], capsys
     )
@@ -1016,3 +1059,196 @@ def test_notes_tell_how_to_check_the_install(chart: helm.Chart) -> None:
     assert f"kubectl -n {NAMESPACE} rollout status deployment/{FULLNAME}" in notes
     assert "never sent to the webhook: kube-system, portcullis" in notes
     assert "server deadline 4.5s" in notes
+
+
+# --- client authentication: mutual TLS with the API server -------------------------------------
+
+_PROBES = (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"))
+
+
+@pytest.mark.parametrize(("option", "port"), [("client-auth-secret", 8081), ("client-auth-configmap", 9081)])
+def test_client_auth_moves_every_probe_to_the_plain_http_health_port(chart: helm.Chart, option: str, port: int) -> None:
+    """The kubelet has no client certificate: probes that stayed on HTTPS would fail and kill the pods."""
+    objects = render(chart, OPTIONS[option])
+    container = pod_spec(one(objects, "Deployment"))["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"https": 8443, "health": port}
+    for probe, path in _PROBES:
+        assert container[probe]["httpGet"] == {"path": path, "port": "health", "scheme": "HTTP"}
+    config = portcullis_config.parse(rendered_config(objects), source="config.yaml")
+    assert config.server.health_listen == f"0.0.0.0:{port}"
+    assert config.server.listen == "0.0.0.0:8443"
+    # Only the webhook is behind the Service; health is the kubelet's, metrics are scraped per pod.
+    assert [p["targetPort"] for p in one(objects, "Service", FULLNAME)["spec"]["ports"]] == ["https"]
+
+
+@pytest.mark.parametrize(
+    ("option", "source", "key"),
+    [("client-auth-secret", "secret", "ca.crt"), ("client-auth-configmap", "configMap", "bundle.pem")],
+)
+def test_client_auth_mounts_the_ca_bundle_read_only_where_the_config_points(
+    chart: helm.Chart, option: str, source: str, key: str
+) -> None:
+    objects = render(chart, OPTIONS[option])
+    spec = pod_spec(one(objects, "Deployment"))
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "client-ca"]
+    assert set(volume) == {"name", source}
+    assert volume[source].get("secretName", volume[source].get("name")) == "apiserver-client-ca"
+    assert volume[source]["items"] == [{"key": key, "path": key}]
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "client-ca"]
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount  # a rotated bundle must reach the running server
+    config = portcullis_config.parse(rendered_config(objects), source="config.yaml")
+    assert config.server.client_ca == f"{mount['mountPath']}/{key}"
+    assert config.server.tls_cert == "/etc/portcullis/tls/tls.crt"
+
+
+def test_client_auth_is_off_by_default_and_switching_it_on_rolls_the_pods(chart: helm.Chart) -> None:
+    objects = render(chart)
+    spec = pod_spec(one(objects, "Deployment"))
+    assert [p["name"] for p in spec["containers"][0]["ports"]] == ["https"]
+    assert "client-ca" not in {v["name"] for v in spec["volumes"]}
+    assert {"client_ca", "health_listen"}.isdisjoint(rendered_config(objects)["server"])
+
+    def checksum(values: dict[str, Any]) -> str:
+        template = one(render(chart, values), "Deployment")["spec"]["template"]
+        return str(template["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum({}) != checksum(OPTIONS["client-auth-secret"])
+
+
+def _client_ca(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA of the cluster admin's and the API server's client certificate (EKU clientAuth) from it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apiserver-client-ca")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.crt", directory / "client.crt", directory / "client.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> dict[str, Any]:
+    """A real TLS handshake over memory BIOs; returns the certificate the server saw."""
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    pending = [client, server]
+    for _ in range(20):
+        for side in list(pending):
+            try:
+                side.do_handshake()
+                pending.remove(side)
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if not pending:
+            peer = server.getpeercert()
+            assert peer is not None
+            return dict(peer)
+    raise AssertionError("TLS handshake did not finish")
+
+
+def test_rendered_client_auth_config_admits_only_the_apiserver_certificate(chart: helm.Chart, tmp_path: Path) -> None:
+    """Real TLS through the server's own context, built from the rendered config: the file the
+    config names (re-rooted under tmp_path, as the kubelet's mount would place it) holds the
+    admin's CA; a client with its certificate gets in, one without or with another CA's does not."""
+    config = portcullis_config.parse(
+        rendered_config(render(chart, OPTIONS["client-auth-configmap"])), source="config.yaml"
+    )
+    assert config.server.client_ca is not None
+    mounted = tmp_path / config.server.client_ca.lstrip("/")
+    ca, client_cert, client_key = _client_ca(mounted.parent / "admin")
+    mounted.write_bytes(ca.read_bytes())
+    serving = admission_certs.generate(["localhost"], tmp_path / "tls")
+    server_ctx = admission_tls.server_context(serving.cert, serving.key, mounted)
+
+    def client(cert: Path | None, key: Path | None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(serving.ca_cert))
+        if cert is not None:
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    peer = _handshake(server_ctx, client(client_cert, client_key))
+    assert dict(x[0] for x in peer["subject"])["commonName"] == "kube-apiserver"
+    with pytest.raises(ssl.SSLError):
+        _handshake(server_ctx, client(None, None))
+    _, other_cert, other_key = _client_ca(tmp_path / "other")
+    with pytest.raises(ssl.SSLError):
+        _handshake(server_ctx, client(other_cert, other_key))
+
+
+@pytest.mark.parametrize(
+    ("option", "user"),
+    [
+        ("client-auth-secret", f"{FULLNAME}.{NAMESPACE}.svc"),
+        ("client-auth-configmap", f"{FULLNAME}.{NAMESPACE}.svc:8443"),
+    ],
+)
+def test_notes_name_the_kubeconfig_user_the_apiserver_matches(chart: helm.Chart, option: str, user: str) -> None:
+    notes = render_files(chart, OPTIONS[option])["portcullis/templates/NOTES.txt"]
+    assert "Client authentication is ON" in notes
+    assert f"\n  {user}\n" in notes
+    assert "Client authentication" not in render_files(chart)["portcullis/templates/NOTES.txt"]
+
+
+def _readme_yaml_blocks() -> list[Any]:
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^( *)```yaml\n(.*?)^\1```", readme, flags=re.MULTILINE | re.DOTALL)
+    return [yaml.safe_load(textwrap.dedent(body)) for _, body in blocks]
+
+
+def test_readme_gives_the_admin_the_apiserver_config_kubernetes_expects(chart: helm.Chart) -> None:
+    """The AdmissionConfiguration, kubeconfig and values in the README stay right: field names as
+    Kubernetes documents them, the user named as the API server looks it up, values the chart takes."""
+    readme = (CHART / "README.md").read_text(encoding="utf-8")
+    assert "--admission-control-config-file=" in readme
+    blocks = [b for b in _readme_yaml_blocks() if isinstance(b, dict)]
+    (admission,) = [b for b in blocks if b.get("kind") == "AdmissionConfiguration"]
+    assert admission["apiVersion"] == "apiserver.config.k8s.io/v1"
+    plugins = {p["name"]: p["configuration"] for p in admission["plugins"]}
+    assert set(plugins) == {"ValidatingAdmissionWebhook", "MutatingAdmissionWebhook"}
+    (kubeconfig,) = [b for b in blocks if b.get("kind") == "Config"]
+    for configuration in plugins.values():
+        assert configuration["apiVersion"] == "apiserver.config.k8s.io/v1"
+        assert configuration["kind"] == "WebhookAdmissionConfiguration"
+        assert configuration["kubeConfigFile"].startswith("/")
+    assert kubeconfig["apiVersion"] == "v1"
+    (user,) = kubeconfig["users"]
+    assert set(user["user"]) == {"client-certificate", "client-key"}
+    # The README installs release "portcullis" into namespace "portcullis".
+    notes = chart.render(OPTIONS["client-auth-secret"], name="portcullis", namespace="portcullis")[
+        "portcullis/templates/NOTES.txt"
+    ]
+    assert f"\n  {user['name']}\n" in notes
+    (values,) = [b for b in blocks if "clientAuth" in b.get("webhook", {})]
+    objects = render(chart, values)
+    assert portcullis_config.parse(rendered_config(objects), source="config.yaml").server.client_ca

@@ -1,5 +1,6 @@
 """Hypothesis profile for the fuzz suite: derandomized and modest by default so CI is stable
-and fast; ``PORTCULLIS_FUZZ=deep`` explores with fresh randomness and many more examples."""
+and fast; ``PORTCULLIS_FUZZ=deep`` explores with fresh randomness and 25x the examples
+(``strategies.examples``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ settings.register_profile(
     derandomize=False,
     database=None,
     deadline=None,
-    max_examples=5000,
     suppress_health_check=list(HealthCheck),
 )
 settings.load_profile("portcullis-fuzz-deep" if os.environ.get("PORTCULLIS_FUZZ") == "deep" else "portcullis-fuzz")

@@ -6,9 +6,19 @@ Shared by the hypothesis tests (``from .strategies import ...``) and the atheris
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hypothesis import strategies as st
+
+# PORTCULLIS_FUZZ=deep multiplies every test's example budget (CI keeps the modest default).
+_FACTOR = 25 if os.environ.get("PORTCULLIS_FUZZ") == "deep" else 1
+
+
+def examples(n: int) -> int:
+    """A test's ``max_examples``: ``n`` in CI, many more in deep mode."""
+    return n * _FACTOR
+
 
 # Scalars a JSON decoder can produce (orjson refuses NaN and infinities).
 scalars = st.one_of(

@@ -1,6 +1,6 @@
-"""The regopy / rego-cpp boundary: inputs, interpreters, one entrypoint query, and result
-values read from the engine's value tree. Everything the C library returns is turned into
-Python values or ``PolicyEvalError`` here; no other module calls regopy's C API.
+"""The regopy / rego-cpp boundary: bundles, the input copy, reusable interpreters, one
+entrypoint query, and result values read from the engine. Everything the C library returns is
+turned into Python values or ``PolicyEvalError`` here; no other module calls regopy's C API.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def build_bundle(sources: Sequence[tuple[str, str]], entrypoints: Sequence[str])
 
 def bundle_bytes(bundle: Any) -> bytes | None:
     """The bundle in rego-cpp's binary format (``policy.plan`` reads it), or None if rego-cpp
-    cannot write it. Not the JSON format: its writer corrupts the heap once aiohttp is loaded."""
+    cannot write it. Not the JSON format: its writer corrupts the heap once aiohttp is loaded,
+    and it copies each module's source to the module's name, which for an absolute name is the
+    policy file itself (it rewrote Gatekeeper templates with their extracted Rego)."""
     with tempfile.TemporaryDirectory(prefix="portcullis-bundle-") as tmp:
         path = Path(tmp) / "bundle.rbb"
         try:

@@ -43,11 +43,13 @@ class InputReads:
 
     def prune(self, document: Any) -> Any:
         """``document`` without the subtrees no policy can read (shares the kept values)."""
+        if not self._root.children and type(document) is dict:
+            return {}  # nothing reads input (a use of the whole root disables pruning)
         return _prune(document, self._root)
 
     def paths(self) -> list[str]:
         """Kept paths, dotted, ``.*`` for a whole subtree (for tests and diagnostics)."""
-        return sorted(_describe(self._root, ()))
+        return sorted(_describe(self._root, ())) if self._root.children else []
 
 
 def analyse(program: plan.Program) -> InputReads | None:
@@ -153,7 +155,14 @@ class _Body:
 def _prune(value: Any, node: _Node) -> Any:
     if node.whole or not node.children or type(value) is not dict:
         return value
-    return {key: _prune(value[key], child) for key, child in node.children.items() if key in value}
+    out = {key: _prune(value[key], child) for key, child in node.children.items() if key in value}
+    for key, child in node.children.items():
+        # rego-cpp compares keys by their quoted form, so `input.a` also finds a key written
+        # `"a"` (with the quotes); keep those too so the engine sees what it would have seen.
+        quoted = f'"{key}"'
+        if quoted in value:
+            out[quoted] = _prune(value[quoted], child)
+    return out
 
 
 def _describe(node: _Node, path: Path) -> Iterator[str]:

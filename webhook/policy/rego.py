@@ -69,7 +69,7 @@ class CompiledPolicies:
     policies: tuple[Policy, ...]
     modules: tuple[RegoModule, ...]
     strict_builtins: bool = False
-    reads: reads.InputReads | None = None  # what the policies can read of the input (None: all)
+    input_reads: reads.InputReads | None = None  # what the policies can read of input (None: all)
     _interpreters: native.Interpreters = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -112,7 +112,7 @@ class CompiledPolicies:
 
     def readable(self, document: Mapping[str, Any]) -> Any:
         """``document`` cut to what some plan of the bundle can read (``policy.reads``)."""
-        return document if self.reads is None else self.reads.prune(document)
+        return document if self.input_reads is None else self.input_reads.prune(document)
 
     def query(self, entrypoint: str, document: Mapping[str, Any]) -> Any:
         """The value of one extra entrypoint for ``document`` (Gatekeeper's ``violation``);
