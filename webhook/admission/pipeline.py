@@ -63,6 +63,16 @@ class Outcome:
     context: Mapping[str, Any]
     checks_run: tuple[str, ...]
 
+    @property
+    def result(self) -> str:
+        """One word for metrics and the audit record: skipped, denied, warned or allowed."""
+        verdict = self.verdict
+        if verdict.skipped_reason:
+            return "skipped"
+        if not verdict.allowed:
+            return "denied"
+        return "warned" if verdict.warnings else "allowed"
+
 
 class Pipeline:
     """The configured checks and how to run them; one per server (or CI run)."""

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from webhook.admission import workloads
 from webhook.admission.pipeline import Outcome
 from webhook.admission.review import ReviewRequest
 
@@ -53,11 +54,11 @@ def decision_record(endpoint: str, request: ReviewRequest, outcome: Outcome) -> 
         "kind": request.kind,
         "subresource": request.subresource,
         "namespace": request.namespace,
-        "name": request.name or _object_name(request.object),
+        "name": request.name or workloads.object_name(request.object),
         "user": request.username,
         "dry_run": request.dry_run,
         "allowed": verdict.allowed,
-        "result": _result(outcome),
+        "result": outcome.result,
         "findings": findings,
         "warnings": [_cut(w) for w in verdict.warnings[:_MAX_FINDINGS]],
         "images": _images(outcome),
@@ -95,21 +96,6 @@ def _jsonable(value: Any) -> Any:
 
 def _cut(text: str) -> str:
     return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…[cut]"
-
-
-def _object_name(obj: Any) -> str:
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    name = meta.get("name") or meta.get("generateName") if isinstance(meta, dict) else None
-    return name if isinstance(name, str) else ""
-
-
-def _result(outcome: Outcome) -> str:
-    verdict = outcome.verdict
-    if verdict.skipped_reason:
-        return "skipped"
-    if not verdict.allowed:
-        return "denied"
-    return "warned" if verdict.warnings else "allowed"
 
 
 class AuditRecorder:

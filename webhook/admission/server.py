@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from webhook import errors
-from webhook.admission import review
+from webhook.admission import review, workloads
 from webhook.admission.deadline import Deadline
 from webhook.admission.decision import Verdict
 from webhook.admission.metrics import WebhookMetrics
@@ -145,7 +145,7 @@ class WebhookServer:
             verdict = Verdict(True, (), (), {}, patches, skipped_reason=verdict.skipped_reason)
             self.metrics.decisions[(endpoint, "patched" if patches else "unchanged")] += 1
             return web.Response(body=review.encode(decoded.uid, verdict, mutating=True), content_type=_JSON)
-        self.metrics.decisions[(endpoint, _result(outcome))] += 1
+        self.metrics.decisions[(endpoint, outcome.result)] += 1
         for finding in verdict.findings:
             self.metrics.violations[(finding.violation.check, finding.mode.value)] += 1
         if self.recorder is not None:
@@ -199,7 +199,7 @@ def _subject(decoded: review.ReviewRequest) -> Subject:
         operation=decoded.operation,
         kind=kind,
         namespace=decoded.namespace or _object_namespace(obj),
-        name=decoded.name or _object_name(obj),
+        name=decoded.name or workloads.object_name(obj),
         object=obj,
         old_object=decoded.old_object,
         subresource=decoded.subresource,
@@ -214,25 +214,6 @@ def _object_namespace(obj: Any) -> str:
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     value = meta.get("namespace") if isinstance(meta, dict) else None
     return value if isinstance(value, str) else ""
-
-
-def _object_name(obj: Any) -> str:
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    if not isinstance(meta, dict):
-        return ""
-    value = meta.get("name") or meta.get("generateName")
-    return value if isinstance(value, str) else ""
-
-
-def _result(outcome: Outcome) -> str:
-    verdict = outcome.verdict
-    if verdict.skipped_reason:
-        return "skipped"
-    if not verdict.allowed:
-        return "denied"
-    if verdict.warnings:
-        return "warned"
-    return "allowed"
 
 
 def _error(status: int, reason: str) -> web.Response:

@@ -123,3 +123,12 @@ def containers(pod: PodSpecRef, fields: tuple[str, ...] = CONTAINER_FIELDS) -> I
     for field in fields:
         for index, container in enumerate(spec.get(field) or ()):
             yield ContainerRef(field, index, container, f"{pod.path}.{field}[{index}]")
+
+
+def object_name(obj: Any) -> str:
+    """``metadata.name``, else ``metadata.generateName`` (pods of a ReplicaSet), else ""."""
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    if not isinstance(meta, Mapping):
+        return ""
+    value = meta.get("name") or meta.get("generateName")
+    return value if isinstance(value, str) else ""
