@@ -9,10 +9,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-# PORTCULLIS_FUZZ=deep multiplies every test's example budget (CI keeps the modest default).
-_FACTOR = 25 if os.environ.get("PORTCULLIS_FUZZ") == "deep" else 1
+# PORTCULLIS_FUZZ=deep: fresh randomness and 25x the examples; CI stays derandomized and modest.
+_DEEP = os.environ.get("PORTCULLIS_FUZZ") == "deep"
+_FACTOR = 25 if _DEEP else 1
+# The fuzz tests' settings, applied per test (``@settings(S.FUZZ, max_examples=...)``), not as a
+# global profile, so the other suites' hypothesis tests keep their own defaults.
+FUZZ = settings(
+    derandomize=not _DEEP,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
 
 
 def examples(n: int) -> int:

@@ -44,7 +44,7 @@ def test_the_strict_config_builds_every_pure_check() -> None:
 # -- decode ------------------------------------------------------------------------------------
 
 
-@settings(max_examples=S.examples(150))
+@settings(S.FUZZ, max_examples=S.examples(150))
 @given(st.binary(max_size=256))
 def test_decode_of_arbitrary_bytes_raises_only_review_error(body: bytes) -> None:
     with contextlib.suppress(errors.ReviewError):
@@ -73,7 +73,7 @@ envelope = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=S.examples(150))
+@settings(S.FUZZ, max_examples=S.examples(150))
 @given(envelope)
 def test_decode_of_ill_typed_reviews_raises_only_review_error(doc: dict[str, Any]) -> None:
     try:
@@ -113,7 +113,7 @@ async def _run_checks(kind: str, obj: Any, labels: dict[str, str]) -> None:
             assert violation.message
 
 
-@settings(max_examples=S.examples(300))
+@settings(S.FUZZ, max_examples=S.examples(300))
 @given(S.workloads(), st.booleans())
 def test_checks_judge_ill_typed_workloads_without_crashing(workload: tuple[str, Any], untrusted: bool) -> None:
     kind, obj = workload
@@ -158,7 +158,7 @@ async def _evaluate(subject: Subject) -> None:
         assert not any("internal error" in t for t in texts), texts
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(S.workloads(), st.sampled_from(["CREATE", "UPDATE"]), S.awkward)
 def test_pipeline_decides_every_ill_typed_workload(workload: tuple[str, Any], operation: str, old: Any) -> None:
     kind, obj = workload
@@ -166,7 +166,7 @@ def test_pipeline_decides_every_ill_typed_workload(workload: tuple[str, Any], op
     asyncio.run(_evaluate(Subject(operation, kind, "default", "fuzz", obj, old_object=old_object)))
 
 
-@settings(max_examples=S.examples(100))
+@settings(S.FUZZ, max_examples=S.examples(100))
 @given(S.workloads())
 def test_decoded_reviews_reach_a_verdict_or_a_review_error(workload: tuple[str, Any]) -> None:
     kind, obj = workload

@@ -57,7 +57,7 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
 # -- signed notes, checkpoints, keys -----------------------------------------------------------
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.one_of(mutated(CHECKPOINT), st.binary(max_size=64)))
 def test_signed_checkpoints_open_or_raise_note_error(data: bytes) -> None:
     try:
@@ -95,7 +95,7 @@ def test_regression_tlog_proof_with_non_ascii_extra_names_the_problem() -> None:
     assert proofs.verify_tlog_proof(_proof().replace(b"extra ", b"extra \xc3\xa9"), None, VERIFIER, [])
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.one_of(mutated(CHECKPOINT.split(b"\n\n")[0] + b"\n"), st.binary(max_size=64)))
 def test_checkpoint_text_parses_or_raises_note_error(text: bytes) -> None:
     try:
@@ -117,7 +117,7 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(
     st.one_of(
         mutated(VERIFIER.vkey().encode()), mutated(SIGNER.private_text().encode()), st.text(max_size=40).map(str.encode)
@@ -133,7 +133,7 @@ def test_keys_parse_or_raise_note_error(raw: bytes) -> None:
 # -- tiles, bundles, records -------------------------------------------------------------------
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.one_of(st.binary(max_size=64), mutated(tiles.encode_bundle_entry(b"abc") + tiles.encode_bundle_entry(b""))))
 def test_entry_bundles_split_or_raise_tile_format_error(data: bytes) -> None:
     try:
@@ -143,7 +143,7 @@ def test_entry_bundles_split_or_raise_tile_format_error(data: bytes) -> None:
     assert b"".join(tiles.encode_bundle_entry(e) for e in entries) == data
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(
     st.one_of(
         st.text(max_size=30), st.from_regex(r"\Atile/(entries|[0-9]{1,3})/(x[0-9]{3}/){0,3}[0-9]{3}(\.p/[0-9]{1,4})?\Z")
@@ -158,7 +158,7 @@ def test_tile_paths_parse_to_a_round_trip_or_none(rel: str) -> None:
 RECORD = records.encode_record("2026-01-01T00:00:00Z", "admission", "w", {"a": [1, "b", None], "n": 2.5})
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.one_of(mutated(RECORD), st.binary(max_size=64), S.json_values.map(orjson.dumps),
                  st.fixed_dictionaries({"content": S.awkward, "kind": S.awkward, "time": S.awkward,
                                         "writer": S.awkward}).map(orjson.dumps)))  # fmt: skip
@@ -189,7 +189,7 @@ def test_a_valid_tlog_proof_verifies() -> None:
     assert proofs.verify_tlog_proof(_proof(), None, VERIFIER, []) is None
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.one_of(mutated(_proof()), st.binary(max_size=64)))
 def test_tlog_proofs_verify_or_name_the_problem(data: bytes) -> None:
     try:
@@ -206,7 +206,7 @@ def test_regression_tlog_proof_with_a_superscript_index_names_the_problem() -> N
     assert proofs.verify_tlog_proof(_proof("²"), None, VERIFIER, []) is not None
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.one_of(mutated(b"old 0\n\n" + CHECKPOINT), mutated(witness.encode_request(1, [ROOT], CHECKPOINT)),
                  st.binary(max_size=64)))  # fmt: skip
 def test_witness_requests_parse_or_raise_request_error(body: bytes) -> None:
@@ -214,7 +214,7 @@ def test_witness_requests_parse_or_raise_request_error(body: bytes) -> None:
         witness.parse_request(body)
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.integers(-2, 2**64), st.integers(-2, 2**64), st.lists(st.binary(min_size=0, max_size=33), max_size=70))
 def test_merkle_proofs_verify_or_raise_proof_error(index: int, size: int, proof: list[bytes]) -> None:
     for check in (
@@ -236,7 +236,7 @@ index_bodies = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(index_bodies)
 def test_manifest_and_index_bodies_are_read_without_crashing(body: bytes) -> None:
     assert isinstance(registry._media_type_from_body(body), str)
@@ -259,18 +259,33 @@ def test_regression_index_with_a_numeric_manifests_field_has_no_descriptors() ->
     assert registry._descriptors(b'{"manifests": 5}') == []
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.one_of(S.json_values.map(orjson.dumps), st.binary(max_size=40),
                  st.fixed_dictionaries({}, optional={"auths": S.maybe(st.dictionaries(
                      st.sampled_from(["https://index.docker.io/v1/", "r.io", ""]),
                      S.obj(auth=S.maybe(st.sampled_from(["dTpw", "!!", ""])), username=S.awkward, password=S.awkward),
                      max_size=2))}).map(orjson.dumps)))  # fmt: skip
 def test_docker_config_secrets_parse_without_crashing(data: bytes) -> None:
-    found = credentials.parse_docker_config(data)
+    try:
+        found = credentials.parse_docker_config(data)
+    except ValueError as exc:
+        assert _NON_ASCII in str(exc)  # noqa: PT017 (fuzz: the error may not occur) - pinned below
+        return
     assert all(isinstance(c.username, str) and isinstance(c.password, str) for c in found.values())
 
 
-@settings(max_examples=S.examples(300))
+@pytest.mark.xfail(
+    strict=True,
+    reason=f"signatures.credentials.parse_docker_config (auth field): {_B64}; PullSecrets._read catches "
+    "ValueError around it, so the whole secret then reads as empty (every registry in it, not just this entry)",
+)
+def test_regression_docker_config_with_non_ascii_auth_skips_only_that_entry() -> None:
+    good = base64.b64encode(b"u:p").decode()
+    data = orjson.dumps({"auths": {"a.io": {"auth": "\u0080"}, "b.io": {"auth": good}}})
+    assert credentials.parse_docker_config(data)["b.io"] == registry.Credentials("u", "p")
+
+
+@settings(S.FUZZ, max_examples=S.examples(300))
 @given(st.one_of(st.text(max_size=40), st.from_regex(r"\A[a-z0-9.:/@_-]{0,40}\Z")))
 def test_image_references_parse_or_raise_their_error(text: str) -> None:
     with contextlib.suppress(reference.ReferenceError_):
@@ -355,7 +370,7 @@ async def _authorize(challenge: str, creds: registry.Credentials | None) -> None
         await client.close()
 
 
-@settings(max_examples=S.examples(100))
+@settings(S.FUZZ, max_examples=S.examples(100))
 @given(st.data())
 def test_www_authenticate_challenges_and_token_answers(token_server: _TokenServer, data: st.DataObject) -> None:
     challenge = data.draw(_challenge_parts(token_server.port))

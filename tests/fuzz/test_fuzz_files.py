@@ -56,7 +56,7 @@ config_docs = st.one_of(
 )
 
 
-@settings(max_examples=S.examples(300))
+@settings(S.FUZZ, max_examples=S.examples(300))
 @given(config_docs)
 def test_config_parse_raises_only_config_error(doc: Any) -> None:
     try:
@@ -89,7 +89,7 @@ def _write(tmp: pytest.TempPathFactory, name: str, text: str) -> Path:
     return path
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(yaml_texts)
 def test_config_load_raises_only_config_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     # (text is written as UTF-8; the non-UTF-8 case is pinned in the regressions below)
@@ -99,7 +99,7 @@ def test_config_load_raises_only_config_error(tmp_path_factory: pytest.TempPathF
         assert "portcullis.yaml" in str(exc)  # noqa: PT017 (fuzz: the error may not occur)
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(yaml_texts)
 def test_manifests_load_reports_problems_and_never_raises(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     loaded = manifests.load([str(_write(tmp_path_factory, "m.yaml", text))])
@@ -107,14 +107,14 @@ def test_manifests_load_reports_problems_and_never_raises(tmp_path_factory: pyte
         assert problem.message
 
 
-@settings(max_examples=S.examples(150))
+@settings(S.FUZZ, max_examples=S.examples(150))
 @given(yaml_texts)
 def test_gatekeeper_load_raises_only_policy_load_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     with contextlib.suppress(errors.PolicyLoadError):
         gatekeeper.load([_write(tmp_path_factory, "t.yaml", text)])
 
 
-@settings(max_examples=S.examples(150))
+@settings(S.FUZZ, max_examples=S.examples(150))
 @given(yaml_texts)
 def test_rules_loader_raises_only_rule_load_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     with contextlib.suppress(errors.RuleLoadError):
@@ -152,7 +152,7 @@ constraint_docs = S.obj(
     reason="policy.gatekeeper reads template and constraint fields assuming their types (see the regressions "
     "below); when _template/constraint validate them, drop this mark",
 )
-@settings(max_examples=S.examples(100), phases=[Phase.explicit, Phase.generate])
+@settings(S.FUZZ, max_examples=S.examples(100), phases=[Phase.explicit, Phase.generate])
 @given(st.lists(st.one_of(template_docs, constraint_docs), min_size=1, max_size=3))
 def test_gatekeeper_documents_of_any_shape_raise_only_policy_load_error(
     tmp_path_factory: pytest.TempPathFactory, docs: list[Any]
@@ -167,7 +167,7 @@ _REGO = ["package p", "package", "import future.keywords", "import rego.v1", "de
          "re_match(\"a\", x)", "test_x { true }", "default allow := false", "\\", "[", "]"]  # fmt: skip
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(st.one_of(st.text(max_size=80), st.lists(st.sampled_from(_REGO), max_size=10).map("\n".join)))
 def test_rego_module_parse_raises_only_policy_load_error(text: str) -> None:
     with contextlib.suppress(errors.PolicyLoadError):

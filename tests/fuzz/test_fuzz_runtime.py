@@ -42,14 +42,14 @@ conditions = st.one_of(
 )
 
 
-@settings(max_examples=S.examples(300))
+@settings(S.FUZZ, max_examples=S.examples(300))
 @given(conditions)
 def test_condition_parser_raises_only_rule_load_error(text: str) -> None:
     with contextlib.suppress(errors.RuleLoadError):
         parser.parse(text)
 
 
-@settings(max_examples=S.examples(150))
+@settings(S.FUZZ, max_examples=S.examples(150))
 @given(conditions)
 def test_condition_compile_raises_only_rule_load_error(text: str) -> None:
     with contextlib.suppress(errors.RuleLoadError):
@@ -88,7 +88,7 @@ rules_documents = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=S.examples(200))
+@settings(S.FUZZ, max_examples=S.examples(200))
 @given(rules_documents)
 def test_rules_files_load_or_raise_rule_load_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     path = tmp_path_factory.mktemp("rules") / "custom.yaml"
@@ -108,7 +108,7 @@ def test_the_conformance_rules_load() -> None:
 # -- events ------------------------------------------------------------------------------------
 
 
-@settings(max_examples=S.examples(150))
+@settings(S.FUZZ, max_examples=S.examples(150))
 @given(st.lists(st.binary(max_size=40), max_size=4))
 def test_jsonl_lines_decode_or_raise_input_error(lines: list[bytes]) -> None:
     try:
@@ -159,7 +159,7 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
     return event
 
 
-@settings(max_examples=S.examples(300))
+@settings(S.FUZZ, max_examples=S.examples(300))
 @given(events())
 def test_engine_never_raises_on_ill_typed_events(engines: list[Engine], event: dict[str, Any]) -> None:
     for engine in engines:
@@ -216,7 +216,7 @@ def _tetragon(record: Any) -> None:
     reason="runtime.sources.tetragon reads every nested field assuming its type (see the regressions below); "
     "when to_fields validates its input, drop this mark",
 )
-@settings(max_examples=S.examples(200), phases=[Phase.explicit, Phase.generate])
+@settings(S.FUZZ, max_examples=S.examples(200), phases=[Phase.explicit, Phase.generate])
 @given(tetragon_records)
 def test_tetragon_records_map_or_raise_input_error(record: Any) -> None:
     with contextlib.suppress(errors.PortcullisError):

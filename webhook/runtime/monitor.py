@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from webhook import errors
 from webhook.runtime import events, outputs, state
 from webhook.runtime.sources.base import Source
 
@@ -41,6 +42,7 @@ class Metrics:
     batches: int = 0
     drops: int = 0  # events dropped because the queue was full (Falco's n_drops)
     errors: int = 0
+    source_restarts: int = 0  # a live source that died and was started again
     alerts_by_rule: Counter[str] = field(default_factory=Counter)
     alerts_by_priority: Counter[str] = field(default_factory=Counter)
 
@@ -52,6 +54,7 @@ class Metrics:
             "events": self.events,
             "events_per_s": round(self.events / elapsed, 1),
             "drops": self.drops,
+            "source_restarts": self.source_restarts,
             "drop_ratio": round(self.drops / seen, 6) if seen else 0.0,
             "errors": self.errors,
             "alerts": sum(self.alerts_by_rule.values()),
@@ -73,6 +76,7 @@ class Monitor:
         *,
         queue_batches: int = 64,
         hostname: str | None = None,
+        restart_backoff: tuple[float, float] = (0.5, 30.0),
         table: state.ProcessTable | None = None,
         metadata: Any = None,
     ) -> None:
@@ -84,6 +88,8 @@ class Monitor:
         self.ready = asyncio.Event()
         self.last_errors: list[str] = []  # the first few events that failed, for diagnosis
         self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_batches)
+        self._backoff = restart_backoff
+        self._stopping = asyncio.Event()
         self.table = table
         self.metadata = metadata  # k8s_meta.KubeletPods: pod fields for container ids
         self.builder: events.EventBuilder | None = None
@@ -137,6 +143,7 @@ class Monitor:
 
     async def _drain_source(self, producer: asyncio.Task[None]) -> None:
         """Stop a live source gracefully: it exits, and what it already printed is still read."""
+        self._stopping.set()
         interrupt = getattr(self.source, "interrupt", None)
         if interrupt is not None and not producer.done():
             interrupt()
@@ -145,6 +152,28 @@ class Monitor:
             producer.cancel()
 
     async def _produce(self) -> None:
+        """Feed the queue; a live source that dies is started again with backoff (counted)."""
+        delay, most = self._backoff
+        while True:
+            try:
+                await self._feed()
+                return
+            except errors.UpstreamError as exc:
+                if not self.source.live or self._stopping.is_set():
+                    raise
+                self.metrics.source_restarts += 1
+                _log.error(
+                    "event source %s died (%s); restart %d in %.1f s",
+                    self.source.name, exc, self.metrics.source_restarts, delay,
+                )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            if self._stopping.is_set():
+                return
+            delay = min(delay * 2, most)
+            await self.source.close()
+
+    async def _feed(self) -> None:
         queue, live, metrics = self._queue, self.source.live, self.metrics
         async for batch in self.source.batches():
             if not live:
@@ -197,6 +226,7 @@ def prometheus(snapshot: dict[str, Any]) -> str:
         f"portcullis_monitor_events_per_second {snapshot['events_per_s']}",
         f"portcullis_monitor_drops_total {snapshot['drops']}",
         f"portcullis_monitor_errors_total {snapshot['errors']}",
+        f"portcullis_monitor_source_restarts_total {snapshot.get('source_restarts', 0)}",
     ]
     for key, value in snapshot["source"].items():
         lines.append(f'portcullis_monitor_source_total{{counter="{key}"}} {value}')

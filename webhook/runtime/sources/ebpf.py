@@ -230,6 +230,8 @@ class EbpfSource:
         if os.geteuid() != 0:
             raise EbpfUnavailable("the eBPF source needs root (CAP_BPF and CAP_PERFMON)")
         ensure_tracefs()
+        self._stopping = False  # start() also restarts a source that died
+        self.decoder.ready = False
         # A larger perf ring per CPU absorbs bursts while the reader is descheduled.
         env = {
             **os.environ,
