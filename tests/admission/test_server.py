@@ -216,3 +216,30 @@ async def test_mutate_never_denies_and_runs_only_the_pinning_checks(start_webhoo
     assert status == 200
     assert body["response"]["allowed"] is True
     assert check.calls == 0  # privilege is judged by /validate only
+
+
+async def test_reviews_are_shed_while_the_event_loop_queue_is_too_long(start_webhook: Any) -> None:
+    """The queue before the handler (TLS, parsing, ready callbacks) is measured as event-loop lag;
+    past `server.max_queue_seconds` reviews are refused at once rather than answered too late."""
+    cfg = {"server": {"max_queue_seconds": 0.5}}
+    pipeline = pipeline_with(cfg=cfg)
+    async with start_webhook(cfg, pipeline=pipeline) as hook:
+        status, _ = await hook.post("/validate", review(pod()))
+        assert status == 200
+        server = next(iter(_servers_of(pipeline)))
+        server._lag_task.cancel()  # hold the measured lag where the test puts it
+        server.loop_lag = 2.0
+        status, body = await hook.post("/validate", review(pod()))
+        assert status == 429
+        assert "queued" in body["error"]
+        async with hook.session.get(hook.base + "/metrics") as r:
+            assert "portcullis_event_loop_lag_seconds 2.0" in await r.text()
+
+
+def _servers_of(pipeline: Pipeline) -> list[Any]:
+    """The running WebhookServer built around ``pipeline`` (service.serve keeps it private)."""
+    import gc
+
+    from webhook.admission.server import WebhookServer
+
+    return [o for o in gc.get_objects() if isinstance(o, WebhookServer) and o.pipeline is pipeline]

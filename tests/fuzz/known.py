@@ -69,19 +69,7 @@ KNOWN: frozenset[Signature] = frozenset(
         ("ValueError", "audit/proofs.py", "hashes = [base64.b64decode(h, validate=True) for h in rest[1:]]"),
         ("ValueError", "audit/proofs.py", "record = base64.b64decode(extra, validate=True)"),
         ("ValueError", "audit/proofs.py", "index = int(rest[0][6:])"),
-        # config.load reads the file as UTF-8 but catches only OSError
-        ("UnicodeDecodeError", "config/__init__.py", 'text = path.read_text(encoding="utf-8")'),
         # YAML: PyYAML raises ValueError for an impossible timestamp (2001-13-01), not YAMLError
-        ("ValueError", "config/__init__.py", "data = yaml.safe_load(text)"),
-        ("ValueError", "ci/manifests.py", "return self._scalar.construct_object(node, deep=True)"),
-        ("ValueError", "ci/manifests.py", "value = self._scalar.construct_object(node)"),
-        # admission pipeline: exemption selectors collect raw values into sets (unhashable)
-        ("TypeError", "admission/pipeline.py", 'runtime_classes = {p.spec.get("runtimeClassName") for p in pods}'),
-        (
-            "TypeError",
-            "admission/pipeline.py",
-            'service_accounts = {p.spec.get("serviceAccountName") or "default" for p in pods}',
-        ),
     }
 )
 

@@ -187,8 +187,12 @@ class Pipeline:
                 result = await check.run(pods, ctx)
         except errors.UpstreamError as exc:
             return self._failure(check, str(exc))
-        except errors.InputError:
+        except errors.ReviewError:
             raise
+        except errors.InputError as exc:
+            # The object itself is malformed where this check looks (e.g. a quantity that is not
+            # one): it cannot be judged, so it is denied with the reason, whatever the failure mode.
+            return CheckResult(violations=[Violation(check.id, f"cannot judge the pod: {exc}")])
         except Exception as exc:  # a bug in one check must not crash the webhook or allow silently
             log.exception("check %s failed unexpectedly", check.id)
             return self._failure(check, f"internal error: {type(exc).__name__}: {exc}")
@@ -205,8 +209,9 @@ class Pipeline:
         return CheckResult(violations=[Violation(check.id, message)])
 
     def _exemptions(self, ctx: RequestContext, pods: Sequence[PodSpecRef]) -> tuple[set[str], str]:
-        runtime_classes = {p.spec.get("runtimeClassName") for p in pods}
-        service_accounts = {p.spec.get("serviceAccountName") or "default" for p in pods}
+        # Only string values can match a selector; anything else (ill-typed input) matches nothing.
+        runtime_classes = {_text(p.spec.get("runtimeClassName")) for p in pods}
+        service_accounts = {_text(p.spec.get("serviceAccountName")) or "default" for p in pods}
         exempt: set[str] = set()
         reasons: list[str] = []
         all_ids = {c.id for c in self.checks}
@@ -223,6 +228,10 @@ class Pipeline:
             exempt |= checks
             reasons.append(rule.reason or f"exempted from {', '.join(sorted(checks))}")
         return exempt, "; ".join(reasons)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _same_judged_content(new: Sequence[PodSpecRef], old: Sequence[PodSpecRef]) -> bool:

@@ -8,6 +8,7 @@ a margin), load shedding, metrics, and recording each decision in the audit log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -56,6 +57,11 @@ class WebhookServer:
         self.recorder = recorder
         self._in_flight = 0
         self._budget = settings.budget_seconds
+        # How long a ready callback waits on the event loop (EWMA): the time a request spent
+        # queued before its handler ran, which neither max_in_flight nor the deadline sees.
+        self.loop_lag = 0.0
+        self._lag_task: asyncio.Task[None] | None = None
+        self._max_queue = settings.max_queue_seconds if settings.max_queue_seconds is not None else self._budget / 4
 
     def health_app(self) -> web.Application:
         """Probes and metrics only, for a plain-HTTP port (``server.health_listen``)."""
@@ -79,9 +85,23 @@ class WebhookServer:
 
     async def _on_startup(self, _app: web.Application) -> None:
         await self.pipeline.start()
+        self._lag_task = asyncio.get_running_loop().create_task(self._watch_loop_lag())
+        self.metrics.gauge_sources.append(lambda: [("portcullis_event_loop_lag_seconds", {}, round(self.loop_lag, 6))])
 
     async def _on_cleanup(self, _app: web.Application) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
         await self.pipeline.close()
+
+    async def _watch_loop_lag(self, interval: float = 0.01) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time()
+            await asyncio.sleep(interval)
+            overshoot = max(0.0, loop.time() - asked - interval)
+            self.loop_lag += 0.25 * (overshoot - self.loop_lag)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -97,9 +117,11 @@ class WebhookServer:
     def _endpoint(self, name: str, *, mutating: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handle(request: web.Request) -> web.Response:
             started = time.perf_counter()
-            if self._in_flight >= self.settings.max_in_flight:
+            if self._in_flight >= self.settings.max_in_flight or self.loop_lag > self._max_queue:
+                # Shed at once: a review that waited in the queue longer than this would be
+                # answered after the apiserver gave up on it, silently.
                 self.metrics.shed += 1
-                response = _error(429, "webhook overloaded: too many reviews in flight, retry later")
+                response = _error(429, "webhook overloaded: too many reviews queued or in flight, retry later")
                 response.headers["Retry-After"] = "1"
             else:
                 self._in_flight += 1
@@ -158,14 +180,14 @@ class WebhookServer:
 
     def _request_budget(self, request: web.Request) -> float:
         """The apiserver sends its own timeout as ``?timeout=10s``; the smaller one wins."""
-        budget = self._budget
+        budget = self._budget - self.loop_lag  # the time it already waited in the loop's queue
         raw = request.query.get("timeout")
         if raw:
             match = _TIMEOUT_PARAM.match(raw)
             if match:
                 value = float(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
-                budget = min(budget, max(0.05, value - self.settings.margin_seconds))
-        return budget
+                budget = min(budget, value - self.settings.margin_seconds - self.loop_lag)
+        return max(0.05, budget)
 
 
 async def _read_body(request: web.Request, limit: int, deadline: Deadline) -> bytes:

@@ -120,6 +120,9 @@ def _load_text(text: str, name: str, out: Loaded) -> None:
             except yaml.YAMLError as exc:
                 out.problems.append(_yaml_problem(name, exc))
                 return  # the parser cannot resynchronise after a syntax error
+            except RecursionError:
+                out.problems.append(InputProblem(name, 0, "document nested too deeply; refused"))
+                return
             if node is None:
                 return
             line = node.start_mark.line + 1
@@ -128,6 +131,9 @@ def _load_text(text: str, name: str, out: Loaded) -> None:
                 obj = builder.build(node, "")
             except _DocumentError as exc:
                 out.problems.append(InputProblem(name, exc.line, exc.message))
+                continue
+            except RecursionError:
+                out.problems.append(InputProblem(name, line, "document nested too deeply; refused"))
                 continue
             if obj is None:
                 continue  # an empty document ('---' with nothing after it)
@@ -226,7 +232,7 @@ class _Builder:
                 return value
         try:
             return self._scalar.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. a timestamp 2001-13-01
             raise _DocumentError(node.start_mark.line + 1, f"invalid value: {exc}") from exc
 
     def _pairs(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
@@ -244,5 +250,8 @@ class _Builder:
     def _key(self, node: yaml.Node) -> str:
         if not isinstance(node, yaml.ScalarNode):
             raise _DocumentError(node.start_mark.line + 1, "mapping keys must be scalars")
-        value = self._scalar.construct_object(node)
+        try:
+            value = self._scalar.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:
+            raise _DocumentError(node.start_mark.line + 1, f"invalid key: {exc}") from exc
         return value if isinstance(value, str) else str(value)

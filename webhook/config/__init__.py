@@ -101,6 +101,8 @@ def load(path: str | Path | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise errors.ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -108,6 +110,10 @@ def load(path: str | Path | None) -> Config:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise errors.ConfigError(f"{where}: invalid YAML: {problem}") from exc
+    except ValueError as exc:  # PyYAML's scalar constructors (e.g. a timestamp 2001-13-01)
+        raise errors.ConfigError(f"{path}: invalid YAML value: {exc}") from exc
+    except RecursionError as exc:
+        raise errors.ConfigError(f"{path}: YAML nested too deeply") from exc
     return parse(data, source=str(path), base_dir=path.resolve().parent)
 
 

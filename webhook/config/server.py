@@ -21,6 +21,9 @@ class ServerConfig(Section, frozen=True):
     # Requests handled at once; more are answered 429 at once (load shedding) rather than queued.
     max_in_flight: Annotated[int, msgspec.Meta(gt=0)] = 512
     cert_reload_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # Shed load (429) while reviews wait longer than this in the event loop's queue before their
+    # handler runs (default: a quarter of the request budget); also taken off each budget.
+    max_queue_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None
     # mTLS: a PEM bundle of the CAs that issue the apiserver's client certificate. When set, the
     # webhook port refuses clients without such a certificate, so no pod on the network can post
     # reviews (forging audit records, holding GPU reservations); probes and metrics then use
@@ -32,9 +35,7 @@ class ServerConfig(Section, frozen=True):
 
     def __post_init__(self) -> None:
         if self.client_ca and not self.health_listen:
-            raise ValueError(
-                "server.client_ca needs server.health_listen (kubelet probes carry no client certificate)"
-            )
+            raise ValueError("server.client_ca needs server.health_listen (kubelet probes carry no client certificate)")
 
     @property
     def budget_seconds(self) -> float:

@@ -205,20 +205,53 @@ def _documents(path: Path) -> list[tuple[dict[str, Any], int]]:
     """Each mapping document of a YAML file with its first line (for messages)."""
     try:
         text = path.read_text(encoding="utf-8")
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        docs = list(yaml.safe_load_all(text))
     except (OSError, UnicodeDecodeError) as exc:
         raise errors.PolicyLoadError(f"{path}: cannot read: {exc}") from exc
+    out: list[tuple[dict[str, Any], int]] = []
+    node: Any = None
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters first (ReaderError)
+    except yaml.YAMLError as exc:
+        raise errors.PolicyLoadError(f"{path}: invalid YAML: {exc}") from exc
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            doc = loader.construct_document(node)
+            if isinstance(doc, dict):
+                doc["__rego_lines__"] = _rego_lines(node)
+                out.append((doc, node.start_mark.line + 1))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise errors.PolicyLoadError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
-    out: list[tuple[dict[str, Any], int]] = []
-    for node, doc in zip(nodes, docs, strict=False):
-        if isinstance(doc, dict):
-            doc["__rego_lines__"] = _rego_lines(node)
-            out.append((doc, node.start_mark.line + 1))
+    except RecursionError as exc:  # PyYAML composes and constructs recursively
+        mark = loader.get_mark()
+        raise errors.PolicyLoadError(f"{path}:{mark.line + 1}: YAML nested too deeply (flatten the structure)") from exc
+    except ValueError as exc:  # PyYAML's timestamp constructor, e.g. ``2001-13-01``
+        line = _bad_scalar_line(node)
+        where = f"{path}:{line}" if line else str(path)
+        raise errors.PolicyLoadError(f"{where}: invalid YAML value: {exc} (quote it to keep it a string)") from exc
+    finally:
+        loader.dispose()
     return out
+
+
+def _bad_scalar_line(root: Any) -> int | None:
+    """The 1-based line of the first scalar under ``root`` that PyYAML cannot construct."""
+    constructor = yaml.constructor.SafeConstructor()
+    stack = [root] if isinstance(root, yaml.Node) else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                constructor.construct_object(node)
+            except ValueError:
+                return int(node.start_mark.line) + 1
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in reversed(node.value) for n in reversed(pair))
+    return None
 
 
 def _rego_lines(node: Any) -> dict[int, int]:
@@ -242,18 +275,49 @@ def _child(node: Any, key: str) -> Any:
     return None
 
 
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _mapping(value: Any, where: str, field_: str) -> dict[str, Any]:
+    """``value`` as a mapping (absent is empty); anything else names the field to fix."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise errors.PolicyLoadError(f"{where}: {field_} must be a mapping, not {_type(value)}")
+    return value
+
+
+def _list(value: Any, where: str, field_: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise errors.PolicyLoadError(f"{where}: {field_} must be a list, not {_type(value)}")
+    return value
+
+
+def _strings(value: Any, where: str, field_: str) -> list[str]:
+    items = _list(value, where, field_)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise errors.PolicyLoadError(f"{where}: {field_}[{i}] must be a string, not {_type(item)}")
+    return items
+
+
 def _template(path: Path, doc: dict[str, Any], line: int, strict_builtins: bool) -> Template:
     where = f"{path}:{line}"
-    spec = doc.get("spec") or {}
-    kind = (((spec.get("crd") or {}).get("spec") or {}).get("names") or {}).get("kind")
+    spec = _mapping(doc.get("spec"), where, "spec")
+    crd = _mapping(spec.get("crd"), where, "spec.crd")
+    crd_spec = _mapping(crd.get("spec"), where, "spec.crd.spec")
+    kind = _mapping(crd_spec.get("names"), where, "spec.crd.spec.names").get("kind")
     if not isinstance(kind, str) or not kind:
-        raise errors.PolicyLoadError(f"{where}: ConstraintTemplate needs spec.crd.spec.names.kind")
-    targets = spec.get("targets") or []
+        raise errors.PolicyLoadError(f"{where}: ConstraintTemplate needs spec.crd.spec.names.kind (a string)")
+    targets = _list(spec.get("targets"), where, "spec.targets")
     chosen = [(i, t) for i, t in enumerate(targets) if isinstance(t, dict) and t.get("target") == TARGET]
     if not chosen:
         raise errors.PolicyLoadError(f"{where}: template {kind} has no spec.targets[] for target {TARGET}")
     index, target = chosen[0]
-    source, libs = _sources(target)
+    source, libs = _sources(target, where, f"spec.targets[{index}]")
     if not isinstance(source, str) or not source.strip():
         raise errors.PolicyLoadError(f"{where}: template {kind} has no Rego in spec.targets[{index}].rego")
     pad = "\n" * doc["__rego_lines__"].get(index, 0)  # so errors name the YAML file's own line
@@ -274,57 +338,94 @@ def _template(path: Path, doc: dict[str, Any], line: int, strict_builtins: bool)
     return Template(kind, str(path), compiled, entrypoint)
 
 
-def _sources(target: Mapping[str, Any]) -> tuple[Any, list[str]]:
+def _sources(target: Mapping[str, Any], where: str, at: str) -> tuple[Any, list[str]]:
     if "rego" in target:
-        return target.get("rego"), list(target.get("libs") or [])
-    for code in target.get("code") or []:  # Gatekeeper >= 3.13: code: [{engine: Rego, source: {...}}]
+        return target.get("rego"), _strings(target.get("libs"), where, f"{at}.libs")
+    for i, code in enumerate(_list(target.get("code"), where, f"{at}.code")):
+        # Gatekeeper >= 3.13: code: [{engine: Rego, source: {rego: ..., libs: [...]}}]
         if isinstance(code, dict) and code.get("engine") == "Rego":
-            source = code.get("source") or {}
-            return source.get("rego"), list(source.get("libs") or [])
+            source = _mapping(code.get("source"), where, f"{at}.code[{i}].source")
+            return source.get("rego"), _strings(source.get("libs"), where, f"{at}.code[{i}].source.libs")
     return None, []
 
 
 def constraint(where: str, doc: Mapping[str, Any], templates: Mapping[str, Template]) -> Constraint:
     """Decode one constraint; raise ``PolicyLoadError`` naming the field."""
     kind = doc.get("kind")
-    name = (doc.get("metadata") or {}).get("name")
+    if not isinstance(kind, str) or not kind:
+        raise errors.PolicyLoadError(f"{where}: constraint kind must be a template's kind (a string), not {kind!r}")
+    name = _mapping(doc.get("metadata"), where, f"constraint {kind}: metadata").get("name")
     if not isinstance(name, str) or not name:
-        raise errors.PolicyLoadError(f"{where}: constraint {kind} needs metadata.name")
+        raise errors.PolicyLoadError(f"{where}: constraint {kind} needs metadata.name (a string)")
     if kind not in templates:
         known = ", ".join(sorted(templates)) or "none loaded"
         raise errors.PolicyLoadError(
             f"{where}: constraint {name} has kind {kind!r} but no template defines it ({known})"
         )
-    spec = doc.get("spec") or {}
+    spec = _mapping(doc.get("spec"), where, f"constraint {name}: spec")
     action = spec.get("enforcementAction", "deny")
-    if action not in _ACTIONS:
+    if not isinstance(action, str) or action not in _ACTIONS:
         raise errors.PolicyLoadError(
             f"{where}: constraint {name}: spec.enforcementAction {action!r} (allowed: {', '.join(_ACTIONS)})"
         )
     parameters = spec.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise errors.PolicyLoadError(f"{where}: constraint {name}: spec.parameters must be a mapping")
-    return Constraint(str(kind), name, where.rsplit(":", 1)[0], parameters, _match(where, name, spec), _ACTIONS[action])
+    return Constraint(kind, name, where.rsplit(":", 1)[0], parameters, _match(where, name, spec), _ACTIONS[action])
+
+
+_SCOPES = ("*", "Cluster", "Namespaced")
 
 
 def _match(where: str, name: str, spec: Mapping[str, Any]) -> Match:
-    match = spec.get("match") or {}
-    if not isinstance(match, dict):
-        raise errors.PolicyLoadError(f"{where}: constraint {name}: spec.match must be a mapping")
+    at = f"constraint {name}: spec.match"
+    match = _mapping(spec.get("match"), where, at)
     kinds = tuple(
-        (frozenset(k.get("apiGroups") or ["*"]), frozenset(k.get("kinds") or ["*"]))
-        for k in match.get("kinds") or []
+        (
+            frozenset(_strings(k.get("apiGroups"), where, f"{at}.kinds[{i}].apiGroups") or ["*"]),
+            frozenset(_strings(k.get("kinds"), where, f"{at}.kinds[{i}].kinds") or ["*"]),
+        )
+        for i, k in enumerate(_list(match.get("kinds"), where, f"{at}.kinds"))
         if isinstance(k, dict)
     )
+    scope = match.get("scope") or "*"
+    if not isinstance(scope, str) or scope not in _SCOPES:
+        raise errors.PolicyLoadError(f"{where}: {at}.scope {scope!r} (allowed: {', '.join(_SCOPES)})")
+    match_name = match.get("name")
+    if match_name is not None and not isinstance(match_name, str):
+        raise errors.PolicyLoadError(f"{where}: {at}.name must be a string, not {_type(match_name)}")
     return Match(
         kinds=kinds,
-        namespaces=tuple(match.get("namespaces") or ()),
-        excluded_namespaces=tuple(match.get("excludedNamespaces") or ()),
-        label_selector=match.get("labelSelector"),
-        namespace_selector=match.get("namespaceSelector"),
-        scope=str(match.get("scope") or "*"),
-        name=match.get("name"),
+        namespaces=tuple(_strings(match.get("namespaces"), where, f"{at}.namespaces")),
+        excluded_namespaces=tuple(_strings(match.get("excludedNamespaces"), where, f"{at}.excludedNamespaces")),
+        label_selector=_selector(match.get("labelSelector"), where, f"{at}.labelSelector"),
+        namespace_selector=_selector(match.get("namespaceSelector"), where, f"{at}.namespaceSelector"),
+        scope=scope,
+        name=match_name,
     )
+
+
+_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def _selector(value: Any, where: str, at: str) -> Mapping[str, Any] | None:
+    """A label selector checked once here, so ``selects`` can read it without type checks."""
+    if value is None:
+        return None
+    selector = _mapping(value, where, at)
+    for key, label in _mapping(selector.get("matchLabels"), where, f"{at}.matchLabels").items():
+        if not isinstance(label, str):
+            raise errors.PolicyLoadError(f"{where}: {at}.matchLabels.{key} must be a string, not {_type(label)}")
+    for i, expr in enumerate(_list(selector.get("matchExpressions"), where, f"{at}.matchExpressions")):
+        e_at = f"{at}.matchExpressions[{i}]"
+        expr = _mapping(expr, where, e_at)
+        if not isinstance(expr.get("key"), str):
+            raise errors.PolicyLoadError(f"{where}: {e_at}.key must be a string")
+        operator = expr.get("operator")
+        if not isinstance(operator, str) or operator not in _OPERATORS:
+            raise errors.PolicyLoadError(f"{where}: {e_at}.operator {operator!r} (allowed: {', '.join(_OPERATORS)})")
+        _strings(expr.get("values"), where, f"{e_at}.values")
+    return selector
 
 
 def reloadable(

@@ -89,8 +89,42 @@ _Constructor.add_constructor("tag:yaml.org,2002:value", _Constructor.construct_y
 _constructor = _Constructor()
 
 
+class _BadValue(Exception):
+    """PyYAML could not build a value (e.g. the timestamp ``2001-13-01``, or nesting too deep)."""
+
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node, self.message = node, message
+
+
 def _py(node: yaml.Node) -> Any:
-    return _constructor.construct_object(node, deep=True)
+    try:
+        return _constructor.construct_object(node, deep=True)
+    except ValueError as exc:  # SafeConstructor's timestamp (and int/float edge cases)
+        bad = _bad_scalar(node) or node
+        raise _BadValue(bad, f"invalid YAML value: {exc} (quote it to keep it a string)") from exc
+    except RecursionError as exc:
+        raise _BadValue(node, "YAML nested too deeply (flatten the structure)") from exc
+    finally:
+        _constructor.constructed_objects.clear()  # a failed build leaves partial state behind
+        _constructor.recursive_objects.clear()
+
+
+def _bad_scalar(root: yaml.Node) -> yaml.Node | None:
+    """The first scalar under ``root`` that PyYAML cannot construct (to name its line)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                yaml.constructor.SafeConstructor().construct_object(node)
+            except ValueError:
+                return node
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in reversed(node.value) for n in reversed(pair))
+    return None
 
 
 def _version(text: Any) -> tuple[int, ...] | None:
@@ -128,16 +162,18 @@ class _FileReader:
                 self.item(item)
             except _ItemError as exc:
                 self.col.errors.append(exc.diag)
+            except _BadValue as exc:
+                self.col.errors.append(Diagnostic(self.loc(exc.node), exc.message, self.snippet(exc.node, 1)))
 
     def mapping(self, item: yaml.Node) -> dict[str, yaml.Node]:
         if not isinstance(item, yaml.MappingNode):
             raise self.fail(item, "item must be a mapping (rule, macro, list, ...)")
         out: dict[str, yaml.Node] = {}
         for k, v in item.value:
-            key = _py(k)
+            key = str(_py(k))  # str: a sequence or mapping key is unhashable
             if key in out:
                 raise self.fail(k, f"key '{key}' appears twice in this item")
-            out[str(key)] = v
+            out[key] = v
         return out
 
     def item(self, item: yaml.Node) -> None:
@@ -394,13 +430,24 @@ def _read_file(col: Collection, path: Path) -> None:
         col.errors.append(Diagnostic(Loc(name, 0), f"cannot read rules file: {exc}"))
         return
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # a character YAML does not allow
+        col.errors.append(Diagnostic(Loc(name, 0), f"invalid YAML: {exc}".splitlines()[0]))
+        return
+    try:
+        root = loader.get_single_node()
+    except RecursionError:  # PyYAML composes recursively: name the line where it gave up
+        line = loader.get_mark().line + 1
+        col.errors.append(Diagnostic(Loc(name, line), "YAML nested too deeply (flatten the structure)"))
+        return
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
         snippet = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
         col.errors.append(Diagnostic(Loc(name, line), f"invalid YAML: {exc}".splitlines()[0], snippet))
         return
+    finally:
+        loader.dispose()
     _FileReader(col, name, text).read(root)
 
 
