@@ -211,11 +211,6 @@ def _tetragon(record: Any) -> None:
         ENGINE.process(fields)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime.sources.tetragon reads every nested field assuming its type (see the regressions below); "
-    "when to_fields validates its input, drop this mark",
-)
 @settings(S.FUZZ, max_examples=S.examples(200), phases=[Phase.explicit, Phase.generate])
 @given(tetragon_records)
 def test_tetragon_records_map_or_raise_input_error(record: Any) -> None:
@@ -235,11 +230,8 @@ TETRAGON_REGRESSIONS = [
 
 
 @pytest.mark.parametrize(
-    "record",
-    [pytest.param(r, id=why.split(":")[0],
-                  marks=pytest.mark.xfail(strict=True, reason=f"runtime.sources.tetragon.{why}"))
-     for r, why in TETRAGON_REGRESSIONS],
+    "record", [pytest.param(r, id=why.split(":")[0]) for r, why in TETRAGON_REGRESSIONS]
 )  # fmt: skip
 def test_regression_tetragon_record_with_wrong_types_is_refused_cleanly(record: dict[str, Any]) -> None:
-    with contextlib.suppress(errors.PortcullisError):
+    with pytest.raises(tetragon.TetragonRecordError):
         _tetragon(record)

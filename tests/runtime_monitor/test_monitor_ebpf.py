@@ -324,7 +324,7 @@ async def test_bpftrace_dying_on_its_own_is_an_error_not_a_quiet_end() -> None:
         pytest.skip("needs root and bpftrace")
     engine = Engine.load([RULES])
     source = ebpf.EbpfSource({"openat"})
-    mon = monitor.Monitor(source, engine, [])
+    mon = monitor.Monitor(source, engine, [], restart_backoff=None)  # restarts: tests/faults
     task = asyncio.create_task(mon.run())
     await mon.ready.wait()
     assert source._proc is not None

@@ -209,7 +209,7 @@ def parse_note(data: bytes, what: str = "note") -> Note:
             raise NoteError(f"{what}: signature line {n} is not '— <name> <base64>'")
         try:
             raw = base64.b64decode(parts[2], validate=True)
-        except binascii.Error as exc:
+        except (ValueError, binascii.Error) as exc:  # ValueError: non-ASCII text in a str
             raise NoteError(f"{what}: signature line {n}: bad base64") from exc
         if len(raw) < 5:
             raise NoteError(f"{what}: signature line {n} is too short")
@@ -250,7 +250,10 @@ class Checkpoint:
 
 def parse_checkpoint(text: bytes, what: str = "checkpoint") -> Checkpoint:
     """tlog-checkpoint §Note text: origin, decimal size, base64 root, extension lines."""
-    lines = text.decode().split("\n")
+    try:
+        lines = text.decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise NoteError(f"{what}: not UTF-8 at byte {exc.start}") from exc
     if len(lines) < 4 or lines[-1] != "" or any(not line for line in lines[:-1]):
         raise NoteError(f"{what}: expected origin, size and root hash lines")
     origin, size_s, root_s = lines[:3]
@@ -258,7 +261,7 @@ def parse_checkpoint(text: bytes, what: str = "checkpoint") -> Checkpoint:
         raise NoteError(f"{what}: tree size {size_s!r} is not a canonical decimal")
     try:
         root = base64.b64decode(root_s, validate=True)
-    except binascii.Error as exc:
+    except (ValueError, binascii.Error) as exc:  # ValueError: non-ASCII text in a str
         raise NoteError(f"{what}: root hash is not base64") from exc
     if len(root) != 32:
         raise NoteError(f"{what}: root hash has {len(root)} bytes, expected 32")

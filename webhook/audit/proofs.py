@@ -125,14 +125,17 @@ def verify_tlog_proof(
     extra = None
     if rest and rest[0].startswith("extra "):
         extra = rest.pop(0).removeprefix("extra ")
-    if not rest or not rest[0].startswith("index ") or not rest[0][6:].isdigit():
-        return "missing 'index N' line"
-    index = int(rest[0][6:])
+    digits = rest[0][6:] if rest and rest[0].startswith("index ") else ""
+    if not (digits.isascii() and digits.isdigit()):  # isdigit() alone accepts "²"
+        return "missing 'index N' line (N in ASCII decimal digits)"
+    if len(digits) > 20:  # int() refuses over 4300 digits; a uint64 has at most 20
+        return f"index {digits[:20]}... is larger than any tree"
+    index = int(digits)
     try:
         hashes = [base64.b64decode(h, validate=True) for h in rest[1:]]
         if record is None and extra is not None:
             record = base64.b64decode(extra, validate=True)
-    except binascii.Error:
+    except (ValueError, binascii.Error):  # ValueError: non-ASCII text in a str
         return "a hash or extra line is not base64"
     if record is None:
         return "no record given and no extra line"

@@ -142,7 +142,7 @@ def decode_record(data: bytes) -> dict[str, Any]:
         raise RecordError(f"not JSON ({exc})") from exc
     if not isinstance(obj, dict) or set(obj) != {"content", "kind", "time", "writer"}:
         raise RecordError("not an object with exactly content, kind, time, writer")
-    if obj["kind"] not in KINDS or not isinstance(obj["content"], dict):
+    if not isinstance(obj["kind"], str) or obj["kind"] not in KINDS or not isinstance(obj["content"], dict):
         raise RecordError(f"bad kind {obj['kind']!r} or content")
     if not isinstance(obj["time"], str) or not isinstance(obj["writer"], str):
         raise RecordError("time and writer must be strings")

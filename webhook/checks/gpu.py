@@ -96,7 +96,7 @@ class GpuCheck:
                 demand = self.model.demand(pod.spec)
             except quantity.QuantityError as exc:
                 result = result or CheckResult()
-                result.violations.append(Violation(CHECK_ID, f"cannot read GPU requests: {exc}", path=pod.path))
+                result.violations.append(_unreadable(pod, exc))
                 continue
             if demand.empty:
                 continue
@@ -122,15 +122,18 @@ class GpuCheck:
                 )
             )
         if rules.requests_equal_limits:
-            for m in requests.mismatches(pod.spec, model.counts):
-                result.violations.append(
-                    Violation(
-                        CHECK_ID,
-                        f"{m.resource} request {m.request} must equal its limit ({m.limit})",
-                        container=m.name,
-                        path=f"{pod.path}.{m.field}[{m.index}].resources",
+            try:
+                for m in requests.mismatches(pod.spec, model.counts):
+                    result.violations.append(
+                        Violation(
+                            CHECK_ID,
+                            f"{m.resource} request {m.request} must equal its limit ({m.limit})",
+                            container=m.name,
+                            path=f"{pod.path}.{m.field}[{m.index}].resources",
+                        )
                     )
-                )
+            except quantity.QuantityError as exc:  # defence in depth: demand() reads these fields first
+                result.violations.append(_unreadable(pod, exc))
         if rules.require_gpu_model and model.has_model_quotas and demand.models is None:
             result.violations.append(
                 Violation(
@@ -228,6 +231,14 @@ class GpuCheck:
         if team is not None:
             usage["team"] = groups.get(f"team={team}", 0) / scale
         return usage
+
+
+def _unreadable(pod: PodSpecRef, exc: quantity.QuantityError) -> Violation:
+    """A violation naming the field the GPU arithmetic could not read, and why."""
+    if isinstance(exc, requests.FieldError):
+        path = f"{pod.path}.{exc.field}"
+        return Violation(CHECK_ID, f"{path}: {exc.problem}", path=path)
+    return Violation(CHECK_ID, f"cannot read GPU requests: {exc}", path=pod.path)
 
 
 def _pod_keys(ctx: RequestContext) -> tuple[str, ...]:

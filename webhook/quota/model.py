@@ -80,7 +80,10 @@ class QuotaModel:
         """Units per milli-unit of ``resource``; None when it is not a GPU resource."""
         factor = self._factor.get(resource)
         if factor is None and resource not in self._factor:
-            weight = self._weights.get(resource) or self.config.weight(resource)
+            if not isinstance(resource, str):  # a YAML key such as 1: never names a GPU resource
+                weight = None
+            else:
+                weight = self._weights.get(resource) or self.config.weight(resource)
             factor = None if weight is None else int(weight * self._lcm)
             if len(self._factor) < 1024:  # bounded: resource names come from untrusted pods
                 self._factor[resource] = factor
@@ -172,21 +175,27 @@ def _key(rule: QuotaRule, namespace: str, team: str | None) -> tuple[str | None,
     return rule.name, ", ".join(parts) or "all pods"
 
 
+_REQUIRED = "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
+
+
 def gpu_models(spec: Mapping[str, Any], label: str) -> frozenset[str] | None:
     """GPU models the pod may run on, from its node selector and required node affinity
-    (both must hold); ``None`` when neither constrains ``label``."""
+    (both must hold); ``None`` when neither constrains ``label``.
+
+    Raises ``requests.FieldError`` (a ``QuantityError``) when a field read has the wrong type.
+    """
     models: frozenset[str] | None = None
-    selector = spec.get("nodeSelector")
-    if selector and label in selector:
-        models = frozenset((str(selector[label]),))
-    affinity = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
-        "requiredDuringSchedulingIgnoredDuringExecution"
-    ) or {}
-    terms = affinity.get("nodeSelectorTerms") or ()
+    selector = _object(spec.get("nodeSelector"), "nodeSelector", "must be an object of node labels")
+    if label in selector:
+        models = frozenset((_label_value(selector[label], f"nodeSelector[{label}]"),))
+    affinity = _object(spec.get("affinity"), "affinity", "must be an object")
+    node = _object(affinity.get("nodeAffinity"), "affinity.nodeAffinity", "must be an object")
+    required = _object(node.get("requiredDuringSchedulingIgnoredDuringExecution"), _REQUIRED, "must be an object")
+    terms = _list(required.get("nodeSelectorTerms"), f"{_REQUIRED}.nodeSelectorTerms")
     if terms:
         allowed: set[str] = set()
-        for term in terms:  # terms are ORed: every term must pin the label for the pod to be pinned
-            values = _term_values(term, label)
+        for index, term in enumerate(terms):  # ORed: every term must pin the label for the pod to be pinned
+            values = _term_values(term, label, f"{_REQUIRED}.nodeSelectorTerms[{index}]")
             if values is None:
                 return models
             allowed |= values
@@ -194,13 +203,44 @@ def gpu_models(spec: Mapping[str, Any], label: str) -> frozenset[str] | None:
     return models
 
 
-def _term_values(term: Mapping[str, Any], label: str) -> set[str] | None:
+def _term_values(term: Any, label: str, where: str) -> set[str] | None:
+    term = _object(term, where, "must be an object")
     values: set[str] | None = None
-    for expr in term.get("matchExpressions") or ():
+    for index, expr in enumerate(_list(term.get("matchExpressions"), f"{where}.matchExpressions")):
+        at = f"{where}.matchExpressions[{index}]"
+        expr = _object(expr, at, "must be an object")
         if expr.get("key") == label and expr.get("operator") == "In":
-            found = {str(v) for v in expr.get("values") or ()}
+            listed = _list(expr.get("values"), f"{at}.values")
+            found = {_label_value(v, f"{at}.values[{i}]") for i, v in enumerate(listed)}
             values = found if values is None else values & found
     return values
 
 
+def _object(value: Any, where: str, problem: str) -> Mapping[str, Any]:
+    """``value`` when it is an object, empty when unset; else ``FieldError`` naming ``where``."""
+    if value is None:
+        return _EMPTY
+    if type(value) is dict or isinstance(value, Mapping):
+        return value
+    raise requests.FieldError(where, problem)
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    raise requests.FieldError(where, "must be a list")
+
+
+def _label_value(value: Any, where: str) -> str:
+    """A label value as text (YAML may give a number); a list or an object is refused."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | dict) or value is None:
+        raise requests.FieldError(where, "must be a string (a node label value)")
+    return str(value)
+
+
+_EMPTY: Mapping[str, Any] = {}
 _NO_DEMAND = Demand({}, None, {})

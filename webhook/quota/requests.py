@@ -31,40 +31,85 @@ class Mismatch:
     limit: str
 
 
-def container_requests(container: Mapping[str, Any], counts: Counts) -> dict[str, int]:
-    """Requests (milli-units) of the counted resources of one container, limits filling gaps."""
+class FieldError(quantity.QuantityError):
+    """A field the GPU arithmetic reads has the wrong JSON type or holds an invalid quantity.
+
+    ``field`` is its path inside the pod spec ("containers[0].resources.limits"); the check puts
+    the pod spec's own path in front. The API server would refuse such a pod, so judging it as
+    unreadable (a violation) never blocks a valid one.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+_QUANTITIES = "must be an object of quantities"
+
+
+def container_requests(
+    container: Mapping[str, Any], counts: Counts, field: str = "containers", index: int = 0
+) -> dict[str, int]:
+    """Requests (milli-units) of the counted resources of one container, limits filling gaps.
+
+    ``field[index]`` is where the container sits in the pod spec, for ``FieldError`` (the path is
+    only built on error: this runs for every container of every pod). Every counted limit is read,
+    even one its request overrides, so an invalid one is reported whatever the rules.
+    """
+    if not (type(container) is dict or isinstance(container, Mapping)):
+        raise FieldError(f"{field}[{index}]", "must be an object")
     resources = container.get("resources")
     if not resources:
         return {}
-    requests = resources.get("requests") or {}
-    limits = resources.get("limits") or {}
+    if not (type(resources) is dict or isinstance(resources, Mapping)):
+        raise FieldError(f"{field}[{index}].resources", "must be an object with requests and limits")
+    requests = resources.get("requests")
+    if requests is None:
+        requests = _EMPTY
+    elif not (type(requests) is dict or isinstance(requests, Mapping)):
+        raise FieldError(f"{field}[{index}].resources.requests", _QUANTITIES)
+    limits = resources.get("limits")
+    if limits is None:
+        limits = _EMPTY
+    elif not (type(limits) is dict or isinstance(limits, Mapping)):
+        raise FieldError(f"{field}[{index}].resources.limits", _QUANTITIES)
     out: dict[str, int] = {}
-    for name, value in requests.items():
-        if counts(name):
-            out[name] = quantity.milli(value)
-    for name, value in limits.items():
-        if name not in requests and counts(name):
-            out[name] = quantity.milli(value)
+    section, name = "requests", ""
+    milli = quantity.milli
+    try:
+        for name, value in requests.items():
+            if counts(name):
+                out[name] = milli(value)
+        section = "limits"
+        for name, value in limits.items():
+            if counts(name):
+                amount = milli(value)
+                if name not in requests:
+                    out[name] = amount
+    except quantity.QuantityError as exc:
+        raise FieldError(f"{field}[{index}].resources.{section}[{name}]", str(exc)) from None
     return out
 
 
 def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
     """Effective requests (milli-units) of the counted resources; empty when the pod asks none.
 
-    Raises ``QuantityError`` for a quantity that does not parse.
+    Raises ``FieldError`` (a ``QuantityError``) for a field of the wrong type or a quantity that
+    does not parse.
     """
     total: dict[str, int] = {}
-    for container in spec.get("containers") or ():
-        _add(total, container_requests(container, counts))
-    init_containers = spec.get("initContainers")
+    for index, container in enumerate(_containers(spec, "containers")):
+        _add(total, container_requests(container, counts, "containers", index))
+    init_containers = _containers(spec, "initContainers")
     if init_containers:
         # Upstream also takes the max with the running sidecar sum after each sidecar; ``total``
         # already holds every sidecar, so only a regular init container (plus the sidecars
         # started before it) can raise the peak.
         sidecars: dict[str, int] = {}
         init_peak: dict[str, int] = {}
-        for container in init_containers:
-            own = container_requests(container, counts)
+        for index, container in enumerate(init_containers):
+            own = container_requests(container, counts, "initContainers", index)
             if not own:
                 continue
             if container.get("restartPolicy") == "Always":
@@ -76,28 +121,79 @@ def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
                 _max(init_peak, own)
         if init_peak:
             _max(total, init_peak)
-    overhead = spec.get("overhead")
+    overhead = _quantities(spec.get("overhead"), "overhead", "")
     if overhead:
-        _add(total, {k: quantity.milli(v) for k, v in overhead.items() if counts(k)})
+        _add(total, {k: _milli(v, "overhead", k) for k, v in overhead.items() if counts(k)})
     return {k: v for k, v in total.items() if v}
 
 
 def mismatches(spec: Mapping[str, Any], counts: Counts) -> Iterator[Mismatch]:
     """Containers whose request of a counted resource is set and differs from its limit (or
     that request one without a limit). A limit without a request is fine: the request defaults
-    to it."""
+    to it. Raises ``FieldError`` like ``pod_requests``."""
     for field in ("initContainers", "containers"):
-        for index, container in enumerate(spec.get(field) or ()):
+        for index, container in enumerate(_containers(spec, field)):
+            where = f"{field}[{index}]"
+            if not _is_object(container):
+                raise FieldError(where, "must be an object")
             resources = container.get("resources")
             if not resources:
                 continue
-            limits = resources.get("limits") or {}
-            for name, req in (resources.get("requests") or {}).items():
+            if not _is_object(resources):
+                raise FieldError(f"{where}.resources", "must be an object with requests and limits")
+            limits = _quantities(resources.get("limits"), where, "limits")
+            for name, req in _quantities(resources.get("requests"), where, "requests").items():
                 lim = limits.get(name)
                 if req == lim or not counts(name):
                     continue
-                if lim is None or quantity.parse(req) != quantity.parse(lim):
-                    yield Mismatch(field, index, str(container.get("name", index)), name, str(req), str(lim))
+                if lim is None or _exact(req, f"{where}.resources.requests", name) != _exact(
+                    lim, f"{where}.resources.limits", name
+                ):
+                    yield Mismatch(field, index, _name(container, index), name, str(req), str(lim))
+
+
+def _is_object(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+def _containers(spec: Mapping[str, Any], field: str) -> list[Any]:
+    listed = spec.get(field)
+    if listed is None:
+        return []
+    if not isinstance(listed, list):
+        raise FieldError(field, "must be a list of containers")
+    return listed
+
+
+def _quantities(value: Any, where: str, section: str) -> Mapping[str, Any]:
+    """``value`` as a name -> quantity object: empty when unset, ``FieldError`` when not an object."""
+    if value is None:
+        return _EMPTY
+    if type(value) is dict or isinstance(value, Mapping):
+        return value
+    raise FieldError(f"{where}.resources.{section}" if section else where, _QUANTITIES)
+
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+def _milli(value: Any, where: str, name: str) -> int:
+    try:
+        return quantity.milli(value)
+    except quantity.QuantityError as exc:
+        raise FieldError(f"{where}[{name}]", str(exc)) from None
+
+
+def _exact(value: Any, where: str, name: str) -> Any:
+    try:
+        return quantity.parse(value)
+    except quantity.QuantityError as exc:
+        raise FieldError(f"{where}[{name}]", str(exc)) from None
+
+
+def _name(container: Mapping[str, Any], index: int) -> str:
+    name = container.get("name")
+    return name if isinstance(name, str) else str(index)
 
 
 def _add(into: dict[str, int], other: Mapping[str, int]) -> None:

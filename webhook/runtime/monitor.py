@@ -76,7 +76,7 @@ class Monitor:
         *,
         queue_batches: int = 64,
         hostname: str | None = None,
-        restart_backoff: tuple[float, float] = (0.5, 30.0),
+        restart_backoff: tuple[float, float] | None = (0.5, 30.0),  # None: a dying source ends the run
         table: state.ProcessTable | None = None,
         metadata: Any = None,
     ) -> None:
@@ -153,13 +153,13 @@ class Monitor:
 
     async def _produce(self) -> None:
         """Feed the queue; a live source that dies is started again with backoff (counted)."""
-        delay, most = self._backoff
+        delay, most = self._backoff or (0.0, 0.0)
         while True:
             try:
                 await self._feed()
                 return
             except errors.UpstreamError as exc:
-                if not self.source.live or self._stopping.is_set():
+                if not self.source.live or self._stopping.is_set() or self._backoff is None:
                     raise
                 self.metrics.source_restarts += 1
                 _log.error(

@@ -45,7 +45,11 @@ def parse_docker_config(data: bytes) -> dict[str, Credentials]:
         if not (isinstance(username, str) and isinstance(password, str)) and isinstance(entry.get("auth"), str):
             try:
                 username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except (ValueError, binascii.Error) as exc:  # ValueError also covers non-ASCII text, bad UTF-8
+                # Only this entry is unusable: the other registries in the secret still apply.
+                log.warning(
+                    "imagePullSecret entry %r skipped: its auth field is not base64 of user:password (%s)", key, exc
+                )
                 continue
         if isinstance(username, str) and isinstance(password, str) and username:
             found[normalize_registry(key)] = Credentials(username, password)

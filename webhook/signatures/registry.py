@@ -370,4 +370,6 @@ def _descriptors(body: bytes) -> list[dict[str, Any]]:
     except orjson.JSONDecodeError:
         return []
     manifests = data.get("manifests") if isinstance(data, dict) else None
-    return [m for m in manifests or () if isinstance(m, dict) and isinstance(m.get("digest"), str)]
+    if not isinstance(manifests, list):  # absent, or not the list an index holds: no descriptors
+        return []
+    return [m for m in manifests if isinstance(m, dict) and isinstance(m.get("digest"), str)]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from webhook.admission.decision import Violation
-from webhook.checks.pss.view import CheckFn, ContainerView, PodView, Stamp, finding, items, mapping
+from webhook.checks.pss.view import CheckFn, ContainerView, PodView, Stamp, finding, items, mapping, one_of
 
 NONE: list[Violation] = []  # shared "allowed" answer; callers never mutate it
 
@@ -83,7 +83,7 @@ def capabilities_baseline(pod: PodView, stamp: Stamp) -> list[Violation]:
     out = NONE
     for c in pod.containers:
         added = items(mapping(c.sc.get("capabilities")).get("add"))
-        bad = [cap for cap in added if cap not in BASELINE_CAPABILITIES]
+        bad = [cap for cap in added if not one_of(cap, BASELINE_CAPABILITIES)]
         if bad:
             out = out or []
             out.append(
@@ -151,7 +151,7 @@ def app_armor_profile(pod: PodView, stamp: Stamp) -> list[Violation]:
     fix = "set appArmorProfile.type to RuntimeDefault or Localhost, or remove it"
     for where, sc, container in pod.contexts:
         profile = sc.get("appArmorProfile")
-        if profile is not None and mapping(profile).get("type") not in _APPARMOR_TYPES:
+        if profile is not None and not one_of(mapping(profile).get("type"), _APPARMOR_TYPES):
             out = out or []
             kind = mapping(profile).get("type", "")
             out.append(
@@ -194,8 +194,10 @@ def selinux_options(allowed_types: frozenset[str]) -> CheckFn:
                 continue
             options = mapping(options)
             path = f"{where}.securityContext.seLinuxOptions"
-            kind = options.get("type") or ""
-            if kind not in allowed_types:
+            kind = options.get("type")
+            if kind is None:
+                kind = ""  # unset: PSA reads the typed field's zero value
+            if not one_of(kind, allowed_types):
                 out = out or []
                 allowed = ", ".join(sorted(t for t in allowed_types if t))
                 out.append(
@@ -208,7 +210,8 @@ def selinux_options(allowed_types: frozenset[str]) -> CheckFn:
                     )
                 )
             for key in ("user", "role"):
-                if options.get(key):
+                value = options.get(key)
+                if value is not None and value != "":  # any other value, of any type, is custom
                     out = out or []
                     out.append(
                         finding(
@@ -288,7 +291,7 @@ def seccomp_baseline(pod: PodView, stamp: Stamp) -> list[Violation]:
     out = NONE
     for where, sc, container in pod.contexts:
         profile = sc.get("seccompProfile")
-        if profile is not None and mapping(profile).get("type") not in SECCOMP_TYPES:
+        if profile is not None and not one_of(mapping(profile).get("type"), SECCOMP_TYPES):
             out = out or []
             out.append(
                 finding(
@@ -310,7 +313,7 @@ def sysctls(allowed: frozenset[str]) -> CheckFn:
         out = NONE
         for index, sysctl in enumerate(items(pod.sc.get("sysctls"))):
             name = mapping(sysctl).get("name", "")
-            if name not in allowed:
+            if not one_of(name, allowed):
                 out = out or []
                 out.append(
                     finding(

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from webhook.admission.decision import Violation
 from webhook.checks.pss.baseline import NONE, SECCOMP_TYPES
-from webhook.checks.pss.view import EMPTY, CheckFn, PodView, Stamp, finding, items, mapping
+from webhook.checks.pss.view import EMPTY, CheckFn, PodView, Stamp, finding, items, mapping, one_of
 
 
 def allow_privilege_escalation(*, exempt_windows: bool) -> CheckFn:
@@ -225,14 +225,14 @@ def seccomp_restricted(*, exempt_windows: bool) -> CheckFn:
         pod_profile = pod.sc.get("seccompProfile")
         pod_set = False
         if pod_profile is not None:
-            if mapping(pod_profile).get("type") in SECCOMP_TYPES:
+            if one_of(mapping(pod_profile).get("type"), SECCOMP_TYPES):
                 pod_set = True
             else:
                 out = [_seccomp_bad(stamp, pod.path, None, pod_profile)]
         for c in pod.containers:
             profile = c.sc.get("seccompProfile")
             if profile is not None:
-                if mapping(profile).get("type") not in SECCOMP_TYPES:
+                if not one_of(mapping(profile).get("type"), SECCOMP_TYPES):
                     out = out or []
                     out.append(_seccomp_bad(stamp, c.path, c.name, profile))
             elif not pod_set:

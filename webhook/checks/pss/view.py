@@ -33,6 +33,12 @@ def items(value: Any) -> list[Any] | tuple[()]:
     return value if isinstance(value, list) else ()
 
 
+def one_of(value: Any, allowed: frozenset[str]) -> bool:
+    """``value`` is one of the ``allowed`` strings. A value of another JSON type (a list or an
+    object would not even hash) is never allowed: PSA judges it like any value outside its set."""
+    return isinstance(value, str) and value in allowed
+
+
 class ContainerView(NamedTuple):
     """One container: its name (as PSA reports it), field path, raw object and security context.
 
