@@ -83,7 +83,8 @@ async def test_team_quota_sums_every_namespace_of_the_team(
             "quotas": [{"name": "vision", "team": "vision", "limit": 3}, {"name": "teams", "per": "team", "limit": 4}]
         }
     )
-    await eventually(lambda: len(check.ledger) == 1)
+    # team quotas also need the namespaces listed: the pod may be counted before they are
+    await eventually(lambda: check.ready() and len(check.ledger) == 1)
     message = denial(await admit(pipeline, make_pod("b", "ml2", gpus=2, phase=None)))
     assert "GPU quota 'vision' (team vision) exceeded: 2 of 3 GPUs in use" in message
     speech = await admit(pipeline, make_pod("c", "audio", gpus=4, phase=None))

@@ -2,7 +2,10 @@
 
 Follows apimachinery's grammar: ``<sign><digits>[.<digits>]<suffix>`` with binary suffixes
 (Ki..Ei), decimal SI suffixes (n u m "" k M G T P E) and decimal exponents (e3, E-2). Values
-are exact (``Fraction``) and rounded *up* to milli-units, as ``Quantity.MilliValue`` does.
+are exact (``Fraction``) to the nano, rounded up away from zero as ``ParseQuantity`` does, and
+rounded *up* to milli-units as ``Quantity.MilliValue`` does. apimachinery keeps the exponent in
+an int32 and caps values at int64; beyond either, a value is refused (``QuantityError``) before
+any large number is computed, so "1e999999999" costs microseconds.
 """
 
 from __future__ import annotations
