@@ -93,9 +93,11 @@ async def test_reviews_without_an_apiserver_client_certificate_are_refused(tmp_p
                 async with session.post(f"https://127.0.0.1:{port}/validate", json=review(pod())) as r:
                     await r.read()
         ctx.load_cert_chain(client_cert, client_key)
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
-            async with session.post(f"https://127.0.0.1:{port}/validate", json=review(pod())) as r:
-                assert r.status == 200
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+            session.post(f"https://127.0.0.1:{port}/validate", json=review(pod())) as r,
+        ):
+            assert r.status == 200
         async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{health_port}/readyz") as r:
             assert r.status == 200
     finally:

@@ -101,7 +101,8 @@ async def test_killed_bpftrace_is_restarted_and_alerts_continue(tmp_path: Path) 
             if mon.metrics.source_restarts == 1 and source._proc is not None and source.decoder.ready:
                 break
         assert mon.metrics.source_restarts == 1
-        assert source._proc is not None and source._proc.pid != first.pid
+        assert source._proc is not None
+        assert source._proc.pid != first.pid
         for _ in range(300):
             await asyncio.to_thread(subprocess.run, ["cat", "/etc/shadow"], stdout=subprocess.DEVNULL, check=True)
             await asyncio.sleep(0.1)

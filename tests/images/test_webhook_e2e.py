@@ -54,8 +54,11 @@ async def test_mutate_pins_and_validate_refuses_a_moved_tag(registry: Any, tools
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started, stop = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(service.serve(cfg, service.Listen("127.0.0.1", port), files.cert, files.key,
-                                             pipeline=service.build_pipeline(cfg), started=started, stop=stop))  # fmt: skip
+    listen = service.Listen("127.0.0.1", port)
+    pipeline = service.build_pipeline(cfg)
+    task = asyncio.create_task(
+        service.serve(cfg, listen, files.cert, files.key, pipeline=pipeline, started=started, stop=stop)
+    )
     await asyncio.wait_for(started.wait(), 10)
     base = f"https://127.0.0.1:{port}"
     ctx = ssl.create_default_context(cafile=str(files.ca_cert))

@@ -119,7 +119,7 @@ def _nanos(whole: str, frac: str, twos: int, exp: int, text: str) -> int:
         nanos += bool(remainder) or inexact
     if nanos > _MAX_NANOS:
         raise _too_large(text)
-    return nanos
+    return int(nanos)
 
 
 def _too_large(text: str) -> QuantityError:
