@@ -131,7 +131,9 @@ async def test_unknown_kind_is_an_error_naming_the_kind() -> None:
 
 
 async def test_namespace_label_sets_the_mode() -> None:
-    cfg = config_mod.parse({"namespaces": {"dev": {"labels": {"portcullis.dev/privilege": "warn"}}}})
+    cfg = config_mod.parse(
+        {"mode_labels": "any", "namespaces": {"dev": {"labels": {"portcullis.dev/privilege": "warn"}}}}
+    )
     outcome = await judge(Pipeline(cfg, [DenyPrivileged()]), privileged_pod(), namespace="dev")
     assert outcome.verdict.allowed
     assert any("privileged" in w for w in outcome.verdict.warnings)

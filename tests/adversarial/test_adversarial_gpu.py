@@ -52,15 +52,13 @@ async def test_nvidia_visible_devices_env_is_not_a_way_around_the_gpu_rules() ->
     assert (await judge(harmless, CFG)).verdict.allowed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DRA resourceClaims are not read: a GPU requested through a ResourceClaimTemplate of a GPU "
-    "DeviceClass escapes the runtime class rule and the quota. Fix: configured GPU device classes, "
-    "the claim template's deviceClassName looked up through the API (with the lookup's failure mode)",
-)
 async def test_gpu_requested_through_dynamic_resource_allocation_counts() -> None:
+    """No API server here: the claim template cannot be read, so the pod counts as a GPU pod."""
     obj = pod(
         resourceClaims=[{"name": "gpu", "resourceClaimTemplateName": "single-gpu"}],
         containers=[_trainer(resources={"claims": [{"name": "gpu"}]})],
     )
-    assert not (await judge(obj, CFG)).verdict.allowed
+    outcome = await judge(obj, CFG)
+    assert not outcome.verdict.allowed
+    assert "runtimeclass:gpu" in {v.check for v in outcome.verdict.denials}
+    assert "could not be determined" in outcome.verdict.deny_message()

@@ -912,6 +912,7 @@ def test_webhook_rbac_is_least_privilege(chart: helm.Chart) -> None:
     assert _grants(objects, FULLNAME) == {
         ("*", "", "pods", "list"),
         ("*", "", "pods", "watch"),
+        ("*", "", "namespaces", "get"),
         ("*", "", "namespaces", "list"),
         ("*", "", "namespaces", "watch"),
         ("*", "node.k8s.io", "runtimeclasses", "list"),

@@ -8,8 +8,9 @@ upstream failures into each check's failure mode, combine.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,6 +82,10 @@ class Pipeline:
         self.config = config
         self.checks = tuple(checks)
         self._namespaces = namespaces
+        # ``lookup(namespace, deadline)``: a live GET on a miss; only sources with an API client have one.
+        self._lookup: Callable[[str, Deadline], Awaitable[Mapping[str, str] | None]] | None = getattr(
+            namespaces, "lookup", None
+        )
         # Checks whose run may await I/O start first and overlap; the rest run inline.
         self._io_checks = tuple(c for c in self.checks if getattr(c, "does_io", False) and c.id != "rego")
         self._inline_checks = tuple(c for c in self.checks if c not in self._io_checks and c.id != "rego")
@@ -110,8 +115,31 @@ class Pipeline:
             labels = self._namespaces.labels(namespace)
             if labels is not None:
                 return labels
+        return self._default_labels(namespace)
+
+    def _default_labels(self, namespace: str) -> Mapping[str, str]:
         settings = self.config.namespaces.get(namespace)
         return settings.labels if settings is not None else {}
+
+    async def _looked_up_labels(self, namespace: str, deadline: Deadline) -> tuple[Mapping[str, str], str]:
+        """Labels of a namespace the watch has not delivered yet (cache miss), plus what went wrong.
+
+        Like Pod Security Admission, a miss GETs the namespace (half the remaining budget: the
+        checks need the rest). Unlike it, a failed GET does not deny by itself: the checks judge
+        with the config's labels for the namespace (the cluster admin's baseline) and the verdict
+        carries a warning naming the failure (see SECURITY.md, "A namespace not seen yet").
+        A namespace that does not exist (404) gets the same defaults, without a warning.
+        """
+        if self._lookup is None or not namespace:
+            return self._default_labels(namespace), ""
+        left = deadline.remaining()
+        budget = deadline if left == float("inf") else Deadline.after(left / 2)
+        try:
+            labels = await self._lookup(namespace, budget)
+        except errors.UpstreamError as exc:
+            log.warning("namespace %r: labels unavailable: %s", namespace, exc)
+            return self._default_labels(namespace), f"labels of namespace {namespace!r} unavailable ({exc})"
+        return (labels if labels is not None else self._default_labels(namespace)), ""
 
     async def evaluate(self, subject: Subject, deadline: Deadline, *, only: frozenset[str] | None = None) -> Outcome:
         """Judge one subject. Raises ``ReviewError`` only for content that cannot be judged.
@@ -132,7 +160,11 @@ class Pipeline:
             old_pods = workloads.pod_specs(subject.old_object, subject.kind)
             if _same_judged_content(pods, old_pods):
                 return _skipped("the update changes nothing a check looks at", pods)
-        labels = self.namespace_labels(subject.namespace)
+        # Hot path: a dict lookup; only a namespace the watch has not delivered yet awaits a GET.
+        found = self._namespaces.labels(subject.namespace) if self._namespaces is not None else None
+        labels, unavailable = (
+            (found, "") if found is not None else await self._looked_up_labels(subject.namespace, deadline)
+        )
         ctx = RequestContext(
             operation=subject.operation,
             kind=subject.kind,
@@ -157,6 +189,9 @@ class Pipeline:
         ]
         results = await self._run(active, pods, ctx)
         verdict = combine(results, modes)
+        if unavailable:
+            note = f"[portcullis] {unavailable}; judged with the config's default labels"
+            verdict = dataclasses.replace(verdict, warnings=(note, *verdict.warnings))
         if reason:
             verdict = _with_exempt_reason(verdict, reason)
         return Outcome(verdict, tuple(pods), ctx.shared, tuple(results))

@@ -16,13 +16,14 @@ from typing import Any
 from webhook import errors
 from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
 from webhook.admission.workloads import PodSpecRef
+from webhook.checks import claims
 from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.quota import KubernetesConfig
 from webhook.quota import coordination, metrics, quantity, requests
 from webhook.quota.ledger import Ledger, QuotaView
-from webhook.quota.model import Demand, QuotaModel
+from webhook.quota.model import Demand, QuotaModel, gpu_models
 from webhook.quota.watch import PodWatch
 
 CHECK_ID = "gpu"
@@ -49,6 +50,7 @@ class GpuCheck:
         namespaces: Any = None,
         ci: bool = False,
         owns_namespaces: bool = False,
+        directory: claims.ClaimDirectory | None = None,
     ) -> None:
         settings = config.checks.get(CHECK_ID)
         self.failure_mode = settings.failure_mode if settings is not None else FailureMode.DENY
@@ -58,7 +60,10 @@ class GpuCheck:
         self.watch = watch
         self.namespaces = namespaces
         self.ci = ci
-        self.does_io = bool(coordinator is not None and coordinator.does_io)
+        self.directory = directory
+        self.does_io = bool(coordinator is not None and coordinator.does_io) or directory is not None
+        self._is_gpu_class = claims.class_matcher(config.runtimeclass.gpu_device_classes)
+        self._dra = bool(config.quota.quotas)
         self._config = config
         self._quota = config.quota
         self._owns_namespaces = owns_namespaces
@@ -91,7 +96,15 @@ class GpuCheck:
     # -- judgement -------------------------------------------------------------------------
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         result: CheckResult | None = None
-        for pod in pods:
+        old: list[PodSpecRef] | None = None
+        for index, pod in enumerate(pods):
+            refs = claims.pod_claims(pod) if self._dra else None
+            if refs:
+                # an UPDATE keeping a pod's claims was judged when admitted (pods' claims never change)
+                old = claims.old_pods(ctx.operation, ctx.old_object, ctx.kind) if old is None else old
+                if not (index < len(old) and claims.pod_claims(old[index]) == refs):
+                    result = result or CheckResult()
+                    await self._claims(pod, refs, ctx, result)
             try:
                 demand = self.model.demand(pod.spec)
             except quantity.QuantityError as exc:
@@ -183,6 +196,48 @@ class GpuCheck:
                     f"GPU quota {view.rule!r} ({view.scope}) at {100 * after // view.limit}% after this pod: "
                     f"{self.model.gpus(after)} of {self.model.gpus(view.limit)} GPUs"
                 )
+
+    async def _claims(
+        self, pod: PodSpecRef, refs: Sequence[claims.ClaimRef], ctx: RequestContext, result: CheckResult
+    ) -> None:
+        """GPUs through DRA resource claims, where a GPU quota applies: the ledger (fed by the pod
+        watch) counts only extended resources, so such a pod would hold GPUs no quota sees. It is
+        denied, naming the count; a claim that cannot be read counts as a GPU claim (fail closed)."""
+        try:
+            models = gpu_models(pod.spec, self._quota.gpu_model_label)
+        except quantity.QuantityError:
+            models = None
+        # one GPU as nvidia.com/gpu: which quotas would a DRA GPU draw on?
+        factor = self.model.factor("nvidia.com/gpu") or self.model.scale // 1000
+        probe = Demand({"nvidia.com/gpu": 1000 * factor}, models, {"nvidia.com/gpu": 1000})
+        charges = self.model.charges(ctx.namespace, ctx.namespace_labels, probe)
+        if not charges:
+            return
+        if self.directory is None:
+            found = {ref: claims.Lookup(problem="no API server to read it from") for ref in refs}
+        else:
+            found = await self.directory.resolve(ctx.namespace, refs, ctx.deadline)
+        quota = f"GPU quota {charges[0].rule!r} ({charges[0].scope})"
+        for ref in refs:
+            lookup = found[ref]
+            if lookup.spec is None:
+                if self.directory is not None and ref.kind is not None:
+                    raise claims.ClaimLookupError(f"{ref.shown()}: {lookup.problem}")  # the failure mode decides
+                what = f"uses {ref.shown()} whose devices could not be determined ({lookup.problem})"
+            else:
+                count = claims.gpu_devices(lookup.spec, self._is_gpu_class)
+                if count == 0:
+                    continue
+                asked = "GPUs in a number that cannot be counted (allocationMode All, or no deviceClassName)"
+                what = f"asks {asked if count is None else f'{count} GPU(s)'} through {ref.shown()}"
+            message = (
+                f"{what}, which {quota} cannot count: the quota ledger counts only extended resources; "
+                "request nvidia.com/gpu in resources instead"
+            )
+            if self.ci:
+                result.warnings.append(f"[{CHECK_ID}] {message}")
+            else:
+                result.violations.append(Violation(CHECK_ID, message, path=f"{pod.path}.resourceClaims[{ref.index}]"))
 
     def _template_fits(self, pod: PodSpecRef, charges: Sequence[Any], result: CheckResult) -> None:
         for charge in charges:
@@ -281,6 +336,10 @@ def build(config: Config, services: Services, *, kubernetes: KubernetesConfig | 
     api = services.kube_api
     if services.ci or api is None or not quota.quotas:
         return GpuCheck(config, model, ci=services.ci)
+    settings = config.runtimeclass
+    directory = claims.ClaimDirectory(
+        api, version=settings.dra_api_version, cache_seconds=10.0, timeout_seconds=settings.lookup_timeout_seconds
+    )
     kube = kubernetes or _kube_config(config)
     ledger = Ledger(quota.reservation_ttl)
     for rule in quota.quotas:
@@ -311,7 +370,14 @@ def build(config: Config, services: Services, *, kubernetes: KubernetesConfig | 
     else:
         coordinator = coordination.LocalCoordinator(ledger)
     return GpuCheck(
-        config, model, ledger=ledger, coordinator=coordinator, watch=watch, namespaces=namespaces, owns_namespaces=owns
+        config,
+        model,
+        ledger=ledger,
+        coordinator=coordinator,
+        watch=watch,
+        namespaces=namespaces,
+        owns_namespaces=owns,
+        directory=directory,
     )
 
 

@@ -25,6 +25,7 @@ from webhook.admission import workloads
 from webhook.admission.deadline import Deadline
 from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
 from webhook.admission.workloads import PodSpecRef
+from webhook.checks import claims
 from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
@@ -33,6 +34,8 @@ from webhook.config.privilege import RuntimeClassConfig
 CHECK_ID = "runtimeclass"
 _MISS_REFRESH_SECONDS = 5.0  # a name missing from a list this old triggers one refresh
 _PAGE = 500
+# Claims and templates are cached only briefly: one can be deleted and recreated with another class.
+_CLAIM_CACHE_SECONDS = 10.0
 
 
 class RuntimeClassLookupError(errors.ApiServerError):
@@ -50,6 +53,8 @@ class Rules:
     untrusted_values: frozenset[str]
     sandboxed: frozenset[str]
     denied: frozenset[str]
+    device_exact: frozenset[str] = frozenset()
+    device_prefixes: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: RuntimeClassConfig) -> Rules:
@@ -61,10 +66,17 @@ class Rules:
             untrusted_values=frozenset(config.untrusted_values),
             sandboxed=frozenset(config.sandboxed_runtime_classes),
             denied=frozenset(config.denied_runtime_classes),
+            device_exact=frozenset(p for p in config.gpu_device_classes if not p.endswith("*")),
+            device_prefixes=tuple(p.rstrip("*") for p in config.gpu_device_classes if p.endswith("*")),
         )
 
     def is_gpu(self, resource: str) -> bool:
         return resource in self.gpu_exact or (bool(self.gpu_prefixes) and resource.startswith(self.gpu_prefixes))
+
+    def is_gpu_class(self, device_class: str) -> bool:
+        return device_class in self.device_exact or (
+            bool(self.device_prefixes) and device_class.startswith(self.device_prefixes)
+        )
 
 
 def runtime_class(pod: PodSpecRef) -> str | None:
@@ -168,6 +180,70 @@ def _requests_gpu(resources: Any, rules: Rules) -> bool:
     return False
 
 
+def dra_pending(
+    pods: Sequence[PodSpecRef], rules: Rules, old: Callable[[], Sequence[PodSpecRef]] = list
+) -> list[tuple[PodSpecRef, list[claims.ClaimRef]]]:
+    """Pods whose resource claims decide the GPU rule: they reference claims, run outside the GPU
+    runtime classes and request no GPU through ``resources`` (that is reported already).
+
+    ``old`` gives the pods an UPDATE replaces: one keeping both its claims and its runtime class
+    was judged when admitted, and a template deleted since must not block edits of the workload.
+    """
+    if not rules.gpu_classes:
+        return []
+    pending = []
+    previous: Sequence[PodSpecRef] | None = None
+    for index, pod in enumerate(pods):
+        refs = claims.pod_claims(pod)
+        if not refs or runtime_class(pod) in rules.gpu_classes or _gpu_container(pod, rules) is not None:
+            continue
+        previous = old() if previous is None else previous
+        kept = index < len(previous) and claims.pod_claims(previous[index]) == refs
+        if kept and runtime_class(previous[index]) == runtime_class(pod):
+            continue
+        pending.append((pod, refs))
+    return pending
+
+
+def evaluate_claims(
+    pod: PodSpecRef, refs: Sequence[claims.ClaimRef], found: Mapping[claims.ClaimRef, claims.Lookup], rules: Rules
+) -> Violation | None:
+    """The GPU finding for a pod's resource claims (pure), or None when no claim asks for a GPU.
+
+    Stated rule (fail closed): a claim whose device class cannot be determined (no API server
+    to read it from, the read failed, a request without ``deviceClassName``) counts as a GPU claim.
+    A claim of a known GPU class is reported before an undetermined one.
+    """
+    undetermined: tuple[claims.ClaimRef, str] | None = None
+    for ref in refs:
+        lookup = found.get(ref, claims.Lookup(problem="not looked up"))
+        if lookup.spec is None:
+            undetermined = undetermined or (ref, lookup.problem or "unknown")
+            continue
+        classes = lookup.spec.device_classes()
+        gpu = sorted(c for c in classes if c is not None and rules.is_gpu_class(c))
+        if gpu:
+            return _claim_violation(pod, ref, f'requests GPUs through {ref.shown()} of device class "{gpu[0]}"', rules)
+        if None in classes:
+            undetermined = undetermined or (ref, "a device request names no deviceClassName")
+    if undetermined is None:
+        return None
+    ref, problem = undetermined
+    what = f"uses {ref.shown()} whose device class could not be determined ({problem}), so it counts as a GPU claim"
+    return _claim_violation(pod, ref, what, rules)
+
+
+def _claim_violation(pod: PodSpecRef, ref: claims.ClaimRef, what: str, rules: Rules) -> Violation:
+    name = runtime_class(pod)
+    shown = f'"{name}"' if name else "the default runtime"
+    return Violation(
+        "runtimeclass:gpu",
+        f"{what}, but runs under {shown}; set runtimeClassName to {_one_of(rules.gpu_classes)}",
+        container=claims.claim_users(pod, ref.name),
+        path=f"{pod.path}.runtimeClassName",
+    )
+
+
 def _nonzero(quantity: Any) -> bool:
     return quantity not in (0, "0", None, "")
 
@@ -264,17 +340,29 @@ class RuntimeClassCheck:
     failure_mode = FailureMode.DENY
     default_mode = Mode.ENFORCE
 
-    def __init__(self, config: RuntimeClassConfig, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        config: RuntimeClassConfig,
+        catalog: Catalog | None = None,
+        directory: claims.ClaimDirectory | None = None,
+        *,
+        no_lookup: str = "no API server to read it from",
+    ) -> None:
         self._config = config
         self.rules = Rules.from_config(config)
         self.catalog = catalog
-        self.does_io = catalog is not None
+        self.directory = directory
+        self.does_io = catalog is not None or directory is not None
+        self._no_lookup = no_lookup
 
     def ready(self) -> bool:
         return True  # the lookup is lazy and has its own failure mode: never hold /readyz back
 
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         result = CheckResult(evaluate(pods, ctx.namespace_labels, self.rules))
+        pending = dra_pending(pods, self.rules, lambda: claims.old_pods(ctx.operation, ctx.old_object, ctx.kind))
+        if pending:
+            await self._check_claims(pending, ctx, result)
         if self.catalog is not None:
             await self._check_exists(pods, ctx, result)
         return result
@@ -300,6 +388,26 @@ class RuntimeClassCheck:
                         path=f"{pod.path}.runtimeClassName",
                     )
                 )
+
+    async def _check_claims(
+        self, pending: Sequence[tuple[PodSpecRef, list[claims.ClaimRef]]], ctx: RequestContext, result: CheckResult
+    ) -> None:
+        refs = [ref for _, pod_refs in pending for ref in pod_refs]
+        if self.directory is None:
+            found = {ref: claims.Lookup(problem=self._no_lookup) for ref in refs}
+        else:
+            namespace = ctx.namespace or _namespace_of(ctx.object) or "default"
+            found = await self.directory.resolve(namespace, refs, ctx.deadline)
+            if self._config.lookup_failure_mode is FailureMode.ALLOW:
+                for ref, lookup in list(found.items()):
+                    if lookup.problem is not None and ref.kind is not None:
+                        result.warnings.append(f"[{CHECK_ID}] {lookup.problem}; not counted as a GPU claim")
+                        del found[ref]
+                found = {ref: found.get(ref, claims.Lookup(claims.ClaimSpec(()))) for ref in refs}
+        for pod, pod_refs in pending:
+            violation = evaluate_claims(pod, pod_refs, found, self.rules)
+            if violation is not None:
+                result.violations.append(violation)
 
     async def _known(self, ctx: RequestContext, result: CheckResult) -> frozenset[str] | None:
         assert self.catalog is not None
@@ -335,14 +443,31 @@ def _new_names(pods: Sequence[PodSpecRef], ctx: RequestContext) -> list[tuple[st
     return named
 
 
+def _namespace_of(obj: Any) -> str | None:
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    return namespace if isinstance(namespace, str) and namespace else None
+
+
 def build(config: Config, services: Services) -> RuntimeClassCheck:
-    """The runtime class check; the existence lookup only with an API client and ``lookup`` on."""
+    """The runtime class check; the existence and claim lookups only with an API client and
+    ``lookup`` on (without them, resource claims count as GPU claims: see ``evaluate_claims``)."""
     settings = config.runtimeclass
-    catalog = None
-    if settings.lookup and services.kube_api is not None and not services.ci:
-        catalog = Catalog(
+    if not settings.lookup:
+        return RuntimeClassCheck(settings, no_lookup="runtimeclass.lookup is off, so it was not read")
+    if services.kube_api is None or services.ci:
+        return RuntimeClassCheck(settings, no_lookup="no API server to read it from")
+    catalog = Catalog(
+        services.kube_api,
+        cache_seconds=settings.cache_seconds,
+        timeout_seconds=settings.lookup_timeout_seconds,
+    )
+    directory = None
+    if settings.gpu_runtime_classes:
+        directory = claims.ClaimDirectory(
             services.kube_api,
-            cache_seconds=settings.cache_seconds,
+            version=settings.dra_api_version,
+            cache_seconds=min(settings.cache_seconds, _CLAIM_CACHE_SECONDS),
             timeout_seconds=settings.lookup_timeout_seconds,
         )
-    return RuntimeClassCheck(settings, catalog)
+    return RuntimeClassCheck(settings, catalog, directory)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import yaml
 
 from webhook import errors
+from webhook.admission import decision
 from webhook.admission.decision import Mode
 from webhook.config.admission import CheckSettings, Exemption, NamespaceSettings
 from webhook.config.audit import AuditConfig
@@ -38,9 +39,11 @@ class Config(Section, frozen=True):
     namespaces: dict[str, NamespaceSettings] = {}
     default_namespace: str = "default"
     # Namespace label that overrides a check's mode: portcullis.dev/<check>=enforce|warn|audit|off.
-    # Whoever may label namespaces may change modes (as with Pod Security Admission's labels);
-    # set to "" to ignore such labels and take modes from this file only.
     mode_label_prefix: str = "portcullis.dev/"
+    # What such a label may do. Whoever may label a namespace is often not who may set policy:
+    # tighten_only lets a label make a check stricter than configured, never weaker; any lets it
+    # relax too (off, audit, warn); ignore takes modes from this file only.
+    mode_labels: Literal["any", "tighten_only", "ignore"] = "tighten_only"
     privilege: PrivilegeConfig = PrivilegeConfig()
     runtimeclass: RuntimeClassConfig = RuntimeClassConfig()
     images: ImagesConfig = ImagesConfig()
@@ -66,12 +69,18 @@ class Config(Section, frozen=True):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
     def mode_for(self, check_id: str, namespace_labels: dict[str, str] | Any) -> Mode:
-        """The check's mode for a namespace: its label override, else the global setting."""
+        """The check's mode for a namespace: the configured one, or its label's as ``mode_labels`` allows."""
+        configured = self.check_settings(check_id).mode
         prefix = self.mode_label_prefix
-        label = namespace_labels.get(prefix + check_id) if prefix and namespace_labels else None
-        if label in _MODES:
-            return Mode(label)
-        return self.check_settings(check_id).mode
+        if not prefix or not namespace_labels or self.mode_labels == "ignore":
+            return configured
+        label = namespace_labels.get(prefix + check_id)
+        if label not in _MODES:
+            return configured
+        wanted = Mode(label)
+        if self.mode_labels == "tighten_only" and decision.weaker(wanted, configured) is wanted:
+            return configured  # the label asks for the same mode or a weaker one
+        return wanted
 
 
 _DEFAULT_SETTINGS = CheckSettings()

@@ -86,6 +86,11 @@ class RuntimeClassConfig(Section, frozen=True):
     gpu_resources: list[str] = msgspec.field(default_factory=lambda: ["nvidia.com/gpu", "nvidia.com/mig-*"])
     # Runtime classes GPU pods must use; empty turns the GPU rule off.
     gpu_runtime_classes: list[str] = []
+    # DRA DeviceClasses whose devices make a pod with resourceClaims a GPU pod ('*' at the end
+    # matches any suffix). A claim whose class cannot be read counts as a GPU claim.
+    gpu_device_classes: list[str] = msgspec.field(default_factory=lambda: ["gpu.nvidia.com", "mig.nvidia.com"])
+    # The resource.k8s.io version claims and templates are read at (v1 from Kubernetes 1.34).
+    dra_api_version: Literal["v1", "v1beta2", "v1beta1"] = "v1"
     # A namespace whose label `untrusted_label` has one of `untrusted_values` must use a sandbox.
     untrusted_label: str = "portcullis.dev/untrusted"
     untrusted_values: list[str] = msgspec.field(default_factory=lambda: ["true"])
@@ -103,6 +108,7 @@ class RuntimeClassConfig(Section, frozen=True):
             raise ValueError("lookup_timeout_seconds must be positive")
         if self.cache_seconds < 0:
             raise ValueError("cache_seconds must not be negative")
-        for pattern in self.gpu_resources:
-            if "*" in pattern.rstrip("*") or not pattern.strip("*"):
-                raise ValueError(f"gpu_resources: {pattern!r}: '*' is allowed only at the end of a name")
+        for key in ("gpu_resources", "gpu_device_classes"):
+            for pattern in getattr(self, key):
+                if "*" in pattern.rstrip("*") or not pattern.strip("*"):
+                    raise ValueError(f"{key}: {pattern!r}: '*' is allowed only at the end of a name")
