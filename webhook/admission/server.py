@@ -61,7 +61,7 @@ class WebhookServer:
         # queued before its handler ran, which neither max_in_flight nor the deadline sees.
         self.loop_lag = 0.0
         self._lag_task: asyncio.Task[None] | None = None
-        self._max_queue = settings.max_queue_seconds if settings.max_queue_seconds is not None else self._budget / 4
+        self._max_queue = settings.max_queue_seconds if settings.max_queue_seconds is not None else self._budget / 10
 
     def health_app(self) -> web.Application:
         """Probes and metrics only, for a plain-HTTP port (``server.health_listen``)."""

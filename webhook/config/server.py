@@ -22,7 +22,7 @@ class ServerConfig(Section, frozen=True):
     max_in_flight: Annotated[int, msgspec.Meta(gt=0)] = 512
     cert_reload_interval: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # Shed load (429) while reviews wait longer than this in the event loop's queue before their
-    # handler runs (default: a quarter of the request budget); also taken off each budget.
+    # handler runs (default: a tenth of the request budget); also taken off each budget.
     max_queue_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None
     # mTLS: a PEM bundle of the CAs that issue the apiserver's client certificate. When set, the
     # webhook port refuses clients without such a certificate, so no pod on the network can post
