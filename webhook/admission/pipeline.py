@@ -110,13 +110,6 @@ class Pipeline:
     def ready(self) -> bool:
         return all(getattr(c, "ready", lambda: True)() for c in self._components())
 
-    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
-        if self._namespaces is not None:
-            labels = self._namespaces.labels(namespace)
-            if labels is not None:
-                return labels
-        return self._default_labels(namespace)
-
     def _default_labels(self, namespace: str) -> Mapping[str, str]:
         settings = self.config.namespaces.get(namespace)
         return settings.labels if settings is not None else {}

@@ -113,8 +113,6 @@ class AuditRecorder:
         self.dropped = 0
 
     async def record(self, endpoint: str, request: ReviewRequest, outcome: Outcome) -> None:
-        if outcome.verdict.skipped_reason and endpoint == "mutate":
-            return
         content = decision_record(endpoint, request, outcome)
         if self._wait:
             try:

@@ -7,6 +7,8 @@ work: enforce Pod Security ``baseline``, warn on ``restricted``, latest version.
 from __future__ import annotations
 
 import re
+import typing
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,33 +136,46 @@ def _explain(message: str) -> str:
     match = _UNKNOWN.search(message)
     if match:
         at = match.group("at")
-        allowed = _allowed_keys(at)
+        node = _type_at(at)
+        allowed = (
+            sorted(f.name for f in msgspec.structs.fields(node) if f.name != "base_dir") if _is_struct(node) else []
+        )
         key = _dotted(at, match.group("field"))
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"unknown key `{key}`{hint}"
     at = re.search(r" - at `(?P<at>[^`]+)`$", message)
     if at:
-        return f"key `{_dotted(at.group('at'))}`: {message[: at.start()]}"
+        values = _allowed_values(_type_at(at.group("at")))
+        hint = f" (allowed: {', '.join(values)})" if values else ""
+        return f"key `{_dotted(at.group('at'))}`: {message[: at.start()]}{hint}"
     return message
 
 
 def _dotted(at: str, leaf: str | None = None) -> str:
     path = at.removeprefix("$").lstrip(".")
-    path = re.sub(r"\[\.\.\.\]", "", path)
+    path = path.replace("[...]", ".*")  # msgspec does not name the key of a mapping's value
     return ".".join(p for p in (path, leaf) if p)
 
 
-def _allowed_keys(at: str) -> list[str]:
+def _type_at(at: str) -> Any:
+    """The declared type of the config field at msgspec's path (``$.checks[...].mode``)."""
     node: Any = Config
-    for part in re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[([^\]]*)\]", at):
-        name, _index = part
+    for name, _index in re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[([^\]]*)\]", at):
         if name:
             fields = {f.name: f.type for f in msgspec.structs.fields(node)} if _is_struct(node) else {}
             node = _unwrap(fields.get(name))
         else:
             node = _unwrap(getattr(node, "__args__", (None,))[-1]) if node is not None else None
-    if _is_struct(node):
-        return sorted(f.name for f in msgspec.structs.fields(node) if f.name != "base_dir")
+    return node
+
+
+def _allowed_values(tp: Any) -> list[str]:
+    """The values a closed set (an Enum or a Literal, possibly optional) admits."""
+    for candidate in (tp, *getattr(tp, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, Enum):
+            return [str(m.value) for m in candidate]
+        if typing.get_origin(candidate) is Literal:
+            return [str(v) for v in typing.get_args(candidate)]
     return []
 
 
