@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from webhook.admission.workloads import pod_specs
 from webhook.checks import gpu
-from webhook.checks.base import RequestContext
 from webhook.config import parse
+from webhook.core.request import RequestContext
+from webhook.core.workloads import pod_specs
 from webhook.quota import coordination
 from webhook.quota.ledger import Ledger, PodRecord
 from webhook.quota.model import QuotaModel

@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from webhook import config as config_mod
-from webhook.admission.deadline import Deadline
-from webhook.admission.workloads import pod_specs
 from webhook.checks import images
-from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
+from webhook.core.deadline import Deadline
+from webhook.core.request import RequestContext
+from webhook.core.workloads import pod_specs
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
-from webhook.admission import workloads
 from webhook.checks import privilege
-from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.core import workloads
+from webhook.core.request import RequestContext
 
 
 def _container(name: str, image: str, port: int) -> dict[str, Any]:

@@ -23,12 +23,12 @@ import regopy
 from regopy import rego_shared
 
 from webhook import config as config_mod
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Pipeline, Subject
 from webhook.checks import rego as rego_check
-from webhook.checks.base import RequestContext
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.services import Services
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.request import RequestContext
 from webhook.policy import gatekeeper, lifecycle, modules, native, rego
 from webhook.policy import input as policy_input
 

@@ -20,7 +20,7 @@ _COMMAND_MODULES = (
     "webhook.admission.commands",  # serve, certs
     "webhook.ci.commands",  # check
     "webhook.signatures.commands",  # images export
-    "webhook.runtime.commands",  # rules
+    "webhook.runtime.rules.commands",  # rules
     "webhook.runtime.monitor_commands",  # monitor
     "webhook.policy.commands",  # policy
     "webhook.audit.commands",  # audit

@@ -2,7 +2,7 @@
 
 Two branches never mix: ``InputError`` means the caller must fix something (exit 2, HTTP 400);
 ``UpstreamError`` means something outside failed and the component's failure mode decides.
-A policy violation is never an exception: it is a value (``admission.decision.Violation``).
+A policy violation is never an exception: it is a value (``core.decision.Violation``).
 """
 
 from __future__ import annotations

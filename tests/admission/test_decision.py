@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from webhook.admission.decision import CheckResult, Mode, Violation, combine
+from webhook.core.decision import CheckResult, Mode, Violation, combine
 
 
 def test_enforce_violation_denies_and_warn_only_warns() -> None:

@@ -13,11 +13,11 @@ import pytest
 
 from webhook import config as config_mod
 from webhook import errors
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import Mode
-from webhook.admission.pipeline import Outcome, Pipeline, Subject
 from webhook.checks import privilege
+from webhook.checks.pipeline import Outcome, Pipeline, Subject
 from webhook.checks.services import Services
+from webhook.core.deadline import Deadline
+from webhook.core.decision import Mode
 
 LABEL = "portcullis.dev/privilege"
 MODES = ("off", "audit", "warn", "enforce")

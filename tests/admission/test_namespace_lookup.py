@@ -24,11 +24,11 @@ import pytest
 from aiohttp import web
 
 from webhook import config as config_mod
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Outcome, Pipeline, Subject
 from webhook.checks import privilege
+from webhook.checks.pipeline import Outcome, Pipeline, Subject
 from webhook.checks.services import Services
-from webhook.config.quota import KubernetesConfig
+from webhook.config.kubernetes import KubernetesConfig
+from webhook.core.deadline import Deadline
 from webhook.kube import client as kube_client
 from webhook.kube.namespaces import NamespaceDirectory
 

@@ -15,11 +15,11 @@ import pytest
 
 from webhook import config as config_mod
 from webhook import errors
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
-from webhook.admission.pipeline import Pipeline, Subject
-from webhook.admission.workloads import PodSpecRef
-from webhook.checks.base import RequestContext
+from webhook.checks.pipeline import Pipeline, Subject
+from webhook.core.deadline import Deadline
+from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 
 from .conftest import pod
 

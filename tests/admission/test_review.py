@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from webhook import errors
 from webhook.admission import review
-from webhook.admission.decision import Finding, Mode, Verdict, Violation
+from webhook.core.decision import Finding, Mode, Verdict, Violation
 
 from .conftest import pod
 from .conftest import review as make_review

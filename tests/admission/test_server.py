@@ -14,8 +14,8 @@ import pytest
 
 from webhook import config as config_mod
 from webhook.admission import certs
-from webhook.admission.pipeline import Outcome, Pipeline
 from webhook.admission.review import ReviewRequest
+from webhook.checks.pipeline import Outcome, Pipeline
 
 from .conftest import pod, review
 from .test_pipeline import DenyPrivileged, SlowUpstream, privileged_pod

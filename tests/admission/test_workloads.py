@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from webhook import errors
-from webhook.admission import workloads
+from webhook.core import workloads
 
 SPEC = {
     "initContainers": [{"name": "init"}],

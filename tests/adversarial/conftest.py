@@ -18,9 +18,9 @@ import pytest
 
 from webhook import config as config_mod
 from webhook.admission import certs, service
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Outcome, Subject
 from webhook.admission.service import build_pipeline
+from webhook.checks.pipeline import Outcome, Subject
+from webhook.core.deadline import Deadline
 
 RESTRICTED_SC = {
     "runAsNonRoot": True,

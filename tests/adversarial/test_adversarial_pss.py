@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from webhook.admission.workloads import PodSpecRef
 from webhook.checks import privilege
+from webhook.core.workloads import PodSpecRef
 
 from .conftest import RESTRICTED_SC, checks_found, judge, pod
 

@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from webhook import config as config_mod
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Pipeline, Subject
 from webhook.checks import images as images_check
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.services import Services
+from webhook.core.deadline import Deadline
 from webhook.signatures import cosign
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"

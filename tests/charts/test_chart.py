@@ -30,11 +30,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook import config as portcullis_config
 from webhook.admission import certs as admission_certs
-from webhook.admission import pipeline as admission_pipeline
+from webhook.checks import pipeline as admission_pipeline
 from webhook.admission import tls as admission_tls
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
 
 pytestmark = pytest.mark.helm
 

@@ -11,16 +11,16 @@ import pytest
 
 from webhook import config as config_mod
 from webhook import errors
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import Mode, Violation
-from webhook.admission.pipeline import Pipeline, Subject
 from webhook.checks import privilege
-from webhook.checks.base import RequestContext
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.pss import policy, registry
 from webhook.checks.pss.policy import LevelVersion, Policy
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.decision import Mode, Violation
+from webhook.core.request import RequestContext
 
 PSA = "pod-security.kubernetes.io/"
 

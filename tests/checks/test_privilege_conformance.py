@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Pipeline, Subject
 from webhook.checks import privilege
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.pss import registry
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
 
 TESTDATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "conformance" / "psa" / "testdata"
 FIXTURES = sorted(TESTDATA.glob("*/v1.*/*/*.yaml"))

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from webhook.admission import workloads
-from webhook.admission.decision import Violation
 from webhook.checks import privilege
+from webhook.core import workloads
+from webhook.core.decision import Violation
 
 
 def _pod(spec: dict[str, Any]) -> dict[str, Any]:

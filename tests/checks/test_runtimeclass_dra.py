@@ -20,14 +20,14 @@ from kubernetes import client
 
 from webhook import config as config_mod
 from webhook import errors
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import Verdict
-from webhook.admission.pipeline import Pipeline, Subject
 from webhook.checks import claims, gpu, runtimeclass
-from webhook.checks.base import RequestContext
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.decision import Verdict
+from webhook.core.request import RequestContext
 from webhook.quota.model import QuotaModel
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import config as config_mod
-from webhook.admission.decision import CheckResult, FailureMode, Mode
-from webhook.admission.pipeline import Pipeline
-from webhook.admission.workloads import PodSpecRef
-from webhook.checks.base import RequestContext
+from webhook.checks.pipeline import Pipeline
+from webhook.core.decision import CheckResult, FailureMode, Mode
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 
 from .conftest import pod_review
 

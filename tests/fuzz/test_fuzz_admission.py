@@ -23,12 +23,13 @@ from hypothesis import strategies as st
 
 from webhook import config as config_mod
 from webhook import errors
-from webhook.admission import review, server, workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Pipeline, Subject
-from webhook.checks.base import RequestContext
+from webhook.admission import review, server
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.registry import build_checks
 from webhook.checks.services import Services
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.request import RequestContext
 
 from . import known
 from . import strategies as S

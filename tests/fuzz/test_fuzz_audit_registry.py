@@ -24,8 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
 from webhook.audit import merkle, note, proofs, records, tiles, witness
+from webhook.core.deadline import Deadline
 from webhook.signatures import credentials, reference, registry
 
 from . import strategies as S

@@ -503,8 +503,8 @@ class Env:
     async def admit(
         self, check: Any, *images: str, budget: float = 10.0, kind: str = "Pod", pull_secrets: tuple[str, ...] = ()
     ) -> Any:
-        from webhook.admission.deadline import Deadline
-        from webhook.admission.pipeline import Pipeline, Subject
+        from webhook.checks.pipeline import Pipeline, Subject
+        from webhook.core.deadline import Deadline
 
         containers = [{"name": f"c{i}", "image": image} for i, image in enumerate(images)]
         spec: dict[str, Any] = {"containers": containers}

@@ -376,10 +376,10 @@ def test_not_judged_images_are_listed_in_the_check_context(world: World) -> None
     import asyncio
 
     from webhook import config as config_mod
-    from webhook.admission.deadline import Deadline
-    from webhook.admission.pipeline import Pipeline, Subject
     from webhook.checks import images
+    from webhook.checks.pipeline import Pipeline, Subject
     from webhook.checks.services import Services
+    from webhook.core.deadline import Deadline
 
     cfg = config_mod.load(world.config())
     check = images.build(cfg, Services(ci=True))

@@ -72,7 +72,7 @@ def documents() -> list[dict[str, Any]]:
     """Reviews across the library's branches (GPUs, hostIPC, labels, digests, replicas)."""
     out: list[dict[str, Any]] = []
     for sample in probe.SAMPLES:
-        base = probe._document(sample)
+        base = probe.sample_document(sample)
         out.append(base)
         bare = copy.deepcopy(base)
         bare["request"]["object"]["metadata"]["labels"] = {"team": " "}
@@ -117,7 +117,7 @@ def test_pruned_gatekeeper_evaluation_matches_the_whole_input() -> None:
 
 def test_unreadable_fields_no_longer_reach_the_engine() -> None:
     compiled = rego.load_directory([ROOT / "policies"])
-    document = probe._document(probe.SAMPLES[0])
+    document = probe.sample_document(probe.SAMPLES[0])
     document["request"]["oldObject"] = {"metadata": {"annotations": {"note": "\udcff"}}}
     assert all(r.error is None for r in compiled.evaluate(document))
 
@@ -126,7 +126,7 @@ def test_unreadable_plan_falls_back_to_the_whole_input(monkeypatch: pytest.Monke
     monkeypatch.setattr(native, "bundle_bytes", lambda bundle: b"REGOBUND\x01\x01 truncated")
     compiled = rego.load_directory([ROOT / "policies"])
     assert compiled.input_reads is None
-    assert all(r.error is None for r in compiled.evaluate(probe._document(probe.SAMPLES[0])))
+    assert all(r.error is None for r in compiled.evaluate(probe.sample_document(probe.SAMPLES[0])))
 
 
 def test_plan_reader_rejects_what_it_does_not_understand() -> None:
@@ -203,7 +203,7 @@ def random_document(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.3:
         workload["parallelism"] = rng.randint(1, 5)
     obj = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w", "labels": labels}, "spec": workload}
-    review = probe._review(obj) | {"oldObject": rng.choice([None, copy.deepcopy(obj)])}
+    review = probe.sample_review(obj) | {"oldObject": rng.choice([None, copy.deepcopy(obj)])}
     ns_labels = rng.choice([{}, {"portcullis.dev/max-gpus": str(rng.randint(1, 32))}])
     return {
         "apiVersion": "portcullis.dev/v1",

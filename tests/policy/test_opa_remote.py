@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.policy import opa
 
 

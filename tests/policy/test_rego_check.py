@@ -10,11 +10,11 @@ import pytest
 
 from webhook import config as config_mod
 from webhook import errors
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Pipeline, Subject
 from webhook.checks import rego as rego_check
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.services import Services
 from webhook.cli import main
+from webhook.core.deadline import Deadline
 from webhook.policy import testing
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from webhook import errors
-from webhook.admission.decision import Mode
+from webhook.core.decision import Mode
 from webhook.policy import lifecycle, modules, rego
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import regopy
 
-from webhook.admission.decision import FailureMode, Mode
 from webhook.checks import rego as rego_check
+from webhook.core.decision import FailureMode, Mode
 from webhook.policy import modules, native, rego
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from webhook.config.quota import KubernetesConfig
+from webhook.config.kubernetes import KubernetesConfig
 from webhook.kube import client as kube_client
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Outcome, Pipeline, Subject
 from webhook.checks import gpu
+from webhook.checks.pipeline import Outcome, Pipeline, Subject
 from webhook.checks.services import Services
 from webhook.config import parse
+from webhook.core.deadline import Deadline
 from webhook.kube.namespaces import NamespaceDirectory
 
 Env = Callable[..., Any]

@@ -11,8 +11,8 @@ import kubernetes.client
 import pytest
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
-from webhook.config.quota import KubernetesConfig
+from webhook.config.kubernetes import KubernetesConfig
+from webhook.core.deadline import Deadline
 from webhook.kube import client
 from webhook.kube.namespaces import NamespaceDirectory
 

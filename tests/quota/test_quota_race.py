@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from webhook.admission.deadline import Deadline
-from webhook.admission.pipeline import Pipeline, Subject
 from webhook.checks import gpu
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.services import Services
 from webhook.config import parse
+from webhook.core.deadline import Deadline
 from webhook.kube import client as kube_client
 from webhook.quota import coordination
 

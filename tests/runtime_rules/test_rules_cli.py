@@ -1,6 +1,6 @@
 """``portcullis rules validate`` and ``portcullis rules test`` end to end.
 
-The parser is built from ``webhook.runtime.commands.register`` alone, with the same error
+The parser is built from ``webhook.runtime.rules.commands.register`` alone, with the same error
 mapping as ``webhook.cli.main`` (PortcullisError → exit 2), so these tests do not depend on the
 other faces' commands.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from webhook import errors
-from webhook.runtime import commands
+from webhook.runtime.rules import commands
 
 
 class cli:

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from webhook.admission import workloads
-from webhook.admission.pipeline import Outcome
 from webhook.admission.review import ReviewRequest
+from webhook.checks.pipeline import Outcome
+from webhook.core import workloads
 
 log = logging.getLogger("portcullis.audit")
 

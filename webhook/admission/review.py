@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from webhook import errors
-from webhook.admission.decision import Verdict
+from webhook.core.decision import Verdict
 
 API_VERSION = "admission.k8s.io/v1"
 

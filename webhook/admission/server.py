@@ -18,13 +18,14 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from webhook import errors
-from webhook.admission import review, workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import Verdict
+from webhook.admission import review
 from webhook.admission.metrics import WebhookMetrics
-from webhook.admission.pipeline import Outcome, Pipeline, Subject
 from webhook.admission.recorder import AuditUnavailable
+from webhook.checks.pipeline import Outcome, Pipeline, Subject
 from webhook.config.server import ServerConfig
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.decision import Verdict
 
 log = logging.getLogger("portcullis.server")
 

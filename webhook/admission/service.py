@@ -17,14 +17,14 @@ from aiohttp import web
 
 from webhook import errors
 from webhook.admission import certs, tls
-from webhook.admission.decision import FailureMode
 from webhook.admission.metrics import WebhookMetrics
-from webhook.admission.pipeline import Pipeline
 from webhook.admission.recorder import AuditRecorder
 from webhook.admission.server import DecisionRecorder, WebhookServer
+from webhook.checks.pipeline import Pipeline
 from webhook.checks.registry import build_checks
 from webhook.checks.services import Services
 from webhook.config import Config
+from webhook.core.decision import FailureMode
 
 log = logging.getLogger("portcullis.serve")
 

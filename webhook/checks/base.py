@@ -1,4 +1,4 @@
-"""What every check sees (the request context) and what it must look like (the ``Check`` protocol).
+"""What every check must look like (the ``Check`` protocol); what it sees is ``core.request``.
 
 A check's judgement is a pure function of (pod specs, context); only checks that need the
 outside world (registry, API server, OPA) await anything, always inside ``ctx.deadline``.
@@ -6,34 +6,12 @@ outside world (registry, API server, OPA) await anything, always inside ``ctx.de
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import CheckResult, FailureMode, Mode
-from webhook.admission.workloads import PodSpecRef
-
-
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """Everything about one admission request a check may look at."""
-
-    operation: str  # CREATE | UPDATE (CONNECT/DELETE never reach checks)
-    kind: str  # the object's kind, e.g. "Deployment"
-    namespace: str
-    name: str
-    namespace_labels: Mapping[str, str] = field(default_factory=dict)
-    username: str = ""
-    groups: tuple[str, ...] = ()
-    uid: str = ""
-    dry_run: bool = False
-    subresource: str = ""
-    deadline: Deadline = field(default_factory=Deadline.never)
-    object: Mapping[str, Any] = field(default_factory=dict)
-    old_object: Mapping[str, Any] | None = None
-    # Results of checks that ran earlier in the same request (e.g. image verdicts for Rego).
-    shared: dict[str, Any] = field(default_factory=dict)
+from webhook.core.decision import CheckResult, FailureMode, Mode
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 
 
 @runtime_checkable

@@ -21,9 +21,9 @@ from typing import Any, Literal
 import orjson
 
 from webhook import errors
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.workloads import PodSpecRef
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.workloads import PodSpecRef
 
 ClaimKind = Literal["ResourceClaim", "ResourceClaimTemplate"]
 ApiVersion = Literal["v1", "v1beta2", "v1beta1"]

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from webhook import errors
-from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
-from webhook.admission.workloads import PodSpecRef
 from webhook.checks import claims
-from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
-from webhook.config.quota import KubernetesConfig
+from webhook.config.kubernetes import KubernetesConfig
+from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 from webhook.quota import coordination, metrics, quantity, requests
 from webhook.quota.ledger import Ledger, QuotaView
 from webhook.quota.model import Demand, QuotaModel, gpu_models
@@ -382,8 +382,7 @@ def build(config: Config, services: Services, *, kubernetes: KubernetesConfig | 
 
 
 def _kube_config(config: Config) -> KubernetesConfig:
-    configured = getattr(config, "kubernetes", None)  # the lead wires KubernetesConfig in as `kubernetes:`
-    return configured if isinstance(configured, KubernetesConfig) else KubernetesConfig()
+    return config.kubernetes
 
 
 def _any(model: QuotaModel, rule: Any) -> Demand:

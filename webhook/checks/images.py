@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from webhook import errors
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
-from webhook.admission.workloads import ContainerRef, PodSpecRef
-from webhook.checks.base import Check, RequestContext
+from webhook.checks.base import Check
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.images import ImagesConfig, KeylessIdentity
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.core.request import RequestContext
+from webhook.core.workloads import ContainerRef, PodSpecRef
 from webhook.signatures import bundles, cosign, credentials, fulcio, reference, sigstore
 from webhook.signatures import registry as reg
 from webhook.signatures import source as src

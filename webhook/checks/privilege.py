@@ -18,14 +18,14 @@ from functools import lru_cache
 import msgspec
 
 from webhook import errors
-from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
-from webhook.admission.workloads import PodSpecRef
-from webhook.checks.base import RequestContext
 from webhook.checks.pss import hardened, policy, registry
 from webhook.checks.pss.policy import LevelVersion, Plan, Policy
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.privilege import ALL_HARDENED, NamespacePrivilege, PrivilegeConfig
+from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 
 CHECK_ID = "privilege"
 LEVELS: tuple[str, ...] = tuple(level.value for level in registry.Level)

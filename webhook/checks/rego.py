@@ -15,13 +15,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from webhook.admission import decision
-from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
-from webhook.admission.workloads import PodSpecRef
-from webhook.checks.base import Check, RequestContext
+from webhook.checks.base import Check
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.policy import PolicyConfig
+from webhook.core import decision
+from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 from webhook.policy import gatekeeper, lifecycle, opa, rego
 from webhook.policy import input as policy_input
 from webhook.policy.rego import PolicyResult

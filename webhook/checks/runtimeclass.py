@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook import errors
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import CheckResult, FailureMode, Mode, Violation
-from webhook.admission.workloads import PodSpecRef
 from webhook.checks import claims
-from webhook.checks.base import RequestContext
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.privilege import RuntimeClassConfig
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 
 CHECK_ID = "runtimeclass"
 _MISS_REFRESH_SECONDS = 5.0  # a name missing from a list this old triggers one refresh

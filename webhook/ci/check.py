@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook import errors
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import Mode
-from webhook.admission.pipeline import Pipeline, Subject
+from webhook.checks.pipeline import Pipeline, Subject
 from webhook.ci.manifests import InputProblem, Loaded, Manifest
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.decision import Mode
 
 
 @dataclass(frozen=True, slots=True)

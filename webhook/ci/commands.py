@@ -14,11 +14,11 @@ import msgspec
 
 from webhook import config as config_mod
 from webhook import errors
-from webhook.admission.decision import Mode
-from webhook.admission.pipeline import Pipeline
+from webhook.checks.pipeline import Pipeline
 from webhook.checks.registry import build_checks
 from webhook.checks.services import Services
 from webhook.ci import check, formats, manifests
+from webhook.core.decision import Mode
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

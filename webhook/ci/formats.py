@@ -14,8 +14,8 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from webhook import __version__
-from webhook.admission.decision import Mode
 from webhook.ci.check import Finding, ObjectResult, Report
+from webhook.core.decision import Mode
 
 FORMATS = ("text", "json", "sarif", "junit", "policyreport")
 DOCS = "https://github.com/portcullis-dev/portcullis/blob/main/docs/checks.md"

@@ -16,17 +16,18 @@ import msgspec
 import yaml
 
 from webhook import errors
-from webhook.admission import decision
-from webhook.admission.decision import Mode
 from webhook.config.admission import CheckSettings, Exemption, NamespaceSettings
 from webhook.config.audit import AuditConfig
 from webhook.config.base import Section
 from webhook.config.images import ImagesConfig
+from webhook.config.kubernetes import KubernetesConfig
 from webhook.config.monitor import MonitorConfig
 from webhook.config.policy import PolicyConfig
 from webhook.config.privilege import PrivilegeConfig, RuntimeClassConfig
-from webhook.config.quota import KubernetesConfig, QuotaConfig
+from webhook.config.quota import QuotaConfig
 from webhook.config.server import ServerConfig
+from webhook.core import decision
+from webhook.core.decision import Mode
 
 __all__ = ["CheckSettings", "Config", "Exemption", "NamespaceSettings", "load", "parse"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from webhook.admission.decision import FailureMode, Mode
 from webhook.config.base import Section
+from webhook.core.decision import FailureMode, Mode
 
 
 class CheckSettings(Section, frozen=True):

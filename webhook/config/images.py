@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from webhook.admission.decision import FailureMode, Mode
 from webhook.config.base import Section
+from webhook.core.decision import FailureMode, Mode
 
 _MiB = 1024 * 1024
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from webhook.admission.decision import FailureMode
 from webhook.config.base import Section
+from webhook.core.decision import FailureMode
 
 
 class PolicyConfig(Section, frozen=True):

@@ -11,8 +11,8 @@ from typing import Literal
 
 import msgspec
 
-from webhook.admission.decision import FailureMode
 from webhook.config.base import Section
+from webhook.core.decision import FailureMode
 
 PssLevel = Literal["privileged", "baseline", "restricted", "hardened"]
 HardenedCheck = Literal[

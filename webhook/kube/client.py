@@ -19,8 +19,8 @@ import kubernetes.config
 import urllib3
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
-from webhook.config.quota import KubernetesConfig
+from webhook.config.kubernetes import KubernetesConfig
+from webhook.core.deadline import Deadline
 
 T = TypeVar("T")
 _DEFAULT_KUBECONFIG = Path("~/.kube/config")

@@ -15,8 +15,8 @@ from typing import Any
 import kubernetes.client
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
-from webhook.config.quota import KubernetesConfig
+from webhook.config.kubernetes import KubernetesConfig
+from webhook.core.deadline import Deadline
 from webhook.kube import client, reflector
 
 Listener = Callable[[str, Mapping[str, str]], None]

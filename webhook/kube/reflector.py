@@ -21,7 +21,7 @@ import kubernetes.client
 import urllib3
 from kubernetes.watch.watch import iter_resp_lines
 
-from webhook.config.quota import KubernetesConfig
+from webhook.config.kubernetes import KubernetesConfig
 from webhook.kube import client
 
 log = logging.getLogger("portcullis.kube")

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from webhook import errors
-from webhook.admission.decision import Mode
+from webhook.core.decision import Mode
 from webhook.policy import lifecycle, modules, native, rego
 from webhook.policy import probe as crash_probe
 from webhook.policy.rego import Policy, PolicyResult

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from webhook.admission.workloads import PodSpecRef
-from webhook.checks.base import RequestContext
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 
 INPUT_VERSION = "portcullis.dev/v1"
 

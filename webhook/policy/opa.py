@@ -18,8 +18,8 @@ import aiohttp
 from opa_client.opa_async import AsyncOpaClient
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import Mode
+from webhook.core.deadline import Deadline
+from webhook.core.decision import Mode
 from webhook.policy import rego
 from webhook.policy.rego import Policy, PolicyResult
 

@@ -43,7 +43,7 @@ def _deployment(gpus: str | None, host_ipc: bool) -> dict[str, Any]:
 SAMPLES: tuple[dict[str, Any], ...] = (_deployment(None, False), _deployment("4", True))
 
 
-def _review(obj: dict[str, Any]) -> dict[str, Any]:
+def sample_review(obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "uid": "probe",
         "kind": {"group": "apps", "version": "v1", "kind": obj["kind"]},
@@ -58,11 +58,11 @@ def _review(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _document(obj: dict[str, Any]) -> dict[str, Any]:
+def sample_document(obj: dict[str, Any]) -> dict[str, Any]:
     template = obj["spec"]["template"]
     return {
         "apiVersion": "portcullis.dev/v1",
-        "request": _review(obj),
+        "request": sample_review(obj),
         "pods": [{"path": "spec.template.spec", "metadata": template["metadata"], "spec": template["spec"]}],
         "namespace": {"name": "probe", "labels": {}},
         "context": {},
@@ -71,7 +71,7 @@ def _document(obj: dict[str, Any]) -> dict[str, Any]:
 
 def check(kind: str, paths: Sequence[Path], *, strict_builtins: bool = False) -> None:
     """Raise ``PolicyLoadError`` if loading or evaluating ``paths`` fails or crashes the engine."""
-    args = [sys.executable, "-m", "webhook.policy.probe", kind, "strict" if strict_builtins else "lax"]
+    args = [sys.executable, "-m", "webhook.policy.probe_child", kind, "strict" if strict_builtins else "lax"]
     try:
         proc = subprocess.run([*args, *map(str, paths)], capture_output=True, text=True, timeout=_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
@@ -87,34 +87,3 @@ def check(kind: str, paths: Sequence[Path], *, strict_builtins: bool = False) ->
         f"{': ' + detail if detail else ''}; rename local variables that shadow rules or functions "
         f"and avoid `with input as`, then reload"
     )
-
-
-def _main(argv: Sequence[str]) -> int:
-    from webhook.policy import gatekeeper, rego  # imported here: the parent never needs them
-
-    kind, strict, *names = argv
-    paths = [Path(n) for n in names]
-    try:
-        if kind == "rego":
-            compiled = rego.load_directory(paths, strict_builtins=strict == "strict")
-            print("(compiled)", flush=True)
-            for obj in SAMPLES:
-                document = _document(obj)
-                for policy in compiled.policies:
-                    print(f"policy {policy.id} ({policy.file})", flush=True)
-                    compiled.evaluate_policy(policy, document)
-        else:
-            loaded = gatekeeper.load(paths, strict_builtins=strict == "strict")
-            print("(compiled)", flush=True)
-            for obj in SAMPLES:
-                for constraint in loaded.constraints:
-                    print(f"constraint {constraint.id} ({constraint.file})", flush=True)
-                    loaded.evaluate_one(constraint, _review(obj))
-    except errors.PolicyLoadError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from webhook import errors
-from webhook.admission.decision import FailureMode, Mode
+from webhook.core.decision import FailureMode, Mode
 from webhook.policy import lifecycle, modules, native, plan, reads
 from webhook.policy import probe as crash_probe
 from webhook.policy.modules import RegoModule

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import kubernetes.client
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.kube import client
 from webhook.quota.ledger import Ledger, QuotaView
 from webhook.quota.model import Charge, QuotaModel

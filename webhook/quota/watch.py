@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import kubernetes.client
 
-from webhook.config.quota import KubernetesConfig
+from webhook.config.kubernetes import KubernetesConfig
 from webhook.kube import reflector
 from webhook.quota import quantity
 from webhook.quota.ledger import Ledger, PodRecord

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.signatures import cosign, sigstore
 from webhook.signatures import evidence as ev
 from webhook.signatures import registry as reg

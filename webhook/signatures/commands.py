@@ -17,10 +17,10 @@ import msgspec
 
 from webhook import config as config_mod
 from webhook import errors
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
 from webhook.checks import images as images_check
 from webhook.ci import manifests
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
 from webhook.signatures import export, reference, trust
 from webhook.signatures import source as src
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.signatures import evidence as ev
 from webhook.signatures import registry as reg
 

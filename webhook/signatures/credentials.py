@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.signatures.reference import DOCKER_HUB, canonical_host
 from webhook.signatures.registry import Credentials
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.signatures import bundles, cosign, sigstore
 from webhook.signatures import registry as reg
 from webhook.signatures.reference import ImageRef

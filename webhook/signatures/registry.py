@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.signatures.reference import api_host
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

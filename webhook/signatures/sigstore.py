@@ -19,7 +19,7 @@ import orjson
 from cryptography import x509
 
 from webhook import errors
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.signatures import evidence as ev
 from webhook.signatures import fulcio
 from webhook.signatures import registry as reg

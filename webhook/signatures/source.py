@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.signatures import cosign, sigstore
 from webhook.signatures import evidence as ev
 from webhook.signatures import registry as reg

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from webhook.admission.decision import FailureMode, Mode
+from webhook.core.decision import FailureMode, Mode
 from webhook.signatures import evidence as ev
 from webhook.signatures.reference import ImageRef
 

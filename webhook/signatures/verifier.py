@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from webhook.admission.deadline import Deadline
+from webhook.core.deadline import Deadline
 from webhook.signatures import registry as reg
 from webhook.signatures.cache import VerdictCache
 from webhook.signatures.reference import ImageRef

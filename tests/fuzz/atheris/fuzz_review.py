@@ -19,10 +19,10 @@ with atheris.instrument_imports(include=["webhook"]):
     from webhook import config as config_mod
     from webhook import errors
     from webhook.admission import review, server
-    from webhook.admission.deadline import Deadline
-    from webhook.admission.pipeline import Pipeline
+    from webhook.checks.pipeline import Pipeline
     from webhook.checks.registry import build_checks
     from webhook.checks.services import Services
+    from webhook.core.deadline import Deadline
 
 import strategies as S  # tests/fuzz is on sys.path (harness)
 

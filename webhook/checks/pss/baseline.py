@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webhook.admission.decision import Violation
 from webhook.checks.pss.view import CheckFn, ContainerView, PodView, Stamp, finding, items, mapping, one_of
+from webhook.core.decision import Violation
 
 NONE: list[Violation] = []  # shared "allowed" answer; callers never mutate it
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from webhook.admission.decision import Violation
 from webhook.checks.pss.baseline import NONE
 from webhook.checks.pss.view import CheckFn, PodView, Stamp, finding, mapping
+from webhook.core.decision import Violation
 
 NAMES: tuple[str, ...] = (
     "readOnlyRootFilesystem",

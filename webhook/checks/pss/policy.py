@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from webhook.admission.decision import Mode, Violation
-from webhook.admission.workloads import PodSpecRef
 from webhook.checks.pss import registry
 from webhook.checks.pss.registry import STRICTNESS, Level
 from webhook.checks.pss.view import CheckFn, Stamp, view
+from webhook.core.decision import Mode, Violation
+from webhook.core.workloads import PodSpecRef
 
 LABEL_PREFIX = "pod-security.kubernetes.io/"
 _MODES = ("enforce", "warn", "audit")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from webhook.admission.decision import Violation
 from webhook.checks.pss.baseline import NONE, SECCOMP_TYPES
 from webhook.checks.pss.view import EMPTY, CheckFn, PodView, Stamp, finding, items, mapping, one_of
+from webhook.core.decision import Violation
 
 
 def allow_privilege_escalation(*, exempt_windows: bool) -> CheckFn:

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from webhook.admission import workloads
-from webhook.admission.decision import Mode, Violation
-from webhook.admission.workloads import PodSpecRef
+from webhook.core import workloads
+from webhook.core.decision import Mode, Violation
+from webhook.core.workloads import PodSpecRef
 
 EMPTY: Mapping[str, Any] = {}
 

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from webhook import errors
-from webhook.admission import workloads
-from webhook.admission.deadline import Deadline
-from webhook.admission.decision import CheckResult, FailureMode, Mode, Verdict, Violation, combine
-from webhook.admission.workloads import PodSpecRef
-from webhook.checks.base import Check, RequestContext
+from webhook.checks.base import Check
 from webhook.config import Config
+from webhook.core import workloads
+from webhook.core.deadline import Deadline
+from webhook.core.decision import CheckResult, FailureMode, Mode, Verdict, Violation, combine
+from webhook.core.request import RequestContext
+from webhook.core.workloads import PodSpecRef
 
 log = logging.getLogger("portcullis.admission")
 

@@ -1,0 +1,30 @@
+"""One request as a check sees it: who asks, for what object, within which time budget."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook.core.deadline import Deadline
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Everything about one admission request a check may look at."""
+
+    operation: str  # CREATE | UPDATE (CONNECT/DELETE never reach checks)
+    kind: str  # the object's kind, e.g. "Deployment"
+    namespace: str
+    name: str
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    username: str = ""
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    dry_run: bool = False
+    subresource: str = ""
+    deadline: Deadline = field(default_factory=Deadline.never)
+    object: Mapping[str, Any] = field(default_factory=dict)
+    old_object: Mapping[str, Any] | None = None
+    # Results of checks that ran earlier in the same request (e.g. image verdicts for Rego).
+    shared: dict[str, Any] = field(default_factory=dict)

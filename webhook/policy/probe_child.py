@@ -1,0 +1,45 @@
+"""The crash probe's child process: compile the policies and evaluate them on the probe's samples.
+
+Run as ``python -m webhook.policy.probe_child``; a crash here costs only this process. Kept apart
+from ``probe`` so that the parent never imports the engines it guards (no import cycle).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from webhook import errors
+from webhook.policy import gatekeeper, rego
+from webhook.policy.probe import SAMPLES, sample_document, sample_review
+
+
+def _main(argv: Sequence[str]) -> int:
+
+    kind, strict, *names = argv
+    paths = [Path(n) for n in names]
+    try:
+        if kind == "rego":
+            compiled = rego.load_directory(paths, strict_builtins=strict == "strict")
+            print("(compiled)", flush=True)
+            for obj in SAMPLES:
+                document = sample_document(obj)
+                for policy in compiled.policies:
+                    print(f"policy {policy.id} ({policy.file})", flush=True)
+                    compiled.evaluate_policy(policy, document)
+        else:
+            loaded = gatekeeper.load(paths, strict_builtins=strict == "strict")
+            print("(compiled)", flush=True)
+            for obj in SAMPLES:
+                for constraint in loaded.constraints:
+                    print(f"constraint {constraint.id} ({constraint.file})", flush=True)
+                    loaded.evaluate_one(constraint, sample_review(obj))
+    except errors.PolicyLoadError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
