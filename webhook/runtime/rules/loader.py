@@ -132,6 +132,16 @@ def _version(text: Any) -> tuple[int, ...] | None:
     return None if m is None else tuple(int(x or 0) for x in m.groups())
 
 
+def _plugin_requirement(req: Any) -> bool:
+    """A ``{name, version}`` mapping whose values are scalars (a version may be written as a number)."""
+    return (
+        isinstance(req, dict)
+        and isinstance(req.get("name"), str)
+        and isinstance(req.get("version"), str | int | float)
+        and not isinstance(req.get("version"), bool)
+    )
+
+
 class _FileReader:
     """Reads one file's items into the collection."""
 
@@ -209,6 +219,10 @@ class _FileReader:
             raise self.fail(item, "'override' and 'append' cannot be used together")
         ov = self.get(keys, "override", dict)
         for key, how in ov.items():
+            if not isinstance(key, str) or not isinstance(how, str):
+                raise self.fail(
+                    keys["override"], f"override entries must be 'key: append' or 'key: replace', got {key!r}: {how!r}"
+                )
             allowed = {"append": _APPENDABLE, "replace": _REPLACEABLE}.get(how)
             if allowed is None:
                 raise self.fail(keys["override"], f"override of '{key}' must be 'append' or 'replace'")
@@ -239,15 +253,17 @@ class _FileReader:
             raise self.fail(node, f"rules require engine version {_py(node)}, this engine is {engine}")
 
     def item_required_plugin_versions(self, item: yaml.Node, keys: dict[str, yaml.Node]) -> None:
+        node = keys["required_plugin_versions"]
         reqs = self.get(keys, "required_plugin_versions", list)
         for req in reqs:
-            if not isinstance(req, dict) or "name" not in req or "version" not in req:
-                raise self.fail(keys["required_plugin_versions"], "each required plugin needs 'name' and 'version'")
-            choices = [req, *(req.get("alternatives") or [])]
+            if not _plugin_requirement(req):
+                raise self.fail(node, "each required plugin needs a string 'name' and 'version'")
+            alternatives = req.get("alternatives") or []
+            if not isinstance(alternatives, list) or not all(_plugin_requirement(a) for a in alternatives):
+                raise self.fail(node, f"plugin '{req['name']}': 'alternatives' must be a list of {{name, version}}")
             ok = any(
-                c.get("name") in BUILTIN_PLUGINS and (_version(c.get("version")) or (0,)) <= BUILTIN_PLUGINS[c["name"]]
-                for c in choices
-                if isinstance(c, dict)
+                c["name"] in BUILTIN_PLUGINS and (_version(c["version"]) or (0,)) <= BUILTIN_PLUGINS[c["name"]]
+                for c in [req, *alternatives]
             )
             if not ok:
                 have = ", ".join(f"{k} {'.'.join(map(str, v))}" for k, v in BUILTIN_PLUGINS.items())
