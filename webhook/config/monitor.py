@@ -12,7 +12,8 @@ from webhook.config.base import Section
 class MonitorConfig(Section, frozen=True):
     """Where events come from, which rules judge them and where alerts go.
 
-    ``rules`` empty means the project's own ``rules/portcullis_rules.yaml``. ``outputs`` take
+    ``rules`` (files or directories) empty means the rules shipped in the package
+    (``webhook/runtime/rules/default/``). ``outputs`` take
     ``stdout``, ``file:PATH`` or ``http:URL``. ``queue_batches`` bounds the source → engine
     queue (a batch is one read of the source, up to 64 KiB of bpftrace output).
     """

@@ -15,8 +15,9 @@ from webhook import config as config_mod
 from webhook import errors
 from webhook.config.monitor import MonitorConfig
 from webhook.runtime import monitor, outputs
+from webhook.runtime import rules as rules_pkg
 
-DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "portcullis_rules.yaml"
+DEFAULT_RULES = rules_pkg.DEFAULT_RULES  # a directory: every *.yaml in it, sorted
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

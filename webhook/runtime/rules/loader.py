@@ -9,7 +9,7 @@ collected across all files and raised together by ``rules.load`` (see ``__init__
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,10 @@ import yaml
 
 from webhook.runtime.rules.model import Collection, Diagnostic, ExceptionDef, ListDef, Loc, MacroDef, RuleDef, Text
 
-__all__ = ["BUILTIN_PLUGINS", "ENGINE_VERSION", "PRIORITIES", "Collection", "Diagnostic", "Loc", "collect"]
+__all__ = [
+    "BUILTIN_PLUGINS", "ENGINE_VERSION", "PRIORITIES", "Collection", "Diagnostic", "Loc", "collect", "expand",
+    "rules_files",
+]  # fmt: skip
 
 ENGINE_VERSION = (0, 57, 0)
 # Plugins whose fields this engine provides natively, with the version it is compatible with.
@@ -467,9 +470,53 @@ def _read_file(col: Collection, path: Path) -> None:
     _FileReader(col, name, text).read(root)
 
 
-def collect(paths: Iterator[Path] | list[Path] | tuple[Path, ...]) -> Collection:
-    """Read every file in order into one collection (errors and warnings are collected in it)."""
-    col = Collection()
+RULES_SUFFIXES = (".yaml", ".yml")
+
+
+def rules_files(path: Path) -> list[Path] | str:
+    """The rules files ``path`` names, in load order, or why it names none.
+
+    A file is itself. A directory gives its ``*.yaml``/``*.yml`` entries in sorted name order, not
+    recursively (Falco's ``rules_files`` reads a directory the same way), skipping names that start
+    with a dot: a mounted ConfigMap holds ``..data`` and ``..2024_01_01_...`` next to the visible
+    names, which are symlinks through ``..data`` to the current copy, so each file is read once,
+    through the link the kubelet swaps atomically on update.
+    """
+    if not path.is_dir():
+        return [path]
+    try:
+        names = sorted(entry.name for entry in path.iterdir())
+    except OSError as exc:
+        return f"cannot list rules directory: {exc.strerror}"
+    out = [
+        path / name
+        for name in names
+        if not name.startswith(".") and name.endswith(RULES_SUFFIXES) and not (path / name).is_dir()
+    ]
+    if not out:
+        return f"no rules files ({', '.join('*' + s for s in RULES_SUFFIXES)}) in this directory"
+    return out
+
+
+def expand(paths: Iterable[Path | str]) -> tuple[list[Path], list[Diagnostic]]:
+    """Files and directories → the rules files in load order, and an error per path naming none."""
+    files: list[Path] = []
+    problems: list[Diagnostic] = []
     for path in paths:
-        _read_file(col, Path(path))
+        found = rules_files(Path(path))
+        if isinstance(found, str):
+            problems.append(Diagnostic(Loc(str(path), 0), found))
+        else:
+            files.extend(found)
+    return files, problems
+
+
+def collect(paths: Iterable[Path | str]) -> Collection:
+    """Read every file (directories: their rules files, sorted) in order into one collection
+    (errors and warnings are collected in it)."""
+    col = Collection()
+    files, problems = expand(paths)
+    col.errors.extend(problems)
+    for path in files:
+        _read_file(col, path)
     return col
