@@ -16,6 +16,7 @@ from webhook import errors
 from webhook.config.monitor import MonitorConfig
 from webhook.runtime import monitor, outputs
 from webhook.runtime import rules as rules_pkg
+from webhook.runtime.rules import fields
 
 DEFAULT_RULES = rules_pkg.DEFAULT_RULES  # a directory: every *.yaml in it, sorted
 
@@ -118,12 +119,24 @@ def run(args: argparse.Namespace) -> int:
     from webhook.runtime.engine import Engine
 
     mon, rules = settings(args)
-    engine = Engine.load(rules, match=mon.match, disabled_tags=mon.disabled_tags)
+    have = fields.producible_fields(mon.source, pod_metadata=bool(mon.kubelet_url))
+    engine = Engine.load(rules, match=mon.match, disabled_tags=mon.disabled_tags, producible=have)
     for warning in getattr(engine, "warnings", ()):
         print(f"portcullis monitor: warning: {warning}", file=sys.stderr)
+    report_coverage(engine, mon.source)
     snapshot = asyncio.run(_main(mon, engine, args.duration))
     print(json.dumps(snapshot, sort_keys=True), file=sys.stderr)
     return 0
+
+
+def report_coverage(engine: Any, source: str) -> None:
+    """Say, per rule, which fields the source cannot produce and whether the rule is therefore
+    disabled (never silently); refuse to run when no enabled rule is left (fail closed)."""
+    for cov in engine.coverage:
+        if cov.missing:
+            print(f"portcullis monitor: warning: {cov.message(source)}", file=sys.stderr)
+    if engine.coverage and not engine.rules:
+        raise errors.RuleLoadError(f"no enabled rule can fire on the {source} source (see the warnings above)")
 
 
 async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict[str, Any]:

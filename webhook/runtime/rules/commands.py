@@ -11,11 +11,14 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from webhook import errors
+
+if TYPE_CHECKING:
+    from webhook.runtime.rules import coverage
 
 _JSON_OPTS = orjson.OPT_SORT_KEYS
 
@@ -34,8 +37,24 @@ def _register_rules(subparsers: argparse._SubParsersAction[Any]) -> None:
     rules.set_defaults(func=lambda args: _usage(rules))
 
     validate = sub.add_parser("validate", help="load rules files like `falco -V`: errors and warnings")
-    validate.add_argument("rules", nargs="+", type=Path, metavar="RULES", help="rules files, in load order")
+    validate.add_argument(
+        "rules",
+        nargs="+",
+        type=Path,
+        metavar="RULES",
+        help="rules files or directories (*.yaml, sorted), in load order",
+    )
     validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.add_argument(
+        "--source",
+        choices=("ebpf", "jsonl", "tetragon"),
+        default="ebpf",
+        help="report enabled rules reading fields this event source cannot produce, as `portcullis monitor "
+        "--source` does at start-up (default ebpf; jsonl: recorded fields, all producible)",
+    )
+    validate.add_argument(
+        "--pod-metadata", action="store_true", help="the monitor runs with --kubelet (k8s.* and container.image.*)"
+    )
     validate.set_defaults(func=_validate)
 
     test = sub.add_parser(
@@ -45,7 +64,13 @@ def _register_rules(subparsers: argparse._SubParsersAction[Any]) -> None:
         "evt.num of every matching event (no event-type prefilter). Events without evt.time get "
         "time 0, so output is reproducible.",
     )
-    test.add_argument("rules", nargs="*", type=Path, metavar="RULES", help="rules files, in load order")
+    test.add_argument(
+        "rules",
+        nargs="*",
+        type=Path,
+        metavar="RULES",
+        help="rules files or directories (*.yaml, sorted), in load order",
+    )
     test.add_argument("--events", required=True, metavar="EVENTS.jsonl", help="events file ('-': stdin)")
     test.add_argument("--match", choices=("first", "all"), default="all", help="Falco's rule_matching")
     test.add_argument("--condition", metavar="TEXT", help="test this condition instead of the rules")
@@ -69,6 +94,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from webhook.runtime import rules
+    from webhook.runtime.rules import coverage, fields
 
     try:
         ruleset = rules.load(args.rules)
@@ -92,6 +118,12 @@ def _validate(args: argparse.Namespace) -> int:
     for w in ruleset.warnings:
         print(f"warning: {w}", file=sys.stderr)
     enabled = sum(r.enabled for r in ruleset.rules)
+    have = fields.producible_fields(args.source, pod_metadata=args.pod_metadata)
+    report = coverage.assess([r for r in ruleset.rules if r.enabled], have)
+    for cov in report:
+        if cov.missing:
+            print(f"warning: {cov.message(args.source)}", file=sys.stderr)
+    dead = len(coverage.dead_rules(report))
     if args.format == "json":
         _print_json(
             {
@@ -101,11 +133,26 @@ def _validate(args: argparse.Namespace) -> int:
                 "warnings": [_diag(w) for w in ruleset.warnings],
                 "rules": len(ruleset.rules),
                 "enabled": enabled,
+                "source": args.source,
+                "fields_not_produced": [_coverage(c) for c in report],
             }
         )
     else:
         print(f"Ok: {len(ruleset.rules)} rules ({enabled} enabled), {len(ruleset.warnings)} warning(s)")
+        partial = sum(1 for c in report if c.missing and not c.dead)
+        if dead or partial:
+            print(
+                f"On the {args.source} source: {dead} enabled rule(s) disabled (they cannot fire without fields it "
+                f"does not produce), {partial} run without some fields"
+            )
     return 0
+
+
+def _coverage(c: coverage.RuleCoverage) -> dict[str, Any]:
+    return {
+        "rule": c.rule, "file": c.loc.file, "line": c.loc.line, "disabled": c.dead, "condition_fields": list(c.missing),
+        "output_fields": list(c.output_missing),
+    }  # fmt: skip
 
 
 def _diag(d: Any) -> dict[str, Any]:
