@@ -33,6 +33,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGINT/SIGTERM)")
     p.add_argument("--metrics-listen", help="serve Prometheus metrics on HOST:PORT (/metrics)")
     p.add_argument("--kubelet", help="kubelet URL for pod metadata (k8s.* fields), e.g. https://NODE:10250")
+    p.add_argument("--kubelet-token", help="bearer token file for the kubelet (default: the service account's)")
+    p.add_argument("--kubelet-ca", help="CA bundle that signed the kubelet's serving certificate")
+    p.add_argument(
+        "--kubelet-insecure", action="store_true", default=None, help="do not verify the kubelet's certificate"
+    )
+    p.add_argument(
+        "--ready-stale", type=float, metavar="SECONDS", help="/readyz fails when no event arrived for this long"
+    )
     p.set_defaults(func=run)
 
 
@@ -55,6 +63,8 @@ def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
     overrides = {
         "source": args.source, "input": args.input, "outputs": args.output, "audit_log": args.audit_log,
         "audit_key": args.audit_key, "metrics_listen": args.metrics_listen, "kubelet_url": args.kubelet,
+        "kubelet_token_path": args.kubelet_token, "kubelet_ca_path": args.kubelet_ca,
+        "kubelet_insecure": args.kubelet_insecure, "ready_stale_s": args.ready_stale,
     }  # fmt: skip
     values = {k: v for k, v in overrides.items() if v is not None}
     if values:
@@ -67,6 +77,8 @@ def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
         rules = [cfg.resolve_path(r) for r in mon.rules]
     else:
         rules = [DEFAULT_RULES]
+    if not mon.ready_stale_s > 0:
+        raise errors.ConfigError(f"--ready-stale {mon.ready_stale_s!r}: expected a positive number of seconds")
     if mon.audit_log and not mon.audit_key:
         raise errors.ConfigError("--audit-log needs --audit-key (the log's signing key)")
     return mon, rules
@@ -148,7 +160,7 @@ async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    runner = await _serve_metrics(mon.metrics_listen, mon_) if mon.metrics_listen else None
+    runner = await _serve_metrics(mon.metrics_listen, mon_, mon.ready_stale_s) if mon.metrics_listen else None
     try:
         return await mon_.run(duration=duration, stop=stop)
     finally:
@@ -156,7 +168,9 @@ async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict
             await runner.cleanup()
 
 
-async def _serve_metrics(listen: str, mon: monitor.Monitor) -> Any:
+async def _serve_metrics(listen: str, mon: monitor.Monitor, stale_after: float) -> Any:
+    """``/metrics`` (Prometheus text), ``/healthz`` (the process answers) and ``/readyz`` (200 only
+    while the source is attached and events flow, else 503 with the reason)."""
     from aiohttp import web
 
     host, _, port = listen.rpartition(":")
@@ -166,8 +180,17 @@ async def _serve_metrics(listen: str, mon: monitor.Monitor) -> Any:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=monitor.prometheus(mon.snapshot()), content_type="text/plain")
 
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, why = monitor.readiness(mon, stale_after)
+        return web.Response(status=200 if ok else 503, text=why + "\n")
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, host.strip("[]"), int(port)).start()

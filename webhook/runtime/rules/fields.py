@@ -349,7 +349,7 @@ POD_METADATA = Producible(
     names=_names(
         """
         k8s.ns.name k8s.pod.name k8s.pod.uid k8s.pod.labels container.name container.image
-        container.image.repository container.image.tag
+        container.image.repository container.image.tag container.image.digest
         """
     ),
     indexed=_names("k8s.pod.label"),
