@@ -168,7 +168,7 @@ async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict
             await runner.cleanup()
 
 
-async def _serve_metrics(listen: str, mon: monitor.Monitor, stale_after: float) -> Any:
+async def _serve_metrics(listen: str, mon: monitor.Monitor, stale_after: float = 120.0) -> Any:
     """``/metrics`` (Prometheus text), ``/healthz`` (the process answers) and ``/readyz`` (200 only
     while the source is attached and events flow, else 503 with the reason)."""
     from aiohttp import web
