@@ -122,6 +122,12 @@ def build_metadata(mon: MonitorConfig) -> Any:
     from webhook.runtime import k8s_meta
 
     token = mon.kubelet_token_path if mon.kubelet_token_path and Path(mon.kubelet_token_path).is_file() else None
+    if token is None:
+        print(
+            f"portcullis monitor: warning: kubelet token {mon.kubelet_token_path!r} not found: asking the kubelet "
+            "anonymously (it usually refuses: no k8s.* fields)",
+            file=sys.stderr,
+        )
     return k8s_meta.KubeletPods(
         mon.kubelet_url, token_path=token, ca_path=mon.kubelet_ca_path or None, insecure=mon.kubelet_insecure
     )
