@@ -164,6 +164,14 @@ class Engine:
 
         return process
 
+    def can_match_type(self, evtype: object) -> bool:
+        """False only when ``process`` returns no alert for any event whose ``evt.type`` is
+        ``evtype`` (None: no ``evt.type``), whatever its other fields: such events need not even
+        be decoded. A value of another type than str may be coerced by ``process``: True."""
+        if evtype is not None and not isinstance(evtype, str):
+            return True
+        return self._dispatch.get(evtype, self._default) is not None
+
     def _retry(self, event: Event) -> tuple[Event, Any]:
         """Evaluate again with values coerced to their fields' types; count events that still fail."""
         fixed = fields.normalize(event)

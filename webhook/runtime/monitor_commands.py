@@ -1,4 +1,8 @@
-"""``portcullis monitor``: run the runtime monitor (a thin layer over ``runtime.monitor``)."""
+"""``portcullis monitor``: run the runtime monitor (a thin layer over ``runtime.monitor``).
+
+Imports of the monitor's parts happen when it runs, not when the CLI registers its commands, so
+every other ``portcullis`` command starts without loading aiohttp and the engine.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,17 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from webhook import config as config_mod
 from webhook import errors
-from webhook.config.monitor import MonitorConfig
-from webhook.runtime import monitor, outputs
-from webhook.runtime import rules as rules_pkg
-from webhook.runtime.rules import fields
 
-DEFAULT_RULES = rules_pkg.DEFAULT_RULES  # a directory: every *.yaml in it, sorted
+if TYPE_CHECKING:
+    from webhook.config.monitor import MonitorConfig
+    from webhook.runtime import monitor, outputs
+
+# rules.DEFAULT_RULES (package data; a directory: every *.yaml in it, sorted), without importing
+# the rules engine at registration time.
+DEFAULT_RULES = Path(__file__).resolve().parent / "rules" / "default"
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -58,6 +63,8 @@ def main(argv: list[str]) -> int:
 
 def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
     """The monitor section with flags applied, and the rules files resolved against the config."""
+    from webhook import config as config_mod
+
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     mon = cfg.monitor
     overrides = {
@@ -106,6 +113,8 @@ def build_source(mon: MonitorConfig, engine: Any) -> Any:
 
 
 def build_outputs(mon: MonitorConfig) -> list[outputs.Output]:
+    from webhook.runtime import outputs
+
     sinks = [outputs.parse_output(o) for o in mon.outputs]
     if mon.audit_log:
         import socket
@@ -137,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
     from webhook.runtime.engine import Engine
 
     mon, rules = settings(args)
+    from webhook.runtime.rules import fields
+
     have = fields.producible_fields(mon.source, pod_metadata=bool(mon.kubelet_url))
     engine = Engine.load(rules, match=mon.match, disabled_tags=mon.disabled_tags, producible=have)
     for warning in getattr(engine, "warnings", ()):
@@ -158,6 +169,8 @@ def report_coverage(engine: Any, source: str) -> None:
 
 
 async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict[str, Any]:
+    from webhook.runtime import monitor
+
     sinks = build_outputs(mon)
     mon_ = monitor.Monitor(build_source(mon, engine), engine, sinks, queue_batches=mon.queue_batches,
                            hostname=mon.hostname or None, metadata=build_metadata(mon))  # fmt: skip
@@ -178,6 +191,8 @@ async def _serve_metrics(listen: str, mon: monitor.Monitor, stale_after: float =
     """``/metrics`` (Prometheus text), ``/healthz`` (the process answers) and ``/readyz`` (200 only
     while the source is attached and events flow, else 503 with the reason)."""
     from aiohttp import web
+
+    from webhook.runtime import monitor
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():

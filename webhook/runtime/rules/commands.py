@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,24 +162,12 @@ def _print_json(doc: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(doc, option=_JSON_OPTS).decode() + "\n")
 
 
-def _events(name: str) -> Iterator[dict[str, Any]]:
-    """Events from a JSON-lines file; a bad line is an InputError naming file and line."""
-    stream = sys.stdin.buffer if name == "-" else None
-    try:
-        handle = stream if stream is not None else open(name, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise errors.InputError(f"{name}: cannot read events: {exc.strerror}") from exc
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise errors.InputError(f"{name}:{lineno}: invalid JSON: {exc}") from exc
-            if not isinstance(event, dict):
-                raise errors.InputError(f"{name}:{lineno}: an event must be a JSON object")
-            yield event
+def _events(name: str, wanted: Any = None) -> Any:
+    """Events from a JSON-lines file; a bad line is an InputError naming file and line. With
+    ``wanted`` (``engine.can_match_type``), events of a type no rule matches are not decoded."""
+    from webhook.runtime.sources import recorded
+
+    return recorded.Reader(name, wanted)
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -200,7 +187,8 @@ def _test(args: argparse.Namespace) -> int:
     for w in engine.warnings:
         print(f"warning: {w}", file=sys.stderr)
     host = args.hostname or socket.gethostname()
-    for event in _events(args.events):
-        for alert in engine.process(event):
+    process = engine.process
+    for event in _events(args.events, engine.can_match_type):
+        for alert in process(event):
             out.write(orjson.dumps(alert.to_falco_json(host), option=_JSON_OPTS).decode() + "\n")
     return 0
