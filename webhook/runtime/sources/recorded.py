@@ -68,7 +68,7 @@ class Reader:
         verdicts: dict[object, bool] = {}  # evt.type -> decode the line?
         lineno = skipped = 0
         try:
-            for lineno, line in enumerate(handle, 1):  # noqa: B007 - lineno is read in finally
+            for lineno, line in enumerate(handle, 1):
                 if wanted is not None:
                     try:
                         evtype = type_of(line).evt_type
