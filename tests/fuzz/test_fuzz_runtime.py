@@ -313,3 +313,33 @@ TETRAGON_REGRESSIONS = [
 def test_regression_tetragon_record_with_wrong_types_is_refused_cleanly(record: dict[str, Any]) -> None:
     with pytest.raises(tetragon.TetragonRecordError):
         _tetragon(record)
+
+
+# The kubelet's /pods answer (a PodList) with every nested field possibly ill-typed: indexed or
+# skipped, never an exception (the monitor would lose its pod metadata refresh loop).
+container_status = S.obj(
+    name=S.maybe(st.sampled_from(["c", ""])), containerID=S.maybe(st.sampled_from(["containerd://ab", "x", ""])),
+    image=S.maybe(st.sampled_from(["nginx:1", "sha256:ab", "r:5000/a"])), imageID=S.awkward,
+)  # fmt: skip
+pod_lists = S.obj(
+    kind=S.maybe(st.just("PodList")),
+    items=S.lst(
+        S.obj(
+            metadata=S.obj(name=S.awkward, namespace=S.awkward, uid=S.awkward, labels=S.awkward),
+            spec=S.obj(containers=S.lst(S.obj(name=S.awkward, image=S.awkward))),
+            status=S.obj(containerStatuses=S.lst(container_status), initContainerStatuses=S.awkward),
+        )
+    ),
+)
+
+
+@settings(S.FUZZ, max_examples=S.examples(200))
+@given(pod_lists)
+def test_kubelet_pod_lists_index_or_skip_never_raise(doc: Any) -> None:
+    from webhook.runtime import k8s_meta
+
+    if not isinstance(doc, dict):
+        return  # the fetch refuses anything but a JSON object before indexing
+    for cid, info in k8s_meta.index_pods(doc).items():
+        assert cid
+        assert all(isinstance(v, str) for v in info.fields().values())
