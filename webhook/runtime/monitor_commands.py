@@ -144,15 +144,16 @@ def build_metadata(mon: MonitorConfig) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from webhook.runtime.engine import Engine
+    from webhook.runtime.rules import fields, loader
 
     mon, rules = settings(args)
-    from webhook.runtime.rules import fields
-
     have = fields.producible_fields(mon.source, pod_metadata=bool(mon.kubelet_url))
     engine = Engine.load(rules, match=mon.match, disabled_tags=mon.disabled_tags, producible=have)
     for warning in getattr(engine, "warnings", ()):
         print(f"portcullis monitor: warning: {warning}", file=sys.stderr)
     report_coverage(engine, mon.source)
+    files = ", ".join(str(f) for f in loader.expand(rules)[0])
+    print(f"portcullis monitor: {len(engine.rules)} enabled rules from {files}", file=sys.stderr)
     snapshot = asyncio.run(_main(mon, engine, args.duration))
     print(json.dumps(snapshot, sort_keys=True), file=sys.stderr)
     return 0
