@@ -60,7 +60,10 @@ def _fold(node: Expr, missing: set[str], have: fields.Producible) -> Expr | bool
         if not gone:
             return node
         missing.update(r.key for r in gone)
-        return compiler.compile_condition(node)({})
+        try:
+            return compiler.compile_condition(node)({})
+        except (TypeError, ValueError, AttributeError):  # no constant answer: keep the check
+            return node
     if isinstance(node, Not):
         child = _fold(node.child, missing, have)
         return (not child) if isinstance(child, bool) else Not(child)
