@@ -1092,6 +1092,8 @@ def test_notes_tell_how_to_check_the_install(chart: helm.Chart) -> None:
     assert f"kubectl -n {NAMESPACE} rollout status deployment/{FULLNAME}" in notes
     assert "never sent to the webhook: kube-system, portcullis" in notes
     assert "server deadline 4.5s" in notes
+    assert f"kubectl -n {NAMESPACE} rollout status daemonset/{FULLNAME}-monitor" in notes
+    assert "older clusters need monitor.kubelet.grantNodesProxy" in notes
 
 
 # --- client authentication: mutual TLS with the API server -------------------------------------
