@@ -488,11 +488,14 @@ def rules_files(path: Path) -> list[Path] | str:
         names = sorted(entry.name for entry in path.iterdir())
     except OSError as exc:
         return f"cannot list rules directory: {exc.strerror}"
-    out = [
-        path / name
-        for name in names
-        if not name.startswith(".") and name.endswith(RULES_SUFFIXES) and not (path / name).is_dir()
-    ]
+    out = []
+    for name in names:
+        entry = path / name
+        if name.startswith(".") or not name.endswith(RULES_SUFFIXES) or entry.is_dir():
+            continue
+        if entry.exists() and not entry.is_file():  # a FIFO or device would block or never end
+            return f"{name}: not a regular file"
+        out.append(entry)  # a dangling link stays: reading it reports the error by name
     if not out:
         return f"no rules files ({', '.join('*' + s for s in RULES_SUFFIXES)}) in this directory"
     return out
