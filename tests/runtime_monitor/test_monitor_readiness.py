@@ -87,3 +87,15 @@ async def test_a_source_quiet_for_longer_than_the_window_is_not_ready() -> None:
     assert not ok
     assert "no events for 300 s" in why
     assert monitor.readiness(mon, 600)[0]
+
+
+def test_a_recent_source_heartbeat_keeps_a_quiet_node_ready() -> None:
+    """A source that proves it still delivers (a kernel timer) is ready with no syscall events."""
+    source = Gate()
+    mon = monitor.Monitor(source, Engine.load([DEFAULT_RULES]), [])
+    mon.attached = True
+    mon.last_batch = time.monotonic() - 300
+    source.last_heartbeat = time.monotonic() - 5  # type: ignore[attr-defined]
+    assert monitor.readiness(mon, 120)[0]
+    source.last_heartbeat = time.monotonic() - 200  # type: ignore[attr-defined]
+    assert not monitor.readiness(mon, 120)[0]

@@ -230,15 +230,20 @@ class Monitor:
 def readiness(mon: Monitor, stale_after: float) -> tuple[bool, str]:
     """Whether the monitor is doing its job, and why not: the source is attached (bpftrace has
     loaded its probes; a dead source being restarted is not) and events arrived within the last
-    ``stale_after`` seconds. Served as ``/readyz``; the chart's readiness probe reads it."""
+    ``stale_after`` seconds. Served as ``/readyz``; the chart's readiness probe reads it.
+
+    A source may also keep ``last_heartbeat`` (a ``time.monotonic()``): a kernel-side timer that
+    proves the probes still deliver on a node where no traced syscall happens for a while."""
     if not mon.attached:
         return False, "event source not attached (probes loading, or the source is being restarted)"
-    if mon.last_batch is None:
+    beat = getattr(mon.source, "last_heartbeat", None)
+    seen = [t for t in (mon.last_batch, beat) if isinstance(t, int | float)]
+    if not seen:
         return False, "attached, waiting for the first events"
-    age = time.monotonic() - mon.last_batch
+    age = time.monotonic() - max(seen)
     if age > stale_after:
         return False, f"no events for {age:.0f} s (more than {stale_after:g} s)"
-    return True, f"ok: {mon.metrics.events} events, the latest {age:.1f} s ago"
+    return True, f"ok: {mon.metrics.events} events, the latest event or heartbeat {age:.1f} s ago"
 
 
 def prometheus(snapshot: dict[str, Any]) -> str:
