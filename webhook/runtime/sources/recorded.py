@@ -8,6 +8,10 @@ only the lines some rule can match are decoded in full. A skipped line is still 
 be one well-formed JSON object in UTF-8, or the run stops naming the file and line, as for any
 other line. (One difference remains: a number too large for a float in a skipped line is not
 reported.)
+
+Kept lines are decoded whole with orjson: decoding only the fields the rules read (a msgspec
+struct of those fields, then a dict) measured no faster, 1.5 µs against 1.4 µs per conformance
+line even for the 25 fields of the shipped rules, since building the dict is the cost either way.
 """
 
 from __future__ import annotations
