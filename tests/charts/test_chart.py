@@ -30,8 +30,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook import config as portcullis_config
 from webhook.admission import certs as admission_certs
-from webhook.checks import pipeline as admission_pipeline
 from webhook.admission import tls as admission_tls
+from webhook.checks import pipeline as admission_pipeline
 from webhook.core import workloads
 from webhook.core.deadline import Deadline
 from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
@@ -820,11 +820,38 @@ def test_monitor_holds_only_the_privileges_bpftrace_needs(chart: helm.Chart) -> 
     assert mounts["rules"]["mountPath"] == "/etc/portcullis/rules"
 
 
-def test_monitor_runs_on_gpu_nodes(chart: helm.Chart) -> None:
-    tolerations = pod_spec(one(render(chart), "DaemonSet"))["tolerations"]
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
-    extra = {"monitor": {"extraTolerations": [{"operator": "Exists"}]}}
-    assert {"operator": "Exists"} in pod_spec(one(render(chart, extra), "DaemonSet"))["tolerations"]
+def test_monitor_runs_on_every_node_with_a_node_critical_priority(chart: helm.Chart) -> None:
+    spec = pod_spec(one(render(chart), "DaemonSet"))
+    assert spec["tolerations"] == [{"operator": "Exists"}]  # every taint: GPU, control plane, pressure
+    assert spec["priorityClassName"] == "system-node-critical"
+    gpu_only = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    extra = [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]
+    spec = pod_spec(one(render(chart, {"monitor": {"tolerations": gpu_only, "extraTolerations": extra}}), "DaemonSet"))
+    assert spec["tolerations"] == gpu_only + extra
+    assert "priorityClassName" not in pod_spec(one(render(chart, {"monitor": {"priorityClassName": ""}}), "DaemonSet"))
+
+
+def test_monitor_is_ready_only_when_events_flow_and_reads_the_kubelet_with_a_projected_token(
+    chart: helm.Chart,
+) -> None:
+    spec = pod_spec(one(render(chart), "DaemonSet"))
+    (container,) = spec["containers"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    args = container["args"]
+    assert args[args.index("--kubelet") + 1] == "https://$(NODE_IP):10250"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert spec["automountServiceAccountToken"] is False  # the token is mounted for the kubelet only
+    (token,) = [v for v in spec["volumes"] if v["name"] == "kubelet-token"]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 3600
+    insecure = render(chart, {"monitor": {"kubelet": {"insecureSkipTLSVerify": True}}})
+    args = pod_spec(one(insecure, "DaemonSet"))["containers"][0]["args"]
+    assert "--kubelet-insecure" in args
+    assert "--kubelet-ca" not in args
+    off = pod_spec(one(render(chart, {"monitor": {"kubelet": {"enabled": False}}}), "DaemonSet"))
+    assert "--kubelet" not in off["containers"][0]["args"]
+    assert "kubelet-token" not in {v["name"] for v in off["volumes"]}
 
 
 def test_monitor_audit_log_is_on_the_node_with_the_key_from_a_secret(chart: helm.Chart) -> None:
@@ -926,7 +953,11 @@ def test_webhook_rbac_is_least_privilege(chart: helm.Chart) -> None:
     for role in find(objects, "Role") + find(objects, "ClusterRole"):
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-    assert _grants(objects, f"{FULLNAME}-monitor") == set()
+    # The monitor: only its node's kubelet /pods (fine-grained kubelet authorization).
+    assert _grants(objects, f"{FULLNAME}-monitor") == {("*", "", "nodes/pods", "get")}
+    legacy = render(chart, {"monitor": {"kubelet": {"grantNodesProxy": True}}})
+    assert _grants(legacy, f"{FULLNAME}-monitor") == {("*", "", "nodes/pods", "get"), ("*", "", "nodes/proxy", "get")}
+    assert _grants(render(chart, {"monitor": {"kubelet": {"enabled": False}}}), f"{FULLNAME}-monitor") == set()
 
 
 def test_pull_secret_reading_can_be_limited_to_namespaces_or_off(chart: helm.Chart) -> None:
@@ -1061,6 +1092,8 @@ def test_notes_tell_how_to_check_the_install(chart: helm.Chart) -> None:
     assert f"kubectl -n {NAMESPACE} rollout status deployment/{FULLNAME}" in notes
     assert "never sent to the webhook: kube-system, portcullis" in notes
     assert "server deadline 4.5s" in notes
+    assert f"kubectl -n {NAMESPACE} rollout status daemonset/{FULLNAME}-monitor" in notes
+    assert "older clusters need monitor.kubelet.grantNodesProxy" in notes
 
 
 # --- client authentication: mutual TLS with the API server -------------------------------------

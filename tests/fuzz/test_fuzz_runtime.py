@@ -8,12 +8,14 @@ Contract: conditions and rules files fail with ``RuleLoadError`` (file:line), ev
 from __future__ import annotations
 
 import contextlib
+import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from webhook import errors
@@ -70,7 +72,10 @@ rule_items = st.one_of(
         enabled=S.awkward,
         tags=S.lst(S.maybe(st.just("t"))),
         exceptions=S.lst(S.obj(name=S.maybe(st.just("e")), fields=S.awkward, comps=S.awkward, values=S.awkward)),
-        override=S.obj(condition=S.maybe(st.sampled_from(["append", "replace"])), exceptions=S.awkward),
+        override=st.one_of(
+            S.obj(condition=S.maybe(st.sampled_from(["append", "replace"])), exceptions=S.awkward),
+            st.dictionaries(st.sampled_from(["", "condition", "output", "tags", "items"]), S.awkward, max_size=2),
+        ),
         append=S.awkward,
         source=S.maybe(st.sampled_from(["syscall", "k8s_audit"])),
     ),
@@ -90,6 +95,8 @@ rules_documents = st.one_of(
 
 @settings(S.FUZZ, max_examples=S.examples(200))
 @given(rules_documents)
+@example('[{"rule": "R", "override": {"": []}}]')  # found by a session: internal error TypeError
+@example('[{"required_plugin_versions": [{"name": [], "version": "1"}]}]')
 def test_rules_files_load_or_raise_rule_load_error(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
     path = tmp_path_factory.mktemp("rules") / "custom.yaml"
     path.write_text(text, encoding="utf-8")
@@ -99,6 +106,77 @@ def test_rules_files_load_or_raise_rule_load_error(tmp_path_factory: pytest.Temp
         assert str(exc)  # noqa: PT017 (fuzz: the error may not occur)
         return
     Engine(ruleset)
+
+
+# Every node of a valid rules file, replaced in turn by every awkward value: the loader must name
+# file and line (RuleLoadError) or load, never crash. Exhaustive, so no example is left to chance.
+_AWKWARD = [None, True, False, 0, -1, 1.5, 2**64 - 1, "", "x", [], {}, [[]], [{}], [None], ["x"], [["x"]],
+            {"": {}}, {"": []}, {"a": [1]}, {"name": "x"}]  # fmt: skip
+_VALID_ITEMS: list[dict[str, Any]] = [
+    {"required_engine_version": "0.10.0"},
+    {"required_plugin_versions": [{"name": "container", "version": "0.1.0",
+                                   "alternatives": [{"name": "k", "version": "1"}]}]},
+    {"list": "l", "items": ["a", "b"]},
+    {"macro": "m", "condition": "evt.type in (open, openat)"},
+    {"rule": "R", "desc": "d", "condition": "m and proc.name in (l)", "output": "o %proc.name", "priority": "INFO",
+     "tags": ["t"], "enabled": True, "source": "syscall",
+     "exceptions": [{"name": "e", "fields": ["proc.name", "fd.name"], "comps": ["=", "startswith"],
+                     "values": [["x", "/tmp"]]}]},
+    {"list": "l", "items": ["c"], "override": {"items": "append"}},
+    {"macro": "m", "condition": "or evt.type=creat", "override": {"condition": "append"}},
+    {"rule": "R", "condition": "and proc.name=x", "output": "more",
+     "override": {"condition": "append", "output": "replace"}},
+    {"rule": "R", "exceptions": [{"name": "e", "values": [["y", "/var"]]}], "override": {"exceptions": "append"}},
+    {"rule": "R", "exceptions": [{"name": "f", "fields": "proc.name", "values": ["z"]}], "append": True},
+    {"rule": "R", "enabled": False},
+]  # fmt: skip
+
+
+def _node_paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _node_paths(child, (*prefix, key))
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    out = copy.deepcopy(value)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = new
+    return out
+
+
+def test_the_valid_rules_file_of_the_exhaustive_test_loads(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(orjson.dumps(_VALID_ITEMS))
+    (rule,) = rules.load([path]).rules
+    assert (rule.name, rule.enabled) == ("R", False)
+
+
+@pytest.mark.parametrize("index", range(len(_VALID_ITEMS)))
+def test_every_node_of_a_rules_file_of_any_type_loads_or_names_file_and_line(tmp_path: Path, index: int) -> None:
+    path = tmp_path / "r.yaml"
+    item = _VALID_ITEMS[index]
+    for node in _node_paths(item):
+        for value in _AWKWARD:
+            doc = [*_VALID_ITEMS[:index], _replaced(item, node, value), *_VALID_ITEMS[index + 1 :]]
+            path.write_bytes(orjson.dumps(doc))
+            try:
+                Engine.load([path])
+            except errors.RuleLoadError as exc:
+                assert f"{path}:" in str(exc), (node, value)  # noqa: PT017
+
+
+def test_an_override_naming_a_list_is_a_load_error_with_file_and_line(tmp_path: Path) -> None:
+    """Reported: ``override: {condition: [append]}`` was ``internal error: TypeError``."""
+    path = tmp_path / "custom.yaml"
+    path.write_text("- rule: R\n  condition: and proc.name=x\n  override: {condition: [append]}\n")
+    with pytest.raises(errors.RuleLoadError, match=r"custom\.yaml:3: .*override"):
+        rules.load([path])
 
 
 def test_the_conformance_rules_load() -> None:
@@ -235,3 +313,33 @@ TETRAGON_REGRESSIONS = [
 def test_regression_tetragon_record_with_wrong_types_is_refused_cleanly(record: dict[str, Any]) -> None:
     with pytest.raises(tetragon.TetragonRecordError):
         _tetragon(record)
+
+
+# The kubelet's /pods answer (a PodList) with every nested field possibly ill-typed: indexed or
+# skipped, never an exception (the monitor would lose its pod metadata refresh loop).
+container_status = S.obj(
+    name=S.maybe(st.sampled_from(["c", ""])), containerID=S.maybe(st.sampled_from(["containerd://ab", "x", ""])),
+    image=S.maybe(st.sampled_from(["nginx:1", "sha256:ab", "r:5000/a"])), imageID=S.awkward,
+)  # fmt: skip
+pod_lists = S.obj(
+    kind=S.maybe(st.just("PodList")),
+    items=S.lst(
+        S.obj(
+            metadata=S.obj(name=S.awkward, namespace=S.awkward, uid=S.awkward, labels=S.awkward),
+            spec=S.obj(containers=S.lst(S.obj(name=S.awkward, image=S.awkward))),
+            status=S.obj(containerStatuses=S.lst(container_status), initContainerStatuses=S.awkward),
+        )
+    ),
+)
+
+
+@settings(S.FUZZ, max_examples=S.examples(200))
+@given(pod_lists)
+def test_kubelet_pod_lists_index_or_skip_never_raise(doc: Any) -> None:
+    from webhook.runtime import k8s_meta
+
+    if not isinstance(doc, dict):
+        return  # the fetch refuses anything but a JSON object before indexing
+    for cid, info in k8s_meta.index_pods(doc).items():
+        assert cid
+        assert all(isinstance(v, str) for v in info.fields().values())

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from webhook import errors
 from webhook.runtime import events, k8s_meta, state
 from webhook.runtime.sources.base import RawEvent
 
@@ -129,3 +130,91 @@ async def test_a_kubelet_refusing_the_token_is_counted_not_fatal(
     await pods.start()
     await pods.close()
     assert (pods.errors, pods.pods, len(calls)) == (1, {}, 1)
+
+
+@pytest.mark.parametrize(
+    ("given", "want"),
+    [
+        ("https://10.0.0.7:10250", "https://10.0.0.7:10250"),
+        ("https://fd00::7:10250", "https://[fd00::7]:10250"),  # status.hostIP on an IPv6 node
+        ("https://[fd00::7]:10250/", "https://[fd00::7]:10250"),
+    ],
+)
+def test_the_kubelet_url_takes_the_host_ip_as_the_downward_api_gives_it(given: str, want: str) -> None:
+    assert k8s_meta.kubelet_url(given) == want
+
+
+def test_a_kubelet_url_without_a_scheme_is_a_config_error() -> None:
+    with pytest.raises(errors.ConfigError, match="https://HOST:PORT"):
+        k8s_meta.kubelet_url("10.0.0.7:10250")
+
+
+def test_a_missing_ca_bundle_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(errors.ConfigError, match="kubelet CA bundle"):
+        k8s_meta.KubeletPods("https://127.0.0.1:1", ca_path=tmp_path / "nope.crt")
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"items": {"not": "a list"}},
+        {"items": ["pod", None, 3]},
+        {"items": [{"metadata": [], "status": "x"}]},
+        {"items": [{"metadata": {"labels": ["a"]}, "status": {"containerStatuses": {"a": 1}}}]},
+        {
+            "items": [
+                {
+                    "metadata": {"name": 3, "labels": {"a": 1}},
+                    "status": {"containerStatuses": [None, {"containerID": 7}]},
+                }
+            ]
+        },
+    ],
+)
+def test_an_ill_typed_pod_list_yields_what_is_well_formed_and_never_raises(doc: dict[str, Any]) -> None:
+    assert k8s_meta.index_pods(doc) == {}
+
+
+def test_an_image_reported_as_an_id_is_named_from_the_pod_spec() -> None:
+    doc = {
+        "items": [{
+            "metadata": {"name": "p", "namespace": "n", "labels": {"a": "b", "bad": 1}},
+            "spec": {"containers": [{"name": "c", "image": "registry.local:5000/team/app:1.2"}]},
+            "status": {"containerStatuses": [{
+                "name": "c", "containerID": "cri-o://" + "cd" * 32, "image": "sha256:" + "ef" * 32,
+                "imageID": "registry.local:5000/team/app@sha256:" + "12" * 32,
+            }]},
+        }]
+    }  # fmt: skip
+    f = k8s_meta.index_pods(doc)["cd" * 32].fields()
+    assert f["container.image.repository"] == "registry.local:5000/team/app"
+    assert f["container.image.tag"] == "1.2"
+    assert f["container.image.digest"] == "sha256:" + "12" * 32
+    assert f["k8s.pod.labels"] == "a:b"
+
+
+async def test_a_forbidden_answer_keeps_the_old_list_and_is_counted(tmp_path: Path) -> None:
+    """A kubelet (local aiohttp, real TLS) that denies the token with 403 after one good list."""
+    cert, key = self_signed(tmp_path)
+    answers = [web.json_response(POD_LIST), web.Response(status=403, text="Forbidden (user=... verb=get)")]
+
+    async def pods(_: web.Request) -> web.Response:
+        return answers.pop(0) if answers else web.Response(status=403)
+
+    app = web.Application()
+    app.router.add_get("/pods", pods)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        pods_ = k8s_meta.KubeletPods(f"https://127.0.0.1:{port}", ca_path=cert)
+        await pods_.start()
+        await pods_.refresh()
+        await pods_.close()
+    finally:
+        await runner.cleanup()
+    assert pods_.stats() == {"pods_containers": 2, "kubelet_errors": 1, "kubelet_fetches": 1}

@@ -266,7 +266,7 @@ def test_cli_usage_errors_are_config_errors(tmp_path: Path, argv: list[str], mes
 
 
 def test_the_shipped_rules_are_the_default() -> None:
-    assert monitor_commands.DEFAULT_RULES.is_file()
+    assert monitor_commands.DEFAULT_RULES.is_dir()
 
 
 async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:

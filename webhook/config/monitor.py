@@ -12,7 +12,8 @@ from webhook.config.base import Section
 class MonitorConfig(Section, frozen=True):
     """Where events come from, which rules judge them and where alerts go.
 
-    ``rules`` empty means the project's own ``rules/portcullis_rules.yaml``. ``outputs`` take
+    ``rules`` (files or directories) empty means the rules shipped in the package
+    (``webhook/runtime/rules/default/``). ``outputs`` take
     ``stdout``, ``file:PATH`` or ``http:URL``. ``queue_batches`` bounds the source → engine
     queue (a batch is one read of the source, up to 64 KiB of bpftrace output).
     """
@@ -34,6 +35,7 @@ class MonitorConfig(Section, frozen=True):
     kubelet_token_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
     kubelet_ca_path: str = ""
     kubelet_insecure: bool = False
+    ready_stale_s: float = 120.0  # /readyz fails when no event arrived for this long
     audit_log: str = ""
     audit_key: str = ""
     audit_origin: str = "portcullis.dev/monitor"
@@ -41,3 +43,5 @@ class MonitorConfig(Section, frozen=True):
     def __post_init__(self) -> None:
         if self.queue_batches < 1:
             raise ValueError("monitor.queue_batches must be at least 1")
+        if not self.ready_stale_s > 0:
+            raise ValueError("monitor.ready_stale_s must be a positive number of seconds")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from webhook.runtime import rules
-from webhook.runtime.rules import compiler, evttypes, fields, output
+from webhook.runtime.rules import compiler, coverage, evttypes, fields, output
 from webhook.runtime.rules.model import Diagnostic
 from webhook.runtime.rules.resolve import Rule
 
@@ -75,12 +75,18 @@ class Engine:
         disabled_tags: Collection[str] = (),
         enabled_rules: Collection[str] | None = None,
         clock: Callable[[], int] = time.time_ns,
+        producible: fields.Producible | None = None,
     ) -> None:
         if match not in ("first", "all"):
             raise ValueError(f"match must be 'first' or 'all', not {match!r}")
         self.ruleset = ruleset
         self.warnings: list[Diagnostic] = list(ruleset.warnings)
-        self.rules: tuple[Rule, ...] = tuple(_select(ruleset, disabled_tags, enabled_rules))
+        selected = _select(ruleset, disabled_tags, enabled_rules)
+        # Rules reading fields the source never fills in: the dead ones are left out (the caller
+        # says so, per rule, from this report); see rules/coverage.py.
+        self.coverage: list[coverage.RuleCoverage] = coverage.assess(selected, producible)
+        dead = coverage.dead_rules(self.coverage)
+        self.rules: tuple[Rule, ...] = tuple(r for r in selected if r.name not in dead)
         self.match: Match = match
         self._clock = clock
         self.eval_errors = 0  # events whose values could not be evaluated even after coercion
@@ -113,10 +119,16 @@ class Engine:
         disabled_tags: Collection[str] = (),
         enabled_rules: Collection[str] | None = None,
         clock: Callable[[], int] = time.time_ns,
+        producible: fields.Producible | None = None,
     ) -> Engine:
-        """Load and compile rules files in order; raises ``rules.RulesError`` listing every error."""
+        """Load and compile rules files (or directories) in order; raises ``rules.RulesError``
+        listing every error. With ``producible`` (the source's fields), rules that can never fire
+        on that source are left out and listed in ``coverage``."""
         ruleset = rules.load(paths)
-        return cls(ruleset, match=match, disabled_tags=disabled_tags, enabled_rules=enabled_rules, clock=clock)
+        return cls(
+            ruleset, match=match, disabled_tags=disabled_tags, enabled_rules=enabled_rules, clock=clock,
+            producible=producible,
+        )  # fmt: skip
 
     def _bucket(self, evtype: str | object | None) -> Callable[[Event], Any] | None:
         memo: dict[int, Any] = {}
@@ -151,6 +163,14 @@ class Engine:
             return [alert(i, event) for i in hits]
 
         return process
+
+    def can_match_type(self, evtype: object) -> bool:
+        """False only when ``process`` returns no alert for any event whose ``evt.type`` is
+        ``evtype`` (None: no ``evt.type``), whatever its other fields: such events need not even
+        be decoded. A value of another type than str may be coerced by ``process``: True."""
+        if evtype is not None and not isinstance(evtype, str):
+            return True
+        return self._dispatch.get(evtype, self._default) is not None
 
     def _retry(self, event: Event) -> tuple[Event, Any]:
         """Evaluate again with values coerced to their fields' types; count events that still fail."""

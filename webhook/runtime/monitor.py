@@ -21,7 +21,7 @@ from webhook import errors
 from webhook.runtime import events, outputs, state
 from webhook.runtime.sources.base import Source
 
-__all__ = ["Metrics", "Monitor"]
+__all__ = ["Metrics", "Monitor", "prometheus", "readiness"]
 
 _log = logging.getLogger("portcullis.monitor")
 _STOP = object()
@@ -93,6 +93,9 @@ class Monitor:
         self.table = table
         self.metadata = metadata  # k8s_meta.KubeletPods: pod fields for container ids
         self.builder: events.EventBuilder | None = None
+        # Readiness (``readiness()``): the source is attached (its probes loaded) and delivering.
+        self.attached = False
+        self.last_batch: float | None = None  # time.monotonic() of the latest batch with events
         if source.kind == "raw":
             self.table = table or state.ProcessTable()
             self.builder = events.EventBuilder(self.table, engine.required_fields, self.hostname, metadata)
@@ -118,6 +121,7 @@ class Monitor:
             if start is not None:
                 await start()
             self.metrics.started = time.monotonic()
+            self.attached = True
             self.ready.set()
             producer = asyncio.create_task(self._produce(), name="monitor-source")
             waiters: list[asyncio.Future[Any]] = [producer]
@@ -161,6 +165,7 @@ class Monitor:
             except errors.UpstreamError as exc:
                 if not self.source.live or self._stopping.is_set() or self._backoff is None:
                     raise
+                self.attached = False  # not ready until the restarted source delivers again
                 self.metrics.source_restarts += 1
                 _log.error(
                     "event source %s died (%s); restart %d in %.1f s",
@@ -174,8 +179,11 @@ class Monitor:
             await self.source.close()
 
     async def _feed(self) -> None:
-        queue, live, metrics = self._queue, self.source.live, self.metrics
+        queue, live, metrics, clock = self._queue, self.source.live, self.metrics, time.monotonic
         async for batch in self.source.batches():
+            if batch:
+                self.last_batch = clock()
+                self.attached = True
             if not live:
                 await queue.put(batch)
                 continue
@@ -217,6 +225,25 @@ class Monitor:
                 doc = alert.to_falco_json(hostname)
                 for sink in sinks:
                     sink.emit(doc)
+
+
+def readiness(mon: Monitor, stale_after: float) -> tuple[bool, str]:
+    """Whether the monitor is doing its job, and why not: the source is attached (bpftrace has
+    loaded its probes; a dead source being restarted is not) and events arrived within the last
+    ``stale_after`` seconds. Served as ``/readyz``; the chart's readiness probe reads it.
+
+    A source may also keep ``last_heartbeat`` (a ``time.monotonic()``): a kernel-side timer that
+    proves the probes still deliver on a node where no traced syscall happens for a while."""
+    if not mon.attached:
+        return False, "event source not attached (probes loading, or the source is being restarted)"
+    beat = getattr(mon.source, "last_heartbeat", None)
+    seen = [t for t in (mon.last_batch, beat) if isinstance(t, int | float)]
+    if not seen:
+        return False, "attached, waiting for the first events"
+    age = time.monotonic() - max(seen)
+    if age > stale_after:
+        return False, f"no events for {age:.0f} s (more than {stale_after:g} s)"
+    return True, f"ok: {mon.metrics.events} events, the latest event or heartbeat {age:.1f} s ago"
 
 
 def prometheus(snapshot: dict[str, Any]) -> str:

@@ -1,4 +1,8 @@
-"""``portcullis monitor``: run the runtime monitor (a thin layer over ``runtime.monitor``)."""
+"""``portcullis monitor``: run the runtime monitor (a thin layer over ``runtime.monitor``).
+
+Imports of the monitor's parts happen when it runs, not when the CLI registers its commands, so
+every other ``portcullis`` command starts without loading aiohttp and the engine.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,17 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from webhook import config as config_mod
 from webhook import errors
-from webhook.config.monitor import MonitorConfig
-from webhook.runtime import monitor, outputs
 
-DEFAULT_RULES = Path(__file__).resolve().parents[2] / "rules" / "portcullis_rules.yaml"
+if TYPE_CHECKING:
+    from webhook.config.monitor import MonitorConfig
+    from webhook.runtime import monitor, outputs
+
+# rules.DEFAULT_RULES (package data; a directory: every *.yaml in it, sorted), without importing
+# the rules engine at registration time.
+DEFAULT_RULES = Path(__file__).resolve().parent / "rules" / "default"
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -31,6 +38,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until SIGINT/SIGTERM)")
     p.add_argument("--metrics-listen", help="serve Prometheus metrics on HOST:PORT (/metrics)")
     p.add_argument("--kubelet", help="kubelet URL for pod metadata (k8s.* fields), e.g. https://NODE:10250")
+    p.add_argument("--kubelet-token", help="bearer token file for the kubelet (default: the service account's)")
+    p.add_argument("--kubelet-ca", help="CA bundle that signed the kubelet's serving certificate")
+    p.add_argument(
+        "--kubelet-insecure", action="store_true", default=None, help="do not verify the kubelet's certificate"
+    )
+    p.add_argument(
+        "--ready-stale", type=float, metavar="SECONDS", help="/readyz fails when no event arrived for this long"
+    )
     p.set_defaults(func=run)
 
 
@@ -48,11 +63,15 @@ def main(argv: list[str]) -> int:
 
 def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
     """The monitor section with flags applied, and the rules files resolved against the config."""
+    from webhook import config as config_mod
+
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     mon = cfg.monitor
     overrides = {
         "source": args.source, "input": args.input, "outputs": args.output, "audit_log": args.audit_log,
         "audit_key": args.audit_key, "metrics_listen": args.metrics_listen, "kubelet_url": args.kubelet,
+        "kubelet_token_path": args.kubelet_token, "kubelet_ca_path": args.kubelet_ca,
+        "kubelet_insecure": args.kubelet_insecure, "ready_stale_s": args.ready_stale,
     }  # fmt: skip
     values = {k: v for k, v in overrides.items() if v is not None}
     if values:
@@ -65,6 +84,8 @@ def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
         rules = [cfg.resolve_path(r) for r in mon.rules]
     else:
         rules = [DEFAULT_RULES]
+    if not mon.ready_stale_s > 0:
+        raise errors.ConfigError(f"--ready-stale {mon.ready_stale_s!r}: expected a positive number of seconds")
     if mon.audit_log and not mon.audit_key:
         raise errors.ConfigError("--audit-log needs --audit-key (the log's signing key)")
     return mon, rules
@@ -92,6 +113,8 @@ def build_source(mon: MonitorConfig, engine: Any) -> Any:
 
 
 def build_outputs(mon: MonitorConfig) -> list[outputs.Output]:
+    from webhook.runtime import outputs
+
     sinks = [outputs.parse_output(o) for o in mon.outputs]
     if mon.audit_log:
         import socket
@@ -108,6 +131,12 @@ def build_metadata(mon: MonitorConfig) -> Any:
     from webhook.runtime import k8s_meta
 
     token = mon.kubelet_token_path if mon.kubelet_token_path and Path(mon.kubelet_token_path).is_file() else None
+    if token is None:
+        print(
+            f"portcullis monitor: warning: kubelet token {mon.kubelet_token_path!r} not found: asking the kubelet "
+            "anonymously (it usually refuses: no k8s.* fields)",
+            file=sys.stderr,
+        )
     return k8s_meta.KubeletPods(
         mon.kubelet_url, token_path=token, ca_path=mon.kubelet_ca_path or None, insecure=mon.kubelet_insecure
     )
@@ -115,17 +144,34 @@ def build_metadata(mon: MonitorConfig) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from webhook.runtime.engine import Engine
+    from webhook.runtime.rules import fields, loader
 
     mon, rules = settings(args)
-    engine = Engine.load(rules, match=mon.match, disabled_tags=mon.disabled_tags)
+    have = fields.producible_fields(mon.source, pod_metadata=bool(mon.kubelet_url))
+    engine = Engine.load(rules, match=mon.match, disabled_tags=mon.disabled_tags, producible=have)
     for warning in getattr(engine, "warnings", ()):
         print(f"portcullis monitor: warning: {warning}", file=sys.stderr)
+    report_coverage(engine, mon.source)
+    files = ", ".join(str(f) for f in loader.expand(rules)[0])
+    print(f"portcullis monitor: {len(engine.rules)} enabled rules from {files}", file=sys.stderr)
     snapshot = asyncio.run(_main(mon, engine, args.duration))
     print(json.dumps(snapshot, sort_keys=True), file=sys.stderr)
     return 0
 
 
+def report_coverage(engine: Any, source: str) -> None:
+    """Say, per rule, which fields the source cannot produce and whether the rule is therefore
+    disabled (never silently); refuse to run when no enabled rule is left (fail closed)."""
+    for cov in engine.coverage:
+        if cov.missing:
+            print(f"portcullis monitor: warning: {cov.message(source)}", file=sys.stderr)
+    if engine.coverage and not engine.rules:
+        raise errors.RuleLoadError(f"no enabled rule can fire on the {source} source (see the warnings above)")
+
+
 async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict[str, Any]:
+    from webhook.runtime import monitor
+
     sinks = build_outputs(mon)
     mon_ = monitor.Monitor(build_source(mon, engine), engine, sinks, queue_batches=mon.queue_batches,
                            hostname=mon.hostname or None, metadata=build_metadata(mon))  # fmt: skip
@@ -134,7 +180,7 @@ async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    runner = await _serve_metrics(mon.metrics_listen, mon_) if mon.metrics_listen else None
+    runner = await _serve_metrics(mon.metrics_listen, mon_, mon.ready_stale_s) if mon.metrics_listen else None
     try:
         return await mon_.run(duration=duration, stop=stop)
     finally:
@@ -142,8 +188,12 @@ async def _main(mon: MonitorConfig, engine: Any, duration: float | None) -> dict
             await runner.cleanup()
 
 
-async def _serve_metrics(listen: str, mon: monitor.Monitor) -> Any:
+async def _serve_metrics(listen: str, mon: monitor.Monitor, stale_after: float = 120.0) -> Any:
+    """``/metrics`` (Prometheus text), ``/healthz`` (the process answers) and ``/readyz`` (200 only
+    while the source is attached and events flow, else 503 with the reason)."""
     from aiohttp import web
+
+    from webhook.runtime import monitor
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
@@ -152,8 +202,17 @@ async def _serve_metrics(listen: str, mon: monitor.Monitor) -> Any:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=monitor.prometheus(mon.snapshot()), content_type="text/plain")
 
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok, why = monitor.readiness(mon, stale_after)
+        return web.Response(status=200 if ok else 503, text=why + "\n")
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, host.strip("[]"), int(port)).start()

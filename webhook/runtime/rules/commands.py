@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from webhook import errors
+
+if TYPE_CHECKING:
+    from webhook.runtime.rules import coverage
 
 _JSON_OPTS = orjson.OPT_SORT_KEYS
 
@@ -34,8 +36,24 @@ def _register_rules(subparsers: argparse._SubParsersAction[Any]) -> None:
     rules.set_defaults(func=lambda args: _usage(rules))
 
     validate = sub.add_parser("validate", help="load rules files like `falco -V`: errors and warnings")
-    validate.add_argument("rules", nargs="+", type=Path, metavar="RULES", help="rules files, in load order")
+    validate.add_argument(
+        "rules",
+        nargs="+",
+        type=Path,
+        metavar="RULES",
+        help="rules files or directories (*.yaml, sorted), in load order",
+    )
     validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.add_argument(
+        "--source",
+        choices=("ebpf", "jsonl", "tetragon"),
+        default="ebpf",
+        help="report enabled rules reading fields this event source cannot produce, as `portcullis monitor "
+        "--source` does at start-up (default ebpf; jsonl: recorded fields, all producible)",
+    )
+    validate.add_argument(
+        "--pod-metadata", action="store_true", help="the monitor runs with --kubelet (k8s.* and container.image.*)"
+    )
     validate.set_defaults(func=_validate)
 
     test = sub.add_parser(
@@ -45,7 +63,13 @@ def _register_rules(subparsers: argparse._SubParsersAction[Any]) -> None:
         "evt.num of every matching event (no event-type prefilter). Events without evt.time get "
         "time 0, so output is reproducible.",
     )
-    test.add_argument("rules", nargs="*", type=Path, metavar="RULES", help="rules files, in load order")
+    test.add_argument(
+        "rules",
+        nargs="*",
+        type=Path,
+        metavar="RULES",
+        help="rules files or directories (*.yaml, sorted), in load order",
+    )
     test.add_argument("--events", required=True, metavar="EVENTS.jsonl", help="events file ('-': stdin)")
     test.add_argument("--match", choices=("first", "all"), default="all", help="Falco's rule_matching")
     test.add_argument("--condition", metavar="TEXT", help="test this condition instead of the rules")
@@ -69,6 +93,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from webhook.runtime import rules
+    from webhook.runtime.rules import coverage, fields
 
     try:
         ruleset = rules.load(args.rules)
@@ -92,6 +117,12 @@ def _validate(args: argparse.Namespace) -> int:
     for w in ruleset.warnings:
         print(f"warning: {w}", file=sys.stderr)
     enabled = sum(r.enabled for r in ruleset.rules)
+    have = fields.producible_fields(args.source, pod_metadata=args.pod_metadata)
+    report = coverage.assess([r for r in ruleset.rules if r.enabled], have)
+    for cov in report:
+        if cov.missing:
+            print(f"warning: {cov.message(args.source)}", file=sys.stderr)
+    dead = len(coverage.dead_rules(report))
     if args.format == "json":
         _print_json(
             {
@@ -101,11 +132,26 @@ def _validate(args: argparse.Namespace) -> int:
                 "warnings": [_diag(w) for w in ruleset.warnings],
                 "rules": len(ruleset.rules),
                 "enabled": enabled,
+                "source": args.source,
+                "fields_not_produced": [_coverage(c) for c in report],
             }
         )
     else:
         print(f"Ok: {len(ruleset.rules)} rules ({enabled} enabled), {len(ruleset.warnings)} warning(s)")
+        partial = sum(1 for c in report if c.missing and not c.dead)
+        if dead or partial:
+            print(
+                f"On the {args.source} source: {dead} enabled rule(s) disabled (they cannot fire without fields it "
+                f"does not produce), {partial} run without some fields"
+            )
     return 0
+
+
+def _coverage(c: coverage.RuleCoverage) -> dict[str, Any]:
+    return {
+        "rule": c.rule, "file": c.loc.file, "line": c.loc.line, "disabled": c.dead, "condition_fields": list(c.missing),
+        "output_fields": list(c.output_missing),
+    }  # fmt: skip
 
 
 def _diag(d: Any) -> dict[str, Any]:
@@ -116,24 +162,12 @@ def _print_json(doc: dict[str, Any]) -> None:
     sys.stdout.write(orjson.dumps(doc, option=_JSON_OPTS).decode() + "\n")
 
 
-def _events(name: str) -> Iterator[dict[str, Any]]:
-    """Events from a JSON-lines file; a bad line is an InputError naming file and line."""
-    stream = sys.stdin.buffer if name == "-" else None
-    try:
-        handle = stream if stream is not None else open(name, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise errors.InputError(f"{name}: cannot read events: {exc.strerror}") from exc
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise errors.InputError(f"{name}:{lineno}: invalid JSON: {exc}") from exc
-            if not isinstance(event, dict):
-                raise errors.InputError(f"{name}:{lineno}: an event must be a JSON object")
-            yield event
+def _events(name: str, wanted: Any = None) -> Any:
+    """Events from a JSON-lines file; a bad line is an InputError naming file and line. With
+    ``wanted`` (``engine.can_match_type``), events of a type no rule matches are not decoded."""
+    from webhook.runtime.sources import recorded
+
+    return recorded.Reader(name, wanted)
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -153,7 +187,8 @@ def _test(args: argparse.Namespace) -> int:
     for w in engine.warnings:
         print(f"warning: {w}", file=sys.stderr)
     host = args.hostname or socket.gethostname()
-    for event in _events(args.events):
-        for alert in engine.process(event):
+    process = engine.process
+    for event in _events(args.events, engine.can_match_type):
+        for alert in process(event):
             out.write(orjson.dumps(alert.to_falco_json(host), option=_JSON_OPTS).decode() + "\n")
     return 0

@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FieldInfo", "FieldType", "derived_values", "lookup", "parse_ip", "parse_net"]
+__all__ = [
+    "POD_METADATA", "SOURCES", "FieldInfo", "FieldType", "Producible", "derived_values", "lookup", "parse_ip",
+    "parse_net", "producible_fields",
+]  # fmt: skip
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -276,3 +279,91 @@ def _coerce(value: Any, kind: FieldType | None) -> Any:
     if kind is FieldType.BOOL and not isinstance(value, bool):
         return str(value).lower() in ("true", "1")
     return value
+
+
+# -- which fields each event source fills in ------------------------------------------------------
+# The monitor disables, and says so, every rule whose condition can never be true without fields
+# its source does not produce (``rules/coverage.py``). The tables below are today's sources; a
+# source that learns a field adds it here (and its test, tests/runtime_rules/test_rules_coverage.py,
+# checks the ebpf table against what ``runtime.events.EventBuilder`` really builds).
+
+
+@dataclass(frozen=True, slots=True)
+class Producible:
+    """The field keys a source fills in: exact ``names``, every ``[arg]`` of the ``indexed``
+    names (``proc.aname[3]``), and every name starting with one of ``prefixes`` (``evt.arg.``)."""
+
+    names: frozenset[str]
+    indexed: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+
+    def has(self, name: str, arg: str | None = None) -> bool:
+        """Whether the source produces ``name`` (with ``arg``, e.g. ``proc.aname``, ``3``)."""
+        if arg is None and name in self.names:
+            return True
+        if name in self.indexed:
+            return True
+        return name.startswith(self.prefixes) if self.prefixes else False
+
+    def __or__(self, other: Producible) -> Producible:
+        return Producible(self.names | other.names, self.indexed | other.indexed, self.prefixes + other.prefixes)
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Computed by the engine from other fields (fd.ip from fd.cip/fd.sip, ...): produced when those are.
+_SOCKET_DERIVED = "fd.ip fd.port fd.net fd.cnet fd.snet fd.lnet fd.rnet"
+_EBPF = Producible(
+    names=_names(
+        f"""
+        evt.num evt.type evt.dir evt.time evt.rawtime evt.res evt.rawres evt.failed evt.hostname
+        evt.is_open_read evt.is_open_write evt.is_open_exec evt.is_open_create
+        proc.pid proc.vpid proc.ppid proc.pvpid proc.name proc.exe proc.exepath proc.args proc.cmdline
+        proc.cmdnargs proc.cwd proc.tty proc.start_ts proc.pname proc.pexe proc.pexepath proc.pcmdline
+        proc.aname proc.apid proc.aexe proc.aexepath proc.acmdline thread.tid
+        user.uid user.name user.loginuid user.loginname container.id container.full_id
+        fd.num fd.type fd.typechar fd.name fd.directory fd.filename fd.l4proto fd.sockfamily
+        fd.cip fd.sip fd.cport fd.sport fd.lip fd.lport fd.rip fd.rport fd.connected fd.is_server
+        fs.path.name fs.path.source fs.path.target {_SOCKET_DERIVED}
+        """
+    ),
+    indexed=_names("proc.aname proc.apid proc.aexe proc.aexepath proc.acmdline"),
+    prefixes=("evt.arg.", "evt.rawarg."),
+)
+_TETRAGON = Producible(
+    names=_names(
+        f"""
+        evt.type evt.dir evt.time evt.res evt.rawres evt.source evt.hostname evt.arg.name
+        proc.pid proc.vpid proc.ppid proc.name proc.exe proc.exepath proc.args proc.cmdline proc.cwd
+        proc.pname proc.pexe proc.pexepath proc.pcmdline thread.tid user.uid user.loginuid
+        container.id container.name container.image.repository container.image.tag k8s.ns.name k8s.pod.name
+        fd.type fd.typechar fd.name fd.directory fd.filename fd.l4proto fd.sockfamily
+        fd.cip fd.cport fd.sip fd.sport fs.path.name {_SOCKET_DERIVED}
+        """
+    ),
+)
+# What the kubelet's pod list adds for a live source (``--kubelet``, runtime/k8s_meta.py).
+POD_METADATA = Producible(
+    names=_names(
+        """
+        k8s.ns.name k8s.pod.name k8s.pod.uid k8s.pod.labels container.name container.image
+        container.image.repository container.image.tag container.image.digest
+        """
+    ),
+    indexed=_names("k8s.pod.label"),
+    prefixes=("k8s.pod.label.",),
+)
+SOURCES = ("ebpf", "jsonl", "tetragon")
+# None: a recorded stream carries whatever fields were recorded, so every field may be there.
+_PRODUCIBLE: dict[str, Producible | None] = {"ebpf": _EBPF, "tetragon": _TETRAGON, "jsonl": None}
+
+
+def producible_fields(source: str, *, pod_metadata: bool = False) -> Producible | None:
+    """The fields ``source`` fills in (None: any field), with the kubelet's pod fields when
+    ``pod_metadata`` (a live source with ``--kubelet``). Raises KeyError for an unknown source."""
+    base = _PRODUCIBLE[source]
+    if base is None or not pod_metadata or source == "tetragon":  # Tetragon brings its own pod fields
+        return base
+    return base | POD_METADATA

@@ -9,7 +9,7 @@ collected across all files and raised together by ``rules.load`` (see ``__init__
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,10 @@ import yaml
 
 from webhook.runtime.rules.model import Collection, Diagnostic, ExceptionDef, ListDef, Loc, MacroDef, RuleDef, Text
 
-__all__ = ["BUILTIN_PLUGINS", "ENGINE_VERSION", "PRIORITIES", "Collection", "Diagnostic", "Loc", "collect"]
+__all__ = [
+    "BUILTIN_PLUGINS", "ENGINE_VERSION", "PRIORITIES", "Collection", "Diagnostic", "Loc", "collect", "expand",
+    "rules_files",
+]  # fmt: skip
 
 ENGINE_VERSION = (0, 57, 0)
 # Plugins whose fields this engine provides natively, with the version it is compatible with.
@@ -132,6 +135,16 @@ def _version(text: Any) -> tuple[int, ...] | None:
     return None if m is None else tuple(int(x or 0) for x in m.groups())
 
 
+def _plugin_requirement(req: Any) -> bool:
+    """A ``{name, version}`` mapping whose values are scalars (a version may be written as a number)."""
+    return (
+        isinstance(req, dict)
+        and isinstance(req.get("name"), str)
+        and isinstance(req.get("version"), str | int | float)
+        and not isinstance(req.get("version"), bool)
+    )
+
+
 class _FileReader:
     """Reads one file's items into the collection."""
 
@@ -209,6 +222,10 @@ class _FileReader:
             raise self.fail(item, "'override' and 'append' cannot be used together")
         ov = self.get(keys, "override", dict)
         for key, how in ov.items():
+            if not isinstance(key, str) or not isinstance(how, str):
+                raise self.fail(
+                    keys["override"], f"override entries must be 'key: append' or 'key: replace', got {key!r}: {how!r}"
+                )
             allowed = {"append": _APPENDABLE, "replace": _REPLACEABLE}.get(how)
             if allowed is None:
                 raise self.fail(keys["override"], f"override of '{key}' must be 'append' or 'replace'")
@@ -239,15 +256,17 @@ class _FileReader:
             raise self.fail(node, f"rules require engine version {_py(node)}, this engine is {engine}")
 
     def item_required_plugin_versions(self, item: yaml.Node, keys: dict[str, yaml.Node]) -> None:
+        node = keys["required_plugin_versions"]
         reqs = self.get(keys, "required_plugin_versions", list)
         for req in reqs:
-            if not isinstance(req, dict) or "name" not in req or "version" not in req:
-                raise self.fail(keys["required_plugin_versions"], "each required plugin needs 'name' and 'version'")
-            choices = [req, *(req.get("alternatives") or [])]
+            if not _plugin_requirement(req):
+                raise self.fail(node, "each required plugin needs a string 'name' and 'version'")
+            alternatives = req.get("alternatives") or []
+            if not isinstance(alternatives, list) or not all(_plugin_requirement(a) for a in alternatives):
+                raise self.fail(node, f"plugin '{req['name']}': 'alternatives' must be a list of {{name, version}}")
             ok = any(
-                c.get("name") in BUILTIN_PLUGINS and (_version(c.get("version")) or (0,)) <= BUILTIN_PLUGINS[c["name"]]
-                for c in choices
-                if isinstance(c, dict)
+                c["name"] in BUILTIN_PLUGINS and (_version(c["version"]) or (0,)) <= BUILTIN_PLUGINS[c["name"]]
+                for c in [req, *alternatives]
             )
             if not ok:
                 have = ", ".join(f"{k} {'.'.join(map(str, v))}" for k, v in BUILTIN_PLUGINS.items())
@@ -451,9 +470,56 @@ def _read_file(col: Collection, path: Path) -> None:
     _FileReader(col, name, text).read(root)
 
 
-def collect(paths: Iterator[Path] | list[Path] | tuple[Path, ...]) -> Collection:
-    """Read every file in order into one collection (errors and warnings are collected in it)."""
-    col = Collection()
+RULES_SUFFIXES = (".yaml", ".yml")
+
+
+def rules_files(path: Path) -> list[Path] | str:
+    """The rules files ``path`` names, in load order, or why it names none.
+
+    A file is itself. A directory gives its ``*.yaml``/``*.yml`` entries in sorted name order, not
+    recursively (Falco's ``rules_files`` reads a directory the same way), skipping names that start
+    with a dot: a mounted ConfigMap holds ``..data`` and ``..2024_01_01_...`` next to the visible
+    names, which are symlinks through ``..data`` to the current copy, so each file is read once,
+    through the link the kubelet swaps atomically on update.
+    """
+    if not path.is_dir():
+        return [path]
+    try:
+        names = sorted(entry.name for entry in path.iterdir())
+    except OSError as exc:
+        return f"cannot list rules directory: {exc.strerror}"
+    out = []
+    for name in names:
+        entry = path / name
+        if name.startswith(".") or not name.endswith(RULES_SUFFIXES) or entry.is_dir():
+            continue
+        if entry.exists() and not entry.is_file():  # a FIFO or device would block or never end
+            return f"{name}: not a regular file"
+        out.append(entry)  # a dangling link stays: reading it reports the error by name
+    if not out:
+        return f"no rules files ({', '.join('*' + s for s in RULES_SUFFIXES)}) in this directory"
+    return out
+
+
+def expand(paths: Iterable[Path | str]) -> tuple[list[Path], list[Diagnostic]]:
+    """Files and directories → the rules files in load order, and an error per path naming none."""
+    files: list[Path] = []
+    problems: list[Diagnostic] = []
     for path in paths:
-        _read_file(col, Path(path))
+        found = rules_files(Path(path))
+        if isinstance(found, str):
+            problems.append(Diagnostic(Loc(str(path), 0), found))
+        else:
+            files.extend(found)
+    return files, problems
+
+
+def collect(paths: Iterable[Path | str]) -> Collection:
+    """Read every file (directories: their rules files, sorted) in order into one collection
+    (errors and warnings are collected in it)."""
+    col = Collection()
+    files, problems = expand(paths)
+    col.errors.extend(problems)
+    for path in files:
+        _read_file(col, path)
     return col
