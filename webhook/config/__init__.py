@@ -144,12 +144,12 @@ def _explain(message: str, data: Any = None) -> str:
     """Turn msgspec's message into one that names the key and what is allowed there."""
     match = _UNKNOWN.search(message)
     if match:
-        at = _located(match.group("at") or "$", data)
-        node = _type_at(at)
+        parent = _located(match.group("at") or "$", data)
+        node = _type_at(parent)
         allowed = (
             sorted(f.name for f in msgspec.structs.fields(node) if f.name != "base_dir") if _is_struct(node) else []
         )
-        key = _dotted(at, match.group("field"))
+        key = _dotted(parent, match.group("field"))
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"unknown key `{key}`{hint}"
     at = re.search(r" - at `(?P<at>[^`]+)`$", message)
