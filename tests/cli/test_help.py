@@ -53,7 +53,8 @@ def test_commands_are_COMMAND_at_the_top_and_SUBCOMMAND_below() -> None:
         if _subparser_actions(parser)
     }
     assert seen.pop("portcullis") == ["COMMAND"]
-    assert seen and all(metavars == ["SUBCOMMAND"] for metavars in seen.values()), seen
+    assert seen
+    assert all(metavars == ["SUBCOMMAND"] for metavars in seen.values()), seen
 
 
 def test_the_top_level_description_says_what_portcullis_is() -> None:
