@@ -129,12 +129,12 @@ async def serve(
             source = getattr(check, "metrics", None)
             if callable(source):
                 metrics.check_sources.append((check.id, source))
-        log.info("portcullis webhook listening on https://%s:%d", listen.host, listen.port)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        log.info("portcullis webhook listening on https://%s:%d", listen.host, listen.port)
         if started is not None:
             started.set()
         await stop.wait()
@@ -156,7 +156,7 @@ async def _start(site: web.TCPSite, listen: Listen, setting: str) -> None:
     try:
         await site.start()
     except OSError as exc:
-        reason = exc.strerror or str(exc)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's own wording repeats the address
         if exc.errno == errno.EADDRINUSE:
             hint = f"another process is listening there: stop it or choose another port with {setting}"
         elif exc.errno == errno.EACCES:
