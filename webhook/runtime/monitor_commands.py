@@ -60,14 +60,25 @@ def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
 
         mon = msgspec.structs.replace(mon, **values)
     if args.rules:
-        rules = [Path(r) for r in args.rules]
+        rules = rules_files([Path(r) for r in args.rules])
     elif mon.rules:
-        rules = [cfg.resolve_path(r) for r in mon.rules]
+        rules = rules_files([cfg.resolve_path(r) for r in mon.rules])
     else:
         rules = [DEFAULT_RULES]
     if mon.audit_log and not mon.audit_key:
         raise errors.ConfigError("--audit-log needs --audit-key (the log's signing key)")
     return mon, rules
+
+
+def rules_files(paths: list[Path]) -> list[Path]:
+    """A directory stands for its ``*.yaml``/``*.yml`` files in name order, as Falco loads one."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        else:
+            out.append(path)
+    return out
 
 
 def build_source(mon: MonitorConfig, engine: Any) -> Any:
