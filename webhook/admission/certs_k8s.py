@@ -16,6 +16,7 @@ from cryptography import x509
 
 from webhook import errors
 from webhook.admission import certs
+from webhook.files import write_atomic
 
 
 def sync(
@@ -103,9 +104,9 @@ def _valid_ca(pem: bytes, now: dt.datetime) -> bool:
 def _write_existing(data: dict[str, bytes], out: Path) -> certs.CertFiles:
     out.mkdir(parents=True, exist_ok=True)
     files = certs.CertFiles(out / "ca.crt", out / "tls.crt", out / "tls.key")
-    certs.write_file(files.ca_cert, data["ca.crt"], 0o644)
-    certs.write_file(files.cert, data["tls.crt"], 0o644)
-    certs.write_file(files.key, data["tls.key"], 0o600)
+    write_atomic(files.ca_cert, data["ca.crt"], mode=0o644)
+    write_atomic(files.cert, data["tls.crt"], mode=0o644)
+    write_atomic(files.key, data["tls.key"], mode=0o600)
     return files
 
 
