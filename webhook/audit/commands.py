@@ -191,7 +191,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for directory in args.log:
         if not directory.is_dir():
             raise errors.InputError(f"--log {directory}: not a directory")
-        key = _key_for(directory, keys)
+        key = verify.key_for(directory, keys)
         check = not args.no_record_check
         results.append(verify.verify(directory, key, wkeys, args.witnesses_required, check, args.published))
     if args.format == "json":
@@ -208,20 +208,6 @@ def _witness_keys(values: list[str]) -> list[note.Verifier]:
         if key.sig_type != note.SIG_COSIGNATURE_V1:
             raise errors.InputError(f"--witness-key {key.name}: not a cosignature key (keygen --witness)")
     return keys
-
-
-def _key_for(directory: Path, keys: list[note.Verifier]) -> note.Verifier:
-    """The log key whose name is the checkpoint's origin (or the only key given)."""
-    if len(keys) == 1:
-        return keys[0]
-    try:
-        origin = (directory / log.CHECKPOINT).read_text().split("\n", 1)[0]
-    except OSError:
-        origin = ""
-    for key in keys:
-        if key.name == origin:
-            return key
-    raise errors.InputError(f"{directory}: no --pub key is named after its origin {origin!r}")
 
 
 def _result_json(r: verify.Result) -> dict[str, Any]:
