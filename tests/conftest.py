@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -37,12 +39,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``host:port`` of a real docker-registry on loopback, killed at the end of the session."""
+@contextlib.contextmanager
+def running_registry(root: Path) -> Iterator[str]:
+    """A docker-registry storing under ``root``; yields ``host:port``; killed when the block ends."""
     if shutil.which(REGISTRY_BINARY) is None:
         pytest.skip(f"{REGISTRY_BINARY} is not installed (apt-get install docker-registry)")
-    root = tmp_path_factory.mktemp("registry")
     port = _free_port()
     config = root / "config.yml"
     config.write_text(
@@ -69,6 +70,19 @@ def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def docker_registry_factory() -> Callable[[Path], contextlib.AbstractContextManager[str]]:
+    """``with docker_registry_factory(root) as host:`` a registry of the test's own (to kill it)."""
+    return running_registry
+
+
+@pytest.fixture(scope="session")
+def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of the session's shared docker-registry on loopback."""
+    with running_registry(tmp_path_factory.mktemp("registry")) as host:
+        yield host
 
 
 Serve = Callable[[web.Application], Awaitable[str]]
