@@ -82,3 +82,12 @@ def test_an_unknown_option_prints_the_usage_of_its_own_command(
     err = capsys.readouterr().err
     assert err.startswith(usage)
     assert "unrecognized arguments: --frobnicate" in err
+
+
+def test_the_same_option_has_the_same_metavar_everywhere() -> None:
+    metavars: dict[str, set[str]] = {}
+    for _path, parser in _parsers(cli.build_parser()):
+        for action in parser._actions:
+            if "--config" in action.option_strings:
+                metavars.setdefault("--config", set()).add(str(action.metavar))
+    assert metavars == {"--config": {"FILE"}}

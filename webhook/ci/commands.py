@@ -29,21 +29,23 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Exit codes: 0 no enforce-mode violation, 1 violations, 2 usage or input error.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (recursive) or '-' for stdin")
-    p.add_argument("--config", type=Path, help="the webhook's config file (same keys)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="the webhook's config file (same keys)")
     p.add_argument(
         "--level",
         choices=("privileged", "baseline", "restricted", "hardened"),
         help="Pod Security level to enforce for every object (overrides config and labels)",
     )
-    p.add_argument("--pss-version", help="Pod Security version: v1.N or latest (default latest)")
+    p.add_argument("--pss-version", metavar="VERSION", help="Pod Security version: v1.N or latest (default latest)")
     p.add_argument(
         "--format",
         choices=formats.FORMATS,
         default="text",
         help="report format (default text; sarif for code scanning)",
     )
-    p.add_argument("--output", "-o", type=Path, help="write the report here instead of stdout")
-    p.add_argument("--namespace", help="namespace for objects without one (default from config: default)")
+    p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the report here instead of stdout")
+    p.add_argument(
+        "--namespace", metavar="NAME", help="namespace for objects without one (default from config: default)"
+    )
     p.add_argument(
         "--namespace-label",
         action="append",

@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--image", action="append", default=[], metavar="REF", help="image reference (repeatable)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write (created if absent)")
-    p.add_argument("--config", type=Path, help="config file: images.insecure_registries, credentials, timeouts")
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="config file: images.insecure_registries, credentials, timeouts"
+    )
     p.add_argument(
         "--insecure-registry",
         action="append",
