@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,8 @@ def _client() -> tuple[Any, type[Exception]]:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
+            # $KUBECONFIG as it is now: the client reads it once, when it is first imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError) as exc:
             raise errors.ConfigError(f"no Kubernetes API to publish certificates to: {exc}") from exc
     return client, ApiException
