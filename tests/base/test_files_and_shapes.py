@@ -93,3 +93,15 @@ def test_absent_reads_as_empty_and_right_shapes_pass_through() -> None:
     assert shapes.strings(["a"], "x", _fail) == ["a"]
     value = {"a": 1}
     assert shapes.mapping(value, "x", _fail) is value
+
+
+def test_the_suite_draws_the_same_examples_everywhere() -> None:
+    """tests/conftest.py loads a derandomized profile without a database (unless PORTCULLIS_FUZZ=deep)."""
+    import os
+
+    from hypothesis import settings
+
+    if os.environ.get("PORTCULLIS_FUZZ") == "deep":
+        pytest.skip("deep fuzzing draws fresh examples on purpose")
+    assert settings.default.derandomize is True
+    assert settings.default.database is None
