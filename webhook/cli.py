@@ -71,7 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"portcullis {__version__}")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug; tracebacks)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more detail on stderr, and the traceback of an internal error (-vv: debug)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name in _COMMAND_MODULES:
