@@ -56,3 +56,10 @@ def test_load_names_the_file(tmp_path: Path) -> None:
     path.write_text("serverr: {}\n", encoding="utf-8")
     with pytest.raises(errors.ConfigError, match=rf"^{path}: unknown key `serverr` \(allowed: audit, checks"):
         config.load(path)
+
+
+def test_a_key_that_is_not_text_says_to_quote_it() -> None:
+    message = _error("namespaces: {prod: {labels: {1: a}}}")
+    assert (
+        message == "c.yaml: key `namespaces.prod.labels`: a key there is not text (Expected `str`, got `int`); quote it"
+    )

@@ -152,6 +152,10 @@ def _explain(message: str, data: Any = None) -> str:
         key = _dotted(parent, match.group("field"))
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"unknown key `{key}`{hint}"
+    key_at = re.search(r" - at `key` in `(?P<at>[^`]+)`$", message)
+    if key_at:  # a mapping key that is not text (YAML reads `1:` or `true:` as a number or a bool)
+        where = _dotted(_located(key_at.group("at"), data))
+        return f"key `{where}`: a key there is not text ({message[: key_at.start()]}); quote it"
     at = re.search(r" - at `(?P<at>[^`]+)`$", message)
     if at:
         where = _located(at.group("at"), data)
