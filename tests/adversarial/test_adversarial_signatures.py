@@ -15,12 +15,7 @@ import base64
 import hashlib
 import json
 import os
-import shutil
-import socket
-import subprocess
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +30,6 @@ from webhook.checks.services import Services
 from webhook.core.deadline import Deadline
 from webhook.signatures import cosign
 
-REGISTRY_BINARY = "/usr/bin/docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 IN_TOTO = "application/vnd.in-toto+json"
 SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
@@ -86,34 +80,8 @@ class Registry:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    if shutil.which(REGISTRY_BINARY) is None:
-        pytest.skip(f"{REGISTRY_BINARY} is not installed (apt-get install docker-registry)")
-    root = tmp_path_factory.mktemp("adv-registry")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (root / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(
-        [REGISTRY_BINARY, "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"docker-registry exited with {proc.returncode}")
-                time.sleep(0.05)
-        yield Registry(f"127.0.0.1:{port}")
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+def registry(docker_registry: str) -> Registry:
+    return Registry(docker_registry)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "webhook"
 # Lower numbers sit lower. A module may import its own package and anything of a lower rank.
 RANK: dict[str, int] = {
     "errors": 0,
+    "files": 0,
+    "shapes": 0,
     "core": 1,
     "config": 2,
     "kube": 3,

@@ -16,7 +16,7 @@ import logging
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,26 +51,6 @@ def encodings(value: str, user: str) -> list[str]:
         base64.b64encode(f"{user}:{value}".encode()).decode(),
         base64.b64encode(value.encode()).decode(),
     ]
-
-
-Serve = Callable[[web.Application], Awaitable[str]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        return f"127.0.0.1:{runner.addresses[0][1]}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
 
 
 def registry_stub(mode: str, seen: list[str], *, issue_token: bool = False) -> web.Application:
@@ -140,7 +120,7 @@ def _pem_body(pem: bytes) -> list[str]:
 
 async def test_registry_credentials_tokens_and_pull_secrets_never_leak(
     tmp_path: Path,
-    serve: Serve,
+    serve: Callable[[web.Application], Awaitable[str]],  # tests/conftest.py
     webhook_server: Any,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],

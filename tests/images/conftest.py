@@ -14,14 +14,11 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 import socket
 import struct
-import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-REGISTRY_BINARY = "/usr/bin/docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
@@ -151,37 +147,9 @@ def _descriptor(media_type: str, data: bytes, digest: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A real docker-registry on a free loopback port, killed at the end of the session."""
-    if not Path(REGISTRY_BINARY).exists() or shutil.which(REGISTRY_BINARY) is None:
-        pytest.skip(f"{REGISTRY_BINARY} is not installed (apt-get install docker-registry)")
-    root = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(
-        [REGISTRY_BINARY, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    host = f"127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"http://{host}/v2/", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"docker-registry exited with {proc.returncode}")
-                time.sleep(0.05)
-        else:
-            pytest.fail("docker-registry did not start within 10 s")
-        yield Registry(host)
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+def registry(docker_registry: str) -> Registry:
+    """The session's real docker-registry (``tests/conftest.py``) with a pusher."""
+    return Registry(docker_registry)
 
 
 # -- signers -----------------------------------------------------------------------------------

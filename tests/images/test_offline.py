@@ -13,9 +13,6 @@ import base64
 import io
 import json
 import shutil
-import subprocess
-import time
-import urllib.request
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +27,6 @@ from webhook.signatures import commands as images_commands
 
 pytestmark = pytest.mark.registry
 
-REGISTRY_BINARY = "/usr/bin/docker-registry"
 ISSUER = "https://token.actions.example"
 SUBJECT = "https://github.example/org/repo/.github/workflows/release.yml@refs/heads/main"
 BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -107,28 +103,6 @@ class World:
         return path
 
 
-def _start_registry(root: Path, port: int) -> subprocess.Popen[bytes]:
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(
-        [REGISTRY_BINARY, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1):
-                return proc
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"docker-registry exited with {proc.returncode}")
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail("docker-registry did not start within 10 s")
-
-
 def _sign(reg: Any, tools: Any, repo: str, digest: str, key: Any, payload: bytes | None = None) -> None:
     payload = payload if payload is not None else tools.simple_signing(f"{reg.host}/{repo}", digest)
     signature = base64.b64encode(tools.sign_bytes(key, payload)).decode()
@@ -138,15 +112,13 @@ def _sign(reg: Any, tools: Any, repo: str, digest: str, key: Any, payload: bytes
 
 
 @pytest.fixture(scope="module")
-def world(registry: Any, tools: Any, keyless: Any, tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(
+    registry: Any, tools: Any, keyless: Any, tmp_path_factory: pytest.TempPathFactory, docker_registry_factory: Any
+) -> World:
     """Push every case to a private registry, check online, export, then kill the registry."""
-    if shutil.which(REGISTRY_BINARY) is None:
-        pytest.skip(f"{REGISTRY_BINARY} is not installed")
     base = tmp_path_factory.mktemp("offline")
-    port = tools.free_port()
-    proc = _start_registry(base, port)
-    try:
-        reg = type(registry)(f"127.0.0.1:{port}")  # the conftest pusher, aimed at our own registry
+    with docker_registry_factory(base) as host:
+        reg = type(registry)(host)  # the conftest pusher, aimed at our own registry
         key = ec.generate_private_key(ec.SECP256R1())
         w = World(reg.host, base / "signatures", base, key, trust_root=str(keyless.trust_root))
         (base / "signer.pub").write_bytes(tools.public_pem(key))
@@ -157,9 +129,6 @@ def world(registry: Any, tools: Any, keyless: Any, tmp_path_factory: pytest.Temp
             "--config", str(w.config()), "--out", str(w.out), *(f"--image={w.images[c]}" for c in sorted(w.images))
         )
         assert code == 0, err
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
     return w
 
 

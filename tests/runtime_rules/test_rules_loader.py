@@ -317,7 +317,7 @@ def test_yaml_errors_and_non_list_files(write: Callable[..., Path]) -> None:
     notlist = write("rule: x\n", "map.yaml")
     assert errors_of([notlist]) == [f"{notlist}:1: rules file must be a YAML list of items"]
     missing = Path(bad.parent / "nope.yaml")
-    assert errors_of([missing])[0].startswith(f"{missing}:0: cannot read rules file")
+    assert errors_of([missing]) == [f"{missing}: cannot read rules file: No such file or directory"]
 
 
 def test_unknown_source_is_skipped_with_a_warning(write: Callable[..., Path]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook import errors
+from webhook.files import write_atomic
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,22 +80,10 @@ def generate(
     )
     out.mkdir(parents=True, exist_ok=True)
     files = CertFiles(out / "ca.crt", out / "tls.crt", out / "tls.key")
-    write_file(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    write_file(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_atomic(files.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    write_file(files.key, key_pem, 0o600)
+    write_atomic(files.key, key_pem, mode=0o600)  # a reloading server never reads half a file
     return files
-
-
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Atomic write (temp + rename) so a reloading server never reads half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from cryptography import x509
 
 from webhook import errors
 from webhook.admission import certs
+from webhook.files import write_atomic
 
 
 def sync(
@@ -65,7 +67,8 @@ def _client() -> tuple[Any, type[Exception]]:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
+            # $KUBECONFIG as it is now: the client reads it once, when it is first imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError) as exc:
             raise errors.ConfigError(f"no Kubernetes API to publish certificates to: {exc}") from exc
     return client, ApiException
@@ -103,9 +106,9 @@ def _valid_ca(pem: bytes, now: dt.datetime) -> bool:
 def _write_existing(data: dict[str, bytes], out: Path) -> certs.CertFiles:
     out.mkdir(parents=True, exist_ok=True)
     files = certs.CertFiles(out / "ca.crt", out / "tls.crt", out / "tls.key")
-    certs.write_file(files.ca_cert, data["ca.crt"], 0o644)
-    certs.write_file(files.cert, data["tls.crt"], 0o644)
-    certs.write_file(files.key, data["tls.key"], 0o600)
+    write_atomic(files.ca_cert, data["ca.crt"], mode=0o644)
+    write_atomic(files.cert, data["tls.crt"], mode=0o644)
+    write_atomic(files.key, data["tls.key"], mode=0o600)
     return files
 
 

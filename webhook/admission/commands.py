@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,21 +15,46 @@ from webhook import errors
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``serve``, ``certs`` and ``demo`` to the ``portcullis`` parser."""
     serve = subparsers.add_parser("serve", help="run the admission webhook over HTTPS")
-    serve.add_argument("--config", type=Path, help="config file (YAML); defaults apply without one")
-    serve.add_argument("--listen", help="HOST:PORT to listen on (default from config: 0.0.0.0:8443)")
-    serve.add_argument("--tls-cert", type=Path, help="serving certificate (PEM); reloaded when it changes")
-    serve.add_argument("--tls-key", type=Path, help="private key of the serving certificate (PEM)")
-    serve.add_argument("--dev", action="store_true", help="self-signed certificate in a temp dir (prints its CA)")
-    serve.set_defaults(func=_serve)
+    serve.add_argument("--config", type=Path, metavar="FILE", help="config file (YAML); defaults apply without one")
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="address to listen on (default: server.listen, 0.0.0.0:8443; with --dev 127.0.0.1 and that port)",
+    )
+    serve.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serving certificate (PEM); reloaded when it changes"
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of the serving certificate (PEM)")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="try it out: loopback only, a throw-away certificate (prints its CA; removed on exit)",
+    )
+    serve.set_defaults(func=_serve, log_level=logging.INFO)  # a server says where it listens
 
     certs = subparsers.add_parser("certs", help="create a CA and a serving certificate for the webhook")
-    certs.add_argument("--dns", action="append", required=True, help="Service DNS name (repeatable)")
-    certs.add_argument("--out", type=Path, required=True, help="directory for ca.crt, tls.crt, tls.key")
+    certs.add_argument("--dns", action="append", required=True, metavar="NAME", help="Service DNS name (repeatable)")
+    certs.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for ca.crt, tls.crt, tls.key")
     certs.add_argument(
-        "--days", "--validity-days", dest="days", type=int, default=365, help="validity of the serving certificate"
+        "--force",
+        action="store_true",
+        help="replace a CA and key already in --out (webhooks whose caBundle trusts the old CA then fail)",
     )
     certs.add_argument(
-        "--renew-before-days", type=int, default=30, help="with --k8s-secret: keep a certificate valid longer than this"
+        "--days",
+        "--validity-days",
+        dest="days",
+        type=int,
+        default=365,
+        metavar="N",
+        help="validity of the serving certificate in days (default 365)",
+    )
+    certs.add_argument(
+        "--renew-before-days",
+        type=int,
+        default=30,
+        metavar="N",
+        help="with --k8s-secret: keep a certificate valid longer than this (default 30)",
     )
     certs.add_argument("--k8s-secret", metavar="NAMESPACE/NAME", help="also store them in this TLS Secret")
     certs.add_argument(
@@ -39,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     demo = subparsers.add_parser(
         "demo", help="start the webhook on loopback with a self-signed certificate and send it sample reviews"
     )
-    demo.add_argument("--config", type=Path, help="config file (YAML); defaults apply without one")
+    demo.add_argument("--config", type=Path, metavar="FILE", help="config file (YAML); defaults apply without one")
     demo.set_defaults(func=_demo)
 
 
@@ -51,18 +77,25 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dev:
         if args.tls_cert or args.tls_key:
             raise errors.ConfigError("--dev makes its own certificate: drop --tls-cert/--tls-key")
-        files = service.dev_certificates()
-        print(f"dev certificate: CA at {files.ca_cert}", file=sys.stderr)
-        cert, key = files.cert, files.key
-    else:
-        cert_s = args.tls_cert or cfg.server.tls_cert
-        key_s = args.tls_key or cfg.server.tls_key
-        if not cert_s or not key_s:
-            raise errors.ConfigError("serve needs --tls-cert and --tls-key (or server.tls_cert/tls_key), or --dev")
-        cert, key = Path(cert_s), Path(key_s)
+        if not args.listen:  # a throw-away certificate is for trying out on this machine, not the network
+            listen = service.Listen("127.0.0.1", listen.port)
+        with service.dev_certificates() as files:
+            print(f"dev certificate: CA at {files.ca_cert} (removed on exit)", file=sys.stderr)
+            _run_server(cfg, listen, files.cert, files.key)
+        return 0
+    cert_s = args.tls_cert or cfg.server.tls_cert
+    key_s = args.tls_key or cfg.server.tls_key
+    if not cert_s or not key_s:
+        raise errors.ConfigError("serve needs --tls-cert and --tls-key (or server.tls_cert/tls_key), or --dev")
+    _run_server(cfg, listen, Path(cert_s), Path(key_s))
+    return 0
+
+
+def _run_server(cfg: config_mod.Config, listen: Any, cert: Path, key: Path) -> None:
+    from webhook.admission import service
+
     with service.event_loop_runner() as runner:
         runner.run(service.serve(cfg, listen, cert, key))
-    return 0
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -87,6 +120,12 @@ def _certs(args: argparse.Namespace) -> int:
         )
         print(f"{'issued a new' if issued else 'kept the existing'} certificate; files in {args.out}")
         return 0
+    existing = [p for p in (args.out / "ca.crt", args.out / "tls.crt", args.out / "tls.key") if p.exists()]
+    if existing and not args.force:
+        raise errors.InputError(
+            f"{existing[0]} already exists: a new CA breaks every webhook whose caBundle trusts the current one; "
+            "pass --force to replace it (then update the caBundle), or choose another --out"
+        )
     files = certs.generate(names, args.out, days=args.days)
     print(f"wrote {files.ca_cert}, {files.cert}, {files.key}")
     return 0

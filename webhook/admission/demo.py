@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 import yaml
 
-from webhook.admission import service
+from webhook.admission import certs, service
 from webhook.config import Config
 
 
@@ -64,7 +64,11 @@ def _free_port() -> int:
 
 
 async def run(config: Config) -> int:
-    files = service.dev_certificates()
+    with service.dev_certificates() as files:
+        return await _run(config, files)
+
+
+async def _run(config: Config, files: certs.CertFiles) -> int:
     listen = service.Listen("127.0.0.1", _free_port())
     started, stop = asyncio.Event(), asyncio.Event()
     pipeline = service.build_pipeline(config)  # no cluster: the demo never talks to an API server

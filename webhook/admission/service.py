@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,10 +65,28 @@ def build_pipeline(config: Config, services: Services | None = None) -> Pipeline
     return Pipeline(config, build_checks(config, services), services.namespaces)
 
 
-def dev_certificates() -> certs.CertFiles:
-    """A throw-away CA and certificate for localhost (``serve --dev``)."""
+@contextlib.contextmanager
+def dev_certificates() -> Iterator[certs.CertFiles]:
+    """A throw-away CA and certificate for localhost (``serve --dev``, ``demo``), removed on exit.
+
+    The key is a private key on disk: it goes when the block ends, also on SIGTERM (which
+    otherwise ends the process without unwinding) and on Ctrl-C.
+    """
     out = Path(tempfile.mkdtemp(prefix="portcullis-dev-"))
-    return certs.generate(["localhost", "127.0.0.1", "::1"], out)
+    previous: Any = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield certs.generate(["localhost", "127.0.0.1", "::1"], out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so ``finally`` blocks run
 
 
 async def serve(
@@ -92,29 +114,29 @@ async def serve(
     server = WebhookServer(config.server, pipeline, metrics=metrics, recorder=recorder)
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=reloading.context, backlog=1024)
-    await site.start()
     health_runner = None
-    if config.server.health_listen:
-        health = Listen.parse(config.server.health_listen)
-        health_runner = web.AppRunner(server.health_app(), access_log=None, handle_signals=False)
-        await health_runner.setup()
-        await web.TCPSite(health_runner, health.host, health.port).start()
-    reloading.start()
-    metrics.cert_reloads = lambda: reloading.reloads
-    for check in pipeline.checks:
-        source = getattr(check, "metrics", None)
-        if callable(source):
-            metrics.check_sources.append((check.id, source))
-    log.warning("portcullis webhook listening on https://%s:%d", listen.host, listen.port)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    if started is not None:
-        started.set()
     try:
+        site = web.TCPSite(runner, listen.host, listen.port, ssl_context=reloading.context, backlog=1024)
+        await _start(site, listen, "--listen or server.listen")
+        if config.server.health_listen:
+            health = Listen.parse(config.server.health_listen)
+            health_runner = web.AppRunner(server.health_app(), access_log=None, handle_signals=False)
+            await health_runner.setup()
+            await _start(web.TCPSite(health_runner, health.host, health.port), health, "server.health_listen")
+        reloading.start()
+        metrics.cert_reloads = lambda: reloading.reloads
+        for check in pipeline.checks:
+            source = getattr(check, "metrics", None)
+            if callable(source):
+                metrics.check_sources.append((check.id, source))
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        log.info("portcullis webhook listening on https://%s:%d", listen.host, listen.port)
+        if started is not None:
+            started.set()
         await stop.wait()
     finally:
         await reloading.stop()
@@ -127,6 +149,21 @@ async def serve(
             await audit_log.close()
         if services is not None and services.kube_api is not None:
             await asyncio.to_thread(services.kube_api.close)  # its connection pool and threads
+
+
+async def _start(site: web.TCPSite, listen: Listen, setting: str) -> None:
+    """Bind ``site``; a port in use or an address this host lacks is the caller's to fix (exit 2)."""
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's own wording repeats the address
+        if exc.errno == errno.EADDRINUSE:
+            hint = f"another process is listening there: stop it or choose another port with {setting}"
+        elif exc.errno == errno.EACCES:
+            hint = f"ports below 1024 need privileges: choose another with {setting}"
+        else:
+            hint = f"choose an address of this host with {setting}"
+        raise errors.ConfigError(f"cannot listen on {listen.host}:{listen.port}: {reason}; {hint}") from exc
 
 
 async def open_audit(config: Config) -> tuple[Any, AuditRecorder]:

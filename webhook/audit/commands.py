@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("append", help="append JSON lines from stdin as records")
-    p.add_argument("--log", type=Path, required=True)
+    p.add_argument("--log", type=Path, required=True, help="the audit log's directory")
     p.add_argument("--key", type=Path, required=True, help="the log's private key (audit.key)")
     p.add_argument("--origin", default=None, help="checkpoint origin (default: the key name)")
     p.add_argument("--writer", default=socket.gethostname(), help="writer identity stored in records")
@@ -56,23 +56,25 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("prove", help="inclusion proof of one record against the latest checkpoint")
-    p.add_argument("--log", type=Path, required=True)
-    p.add_argument("--index", type=int, required=True)
-    p.add_argument("--format", choices=["json", "tlog-proof"], default="json")
+    p.add_argument("--log", type=Path, required=True, help="the audit log's directory")
+    p.add_argument("--index", type=int, required=True, help="the record's index (0-based)")
+    p.add_argument(
+        "--format", choices=["json", "tlog-proof"], default="json", help="JSON or a C2SP tlog-proof file (default json)"
+    )
     p.add_argument("--out", type=Path, default=None, help="write the proof here instead of stdout")
     p.set_defaults(func=cmd_prove)
 
     p = sub.add_parser("verify-proof", help="check a tlog-proof file offline with the public key")
-    p.add_argument("--proof", type=Path, required=True)
-    p.add_argument("--pub", required=True)
+    p.add_argument("--proof", type=Path, required=True, help="the tlog-proof file (audit prove --format tlog-proof)")
+    p.add_argument("--pub", required=True, help="the log's vkey or a file holding it")
     p.add_argument("--record", type=Path, default=None, help="the record bytes (default: the extra line)")
-    p.add_argument("--witness-key", action="append", default=[])
-    p.add_argument("--witnesses-required", type=int, default=0)
+    p.add_argument("--witness-key", action="append", default=[], help="witness vkey or file (repeatable)")
+    p.add_argument("--witnesses-required", type=int, default=0, help="k of n (default: all given)")
     p.set_defaults(func=cmd_verify_proof)
 
     p = sub.add_parser("consistency", help="consistency proof between two tree sizes")
-    p.add_argument("--log", type=Path, required=True)
-    p.add_argument("--old", type=int, required=True)
+    p.add_argument("--log", type=Path, required=True, help="the audit log's directory")
+    p.add_argument("--old", type=int, required=True, help="the older tree size")
     p.add_argument("--new", type=int, default=None, help="default: the latest checkpoint's size")
     p.set_defaults(func=cmd_consistency)
 
@@ -85,18 +87,30 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     for name, helptext in (("tail", "the last records"), ("show", "records by index or filter")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--log", type=Path, action="append", required=True)
-        p.add_argument("--index", type=int, action="append", default=[])
-        p.add_argument("-n", "--lines", type=int, default=10 if name == "tail" else 0)
-        p.add_argument("--kind", choices=sorted(records.KINDS))
-        p.add_argument("--writer")
+        p.add_argument("--log", type=Path, action="append", required=True, help="log directory (repeatable)")
+        p.add_argument("--index", type=int, action="append", default=[], help="a record's index (repeatable)")
+        p.add_argument(
+            "-n",
+            "--lines",
+            type=int,
+            default=10 if name == "tail" else 0,
+            help="only the last N records (0: all)",
+            metavar="N",
+        )
+        p.add_argument("--kind", choices=sorted(records.KINDS), help="only records of this kind")
+        p.add_argument("--writer", help="only records from this writer (replica or node)")
         p.add_argument("--since", help="RFC 3339 time; records at or after it")
         p.add_argument("--grep", help="substring of the record's JSON")
         p.set_defaults(func=cmd_show)
 
 
 def _format(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="report as text for people or JSON for tools (default text)",
+    )
 
 
 def _json(obj: Any) -> None:
@@ -177,7 +191,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for directory in args.log:
         if not directory.is_dir():
             raise errors.InputError(f"--log {directory}: not a directory")
-        key = _key_for(directory, keys)
+        key = verify.key_for(directory, keys)
         check = not args.no_record_check
         results.append(verify.verify(directory, key, wkeys, args.witnesses_required, check, args.published))
     if args.format == "json":
@@ -194,20 +208,6 @@ def _witness_keys(values: list[str]) -> list[note.Verifier]:
         if key.sig_type != note.SIG_COSIGNATURE_V1:
             raise errors.InputError(f"--witness-key {key.name}: not a cosignature key (keygen --witness)")
     return keys
-
-
-def _key_for(directory: Path, keys: list[note.Verifier]) -> note.Verifier:
-    """The log key whose name is the checkpoint's origin (or the only key given)."""
-    if len(keys) == 1:
-        return keys[0]
-    try:
-        origin = (directory / log.CHECKPOINT).read_text().split("\n", 1)[0]
-    except OSError:
-        origin = ""
-    for key in keys:
-        if key.name == origin:
-            return key
-    raise errors.InputError(f"{directory}: no --pub key is named after its origin {origin!r}")
 
 
 def _result_json(r: verify.Result) -> dict[str, Any]:

@@ -110,9 +110,9 @@ def build(
 
 
 def _integrity(directory: Path, verifiers: Sequence[note.Verifier], run: bool) -> Integrity:
-    key = _key_for(directory, verifiers)
     if not run:
         return Integrity(str(directory), None, 0, "", None, None, None, (), ())
+    key = verify.key_for(directory, verifiers) if verifiers else None  # several, none its origin's: an error
     result = verify.verify(directory, key)
     signature_ok = None
     if key is not None:
@@ -128,19 +128,6 @@ def _integrity(directory: Path, verifiers: Sequence[note.Verifier], run: bool) -
         problems=tuple(str(p.message) for p in result.ordered()[:20]),
         cosigners=tuple(result.cosigners),
     )
-
-
-def _key_for(directory: Path, verifiers: Sequence[note.Verifier]) -> note.Verifier | None:
-    if not verifiers:
-        return None
-    if len(verifiers) == 1:
-        return verifiers[0]
-    checkpoint = directory / "checkpoint"
-    try:
-        origin = checkpoint.read_text(encoding="utf-8").split("\n", 1)[0]
-    except OSError:
-        return verifiers[0]
-    return next((v for v in verifiers if v.name == origin), verifiers[0])
 
 
 def _day(time: str) -> str:

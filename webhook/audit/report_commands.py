@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--from", dest="start", help="start (date or RFC 3339, inclusive)")
     p.add_argument("--to", dest="end", help="end (date: inclusive day; RFC 3339: exclusive)")
     p.add_argument("--namespace", help="only this namespace")
-    p.add_argument("--format", choices=("html", "json", "csv", "md"), default="html")
+    p.add_argument(
+        "--format", choices=("html", "json", "csv", "md"), default="html", help="report format (default html)"
+    )
     p.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
     p.set_defaults(func=_report)
 

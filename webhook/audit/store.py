@@ -14,49 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook import errors
+from webhook import errors, files
 from webhook.audit import merkle, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH, TileId
 
 log = logging.getLogger("portcullis.audit")
 TILE_BYTES = TILE_WIDTH * merkle.HASH_SIZE
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = files.TMP_SUFFIX
+write_atomic = files.write_atomic  # the log, its publisher and the witness write through the store
 
 
 class RecoveryError(errors.AuditFormatError):
     """The log directory cannot be reopened safely (tampered with, or acknowledged data lost)."""
-
-
-def write_atomic(path: Path, data: bytes, durable: bool, mode: int = 0o444) -> bool:
-    """temp + (fsync) + rename; returns whether a directory was created (its parent needs fsync)."""
-    created = False
-    if not path.parent.is_dir():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        created = True
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    fd = _open_temp(tmp, mode)
-    try:
-        _write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    return created
-
-
-def _open_temp(tmp: Path, mode: int) -> int:
-    try:
-        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    except PermissionError:  # a read-only leftover from a crash (when not running as root)
-        tmp.unlink()
-        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def fsync_dir(path: Path) -> None:
@@ -147,9 +116,9 @@ class TileStore:
                     dirs.update(p for p in path.parents if p == self.root or self.root in p.parents)
                 dirs.add(path.parent)
                 tmp = path.with_name(path.name + TMP_SUFFIX)
-                fd = _open_temp(tmp, 0o444)
+                fd = files.open_temp(tmp, 0o444)
                 staged.append((tmp, path, fd))
-                _write_all(fd, data)
+                files.write_all(fd, data)
             if self.durable:
                 list(self._executor().map(os.fsync, [fd for _, _, fd in staged]))
         finally:
@@ -226,7 +195,9 @@ class TileStore:
         index = nfull - 1
         while index >= 0 and not (self.root / tiles.tile_path(level, index)).exists():
             log.warning("audit log %s: rebuilding missing tile %s", self.root, tiles.tile_path(level, index))
-            write_atomic(self.root / tiles.tile_path(level, index), self._hashes(level, index, TILE_WIDTH), True)
+            files.write_atomic(
+                self.root / tiles.tile_path(level, index), self._hashes(level, index, TILE_WIDTH), True, 0o444
+            )
             index -= 1
         edge = self._hashes(level, nfull, width) if width else b""
         self.edges[level] = bytearray(edge)
@@ -236,7 +207,7 @@ class TileStore:
         path = self.root / rel
         if not path.exists():
             log.warning("audit log %s: rebuilding missing tile %s", self.root, rel)
-            write_atomic(path, edge, True)
+            files.write_atomic(path, edge, True, 0o444)
         elif path.read_bytes() != edge:
             raise RecoveryError(f"{path}: does not match the entries below it; run 'portcullis audit verify'")
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from webhook import errors
 from webhook.audit import merkle, note, publish, records, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
@@ -173,6 +174,23 @@ class _TreeCheck:
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
+
+
+def key_for(directory: Path, keys: Sequence[note.Verifier]) -> note.Verifier:
+    """The log key to verify ``directory`` with: the only one given, or the one named after the
+    checkpoint's origin. Several keys and none of that name is the caller's mistake; guessing one
+    would report a sound log as forged, so it is an error naming the origin."""
+    if len(keys) == 1:
+        return keys[0]
+    try:
+        origin = (directory / CHECKPOINT).read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        origin = ""
+    for key in keys:
+        if key.name == origin:
+            return key
+    names = ", ".join(sorted(k.name for k in keys)) or "none"
+    raise errors.InputError(f"{directory}: no log key is named after its origin {origin!r} (keys given: {names})")
 
 
 def verify(

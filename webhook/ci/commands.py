@@ -29,16 +29,23 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Exit codes: 0 no enforce-mode violation, 1 violations, 2 usage or input error.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (recursive) or '-' for stdin")
-    p.add_argument("--config", type=Path, help="the webhook's config file (same keys)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="the webhook's config file (same keys)")
     p.add_argument(
         "--level",
         choices=("privileged", "baseline", "restricted", "hardened"),
         help="Pod Security level to enforce for every object (overrides config and labels)",
     )
-    p.add_argument("--pss-version", help="Pod Security version: v1.N or latest (default latest)")
-    p.add_argument("--format", choices=formats.FORMATS, default="text")
-    p.add_argument("--output", "-o", type=Path, help="write the report here instead of stdout")
-    p.add_argument("--namespace", help="namespace for objects without one (default from config: default)")
+    p.add_argument("--pss-version", metavar="VERSION", help="Pod Security version: v1.N or latest (default latest)")
+    p.add_argument(
+        "--format",
+        choices=formats.FORMATS,
+        default="text",
+        help="report format (default text; sarif for code scanning)",
+    )
+    p.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the report here instead of stdout")
+    p.add_argument(
+        "--namespace", metavar="NAME", help="namespace for objects without one (default from config: default)"
+    )
     p.add_argument(
         "--namespace-label",
         action="append",
@@ -59,7 +66,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default="enforce",
         help="exit 1 on enforce violations only (default) or on warnings too",
     )
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the text report (default auto: on a terminal, unless NO_COLOR is set)",
+    )
     p.add_argument(
         "--signatures",
         type=Path,
@@ -134,7 +146,12 @@ def _run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(
         cfg, build_checks(cfg, Services(ci=True), skip=skip), _AssumedLabels(cfg, _labels(args.namespace_label))
     )
+    if args.output is not None and not args.output.parent.is_dir():  # before the work, not after it
+        raise errors.InputError(f"--output {args.output}: directory {args.output.parent} does not exist")
     loaded = manifests.load(args.paths)
+    if not loaded.manifests and all(p.message == manifests.NOTHING_FOUND for p in loaded.problems):
+        named = ", ".join("stdin" if p == "-" else p for p in args.paths)
+        raise errors.ManifestError(f"{manifests.NOTHING_FOUND} in {named}")
     report = asyncio.run(_check(loaded, pipeline, cfg, args.namespace or cfg.default_namespace, sorted(skip)))
     out_stream = sys.stdout
     color = args.color == "always" or (
@@ -142,7 +159,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     rendered = formats.render(report, args.format, color=color, base_dir=os.getcwd())
     if args.output:
-        args.output.write_text(rendered, encoding="utf-8")
+        try:
+            args.output.write_text(rendered, encoding="utf-8")
+        except OSError as exc:
+            raise errors.InputError(f"cannot write the report to {args.output}: {exc.strerror or exc}") from exc
     else:
         out_stream.write(rendered)
     if args.format != "text":

@@ -76,19 +76,23 @@ def text(report: Report, *, color: bool = False) -> str:
 
 def _summary(report: Report) -> str:
     parts = [
-        f"{len(report.results)} objects checked",
+        _count(len(report.results), "object") + " checked",
         f"{report.denied} denied",
         f"{report.count(Mode.ENFORCE)} enforce, {report.count(Mode.WARN)} warn, "
         f"{report.count(Mode.AUDIT)} audit findings",
-        f"{report.skipped_objects} objects without pod specs skipped",
+        _count(report.skipped_objects, "object") + " without pod specs skipped",
     ]
     if report.problems:
-        parts.append(f"{len(report.problems)} input errors")
+        parts.append(_count(len(report.problems), "input error"))
     if report.skipped_checks:
         parts.append(f"checks skipped: {', '.join(report.skipped_checks)}")
     if report.not_judged:
         parts.append(f"checks not judged: images ({len(report.not_judged)} images unverified: registry errors)")
     return "summary: " + "; ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # --- JSON -----------------------------------------------------------------------------------------

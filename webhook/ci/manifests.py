@@ -82,33 +82,47 @@ def expand_paths(paths: Sequence[str]) -> Iterator[str]:
 
 
 def load(paths: Sequence[str], stdin: Any = None) -> Loaded:
-    """Read every manifest under ``paths``; unreadable input becomes a problem, never an exception."""
+    """Read every manifest under ``paths``; unreadable input becomes a problem, never an exception.
+
+    A path that holds no object at all (an empty directory, a directory without YAML or JSON
+    files, an empty file) is a problem too: it is most likely the wrong path.
+    """
     out = Loaded()
-    for name in expand_paths(paths):
-        out.files += 1
-        if name == "-":
-            text = (stdin or sys.stdin).read()
-            _load_text(text, "<stdin>", out)
-            continue
-        try:
-            with open(name, "rb") as fh:
-                data = fh.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            out.problems.append(InputProblem(name, 0, f"cannot read: {exc.strerror or exc}"))
-            continue
-        if len(data) > MAX_FILE_BYTES:
-            out.problems.append(InputProblem(name, 0, f"file is larger than {MAX_FILE_BYTES} bytes"))
-            continue
-        if b"\0" in data[:8192]:
-            out.problems.append(InputProblem(name, 0, "binary file, not YAML or JSON"))
-            continue
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            out.problems.append(InputProblem(name, 0, f"not UTF-8 text (byte {exc.start})"))
-            continue
-        _load_text(text, name, out)
+    for raw in paths:
+        before = (len(out.manifests), len(out.problems))
+        for name in expand_paths([raw]):
+            out.files += 1
+            _load_file(name, out, stdin)
+        if (len(out.manifests), len(out.problems)) == before:
+            out.problems.append(InputProblem("<stdin>" if raw == "-" else raw, 0, NOTHING_FOUND))
     return out
+
+
+NOTHING_FOUND = "no Kubernetes objects found"
+
+
+def _load_file(name: str, out: Loaded, stdin: Any) -> None:
+    if name == "-":
+        _load_text((stdin or sys.stdin).read(), "<stdin>", out)
+        return
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        out.problems.append(InputProblem(name, 0, f"cannot read: {exc.strerror or exc}"))
+        return
+    if len(data) > MAX_FILE_BYTES:
+        out.problems.append(InputProblem(name, 0, f"file is larger than {MAX_FILE_BYTES} bytes"))
+        return
+    if b"\0" in data[:8192]:
+        out.problems.append(InputProblem(name, 0, "binary file, not YAML or JSON"))
+        return
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        out.problems.append(InputProblem(name, 0, f"not UTF-8 text (byte {exc.start})"))
+        return
+    _load_text(text, name, out)
 
 
 def _load_text(text: str, name: str, out: Loaded) -> None:

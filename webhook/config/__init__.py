@@ -96,12 +96,17 @@ def parse(data: Any, *, source: str = "<config>", base_dir: Path | None = None) 
         data = {}
     if not isinstance(data, dict):
         raise errors.ConfigError(f"{source}: the config must be a mapping of sections, got {type(data).__name__}")
+    checks = data.get("checks")
+    if isinstance(checks, dict):  # before the types: `checks: {bogus: 1}` is a wrong name, not a wrong type
+        unknown = [key for key in checks if key not in CHECK_IDS]
+        if unknown:
+            raise errors.ConfigError(f"{source}: unknown check `checks.{unknown[0]}` (allowed: {', '.join(CHECK_IDS)})")
     if base_dir is not None:
         data = {**data, "base_dir": str(base_dir)}
     try:
         return msgspec.convert(data, Config, strict=True)
     except msgspec.ValidationError as exc:
-        raise errors.ConfigError(f"{source}: {_explain(str(exc))}") from exc
+        raise errors.ConfigError(f"{source}: {_explain(str(exc), data)}") from exc
 
 
 def load(path: str | Path | None) -> Config:
@@ -129,41 +134,83 @@ def load(path: str | Path | None) -> Config:
     return parse(data, source=str(path), base_dir=path.resolve().parent)
 
 
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)` - at `(?P<at>[^`]+)`")
+# msgspec leaves out " - at `$`" for the top level.
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`(?: - at `(?P<at>[^`]+)`)?")
+_PATH = re.compile(r"\.([^.\[\]]+)|\[([^\]]*)\]")
+_PLAIN_KEY = re.compile(r"[^.\[\]`]+")  # a key that reads back unambiguously after a dot
 
 
-def _explain(message: str) -> str:
+def _explain(message: str, data: Any = None) -> str:
     """Turn msgspec's message into one that names the key and what is allowed there."""
     match = _UNKNOWN.search(message)
     if match:
-        at = match.group("at")
-        node = _type_at(at)
+        parent = _located(match.group("at") or "$", data)
+        node = _type_at(parent)
         allowed = (
             sorted(f.name for f in msgspec.structs.fields(node) if f.name != "base_dir") if _is_struct(node) else []
         )
-        key = _dotted(at, match.group("field"))
+        key = _dotted(parent, match.group("field"))
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
         return f"unknown key `{key}`{hint}"
+    key_at = re.search(r" - at `key` in `(?P<at>[^`]+)`$", message)
+    if key_at:  # a mapping key that is not text (YAML reads `1:` or `true:` as a number or a bool)
+        where = _dotted(_located(key_at.group("at"), data))
+        return f"key `{where}`: a key there is not text ({message[: key_at.start()]}); quote it"
     at = re.search(r" - at `(?P<at>[^`]+)`$", message)
     if at:
-        values = _allowed_values(_type_at(at.group("at")))
+        where = _located(at.group("at"), data)
+        values = _allowed_values(_type_at(where))
         hint = f" (allowed: {', '.join(values)})" if values else ""
-        return f"key `{_dotted(at.group('at'))}`: {message[: at.start()]}{hint}"
+        return f"key `{_dotted(where)}`: {message[: at.start()]}{hint}"
     return message
+
+
+def _located(at: str, data: Any) -> str:
+    """msgspec's path with each mapping key it leaves out (``[...]``) filled in from ``data``.
+
+    The key is the first one whose value does not validate against the mapping's value type, so
+    the message names ``namespaces.prod`` rather than ``namespaces.*``.
+    """
+    out, node = "$", data
+    for name, index in _PATH.findall(at):
+        if name:
+            out += f".{name}"
+            node = node.get(name) if isinstance(node, dict) else None
+            continue
+        if index == "..." and isinstance(node, dict):
+            value_type = _type_at(out + "[...]")
+            key = next((k for k, v in node.items() if not _valid(v, value_type)), None)
+            if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+                out += f".{key}"
+                node = node[key]
+                continue
+        out += f"[{index}]"
+        node = node[int(index)] if isinstance(node, list) and index.isdigit() and int(index) < len(node) else None
+    return out
+
+
+def _valid(value: Any, tp: Any) -> bool:
+    if tp is None:
+        return True
+    try:
+        msgspec.convert(value, tp, strict=True)
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _dotted(at: str, leaf: str | None = None) -> str:
     path = at.removeprefix("$").lstrip(".")
-    path = path.replace("[...]", ".*")  # msgspec does not name the key of a mapping's value
+    path = path.replace("[...]", ".*")  # a key msgspec did not name and we could not find
     return ".".join(p for p in (path, leaf) if p)
 
 
 def _type_at(at: str) -> Any:
     """The declared type of the config field at msgspec's path (``$.checks[...].mode``)."""
     node: Any = Config
-    for name, _index in re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[([^\]]*)\]", at):
-        if name:
-            fields = {f.name: f.type for f in msgspec.structs.fields(node)} if _is_struct(node) else {}
+    for name, _index in _PATH.findall(at):
+        if name and _is_struct(node):
+            fields = {f.name: f.type for f in msgspec.structs.fields(node)}
             node = _unwrap(fields.get(name))
         else:
             node = _unwrap(getattr(node, "__args__", (None,))[-1]) if node is not None else None

@@ -24,12 +24,29 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     sub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     test = sub.add_parser("test", help="run Rego test_ rules and gator Suite files; exit 1 on failure")
     test.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="directories or files (default: policies)")
-    test.add_argument("--format", choices=("text", "json"), default="text")
+    test.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="report as text for people or JSON for tools (default text)",
+    )
     test.set_defaults(func=cmd_test)
     validate = sub.add_parser("validate", help="compile policies and templates; report problems")
     validate.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="Rego directories (default: policies)")
-    validate.add_argument("--gatekeeper", action="append", type=Path, default=[], metavar="DIR")
-    validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.add_argument(
+        "--gatekeeper",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="Gatekeeper ConstraintTemplates and constraints to compile too (repeatable)",
+    )
+    validate.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="report as text for people or JSON for tools (default text)",
+    )
     validate.set_defaults(func=cmd_validate)
     policy.set_defaults(func=lambda _args: _usage(policy))
 

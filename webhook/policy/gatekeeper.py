@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from webhook import errors
+from webhook import errors, shapes
 from webhook.core.decision import Mode
 from webhook.policy import lifecycle, modules, native, rego
 from webhook.policy import probe as crash_probe
@@ -275,33 +275,21 @@ def _child(node: Any, key: str) -> Any:
     return None
 
 
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+def _fail(where: str) -> shapes.Fail:
+    return lambda field_, problem: errors.PolicyLoadError(f"{where}: {field_} {problem}")
 
 
-def _mapping(value: Any, where: str, field_: str) -> dict[str, Any]:
+def _mapping(value: Any, where: str, field_: str) -> Mapping[str, Any]:
     """``value`` as a mapping (absent is empty); anything else names the field to fix."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise errors.PolicyLoadError(f"{where}: {field_} must be a mapping, not {_type(value)}")
-    return value
+    return shapes.mapping(value, field_, _fail(where), noun="a mapping")
 
 
 def _list(value: Any, where: str, field_: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise errors.PolicyLoadError(f"{where}: {field_} must be a list, not {_type(value)}")
-    return value
+    return shapes.array(value, field_, _fail(where))
 
 
 def _strings(value: Any, where: str, field_: str) -> list[str]:
-    items = _list(value, where, field_)
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise errors.PolicyLoadError(f"{where}: {field_}[{i}] must be a string, not {_type(item)}")
-    return items
+    return shapes.strings(value, field_, _fail(where))
 
 
 def _template(path: Path, doc: dict[str, Any], line: int, strict_builtins: bool) -> Template:
@@ -393,7 +381,7 @@ def _match(where: str, name: str, spec: Mapping[str, Any]) -> Match:
         raise errors.PolicyLoadError(f"{where}: {at}.scope {scope!r} (allowed: {', '.join(_SCOPES)})")
     match_name = match.get("name")
     if match_name is not None and not isinstance(match_name, str):
-        raise errors.PolicyLoadError(f"{where}: {at}.name must be a string, not {_type(match_name)}")
+        raise errors.PolicyLoadError(f"{where}: {at}.name must be a string, not {shapes.type_name(match_name)}")
     return Match(
         kinds=kinds,
         namespaces=tuple(_strings(match.get("namespaces"), where, f"{at}.namespaces")),
@@ -415,7 +403,9 @@ def _selector(value: Any, where: str, at: str) -> Mapping[str, Any] | None:
     selector = _mapping(value, where, at)
     for key, label in _mapping(selector.get("matchLabels"), where, f"{at}.matchLabels").items():
         if not isinstance(label, str):
-            raise errors.PolicyLoadError(f"{where}: {at}.matchLabels.{key} must be a string, not {_type(label)}")
+            raise errors.PolicyLoadError(
+                f"{where}: {at}.matchLabels.{key} must be a string, not {shapes.type_name(label)}"
+            )
     for i, expr in enumerate(_list(selector.get("matchExpressions"), where, f"{at}.matchExpressions")):
         e_at = f"{at}.matchExpressions[{i}]"
         expr = _mapping(expr, where, e_at)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple
 
+from webhook import shapes
 from webhook.config.quota import QuotaConfig, QuotaRule, parse_amount
 from webhook.quota import requests
 
@@ -218,19 +219,11 @@ def _term_values(term: Any, label: str, where: str) -> set[str] | None:
 
 def _object(value: Any, where: str, problem: str) -> Mapping[str, Any]:
     """``value`` when it is an object, empty when unset; else ``FieldError`` naming ``where``."""
-    if value is None:
-        return _EMPTY
-    if type(value) is dict or isinstance(value, Mapping):
-        return value
-    raise requests.FieldError(where, problem)
+    return shapes.mapping(value, where, requests.FieldError, problem=problem)
 
 
 def _list(value: Any, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return value
-    raise requests.FieldError(where, "must be a list")
+    return shapes.array(value, where, requests.FieldError, problem="must be a list")
 
 
 def _label_value(value: Any, where: str) -> str:

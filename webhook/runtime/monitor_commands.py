@@ -28,7 +28,7 @@ DEFAULT_RULES = Path(__file__).resolve().parent / "rules" / "default"
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser("monitor", help="watch kernel events (or a recorded stream) with Falco rules")
-    p.add_argument("--config", help="YAML config file (the `monitor:` section is used)")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (the `monitor:` section is used)")
     p.add_argument("--rules", action="append", help="rules file or directory (repeatable, loaded in order)")
     p.add_argument("--source", choices=("ebpf", "jsonl", "tetragon"), help="event source (default ebpf)")
     p.add_argument("--input", help="events file for jsonl/tetragon, '-' for stdin")

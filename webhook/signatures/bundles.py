@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -65,19 +63,6 @@ def sigstore_file(root: Path, ref: ImageRef, digest: str) -> Path:
 
 
 # -- writing (``images export``) ---------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` whole: a reader never sees half a file, even if export is interrupted."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def encode_tag(digest: str) -> bytes:

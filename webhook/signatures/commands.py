@@ -28,7 +28,7 @@ from webhook.signatures import source as src
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``images export`` to the ``portcullis`` parser."""
     images = subparsers.add_parser("images", help="image signature material (export for offline checks)")
-    commands = images.add_subparsers(dest="images_command", metavar="COMMAND", required=True)
+    commands = images.add_subparsers(dest="images_command", metavar="SUBCOMMAND", required=True)
     p = commands.add_parser(
         "export",
         help="fetch images' digests and signatures from their registry into a directory",
@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--image", action="append", default=[], metavar="REF", help="image reference (repeatable)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write (created if absent)")
-    p.add_argument("--config", type=Path, help="config file: images.insecure_registries, credentials, timeouts")
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="config file: images.insecure_registries, credentials, timeouts"
+    )
     p.add_argument(
         "--insecure-registry",
         action="append",
@@ -53,7 +55,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="allow plain HTTP for this registry (added to images.insecure_registries; repeatable)",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole export (default 60)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="report as text for people or JSON for tools (default text)",
+    )
     p.set_defaults(func=_run)
 
 

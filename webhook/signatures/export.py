@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from webhook import files
 from webhook.core.deadline import Deadline
 from webhook.signatures import bundles, cosign, sigstore
 from webhook.signatures import registry as reg
@@ -69,5 +70,5 @@ def _write_or_remove(path: Path, data: bytes | None, written: list[Path]) -> Non
     if data is None:
         path.unlink(missing_ok=True)
         return
-    bundles.write_atomic(path, data)
+    files.write_atomic(path, data)
     written.append(path)

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def _register_rules(subparsers: argparse._SubParsersAction[Any]) -> None:
     rules = subparsers.add_parser("rules", help="validate and test Falco rules files")
-    sub = rules.add_subparsers(dest="rules_command", metavar="COMMAND")
+    sub = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
     rules.set_defaults(func=lambda args: _usage(rules))
 
     validate = sub.add_parser("validate", help="load rules files like `falco -V`: errors and warnings")
@@ -43,7 +43,12 @@ def _register_rules(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="RULES",
         help="rules files or directories (*.yaml, sorted), in load order",
     )
-    validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="report as text for people or JSON for tools (default text)",
+    )
     validate.add_argument(
         "--source",
         choices=("ebpf", "jsonl", "tetragon"),

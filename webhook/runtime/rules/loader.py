@@ -446,7 +446,7 @@ def _read_file(col: Collection, path: Path) -> None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        col.errors.append(Diagnostic(Loc(name, 0), f"cannot read rules file: {exc}"))
+        col.errors.append(Diagnostic(Loc(name, 0), f"cannot read rules file: {getattr(exc, 'strerror', None) or exc}"))
         return
     try:
         loader = yaml.SafeLoader(text)

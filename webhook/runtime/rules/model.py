@@ -17,7 +17,7 @@ class Loc:
     line: int  # 1-based
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" if self.line else self.file  # line 0: the file as a whole
 
 
 @dataclass(frozen=True, slots=True)

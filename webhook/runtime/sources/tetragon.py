@@ -9,10 +9,11 @@ line and field, as the JSONL source does for a line that is not a JSON object.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from webhook import shapes
 from webhook.runtime.sources import jsonl
 
 __all__ = ["TetragonRecordError", "TetragonSource", "to_fields"]
@@ -32,33 +33,24 @@ class TetragonRecordError(jsonl.EventInputError):
     """A Tetragon record has a field of the wrong type (the message names the field)."""
 
 
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+def _fail(at: str, problem: str) -> TetragonRecordError:
+    return TetragonRecordError(f"{at} {problem}")
 
 
-def _obj(value: Any, at: str) -> dict[str, Any]:
+def _obj(value: Any, at: str) -> Mapping[str, Any]:
     """An object field (absent or null is empty)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TetragonRecordError(f"{at} must be an object, not {_type(value)}")
-    return value
+    return shapes.mapping(value, at, _fail)
 
 
-def _str(d: dict[str, Any], key: str, at: str) -> str:
+def _str(d: Mapping[str, Any], key: str, at: str) -> str:
     """A string field (absent or null is empty)."""
-    value = d.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise TetragonRecordError(f"{at}.{key} must be a string, not {_type(value)}")
-    return value
+    return shapes.string(d.get(key), f"{at}.{key}", _fail)
 
 
-def _int(d: dict[str, Any], key: str, at: str) -> int | None:
+def _int(d: Mapping[str, Any], key: str, at: str) -> int | None:
     value = d.get(key)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise TetragonRecordError(f"{at}.{key} must be an integer, not {_type(value)}")
+        raise TetragonRecordError(f"{at}.{key} must be an integer, not {shapes.type_name(value)}")
     return value
 
 
@@ -78,7 +70,7 @@ def _time(record: dict[str, Any]) -> int | None:
     return int(base.timestamp()) * 1_000_000_000 + int((frac + "000000000")[:9])
 
 
-def _process(out: dict[str, Any], p: dict[str, Any], prefix: str, at: str) -> None:
+def _process(out: dict[str, Any], p: Mapping[str, Any], prefix: str, at: str) -> None:
     binary = _str(p, "binary", at)
     name = binary.rsplit("/", 1)[-1]
     args = _str(p, "arguments", at)
@@ -102,7 +94,7 @@ def _process(out: dict[str, Any], p: dict[str, Any], prefix: str, at: str) -> No
                     "proc.pcmdline": f"{name} {args}".rstrip(), "proc.ppid": pid})  # fmt: skip
 
 
-def _pod(out: dict[str, Any], p: dict[str, Any], at: str) -> None:
+def _pod(out: dict[str, Any], p: Mapping[str, Any], at: str) -> None:
     pod = _obj(p.get("pod"), f"{at}.pod")
     container = _obj(pod.get("container"), f"{at}.pod.container")
     cid = _str(container, "id", f"{at}.pod.container").split("://")[-1] or _str(p, "docker", at)
@@ -118,7 +110,7 @@ def _pod(out: dict[str, Any], p: dict[str, Any], at: str) -> None:
         out["k8s.pod.name"] = _str(pod, "name", f"{at}.pod") or None
 
 
-def _kprobe(out: dict[str, Any], k: dict[str, Any]) -> None:
+def _kprobe(out: dict[str, Any], k: Mapping[str, Any]) -> None:
     at = "process_kprobe"
     func = _str(k, "function_name", at)
     syscall = func
@@ -131,14 +123,11 @@ def _kprobe(out: dict[str, Any], k: dict[str, Any]) -> None:
     if ret is not None:
         out["evt.rawres"] = ret
         out["evt.res"] = "SUCCESS" if ret >= 0 else str(ret)
-    args = k.get("args")
-    if args is not None and not isinstance(args, list):
-        raise TetragonRecordError(f"{at}.args must be a list, not {_type(args)}")
-    for i, raw in enumerate(args or ()):
+    for i, raw in enumerate(shapes.array(k.get("args"), f"{at}.args", _fail)):
         _arg(out, _obj(raw, f"{at}.args[{i}]"), f"{at}.args[{i}]")
 
 
-def _arg(out: dict[str, Any], arg: dict[str, Any], at: str) -> None:
+def _arg(out: dict[str, Any], arg: Mapping[str, Any], at: str) -> None:
     if "file_arg" in arg or "path_arg" in arg:
         key = "file_arg" if arg.get("file_arg") else "path_arg"
         path = _str(_obj(arg.get(key), f"{at}.{key}"), "path", f"{at}.{key}")
