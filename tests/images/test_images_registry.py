@@ -330,3 +330,118 @@ async def test_signatures_found_through_the_referrers_api(env, registry, tools, 
     outcome = await env.admit(env.check(**key_policy(env, host, key)), f"{host}/{repo}:v1")
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
     assert stats["referrers"] == 1
+
+
+def paged_referrers_front(
+    upstream: str, stats: dict[str, int], *, next_link: Callable[[str, int], str]
+) -> web.Application:
+    """The referrers API in pages of one descriptor, each page naming the next in a ``Link``
+    header (distribution spec, "Listing Referrers"); the signature is on the last page."""
+    app = web.Application()
+
+    async def referrers(request: web.Request) -> web.Response:
+        stats["pages"] = stats.get("pages", 0) + 1
+        repo, digest = request.match_info["repo"], request.match_info["digest"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://{upstream}/v2/{repo}/manifests/{digest.replace(':', '-')}",
+                headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+            ) as up,
+        ):
+            real = (await up.json(content_type=None))["manifests"] if up.status == 200 else []
+        filler = {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": "sha256:" + "0" * 64,
+            "size": 2,
+            "artifactType": "application/vnd.example.sbom",
+        }
+        items = [filler, filler, *real]
+        page = int(request.query.get("page", "0"))
+        body = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": items[page : page + 1],
+        }
+        headers = {}
+        if page + 1 < len(items):
+            headers["Link"] = f'<{next_link(request.path, page + 1)}>; rel="next"'
+        return web.Response(
+            body=json.dumps(body), headers=headers, content_type="application/vnd.oci.image.index.v1+json"
+        )
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith(".sig") or "/manifests/sha256-" in request.path:
+            return web.Response(status=404)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                f"http://{upstream}{request.path_qs}",
+                headers={"Accept": request.headers.get("Accept", "*/*")},
+            ) as up,
+        ):
+            body = await up.read()
+            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
+            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
+
+    app.router.add_get("/v2/{repo:.+}/referrers/{digest}", referrers)
+    app.router.add_route("*", "/v2/{tail:.*}", proxy)
+    return app
+
+
+def keyed_bundle(key: Any, digest: str) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import utils
+
+    raw = bytes.fromhex(digest.split(":")[1])
+    signature = key.sign(raw, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {"publicKey": {"hint": "team-a"}, "tlogEntries": []},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": base64.b64encode(raw).decode()},
+            "signature": base64.b64encode(signature).decode(),
+        },
+    }
+    return json.dumps(bundle).encode()
+
+
+BUNDLE_V3 = "application/vnd.dev.sigstore.bundle.v0.3+json"
+
+
+async def test_referrers_api_pages_are_followed_through_link_headers(env, registry, serve, key) -> None:
+    stats: dict[str, int] = {}
+    host = await serve(paged_referrers_front(registry.host, stats, next_link=lambda path, n: f"{path}?page={n}"))
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    registry.push_referrer(repo, digest, BUNDLE_V3, keyed_bundle(key, digest), BUNDLE_V3)
+    outcome = await env.admit(env.check(**key_policy(env, host, key)), f"{host}/{repo}:v1")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    assert stats["pages"] == 3
+
+
+async def test_a_next_page_on_another_host_is_refused_as_content(env, registry, serve, key) -> None:
+    stats: dict[str, int] = {}
+    host = await serve(
+        paged_referrers_front(registry.host, stats, next_link=lambda path, n: f"http://127.0.0.2:1{path}?page={n}")
+    )
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    registry.push_referrer(repo, digest, BUNDLE_V3, keyed_bundle(key, digest), BUNDLE_V3)
+    check = env.check(**key_policy(env, host, key, failure_mode="allow"))
+    outcome = await env.admit(check, f"{host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "on another host" in outcome.verdict.deny_message()
+    assert stats["pages"] == 1
+
+
+async def test_endless_referrers_pages_stop_at_the_bound(env, registry, serve, key) -> None:
+    stats: dict[str, int] = {}
+    host = await serve(paged_referrers_front(registry.host, stats, next_link=lambda path, n: f"{path}?page=0"))
+    repo = registry.repo()
+    registry.push_image(repo, "v1")
+    outcome = await env.admit(env.check(**key_policy(env, host, key)), f"{host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "more than 16 pages" in outcome.verdict.deny_message()
+    assert stats["pages"] == 16

@@ -184,7 +184,7 @@ class ImagesCheck:
             return _Outcome(image, ref, policy, reason=reason, failed=True)
         except errors.UpstreamError as exc:
             return _Outcome(image, ref, policy, reason=str(exc), failed=True)
-        except src.Unresolvable as exc:  # offline, no tag file: a finding, no failure mode
+        except (src.Unresolvable, reg.ContentError) as exc:  # a finding (no tag, junk), no failure mode
             return _Outcome(image, ref, policy, reason=str(exc))
         return _from_verified(image, ref, policy, verified)
 

@@ -50,6 +50,11 @@ class EvidenceError(ValueError):
     """Registry content that cannot be read as a signature (reported, never raised past the fetcher)."""
 
 
+def problem(source: str, message: str) -> Evidence:
+    """Content that cannot be a signature, kept as evidence so the verdict can say why."""
+    return Evidence(source, b"", b"", frozenset(), problems=(message,))
+
+
 def b64(text: Any, what: str) -> bytes:
     if not isinstance(text, str):
         raise EvidenceError(f"{what} is not a base64 string")

@@ -120,20 +120,34 @@ async def fetch_bundles(
     deadline: Deadline,
     creds: reg.Credentials | None = None,
 ) -> list[tuple[str, bytes | str]]:
-    """(source, raw bundle) for each referrer bundle of ``digest``; why not, when it cannot be read."""
+    """(source, raw bundle) for each referrer bundle of ``digest``; why not, when it cannot be read.
+
+    Junk in the repository (``reg.ContentError``: an index that is not one, a missing blob) is
+    a "why not" entry, never an exception; transport trouble (``RegistryError``) propagates.
+    """
+    where = f"{repository} referrers of {digest[:19]}"
+    try:
+        descriptors = await client.referrers(registry, repository, digest, deadline, creds)
+    except reg.ContentError as exc:
+        return [(where, f"{where}: {exc}")]
     found: list[tuple[str, bytes | str]] = []
-    for descriptor in await client.referrers(registry, repository, digest, deadline, creds):
+    for descriptor in descriptors:
         artifact = str(descriptor.get("artifactType") or "")
         if not artifact.startswith(BUNDLE_ARTIFACT_PREFIX):
             continue
         source = f"{repository} referrer {descriptor['digest'][:19]}"
-        manifest = await client.manifest(registry, repository, descriptor["digest"], deadline, creds)
-        if manifest is None:
-            continue
         try:
+            manifest = await client.manifest(registry, repository, descriptor["digest"], deadline, creds)
+            if manifest is None:
+                continue
             layers = manifest.document().get("layers") or []
             layer = layers[0]
+            size = layer["size"]
+            if not isinstance(size, int) or size > client.max_blob_bytes:
+                raise ValueError(f"layer size {str(size)[:40]} is not within the {client.max_blob_bytes}-byte limit")
             found.append((source, await client.blob(registry, repository, layer["digest"], deadline, creds)))
+        except reg.ContentError as exc:
+            found.append((source, f"{source}: {exc}"))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             found.append((source, f"{source}: unreadable bundle: {exc}"))
     return found
@@ -147,7 +161,7 @@ def decode_bundle(raw: bytes | str, source: str) -> list[ev.Evidence]:
             return bundle_evidence(raw, source)
         except (ev.EvidenceError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             problem = f"{source}: unreadable bundle: {exc}"
-    return [ev.Evidence(source, b"", b"", frozenset(), problems=(problem,))]
+    return [ev.problem(source, problem)]
 
 
 def bundle_evidence(raw: bytes, source: str) -> list[ev.Evidence]:

@@ -17,7 +17,8 @@ from webhook.signatures.reference import ImageRef
 
 
 class Unresolvable(Exception):
-    """What a source cannot look up for a reason that is a finding (offline: no tag file).
+    """What a source cannot look up for a reason that is a finding (offline: no tag file; online:
+    the tag does not exist, or the registry refuses the pull).
 
     Not an ``UpstreamError``: nothing outside failed, so no failure mode applies.
     """
@@ -52,7 +53,10 @@ class RegistrySource:
         self.client = client
 
     async def resolve(self, ref: ImageRef, tag: str, deadline: Deadline, creds: reg.Credentials | None) -> str:
-        return await self.client.resolve(ref.registry, ref.repository, tag, deadline, creds)
+        try:
+            return await self.client.resolve(ref.registry, ref.repository, tag, deadline, creds)
+        except reg.ContentError as exc:  # no such tag, access refused: a finding, not an outage
+            raise Unresolvable(str(exc)) from exc
 
     async def cosign(
         self, ref: ImageRef, digest: str, deadline: Deadline, creds: reg.Credentials | None
