@@ -233,3 +233,29 @@ async def test_unreadable_bundle_is_reported_not_raised(env, registry, keyless) 
     outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
     assert not outcome.verdict.allowed
     assert "unreadable bundle" in outcome.verdict.deny_message()
+
+
+async def test_overlapping_identity_regexes_count_one_signer_once(env, registry, tools, keyless) -> None:
+    """Two identities that both match one signer: its signatures (even two, with two certificates)
+    meet a threshold of 2 only with a second, distinct signer."""
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest)
+    keyless_sign(registry, tools, keyless, repo, digest)
+    identities = [
+        {"issuer": ISSUER, "subject_regex": r"https://github\.example/org/.*"},
+        {"issuer": ISSUER, "subject_regex": r".*@refs/heads/main"},
+    ]
+    config = {
+        "policies": [{"pattern": f"{env.host}/team-a/*", "keyless": identities, "threshold": 2}],
+        "trust_root": str(keyless.trust_root),
+        "cache": {"negative_ttl_seconds": 0},
+    }
+    check = env.check(**config)
+    outcome = await env.admit(check, f"{registry.host}/{repo}@{digest}")
+    assert not outcome.verdict.allowed
+    assert "1 of the required 2 authorities" in outcome.verdict.deny_message()
+    other = "https://github.example/org/other/.github/workflows/release.yml@refs/heads/main"
+    keyless_sign(registry, tools, keyless, repo, digest, subject=other)
+    outcome = await env.admit(check, f"{registry.host}/{repo}@{digest}")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()

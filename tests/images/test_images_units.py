@@ -179,3 +179,34 @@ def test_docker_config_json_gives_credentials_by_registry() -> None:
     assert found["docker.io"].password == "pw"
     assert found["registry.example:5000"].password == "p"
     assert "broken" not in found
+
+
+class _FakeAuthority:
+    """An authority accepting evidence whose source names one of its signers (pure judging)."""
+
+    def __init__(self, name: str, signers: set[str]) -> None:
+        self.name = name
+        self._signers = signers
+
+    def accepts(self, evidence: object, digest: str) -> str | None:
+        return None if getattr(evidence, "source", "") in self._signers else "not ours"
+
+    def signer(self, evidence: object) -> str:
+        return str(getattr(evidence, "source", ""))
+
+
+def _evidence(signer: str) -> object:
+    from webhook.signatures import evidence as ev
+
+    return ev.Evidence(signer, b"", b"", frozenset({f"sha256:{HEX}"}))
+
+
+def test_threshold_matches_authorities_to_distinct_signers_whatever_the_order() -> None:
+    """A accepts x or y, B only x: greedy (A→x) would leave B out; the matching gives A→y, B→x."""
+    policy = TrustPolicy("ghcr.io/**", [_FakeAuthority("A", {"x", "y"}), _FakeAuthority("B", {"x"})], threshold=2)
+    judgement = policy.judge([_evidence("x"), _evidence("y")], f"sha256:{HEX}")  # type: ignore[list-item]
+    assert judgement.verified
+    assert judgement.satisfied == ("A", "B")
+    one = policy.judge([_evidence("x")], f"sha256:{HEX}")  # type: ignore[list-item]
+    assert not one.verified
+    assert "already counted for another authority" in one.reason

@@ -8,7 +8,9 @@ are verified here with ``cryptography`` (ECDSA P-256/P-384, Ed25519, RSA).
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,12 +288,26 @@ def _ok(call: object) -> bool:
     return True
 
 
+def key_id(key: PublicKey) -> str:
+    """SHA-256 of the key's SubjectPublicKeyInfo (DER): one id per key, however its PEM is spelled."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class KeyAuthority:
     """A trusted public key (one authority of a policy)."""
 
     name: str  # the key's file as configured
     key: PublicKey
+    spki: str = ""  # key_id(key); computed when not given
+
+    def __post_init__(self) -> None:
+        if not self.spki:
+            object.__setattr__(self, "spki", key_id(self.key))
+
+    def signer(self, evidence: ev.Evidence) -> Hashable:
+        return ("key", self.spki)
 
     def accepts(self, evidence: ev.Evidence, digest: str) -> str | None:
         """``None`` when the evidence is a valid signature by this key naming ``digest``; else why not."""

@@ -11,6 +11,7 @@ The library matches identities exactly; ``_IdentityPolicy`` adds issuer/subject 
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,16 @@ class KeylessAuthority:
     @property
     def name(self) -> str:
         return f"keyless {self.identity.describe()}"
+
+    def signer(self, evidence: ev.Evidence) -> Hashable:
+        """The certificate's OIDC issuer and subjects: one signer however many certificates it got."""
+        if evidence.certificate is None:
+            return ("keyless", "")
+        try:
+            cert = x509.load_der_x509_certificate(evidence.certificate)
+        except ValueError:
+            return ("keyless-cert", evidence.certificate)
+        return ("keyless", fulcio.certificate_issuer(cert), tuple(sorted(fulcio.certificate_subjects(cert))))
 
     def accepts(self, evidence: ev.Evidence, digest: str) -> str | None:
         """``None`` when the evidence is a valid keyless signature by this identity naming ``digest``."""
