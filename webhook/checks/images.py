@@ -349,10 +349,11 @@ def registry_client(config: Config) -> reg.RegistryClient:
     """A registry client per ``images:`` (insecure hosts, credentials, timeouts, size limits)."""
     settings = config.images
     return reg.RegistryClient(
-        # Hosts spelled the way image references are parsed (lower case, no :443).
-        insecure_registries=frozenset(reference.canonical_host(r) for r in settings.insecure_registries),
+        # Hosts spelled the way image references are parsed (lower case, numeric port, no :443,
+        # Docker Hub's aliases folded into docker.io).
+        insecure_registries=frozenset(reference.canonical_registry(r) for r in settings.insecure_registries),
         credentials={
-            reference.canonical_host(c.registry): reg.Credentials(c.username, _password(config, c))
+            reference.canonical_registry(c.registry): reg.Credentials(c.username, _password(config, c))
             for c in settings.credentials
         },
         timeout=settings.request_timeout_seconds,

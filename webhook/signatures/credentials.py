@@ -18,7 +18,7 @@ import orjson
 
 from webhook import errors
 from webhook.core.deadline import Deadline
-from webhook.signatures.reference import DOCKER_HUB, canonical_host
+from webhook.signatures.reference import canonical_registry
 from webhook.signatures.registry import Credentials
 
 log = logging.getLogger("portcullis.images")
@@ -26,8 +26,7 @@ log = logging.getLogger("portcullis.images")
 
 def normalize_registry(key: str) -> str:
     """``https://index.docker.io/v1/`` → ``docker.io``; ``host:port/path`` → ``host:port``."""
-    host = canonical_host(key.split("://", 1)[-1].split("/", 1)[0])
-    return DOCKER_HUB if host in ("index.docker.io", "registry-1.docker.io", "docker.io") else host
+    return canonical_registry(key.split("://", 1)[-1].split("/", 1)[0])
 
 
 def parse_docker_config(data: bytes) -> dict[str, Credentials]:

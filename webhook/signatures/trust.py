@@ -12,6 +12,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from webhook.config import images as images_config
 from webhook.core.decision import FailureMode, Mode
 from webhook.signatures import evidence as ev
 from webhook.signatures.reference import ImageRef
@@ -51,18 +52,6 @@ def compile_glob(glob: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def split_pattern(pattern: str) -> tuple[str, str | None, str | None]:
-    """``name[:tag][@digest]`` → its three globs (a ``:`` before the last ``/`` is a port)."""
-    digest = None
-    if "@" in pattern:
-        pattern, digest = pattern.split("@", 1)
-    tag = None
-    colon, slash = pattern.rfind(":"), pattern.rfind("/")
-    if colon > slash and slash != -1:
-        pattern, tag = pattern[:colon], pattern[colon + 1 :]
-    return pattern, tag, digest
-
-
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """The verdict for one digest under one policy."""
@@ -97,12 +86,14 @@ class TrustPolicy:
         failure_mode: FailureMode = FailureMode.DENY,
         fingerprint: str = "",
     ) -> None:
+        # Config load canonicalises already; doing it here too keeps direct callers honest.
+        pattern = images_config.canonical_pattern(pattern)
         self.pattern = pattern
         self.authorities = tuple(authorities)
         self.threshold = threshold
         self.mode = mode
         self.failure_mode = failure_mode
-        name, tag, digest = split_pattern(pattern)
+        name, tag, digest = images_config.split_pattern(pattern)
         self._name = compile_glob(name)
         self._tag = compile_glob(tag) if tag is not None else None
         self._digest = compile_glob(digest) if digest is not None else None
