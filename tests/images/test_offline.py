@@ -358,12 +358,16 @@ def test_registry_name_cannot_escape_the_bundles_directory(world: World, tmp_pat
 
 
 def test_unreachable_registry_in_ci_is_reported_as_not_judged_not_denied(world: World) -> None:
-    code, out, _ = run("check", "--config", str(world.config()), str(world.manifest("valid")))
-    assert code == 0
+    code, out, err = run("check", "--config", str(world.config()), str(world.manifest("valid")))
+    assert code == 2  # not judged is not passed (tests/ci/test_not_judged.py covers every format)
+    assert "--allow-unverified" in err
+    assert "DENIED" not in out
     assert "not judged" in out
     assert "checks not judged: images" in out
     assert f"registry {world.host}" in out
     assert "--signatures DIR" in out
+    code, _, _ = run("check", "--config", str(world.config()), "--allow-unverified", str(world.manifest("valid")))
+    assert code == 0
 
 
 def test_unreachable_registry_in_ci_follows_the_failure_mode_when_configured(world: World) -> None:

@@ -214,10 +214,18 @@ class ImagesCheck:
             seen.append(_context_entry(outcome, container, field))
         result.context = {"images": seen, "digests": {e["image"]: e["digest"] for e in seen if e["digest"]}}
         if self._ci_warn:
-            # What `portcullis check` lists as not judged (the image and why), per object.
-            not_judged = {o.image: o.reason for o in outcomes.values() if o.failed and o.policy is not None}
+            # What `portcullis check` reports as not judged (image, why, first container path), per object.
+            not_judged: dict[str, dict[str, str]] = {}
+            for entry in seen:
+                outcome = outcomes[entry["image"]]
+                if outcome.failed and outcome.policy is not None and entry["image"] not in not_judged:
+                    not_judged[entry["image"]] = {
+                        "image": entry["image"],
+                        "reason": outcome.reason,
+                        "path": entry["path"],
+                    }
             if not_judged:
-                result.context["not_judged"] = [{"image": i, "reason": r} for i, r in sorted(not_judged.items())]
+                result.context["not_judged"] = [not_judged[i] for i in sorted(not_judged)]
         return result
 
     def _judge(self, o: _Outcome, container: ContainerRef, field: str, result: CheckResult) -> None:
