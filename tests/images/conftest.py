@@ -501,7 +501,13 @@ class Env:
         return check
 
     async def admit(
-        self, check: Any, *images: str, budget: float = 10.0, kind: str = "Pod", pull_secrets: tuple[str, ...] = ()
+        self,
+        check: Any,
+        *images: str,
+        budget: float = 10.0,
+        kind: str = "Pod",
+        pull_secrets: tuple[str, ...] = (),
+        namespace: str = "default",
     ) -> Any:
         from webhook.checks.pipeline import Pipeline, Subject
         from webhook.core.deadline import Deadline
@@ -520,7 +526,7 @@ class Env:
                 "spec": {"template": {"metadata": {}, "spec": spec}},
             }
         pipeline = Pipeline(check_config(check), [check])
-        subject = Subject("CREATE", kind, "default", obj["metadata"]["name"], obj)
+        subject = Subject("CREATE", kind, namespace, obj["metadata"]["name"], obj)
         return await pipeline.evaluate(subject, Deadline.after(budget))
 
     async def close(self) -> None:

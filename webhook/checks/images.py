@@ -114,7 +114,7 @@ class ImagesCheck:
         for pod, _, image in items:
             if not isinstance(image, str) or image in outcomes or image in pending:
                 continue
-            outcome, todo = self._fast(image)
+            outcome, todo = self._fast(image, pod, ctx)
             if outcome is not None:
                 outcomes[image] = outcome
             elif todo is not None:
@@ -135,7 +135,9 @@ class ImagesCheck:
 
     # -- per image ------------------------------------------------------------------------------
 
-    def _fast(self, image: str) -> tuple[_Outcome | None, tuple[ImageRef, TrustPolicy] | None]:
+    def _fast(
+        self, image: str, pod: PodSpecRef, ctx: RequestContext
+    ) -> tuple[_Outcome | None, tuple[ImageRef, TrustPolicy] | None]:
         """Parse, match and look up the cache without awaiting (the warm path)."""
         parsed = self._parsed.get(image)
         if parsed is None:
@@ -148,7 +150,10 @@ class ImagesCheck:
         failed = self._ci_failed.get(image) if self._ci else None
         if failed is not None:
             return failed, None
-        hit = self.verifier.cached(ref, policy)
+        creds = self._known_credentials(ref, pod, ctx)
+        if isinstance(creds, credentials.PullSecretsUnknown):
+            return None, (ref, policy)  # the pod's pull secret is not cached: look it up first
+        hit = self.verifier.cached(ref, policy, creds)
         if hit is not None:
             return _from_verified(image, ref, policy, hit), None
         return None, (ref, policy)
@@ -191,13 +196,19 @@ class ImagesCheck:
     async def _credentials(
         self, ref: ImageRef, pod: PodSpecRef, ctx: RequestContext, deadline: Deadline
     ) -> reg.Credentials | None:
-        if self._pull_secrets is None:
-            return None
-        entries = pod.spec.get("imagePullSecrets") or ()
-        names = [str(s["name"]) for s in entries if isinstance(s, dict) and isinstance(s.get("name"), str)]
-        if not names:
+        names = _pull_secret_names(pod) if self._pull_secrets is not None else []
+        if not names or self._pull_secrets is None:
             return None
         return await self._pull_secrets.lookup(ctx.namespace, names, ref.registry, deadline)
+
+    def _known_credentials(
+        self, ref: ImageRef, pod: PodSpecRef, ctx: RequestContext
+    ) -> reg.Credentials | credentials.PullSecretsUnknown | None:
+        """The pod's credentials for ``ref`` if known without an await (verdicts are keyed by them)."""
+        names = _pull_secret_names(pod) if self._pull_secrets is not None else []
+        if not names or self._pull_secrets is None:
+            return None
+        return self._pull_secrets.peek(ctx.namespace, names, ref.registry)
 
     # -- findings -------------------------------------------------------------------------------
 
@@ -261,6 +272,11 @@ class ImagesCheck:
             return
         if self._settings.pin_digests and o.ref.digest is None and o.digest is not None:
             result.patches.append({"op": "replace", "path": _pointer(field), "value": o.ref.pinned(o.digest)})
+
+
+def _pull_secret_names(pod: PodSpecRef) -> list[str]:
+    entries = pod.spec.get("imagePullSecrets") or ()
+    return [str(s["name"]) for s in entries if isinstance(s, dict) and isinstance(s.get("name"), str)]
 
 
 def _from_verified(image: str, ref: ImageRef, policy: TrustPolicy, verified: Verified) -> _Outcome:

@@ -18,7 +18,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -83,6 +83,23 @@ class Credentials:
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode()
 
+    # A digest of the whole credential (user *and* secret): what caches are keyed by. Pull
+    # secrets of different namespaces often share a username (``AWS``, ``_json_key``,
+    # ``oauth2accesstoken``); a token or a verdict learnt with one must not serve the other.
+    identity: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        raw = b"portcullis registry credential\0" + self.username.encode() + b"\0" + self.password.encode()
+        object.__setattr__(self, "identity", hashlib.sha256(raw).hexdigest())
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=<redacted>)"
+
+
+def credential_identity(creds: Credentials | None) -> str:
+    """``Credentials.identity``, or ``""`` for anonymous pulls."""
+    return creds.identity if creds is not None else ""
+
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
@@ -123,7 +140,7 @@ class RegistryClient:
         self._max_manifest = max_manifest_bytes
         self._max_blob = max_blob_bytes
         self._session: aiohttp.ClientSession | None = None
-        # (registry, repository, username) -> (Authorization header, expiry on the monotonic clock)
+        # (registry, repository, credential identity) -> (Authorization header, expiry, monotonic)
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
 
     async def close(self) -> None:
@@ -278,6 +295,10 @@ class RegistryClient:
     def _creds(self, registry: str, creds: Credentials | None) -> Credentials | None:
         return creds if creds is not None else self._credentials.get(registry)
 
+    def credential_identity(self, registry: str, creds: Credentials | None) -> str:
+        """Identity of the credentials a call to ``registry`` would use (the pod's, else configured)."""
+        return credential_identity(self._creds(registry, creds))
+
     def _call_timeout(self, registry: str, what: str, deadline: Deadline) -> aiohttp.ClientTimeout:
         left = deadline.cap(self._timeout)
         if left <= 0.001:
@@ -295,7 +316,7 @@ class RegistryClient:
         accept: str,
     ) -> aiohttp.ClientResponse:
         creds = self._creds(registry, creds)
-        key = (registry, repository, creds.username if creds else "")
+        key = (registry, repository, credential_identity(creds))
         headers = {"Accept": accept}
         cached = self._tokens.get(key)
         if cached is not None and cached[1] > time.monotonic():

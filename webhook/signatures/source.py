@@ -43,6 +43,11 @@ class SignatureSource(Protocol):
         """Sigstore bundles attached to ``digest``."""
         ...
 
+    def identity(self, ref: ImageRef, creds: reg.Credentials | None) -> str:
+        """Which credentials the fetches for ``ref`` use (a digest; ``""`` anonymous): verdicts are
+        cached per identity, so what one pull secret could read is never served to another."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -67,6 +72,9 @@ class RegistrySource:
         self, ref: ImageRef, digest: str, deadline: Deadline, creds: reg.Credentials | None
     ) -> list[ev.Evidence]:
         return await sigstore.fetch(self.client, ref.registry, ref.repository, digest, deadline, creds)
+
+    def identity(self, ref: ImageRef, creds: reg.Credentials | None) -> str:
+        return self.client.credential_identity(ref.registry, creds)
 
     async def close(self) -> None:
         await self.client.close()

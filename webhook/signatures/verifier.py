@@ -35,14 +35,16 @@ class ImageVerifier:
         self._job_timeout = job_timeout
 
     @staticmethod
-    def cache_key(ref: ImageRef, digest: str, policy: TrustPolicy) -> Hashable:
-        return (ref.registry, ref.repository, digest, policy.cache_key)
+    def cache_key(ref: ImageRef, digest: str, policy: TrustPolicy, identity: str) -> Hashable:
+        """Per repository, digest, policy and credential identity: a verdict learnt with one
+        namespace's pull secret (a private image's signatures) is never served to another."""
+        return (ref.registry, ref.repository, digest, policy.cache_key, identity)
 
-    def cached(self, ref: ImageRef, policy: TrustPolicy) -> Verified | None:
+    def cached(self, ref: ImageRef, policy: TrustPolicy, creds: reg.Credentials | None) -> Verified | None:
         """The warm path for digest references: a dict lookup, no await."""
         if ref.digest is None:
             return None
-        judgement = self.cache.get(self.cache_key(ref, ref.digest, policy))
+        judgement = self.cache.get(self.cache_key(ref, ref.digest, policy, self.source.identity(ref, creds)))
         return Verified(ref.digest, judgement) if judgement is not None else None
 
     async def verify(
@@ -56,7 +58,7 @@ class ImageVerifier:
         if digest is None:
             assert ref.tag is not None
             digest = await self.source.resolve(ref, ref.tag, deadline, creds)
-        key = self.cache_key(ref, digest, policy)
+        key = self.cache_key(ref, digest, policy, self.source.identity(ref, creds))
         judgement = await self.cache.get_or_compute(
             key, lambda: self._judge(ref, digest, policy, creds), positive=lambda j: j.verified
         )
