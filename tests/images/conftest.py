@@ -331,10 +331,19 @@ class KeylessSigner:
         return bytes(self.log_key.sign(canonical, ec.ECDSA(hashes.SHA256())))
 
     def rekor_entry(
-        self, payload: bytes, signature: bytes, cert: x509.Certificate, integrated_time: int, log_index: int = 7
+        self,
+        payload: bytes,
+        signature: bytes,
+        cert: x509.Certificate | Any,
+        integrated_time: int,
+        log_index: int = 7,
     ) -> dict[str, Any]:
-        """A hashedrekord body and its signed entry timestamp, as cosign's bundle annotation holds them."""
-        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        """A hashedrekord body and its signed entry timestamp, as cosign's bundle annotation holds
+        them; ``cert`` is a certificate (keyless) or a public key (keyed: the log holds its PEM)."""
+        if isinstance(cert, x509.Certificate):
+            cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        else:
+            cert_pem = cert.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         body = {
             "apiVersion": "0.0.1",
             "kind": "hashedrekord",

@@ -82,7 +82,9 @@ def allow_policy(env: Any, host: str, key: Any) -> dict[str, Any]:
     """``failure_mode: allow``: the setting the junk-signature attack relied on."""
     return {
         "insecure_registries": [host],
-        "policies": [{"pattern": f"{host}/**", "keys": [env.key_file(key)], "failure_mode": "allow"}],
+        "policies": [
+            {"pattern": f"{host}/**", "keys": [env.key_file(key)], "failure_mode": "allow", "tlog": "optional"}
+        ],
     }
 
 

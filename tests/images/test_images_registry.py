@@ -53,7 +53,7 @@ async def serve() -> AsyncIterator[Serve]:
 def key_policy(env: Any, host: str, key: Any, **extra: Any) -> dict[str, Any]:
     return {
         "insecure_registries": [host],
-        "policies": [{"pattern": f"{host}/**", "keys": [env.key_file(key)], **extra}],
+        "policies": [{"pattern": f"{host}/**", "keys": [env.key_file(key)], "tlog": "optional", **extra}],
     }
 
 

@@ -88,7 +88,7 @@ class World:
         section = {
             "insecure_registries": [self.host],
             "policies": [
-                {"pattern": f"{self.host}/team-a/**", "keys": ["signer.pub"]},
+                {"pattern": f"{self.host}/team-a/**", "keys": ["signer.pub"], "tlog": "optional"},
                 {"pattern": f"{self.host}/keyless/**", "keyless": [{"issuer": ISSUER, "subject": SUBJECT}]},
             ],
             "trust_root": self.trust_root,
@@ -346,7 +346,7 @@ def test_malformed_bundle_files_are_violations_not_crashes(world: World, tmp_pat
 
 
 def test_registry_name_cannot_escape_the_bundles_directory(world: World, tmp_path: Path) -> None:
-    config = world.config("escape.yaml", policies=[{"pattern": "**", "keys": ["signer.pub"]}])
+    config = world.config("escape.yaml", policies=[{"pattern": "**", "keys": ["signer.pub"], "tlog": "optional"}])
     manifest = world.manifest("escape", "../etc/app:v1")
     code, out, _ = run("check", "--config", str(config), "--signatures", str(world.out), str(manifest))
     assert code == 1
@@ -440,7 +440,7 @@ def test_export_takes_the_images_a_policy_matches_from_manifests(registry: Any, 
     (manifests / "app.yaml").write_text(pod(image, "app") + "\n---\n" + pod("nginx:1.27", "web"))
     section = {
         "insecure_registries": [registry.host],
-        "policies": [{"pattern": f"{registry.host}/team-a/**", "keys": ["signer.pub"]}],
+        "policies": [{"pattern": f"{registry.host}/team-a/**", "keys": ["signer.pub"], "tlog": "optional"}],
         "unmatched": "allow",
     }
     config = tmp_path / "config.yaml"

@@ -28,7 +28,7 @@ from webhook.core.deadline import Deadline
 from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
 from webhook.core.request import RequestContext
 from webhook.core.workloads import ContainerRef, PodSpecRef
-from webhook.signatures import bundles, cosign, credentials, fulcio, reference, sigstore
+from webhook.signatures import bundles, cosign, credentials, fulcio, reference, sigstore, trustroot
 from webhook.signatures import registry as reg
 from webhook.signatures import source as src
 from webhook.signatures.cache import VerdictCache
@@ -69,7 +69,7 @@ class ImagesCheck:
         *,
         pull_secrets: credentials.PullSecrets | None = None,
         failure_mode: FailureMode = FailureMode.DENY,
-        trust_root: sigstore.TrustRootSource | None = None,
+        trust_root: trustroot.TrustRootSource | None = None,
         ci: bool = False,
         offline: Path | None = None,
     ) -> None:
@@ -87,14 +87,22 @@ class ImagesCheck:
         self._ci = ci
         self._ci_warn = ci and offline is None and settings.ci_registry_errors == "warn"
         self._ci_failed: dict[str, _Outcome] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._trust_root is not None and not self._trust_root.loaded:
-            # On failure it is retried on first use; keyless images meanwhile get their failure mode.
-            with contextlib.suppress(errors.UpstreamError):
-                await asyncio.to_thread(self._trust_root.get)
+        if self._trust_root is not None:
+            # Loaded in a daemon thread, not awaited: serving starts now, and requests that need
+            # the root before it arrives wait for it within their deadline (else: failure mode).
+            if not self._trust_root.loaded:
+                self._trust_root.refresh()
+            self._refresher = asyncio.create_task(self._trust_root.refresh_forever())
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         await self.verifier.cache.close()
         await self.verifier.source.close()
 
@@ -186,6 +194,13 @@ class ImagesCheck:
             verified = await asyncio.wait_for(verify, deadline.remaining())
         except TimeoutError:
             reason = f"registry {ref.registry}: no verdict within {budget * 1000:.0f} ms (timeout)"
+            if policy.needs_trust_root and self._trust_root is not None and not self._trust_root.loaded:
+                # The first load runs off the loop; say so, or a hanging TUF fetch looks like the registry.
+                why = f": {self._trust_root.last_error}" if self._trust_root.last_error else ""
+                reason = (
+                    f"no verdict within {budget * 1000:.0f} ms (timeout): the Sigstore trust root "
+                    f"({self._trust_root.setting}) is still loading{why}"
+                )
             return _Outcome(image, ref, policy, reason=reason, failed=True)
         except errors.UpstreamError as exc:
             return _Outcome(image, ref, policy, reason=str(exc), failed=True)
@@ -322,16 +337,25 @@ def build(config: Config, services: Services) -> Check | None:
                 "nothing would be verified (add a trust policy, or drop the bundles)"
             )
         return None
-    trust_root = sigstore.TrustRootSource(settings.trust_root, config.resolve_path)
-    uses_keyless = any(p.keyless for p in settings.policies)
-    if uses_keyless and settings.trust_root != "public-good":
-        trust_root.get()  # a bad file is a config error now, not a denial later
+    trust_root = trustroot.TrustRootSource(
+        settings.trust_root,
+        config.resolve_path,
+        refresh_seconds=settings.trust_root_refresh_seconds,
+        fetch_timeout=settings.trust_root_fetch_timeout_seconds,
+    )
+    uses_root = any(p.keyless or (p.keys and p.tlog == "required") for p in settings.policies)
+    if uses_root and settings.trust_root != trustroot.PUBLIC_GOOD:
+        trust_root.load_now()  # a bad file is a config error now, not a denial later
     keys: dict[str, cosign.KeyAuthority] = {}
     policies = []
     for index, item in enumerate(settings.policies):
-        authorities: list[Authority] = [_key(config, path, index, keys) for path in item.keys]
+        authorities: list[Authority] = []
+        for path in item.keys:
+            key = _key(config, path, index, keys)
+            authorities.append(sigstore.LoggedKeyAuthority(key, trust_root) if item.tlog == "required" else key)
         authorities += [sigstore.KeylessAuthority(_identity(i), trust_root) for i in item.keyless]
-        fingerprint = settings.trust_root if item.keyless else ""
+        needs_root = bool(item.keyless) or (bool(item.keys) and item.tlog == "required")
+        fingerprint = f"{settings.trust_root}\0tlog={item.tlog}" if needs_root else f"tlog={item.tlog}"
         policies.append(
             TrustPolicy(
                 item.pattern,
@@ -340,6 +364,7 @@ def build(config: Config, services: Services) -> Check | None:
                 mode=item.mode,
                 failure_mode=item.failure_mode,
                 fingerprint=fingerprint,
+                needs_trust_root=needs_root,
             )
         )
     offline = _offline_dir(config) if settings.offline_bundles else None
@@ -351,7 +376,12 @@ def build(config: Config, services: Services) -> Check | None:
         negative_ttl=settings.cache.negative_ttl_seconds,
         max_entries=settings.cache.max_entries,
     )
-    verifier = ImageVerifier(source, cache, job_timeout=settings.request_timeout_seconds * 5)
+    verifier = ImageVerifier(
+        source,
+        cache,
+        job_timeout=settings.request_timeout_seconds * 5,
+        trust_root=trust_root if uses_root else None,
+    )
     pull_secrets = (
         credentials.PullSecrets(services.kube_api, timeout=settings.request_timeout_seconds)
         if settings.use_pull_secrets and services.kube_api is not None and offline is None
@@ -363,7 +393,7 @@ def build(config: Config, services: Services) -> Check | None:
         verifier,
         pull_secrets=pull_secrets,
         failure_mode=config.check_settings(CHECK_ID).failure_mode,
-        trust_root=trust_root if uses_keyless else None,
+        trust_root=trust_root if uses_root else None,
         ci=services.ci,
         offline=offline,
     )

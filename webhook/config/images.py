@@ -139,6 +139,10 @@ class ImagePolicy(Section, frozen=True):
     threshold: Annotated[int, msgspec.Meta(ge=1)] = 1
     mode: Mode = Mode.ENFORCE
     failure_mode: FailureMode = FailureMode.DENY
+    # Keyed signatures must come with a Rekor entry (checked against images.trust_root), as
+    # `cosign verify --key` demands by default; "optional" is cosign's --insecure-ignore-tlog.
+    # Keyless signatures always need one.
+    tlog: Literal["required", "optional"] = "required"
 
     def __post_init__(self) -> None:
         if not self.pattern:
@@ -180,6 +184,10 @@ class ImagesConfig(Section, frozen=True):
     # "public-good" (Sigstore's production root via TUF) or a path to a trusted_root.json
     # (offline: air-gapped clusters name their own Fulcio CA and Rekor key there).
     trust_root: str = "public-good"
+    # The root is reloaded (TUF, or the file) this often, in a background thread; a request that
+    # needs a root before the first load succeeded waits at most fetch_timeout (and its deadline).
+    trust_root_refresh_seconds: Annotated[float, msgspec.Meta(ge=60)] = 6 * 3600.0
+    trust_root_fetch_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 30.0
     credentials: list[RegistryCredential] = []
     use_pull_secrets: bool = True
     # One registry call (connect + answer); each is also capped by the request's deadline.

@@ -188,22 +188,22 @@ def _layer_evidence(layer: dict[str, object], blob: bytes, source: str) -> list[
 
 
 def _keyless_material(annotations: dict[object, object], source: str) -> dict[str, Any]:
+    """Certificate and chain (keyless) and the Rekor bundle (keyless, and keyed when logged)."""
+    material: dict[str, Any] = {}
+    bundle = annotations.get(BUNDLE_ANNOTATION)
+    if isinstance(bundle, str) and bundle:
+        material["tlog"] = _rekor_bundle(bundle, source)
     cert_pem = annotations.get(CERTIFICATE_ANNOTATION)
     if not isinstance(cert_pem, str) or not cert_pem:
-        return {}
+        return material
     try:
         leaf = x509.load_pem_x509_certificate(cert_pem.encode())
         chain_pem = annotations.get(CHAIN_ANNOTATION)
         chain = x509.load_pem_x509_certificates(chain_pem.encode()) if isinstance(chain_pem, str) and chain_pem else []
     except ValueError as exc:
         raise ev.EvidenceError(f"{source}: certificate annotation is not PEM: {exc}") from exc
-    material: dict[str, Any] = {
-        "certificate": leaf.public_bytes(serialization.Encoding.DER),
-        "chain": tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
-    }
-    bundle = annotations.get(BUNDLE_ANNOTATION)
-    if isinstance(bundle, str) and bundle:
-        material["tlog"] = _rekor_bundle(bundle, source)
+    material["certificate"] = leaf.public_bytes(serialization.Encoding.DER)
+    material["chain"] = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
     return material
 
 
@@ -301,10 +301,13 @@ class KeyAuthority:
     name: str  # the key's file as configured
     key: PublicKey
     spki: str = ""  # key_id(key); computed when not given
+    spki_der: bytes = b""  # the key's SubjectPublicKeyInfo (DER)
 
     def __post_init__(self) -> None:
+        der = self.key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        object.__setattr__(self, "spki_der", der)
         if not self.spki:
-            object.__setattr__(self, "spki", key_id(self.key))
+            object.__setattr__(self, "spki", hashlib.sha256(der).hexdigest())
 
     def signer(self, evidence: ev.Evidence) -> Hashable:
         return ("key", self.spki)

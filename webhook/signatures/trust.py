@@ -72,6 +72,7 @@ class TrustPolicy:
         "cache_key",
         "failure_mode",
         "mode",
+        "needs_trust_root",
         "pattern",
         "threshold",
     )
@@ -85,6 +86,7 @@ class TrustPolicy:
         mode: Mode = Mode.ENFORCE,
         failure_mode: FailureMode = FailureMode.DENY,
         fingerprint: str = "",
+        needs_trust_root: bool = False,
     ) -> None:
         # Config load canonicalises already; doing it here too keeps direct callers honest.
         pattern = images_config.canonical_pattern(pattern)
@@ -93,6 +95,7 @@ class TrustPolicy:
         self.threshold = threshold
         self.mode = mode
         self.failure_mode = failure_mode
+        self.needs_trust_root = needs_trust_root  # keyless, or keys with tlog: required
         name, tag, digest = images_config.split_pattern(pattern)
         self._name = compile_glob(name)
         self._tag = compile_glob(tag) if tag is not None else None

@@ -11,11 +11,13 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from webhook.core.deadline import Deadline
+from webhook.signatures import evidence as ev
 from webhook.signatures import registry as reg
 from webhook.signatures.cache import VerdictCache
 from webhook.signatures.reference import ImageRef
 from webhook.signatures.source import SignatureSource
 from webhook.signatures.trust import Judgement, TrustPolicy
+from webhook.signatures.trustroot import TrustRootSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +31,17 @@ class Verified:
 class ImageVerifier:
     """Owns the signature source and the verdict cache of one images check."""
 
-    def __init__(self, source: SignatureSource, cache: VerdictCache[Judgement], *, job_timeout: float) -> None:
+    def __init__(
+        self,
+        source: SignatureSource,
+        cache: VerdictCache[Judgement],
+        *,
+        job_timeout: float,
+        trust_root: TrustRootSource | None = None,
+    ) -> None:
         self.source = source
         self.cache = cache
+        self.trust_root = trust_root
         self._job_timeout = job_timeout
 
     @staticmethod
@@ -69,8 +79,16 @@ class ImageVerifier:
         # fail it for the others waiting on it (each waiter still stops at its own deadline).
         deadline = Deadline.after(self._job_timeout)
         evidence = await self.source.cosign(ref, digest, deadline, creds)
+        await self._root_for(policy, evidence, deadline)
         judgement = policy.judge(evidence, digest)
         if judgement.verified:
             return judgement
         evidence += await self.source.sigstore(ref, digest, deadline, creds)
+        await self._root_for(policy, evidence, deadline)
         return policy.judge(evidence, digest)
+
+    async def _root_for(self, policy: TrustPolicy, evidence: list[ev.Evidence], deadline: Deadline) -> None:
+        """Have a trust root in hand before judging evidence that needs one (loaded off the loop;
+        ``UpstreamError`` when it cannot be had in time: the failure mode decides)."""
+        if self.trust_root is not None and policy.needs_trust_root and any(not e.problems for e in evidence):
+            await self.trust_root.ensure(deadline)
