@@ -158,7 +158,7 @@ class ImagesCheck:
         failed = self._ci_failed.get(image) if self._ci else None
         if failed is not None:
             return failed, None
-        creds = self._known_credentials(ref, pod, ctx)
+        creds = self._known_credentials(ref, pod, ctx) if self._pull_secrets is not None else None
         if isinstance(creds, credentials.PullSecretsUnknown):
             return None, (ref, policy)  # the pod's pull secret is not cached: look it up first
         hit = self.verifier.cached(ref, policy, creds)

@@ -297,7 +297,9 @@ class RegistryClient:
 
     def credential_identity(self, registry: str, creds: Credentials | None) -> str:
         """Identity of the credentials a call to ``registry`` would use (the pod's, else configured)."""
-        return credential_identity(self._creds(registry, creds))
+        if creds is None:
+            creds = self._credentials.get(registry)
+        return creds.identity if creds is not None else ""
 
     def _call_timeout(self, registry: str, what: str, deadline: Deadline) -> aiohttp.ClientTimeout:
         left = deadline.cap(self._timeout)
