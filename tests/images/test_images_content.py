@@ -249,3 +249,36 @@ async def test_5xx_and_429_on_the_signature_tag_follow_the_failure_mode(env, reg
     outcome = await env.admit(env.check(**allow_policy(env, host, key)), f"{host}/{repo}@{digest}")
     assert outcome.verdict.allowed
     assert any(f"HTTP {status}" in w and "allowed by failure mode" in w for w in outcome.verdict.warnings)
+
+
+# -- a flood of attachments is a verdict, not a timeout ------------------------------------------
+
+
+async def test_more_signature_layers_than_the_bound_are_denied_not_run_into_the_deadline(
+    env, registry, tools, key
+) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    flood = [(b'{"n":%d}' % i, cosign.SIMPLE_SIGNING_MEDIA, {}) for i in range(4)]
+    registry.push_signature_layers(repo, digest, flood)
+    sign(registry, tools, repo, digest, key, registry.host)  # a valid fifth one changes nothing
+    check = env.check(**allow_policy(env, registry.host, key), max_signatures=4)
+    message = denied(await env.admit(check, f"{registry.host}/{repo}:v1"))
+    assert "has 5 layers; at most 4 are read" in message
+
+
+def test_the_signature_bound_defaults_to_cosigns() -> None:
+    from webhook import config as config_mod
+
+    assert config_mod.parse({}).images.max_signatures == 100
+
+
+async def test_more_bundle_referrers_than_the_bound_are_denied(env, registry, key) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    kind = "application/vnd.dev.sigstore.bundle.v0.3+json"
+    for i in range(3):
+        registry.push_referrer(repo, digest, kind, b'{"n":%d}' % i, kind)
+    check = env.check(**allow_policy(env, registry.host, key), max_signatures=2)
+    message = denied(await env.admit(check, f"{registry.host}/{repo}:v1"))
+    assert "3 sigstore bundles; at most 2 are read" in message

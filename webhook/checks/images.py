@@ -413,6 +413,7 @@ def registry_client(config: Config) -> reg.RegistryClient:
         timeout=settings.request_timeout_seconds,
         max_manifest_bytes=settings.max_manifest_bytes,
         max_blob_bytes=settings.max_blob_bytes,
+        max_signatures=settings.max_signatures,
     )
 
 

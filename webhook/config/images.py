@@ -194,6 +194,9 @@ class ImagesConfig(Section, frozen=True):
     request_timeout_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     max_manifest_bytes: Annotated[int, msgspec.Meta(gt=0, le=64 * _MiB)] = 4 * _MiB
     max_blob_bytes: Annotated[int, msgspec.Meta(gt=0, le=64 * _MiB)] = 4 * _MiB
+    # Signature layers of the .sig manifest, and sigstore bundle referrers, read per image
+    # (cosign's bound is 100). More is a denial: a flood of attachments is content, not an outage.
+    max_signatures: Annotated[int, msgspec.Meta(gt=0, le=1000)] = 100
     # Rewrite verified references to name@sha256:... in /mutate.
     pin_digests: bool = True
     cache: CacheSettings = CacheSettings()

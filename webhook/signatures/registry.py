@@ -133,12 +133,16 @@ class RegistryClient:
         timeout: float = 2.0,
         max_manifest_bytes: int = 4 * 1024 * 1024,
         max_blob_bytes: int = 4 * 1024 * 1024,
+        max_signatures: int = 100,
     ) -> None:
         self._insecure = insecure_registries
         self._credentials = dict(credentials or {})
         self._timeout = timeout
         self._max_manifest = max_manifest_bytes
         self._max_blob = max_blob_bytes
+        # At most this many signature layers / bundle referrers are read per image (cosign: 100):
+        # more is a verdict, so a flood of attachments cannot run a request into its deadline.
+        self.max_signatures = max_signatures
         self._session: aiohttp.ClientSession | None = None
         # (registry, repository, credential identity) -> (Authorization header, expiry, monotonic)
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}

@@ -64,10 +64,10 @@ async def fetch_bundles(
     except reg.ContentError as exc:
         return [(where, f"{where}: {exc}")]
     found: list[tuple[str, bytes | str]] = []
-    for descriptor in descriptors:
-        artifact = str(descriptor.get("artifactType") or "")
-        if not artifact.startswith(BUNDLE_ARTIFACT_PREFIX):
-            continue
+    bundles = [d for d in descriptors if str(d.get("artifactType") or "").startswith(BUNDLE_ARTIFACT_PREFIX)]
+    if len(bundles) > client.max_signatures:
+        return [(where, f"{where}: {len(bundles)} sigstore bundles; at most {client.max_signatures} are read")]
+    for descriptor in bundles:
         source = f"{repository} referrer {descriptor['digest'][:19]}"
         try:
             manifest = await client.manifest(registry, repository, descriptor["digest"], deadline, creds)
