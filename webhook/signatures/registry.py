@@ -118,6 +118,25 @@ class Manifest:
         return self.media_type in INDEX_TYPES
 
 
+def parse_manifest(registry: str, body: bytes, media_type: str, digest: str, where: str) -> Manifest:
+    """Decode a manifest or index as served; ``ContentError`` when it is not a JSON object or its
+    body's ``mediaType`` contradicts the ``Content-Type`` it was served with (OCI image-spec)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ContentError(registry, f"{where} is not JSON") from exc
+    if not isinstance(doc, dict):
+        raise ContentError(registry, f"{where} is not a JSON object")
+    declared = doc.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise ContentError(registry, f"{where}: `mediaType` is not a string")
+    if not media_type or media_type in ("application/json", "application/octet-stream"):
+        media_type = declared or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST)
+    elif declared and declared != media_type:
+        raise ContentError(registry, f"{where}: body media type {declared} contradicts Content-Type {media_type}")
+    return Manifest(digest, media_type, body, doc)
+
+
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -205,21 +224,7 @@ class RegistryClient:
             raise ContentError(
                 registry, f"manifest {repository}@{reference}: content digest {digest} != expected {expected}"
             )
-        where = f"manifest {repository}@{reference}"
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise ContentError(registry, f"{where} is not JSON") from exc
-        if not isinstance(doc, dict):
-            raise ContentError(registry, f"{where} is not a JSON object")
-        declared = doc.get("mediaType")
-        if declared is not None and not isinstance(declared, str):
-            raise ContentError(registry, f"{where}: `mediaType` is not a string")
-        if not media_type or media_type in ("application/json", "application/octet-stream"):
-            media_type = declared or (OCI_INDEX if "manifests" in doc else OCI_MANIFEST)
-        elif declared and declared != media_type:
-            raise ContentError(registry, f"{where}: body media type {declared} contradicts Content-Type {media_type}")
-        return Manifest(digest, media_type, body, doc)
+        return parse_manifest(registry, body, media_type, digest, f"manifest {repository}@{reference}")
 
     async def blob(
         self, registry: str, repository: str, digest: str, deadline: Deadline, creds: Credentials | None = None
@@ -270,13 +275,13 @@ class RegistryClient:
                     raise ContentError(registry, f"GET {path}: a referrers page that is not an image index")
                 body = await self._read(registry, resp, self._max_manifest, f"referrers of {digest}")
                 path = _next_page(registry, self._url(registry, path), resp.headers.getall("Link", []))
-            found.extend(_descriptors(registry, body, f"referrers of {repository}@{digest}"))
+            found.extend(descriptors(registry, body, f"referrers of {repository}@{digest}"))
         else:
             return found
         index = await self.manifest(registry, repository, digest.replace(":", "-"), deadline, creds)
         if index is None:
             return []
-        return _descriptors(registry, index.body, f"referrers tag of {repository}@{digest}")
+        return descriptors(registry, index.body, f"referrers tag of {repository}@{digest}")
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -449,7 +454,7 @@ class _Call:
             self._resp.release()
 
 
-def _descriptors(registry: str, body: bytes, where: str) -> list[dict[str, Any]]:
+def descriptors(registry: str, body: bytes, where: str) -> list[dict[str, Any]]:
     """The descriptors of an index; ``ContentError`` when it is not one."""
     try:
         data = orjson.loads(body)
