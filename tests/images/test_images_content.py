@@ -282,3 +282,16 @@ async def test_more_bundle_referrers_than_the_bound_are_denied(env, registry, ke
     check = env.check(**allow_policy(env, registry.host, key), max_signatures=2)
     message = denied(await env.admit(check, f"{registry.host}/{repo}:v1"))
     assert "3 sigstore bundles; at most 2 are read" in message
+
+
+async def test_a_dsse_envelope_with_thousands_of_signatures_is_denied_without_checking_them(env, registry, key) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    envelope = {
+        "payloadType": "application/vnd.in-toto+json",
+        "payload": base64.b64encode(b"{}").decode(),
+        "signatures": [{"sig": base64.b64encode(os.urandom(64)).decode()} for _ in range(5000)],
+    }
+    registry.push_signature_layers(repo, digest, [(json.dumps(envelope).encode(), cosign.DSSE_MEDIA, {})])
+    message = denied(await env.admit(env.check(**allow_policy(env, registry.host, key)), f"{registry.host}/{repo}:v1"))
+    assert "5000 signatures (at most 16)" in message

@@ -15,7 +15,8 @@ import orjson
 
 SIMPLE_SIGNING_TYPE = "cosign container image signature"
 IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
-COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"  # what `cosign sign` (v3 bundles) signs
+COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+MAX_DSSE_SIGNATURES = 16  # signers of one envelope; cosign writes one  # what `cosign sign` (v3 bundles) signs
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,9 @@ def dsse_evidence(envelope: Any, source: str, **extra: Any) -> list[Evidence]:
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list) or not signatures:
         raise EvidenceError(f"{source}: DSSE envelope has no signatures")
+    if len(signatures) > MAX_DSSE_SIGNATURES:
+        # Each one is a signature check per authority, on the event loop: junk must not buy CPU.
+        raise EvidenceError(f"{source}: DSSE envelope has {len(signatures)} signatures (at most {MAX_DSSE_SIGNATURES})")
     signed = pae(payload_type, payload)
     digests = payload_digests(payload_type, payload)
     return [
