@@ -2,9 +2,10 @@
 
 Findings name the image, the matching pattern and the reason. Verified tag references are
 pinned (``name@sha256:…`` JSON Patch ops, returned by /mutate), so what runs is what was
-verified; a digest reference is admitted only if that digest verifies. Registry trouble
-becomes each pattern's failure mode, decided inside the request's deadline; in ``portcullis
-check`` it becomes a warning instead (``images.ci_registry_errors``), and with
+verified; a digest reference is admitted only if that digest verifies. Transport trouble
+(connect, timeout, 5xx, 429) becomes each pattern's failure mode, decided inside the request's
+deadline; junk the image's repository serves is a verdict. In ``portcullis check`` transport
+trouble makes the image "not judged" (``images.ci_registry_errors``), and with
 ``images.offline_bundles`` the evidence comes from exported files, judged by the same code.
 """
 

@@ -256,6 +256,18 @@ class RegistryClient:
         tag schema (``sha256-<hex>``, an index kept by pushers) where the registry answers the
         API with 404. Raises ``ContentError`` for junk or too many pages.
         """
+        found = await self._referrers_api(registry, repository, digest, deadline, creds)
+        if found is not None:
+            return found
+        index = await self.manifest(registry, repository, digest.replace(":", "-"), deadline, creds)
+        if index is None:
+            return []
+        return descriptors(registry, index.body, f"referrers tag of {repository}@{digest}")
+
+    async def _referrers_api(
+        self, registry: str, repository: str, digest: str, deadline: Deadline, creds: Credentials | None
+    ) -> list[dict[str, Any]] | None:
+        """Every page of the referrers API, or ``None`` when the registry has no such API."""
         path: str | None = f"/v2/{repository}/referrers/{digest}"
         found: list[dict[str, Any]] = []
         pages = 0
@@ -266,22 +278,17 @@ class RegistryClient:
                     registry, f"referrers of {repository}@{digest}: more than {_MAX_REFERRER_PAGES} pages"
                 )
             async with self._call("GET", registry, repository, path, deadline, creds, OCI_INDEX) as resp:
-                if resp.status in (404, 400, 405) and pages == 1:
-                    break  # no referrers API: the tag schema below
+                if pages == 1 and resp.status in (404, 400, 405):
+                    return None  # no referrers API
                 self._expect_ok(registry, resp, f"GET {path}")
                 if not resp.headers.get("Content-Type", "").startswith(OCI_INDEX):
                     if pages == 1:
-                        break  # an API answer that is not an index: treated as no API, as oras does
+                        return None  # a 200 that is not an index: some registry's catch-all, not the API
                     raise ContentError(registry, f"GET {path}: a referrers page that is not an image index")
                 body = await self._read(registry, resp, self._max_manifest, f"referrers of {digest}")
                 path = _next_page(registry, self._url(registry, path), resp.headers.getall("Link", []))
             found.extend(descriptors(registry, body, f"referrers of {repository}@{digest}"))
-        else:
-            return found
-        index = await self.manifest(registry, repository, digest.replace(":", "-"), deadline, creds)
-        if index is None:
-            return []
-        return descriptors(registry, index.body, f"referrers tag of {repository}@{digest}")
+        return found
 
     # -- plumbing -------------------------------------------------------------------------------
 
