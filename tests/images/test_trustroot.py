@@ -73,6 +73,7 @@ async def test_the_first_load_runs_off_the_loop_while_the_loop_keeps_serving(
     outcome = await admission
     assert slow_fetch.released is True
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    assert check.metrics()["trust_root_loaded"] == 1.0
     assert all(t.daemon and t is not threading.main_thread() for t in slow_fetch.threads)
 
 

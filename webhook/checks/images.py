@@ -111,8 +111,12 @@ class ImagesCheck:
         return True
 
     def metrics(self) -> dict[str, float]:
-        """Cache hits, misses, verifications and their total latency (for /metrics)."""
-        return {**self.verifier.cache.stats.as_dict(), "entries": len(self.verifier.cache)}
+        """Cache hits, misses, verifications and their total latency; trust root loads (for /metrics)."""
+        figures = {**self.verifier.cache.stats.as_dict(), "entries": len(self.verifier.cache)}
+        if self._trust_root is not None:
+            figures["trust_root_loaded"] = 1.0 if self._trust_root.loaded else 0.0
+            figures["trust_root_loads"] = self._trust_root.loads
+        return figures
 
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         items = [(pod, c, c.container.get("image")) for pod in pods for c in workloads.containers(pod)]
