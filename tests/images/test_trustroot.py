@@ -150,3 +150,27 @@ def test_get_never_fetches() -> None:
     source = trustroot.TrustRootSource("public-good", str, loader=loader)
     with pytest.raises(errors.UpstreamError, match="not loaded yet"):
         source.get()
+
+
+async def test_after_a_failed_load_requests_do_not_start_a_fetch_each(keyless) -> None:
+    """TUF down and a burst of admissions: one fetch, then the error until the retry delay passes."""
+    now = [0.0]
+    calls: list[int] = []
+    root = trustroot.load_trust_root(str(keyless.trust_root), str)
+
+    def loader() -> trustroot.TrustRoots:
+        calls.append(1)
+        if len(calls) == 1:
+            raise errors.UpstreamError("TUF mirror unreachable")
+        return root
+
+    source = trustroot.TrustRootSource("public-good", str, retry_seconds=10, loader=loader, clock=lambda: now[0])
+    with pytest.raises(errors.UpstreamError, match="TUF mirror unreachable"):
+        await source.ensure(Deadline.after(10))
+    for _ in range(5):
+        with pytest.raises(errors.UpstreamError, match="TUF mirror unreachable"):
+            await source.ensure(Deadline.after(10))
+    assert len(calls) == 1
+    now[0] = 11.0
+    assert await source.ensure(Deadline.after(10)) is root
+    assert len(calls) == 2

@@ -91,12 +91,17 @@ class TrustRootSource:
         *,
         refresh_seconds: float = 6 * 3600.0,
         fetch_timeout: float = 30.0,
+        retry_seconds: float = 10.0,
         loader: Callable[[], TrustRoots] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.setting = setting
         self.refresh_seconds = refresh_seconds
         self.fetch_timeout = fetch_timeout
+        # After a failed load, requests do not start another for this long: with TUF down, a
+        # burst of admissions must not become a burst of fetch threads.
+        self.retry_seconds = retry_seconds
+        self._failed_at = float("-inf")
         # Looked up at call time, so tests can stand a slow or hanging fetch in for TUF.
         self._loader = loader or (lambda: load_trust_root(setting, resolve))
         self._clock = clock
@@ -134,9 +139,12 @@ class TrustRootSource:
         Raises ``UpstreamError`` (not loaded in time, or the load failed): the failure mode decides.
         """
         if self._root is not None:
-            if self.stale:
+            if self.stale and self._clock() - self._failed_at >= self.retry_seconds:
                 self.refresh()
             return self._root
+        idle = self._inflight is None or self._inflight.done()
+        if idle and self._clock() - self._failed_at < self.retry_seconds:
+            raise errors.UpstreamError(f"Sigstore trust root ({self.setting}) is not loaded: {self.last_error}")
         timeout = max(0.0, min(deadline.remaining(), self.fetch_timeout))
         try:
             return await asyncio.wait_for(asyncio.shield(self.refresh()), timeout)
@@ -186,6 +194,7 @@ class TrustRootSource:
             self._set(future.result())
         else:
             self.last_error = str(exc)
+            self._failed_at = self._clock()
 
     def _set(self, root: TrustRoots) -> None:
         self._root = root
