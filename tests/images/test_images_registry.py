@@ -252,7 +252,11 @@ async def test_basic_auth_from_the_pods_image_pull_secret(env, registry, tools, 
         repo = registry.repo()
         digest = registry.push_image(repo, "v1")
         sign(registry, tools, repo, digest, key, f"{host}/{repo}")
-        check = env.check(services=Services(kube_api=api_client), **key_policy(env, host, key))
+        # A generous per-call timeout: the kubernetes client's first secret read (a worker thread)
+        # took over the default 2 s on a loaded shared machine; what is tested here is the flow.
+        check = env.check(
+            services=Services(kube_api=api_client), **key_policy(env, host, key), request_timeout_seconds=15
+        )
         denied = await env.admit(check, f"{host}/{repo}:v1")
         assert (
             "unauthorized" in denied.verdict.deny_message() or "requires credentials" in denied.verdict.deny_message()
@@ -538,7 +542,7 @@ async def test_pull_secrets_sharing_a_username_do_not_share_registry_tokens(env,
         repo = registry.repo()
         digest = registry.push_image(repo, "v1")
         sign(registry, tools, repo, digest, key, f"{host}/{repo}")
-        check = env.check(services=Services(kube_api=api), **key_policy(env, host, key))
+        check = env.check(services=Services(kube_api=api), **key_policy(env, host, key), request_timeout_seconds=15)
         first = await env.admit(check, f"{host}/{repo}:v1", pull_secrets=("regcred",), namespace="a")
         assert first.verdict.allowed, first.verdict.deny_message()
         other = await env.admit(check, f"{host}/{repo}:v1", pull_secrets=("regcred",), namespace="b")
@@ -560,7 +564,7 @@ async def test_a_verdict_learnt_with_one_namespaces_secret_is_not_served_to_anot
         repo = registry.repo()
         digest = registry.push_image(repo, "v1")
         sign(registry, tools, repo, digest, key, f"{host}/{repo}")
-        check = env.check(services=Services(kube_api=api), **key_policy(env, host, key))
+        check = env.check(services=Services(kube_api=api), **key_policy(env, host, key), request_timeout_seconds=15)
         image = f"{host}/{repo}@{digest}"
         first = await env.admit(check, image, pull_secrets=("regcred",), namespace="a")
         assert first.verdict.allowed, first.verdict.deny_message()
