@@ -301,11 +301,11 @@ def junit(report: Report) -> str:
                         case, tag, message=f"image {first.image} not judged: {first.reason}", type="NotJudged"
                     )
                     element.text = "\n".join(f"{n.line}: image {n.image} not judged: {n.reason}" for n in unjudged)
-                others = [f for f in found if f.mode is not Mode.ENFORCE]
+                others = [f"{f.mode.value}: {f.check}: {f.message}" for f in found if f.mode is not Mode.ENFORCE]
+                if denied:  # the failure wins the case; what was not judged is still said
+                    others += [f"not judged: image {n.image}: {n.reason}" for n in unjudged]
                 if others:
-                    ET.SubElement(case, "system-out").text = "\n".join(
-                        f"{f.mode.value}: {f.check}: {f.message}" for f in others
-                    )
+                    ET.SubElement(case, "system-out").text = "\n".join(others)
         suite.set("tests", str(cases))
         suite.set("failures", str(fails))
         suite.set("errors", str(errs))
