@@ -362,8 +362,6 @@ def policy_report(report: Report) -> str:
         failed = {_family_of(f.check, report.checks) for f in r.findings}
         unjudged_outcome = "skip" if report.allow_unverified else "error"
         for n in r.not_judged:
-            if n.check in failed:
-                continue  # a failing check has its fail results already
             summary[unjudged_outcome] += 1
             results.append(
                 {
