@@ -134,7 +134,12 @@ async def run(root: Path, host: str) -> None:
     )
     digest = push_signed_image(host, "team-a/app", key)
     config = config_mod.parse(
-        {"images": {"insecure_registries": [host], "policies": [{"pattern": f"{host}/team-a/*", "keys": ["k.pub"]}]}},
+        {
+            "images": {
+                "insecure_registries": [host],
+                "policies": [{"pattern": f"{host}/team-a/*", "keys": ["k.pub"], "tlog": "optional"}],
+            }
+        },
         base_dir=root,
     )
 

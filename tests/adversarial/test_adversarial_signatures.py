@@ -115,7 +115,7 @@ async def _admit(tmp_path: Path, registry: Registry, key: ec.EllipticCurvePrivat
     (tmp_path / "ci.pub").write_bytes(pem)
     images = {
         "insecure_registries": [registry.host],
-        "policies": [{"pattern": f"{registry.host}/team/**", "keys": ["ci.pub"]}],
+        "policies": [{"pattern": f"{registry.host}/team/**", "keys": ["ci.pub"], "tlog": "optional"}],
     }
     config = config_mod.parse({"images": images}, base_dir=tmp_path)
     check = images_check.build(config, Services())
@@ -205,7 +205,7 @@ async def test_registry_settings_use_the_same_host_spelling_as_references(
     (tmp_path / "ci.pub").write_bytes(pem)
     images = {
         "insecure_registries": [f"LocalHost:{port}"],
-        "policies": [{"pattern": f"localhost:{port}/team/**", "keys": ["ci.pub"]}],
+        "policies": [{"pattern": f"localhost:{port}/team/**", "keys": ["ci.pub"], "tlog": "optional"}],
     }
     config = config_mod.parse({"images": images}, base_dir=tmp_path)
     check = images_check.build(config, Services())

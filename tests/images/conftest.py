@@ -232,8 +232,13 @@ class KeylessSigner:
         lifetime: dt.timedelta = dt.timedelta(minutes=10),
         ca_key: ec.EllipticCurvePrivateKey | None = None,
         ca_cert: x509.Certificate | None = None,
+        ct_key: ec.EllipticCurvePrivateKey | None = None,
+        with_sct: bool = True,
+        sct_millis: int | None = None,
+        sct_issuer_key: ec.EllipticCurvePrivateKey | None = None,
     ) -> x509.Certificate:
-        """A Fulcio-style code-signing certificate with an SCT from the test CT log."""
+        """A Fulcio-style code-signing certificate with an SCT from the test CT log (or ``ct_key``)."""
+        ct_key = ct_key or self.ct_key
         ca_key = ca_key or self.ca_key
         ca_cert = ca_cert or self.ca_cert
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
@@ -263,15 +268,17 @@ class KeylessSigner:
                 .add_extension(x509.UnrecognizedExtension(ISSUER_V2, bytes([0x0C, len(value)]) + value), False)
             )
 
+        if not with_sct:
+            return builder().sign(ca_key, hashes.SHA256())
         # RFC 6962 §3.2: the SCT signs the precertificate's TBS (without the SCT extension).
         tbs = builder().sign(ca_key, hashes.SHA256()).tbs_certificate_bytes
-        millis = int(time.time() * 1000)
-        entry = _key_id(ca_key.public_key()) + struct.pack("!I", len(tbs))[1:] + tbs
+        millis = sct_millis if sct_millis is not None else int(time.time() * 1000)
+        entry = _key_id((sct_issuer_key or ca_key).public_key()) + struct.pack("!I", len(tbs))[1:] + tbs
         signed = struct.pack("!BBQH", 0, 0, millis, 1) + entry + struct.pack("!H", 0)
-        signature = self.ct_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        signature = ct_key.sign(signed, ec.ECDSA(hashes.SHA256()))
         sct = (
             bytes([0])
-            + _key_id(self.ct_key.public_key())
+            + _key_id(ct_key.public_key())
             + struct.pack("!QH", millis, 0)
             + bytes([4, 3])
             + struct.pack("!H", len(signature))
@@ -292,10 +299,19 @@ class KeylessSigner:
         return bytes(self.log_key.sign(canonical, ec.ECDSA(hashes.SHA256())))
 
     def rekor_entry(
-        self, payload: bytes, signature: bytes, cert: x509.Certificate, integrated_time: int, log_index: int = 7
+        self,
+        payload: bytes,
+        signature: bytes,
+        cert: x509.Certificate | Any,
+        integrated_time: int,
+        log_index: int = 7,
     ) -> dict[str, Any]:
-        """A hashedrekord body and its signed entry timestamp, as cosign's bundle annotation holds them."""
-        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        """A hashedrekord body and its signed entry timestamp, as cosign's bundle annotation holds
+        them; ``cert`` is a certificate (keyless) or a public key (keyed: the log holds its PEM)."""
+        if isinstance(cert, x509.Certificate):
+            cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        else:
+            cert_pem = cert.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         body = {
             "apiVersion": "0.0.1",
             "kind": "hashedrekord",
@@ -469,7 +485,13 @@ class Env:
         return check
 
     async def admit(
-        self, check: Any, *images: str, budget: float = 10.0, kind: str = "Pod", pull_secrets: tuple[str, ...] = ()
+        self,
+        check: Any,
+        *images: str,
+        budget: float = 10.0,
+        kind: str = "Pod",
+        pull_secrets: tuple[str, ...] = (),
+        namespace: str = "default",
     ) -> Any:
         from webhook.checks.pipeline import Pipeline, Subject
         from webhook.core.deadline import Deadline
@@ -488,7 +510,7 @@ class Env:
                 "spec": {"template": {"metadata": {}, "spec": spec}},
             }
         pipeline = Pipeline(check_config(check), [check])
-        subject = Subject("CREATE", kind, "default", obj["metadata"]["name"], obj)
+        subject = Subject("CREATE", kind, namespace, obj["metadata"]["name"], obj)
         return await pipeline.evaluate(subject, Deadline.after(budget))
 
     async def close(self) -> None:

@@ -25,7 +25,8 @@ def sign_image(registry: Any, tools: Any, repo: str, digest: str, key: Any, payl
 
 
 def policy(env: Any, key: Any, **extra: Any) -> dict[str, Any]:
-    return {"pattern": f"{env.host}/team-a/**", "keys": [env.key_file(key)], **extra}
+    # These signatures carry no Rekor bundle (test_images_tlog.py covers the default, required).
+    return {"pattern": f"{env.host}/team-a/**", "keys": [env.key_file(key)], "tlog": "optional", **extra}
 
 
 def denial(outcome: Any) -> str:
@@ -151,7 +152,7 @@ async def test_threshold_needs_n_distinct_keys(env, registry, tools, p256) -> No
     digest = registry.push_image(repo, "v1")
     sign_image(registry, tools, repo, digest, p256)
     keys = [env.key_file(p256), env.key_file(second)]
-    rule = {"pattern": f"{env.host}/team-a/*", "keys": keys, "threshold": 2}
+    rule = {"pattern": f"{env.host}/team-a/*", "keys": keys, "threshold": 2, "tlog": "optional"}
     check = env.check(policies=[rule], cache={"negative_ttl_seconds": 0})
     message = denial(await env.admit(check, f"{registry.host}/{repo}@{digest}"))
     assert "1 of the required 2 authorities" in message
@@ -236,3 +237,27 @@ async def test_multi_arch_index_is_verified_by_its_own_digest(env, registry, too
     outcome = await env.admit(env.check(policies=[policy(env, p256)]), f"{registry.host}/{repo}:v1")
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
     assert outcome.verdict.patches[0]["value"] == f"{registry.host}/{repo}@{digest}"
+
+
+async def test_the_same_key_listed_twice_counts_once_towards_the_threshold(env, registry, tools, p256) -> None:
+    """``keys: [a.pub, a-copy.pub]`` with threshold 2: one signature must not meet it (distinct SPKI)."""
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    sign_image(registry, tools, repo, digest, p256)
+    sign_image(registry, tools, repo, digest, p256)  # a second signature by the same key changes nothing
+    keys = [env.key_file(p256, "a.pub"), env.key_file(p256, "a-copy.pub")]
+    check = env.check(policies=[{"pattern": f"{env.host}/team-a/*", "keys": keys, "threshold": 2, "tlog": "optional"}])
+    message = denial(await env.admit(check, f"{registry.host}/{repo}@{digest}"))
+    assert "1 of the required 2 authorities" in message
+
+
+async def test_the_same_key_in_another_encoding_counts_once(env, registry, tools, p256) -> None:
+    """A PEM with different line wrapping or a trailing comment is still the same SPKI."""
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    sign_image(registry, tools, repo, digest, p256)
+    env.key_file(p256, "a.pub")
+    (env.base_dir / "a-again.pub").write_bytes(b"# the same key, pasted again\n" + tools.public_pem(p256) + b"\n\n")
+    rule = {"pattern": f"{env.host}/team-a/*", "keys": ["a.pub", "a-again.pub"], "threshold": 2, "tlog": "optional"}
+    message = denial(await env.admit(env.check(policies=[rule]), f"{registry.host}/{repo}@{digest}"))
+    assert "1 of the required 2 authorities" in message

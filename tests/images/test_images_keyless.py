@@ -40,10 +40,13 @@ def keyless_sign(
     cert_start: dt.datetime | None = None,
     ca: tuple[Any, Any] | None = None,
     log_key: Any = None,
+    **cert_options: Any,
 ) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     ca_key, ca_cert = ca if ca else (None, None)
-    cert = keyless.certificate(key, subject, issuer, not_before=cert_start, ca_key=ca_key, ca_cert=ca_cert)
+    cert = keyless.certificate(
+        key, subject, issuer, not_before=cert_start, ca_key=ca_key, ca_cert=ca_cert, **cert_options
+    )
     payload = tools.simple_signing(f"{registry.host}/{repo}", digest)
     signature = tools.sign_bytes(key, payload)
     when = signed_at if signed_at is not None else int(time.time())
@@ -233,3 +236,106 @@ async def test_unreadable_bundle_is_reported_not_raised(env, registry, keyless) 
     outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
     assert not outcome.verdict.allowed
     assert "unreadable bundle" in outcome.verdict.deny_message()
+
+
+async def test_overlapping_identity_regexes_count_one_signer_once(env, registry, tools, keyless) -> None:
+    """Two identities that both match one signer: its signatures (even two, with two certificates)
+    meet a threshold of 2 only with a second, distinct signer."""
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest)
+    keyless_sign(registry, tools, keyless, repo, digest)
+    identities = [
+        {"issuer": ISSUER, "subject_regex": r"https://github\.example/org/.*"},
+        {"issuer": ISSUER, "subject_regex": r".*@refs/heads/main"},
+    ]
+    config = {
+        "policies": [{"pattern": f"{env.host}/team-a/*", "keyless": identities, "threshold": 2}],
+        "trust_root": str(keyless.trust_root),
+        "cache": {"negative_ttl_seconds": 0},
+    }
+    check = env.check(**config)
+    outcome = await env.admit(check, f"{registry.host}/{repo}@{digest}")
+    assert not outcome.verdict.allowed
+    assert "1 of the required 2 authorities" in outcome.verdict.deny_message()
+    other = "https://github.example/org/other/.github/workflows/release.yml@refs/heads/main"
+    keyless_sign(registry, tools, keyless, repo, digest, subject=other)
+    outcome = await env.admit(check, f"{registry.host}/{repo}@{digest}")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+
+
+# -- SCTs and key validity windows (issue 20) ---------------------------------------------------
+
+
+def _root_variant(keyless: Any, tmp_path: Any, edit: Any) -> str:
+    doc = json.loads(keyless.trust_root.read_text())
+    edit(doc)
+    path = tmp_path / "variant_root.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+async def test_certificate_without_an_sct_is_denied(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest, with_sct=False)
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "no signed certificate timestamp" in outcome.verdict.deny_message()
+
+
+async def test_sct_from_a_ct_log_the_trust_root_does_not_name_is_denied(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest, ct_key=ec.generate_private_key(ec.SECP256R1()))
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "does not name" in outcome.verdict.deny_message()
+
+
+async def test_sct_over_another_issuer_is_denied(env, registry, tools, keyless) -> None:
+    """A genuine CT log signature, but over a precertificate of another issuer: it does not verify."""
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest, sct_issuer_key=ec.generate_private_key(ec.SECP256R1()))
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "does not verify" in outcome.verdict.deny_message()
+
+
+async def test_sct_issued_before_the_ct_key_was_valid_is_denied(env, registry, tools, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest, sct_millis=1_000)  # 1970: before the key's window
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "validity window" in outcome.verdict.deny_message()
+
+
+async def test_rekor_key_outside_its_validity_window_is_denied(env, registry, tools, keyless, tmp_path) -> None:
+    def expire(doc: dict[str, Any]) -> None:
+        doc["tlogs"][0]["publicKey"]["validFor"] = {"start": "2020-01-01T00:00:00Z", "end": "2021-01-01T00:00:00Z"}
+
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest)
+    config = keyless_policy(env, keyless)
+    config["trust_root"] = _root_variant(keyless, tmp_path, expire)
+    outcome = await env.admit(env.check(**config), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "transparency log key" in outcome.verdict.deny_message()
+    assert "was not valid at" in outcome.verdict.deny_message()
+
+
+async def test_ct_key_outside_its_validity_window_is_denied(env, registry, tools, keyless, tmp_path) -> None:
+    def expire(doc: dict[str, Any]) -> None:
+        doc["ctlogs"][0]["publicKey"]["validFor"] = {"start": "2020-01-01T00:00:00Z", "end": "2021-01-01T00:00:00Z"}
+
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    keyless_sign(registry, tools, keyless, repo, digest)
+    config = keyless_policy(env, keyless)
+    config["trust_root"] = _root_variant(keyless, tmp_path, expire)
+    outcome = await env.admit(env.check(**config), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "validity window" in outcome.verdict.deny_message()

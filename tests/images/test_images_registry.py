@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from webhook.checks.services import Services
 from webhook.signatures import cosign
 
+Serve = Callable[[web.Application], Awaitable[str]]
+
 pytestmark = pytest.mark.registry
 
 DIGEST = "sha256:" + "ab" * 32
@@ -30,7 +33,7 @@ DIGEST = "sha256:" + "ab" * 32
 def key_policy(env: Any, host: str, key: Any, **extra: Any) -> dict[str, Any]:
     return {
         "insecure_registries": [host],
-        "policies": [{"pattern": f"{host}/**", "keys": [env.key_file(key)], **extra}],
+        "policies": [{"pattern": f"{host}/**", "keys": [env.key_file(key)], "tlog": "optional", **extra}],
     }
 
 
@@ -229,7 +232,11 @@ async def test_basic_auth_from_the_pods_image_pull_secret(env, registry, tools, 
         repo = registry.repo()
         digest = registry.push_image(repo, "v1")
         sign(registry, tools, repo, digest, key, f"{host}/{repo}")
-        check = env.check(services=Services(kube_api=api_client), **key_policy(env, host, key))
+        # A generous per-call timeout: the kubernetes client's first secret read (a worker thread)
+        # took over the default 2 s on a loaded shared machine; what is tested here is the flow.
+        check = env.check(
+            services=Services(kube_api=api_client), **key_policy(env, host, key), request_timeout_seconds=15
+        )
         denied = await env.admit(check, f"{host}/{repo}:v1")
         assert (
             "unauthorized" in denied.verdict.deny_message() or "requires credentials" in denied.verdict.deny_message()
@@ -307,3 +314,245 @@ async def test_signatures_found_through_the_referrers_api(env, registry, tools, 
     outcome = await env.admit(env.check(**key_policy(env, host, key)), f"{host}/{repo}:v1")
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
     assert stats["referrers"] == 1
+
+
+def paged_referrers_front(
+    upstream: str, stats: dict[str, int], *, next_link: Callable[[str, int], str]
+) -> web.Application:
+    """The referrers API in pages of one descriptor, each page naming the next in a ``Link``
+    header (distribution spec, "Listing Referrers"); the signature is on the last page."""
+    app = web.Application()
+
+    async def referrers(request: web.Request) -> web.Response:
+        stats["pages"] = stats.get("pages", 0) + 1
+        repo, digest = request.match_info["repo"], request.match_info["digest"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://{upstream}/v2/{repo}/manifests/{digest.replace(':', '-')}",
+                headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+            ) as up,
+        ):
+            real = (await up.json(content_type=None))["manifests"] if up.status == 200 else []
+        filler = {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": "sha256:" + "0" * 64,
+            "size": 2,
+            "artifactType": "application/vnd.example.sbom",
+        }
+        items = [filler, filler, *real]
+        page = int(request.query.get("page", "0"))
+        body = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": items[page : page + 1],
+        }
+        headers = {}
+        if page + 1 < len(items):
+            headers["Link"] = f'<{next_link(request.path, page + 1)}>; rel="next"'
+        return web.Response(
+            body=json.dumps(body), headers=headers, content_type="application/vnd.oci.image.index.v1+json"
+        )
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith(".sig") or "/manifests/sha256-" in request.path:
+            return web.Response(status=404)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                f"http://{upstream}{request.path_qs}",
+                headers={"Accept": request.headers.get("Accept", "*/*")},
+            ) as up,
+        ):
+            body = await up.read()
+            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
+            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
+
+    app.router.add_get("/v2/{repo:.+}/referrers/{digest}", referrers)
+    app.router.add_route("*", "/v2/{tail:.*}", proxy)
+    return app
+
+
+def keyed_bundle(key: Any, digest: str) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import utils
+
+    raw = bytes.fromhex(digest.split(":")[1])
+    signature = key.sign(raw, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "verificationMaterial": {"publicKey": {"hint": "team-a"}, "tlogEntries": []},
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": base64.b64encode(raw).decode()},
+            "signature": base64.b64encode(signature).decode(),
+        },
+    }
+    return json.dumps(bundle).encode()
+
+
+BUNDLE_V3 = "application/vnd.dev.sigstore.bundle.v0.3+json"
+
+
+async def test_referrers_api_pages_are_followed_through_link_headers(env, registry, serve, key) -> None:
+    stats: dict[str, int] = {}
+    host = await serve(paged_referrers_front(registry.host, stats, next_link=lambda path, n: f"{path}?page={n}"))
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    registry.push_referrer(repo, digest, BUNDLE_V3, keyed_bundle(key, digest), BUNDLE_V3)
+    outcome = await env.admit(env.check(**key_policy(env, host, key)), f"{host}/{repo}:v1")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    assert stats["pages"] == 3
+
+
+async def test_a_next_page_on_another_host_is_refused_as_content(env, registry, serve, key) -> None:
+    stats: dict[str, int] = {}
+    host = await serve(
+        paged_referrers_front(registry.host, stats, next_link=lambda path, n: f"http://127.0.0.2:1{path}?page={n}")
+    )
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    registry.push_referrer(repo, digest, BUNDLE_V3, keyed_bundle(key, digest), BUNDLE_V3)
+    check = env.check(**key_policy(env, host, key, failure_mode="allow"))
+    outcome = await env.admit(check, f"{host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "on another host" in outcome.verdict.deny_message()
+    assert stats["pages"] == 1
+
+
+async def test_endless_referrers_pages_stop_at_the_bound(env, registry, serve, key) -> None:
+    stats: dict[str, int] = {}
+    host = await serve(paged_referrers_front(registry.host, stats, next_link=lambda path, n: f"{path}?page=0"))
+    repo = registry.repo()
+    registry.push_image(repo, "v1")
+    outcome = await env.admit(env.check(**key_policy(env, host, key)), f"{host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "more than 16 pages" in outcome.verdict.deny_message()
+    assert stats["pages"] == 16
+
+
+# -- caches keyed by credential identity (issue 20) --------------------------------------------
+
+
+def per_credential_front(upstream: str, accounts: dict[str, str], stats: dict[str, int]) -> web.Application:
+    """A registry front as ECR/GCR run one: Bearer tokens from ``/token`` bound to the Basic
+    credential that asked for them; a wrong password gets 401 at the token endpoint."""
+    app = web.Application()
+    issued: dict[str, str] = {}
+
+    async def token(request: web.Request) -> web.Response:
+        stats["token"] = stats.get("token", 0) + 1
+        header = request.headers.get("Authorization", "")
+        try:
+            user, _, password = base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")
+        except ValueError:
+            return web.Response(status=401)
+        if accounts.get(password) != user:
+            return web.Response(status=401)
+        value = f"t-{len(issued)}"
+        issued[value] = password
+        return web.json_response({"token": value, "expires_in": 300})
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if bearer not in issued:
+            repo = request.path.split("/v2/", 1)[-1].rsplit("/manifests/", 1)[0].rsplit("/blobs/", 1)[0]
+            challenge = f'Bearer realm="http://{request.host}/token",service="r",scope="repository:{repo}:pull"'
+            return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method,
+                f"http://{upstream}{request.path_qs}",
+                headers={"Accept": request.headers.get("Accept", "*/*")},
+            ) as up,
+        ):
+            body = await up.read()
+            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
+            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
+
+    app.router.add_get("/token", token)
+    app.router.add_route("*", "/v2/{tail:.*}", proxy)
+    return app
+
+
+async def kube_with_secrets(serve: Serve, secrets: dict[tuple[str, str], dict[str, Any]]) -> Any:
+    """A local aiohttp server speaking the API server's secret GET (the Kubernetes API cannot
+    run here); returns a ``kubernetes`` ApiClient pointed at it."""
+
+    async def secret(request: web.Request) -> web.Response:
+        doc = secrets.get((request.match_info["ns"], request.match_info["name"]))
+        if doc is None:
+            return web.json_response({"kind": "Status", "code": 404}, status=404)
+        data = base64.b64encode(json.dumps(doc).encode()).decode()
+        return web.json_response(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": request.match_info["name"], "namespace": request.match_info["ns"]},
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": data},
+            }
+        )
+
+    api = web.Application()
+    api.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", secret)
+    host = await serve(api)
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    configuration.host = f"http://{host}"
+    return client.ApiClient(configuration)
+
+
+def docker_config(host: str, user: str, password: str) -> dict[str, Any]:
+    return {"auths": {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}}}
+
+
+async def test_pull_secrets_sharing_a_username_do_not_share_registry_tokens(env, registry, tools, serve, key) -> None:
+    """Namespace b's secret has ECR's shared username ``AWS`` and a wrong password: it must not
+    ride on the token namespace a's secret obtained (and so learn the private tag's digest)."""
+    stats: dict[str, int] = {}
+    host = await serve(per_credential_front(registry.host, {"pw-a": "AWS"}, stats))
+    api = await kube_with_secrets(
+        serve,
+        {("a", "regcred"): docker_config(host, "AWS", "pw-a"), ("b", "regcred"): docker_config(host, "AWS", "pw-b")},
+    )
+    try:
+        repo = registry.repo()
+        digest = registry.push_image(repo, "v1")
+        sign(registry, tools, repo, digest, key, f"{host}/{repo}")
+        check = env.check(services=Services(kube_api=api), **key_policy(env, host, key), request_timeout_seconds=15)
+        first = await env.admit(check, f"{host}/{repo}:v1", pull_secrets=("regcred",), namespace="a")
+        assert first.verdict.allowed, first.verdict.deny_message()
+        other = await env.admit(check, f"{host}/{repo}:v1", pull_secrets=("regcred",), namespace="b")
+        assert not other.verdict.allowed
+        assert digest not in other.verdict.deny_message()
+        assert other.verdict.patches == ()  # the digest of a's private tag is not handed to b
+        assert "HTTP 401" in other.verdict.deny_message()
+    finally:
+        api.close()
+
+
+async def test_a_verdict_learnt_with_one_namespaces_secret_is_not_served_to_another(
+    env, registry, tools, serve, key
+) -> None:
+    stats: dict[str, int] = {}
+    host = await serve(per_credential_front(registry.host, {"pw-a": "AWS"}, stats))
+    api = await kube_with_secrets(serve, {("a", "regcred"): docker_config(host, "AWS", "pw-a")})
+    try:
+        repo = registry.repo()
+        digest = registry.push_image(repo, "v1")
+        sign(registry, tools, repo, digest, key, f"{host}/{repo}")
+        check = env.check(services=Services(kube_api=api), **key_policy(env, host, key), request_timeout_seconds=15)
+        image = f"{host}/{repo}@{digest}"
+        first = await env.admit(check, image, pull_secrets=("regcred",), namespace="a")
+        assert first.verdict.allowed, first.verdict.deny_message()
+        again = await env.admit(check, image, pull_secrets=("regcred",), namespace="a")
+        assert again.verdict.allowed  # a's own verdict is cached for a
+        assert check.metrics()["hits"] >= 1
+        stranger = await env.admit(check, image, namespace="b")  # no pull secret at all
+        assert not stranger.verdict.allowed
+        assert "requires credentials" in stranger.verdict.deny_message() or "401" in stranger.verdict.deny_message()
+    finally:
+        api.close()

@@ -179,3 +179,101 @@ def test_docker_config_json_gives_credentials_by_registry() -> None:
     assert found["docker.io"].password == "pw"
     assert found["registry.example:5000"].password == "p"
     assert "broken" not in found
+
+
+class _FakeAuthority:
+    """An authority accepting evidence whose source names one of its signers (pure judging)."""
+
+    def __init__(self, name: str, signers: set[str]) -> None:
+        self.name = name
+        self._signers = signers
+
+    def accepts(self, evidence: object, digest: str) -> str | None:
+        return None if getattr(evidence, "source", "") in self._signers else "not ours"
+
+    def signer(self, evidence: object) -> str:
+        return str(getattr(evidence, "source", ""))
+
+
+def _evidence(signer: str) -> object:
+    from webhook.signatures import evidence as ev
+
+    return ev.Evidence(signer, b"", b"", frozenset({f"sha256:{HEX}"}))
+
+
+def test_threshold_matches_authorities_to_distinct_signers_whatever_the_order() -> None:
+    """A accepts x or y, B only x: greedy (A→x) would leave B out; the matching gives A→y, B→x."""
+    policy = TrustPolicy("ghcr.io/**", [_FakeAuthority("A", {"x", "y"}), _FakeAuthority("B", {"x"})], threshold=2)
+    judgement = policy.judge([_evidence("x"), _evidence("y")], f"sha256:{HEX}")  # type: ignore[list-item]
+    assert judgement.verified
+    assert judgement.satisfied == ("A", "B")
+    one = policy.judge([_evidence("x")], f"sha256:{HEX}")  # type: ignore[list-item]
+    assert not one.verified
+    assert "already counted for another authority" in one.reason
+
+
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        ("nginx", "docker.io/library/nginx"),
+        ("docker.io/nginx", "docker.io/library/nginx"),
+        ("index.docker.io/library/nginx:1.*", "docker.io/library/nginx:1.*"),
+        ("nginx:1.*", "docker.io/library/nginx:1.*"),
+        ("team/*", "docker.io/team/*"),
+        ("*", "docker.io/library/*"),
+        ("LOCALHOST:5000/**", "localhost:5000/**"),
+        ("GHCR.IO/org/**", "ghcr.io/org/**"),
+        ("ghcr.io:0443/org/app", "ghcr.io/org/app"),
+        ("ghcr.io:443/org/app", "ghcr.io/org/app"),
+        ("registry.example:05000/a/*", "registry.example:5000/a/*"),
+        ("**", "**"),
+        ("docker.io/**", "docker.io/**"),
+    ],
+)
+def test_patterns_are_canonical_after_config_load(written, canonical) -> None:
+    cfg = config_mod.parse({"images": {"policies": [{"pattern": written, "keys": ["k.pub"]}]}})
+    assert cfg.images.policies[0].pattern == canonical
+
+
+@pytest.mark.parametrize(
+    ("pattern", "image"),
+    [
+        ("nginx", "nginx:1.27"),
+        ("nginx", "docker.io/library/nginx"),
+        ("docker.io/nginx", "nginx"),
+        ("LOCALHOST:5000/**", "localhost:5000/team/app:v1"),
+        ("ghcr.io:0443/org/*", "ghcr.io/org/app:v1"),
+        ("ghcr.io/org/*", "ghcr.io:0443/org/app:v1"),
+        ("ghcr.io/org/*", "GHCR.IO:443/org/app:v1"),
+    ],
+)
+def test_respelt_patterns_match_what_the_runtime_pulls(pattern, image) -> None:
+    """Before, these patterns never matched: with ``unmatched: allow`` the images went through."""
+    cfg = config_mod.parse({"images": {"policies": [{"pattern": pattern, "keys": ["k.pub"]}], "unmatched": "allow"}})
+    assert TrustPolicy(cfg.images.policies[0].pattern, [_Nobody()]).matches(reference.parse(image))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("ghcr.io/Org/app", "lower case"),
+        ("ghcr.io/org/app[0-9]", "not a repository glob"),
+        ("ghcr.io//app", "empty path segment"),
+        ("ghcr.io/org/app:bad tag", "not a tag glob"),
+        ("ghcr.io/org/app@md5:00", "sha256"),
+        ("bad host.io/app", "host"),
+        ("ghcr.io/(a|b)", "not a repository glob"),
+    ],
+)
+def test_bad_patterns_are_config_errors_naming_the_key(pattern, message) -> None:
+    policies = [{"pattern": "ghcr.io/ok/*", "keys": ["k.pub"]}, {"pattern": pattern, "keys": ["k.pub"]}]
+    with pytest.raises(errors.ConfigError, match=r"images\.policies\[1\]") as caught:
+        config_mod.parse({"images": {"policies": policies}})
+    assert message in str(caught.value)
+    assert repr(pattern) in str(caught.value)
+
+
+@pytest.mark.parametrize("image", ["ghcr.io./org/app", "ghcr..io/org/app", "-ghcr.io/org/app", "gh_cr.io/org/app"])
+def test_references_with_a_malformed_host_are_refused(image) -> None:
+    with pytest.raises(reference.ReferenceError_, match="registry host"):
+        reference.parse(image)

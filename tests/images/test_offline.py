@@ -84,7 +84,7 @@ class World:
         section = {
             "insecure_registries": [self.host],
             "policies": [
-                {"pattern": f"{self.host}/team-a/**", "keys": ["signer.pub"]},
+                {"pattern": f"{self.host}/team-a/**", "keys": ["signer.pub"], "tlog": "optional"},
                 {"pattern": f"{self.host}/keyless/**", "keyless": [{"issuer": ISSUER, "subject": SUBJECT}]},
             ],
             "trust_root": self.trust_root,
@@ -315,23 +315,28 @@ def test_malformed_bundle_files_are_violations_not_crashes(world: World, tmp_pat
 
 
 def test_registry_name_cannot_escape_the_bundles_directory(world: World, tmp_path: Path) -> None:
-    config = world.config("escape.yaml", policies=[{"pattern": "**", "keys": ["signer.pub"]}])
+    config = world.config("escape.yaml", policies=[{"pattern": "**", "keys": ["signer.pub"], "tlog": "optional"}])
     manifest = world.manifest("escape", "../etc/app:v1")
     code, out, _ = run("check", "--config", str(config), "--signatures", str(world.out), str(manifest))
     assert code == 1
-    assert "cannot name a directory of offline signatures" in out
+    # Refused as a reference now (`..` is no host), before any path is built from it.
+    assert "invalid registry host '..'" in out or "cannot name a directory of offline signatures" in out
 
 
 # -- CI without bundles and without a registry -----------------------------------------------
 
 
 def test_unreachable_registry_in_ci_is_reported_as_not_judged_not_denied(world: World) -> None:
-    code, out, _ = run("check", "--config", str(world.config()), str(world.manifest("valid")))
-    assert code == 0
+    code, out, err = run("check", "--config", str(world.config()), str(world.manifest("valid")))
+    assert code == 2  # not judged is not passed (tests/ci/test_not_judged.py covers every format)
+    assert "--allow-unverified" in err
+    assert "DENIED" not in out
     assert "not judged" in out
     assert "checks not judged: images" in out
     assert f"registry {world.host}" in out
     assert "--signatures DIR" in out
+    code, _, _ = run("check", "--config", str(world.config()), "--allow-unverified", str(world.manifest("valid")))
+    assert code == 0
 
 
 def test_unreachable_registry_in_ci_follows_the_failure_mode_when_configured(world: World) -> None:
@@ -404,7 +409,7 @@ def test_export_takes_the_images_a_policy_matches_from_manifests(registry: Any, 
     (manifests / "app.yaml").write_text(pod(image, "app") + "\n---\n" + pod("nginx:1.27", "web"))
     section = {
         "insecure_registries": [registry.host],
-        "policies": [{"pattern": f"{registry.host}/team-a/**", "keys": ["signer.pub"]}],
+        "policies": [{"pattern": f"{registry.host}/team-a/**", "keys": ["signer.pub"], "tlog": "optional"}],
         "unmatched": "allow",
     }
     config = tmp_path / "config.yaml"

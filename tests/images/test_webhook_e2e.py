@@ -45,10 +45,8 @@ async def test_mutate_pins_and_validate_refuses_a_moved_tag(registry: Any, tools
     registry.push_signature_layers(
         repo, digest, [(payload, cosign.SIMPLE_SIGNING_MEDIA, {cosign.SIGNATURE_ANNOTATION: sig})]
     )
-    cfg = config_mod.parse(
-        {"images": {"insecure_registries": [registry.host],
-                    "policies": [{"pattern": f"{registry.host}/**", "keys": [str(tmp_path / "team.pub")]}]}},
-    )  # fmt: skip
+    rule = {"pattern": f"{registry.host}/**", "keys": [str(tmp_path / "team.pub")], "tlog": "optional"}
+    cfg = config_mod.parse({"images": {"insecure_registries": [registry.host], "policies": [rule]}})
     files = certs.generate(["localhost", "127.0.0.1"], tmp_path / "tls")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,9 +2,10 @@
 
 Findings name the image, the matching pattern and the reason. Verified tag references are
 pinned (``name@sha256:…`` JSON Patch ops, returned by /mutate), so what runs is what was
-verified; a digest reference is admitted only if that digest verifies. Registry trouble
-becomes each pattern's failure mode, decided inside the request's deadline; in ``portcullis
-check`` it becomes a warning instead (``images.ci_registry_errors``), and with
+verified; a digest reference is admitted only if that digest verifies. Transport trouble
+(connect, timeout, 5xx, 429) becomes each pattern's failure mode, decided inside the request's
+deadline; junk the image's repository serves is a verdict. In ``portcullis check`` transport
+trouble makes the image "not judged" (``images.ci_registry_errors``), and with
 ``images.offline_bundles`` the evidence comes from exported files, judged by the same code.
 """
 
@@ -28,7 +29,7 @@ from webhook.core.deadline import Deadline
 from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
 from webhook.core.request import RequestContext
 from webhook.core.workloads import ContainerRef, PodSpecRef
-from webhook.signatures import bundles, cosign, credentials, fulcio, reference, sigstore
+from webhook.signatures import bundles, cosign, credentials, fulcio, reference, sigstore, trustroot
 from webhook.signatures import registry as reg
 from webhook.signatures import source as src
 from webhook.signatures.cache import VerdictCache
@@ -69,7 +70,7 @@ class ImagesCheck:
         *,
         pull_secrets: credentials.PullSecrets | None = None,
         failure_mode: FailureMode = FailureMode.DENY,
-        trust_root: sigstore.TrustRootSource | None = None,
+        trust_root: trustroot.TrustRootSource | None = None,
         ci: bool = False,
         offline: Path | None = None,
     ) -> None:
@@ -87,14 +88,22 @@ class ImagesCheck:
         self._ci = ci
         self._ci_warn = ci and offline is None and settings.ci_registry_errors == "warn"
         self._ci_failed: dict[str, _Outcome] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self._trust_root is not None and not self._trust_root.loaded:
-            # On failure it is retried on first use; keyless images meanwhile get their failure mode.
-            with contextlib.suppress(errors.UpstreamError):
-                await asyncio.to_thread(self._trust_root.get)
+        if self._trust_root is not None:
+            # Loaded in a daemon thread, not awaited: serving starts now, and requests that need
+            # the root before it arrives wait for it within their deadline (else: failure mode).
+            if not self._trust_root.loaded:
+                self._trust_root.refresh()
+            self._refresher = asyncio.create_task(self._trust_root.refresh_forever())
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         await self.verifier.cache.close()
         await self.verifier.source.close()
 
@@ -102,8 +111,12 @@ class ImagesCheck:
         return True
 
     def metrics(self) -> dict[str, float]:
-        """Cache hits, misses, verifications and their total latency (for /metrics)."""
-        return {**self.verifier.cache.stats.as_dict(), "entries": len(self.verifier.cache)}
+        """Cache hits, misses, verifications and their total latency; trust root loads (for /metrics)."""
+        figures = {**self.verifier.cache.stats.as_dict(), "entries": len(self.verifier.cache)}
+        if self._trust_root is not None:
+            figures["trust_root_loaded"] = 1.0 if self._trust_root.loaded else 0.0
+            figures["trust_root_loads"] = self._trust_root.loads
+        return figures
 
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         items = [(pod, c, c.container.get("image")) for pod in pods for c in workloads.containers(pod)]
@@ -114,7 +127,7 @@ class ImagesCheck:
         for pod, _, image in items:
             if not isinstance(image, str) or image in outcomes or image in pending:
                 continue
-            outcome, todo = self._fast(image)
+            outcome, todo = self._fast(image, pod, ctx)
             if outcome is not None:
                 outcomes[image] = outcome
             elif todo is not None:
@@ -135,7 +148,9 @@ class ImagesCheck:
 
     # -- per image ------------------------------------------------------------------------------
 
-    def _fast(self, image: str) -> tuple[_Outcome | None, tuple[ImageRef, TrustPolicy] | None]:
+    def _fast(
+        self, image: str, pod: PodSpecRef, ctx: RequestContext
+    ) -> tuple[_Outcome | None, tuple[ImageRef, TrustPolicy] | None]:
         """Parse, match and look up the cache without awaiting (the warm path)."""
         parsed = self._parsed.get(image)
         if parsed is None:
@@ -148,7 +163,10 @@ class ImagesCheck:
         failed = self._ci_failed.get(image) if self._ci else None
         if failed is not None:
             return failed, None
-        hit = self.verifier.cached(ref, policy)
+        creds = self._known_credentials(ref, pod, ctx) if self._pull_secrets is not None else None
+        if isinstance(creds, credentials.PullSecretsUnknown):
+            return None, (ref, policy)  # the pod's pull secret is not cached: look it up first
+        hit = self.verifier.cached(ref, policy, creds)
         if hit is not None:
             return _from_verified(image, ref, policy, hit), None
         return None, (ref, policy)
@@ -181,23 +199,36 @@ class ImagesCheck:
             verified = await asyncio.wait_for(verify, deadline.remaining())
         except TimeoutError:
             reason = f"registry {ref.registry}: no verdict within {budget * 1000:.0f} ms (timeout)"
+            if policy.needs_trust_root and self._trust_root is not None and not self._trust_root.loaded:
+                # The first load runs off the loop; say so, or a hanging TUF fetch looks like the registry.
+                why = f": {self._trust_root.last_error}" if self._trust_root.last_error else ""
+                reason = (
+                    f"no verdict within {budget * 1000:.0f} ms (timeout): the Sigstore trust root "
+                    f"({self._trust_root.setting}) is still loading{why}"
+                )
             return _Outcome(image, ref, policy, reason=reason, failed=True)
         except errors.UpstreamError as exc:
             return _Outcome(image, ref, policy, reason=str(exc), failed=True)
-        except src.Unresolvable as exc:  # offline, no tag file: a finding, no failure mode
+        except (src.Unresolvable, reg.ContentError) as exc:  # a finding (no tag, junk), no failure mode
             return _Outcome(image, ref, policy, reason=str(exc))
         return _from_verified(image, ref, policy, verified)
 
     async def _credentials(
         self, ref: ImageRef, pod: PodSpecRef, ctx: RequestContext, deadline: Deadline
     ) -> reg.Credentials | None:
-        if self._pull_secrets is None:
-            return None
-        entries = pod.spec.get("imagePullSecrets") or ()
-        names = [str(s["name"]) for s in entries if isinstance(s, dict) and isinstance(s.get("name"), str)]
-        if not names:
+        names = _pull_secret_names(pod) if self._pull_secrets is not None else []
+        if not names or self._pull_secrets is None:
             return None
         return await self._pull_secrets.lookup(ctx.namespace, names, ref.registry, deadline)
+
+    def _known_credentials(
+        self, ref: ImageRef, pod: PodSpecRef, ctx: RequestContext
+    ) -> reg.Credentials | credentials.PullSecretsUnknown | None:
+        """The pod's credentials for ``ref`` if known without an await (verdicts are keyed by them)."""
+        names = _pull_secret_names(pod) if self._pull_secrets is not None else []
+        if not names or self._pull_secrets is None:
+            return None
+        return self._pull_secrets.peek(ctx.namespace, names, ref.registry)
 
     # -- findings -------------------------------------------------------------------------------
 
@@ -214,10 +245,18 @@ class ImagesCheck:
             seen.append(_context_entry(outcome, container, field))
         result.context = {"images": seen, "digests": {e["image"]: e["digest"] for e in seen if e["digest"]}}
         if self._ci_warn:
-            # What `portcullis check` lists as not judged (the image and why), per object.
-            not_judged = {o.image: o.reason for o in outcomes.values() if o.failed and o.policy is not None}
+            # What `portcullis check` reports as not judged (image, why, first container path), per object.
+            not_judged: dict[str, dict[str, str]] = {}
+            for entry in seen:
+                outcome = outcomes[entry["image"]]
+                if outcome.failed and outcome.policy is not None and entry["image"] not in not_judged:
+                    not_judged[entry["image"]] = {
+                        "image": entry["image"],
+                        "reason": outcome.reason,
+                        "path": entry["path"],
+                    }
             if not_judged:
-                result.context["not_judged"] = [{"image": i, "reason": r} for i, r in sorted(not_judged.items())]
+                result.context["not_judged"] = [not_judged[i] for i in sorted(not_judged)]
         return result
 
     def _judge(self, o: _Outcome, container: ContainerRef, field: str, result: CheckResult) -> None:
@@ -253,6 +292,11 @@ class ImagesCheck:
             return
         if self._settings.pin_digests and o.ref.digest is None and o.digest is not None:
             result.patches.append({"op": "replace", "path": _pointer(field), "value": o.ref.pinned(o.digest)})
+
+
+def _pull_secret_names(pod: PodSpecRef) -> list[str]:
+    entries = pod.spec.get("imagePullSecrets") or ()
+    return [str(s["name"]) for s in entries if isinstance(s, dict) and isinstance(s.get("name"), str)]
 
 
 def _from_verified(image: str, ref: ImageRef, policy: TrustPolicy, verified: Verified) -> _Outcome:
@@ -298,16 +342,25 @@ def build(config: Config, services: Services) -> Check | None:
                 "nothing would be verified (add a trust policy, or drop the bundles)"
             )
         return None
-    trust_root = sigstore.TrustRootSource(settings.trust_root, config.resolve_path)
-    uses_keyless = any(p.keyless for p in settings.policies)
-    if uses_keyless and settings.trust_root != "public-good":
-        trust_root.get()  # a bad file is a config error now, not a denial later
+    trust_root = trustroot.TrustRootSource(
+        settings.trust_root,
+        config.resolve_path,
+        refresh_seconds=settings.trust_root_refresh_seconds,
+        fetch_timeout=settings.trust_root_fetch_timeout_seconds,
+    )
+    uses_root = any(p.keyless or (p.keys and p.tlog == "required") for p in settings.policies)
+    if uses_root and settings.trust_root != trustroot.PUBLIC_GOOD:
+        trust_root.load_now()  # a bad file is a config error now, not a denial later
     keys: dict[str, cosign.KeyAuthority] = {}
     policies = []
     for index, item in enumerate(settings.policies):
-        authorities: list[Authority] = [_key(config, path, index, keys) for path in item.keys]
+        authorities: list[Authority] = []
+        for path in item.keys:
+            key = _key(config, path, index, keys)
+            authorities.append(sigstore.LoggedKeyAuthority(key, trust_root) if item.tlog == "required" else key)
         authorities += [sigstore.KeylessAuthority(_identity(i), trust_root) for i in item.keyless]
-        fingerprint = settings.trust_root if item.keyless else ""
+        needs_root = bool(item.keyless) or (bool(item.keys) and item.tlog == "required")
+        fingerprint = f"{settings.trust_root}\0tlog={item.tlog}" if needs_root else f"tlog={item.tlog}"
         policies.append(
             TrustPolicy(
                 item.pattern,
@@ -316,6 +369,7 @@ def build(config: Config, services: Services) -> Check | None:
                 mode=item.mode,
                 failure_mode=item.failure_mode,
                 fingerprint=fingerprint,
+                needs_trust_root=needs_root,
             )
         )
     offline = _offline_dir(config) if settings.offline_bundles else None
@@ -327,7 +381,12 @@ def build(config: Config, services: Services) -> Check | None:
         negative_ttl=settings.cache.negative_ttl_seconds,
         max_entries=settings.cache.max_entries,
     )
-    verifier = ImageVerifier(source, cache, job_timeout=settings.request_timeout_seconds * 5)
+    verifier = ImageVerifier(
+        source,
+        cache,
+        job_timeout=settings.request_timeout_seconds * 5,
+        trust_root=trust_root if uses_root else None,
+    )
     pull_secrets = (
         credentials.PullSecrets(services.kube_api, timeout=settings.request_timeout_seconds)
         if settings.use_pull_secrets and services.kube_api is not None and offline is None
@@ -339,7 +398,7 @@ def build(config: Config, services: Services) -> Check | None:
         verifier,
         pull_secrets=pull_secrets,
         failure_mode=config.check_settings(CHECK_ID).failure_mode,
-        trust_root=trust_root if uses_keyless else None,
+        trust_root=trust_root if uses_root else None,
         ci=services.ci,
         offline=offline,
     )
@@ -349,15 +408,17 @@ def registry_client(config: Config) -> reg.RegistryClient:
     """A registry client per ``images:`` (insecure hosts, credentials, timeouts, size limits)."""
     settings = config.images
     return reg.RegistryClient(
-        # Hosts spelled the way image references are parsed (lower case, no :443).
-        insecure_registries=frozenset(reference.canonical_host(r) for r in settings.insecure_registries),
+        # Hosts spelled the way image references are parsed (lower case, numeric port, no :443,
+        # Docker Hub's aliases folded into docker.io).
+        insecure_registries=frozenset(reference.canonical_registry(r) for r in settings.insecure_registries),
         credentials={
-            reference.canonical_host(c.registry): reg.Credentials(c.username, _password(config, c))
+            reference.canonical_registry(c.registry): reg.Credentials(c.username, _password(config, c))
             for c in settings.credentials
         },
         timeout=settings.request_timeout_seconds,
         max_manifest_bytes=settings.max_manifest_bytes,
         max_blob_bytes=settings.max_blob_bytes,
+        max_signatures=settings.max_signatures,
     )
 
 

@@ -24,6 +24,17 @@ class Finding:
     line: int
 
 
+@dataclass(frozen=True, slots=True)
+class NotJudged:
+    """An image a check could not judge (its registry failed): neither passed nor failed."""
+
+    check: str
+    image: str
+    reason: str
+    path: str | None
+    line: int
+
+
 @dataclass(slots=True)
 class ObjectResult:
     manifest: Manifest
@@ -33,6 +44,7 @@ class ObjectResult:
     allowed: bool
     findings: list[Finding] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # informational, not tied to a violation
+    not_judged: list[NotJudged] = field(default_factory=list)
     exempt: str | None = None
 
     @property
@@ -49,6 +61,7 @@ class Report:
     checks: tuple[str, ...] = ()
     skipped_checks: tuple[str, ...] = ()
     not_judged: dict[str, str] = field(default_factory=dict)  # image -> why the images check could not judge it
+    allow_unverified: bool = False  # `--allow-unverified`: not judged is reported, but not an error
 
     def count(self, mode: Mode) -> int:
         return sum(1 for r in self.results for f in r.findings if f.mode is mode)
@@ -85,9 +98,12 @@ async def check(
             report.problems.append(InputProblem(manifest.file, manifest.line, f"{kind}/{name}: {exc}"))
             continue
         verdict = outcome.verdict
+        result = ObjectResult(manifest, kind, namespace, name, verdict.allowed, exempt=verdict.exempt_reason)
         for entry in (outcome.context.get("images") or {}).get("not_judged", ()):
             report.not_judged.setdefault(entry["image"], entry["reason"])
-        result = ObjectResult(manifest, kind, namespace, name, verdict.allowed, exempt=verdict.exempt_reason)
+            path = entry.get("path")
+            line = manifest.line_of(path) if path else manifest.line
+            result.not_judged.append(NotJudged("images", entry["image"], entry["reason"], path, line))
         for finding in verdict.findings:
             v = finding.violation
             line = manifest.line_of(v.path)

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "check",
         help="evaluate the webhook's checks over manifests (files, directories, '-' for stdin)",
-        description="Exit codes: 0 no enforce-mode violation, 1 violations, 2 usage or input error.",
+        description="Exit codes: 0 no enforce-mode violation, 1 violations, 2 usage or input error, or an "
+        "image not judged (its registry failed) without --allow-unverified.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (recursive) or '-' for stdin")
     p.add_argument("--config", type=Path, metavar="FILE", help="the webhook's config file (same keys)")
@@ -65,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         choices=("enforce", "warn"),
         default="enforce",
         help="exit 1 on enforce violations only (default) or on warnings too",
+    )
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="images a check could not judge (registry unreachable) are reported but do not make "
+        "the exit code 2 (JUnit <skipped>, PolicyReport skip, SARIF warning)",
     )
     p.add_argument(
         "--color",
@@ -153,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         named = ", ".join("stdin" if p == "-" else p for p in args.paths)
         raise errors.ManifestError(f"{manifests.NOTHING_FOUND} in {named}")
     report = asyncio.run(_check(loaded, pipeline, cfg, args.namespace or cfg.default_namespace, sorted(skip)))
+    report.allow_unverified = args.allow_unverified
     out_stream = sys.stdout
     color = args.color == "always" or (
         args.color == "auto" and args.output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
@@ -169,6 +177,14 @@ def _run(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"portcullis: error: {problem}", file=sys.stderr)
     if report.problems:
+        return 2
+    if report.not_judged and not args.allow_unverified:
+        # Not judged is not passed: the run could not do what it was asked (CLI convention: 2).
+        print(
+            f"portcullis: error: {len(report.not_judged)} image(s) not judged (registry errors); "
+            "verify offline with --signatures DIR, or accept with --allow-unverified",
+            file=sys.stderr,
+        )
         return 2
     failing = {Mode.ENFORCE} if args.fail_on == "enforce" else {Mode.ENFORCE, Mode.WARN}
     if any(f.mode in failing for r in report.results for f in r.findings):

@@ -14,7 +14,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from webhook import __version__
-from webhook.ci.check import Finding, ObjectResult, Report
+from webhook.ci.check import Finding, NotJudged, ObjectResult, Report
 from webhook.core.decision import Mode
 
 FORMATS = ("text", "json", "sarif", "junit", "policyreport")
@@ -55,7 +55,7 @@ def text(report: Report, *, color: bool = False) -> str:
 
     lines: list[str] = []
     for result in report.results:
-        if not result.findings and not result.warnings:
+        if not result.findings and not result.warnings and not result.not_judged:
             continue
         status = paint(_GREEN, "allowed") if result.allowed else paint("\033[31m", "DENIED")
         head = f"{result.file}:{result.manifest.line}: {result.kind} {result.namespace}/{result.name}: {status}"
@@ -68,6 +68,10 @@ def text(report: Report, *, color: bool = False) -> str:
             )
         for warning in result.warnings:
             lines.append(f"  warning: {warning}")
+        noted = " ".join(result.warnings)
+        for n in result.not_judged:
+            if n.image not in noted:  # the check's own warning usually says it already
+                lines.append(f"  {n.line}: not judged {n.check}: image {n.image}: {n.reason}")
     for problem in report.problems:
         lines.append(f"error: {problem}")
     lines.append(_summary(report))
@@ -87,7 +91,10 @@ def _summary(report: Report) -> str:
     if report.skipped_checks:
         parts.append(f"checks skipped: {', '.join(report.skipped_checks)}")
     if report.not_judged:
-        parts.append(f"checks not judged: images ({len(report.not_judged)} images unverified: registry errors)")
+        allowed = " (allowed by --allow-unverified)" if report.allow_unverified else ""
+        parts.append(
+            f"checks not judged: images ({len(report.not_judged)} images unverified: registry errors){allowed}"
+        )
     return "summary: " + "; ".join(parts)
 
 
@@ -109,8 +116,16 @@ def _violation_json(f: Finding) -> dict[str, Any]:
     }
 
 
+def _not_judged_json(n: NotJudged) -> dict[str, Any]:
+    return {"check": n.check, "image": n.image, "reason": n.reason, "path": n.path, "line": n.line}
+
+
 def to_json(report: Report) -> str:
-    """One JSON array of objects: {file, kind, namespace, name, allowed, violations: [...]}."""
+    """One JSON array of objects: {file, kind, namespace, name, allowed, violations, not_judged}.
+
+    ``not_judged`` lists the images a check could not judge (registry unreachable): an object
+    with an empty ``violations`` and a non-empty ``not_judged`` has not passed.
+    """
     items = [
         {
             "file": r.file,
@@ -120,6 +135,7 @@ def to_json(report: Report) -> str:
             "name": r.name,
             "allowed": r.allowed,
             "violations": [_violation_json(f) for f in r.findings],
+            "not_judged": [_not_judged_json(n) for n in r.not_judged],
         }
         for r in report.results
     ]
@@ -206,6 +222,28 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
         }
         for p in report.problems
     ]
+    # SARIF §3.58: what the tool could not do goes to toolExecutionNotifications, not results
+    # (a result is a finding; an image nobody judged is neither a finding nor a pass).
+    level = "warning" if report.allow_unverified else "error"
+    for r in report.results:
+        for n in r.not_judged:
+            notifications.append(
+                {
+                    "level": level,
+                    "descriptor": {"id": n.check},
+                    "message": {"text": f"{r.kind} {r.namespace}/{r.name}: image {n.image} not judged: {n.reason}"},
+                    "locations": [
+                        {
+                            "physicalLocation": {
+                                "artifactLocation": {"uri": _uri(r.file, base_dir)},
+                                "region": {"startLine": max(1, n.line)},
+                            }
+                        }
+                    ],
+                    "properties": {"image": n.image, "path": n.path or ""},
+                }
+            )
+    successful = not report.problems and not any(r.not_judged for r in report.results)
     doc = {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
@@ -220,9 +258,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
                     }
                 },
                 "results": results,
-                "invocations": [
-                    {"executionSuccessful": not report.problems, "toolExecutionNotifications": notifications}
-                ],
+                "invocations": [{"executionSuccessful": successful, "toolExecutionNotifications": notifications}],
             }
         ],
     }
@@ -233,15 +269,19 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
 
 
 def junit(report: Report) -> str:
-    """One test case per object × check; enforce findings fail, warn/audit go to system-out."""
+    """One test case per object × check; enforce findings fail, warn/audit go to system-out.
+
+    A check that could not judge an image is an ``<error>`` (``<skipped>`` with
+    ``--allow-unverified``), never a passing case.
+    """
     suites = ET.Element("testsuites", name="portcullis")
-    total = failures = 0
+    total = failures = errors_ = skipped_ = 0
     by_file: dict[str, list[ObjectResult]] = {}
     for r in report.results:
         by_file.setdefault(r.file, []).append(r)
     for file, results in by_file.items():
         suite = ET.SubElement(suites, "testsuite", name=file)
-        cases = fails = 0
+        cases = fails = errs = skips = 0
         for r in results:
             for check in report.checks or sorted({f.check.split(":")[0] for f in r.findings}):
                 found = [f for f in r.findings if _family_of(f.check, report.checks) == check]
@@ -251,20 +291,34 @@ def junit(report: Report) -> str:
                 case.set("line", str(r.manifest.line))
                 cases += 1
                 denied = [f for f in found if f.mode is Mode.ENFORCE]
+                unjudged = [n for n in r.not_judged if n.check == check]
                 if denied:
                     fails += 1
                     failure = ET.SubElement(case, "failure", message=denied[0].message, type=denied[0].check)
                     failure.text = "\n".join(f"{f.line}: {f.check}: {f.message}" for f in denied)
-                others = [f for f in found if f.mode is not Mode.ENFORCE]
-                if others:
-                    ET.SubElement(case, "system-out").text = "\n".join(
-                        f"{f.mode.value}: {f.check}: {f.message}" for f in others
+                elif unjudged:
+                    # JUnit has no "unknown": an error (the check could not run) unless allowed.
+                    tag = "skipped" if report.allow_unverified else "error"
+                    skips, errs = (skips + 1, errs) if report.allow_unverified else (skips, errs + 1)
+                    first = unjudged[0]
+                    element = ET.SubElement(
+                        case, tag, message=f"image {first.image} not judged: {first.reason}", type="NotJudged"
                     )
+                    element.text = "\n".join(f"{n.line}: image {n.image} not judged: {n.reason}" for n in unjudged)
+                others = [f"{f.mode.value}: {f.check}: {f.message}" for f in found if f.mode is not Mode.ENFORCE]
+                if denied:  # the failure wins the case; what was not judged is still said
+                    others += [f"not judged: image {n.image}: {n.reason}" for n in unjudged]
+                if others:
+                    ET.SubElement(case, "system-out").text = "\n".join(others)
         suite.set("tests", str(cases))
         suite.set("failures", str(fails))
-        suite.set("errors", "0")
+        suite.set("errors", str(errs))
+        if skips:
+            suite.set("skipped", str(skips))
         total += cases
         failures += fails
+        errors_ += errs
+        skipped_ += skips
     if report.problems:
         suite = ET.SubElement(suites, "testsuite", name="input", tests=str(len(report.problems)))
         suite.set("failures", "0")
@@ -274,7 +328,9 @@ def junit(report: Report) -> str:
             ET.SubElement(case, "error", message=p.message, type="InputError")
     suites.set("tests", str(total + len(report.problems)))
     suites.set("failures", str(failures))
-    suites.set("errors", str(len(report.problems)))
+    suites.set("errors", str(errors_ + len(report.problems)))
+    if skipped_:
+        suites.set("skipped", str(skipped_))
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -308,6 +364,21 @@ def policy_report(report: Report) -> str:
             "namespace": r.namespace,
         }
         failed = {_family_of(f.check, report.checks) for f in r.findings}
+        unjudged_outcome = "skip" if report.allow_unverified else "error"
+        for n in r.not_judged:
+            summary[unjudged_outcome] += 1
+            results.append(
+                {
+                    "policy": n.check,
+                    "rule": n.check,
+                    "result": unjudged_outcome,
+                    "message": f"image {n.image} not judged: {n.reason}",
+                    "source": "portcullis",
+                    "resources": [resource],
+                    "properties": {"image": n.image, "path": n.path or ""},
+                }
+            )
+        failed |= {n.check for n in r.not_judged}
         for f in r.findings:
             outcome = _POLICY_RESULT[f.mode]
             summary[outcome] += 1

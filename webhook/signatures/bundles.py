@@ -195,6 +195,9 @@ class BundleSource:
         data = await asyncio.to_thread(_read, path)
         return [] if data is None else decode_sigstore(data, self._name(path))
 
+    def identity(self, ref: ImageRef, creds: reg.Credentials | None) -> str:
+        return ""  # files: no credentials, everyone reads the same
+
     async def close(self) -> None:
         return None
 

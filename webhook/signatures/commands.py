@@ -22,6 +22,7 @@ from webhook.ci import manifests
 from webhook.core import workloads
 from webhook.core.deadline import Deadline
 from webhook.signatures import export, reference, trust
+from webhook.signatures import registry as reg
 from webhook.signatures import source as src
 
 
@@ -136,7 +137,7 @@ async def _one(client: Any, ref: reference.ImageRef, out: Path, deadline: Deadli
     """One image's export, or the message saying why it failed (the others still run)."""
     try:
         return await export.export(client, ref, out, deadline)
-    except (errors.UpstreamError, src.Unresolvable) as exc:
+    except (errors.UpstreamError, src.Unresolvable, reg.ContentError) as exc:
         return f"{ref}: {exc}"
     except OSError as exc:
         return f"{ref}: cannot write under {out}: {exc.strerror or exc}"

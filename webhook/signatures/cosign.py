@@ -8,6 +8,10 @@ are verified here with ``cryptography`` (ECDSA P-256/P-384, Ed25519, RSA).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +33,10 @@ BUNDLE_ANNOTATION = "dev.sigstore.cosign/bundle"
 SIMPLE_SIGNING_MEDIA = "application/vnd.dev.cosign.simplesigning.v1+json"
 DSSE_MEDIA = "application/vnd.dsse.envelope.v1+json"
 
+_PARALLEL_BLOBS = 8
+_SIGNATURE_MANIFESTS = frozenset({reg.OCI_MANIFEST, reg.DOCKER_MANIFEST})
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 
@@ -45,12 +53,33 @@ async def fetch(
     deadline: Deadline,
     creds: reg.Credentials | None = None,
 ) -> list[ev.Evidence]:
-    """Every signature in the image's ``.sig`` manifest (empty when there is none)."""
+    """Every signature in the image's ``.sig`` manifest (empty when there is none).
+
+    Junk in the repository (``reg.ContentError``) becomes evidence with a problem, per layer
+    where it can be: a bad layer never hides a good one, and never reaches the failure mode.
+    Transport trouble (``RegistryError``) propagates.
+    """
     tag = signature_tag(digest)
-    found: list[ev.Evidence] = []
-    for index, (layer, blob) in enumerate(await fetch_layers(client, registry, repository, digest, deadline, creds)):
-        found.extend(decode_layer(layer, blob, f"{repository}:{tag} layer {index}"))
-    return found
+    try:
+        layers = await signature_layers(client, registry, repository, digest, deadline, creds)
+    except reg.ContentError as exc:
+        return [ev.problem(f"{repository}:{tag}", f"signature manifest {repository}:{tag}: {exc}")]
+    # Blobs are fetched a few at a time: a hundred layers cost ~13 round trips, not a hundred.
+    gate = asyncio.Semaphore(_PARALLEL_BLOBS)
+
+    async def one(index: int, layer: dict[str, Any] | str) -> list[ev.Evidence]:
+        source = f"{repository}:{tag} layer {index}"
+        if isinstance(layer, str):
+            return [ev.problem(source, f"{source}: {layer}")]
+        try:
+            async with gate:
+                blob = await _layer_blob(client, registry, repository, layer, deadline, creds)
+        except reg.ContentError as exc:
+            return [ev.problem(source, f"{source}: {exc}")]
+        return decode_layer(layer, blob, source)
+
+    found = await asyncio.gather(*(one(i, layer) for i, layer in enumerate(layers)))
+    return [e for part in found for e in part]
 
 
 async def fetch_layers(
@@ -61,21 +90,79 @@ async def fetch_layers(
     deadline: Deadline,
     creds: reg.Credentials | None = None,
 ) -> list[tuple[dict[str, Any], bytes]]:
-    """The ``.sig`` manifest's layer descriptors with their blobs (what ``images export`` saves)."""
+    """The ``.sig`` manifest's layer descriptors with their blobs (what ``images export`` saves).
+
+    Raises ``reg.ContentError`` for junk: export refuses to copy what verification would deny.
+    """
+    found: list[tuple[dict[str, Any], bytes]] = []
+    for index, layer in enumerate(await signature_layers(client, registry, repository, digest, deadline, creds)):
+        if isinstance(layer, str):
+            raise reg.ContentError(registry, f"{repository}:{signature_tag(digest)} layer {index}: {layer}")
+        found.append((layer, await _layer_blob(client, registry, repository, layer, deadline, creds)))
+    return found
+
+
+async def signature_layers(
+    client: reg.RegistryClient,
+    registry: str,
+    repository: str,
+    digest: str,
+    deadline: Deadline,
+    creds: reg.Credentials | None,
+) -> list[dict[str, Any] | str]:
+    """The ``.sig`` manifest's layer descriptors; a layer that cannot be a signature is why not.
+
+    The manifest must be an image manifest (cosign writes OCI or Docker v2 ones), and each layer a
+    descriptor of a cosign media type whose size fits the blob limit: junk is judged before a byte
+    of its blob is fetched.
+    """
     tag = signature_tag(digest)
     manifest = await client.manifest(registry, repository, tag, deadline, creds)
     if manifest is None:
         return []
-    try:
-        layers = manifest.document().get("layers") or []
-    except ValueError as exc:
-        raise reg.RegistryCallError(registry, f"signature manifest {repository}:{tag} is not JSON") from exc
-    found: list[tuple[dict[str, Any], bytes]] = []
-    for layer in layers if isinstance(layers, list) else ():
-        if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
-            continue
-        found.append((layer, await client.blob(registry, repository, layer["digest"], deadline, creds)))
-    return found
+    if manifest.media_type not in _SIGNATURE_MANIFESTS:
+        raise reg.ContentError(registry, f"{repository}:{tag} is a {manifest.media_type}, not an image manifest")
+    layers = manifest.document().get("layers")
+    if not isinstance(layers, list):
+        raise reg.ContentError(registry, f"{repository}:{tag}: `layers` is not a list")
+    if len(layers) > client.max_signatures:
+        raise reg.ContentError(
+            registry, f"{repository}:{tag} has {len(layers)} layers; at most {client.max_signatures} are read"
+        )
+    return [_check_descriptor(layer, client.max_blob_bytes) for layer in layers]
+
+
+def _check_descriptor(layer: object, limit: int) -> dict[str, Any] | str:
+    if not isinstance(layer, dict):
+        return "not a descriptor object"
+    media_type, digest, size = layer.get("mediaType"), layer.get("digest"), layer.get("size")
+    if media_type not in (SIMPLE_SIGNING_MEDIA, DSSE_MEDIA):
+        return (
+            f"media type {str(media_type)[:100]!r} is not a cosign signature ({SIMPLE_SIGNING_MEDIA} or {DSSE_MEDIA})"
+        )
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        return f"digest {str(digest)[:80]!r} is not sha256:<64 hex>"
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        return f"size {str(size)[:40]!r} is not a byte count"
+    if size > limit:
+        return f"blob of {size} bytes exceeds the {limit}-byte limit"
+    return layer
+
+
+async def _layer_blob(
+    client: reg.RegistryClient,
+    registry: str,
+    repository: str,
+    layer: dict[str, Any],
+    deadline: Deadline,
+    creds: reg.Credentials | None,
+) -> bytes:
+    blob = await client.blob(registry, repository, layer["digest"], deadline, creds)
+    if len(blob) != layer["size"]:  # OCI image-spec: a descriptor's size is the content's exact length
+        raise reg.ContentError(
+            registry, f"blob {layer['digest']}: {len(blob)} bytes, its descriptor says {layer['size']}"
+        )
+    return blob
 
 
 def decode_layer(layer: dict[str, Any], blob: bytes, source: str) -> list[ev.Evidence]:
@@ -83,7 +170,7 @@ def decode_layer(layer: dict[str, Any], blob: bytes, source: str) -> list[ev.Evi
     try:
         return _layer_evidence(layer, blob, source)
     except ev.EvidenceError as exc:
-        return [ev.Evidence(source, b"", b"", frozenset(), problems=(str(exc),))]
+        return [ev.problem(source, str(exc))]
 
 
 def _layer_evidence(layer: dict[str, object], blob: bytes, source: str) -> list[ev.Evidence]:
@@ -110,22 +197,22 @@ def _layer_evidence(layer: dict[str, object], blob: bytes, source: str) -> list[
 
 
 def _keyless_material(annotations: dict[object, object], source: str) -> dict[str, Any]:
+    """Certificate and chain (keyless) and the Rekor bundle (keyless, and keyed when logged)."""
+    material: dict[str, Any] = {}
+    bundle = annotations.get(BUNDLE_ANNOTATION)
+    if isinstance(bundle, str) and bundle:
+        material["tlog"] = _rekor_bundle(bundle, source)
     cert_pem = annotations.get(CERTIFICATE_ANNOTATION)
     if not isinstance(cert_pem, str) or not cert_pem:
-        return {}
+        return material
     try:
         leaf = x509.load_pem_x509_certificate(cert_pem.encode())
         chain_pem = annotations.get(CHAIN_ANNOTATION)
         chain = x509.load_pem_x509_certificates(chain_pem.encode()) if isinstance(chain_pem, str) and chain_pem else []
     except ValueError as exc:
         raise ev.EvidenceError(f"{source}: certificate annotation is not PEM: {exc}") from exc
-    material: dict[str, Any] = {
-        "certificate": leaf.public_bytes(serialization.Encoding.DER),
-        "chain": tuple(c.public_bytes(serialization.Encoding.DER) for c in chain),
-    }
-    bundle = annotations.get(BUNDLE_ANNOTATION)
-    if isinstance(bundle, str) and bundle:
-        material["tlog"] = _rekor_bundle(bundle, source)
+    material["certificate"] = leaf.public_bytes(serialization.Encoding.DER)
+    material["chain"] = tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)
     return material
 
 
@@ -210,12 +297,29 @@ def _ok(call: object) -> bool:
     return True
 
 
+def key_id(key: PublicKey) -> str:
+    """SHA-256 of the key's SubjectPublicKeyInfo (DER): one id per key, however its PEM is spelled."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class KeyAuthority:
     """A trusted public key (one authority of a policy)."""
 
     name: str  # the key's file as configured
     key: PublicKey
+    spki: str = ""  # key_id(key); computed when not given
+    spki_der: bytes = b""  # the key's SubjectPublicKeyInfo (DER)
+
+    def __post_init__(self) -> None:
+        der = self.key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        object.__setattr__(self, "spki_der", der)
+        if not self.spki:
+            object.__setattr__(self, "spki", hashlib.sha256(der).hexdigest())
+
+    def signer(self, evidence: ev.Evidence) -> Hashable:
+        return ("key", self.spki)
 
     def accepts(self, evidence: ev.Evidence, digest: str) -> str | None:
         """``None`` when the evidence is a valid signature by this key naming ``digest``; else why not."""

@@ -18,7 +18,7 @@ import orjson
 
 from webhook import errors
 from webhook.core.deadline import Deadline
-from webhook.signatures.reference import DOCKER_HUB, canonical_host
+from webhook.signatures.reference import canonical_registry
 from webhook.signatures.registry import Credentials
 
 log = logging.getLogger("portcullis.images")
@@ -26,8 +26,7 @@ log = logging.getLogger("portcullis.images")
 
 def normalize_registry(key: str) -> str:
     """``https://index.docker.io/v1/`` → ``docker.io``; ``host:port/path`` → ``host:port``."""
-    host = canonical_host(key.split("://", 1)[-1].split("/", 1)[0])
-    return DOCKER_HUB if host in ("index.docker.io", "registry-1.docker.io", "docker.io") else host
+    return canonical_registry(key.split("://", 1)[-1].split("/", 1)[0])
 
 
 def parse_docker_config(data: bytes) -> dict[str, Credentials]:
@@ -56,6 +55,13 @@ def parse_docker_config(data: bytes) -> dict[str, Credentials]:
     return found
 
 
+class PullSecretsUnknown:
+    """``PullSecrets.peek``: some secret is not in the cache (look it up, with an await)."""
+
+
+UNKNOWN = PullSecretsUnknown()
+
+
 class PullSecrets:
     """Reads and briefly keeps the dockerconfigjson secrets pods name."""
 
@@ -71,6 +77,18 @@ class PullSecrets:
         """The first named secret's credentials for ``registry`` (``None``: pull anonymously)."""
         for name in names:
             creds = (await self._secret(namespace, name, deadline)).get(registry)
+            if creds is not None:
+                return creds
+        return None
+
+    def peek(self, namespace: str, names: Sequence[str], registry: str) -> Credentials | PullSecretsUnknown | None:
+        """What ``lookup`` would answer from the cache alone, or ``UNKNOWN`` (the warm path)."""
+        now = time.monotonic()
+        for name in names:
+            cached = self._cache.get((namespace, name))
+            if cached is None or cached[0] <= now:
+                return UNKNOWN
+            creds = cached[1].get(registry)
             if creds is not None:
                 return creds
         return None

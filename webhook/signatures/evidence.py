@@ -15,7 +15,8 @@ import orjson
 
 SIMPLE_SIGNING_TYPE = "cosign container image signature"
 IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
-COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"  # what `cosign sign` (v3 bundles) signs
+COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+MAX_DSSE_SIGNATURES = 16  # signers of one envelope; cosign writes one  # what `cosign sign` (v3 bundles) signs
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,11 @@ class Evidence:
 
 class EvidenceError(ValueError):
     """Registry content that cannot be read as a signature (reported, never raised past the fetcher)."""
+
+
+def problem(source: str, message: str) -> Evidence:
+    """Content that cannot be a signature, kept as evidence so the verdict can say why."""
+    return Evidence(source, b"", b"", frozenset(), problems=(message,))
 
 
 def b64(text: Any, what: str) -> bytes:
@@ -117,6 +123,9 @@ def dsse_evidence(envelope: Any, source: str, **extra: Any) -> list[Evidence]:
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list) or not signatures:
         raise EvidenceError(f"{source}: DSSE envelope has no signatures")
+    if len(signatures) > MAX_DSSE_SIGNATURES:
+        # Each one is a signature check per authority, on the event loop: junk must not buy CPU.
+        raise EvidenceError(f"{source}: DSSE envelope has {len(signatures)} signatures (at most {MAX_DSSE_SIGNATURES})")
     signed = pae(payload_type, payload)
     digests = payload_digests(payload_type, payload)
     return [

@@ -13,15 +13,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from webhook import errors
@@ -40,12 +40,26 @@ class CertificateAuthority:
 
 
 @dataclass(frozen=True, slots=True)
+class LogKey:
+    """A transparency log's (Rekor's or a CT log's) key and the window it was valid for."""
+
+    key: cosign.PublicKey
+    start: datetime | None
+    end: datetime | None
+
+    def valid_at(self, at: datetime) -> bool:
+        return not ((self.start and at < self.start) or (self.end and at > self.end))
+
+
+@dataclass(frozen=True, slots=True)
 class TrustRoot:
-    """Fulcio CAs and Rekor keys (by log id = SHA-256 of the key's DER) from a trusted_root.json."""
+    """Fulcio CAs, Rekor keys and CT log keys (by log id = SHA-256 of the key's DER) from a
+    trusted_root.json, each with its validity window."""
 
     authorities: tuple[CertificateAuthority, ...]
-    logs: dict[bytes, ec.EllipticCurvePublicKey]
+    logs: dict[bytes, LogKey]
     source: str
+    ct_logs: dict[bytes, LogKey] = field(default_factory=dict)
 
 
 def parse_trust_root(data: bytes, source: str) -> TrustRoot:
@@ -53,17 +67,25 @@ def parse_trust_root(data: bytes, source: str) -> TrustRoot:
     try:
         doc = orjson.loads(data)
         authorities = tuple(_authority(ca) for ca in doc.get("certificateAuthorities") or ())
-        logs: dict[bytes, ec.EllipticCurvePublicKey] = {}
-        for tlog in doc.get("tlogs") or ():
-            der = base64.b64decode(tlog["publicKey"]["rawBytes"])
-            key = serialization.load_der_public_key(der)
-            if isinstance(key, ec.EllipticCurvePublicKey):
-                logs[hashlib.sha256(der).digest()] = key
+        logs = _log_keys(doc.get("tlogs") or ())
+        ct_logs = _log_keys(doc.get("ctlogs") or ())
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise errors.ConfigError(f"{source}: not a valid Sigstore trusted root: {exc}") from exc
     if not authorities or not logs:
         raise errors.ConfigError(f"{source}: the trusted root must name a certificate authority and a log key")
-    return TrustRoot(authorities, logs, source)
+    return TrustRoot(authorities, logs, source, ct_logs)
+
+
+def _log_keys(entries: Any) -> dict[bytes, LogKey]:
+    keys: dict[bytes, LogKey] = {}
+    for entry in entries:
+        public = entry["publicKey"]
+        der = base64.b64decode(public["rawBytes"])
+        key = serialization.load_der_public_key(der)
+        if isinstance(key, cosign.PublicKey):
+            valid = public.get("validFor") or {}
+            keys[hashlib.sha256(der).digest()] = LogKey(key, _time(valid.get("start")), _time(valid.get("end")))
+    return keys
 
 
 def _authority(ca: dict[str, Any]) -> CertificateAuthority:
@@ -110,7 +132,8 @@ def verify(evidence: ev.Evidence, identity: Identity, trust: TrustRoot, digest: 
         _check_chain(leaf, trust, signed_at)
         or check_identity(leaf, identity)
         or _check_signature(leaf, evidence)
-        or _check_tlog(leaf, evidence, trust)
+        or check_tlog(evidence, trust, leaf)
+        or check_scts(leaf, evidence.chain, trust)
     )
     if problem:
         return problem
@@ -126,12 +149,19 @@ def _check_chain(leaf: x509.Certificate, trust: TrustRoot, at: datetime) -> str 
             f"certificate was not valid when logged at {at:%Y-%m-%dT%H:%M:%SZ} "
             f"(valid {leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
         )
+    if _issuing_ca(leaf, trust, at) is not None:
+        return None
+    return f"certificate issued by {leaf.issuer.rfc4514_string()} does not chain to a trusted CA in {trust.source}"
+
+
+def _issuing_ca(leaf: x509.Certificate, trust: TrustRoot, at: datetime) -> x509.Certificate | None:
+    """The trust root's CA certificate that issued ``leaf`` (valid at ``at``), or ``None``."""
     for ca in trust.authorities:
         if (ca.start and at < ca.start) or (ca.end and at > ca.end):
             continue
-        if _chains_to(leaf, ca.chain, at):
-            return None
-    return f"certificate issued by {leaf.issuer.rfc4514_string()} does not chain to a trusted CA in {trust.source}"
+        if ca.chain and _chains_to(leaf, ca.chain, at):
+            return ca.chain[0]
+    return None
 
 
 def _chains_to(leaf: x509.Certificate, chain: tuple[x509.Certificate, ...], at: datetime) -> bool:
@@ -200,12 +230,19 @@ def _check_signature(leaf: x509.Certificate, evidence: ev.Evidence) -> str | Non
     return None
 
 
-def _check_tlog(leaf: x509.Certificate, evidence: ev.Evidence, trust: TrustRoot) -> str | None:
+def check_tlog(evidence: ev.Evidence, trust: TrustRoot, leaf: x509.Certificate | None = None) -> str | None:
+    """The Rekor entry's promise (SET) is by a log key of the trust root, valid when the entry
+    was integrated, and the logged body is about this signature, payload and certificate (or,
+    keyed, this signature and payload; the key is compared by the caller)."""
     entry = evidence.tlog
-    assert entry is not None
-    key = trust.logs.get(entry.log_id)
-    if key is None:
+    if entry is None:
+        return "no transparency log entry (Rekor bundle)"
+    log = trust.logs.get(entry.log_id)
+    if log is None:
         return f"transparency log {entry.log_id.hex()[:16]}… is not in the trust root"
+    integrated = datetime.fromtimestamp(entry.integrated_time, UTC)
+    if not log.valid_at(integrated):
+        return f"transparency log key {entry.log_id.hex()[:16]}… was not valid at {integrated:%Y-%m-%dT%H:%M:%SZ}"
     promise = orjson.dumps(
         {
             "body": base64.b64encode(entry.body).decode(),
@@ -215,14 +252,79 @@ def _check_tlog(leaf: x509.Certificate, evidence: ev.Evidence, trust: TrustRoot)
         },
         option=orjson.OPT_SORT_KEYS,
     )
-    try:
-        key.verify(entry.signed_entry_timestamp, promise, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+    if not cosign.verify_signature(log.key, entry.signed_entry_timestamp, promise):
         return "transparency log promise (SET) is not signed by the trusted log key"
     return _check_body(leaf, evidence, entry.body)
 
 
-def _check_body(leaf: x509.Certificate, evidence: ev.Evidence, body: bytes) -> str | None:
+# -- signed certificate timestamps (RFC 6962 §3.2) ----------------------------------------------
+
+
+def check_scts(leaf: x509.Certificate, chain: tuple[bytes, ...], trust: TrustRoot) -> str | None:
+    """At least one embedded SCT signed by a CT log of the trust root, valid when it was issued.
+
+    The SCT signs the *pre*certificate: the leaf's TBS without the SCT list, bound to the
+    issuer's key hash. Fulcio logs every certificate it issues, so one without a valid SCT was
+    not issued by the Fulcio the trust root names (cosign and sigstore-python require one too).
+    """
+    try:
+        scts = leaf.extensions.get_extension_for_class(x509.PrecertificateSignedCertificateTimestamps).value
+    except x509.ExtensionNotFound:
+        return "certificate carries no signed certificate timestamp (SCT)"
+    except ValueError as exc:
+        return f"certificate's SCT list is malformed: {exc}"
+    issued = leaf.not_valid_before_utc
+    issuer = _issuing_ca(leaf, trust, issued) or _issuer_from_chain(leaf, chain)
+    if issuer is None:
+        return "no issuer certificate to check the SCT against"
+    issuer_key_hash = hashlib.sha256(
+        issuer.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ).digest()
+    tbs = leaf.tbs_precertificate_bytes
+    problems: list[str] = []
+    for sct in scts:
+        problem = _check_sct(sct, tbs, issuer_key_hash, trust)
+        if problem is None:
+            return None
+        problems.append(problem)
+    return "; ".join(problems) or "certificate's SCT list is empty"
+
+
+def _check_sct(sct: Any, tbs: bytes, issuer_key_hash: bytes, trust: TrustRoot) -> str | None:
+    log = trust.ct_logs.get(sct.log_id)
+    if log is None:
+        return f"SCT from CT log {sct.log_id.hex()[:16]}… which the trust root does not name"
+    if not log.valid_at(sct.timestamp.replace(tzinfo=UTC)):
+        return f"SCT from CT log {sct.log_id.hex()[:16]}… outside that log key's validity window"
+    if sct.entry_type != x509.certificate_transparency.LogEntryType.PRE_CERTIFICATE:
+        return "SCT is not for a precertificate"
+    millis = int(sct.timestamp.replace(tzinfo=UTC).timestamp() * 1000)
+    extensions = sct.extension_bytes
+    signed = (
+        struct.pack("!BBQH", 0, 0, millis, 1)  # v1, certificate_timestamp, timestamp, precert_entry
+        + issuer_key_hash
+        + len(tbs).to_bytes(3, "big")
+        + tbs
+        + len(extensions).to_bytes(2, "big")
+        + extensions
+    )
+    if not cosign.verify_signature(log.key, sct.signature, signed):
+        return f"SCT from CT log {sct.log_id.hex()[:16]}… does not verify (tampered certificate?)"
+    return None
+
+
+def _issuer_from_chain(leaf: x509.Certificate, chain: tuple[bytes, ...]) -> x509.Certificate | None:
+    for der in chain:
+        try:
+            candidate = x509.load_der_x509_certificate(der)
+            leaf.verify_directly_issued_by(candidate)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return candidate
+    return None
+
+
+def _check_body(leaf: x509.Certificate | None, evidence: ev.Evidence, body: bytes) -> str | None:
     """The log entry must be about this very signature, certificate and payload (CVE-2022-36056)."""
     try:
         doc = orjson.loads(body)
@@ -247,6 +349,8 @@ def _check_body(leaf: x509.Certificate, evidence: ev.Evidence, body: bytes) -> s
         return "transparency log entry is for another payload"
     if base64.b64encode(evidence.signature).decode() not in logged_sigs:
         return "transparency log entry is for another signature"
+    if leaf is None:
+        return None  # keyed: the caller compares the logged key (``logged_key``)
     try:
         logged = x509.load_pem_x509_certificate(base64.b64decode(logged_cert))
     except ValueError:
@@ -254,3 +358,29 @@ def _check_body(leaf: x509.Certificate, evidence: ev.Evidence, body: bytes) -> s
     if logged != leaf:
         return "transparency log entry is for another certificate"
     return None
+
+
+def logged_key(body: bytes) -> bytes | None:
+    """SubjectPublicKeyInfo (DER) of the verifier a Rekor entry body names: a PEM public key, or
+    a certificate's key; ``None`` when unreadable."""
+    try:
+        doc = orjson.loads(body)
+        spec = doc["spec"]
+        if doc["kind"] == "hashedrekord":
+            pem = spec["signature"]["publicKey"]["content"]
+        elif doc["kind"] == "dsse":
+            pem = spec["signatures"][0]["verifier"]
+        else:
+            return None
+        raw = base64.b64decode(pem)
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError, ValueError):
+        return None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    try:
+        return x509.load_pem_x509_certificate(raw).public_key().public_bytes(serialization.Encoding.DER, spki)
+    except ValueError:
+        pass
+    try:
+        return serialization.load_pem_public_key(raw).public_bytes(serialization.Encoding.DER, spki)
+    except (ValueError, TypeError):
+        return None

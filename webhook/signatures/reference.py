@@ -8,11 +8,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-DOCKER_HUB = "docker.io"
+from webhook.config import images as images_config
+
+DOCKER_HUB = images_config.DOCKER_HUB
 # Matched with ``fullmatch`` and ASCII classes, as Go's regexp does: Python's ``$`` accepts a
 # trailing newline and ``\w`` any Unicode letter, neither of which the container runtime accepts.
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
+# distribution/reference's domain: dot-separated labels or a bracketed IPv6 address, optional port.
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+)
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 
 
@@ -75,9 +81,9 @@ def parse(text: str) -> ImageRef:
         registry, components = parts[0], parts[1:]
     else:
         registry, components = DOCKER_HUB, parts
-    registry = canonical_host(registry)
-    if registry in ("index.docker.io", "registry-1.docker.io"):
-        registry = DOCKER_HUB
+    if not _HOST.fullmatch(registry):
+        raise ReferenceError_(f"image reference {text!r}: invalid registry host {registry!r}")
+    registry = images_config.canonical_registry(registry)
     if registry == DOCKER_HUB and len(components) == 1:
         components = ["library", *components]
     for component in components:
@@ -89,12 +95,13 @@ def parse(text: str) -> ImageRef:
 
 
 def canonical_host(registry: str) -> str:
-    """One spelling per registry host, so a pattern cannot be dodged by respelling the host.
+    """One spelling per registry host (``config.images.canonical_host``: patterns use the same)."""
+    return images_config.canonical_host(registry)
 
-    Host names are case-insensitive and ``:443`` is the port HTTPS uses anyway: the runtime
-    pulls ``GHCR.IO/org/app`` and ``ghcr.io:443/org/app`` from the very registry ``ghcr.io``.
-    """
-    return registry.lower().removesuffix(":443")
+
+def canonical_registry(registry: str) -> str:
+    """``canonical_host`` with Docker Hub's aliases folded into ``docker.io``."""
+    return images_config.canonical_registry(registry)
 
 
 def api_host(registry: str) -> str:

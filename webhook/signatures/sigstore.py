@@ -4,94 +4,27 @@ Sources: sigstore bundles attached as OCI 1.1 referrers (the referrers API, or t
 ``sha256-<hex>`` referrers tag where the registry has none), verified with the ``sigstore``
 library (chain, SCT, inclusion proof and checkpoint, promise, identity); and cosign's keyless
 annotations on ``.sig`` layers, which carry no inclusion proof and are checked by ``fulcio.py``.
-Both run against the same Sigstore ``trusted_root.json``: public-good (via TUF), or a configured
-file for air-gapped clusters (offline: no network call but to the image's own registry).
-The library matches identities exactly; ``_IdentityPolicy`` adds issuer/subject regexes.
+Both run against the same Sigstore ``trusted_root.json`` (``trustroot.py``: public-good via TUF,
+or a configured file for air-gapped clusters). The library matches identities exactly;
+``_IdentityPolicy`` adds issuer/subject regexes. ``LoggedKeyAuthority`` is a key that also
+requires its signature to be in the transparency log (``tlog: required``, cosign's default).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 from cryptography import x509
 
-from webhook import errors
 from webhook.core.deadline import Deadline
+from webhook.signatures import cosign, fulcio, trustroot
 from webhook.signatures import evidence as ev
-from webhook.signatures import fulcio
 from webhook.signatures import registry as reg
 
 BUNDLE_ARTIFACT_PREFIX = "application/vnd.dev.sigstore.bundle"
-
-
-# -- trust root --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TrustRoots:
-    """One trusted root, as our checks (``fulcio.TrustRoot``) and the library's verifier see it."""
-
-    parsed: fulcio.TrustRoot
-    verifier: Any  # sigstore.verify.Verifier
-
-
-def load_trust_root(setting: str, resolve: Any) -> TrustRoots:
-    """``public-good`` (Sigstore's root, fetched and verified over TUF) or a trusted_root.json path."""
-    from sigstore.errors import Error as SigstoreError
-    from sigstore.models import ClientTrustConfig, TrustedRoot
-    from sigstore.verify import Verifier
-
-    if setting == "public-good":
-        try:
-            root = ClientTrustConfig.production().trusted_root
-        except Exception as exc:  # network/TUF trouble: an outside failure, not bad config
-            raise errors.UpstreamError(f"cannot load the Sigstore public-good trust root: {exc}") from exc
-        source, data = "sigstore public-good trust root", root._inner.to_json().encode()
-    else:
-        path = Path(resolve(setting))
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise errors.ConfigError(f"images.trust_root: cannot read {path}: {exc.strerror or exc}") from exc
-        source = str(path)
-        try:
-            root = TrustedRoot(_trust_root_model(data))
-        except (SigstoreError, ValueError) as exc:
-            raise errors.ConfigError(f"{source}: not a valid Sigstore trusted root: {exc}") from exc
-    parsed = fulcio.parse_trust_root(data, source)
-    try:
-        verifier = Verifier(trusted_root=root)
-    except SigstoreError as exc:
-        raise errors.ConfigError(f"{source}: unusable trusted root: {exc}") from exc
-    return TrustRoots(parsed, verifier)
-
-
-def _trust_root_model(data: bytes) -> Any:
-    from sigstore_models.trustroot import v1 as trustroot_v1
-
-    return trustroot_v1.TrustedRoot.from_json(data)
-
-
-class TrustRootSource:
-    """Loads the trust root once, on first use (public-good needs the network; files fail early)."""
-
-    def __init__(self, setting: str, resolve: Any) -> None:
-        self.setting = setting
-        self._resolve = resolve
-        self._root: TrustRoots | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._root is not None
-
-    def get(self) -> TrustRoots:
-        """The trust root; raises ``ConfigError`` (bad file) or ``UpstreamError`` (TUF unreachable)."""
-        if self._root is None:
-            self._root = load_trust_root(self.setting, self._resolve)
-        return self._root
 
 
 # -- referrer bundles --------------------------------------------------------------------------
@@ -120,20 +53,34 @@ async def fetch_bundles(
     deadline: Deadline,
     creds: reg.Credentials | None = None,
 ) -> list[tuple[str, bytes | str]]:
-    """(source, raw bundle) for each referrer bundle of ``digest``; why not, when it cannot be read."""
+    """(source, raw bundle) for each referrer bundle of ``digest``; why not, when it cannot be read.
+
+    Junk in the repository (``reg.ContentError``: an index that is not one, a missing blob) is
+    a "why not" entry, never an exception; transport trouble (``RegistryError``) propagates.
+    """
+    where = f"{repository} referrers of {digest[:19]}"
+    try:
+        descriptors = await client.referrers(registry, repository, digest, deadline, creds)
+    except reg.ContentError as exc:
+        return [(where, f"{where}: {exc}")]
     found: list[tuple[str, bytes | str]] = []
-    for descriptor in await client.referrers(registry, repository, digest, deadline, creds):
-        artifact = str(descriptor.get("artifactType") or "")
-        if not artifact.startswith(BUNDLE_ARTIFACT_PREFIX):
-            continue
+    bundles = [d for d in descriptors if str(d.get("artifactType") or "").startswith(BUNDLE_ARTIFACT_PREFIX)]
+    if len(bundles) > client.max_signatures:
+        return [(where, f"{where}: {len(bundles)} sigstore bundles; at most {client.max_signatures} are read")]
+    for descriptor in bundles:
         source = f"{repository} referrer {descriptor['digest'][:19]}"
-        manifest = await client.manifest(registry, repository, descriptor["digest"], deadline, creds)
-        if manifest is None:
-            continue
         try:
+            manifest = await client.manifest(registry, repository, descriptor["digest"], deadline, creds)
+            if manifest is None:
+                continue
             layers = manifest.document().get("layers") or []
             layer = layers[0]
+            size = layer["size"]
+            if not isinstance(size, int) or size > client.max_blob_bytes:
+                raise ValueError(f"layer size {str(size)[:40]} is not within the {client.max_blob_bytes}-byte limit")
             found.append((source, await client.blob(registry, repository, layer["digest"], deadline, creds)))
+        except reg.ContentError as exc:
+            found.append((source, f"{source}: {exc}"))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             found.append((source, f"{source}: unreadable bundle: {exc}"))
     return found
@@ -147,7 +94,7 @@ def decode_bundle(raw: bytes | str, source: str) -> list[ev.Evidence]:
             return bundle_evidence(raw, source)
         except (ev.EvidenceError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             problem = f"{source}: unreadable bundle: {exc}"
-    return [ev.Evidence(source, b"", b"", frozenset(), problems=(problem,))]
+    return [ev.problem(source, problem)]
 
 
 def bundle_evidence(raw: bytes, source: str) -> list[ev.Evidence]:
@@ -167,6 +114,9 @@ def bundle_evidence(raw: bytes, source: str) -> list[ev.Evidence]:
         ders = [ev.b64(c.get("rawBytes"), f"{source}: certificate") for c in certs]
         if ders:
             extra["certificate"], extra["chain"] = ders[0], tuple(ders[1:])
+    entry = _tlog_entry(material, source)
+    if entry is not None:
+        extra["tlog"] = entry
     if "dsseEnvelope" in bundle:
         return ev.dsse_evidence(bundle["dsseEnvelope"], source, **extra)
     message = bundle.get("messageSignature")
@@ -176,6 +126,64 @@ def bundle_evidence(raw: bytes, source: str) -> list[ev.Evidence]:
     signature = ev.b64(message.get("signature"), f"{source}: signature")
     # A message signature signs the artifact itself: here, the image manifest with that digest.
     return [ev.Evidence(source, digest, signature, frozenset({"sha256:" + digest.hex()}), prehashed=True, **extra)]
+
+
+def _tlog_entry(material: Any, source: str) -> ev.TlogEntry | None:
+    """The bundle's first Rekor entry with an inclusion promise (what cosign checks offline)."""
+    entries = material.get("tlogEntries") if isinstance(material, dict) else None
+    for entry in entries if isinstance(entries, list) else ():
+        promise = entry.get("inclusionPromise") if isinstance(entry, dict) else None
+        if not isinstance(promise, dict):
+            continue
+        try:
+            return ev.TlogEntry(
+                body=ev.b64(entry["canonicalizedBody"], f"{source}: tlog body"),
+                integrated_time=int(entry["integratedTime"]),
+                log_index=int(entry["logIndex"]),
+                log_id=ev.b64(entry["logId"]["keyId"], f"{source}: tlog log id"),
+                signed_entry_timestamp=ev.b64(promise["signedEntryTimestamp"], f"{source}: SET"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ev.EvidenceError):
+                raise
+            raise ev.EvidenceError(f"{source}: malformed tlog entry: {exc}") from exc
+    return None
+
+
+# -- keyed, logged ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedKeyAuthority:
+    """A key whose signatures count only with a Rekor entry for them (``tlog: required``).
+
+    As ``cosign verify --key`` by default: the entry's promise is by a log key of the trust root
+    (valid when the entry was integrated), and the logged body names this signature, this payload
+    and this very key. A signature made with a stolen key but kept out of the log is refused.
+    """
+
+    key: cosign.KeyAuthority
+    trust: trustroot.TrustRootSource
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+    def signer(self, evidence: ev.Evidence) -> Hashable:
+        return self.key.signer(evidence)
+
+    def accepts(self, evidence: ev.Evidence, digest: str) -> str | None:
+        problem = self.key.accepts(evidence, digest)
+        if problem is not None:
+            return problem
+        if evidence.tlog is None:
+            return "no transparency log entry (Rekor bundle) for the signature (tlog: required)"
+        problem = fulcio.check_tlog(evidence, self.trust.get().parsed)
+        if problem is not None:
+            return problem
+        if fulcio.logged_key(evidence.tlog.body) != self.key.spki_der:
+            return f"transparency log entry is for another key than {self.key.name}"
+        return None
 
 
 # -- keyless verification ----------------------------------------------------------------------
@@ -200,11 +208,21 @@ class KeylessAuthority:
     """A keyless identity under one trust root (one authority of a policy)."""
 
     identity: fulcio.Identity
-    trust: TrustRootSource
+    trust: trustroot.TrustRootSource
 
     @property
     def name(self) -> str:
         return f"keyless {self.identity.describe()}"
+
+    def signer(self, evidence: ev.Evidence) -> Hashable:
+        """The certificate's OIDC issuer and subjects: one signer however many certificates it got."""
+        if evidence.certificate is None:
+            return ("keyless", "")
+        try:
+            cert = x509.load_der_x509_certificate(evidence.certificate)
+        except ValueError:
+            return ("keyless-cert", evidence.certificate)
+        return ("keyless", fulcio.certificate_issuer(cert), tuple(sorted(fulcio.certificate_subjects(cert))))
 
     def accepts(self, evidence: ev.Evidence, digest: str) -> str | None:
         """``None`` when the evidence is a valid keyless signature by this identity naming ``digest``."""
@@ -214,11 +232,13 @@ class KeylessAuthority:
             return "no certificate (a keyed signature)"
         roots = self.trust.get()
         if evidence.bundle is not None:
-            return _verify_bundle(evidence.bundle, self.identity, roots, digest)
+            return _verify_bundle(evidence, self.identity, roots, digest)
         return fulcio.verify(evidence, self.identity, roots.parsed, digest)
 
 
-def _verify_bundle(raw: bytes, identity: fulcio.Identity, roots: TrustRoots, digest: str) -> str | None:
+def _verify_bundle(
+    evidence: ev.Evidence, identity: fulcio.Identity, roots: trustroot.TrustRoots, digest: str
+) -> str | None:
     """Verify a sigstore bundle with the library; the payload must name ``digest``."""
     from sigstore.errors import Error as SigstoreError
     from sigstore.hashes import Hashed
@@ -227,8 +247,10 @@ def _verify_bundle(raw: bytes, identity: fulcio.Identity, roots: TrustRoots, dig
 
     policy = _IdentityPolicy(identity)
     try:
-        bundle = Bundle.from_json(raw)
-        if bundle._dsse_envelope is not None:
+        bundle = Bundle.from_json(evidence.bundle or b"")
+        # Our own decoding already knows the bundle's kind (no need for the library's private
+        # ``_dsse_envelope``): DSSE evidence signs a PAE, a message signature a bare digest.
+        if not evidence.prehashed:
             payload_type, payload = roots.verifier.verify_dsse(bundle, policy)
             digests = ev.payload_digests(payload_type, payload)
         else:

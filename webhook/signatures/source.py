@@ -17,7 +17,8 @@ from webhook.signatures.reference import ImageRef
 
 
 class Unresolvable(Exception):
-    """What a source cannot look up for a reason that is a finding (offline: no tag file).
+    """What a source cannot look up for a reason that is a finding (offline: no tag file; online:
+    the tag does not exist, or the registry refuses the pull).
 
     Not an ``UpstreamError``: nothing outside failed, so no failure mode applies.
     """
@@ -42,6 +43,11 @@ class SignatureSource(Protocol):
         """Sigstore bundles attached to ``digest``."""
         ...
 
+    def identity(self, ref: ImageRef, creds: reg.Credentials | None) -> str:
+        """Which credentials the fetches for ``ref`` use (a digest; ``""`` anonymous): verdicts are
+        cached per identity, so what one pull secret could read is never served to another."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -52,7 +58,10 @@ class RegistrySource:
         self.client = client
 
     async def resolve(self, ref: ImageRef, tag: str, deadline: Deadline, creds: reg.Credentials | None) -> str:
-        return await self.client.resolve(ref.registry, ref.repository, tag, deadline, creds)
+        try:
+            return await self.client.resolve(ref.registry, ref.repository, tag, deadline, creds)
+        except reg.ContentError as exc:  # no such tag, access refused: a finding, not an outage
+            raise Unresolvable(str(exc)) from exc
 
     async def cosign(
         self, ref: ImageRef, digest: str, deadline: Deadline, creds: reg.Credentials | None
@@ -63,6 +72,9 @@ class RegistrySource:
         self, ref: ImageRef, digest: str, deadline: Deadline, creds: reg.Credentials | None
     ) -> list[ev.Evidence]:
         return await sigstore.fetch(self.client, ref.registry, ref.repository, digest, deadline, creds)
+
+    def identity(self, ref: ImageRef, creds: reg.Credentials | None) -> str:
+        return self.client.credential_identity(ref.registry, creds)
 
     async def close(self) -> None:
         await self.client.close()

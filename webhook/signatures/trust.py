@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from webhook.config import images as images_config
 from webhook.core.decision import FailureMode, Mode
 from webhook.signatures import evidence as ev
 from webhook.signatures.reference import ImageRef
@@ -24,6 +25,11 @@ class Authority(Protocol):
     def name(self) -> str: ...
 
     def accepts(self, evidence: ev.Evidence, digest: str) -> str | None: ...
+
+    def signer(self, evidence: ev.Evidence) -> Hashable:
+        """Who made ``evidence`` (which this authority accepts): the SPKI digest of a key, or the
+        (issuer, subjects) of a keyless certificate. The threshold counts distinct signers."""
+        ...
 
 
 def compile_glob(glob: str) -> re.Pattern[str]:
@@ -46,18 +52,6 @@ def compile_glob(glob: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-def split_pattern(pattern: str) -> tuple[str, str | None, str | None]:
-    """``name[:tag][@digest]`` → its three globs (a ``:`` before the last ``/`` is a port)."""
-    digest = None
-    if "@" in pattern:
-        pattern, digest = pattern.split("@", 1)
-    tag = None
-    colon, slash = pattern.rfind(":"), pattern.rfind("/")
-    if colon > slash and slash != -1:
-        pattern, tag = pattern[:colon], pattern[colon + 1 :]
-    return pattern, tag, digest
-
-
 @dataclass(frozen=True, slots=True)
 class Judgement:
     """The verdict for one digest under one policy."""
@@ -78,6 +72,7 @@ class TrustPolicy:
         "cache_key",
         "failure_mode",
         "mode",
+        "needs_trust_root",
         "pattern",
         "threshold",
     )
@@ -91,13 +86,17 @@ class TrustPolicy:
         mode: Mode = Mode.ENFORCE,
         failure_mode: FailureMode = FailureMode.DENY,
         fingerprint: str = "",
+        needs_trust_root: bool = False,
     ) -> None:
+        # Config load canonicalises already; doing it here too keeps direct callers honest.
+        pattern = images_config.canonical_pattern(pattern)
         self.pattern = pattern
         self.authorities = tuple(authorities)
         self.threshold = threshold
         self.mode = mode
         self.failure_mode = failure_mode
-        name, tag, digest = split_pattern(pattern)
+        self.needs_trust_root = needs_trust_root  # keyless, or keys with tlog: required
+        name, tag, digest = images_config.split_pattern(pattern)
         self._name = compile_glob(name)
         self._tag = compile_glob(tag) if tag is not None else None
         self._digest = compile_glob(digest) if digest is not None else None
@@ -116,22 +115,53 @@ class TrustPolicy:
         return not (self._digest is not None and (ref.digest is None or self._digest.fullmatch(ref.digest) is None))
 
     def judge(self, evidence: Sequence[ev.Evidence], digest: str) -> Judgement:
-        """Count the authorities with at least one valid signature naming ``digest``."""
+        """Met when ``threshold`` authorities each have a valid signature naming ``digest`` by a
+        signer no other counted authority used.
+
+        n-of-m means n independent signers: a key listed twice (``a.pub``, ``a-copy.pub``: the
+        same SPKI), or two keyless identities whose regexes both match one signer, must not let
+        one signer count twice. Authorities are matched to distinct signers (a maximum bipartite
+        matching, so the order of the configuration never loses a possible match).
+        """
         usable = [e for e in evidence if not e.problems]
         if not evidence:
             return Judgement(False, "no signature found", ())
-        satisfied: list[str] = []
+        signers: list[set[Hashable]] = []
         failures: list[str] = []
         for authority in self.authorities:
             reasons = [authority.accepts(e, digest) for e in evidence]
-            if any(r is None for r in reasons):
-                satisfied.append(authority.name)
-            else:
+            found = {authority.signer(e) for e, r in zip(evidence, reasons, strict=True) if r is None}
+            signers.append(found)
+            if not found:
                 failures.append(f"{authority.name}: {_best(reasons, bool(usable))}")
+        matched = _match(signers)
+        satisfied = tuple(a.name for i, a in enumerate(self.authorities) if i in matched)
         if len(satisfied) >= self.threshold:
-            return Judgement(True, "", tuple(satisfied))
+            return Judgement(True, "", satisfied)
+        shared = [a.name for i, a in enumerate(self.authorities) if signers[i] and i not in matched]
+        if shared:
+            failures.append(f"{', '.join(shared)}: only signatures by a signer already counted for another authority")
         needed = f"{len(satisfied)} of the required {self.threshold} authorities verified"
-        return Judgement(False, f"{needed} ({'; '.join(failures)})", tuple(satisfied))
+        return Judgement(False, f"{needed} ({'; '.join(failures)})", satisfied)
+
+
+def _match(signers: Sequence[set[Hashable]]) -> dict[int, Hashable]:
+    """Authority index → its own signer, as many authorities as possible (Kuhn's augmenting paths)."""
+    owner: dict[Hashable, int] = {}
+
+    def assign(index: int, seen: set[Hashable]) -> bool:
+        for signer in signers[index]:
+            if signer in seen:
+                continue
+            seen.add(signer)
+            if signer not in owner or assign(owner[signer], seen):
+                owner[signer] = index
+                return True
+        return False
+
+    for index in range(len(signers)):
+        assign(index, set())
+    return {index: signer for signer, index in owner.items()}
 
 
 def _best(reasons: Sequence[str | None], any_usable: bool) -> str:
