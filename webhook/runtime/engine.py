@@ -95,6 +95,10 @@ class Engine:
         self.matches_all_types: bool = any(r.event_types.neg for r in self.rules)
         self.event_types: frozenset[str] = frozenset(positive)
         self.required_fields: frozenset[str] = frozenset({"evt.num", "evt.time"}.union(*(r.fields for r in self.rules)))
+        # Host names the rules compare fd.sip.name with (resolved by the live source's builder).
+        self.sip_names: frozenset[str] = frozenset().union(
+            *(compiler.field_constants(r.condition, "fd.sip.name") for r in self.rules)
+        )
         # Every named type (and "no evt.type", None) gets an entry, None when no rule can match:
         # such events must never reach the default function, where `evt.type != x` folds to true.
         self._dispatch: dict[str | None, Callable[[Event], Any] | None] = {
