@@ -59,11 +59,13 @@ def test_only_the_requested_syscalls_are_traced_but_process_state_always_is() ->
     text = program({"openat"}).text
     assert "sys_enter_openat " in text
     assert "sys_enter_connect" not in text
-    assert "sched_process_exec" in text and "sched_process_exit" in text
+    assert "sched_process_exec" in text
+    assert "sched_process_exit" in text
     for state in ("chdir", "fchdir", "dup", "dup2", "dup3"):  # cwd and fds stay true
         assert f"sys_enter_{state} " in text
     assert f"pid != {PID}" in text
-    assert "BEGIN" not in text and "END" not in text  # readiness is a syscall probe, see generate
+    assert "BEGIN" not in text
+    assert "END" not in text
 
 
 def test_unknown_and_missing_types_are_reported_not_fatal() -> None:
@@ -97,14 +99,16 @@ def test_control_characters_in_a_path_are_data_not_separators(name: str) -> None
 
 def test_bytes_above_0x7f_come_back_as_the_bytes_the_process_passed() -> None:
     # bpftrace 0.17 prints each byte >= 0x80 of a string as \uffffffXX (a sign-extended char)
-    line = rec(probe_id("openat"), 5, 10, 11, 0, 3, 1, 0, 0, -100, "@").replace("@", "/tmp/\\uffffffc3\\uffffffa9-\\uffffffff")
+    escaped = "/tmp/\\uffffffc3\\uffffffa9-\\uffffffff"
+    line = rec(probe_id("openat"), 5, 10, 11, 0, 3, 1, 0, 0, -100, "@").replace("@", escaped)
     ev = decoder().decode(line)
     assert ev is not None
     assert ev.params["name"] == "/tmp/é-" + b"\xff".decode("utf-8", "surrogateescape")
     # a literal backslash followed by the same letters is not one of those escapes
     literal = rec(probe_id("openat"), 5, 10, 11, 0, 3, 1, 0, 0, -100, "/tmp/\\uffffffc3")
     ev = decoder().decode(literal)
-    assert ev is not None and ev.params["name"] == "/tmp/\\uffffffc3"
+    assert ev is not None
+    assert ev.params["name"] == "/tmp/\\uffffffc3"
 
 
 def test_a_long_path_is_joined_from_its_pieces() -> None:
@@ -123,7 +127,8 @@ def test_pieces_after_a_short_one_are_not_part_of_the_string() -> None:
     d = decoder()
     d.decode(rec(0, 11, 0, "garbage"))
     ev = d.decode(rec(probe_id("openat"), 5, 10, 11, 0, 3, 1, 0, 0, -100, "/etc/passwd"))
-    assert ev is not None and ev.params["name"] == "/etc/passwd"
+    assert ev is not None
+    assert ev.params["name"] == "/etc/passwd"
 
 
 def test_a_path_longer_than_the_source_carries_is_flagged() -> None:
@@ -131,7 +136,8 @@ def test_a_path_longer_than_the_source_carries_is_flagged() -> None:
     for _ in range(bp.MAX_PIECES - 1):
         d.decode(rec(0, 11, 0, "b" * CHUNK))
     ev = d.decode(rec(probe_id("openat"), 5, 10, 11, 0, 3, 1, 0, 0, -100, "/" + "a" * (CHUNK - 1)))
-    assert ev is not None and ev.params["truncated"] is True
+    assert ev is not None
+    assert ev.params["truncated"] is True
     assert d.truncated == 1
 
 
