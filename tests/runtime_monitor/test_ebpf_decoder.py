@@ -212,3 +212,14 @@ def test_events_read_out_of_order_across_cpus_are_released_sorted() -> None:
     assert [x.ts for x in out] == [1, 3, 5]
     assert [x.ts for x in r.flush()] == [20]
     assert ebpf.Reorder(0).push([e(2), e(1)])[0].ts == 2  # window 0: pass through
+
+
+def test_a_short_argument_block_read_back_from_its_end_is_placed_by_offset() -> None:
+    # the probe reads the last piece so that it ends at arg_end (past it may be unmapped)
+    argv = b"true\x00m1\x00"
+    piece = (b"S" * (bp.ARGV_PIECE - len(argv)) + argv)[-bp.ARGV_PIECE :]
+    lines = [rec(1, 11, len(argv) - bp.ARGV_PIECE, list(piece))]
+    lines.append(rec(4, 5, 10, 11, 0, 1, 1, 0, 0, len(argv), 0, 0, 0, 0x01021994, "/dev/fd/3"))
+    (ev,) = decode_all(decoder(), lines)
+    assert ev.params["argv"] == ["true", "m1"]
+    assert ev.params["exe_nlink"] == 0

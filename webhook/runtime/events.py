@@ -280,7 +280,8 @@ class EventBuilder:
             if p.get("truncated") and ev.res >= 0:  # longer than the source carries: ask the kernel
                 path = self.table.fd_path(ev.pid, ev.res) or path
             ftype = "directory" if p["flags"] & 0o200000 else "file"
-            fd = Fd(num=ev.res, type=ftype, name=path, nameraw=raw)
+            # a failed open has fd -1 and still its name, as libsinsp gives it (open_file_failed)
+            fd = Fd(num=ev.res if ev.res >= 0 else -1, type=ftype, name=path, nameraw=raw)
             if ev.res >= 0:
                 self.table.set_fd(proc, fd)
             return fd

@@ -264,6 +264,8 @@ class ProcessTable:
             proc.cap_effective, proc.cap_bounding = p["cap_effective"], p["cap_bounding"]
             exe_name = p.get("exe_name", "")
             proc.exe_from_memfd = p["exe_nlink"] == 0 or exe_name.startswith("memfd:")
+            if proc.exe_from_memfd and exe_name.startswith("memfd:"):
+                proc.exepath = exe_name  # as libsinsp names it (runc's "memfd:runc_cloned:/proc/self/exe")
             proc.exe_fs_magic = p["exe_fs_magic"]
             proc.exe_upper_layer = None if proc.exe_fs_magic == _OVERLAYFS_MAGIC else False
         proc.container = self._container(ev, proc.container)

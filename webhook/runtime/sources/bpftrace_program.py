@@ -8,7 +8,8 @@ for a field boundary; argument blocks travel as arrays of byte values. Records (
 * ``[0, tid, slot, "text"]`` a string of the next event of that thread, in pieces of
   ``CHUNK`` bytes (a piece is printed only while the string is longer: ``strncmp`` of two reads
   of different sizes tells, so pieces past the terminating NUL are never sent);
-* ``[1, tid, offset, [bytes]]`` a piece of the exec'd argument block (NUL-separated);
+* ``[1, tid, offset, [bytes]]`` a piece of the exec'd argument block (NUL-separated) at that
+  offset from its start (the last piece may start before 0 or overlap the one before);
 * ``[2, ts, pid, tid, ppid, uid, cgroup]`` fork/clone, child side (process table only);
 * ``[3, ts, pid, tid, status]`` process exit;
 * ``[4, ts, pid, tid, euid, cgroup, ppid, loginuid, tty, argv_len, cap_effective, cap_bounding,
@@ -30,8 +31,11 @@ from pathlib import Path
 
 __all__ = ["CHUNK", "PROBES", "Probe", "Program", "generate", "tracepoint_exists"]
 
-STRLEN = 128  # BPFTRACE_STRLEN: one piece holds CHUNK bytes and the NUL
-CHUNK = STRLEN - 1
+STRLEN = 128  # BPFTRACE_STRLEN
+# Bytes of a string per piece. Every read names its size: bpftrace 0.17's str(p, n) gives up to n
+# bytes for n < STRLEN (and STRLEN - 1 for n = STRLEN), so a piece is str(p, CHUNK) and the
+# string goes on past it exactly when str(p, CHUNK + 1) is longer.
+CHUNK = STRLEN - 2
 MAX_PIECES = 33  # PATH_MAX (4096) / CHUNK: longer strings are flagged truncated
 ARGV_PIECE = 128
 ARGV_MAX = 4096  # bytes of the argument block sent (Falco's own limit is of this order)
@@ -221,12 +225,12 @@ def _pieces(slot: int, ptr: str, *, user: bool = True, first: bool = True) -> st
     def at(off: str) -> str:
         return f"uptr({ptr} + {off})" if user else f"{ptr} + {off}"
 
-    head = f"print(({REC_STR}, tid, {slot}, str({at('0')})));\n  " if first else ""
+    head = f"print(({REC_STR}, tid, {slot}, str({at('0')}, {CHUNK})));\n  " if first else ""
     prev = at(f"($k - 1) * {CHUNK}")
     return (
         f"{head}$k = (uint64)1;\n"
-        f"  while ($k < {MAX_PIECES} && strncmp(str({prev}, {STRLEN}), str({prev}, {STRLEN - 1}), {STRLEN}) != 0) {{\n"
-        f"    print(({REC_STR}, tid, {slot}, str({at(f'$k * {CHUNK}')}))); $k += 1;\n  }}"
+        f"  while ($k < {MAX_PIECES} && strncmp(str({prev}, {CHUNK + 1}), str({prev}, {CHUNK}), {CHUNK + 1}) != 0) {{\n"
+        f"    print(({REC_STR}, tid, {slot}, str({at(f'$k * {CHUNK}')}, {CHUNK}))); $k += 1;\n  }}"
     )
 
 
@@ -239,9 +243,13 @@ def _exec_probes(self_pid: int, v1_subsys: int | None) -> list[str]:
     hdr = f"tracepoint:sched:sched_process_exec /pid != {self_pid}/"
     cg = "((struct kernfs_node *)curtask->cgroups->dfl_cgrp->kn)"
     probes = [
-        f"{hdr} {{\n  $m = curtask->mm; $a = $m->arg_start; $len = (int64)($m->arg_end - $a); $off = (int64)0;\n"
+        # The argument block sits at the top of the new stack: a piece past its end may run off
+        # the mapping (and read as nothing), so the last piece ends at arg_end instead.
+        f"{hdr} {{\n  $m = curtask->mm; $a = $m->arg_start; $e = $m->arg_end;"
+        " $len = (int64)($e - $a); $off = (int64)0;\n"
         f"  while ($off < $len && $off < {ARGV_MAX}) {{\n"
-        f"    print(({REC_ARGV}, tid, $off, ((struct argv_piece *)uptr($a + (uint64)$off))->b));\n"
+        f"    $at = $off; if ($off + {ARGV_PIECE} > $len) {{ $at = $len - {ARGV_PIECE}; }}\n"
+        f"    print(({REC_ARGV}, tid, $at, ((struct argv_piece *)uptr($a + (uint64)$at))->b));\n"
         f"    $off += {ARGV_PIECE};\n"
         "  }\n}",
         f"{hdr} {{ print(({REC_STR}, tid, {SLOT_COMM}, comm)); }}",
@@ -270,7 +278,8 @@ def _exec_probes(self_pid: int, v1_subsys: int | None) -> list[str]:
         "    $tty = ($min & 0xff) | ((uint64)$d->major << 8) | (($min & ~0xff) << 12); }\n"
         f"  print(({REC_EXEC}, nsecs, pid, tid, curtask->cred->euid.val, cgroup, curtask->real_parent->tgid,"
         " curtask->loginuid.val, $tty, $m->arg_end - $m->arg_start, curtask->cred->cap_effective.val,"
-        " curtask->cred->cap_bset.val, $f->f_inode->i_nlink, $f->f_inode->i_sb->s_magic, str(args->filename)));\n}",
+        " curtask->cred->cap_bset.val, $f->f_inode->i_nlink, $f->f_inode->i_sb->s_magic,"
+        f" str(args->filename, {CHUNK})));\n}}",
     ]
     return [f"struct argv_piece {{ unsigned char b[{ARGV_PIECE}]; }}", *probes]
 
@@ -365,7 +374,7 @@ def _syscall_probe(probe: Probe, probe_id: int, self_pid: int) -> str:
     else:
         values = [expr for _, expr in probe.ints]
         if probe.strings:
-            values.append(f"str(uptr({probe.strings[0][1]}))")
+            values.append(f"str(uptr({probe.strings[0][1]}), {CHUNK})")
         body = f"print(({rec}, {_COMMON}{''.join(', ' + v for v in values)}));"
     out.append(f"{exit_point} {{\n {loads}\n  {body}\n  {deletes}\n}}")
     return enter + "\n" + "\n".join(out)

@@ -169,12 +169,15 @@ class LineDecoder:
         if pid in self.ignore:
             self.ignored += 1
             return None
-        block = bytearray()
-        for _off, chunk in argv_parts:
-            block.extend(chunk)
         limit = min(argv_len, bpftrace_program.ARGV_MAX)
         argv_cut = argv_len > bpftrace_program.ARGV_MAX
-        raw = bytes(block[:limit])
+        block = bytearray(limit)
+        for off, chunk in argv_parts:
+            lo = max(off, 0)
+            hi = min(off + len(chunk), limit)
+            if hi > lo:
+                block[lo:hi] = bytes(chunk[lo - off : hi - off])
+        raw = bytes(block)
         args = raw.decode("utf-8", "surrogateescape").split("\x00")
         if args and args[-1] == "":
             args.pop()
