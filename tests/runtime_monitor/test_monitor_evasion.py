@@ -156,7 +156,7 @@ SENSITIVE = "Read sensitive file untrusted"
         "cd-dotdot",
         "fchdir",
         "dup-fchdir",
-    ],  # fmt: skip
+    ],
 )
 def test_a_sensitive_file_read_is_caught_however_the_path_is_spelled(session: Session, setup: str, path: str) -> None:
     m = marker()
