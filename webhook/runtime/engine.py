@@ -105,6 +105,8 @@ class Engine:
             name: self._bucket(name) for name in sorted(named)
         }
         self._dispatch[None] = self._bucket(None)
+        # Types whose failed calls no rule can match: the eBPF source drops those in the kernel.
+        self.success_only_types: frozenset[str] = frozenset(t for t in positive if self._success_only(t))
         self._default = self._bucket(evttypes.UNKNOWN)
         self.process: Callable[[Event], list[Alert]] = self._make_process()
 
@@ -137,6 +139,16 @@ class Engine:
         if not members:
             return None
         return compiler.compile_bucket(members, first=self.match == "first")
+
+    def _success_only(self, evtype: str) -> bool:
+        memo: dict[int, Any] = {}
+        for r in self.rules:
+            if evtype not in r.event_types:
+                continue
+            cond = evttypes.specialize(r.condition, evtype, memo)
+            if not evttypes.requires_success(cond, evtype):
+                return False
+        return True
 
     def _make_process(self) -> Callable[[Event], list[Alert]]:
         dispatch, default, alert = self._dispatch, self._default, self._alert

@@ -110,9 +110,8 @@ _FULL_CAPS = _full_caps()
 _L4 = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 132: "sctp"}
 _OPEN_TYPES = frozenset(("open", "openat", "openat2", "creat"))
 _DUP_TYPES = frozenset(("dup", "dup2", "dup3"))
-_NET_TYPES = frozenset(("connect", "accept", "accept4", "bind", "listen", "sendto"))
+_NET_TYPES = frozenset(("connect", "accept", "accept4", "bind", "listen", "sendto", "sendmsg"))
 _PATH_KEYS = ("name", "path", "filename", "newpath", "linkpath", "dir", "oldpath", "target")
-_SOCKET_TYPES = frozenset(("connect", "sendto"))
 _TYPECHAR = {"file": "f", "directory": "d", "ipv4": "4", "ipv6": "6", "unix": "u", "memfd": "f"}
 
 

@@ -61,6 +61,7 @@ class Probe:
     ints: tuple[tuple[str, str], ...] = ()
     strings: tuple[tuple[str, str], ...] = ()
     net: str = ""  # socket syscalls: "remote", "local" or "sk" (see _net_body)
+    addr: str = "$a1"  # socket syscalls: the user's sockaddr pointer
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -85,6 +86,8 @@ PROBES: tuple[Probe, ...] = (
           (("name", "$a0"),)),
     Probe("connect", "connect", ("args->fd", "args->uservaddr"), net="remote"),
     Probe("sendto", "sendto", ("args->fd", "args->addr"), net="remote"),
+    Probe("sendmsg", "sendmsg", ("args->fd", "args->msg"), net="remote",
+          addr="((struct user_msghdr *)$a1)->msg_name"),
     Probe("bind", "bind", ("args->fd", "args->umyaddr"), net="local"),
     Probe("listen", "listen", ("args->fd",), net="sk"),
     Probe("accept", "accept", (), net="sk"),
@@ -182,11 +185,15 @@ def generate(
     self_pid: int,
     exists: Callable[[str], bool] = tracepoint_exists,
     v1_subsys: int | None = None,
+    success_only: Iterable[str] = (),
 ) -> Program:
     """The bpftrace program for ``event_types`` (None: every supported type).
 
     Unsupported types are listed in ``missing`` (the caller reports them); they never fail.
+    ``success_only``: types whose failed calls no rule can match (``Engine.success_only_types``),
+    dropped in the kernel; the process-state types are always success only.
     """
+    ok_only = frozenset(success_only)
     wanted = SUPPORTED_TYPES if event_types is None else frozenset(event_types)
     missing = {t: "not traced by the eBPF source" for t in sorted(wanted - SUPPORTED_TYPES)}
     parts = [
@@ -203,7 +210,8 @@ def generate(
             if probe.evt in wanted:
                 missing[probe.evt] = f"this kernel has no tracepoint syscalls:sys_enter_{probe.syscall}"
             continue
-        parts.append(_syscall_probe(probe, probe_id, self_pid))
+        only_ok = probe.evt in ok_only or probe.evt not in wanted  # state-only: success is what counts
+        parts.append(_syscall_probe(probe, probe_id, self_pid, success_only=only_ok))
         if probe.evt in wanted:
             traced.add(probe.evt)
     # Readiness: bpftrace attaches probes in program order, so once this last one fires (the
@@ -301,7 +309,7 @@ def _fork_probe(self_pid: int, *, emit_clone: bool) -> str:
 _SK = "$sk->__sk_common"
 
 
-def _net_body(rec: int, fd: str, mode: str) -> str:
+def _net_body(rec: int, fd: str, mode: str, addr: str = "$a1") -> str:
     """Exit body of a socket syscall: ``fd family proto lport rport "lip" "rip"`` (unix: path in rip).
 
     The two addresses are short strings (ntop), so they fit in one record beside the numbers.
@@ -330,7 +338,7 @@ def _net_body(rec: int, fd: str, mode: str) -> str:
                                               f"ntop(10, {_SK}.skc_v6_daddr.in6_u.u6_addr8)") + " }",
             "else { " + line("$fam", "0", "0", '""', '""') + " }",
         ])  # fmt: skip
-    lines.append("$sa = (struct sockaddr *)$a1;")
+    lines.append(f"$sa = (struct sockaddr *){addr};")
     if mode == "remote" and fd == "(int32)$a0":
         lines = [*lines, "if ($sa == 0) {", _net_body(rec, fd, "sk"), "} else {"]
     lines.append("$ufam = $sa->sa_family; $in = (struct sockaddr_in *)$sa; $in6 = (struct sockaddr_in6 *)$sa;")
@@ -357,24 +365,30 @@ def _net_body(rec: int, fd: str, mode: str) -> str:
 _NET_FD = {"remote": "(int32)$a0", "local": "(int32)$a0", "sk": "(int32)$a0"}
 
 
-def _syscall_probe(probe: Probe, probe_id: int, self_pid: int) -> str:
+def _syscall_probe(probe: Probe, probe_id: int, self_pid: int, *, success_only: bool = False) -> str:
+    """Enter saves the arguments in one per-probe map entry (a tuple led by 1, so a missing entry
+    reads as 0); the exit programs print the strings' further pieces, then the event.
+    ``success_only``: failed calls are dropped in the kernel (no loaded rule can match them)."""
     rec = REC_SYSCALL + probe_id
-    saves = "".join(f" @a{i}[tid] = (uint64){expr};" for i, expr in enumerate(probe.save))
-    enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ @in[tid] = {rec};{saves} }}"
-    loads = "".join(f" $a{i} = @a{i}[tid];" for i in range(len(probe.save)))
-    deletes = " ".join(["delete(@in[tid]);", *(f"delete(@a{i}[tid]);" for i in range(len(probe.save)))])
-    exit_point = f"tracepoint:syscalls:sys_exit_{probe.syscall} /@in[tid] == {rec}/"
+    m = f"@s{rec}[tid]"
+    saved = "".join(f", (uint64){expr}" for expr in probe.save)
+    enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ {m} = ((uint64)1{saved}); }}"
+    loads = f"$t = {m};" + "".join(f" $a{i} = $t.{i + 1};" for i in range(len(probe.save)))
+    cond = f"{m}.0 == 1" + (" && args->ret >= 0" if success_only else "")
+    exit_point = f"tracepoint:syscalls:sys_exit_{probe.syscall} /{cond}/"
     out = []
     # Side strings and continuation pieces, each in its own program (stack), before the event.
     for slot, (_name, ptr) in enumerate(probe.strings):
-        out.append(f"{exit_point} {{\n {loads}\n  {_pieces(slot, ptr, first=slot > 0)}\n}}")
+        out.append(f"{exit_point} {{\n  {loads}\n  {_pieces(slot, ptr, first=slot > 0)}\n}}")
     if probe.net:
         fd = "(int32)args->ret" if probe.evt in ("accept", "accept4") else _NET_FD[probe.net]
-        body = _net_body(rec, fd, probe.net)
+        body = _net_body(rec, fd, probe.net, probe.addr)
     else:
         values = [expr for _, expr in probe.ints]
         if probe.strings:
             values.append(f"str(uptr({probe.strings[0][1]}), {CHUNK})")
         body = f"print(({rec}, {_COMMON}{''.join(', ' + v for v in values)}));"
-    out.append(f"{exit_point} {{\n {loads}\n  {body}\n  {deletes}\n}}")
+    out.append(f"{exit_point} {{\n  {loads}\n  {body}\n}}")
+    # The entry goes whatever the result (a failed call dropped above must not leave it behind).
+    out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} {{ delete({m}); }}")
     return enter + "\n" + "\n".join(out)

@@ -31,6 +31,9 @@ class EbpfUnavailable(errors.UpstreamError):
     """bpftrace cannot run here (not installed, not root, no tracefs, program rejected)."""
 
 
+# How long events wait to be put back in time order across CPUs (see Reorder): bpftrace drains
+# every CPU's buffer on each wake-up, so records of one moment arrive within a few ms.
+REORDER_MS = 5.0
 _HIGH = re.compile(r"\\\\|\\uffffff([0-9a-fA-F]{2})")
 _NAMES = (*tuple(p.evt for p in bpftrace_program.PROBES), "clone")
 _PARAMS = (*tuple(p.params for p in bpftrace_program.PROBES), ())
@@ -286,10 +289,14 @@ class EbpfSource:
         start_timeout: float = 90.0,
         chunk_size: int = 1 << 16,
         perf_rb_pages: int = 1024,
-        reorder_ms: float = 50.0,
+        reorder_ms: float = REORDER_MS,
+        success_only: Iterable[str] = (),
     ) -> None:
         self.program = bpftrace_program.generate(
-            event_types, self_pid=os.getpid(), v1_subsys=bpftrace_program.v1_subsys_id()
+            event_types,
+            self_pid=os.getpid(),
+            v1_subsys=bpftrace_program.v1_subsys_id(),
+            success_only=success_only,
         )
         self._bpftrace = bpftrace
         self._buffering = buffering
