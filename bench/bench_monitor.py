@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import subprocess
@@ -179,7 +180,8 @@ def replay(lines: list[str]) -> tuple[float, float, int]:
     piped = n / (time.perf_counter() - t)
     t = time.perf_counter()
     for line in lines:
-        orjson.loads(line) if line else None
+        with contextlib.suppress(orjson.JSONDecodeError):
+            orjson.loads(line)
     return piped, len(lines) / (time.perf_counter() - t), n
 
 

@@ -495,7 +495,7 @@ _FD_FIELDS = frozenset(
      "fd.sockfamily", "fd.cip", "fd.sip", "fd.cport", "fd.sport", "fd.lip", "fd.lport", "fd.rip", "fd.rport",
      "fd.connected", "fd.is_server")
 )  # fmt: skip
-_EVENT_FIELDS = frozenset(("thread.tid", "proc.duration", "fd.name_changed", "fd.sip.name"))
+_EVENT_FIELDS = frozenset(("evt.num", "thread.tid", "proc.duration", "fd.name_changed", "fd.sip.name"))
 _ALL_FIELDS = frozenset(
     [*_EVT_GETTERS, *_PROC_GETTERS, *(f"proc.aname[{i}]" for i in range(1, 6)), *_FD_FIELDS, *_EVENT_FIELDS]
 )

@@ -37,6 +37,8 @@ def resolve_path(base: str, path: str) -> str:
     """
     if not path:
         return path
+    if path[0] == "/" and "//" not in path and "/." not in path and path[-1] != "/":
+        return path  # already normal: the common case, kept fast
     full = path if path[0] == "/" else (base.rstrip("/") + "/" + path if base else path)
     absolute = full[0] == "/"
     out: list[str] = []

@@ -10,7 +10,6 @@ import asyncio
 import bisect
 import contextlib
 import itertools
-import json
 import os
 import re
 import shutil
@@ -19,6 +18,8 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from webhook import errors
 from webhook.runtime.sources import bpftrace_program
@@ -67,7 +68,7 @@ def load_record(line: str) -> Any:
     """
     if "\\uffffff" in line:
         line = _HIGH.sub(_high, line)
-    return json.loads(line)
+    return orjson.loads(line)
 
 
 class LineDecoder:
@@ -102,7 +103,7 @@ class LineDecoder:
                 return None
             if kind in ("attached_probes", "map", "hist", "stats", "time", "join", "syscall"):
                 return None
-        except (ValueError, IndexError, KeyError, TypeError, AttributeError):
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError):  # orjson's error is a ValueError
             pass
         self.malformed += 1
         return None
@@ -132,6 +133,9 @@ class LineDecoder:
 
     def _take_strings(self, tid: int, first: str | None, count: int) -> tuple[list[str], bool]:
         """The thread's pending strings by slot (slot 0 starts with ``first``), and if any was cut."""
+        if count == 1 and first is not None and tid not in self._strings:  # the common case
+            self._extra = {0: [first]}
+            return [_bytes_text(first)], False
         pieces: dict[int, list[str]] = {}
         if first is not None:
             pieces[0] = [first]
