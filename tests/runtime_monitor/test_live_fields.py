@@ -234,5 +234,5 @@ def test_failed_calls_are_dropped_in_the_kernel_only_where_no_rule_reads_them() 
     assert "connect" not in ours.success_only_types  # EINPROGRESS connects count
     text = bpftrace_program.generate({"openat", "connect"}, self_pid=1, success_only={"openat"}).text
     assert "sys_exit_openat /@s" in text
-    assert [ln for ln in text.splitlines() if "sys_exit_openat /" in ln][0].endswith("&& args->ret >= 0/ {")
+    assert next(ln for ln in text.splitlines() if "sys_exit_openat /" in ln).endswith("&& args->ret >= 0/ {")
     assert not any("args->ret >= 0" in ln for ln in text.splitlines() if "sys_exit_connect /" in ln)
