@@ -392,7 +392,12 @@ class EbpfSource:
 
     def stats(self) -> dict[str, int]:
         d = self.decoder
-        return {"kernel_lost": d.lost, "malformed_lines": d.malformed, "self_events": d.ignored}
+        return {
+            "kernel_lost": d.lost,
+            "malformed_lines": d.malformed,
+            "self_events": d.ignored,
+            "truncated_strings": d.truncated,
+        }
 
     async def close(self) -> None:
         """Stop bpftrace (SIGINT first, so it detaches its probes cleanly)."""
