@@ -357,3 +357,25 @@ def test_every_record_decodes(session: Session) -> None:
     snap = session.monitor.snapshot()
     assert snap["events"] > 0
     assert snap["source"]["malformed_lines"] == 0
+
+
+def test_drop_and_execute_a_new_binary_in_a_container(session: Session, tmp_path: Path) -> None:
+    """A binary written into the container's overlay (so it lands in the upper layer) and run
+    from there. The container is a chroot into an overlay over / in a private mount namespace,
+    in a Docker-named cgroup. The upper-layer lookup reads /proc while the process lives, so the
+    binary here lingers a moment (a limit: see docs/monitor.md)."""
+    if shutil.which("unshare") is None or shutil.which("chroot") is None:
+        pytest.skip("needs unshare and chroot (util-linux, coreutils)")
+    m = marker()
+    for d in ("upper", "work", "merged"):
+        (tmp_path / d).mkdir()
+    merged = tmp_path / "merged"
+    with container_cgroup() as (_cid, group):
+        script = (
+            f"mount -t overlay overlay -o lowerdir=/,upperdir={tmp_path}/upper,workdir={tmp_path}/work {merged}"
+            f" && cp /bin/sleep {merged}/tmp/dropped-{m} && echo $$ > {group}/cgroup.procs"
+            f" && exec chroot {merged} /tmp/dropped-{m} 0.5"
+        )
+        subprocess.run(["unshare", "-m", "sh", "-c", script], check=True)
+    a = session.wait_for("Drop and execute new binary in container", m)
+    assert a["output_fields"]["proc.exe"] == f"/tmp/dropped-{m}"

@@ -368,16 +368,21 @@ def _signed32(v: int) -> int:
 
 
 def _in_upper_layer(root: Path, pid: int, exepath: str) -> bool:
+    # the overlay mounted at the process's root: "/" after pivot_root, its own path after chroot
+    own_root = {"/", _readlink(root / str(pid) / "root")}
     for line in _read(root / str(pid) / "mountinfo").splitlines():
         left, _, right = line.partition(" - ")
         fields = left.split()
-        if len(fields) < 5 or fields[4] != "/" or not right.startswith("overlay "):
+        if len(fields) < 5 or fields[4] not in own_root or not right.startswith("overlay "):
             continue
         for opt in right.split()[-1].split(","):
             if opt.startswith("upperdir="):
                 upper = opt[len("upperdir=") :].replace("\\040", " ")
-                host = root / "1" / "root" / upper.lstrip("/") / exepath.lstrip("/")
-                return os.path.lexists(host)
+                # the upperdir is a path in the host's mount namespace: PID 1's root when we may
+                # look there (a hostPID DaemonSet), else ours (a monitor run on the node itself)
+                host_root = root / "1" / "root"
+                base = host_root if os.access(host_root, os.X_OK) else Path("/")
+                return os.path.lexists(base / upper.lstrip("/") / exepath.lstrip("/"))
     return False
 
 
