@@ -223,3 +223,12 @@ def test_a_short_argument_block_read_back_from_its_end_is_placed_by_offset() -> 
     (ev,) = decode_all(decoder(), lines)
     assert ev.params["argv"] == ["true", "m1"]
     assert ev.params["exe_nlink"] == 0
+
+
+def test_strings_pending_when_records_are_lost_never_reach_a_later_event() -> None:
+    d = decoder()
+    d.decode(rec(0, 11, 1, "/etc/shadow"))  # oldpath of a rename whose event record was lost
+    d.decode('{"type": "lost_events", "data": {"events": 1}}')
+    ev = d.decode(rec(probe_id("renameat2"), 5, 10, 11, 0, 0, 1, -100, "/tmp/new"))
+    assert ev is not None
+    assert ev.params["oldpath"] == ""

@@ -100,6 +100,10 @@ class LineDecoder:
                 return None
             if kind == "lost_events":
                 self.lost += int(obj["data"]["events"])
+                # the lost records may include the event some pending strings belong to: drop
+                # them rather than hand them to a later event of the same thread
+                self._strings.clear()
+                self._argv.clear()
                 return None
             if kind in ("attached_probes", "map", "hist", "stats", "time", "join", "syscall"):
                 return None
