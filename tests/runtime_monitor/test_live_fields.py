@@ -236,3 +236,19 @@ def test_failed_calls_are_dropped_in_the_kernel_only_where_no_rule_reads_them() 
     assert "sys_exit_openat /@s" in text
     assert next(ln for ln in text.splitlines() if "sys_exit_openat /" in ln).endswith("&& args->ret >= 0/ {")
     assert not any("args->ret >= 0" in ln for ln in text.splitlines() if "sys_exit_connect /" in ln)
+
+
+def test_derived_fields_and_ancestor_depth_have_one_definition() -> None:
+    """Issue 17: the compiler, the event builder and the engine read one table and one depth."""
+    from webhook.runtime.rules import parser
+
+    for name, reads in fields.DERIVED_FROM.items():
+        expanded = events.expand_required([name])
+        assert expanded == frozenset(reads), name
+        cond = parser.parse(f"{name} = 10.0.0.1" if "net" not in name else f"{name} = 10.0.0.0/8")
+        assert set(reads) <= compiler.referenced_fields(cond), name
+    assert events.MAX_DEPTH == fields.MAX_ANCESTORS
+    expanded = events.expand_required(["proc.aname"])
+    assert expanded is not None
+    assert f"proc.aname[{fields.MAX_ANCESTORS}]" in expanded
+    assert f"proc.aname[{fields.MAX_ANCESTORS + 1}]" not in expanded
