@@ -372,9 +372,10 @@ def _syscall_probe(probe: Probe, probe_id: int, self_pid: int, *, success_only: 
     rec = REC_SYSCALL + probe_id
     m = f"@s{rec}[tid]"
     saved = "".join(f", (uint64){expr}" for expr in probe.save)
-    enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ {m} = ((uint64)1{saved}); }}"
-    loads = f"$t = {m};" + "".join(f" $a{i} = $t.{i + 1};" for i in range(len(probe.save)))
-    cond = f"{m}.0 == 1" + (" && args->ret >= 0" if success_only else "")
+    value = f"((uint64)1{saved})" if probe.save else "1"  # no arguments: a plain 1, not a tuple
+    enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ {m} = {value}; }}"
+    loads = f"$t = {m};" + "".join(f" $a{i} = $t.{i + 1};" for i in range(len(probe.save))) if probe.save else ""
+    cond = (f"{m}.0 == 1" if probe.save else f"{m} == 1") + (" && args->ret >= 0" if success_only else "")
     exit_point = f"tracepoint:syscalls:sys_exit_{probe.syscall} /{cond}/"
     out = []
     # Side strings and continuation pieces, each in its own program (stack), before the event.
