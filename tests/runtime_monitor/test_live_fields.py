@@ -252,3 +252,29 @@ def test_derived_fields_and_ancestor_depth_have_one_definition() -> None:
     assert expanded is not None
     assert f"proc.aname[{fields.MAX_ANCESTORS}]" in expanded
     assert f"proc.aname[{fields.MAX_ANCESTORS + 1}]" not in expanded
+
+
+CHILD_OPEN = {"flags": 0, "mode": 0, "dirfd": -100, "name": "/y"}
+
+
+def test_a_parent_exec_refreshes_its_childrens_parent_fields_and_a_fresh_exec_does_not(
+    table: state.ProcessTable,
+) -> None:
+    b = events.EventBuilder(table, ["proc.pname"])
+    b.build(RawEvent("F", 10**18, 300, 300, 0, "", 0, {"ppid": 200, "cgroup": 1}))
+    out = b.build(openat("/x"))  # pid 200's own event; then its child's
+    child = b.build(
+        RawEvent("openat", 10**18, 300, 300, 0, "", 3, {"flags": 0, "mode": 0, "dirfd": -100, "name": "/y"})
+    )
+    assert out is not None
+    assert child is not None
+    assert child["proc.pname"] == "python3"
+    gen = table.generation
+    b.build(exec_ev(pid=400, ppid=1))  # a process with no children execs: no cache goes stale
+    assert table.generation == gen
+    b.build(exec_ev(pid=200, comm="nginx"))  # the parent execs
+    child = b.build(
+        RawEvent("openat", 10**18, 300, 300, 0, "", 3, {"flags": 0, "mode": 0, "dirfd": -100, "name": "/y"})
+    )
+    assert child is not None
+    assert child["proc.pname"] == "nginx"

@@ -23,6 +23,7 @@ _FD_LIMIT = 256  # fds remembered per process: close() is not traced, so the old
 _EXITED_GRACE_NS = 10_000_000_000  # keep exited processes: later-read events of children need them
 _O_DIRECTORY = 0o200000
 _AT_FDCWD = -100
+_PARENTS_LIMIT = 1 << 20
 _OVERLAYFS_MAGIC = 0x794C7630
 
 
@@ -131,7 +132,11 @@ class ProcessTable:
     def __init__(self, proc_root: str | Path = "/proc") -> None:
         self.root = Path(proc_root)
         self.procs: dict[int, Process] = {}
-        self.generation = 0  # bumped on exec: cached ancestor fields become stale
+        # Bumped when a process that has (or had) children execs: its children's cached parent
+        # and ancestor fields become stale. A fresh child exec'ing (fork + exec, by far the most
+        # common exec) has none, so the caches of everything else stay valid.
+        self.generation = 0
+        self._parents: set[int] = set()  # pids some process in the table was forked from
         self._exited: deque[tuple[int, int]] = deque()
         self._boot_ns = _boot_time_ns(self.root)
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -144,6 +149,7 @@ class ProcessTable:
                 proc = self._read(int(entry.name))
                 if proc is not None:
                     self.procs[proc.pid] = proc
+                    self._parents.add(proc.ppid)
         return len(self.procs)
 
     def _read(self, pid: int) -> Process | None:
@@ -183,6 +189,7 @@ class ProcessTable:
         if proc is None:
             proc = self._read(pid) or Process(pid=pid, ppid=0, name=comm or "<NA>", uid=uid)
             self.procs[pid] = proc
+            self._parents.add(proc.ppid)
         return proc
 
     def apply(self, ev: RawEvent) -> Process:
@@ -238,6 +245,9 @@ class ProcessTable:
             if cgroup:
                 child.container = container_id(cgroup)
         self.procs[ev.pid] = child
+        self._parents.add(ppid)
+        if ev.pid in self._parents:  # a reused pid: processes whose parent had it see a new one
+            self.generation += 1
         return child
 
     def _exec(self, ev: RawEvent) -> Process:
@@ -275,7 +285,9 @@ class ProcessTable:
         if not proc.start_ns:  # proc.start_ts / proc.duration count from the fork, as libsinsp's
             proc.start_ns = ev.ts
         proc.cache = None
-        self.generation += 1
+        self._parents.add(proc.ppid)
+        if ev.pid in self._parents:
+            self.generation += 1
         return proc
 
     def _container(self, ev: RawEvent, inherited: str) -> str:
@@ -306,6 +318,9 @@ class ProcessTable:
             proc = self.procs.get(pid)
             if proc is not None and proc.exited_ns and now - proc.exited_ns > _EXITED_GRACE_NS:
                 del self.procs[pid]
+        if len(self._parents) > _PARENTS_LIMIT:  # pids reused over a long run: start again, safely
+            self._parents = {p.ppid for p in self.procs.values()}
+            self.generation += 1
 
     # -- fds -------------------------------------------------------------------------------------
     def set_fd(self, proc: Process, fd: Fd) -> None:
