@@ -200,6 +200,9 @@ class EventBuilder:
         self.fd_keys = frozenset(f for f in wanted if f.startswith("fd."))
         self.evt_getters = tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None)
         self.args = tuple(sorted(f for f in wanted if f.startswith(("evt.arg.", "evt.rawarg."))))
+        self.arg_specs = tuple(
+            (k, k.startswith("evt.rawarg."), k[11:] if k.startswith("evt.rawarg.") else k[8:]) for k in self.args
+        )
         self.want_tid = "thread.tid" in wanted
         self.want_duration = "proc.duration" in wanted
         self.want_name_changed = "fd.name_changed" in wanted
@@ -331,9 +334,7 @@ class EventBuilder:
     # -- arguments -------------------------------------------------------------------------------
     def _args(self, ev: RawEvent, out: dict[str, Any]) -> None:
         p = ev.params
-        for key in self.args:
-            raw = key.startswith("evt.rawarg.")
-            name = key[11:] if raw else key[8:]
+        for key, raw, name in self.arg_specs:
             if name == "res":
                 out[key] = ev.res if raw else _res(ev.res)
                 continue
