@@ -231,6 +231,15 @@ def test_execution_from_dev_shm(session: Session) -> None:
         session.wait_for("Execution from /dev/shm", m + "rel")
     finally:
         target.unlink()
+    deep = Path("/dev/shm") / ("d" * 200) / ("e" * 100)  # an executable path longer than one string
+    deep.mkdir(parents=True)
+    try:
+        shutil.copy("/bin/true", deep / f"run-{m}")
+        subprocess.run([str(deep / f"run-{m}"), m + "deep"], check=True)
+        a = session.wait_for("Execution from /dev/shm", m + "deep")
+        assert a["output_fields"]["proc.exepath"] == str(deep / f"run-{m}")
+    finally:
+        shutil.rmtree(Path("/dev/shm") / ("d" * 200))
 
 
 def test_ptrace_attach(session: Session) -> None:
