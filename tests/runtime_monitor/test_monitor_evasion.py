@@ -388,3 +388,21 @@ def test_drop_and_execute_a_new_binary_in_a_container(session: Session, tmp_path
         subprocess.run(["unshare", "-m", "sh", "-c", script], check=True)
     a = session.wait_for("Drop and execute new binary in container", m)
     assert a["output_fields"]["proc.exe"] == f"/tmp/dropped-{m}"
+
+
+def test_stdout_redirected_to_a_network_connection_in_a_container(session: Session) -> None:
+    """A reverse-shell shape: a container process connects out and dup2s the socket onto stdout."""
+    import socket
+
+    m = marker()
+    with socket.create_server(("127.0.0.1", 0)) as server, container_cgroup() as (_cid, group):
+        port = server.getsockname()[1]
+        inner = f"import os, socket; s = socket.create_connection(('127.0.0.1', {port})); os.dup2(s.fileno(), 1)"
+        code = (  # join the container, then exec (a process's container is set at exec, as in Falco)
+            "import os, sys\n"
+            f"{JOIN.format(procs=str(group / 'cgroup.procs'))}"
+            f"os.execv(sys.executable, [sys.executable, '-c', {inner!r}, sys.argv[1]])\n"
+        )
+        python(code, m)
+    a = session.wait_for("Redirect STDOUT/STDIN to Network Connection in Container", m)
+    assert a["output_fields"]["fd.name"].endswith(f"->127.0.0.1:{port}")
