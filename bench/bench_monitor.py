@@ -203,6 +203,27 @@ async def jsonl_run(lines: list[bytes]) -> tuple[float, float]:
         os.unlink(f.name)
 
 
+async def floor_run(seconds: float) -> float:
+    """The generator's rate under a bpftrace program that only prints one record per openat: the
+    cost of bpftrace's per-event output alone, which no change on our side can go below."""
+    env = {**os.environ, "BPFTRACE_STRLEN": str(bpftrace_program.STRLEN), "BPFTRACE_PERF_RB_PAGES": "1024"}
+    text = (
+        "tracepoint:syscalls:sys_exit_openat { print((11, nsecs, pid, tid, args->ret)); }\n"
+        f'tracepoint:syscalls:sys_enter_getpgid /pid == {os.getpid()}/ {{ printf("READY\\n"); }}'
+    )
+    with tempfile.TemporaryFile() as out:
+        bt = await asyncio.create_subprocess_exec(
+            "bpftrace", "-f", "json", "-e", text, stdout=out, stderr=subprocess.DEVNULL, env=env
+        )
+        while b"READY" not in (out.seek(0), out.read(1 << 16))[1]:
+            os.getpgid(0)
+            await asyncio.sleep(0.2)
+        rate = float((await asyncio.to_thread(loadgen(0, seconds).communicate))[0])
+        bt.send_signal(2)
+        await bt.wait()
+    return rate
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -220,6 +241,9 @@ def main() -> None:
             for k, v in r.items():
                 print(f"  {k}: {v:,.3f}" if isinstance(v, float) else f"  {k}: {v}")
             print(f"  generator rate under monitoring / baseline: {r['offered_opens_per_s'] / base:.2f}")
+        floor = asyncio.run(floor_run(args.seconds))
+        print("== floor: generator under a bpftrace program printing one bare record per openat")
+        print(f"  opens/s: {floor:,.0f}  (ratio to baseline: {floor / base:.2f})")
         delays = asyncio.run(latency_run())
         if delays:
             p50, p99 = delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))]
