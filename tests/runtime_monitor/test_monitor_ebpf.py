@@ -184,7 +184,7 @@ def test_a_program_executed_from_a_memfd(session: Session) -> None:
     _run(sys.executable, "-c", code)
     a = session.wait_for(lambda a: a["rule"] == "Fileless execution via memfd" and marker in a["output"])
     f = a["output_fields"]
-    assert f["proc.exepath"].startswith("/proc/self/fd/")
+    assert f["proc.exepath"] == "memfd:payload"  # named as libsinsp names a memfd executable
     assert f["proc.cmdline"].endswith(marker)
 
 
@@ -241,6 +241,8 @@ async def test_every_supported_event_type_compiles_and_attaches() -> None:
     try:
         await source.start()
     except ebpf.EbpfUnavailable as exc:
+        if "did not start" in str(exc) and "ERROR" in str(exc):
+            raise  # bpftrace ran and rejected the program: ours is wrong, not the machine
         pytest.skip(f"eBPF unavailable here: {exc}")
     finally:
         await source.close()

@@ -15,14 +15,14 @@ from webhook.runtime.rules import commands, coverage, fields
 
 RULES = [
     {"rule": "Traversal", "desc": "d", "priority": "WARNING", "output": "t %fd.name",
-     "condition": "evt.type = openat and fd.nameraw contains '..' and fd.name startswith /etc"},
+     "condition": "evt.type = openat and proc.sname contains '..' and fd.name startswith /etc"},
     {"rule": "Upper layer or tmp", "desc": "d", "priority": "WARNING", "output": "u %proc.name",
-     "condition": "evt.type = execve and (proc.exepath startswith /tmp or proc.is_exe_upper_layer = true)"},
+     "condition": "evt.type = execve and (proc.exepath startswith /tmp or proc.env contains LD_PRELOAD)"},
     {"rule": "Not privileged", "desc": "d", "priority": "WARNING", "output": "p %proc.name",
-     "condition": "evt.type = execve and not container.privileged = true"},
+     "condition": "evt.type = execve and not group.name = root"},
     {"rule": "In namespace", "desc": "d", "priority": "WARNING", "output": "n %proc.name %container.image.repository",
      "condition": "evt.type = execve and k8s.ns.name = prod"},
-    {"rule": "Plain", "desc": "d", "priority": "WARNING", "output": "x %proc.name %proc.is_exe_from_memfd",
+    {"rule": "Plain", "desc": "d", "priority": "WARNING", "output": "x %proc.name %container.start_ts",
      "condition": "evt.type = execve and proc.name = sh"},
 ]  # fmt: skip
 
@@ -42,17 +42,17 @@ def test_a_rule_that_cannot_fire_without_a_field_is_left_out_and_named(rules_fil
     engine = Engine.load([rules_file], producible=fields.producible_fields("ebpf"))
     report = by_rule(engine)
     assert report["Traversal"].dead
-    assert report["Traversal"].missing == ("fd.nameraw",)
+    assert report["Traversal"].missing == ("proc.sname",)
     assert "Traversal" not in {r.name for r in engine.rules}
     message = report["Traversal"].message("ebpf")
     assert f"{rules_file}:1: rule 'Traversal' is disabled" in message
-    assert "cannot produce fd.nameraw" in message
+    assert "cannot produce proc.sname" in message
 
 
 def test_a_rule_that_loses_only_a_branch_stays_enabled_with_a_warning(rules_file: Path) -> None:
     engine = Engine.load([rules_file], producible=fields.producible_fields("ebpf"))
     report = by_rule(engine)
-    for name, field in (("Upper layer or tmp", "proc.is_exe_upper_layer"), ("Not privileged", "container.privileged")):
+    for name, field in (("Upper layer or tmp", "proc.env"), ("Not privileged", "group.name")):
         assert not report[name].dead
         assert report[name].missing == (field,)
         assert "runs without" in report[name].message("ebpf")
@@ -64,7 +64,7 @@ def test_a_rule_that_loses_only_a_branch_stays_enabled_with_a_warning(rules_file
 
 def test_output_only_fields_are_reported_but_never_disable(rules_file: Path) -> None:
     report = by_rule(Engine.load([rules_file], producible=fields.producible_fields("ebpf")))
-    assert report["Plain"].output_missing == ("proc.is_exe_from_memfd",)
+    assert report["Plain"].output_missing == ("container.start_ts",)
     assert not report["Plain"].dead
     assert not report["Plain"].missing
 
@@ -118,9 +118,9 @@ def test_validate_reports_per_rule_what_the_source_cannot_produce(
     assert validate([str(rules_file), "--source", "ebpf"]) == 0
     out = capsys.readouterr()
     assert (
-        f"warning: {rules_file}:1: rule 'Traversal' is disabled: the ebpf source cannot produce fd.nameraw" in out.err
+        f"warning: {rules_file}:1: rule 'Traversal' is disabled: the ebpf source cannot produce proc.sname" in out.err
     )
-    assert "rule 'Not privileged' runs without container.privileged" in out.err
+    assert "rule 'Not privileged' runs without group.name" in out.err
     assert "On the ebpf source: 2 enabled rule(s) disabled" in out.out  # Traversal, In namespace
 
     assert validate([str(rules_file), "--source", "ebpf", "--pod-metadata", "--format", "json"]) == 0
@@ -129,7 +129,7 @@ def test_validate_reports_per_rule_what_the_source_cannot_produce(
     assert doc["source"] == "ebpf"
     assert listed["Traversal"] == {
         "rule": "Traversal", "file": str(rules_file), "line": 1, "disabled": True,
-        "condition_fields": ["fd.nameraw"], "output_fields": [],
+        "condition_fields": ["proc.sname"], "output_fields": [],
     }  # fmt: skip
     assert "In namespace" not in listed
 
@@ -140,14 +140,14 @@ def test_validate_reports_per_rule_what_the_source_cannot_produce(
 def test_the_monitor_says_at_start_up_which_rules_it_disables(
     rules_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Tetragon's export carries no ``fd.nameraw``: the monitor names the rule and why, then runs."""
+    """Tetragon's export carries no ``proc.sname``: the monitor names the rule and why, then runs."""
     empty = tmp_path / "events.json"
     empty.write_text("")
     code = monitor_commands.main(["--rules", str(rules_file), "--source", "tetragon", "--input", str(empty)])
     assert code == 0
     err = capsys.readouterr().err
     assert "portcullis monitor: warning: " in err
-    assert "rule 'Traversal' is disabled: the tetragon source cannot produce fd.nameraw" in err
+    assert "rule 'Traversal' is disabled: the tetragon source cannot produce proc.sname" in err
 
 
 def test_the_monitor_refuses_to_run_when_no_rule_can_fire(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -101,12 +101,18 @@ class Engine:
         self.matches_all_types: bool = any(r.event_types.neg for r in self.rules)
         self.event_types: frozenset[str] = frozenset(positive)
         self.required_fields: frozenset[str] = frozenset({"evt.num", "evt.time"}.union(*(r.fields for r in self.rules)))
+        # Host names the rules compare fd.sip.name with (resolved by the live source's builder).
+        self.sip_names: frozenset[str] = frozenset().union(
+            *(compiler.field_constants(r.condition, "fd.sip.name") for r in self.rules)
+        )
         # Every named type (and "no evt.type", None) gets an entry, None when no rule can match:
         # such events must never reach the default function, where `evt.type != x` folds to true.
         self._dispatch: dict[str | None, Callable[[Event], Any] | None] = {
             name: self._bucket(name) for name in sorted(named)
         }
         self._dispatch[None] = self._bucket(None)
+        # Types whose failed calls no rule can match: the eBPF source drops those in the kernel.
+        self.success_only_types: frozenset[str] = frozenset(t for t in positive if self._success_only(t))
         self._default = self._bucket(evttypes.UNKNOWN)
         self.process: Callable[[Event], list[Alert]] = self._make_process()
 
@@ -145,6 +151,16 @@ class Engine:
         if not members:
             return None
         return compiler.compile_bucket(members, first=self.match == "first")
+
+    def _success_only(self, evtype: str) -> bool:
+        memo: dict[int, Any] = {}
+        for r in self.rules:
+            if evtype not in r.event_types:
+                continue
+            cond = evttypes.specialize(r.condition, evtype, memo)
+            if not evttypes.requires_success(cond, evtype):
+                return False
+        return True
 
     def _make_process(self) -> Callable[[Event], list[Alert]]:
         dispatch, default, alert = self._dispatch, self._default, self._alert

@@ -6,26 +6,24 @@ name may have changed) and copied into each event; fd fields once per fd. Called
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import pwd
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from webhook.runtime.rules import fields as catalog
 from webhook.runtime.sources.base import RawEvent
 from webhook.runtime.state import Fd, Process, ProcessTable
 
-__all__ = ["EventBuilder", "expand_required", "open_flags"]
+__all__ = ["EventBuilder", "NameResolver", "expand_required", "open_flags", "producible"]
 
 _ANCESTOR_RE = re.compile(r"^proc\.(aname|apid|aexe|aexepath|acmdline)(?:\[(\d+)\])?$")
-MAX_DEPTH = 16  # ancestors given for proc.aname without an index
-# Filter-only fields derived by the engine from stored ones (see rules/fields.py).
-_DERIVED = {
-    "fd.ip": ("fd.type", "fd.cip", "fd.sip"), "fd.net": ("fd.type", "fd.cip", "fd.sip"),
-    "fd.port": ("fd.type", "fd.cip", "fd.sip", "fd.cport", "fd.sport"),
-    "fd.cnet": ("fd.cip",), "fd.snet": ("fd.sip",), "fd.lnet": ("fd.lip",), "fd.rnet": ("fd.rip",),
-}  # fmt: skip
+MAX_DEPTH = catalog.MAX_ANCESTORS  # ancestors given for proc.aname without an index
 
 _OPEN_FLAGS = (
     ("O_LARGEFILE", 0o100000), ("O_DIRECTORY", 0o200000), ("O_DIRECT", 0o40000), ("O_TRUNC", 0o1000),
@@ -39,9 +37,80 @@ _PTRACE = {0: "PTRACE_TRACEME", 1: "PTRACE_PEEKTEXT", 2: "PTRACE_PEEKDATA", 3: "
            16: "PTRACE_ATTACH", 17: "PTRACE_DETACH", 24: "PTRACE_SYSCALL", 0x4200: "PTRACE_SETOPTIONS",
            0x4206: "PTRACE_SEIZE", 0x4207: "PTRACE_INTERRUPT"}  # fmt: skip
 _BPF_CMDS = {0: "BPF_MAP_CREATE", 5: "BPF_PROG_LOAD", 8: "BPF_PROG_ATTACH", 28: "BPF_LINK_CREATE"}
+# Socket address families as Falco renders socket's domain argument (evt.arg.domain).
+_FAMILIES = {0: "AF_UNSPEC", 1: "AF_UNIX", 2: "AF_INET", 3: "AF_AX25", 4: "AF_IPX", 5: "AF_APPLETALK",
+             6: "AF_NETROM", 7: "AF_BRIDGE", 8: "AF_ATMPVC", 9: "AF_X25", 10: "AF_INET6", 11: "AF_ROSE",
+             12: "AF_DECnet", 13: "AF_NETBEUI", 14: "AF_SECURITY", 15: "AF_KEY", 16: "AF_NETLINK",
+             17: "AF_PACKET", 18: "AF_ASH", 19: "AF_ECONET", 20: "AF_ATMSVC", 21: "AF_RDS", 22: "AF_SNA",
+             23: "AF_IRDA", 24: "AF_PPPOX", 25: "AF_WANPIPE", 26: "AF_LLC", 27: "AF_IB", 28: "AF_MPLS",
+             29: "AF_CAN", 30: "AF_TIPC", 31: "AF_BLUETOOTH", 32: "AF_IUCV", 33: "AF_RXRPC", 34: "AF_ISDN",
+             35: "AF_PHONET", 36: "AF_IEEE802154", 37: "AF_CAIF", 38: "AF_ALG", 39: "AF_NFC", 40: "AF_VSOCK",
+             41: "AF_KCM", 42: "AF_QIPCRTR", 43: "AF_SMC", 44: "AF_XDP", 45: "AF_MCTP"}  # fmt: skip
+# Capability names by bit, as Falco renders thread.cap_* (space-separated).
+_CAPS = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+]
+
+
+def cap_names(bits: int) -> str:
+    """A capability set as Falco prints it: the names of the set bits, lowest first."""
+    return " ".join(name for i, name in enumerate(_CAPS) if bits >> i & 1)
+
+
+def _full_caps() -> int:
+    """Every capability this kernel knows (a privileged container keeps all of them)."""
+    try:
+        last = int(open("/proc/sys/kernel/cap_last_cap").read())  # noqa: SIM115
+    except (OSError, ValueError):
+        last = len(_CAPS) - 1
+    return (1 << (last + 1)) - 1
+
+
+_FULL_CAPS = _full_caps()
 _L4 = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 132: "sctp"}
 _OPEN_TYPES = frozenset(("open", "openat", "openat2", "creat"))
-_NET_TYPES = frozenset(("connect", "accept", "accept4", "bind", "listen", "sendto"))
+_DUP_TYPES = frozenset(("dup", "dup2", "dup3"))
+_NET_TYPES = frozenset(("connect", "accept", "accept4", "bind", "listen", "sendto", "sendmsg"))
 _PATH_KEYS = ("name", "path", "filename", "newpath", "linkpath", "dir", "oldpath", "target")
 _TYPECHAR = {"file": "f", "directory": "d", "ipv4": "4", "ipv6": "6", "unix": "u", "memfd": "f"}
 
@@ -64,15 +133,61 @@ def expand_required(required: Iterable[str] | None) -> frozenset[str] | None:
         if m and m.group(2) is None:
             out.update(f"proc.{m.group(1)}[{i}]" for i in range(1, MAX_DEPTH + 1))
         else:
-            out.update(_DERIVED.get(name, (name,)))
+            out.update(catalog.DERIVED_FROM.get(name, (name,)))
     return frozenset(out)
+
+
+class NameResolver:
+    """``fd.sip.name`` as libsinsp's DNS manager gives it: the names the rules compare it with are
+    resolved in the background (every ``refresh_s``), and a server address gets the name that
+    resolved to it. Lookups never block the event path: before the first answer the field is
+    missing, as in Falco."""
+
+    def __init__(self, names: Iterable[str], *, refresh_s: float = 30.0) -> None:
+        self.names = tuple(sorted(set(names)))
+        self.refresh_s = refresh_s
+        self._by_ip: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def name(self, ip: str) -> str | None:
+        return self._by_ip.get(ip)
+
+    def resolve_once(self) -> None:
+        by_ip: dict[str, str] = {}
+        for host in self.names:
+            try:
+                infos = socket.getaddrinfo(host, None)
+            except (OSError, UnicodeError):
+                continue
+            for info in infos:
+                by_ip.setdefault(str(info[4][0]), host)
+        self._by_ip = by_ip
+
+    def start(self) -> None:
+        if self.names and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sip-name-resolver", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.resolve_once()
+            self._stop.wait(self.refresh_s)
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class EventBuilder:
     """Makes the event dict for each RawEvent (None for the table-only fork events)."""
 
     def __init__(
-        self, table: ProcessTable, required: Iterable[str] | None, hostname: str = "", metadata: Any = None
+        self,
+        table: ProcessTable,
+        required: Iterable[str] | None,
+        hostname: str = "",
+        metadata: Any = None,
+        resolver: NameResolver | None = None,
     ) -> None:
         fields = expand_required(required)
         self.table = table
@@ -85,7 +200,15 @@ class EventBuilder:
         self.fd_keys = frozenset(f for f in wanted if f.startswith("fd."))
         self.evt_getters = tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None)
         self.args = tuple(sorted(f for f in wanted if f.startswith(("evt.arg.", "evt.rawarg."))))
+        self.arg_specs = tuple(
+            (k, k.startswith("evt.rawarg."), k[11:] if k.startswith("evt.rawarg.") else k[8:]) for k in self.args
+        )
         self.want_tid = "thread.tid" in wanted
+        self.want_duration = "proc.duration" in wanted
+        self.want_name_changed = "fd.name_changed" in wanted
+        self.want_sip_name = "fd.sip.name" in wanted
+        self.resolver: NameResolver | None = resolver
+        self._name_changed = False
         self.fs_path = any(f.startswith("fs.path.") for f in wanted)
         self.num = 0
         self._users: dict[int, str | None] = {}
@@ -103,11 +226,20 @@ class EventBuilder:
                 out[name] = value
         if self.want_tid:
             out["thread.tid"] = ev.tid
+        if self.want_duration and proc.start_ns:
+            out["proc.duration"] = max(ev.ts - proc.start_ns, 0)
+        self._name_changed = False
         fd = self._fd(ev, proc)
         if fd is not None and self.fd_keys:
             if fd.cache is None:
                 fd.cache = {k: v for k, v in _fd_fields(fd).items() if self.all or k in self.fd_keys}
             out.update(fd.cache)
+            if self.want_name_changed:
+                out["fd.name_changed"] = self._name_changed
+            if self.want_sip_name and fd.sip:
+                host = self.resolver.name(fd.sip) if self.resolver is not None else None
+                if host is not None:
+                    out["fd.sip.name"] = host
         if self.args:
             self._args(ev, out)
         if self.fs_path:
@@ -145,12 +277,21 @@ class EventBuilder:
     def _fd(self, ev: RawEvent, proc: Process) -> Fd | None:
         kind, p = ev.type, ev.params
         if kind in _OPEN_TYPES:
-            path = self.table.absolute(proc, p["name"], p["dirfd"])
+            raw = p["name"]
+            path = self.table.absolute(proc, raw, p["dirfd"])
+            if p.get("truncated") and ev.res >= 0:  # longer than the source carries: ask the kernel
+                path = self.table.fd_path(ev.pid, ev.res) or path
             ftype = "directory" if p["flags"] & 0o200000 else "file"
-            fd = Fd(num=ev.res, type=ftype, name=path)
+            # a failed open has fd -1 and still its name, as libsinsp gives it (open_file_failed)
+            fd = Fd(num=ev.res if ev.res >= 0 else -1, type=ftype, name=path, nameraw=raw)
             if ev.res >= 0:
                 self.table.set_fd(proc, fd)
             return fd
+        if kind in _DUP_TYPES:  # the event's fd is the old one; the new number refers to the same
+            old = proc.fds.get(p["oldfd"])
+            if old is not None and ev.res >= 0:
+                self.table.set_fd(proc, dataclasses.replace(old, num=ev.res, cache=None))
+            return old
         if kind in _NET_TYPES:
             return self._socket(ev, proc)
         if kind == "memfd_create":
@@ -184,6 +325,8 @@ class EventBuilder:
             or (kind == "connect" and ev.res == -errno.EINPROGRESS),
         )  # fmt: skip
         fd.name = f"{cip}:{cport}->{sip}:{sport}" if cip else f"{sip}:{sport}"
+        previous = proc.fds.get(num)
+        self._name_changed = previous is None or previous.name != fd.name  # a datagram to a new peer
         if num >= 0 and (ev.res >= 0 or kind == "connect"):
             self.table.set_fd(proc, fd)
         return fd
@@ -191,9 +334,7 @@ class EventBuilder:
     # -- arguments -------------------------------------------------------------------------------
     def _args(self, ev: RawEvent, out: dict[str, Any]) -> None:
         p = ev.params
-        for key in self.args:
-            raw = key.startswith("evt.rawarg.")
-            name = key[11:] if raw else key[8:]
+        for key, raw, name in self.arg_specs:
             if name == "res":
                 out[key] = ev.res if raw else _res(ev.res)
                 continue
@@ -238,12 +379,14 @@ def _render(kind: str, name: str, value: Any) -> Any:
         return _PTRACE.get(value, str(value))
     if name == "cmd" and kind == "bpf":
         return _BPF_CMDS.get(value, str(value))
+    if name == "domain" and kind == "socket":
+        return _FAMILIES.get(value, str(value))
     return value if isinstance(value, str) else str(value)
 
 
 def _fd_fields(fd: Fd) -> dict[str, Any]:
     out: dict[str, Any] = {"fd.num": fd.num, "fd.type": fd.type, "fd.typechar": _TYPECHAR.get(fd.type, "o"),
-                           "fd.name": fd.name}  # fmt: skip
+                           "fd.name": fd.name, "fd.nameraw": fd.nameraw or fd.name}  # fmt: skip
     if fd.type in ("file", "directory", "memfd"):
         if fd.type == "directory":
             out["fd.directory"] = fd.name
@@ -324,6 +467,12 @@ _PROC_GETTERS: dict[str, Callable[[EventBuilder, Process], Any]] = {
     "user.name": lambda b, p: b.user_name(p.uid),
     "user.loginuid": lambda b, p: p.loginuid,
     "user.loginname": lambda b, p: b.user_name(p.loginuid) if p.loginuid >= 0 else None,
+    "proc.is_exe_from_memfd": lambda b, p: p.exe_from_memfd,
+    "proc.is_exe_upper_layer": lambda b, p: b.table.is_exe_upper_layer(p),
+    "thread.cap_effective": lambda b, p: cap_names(p.cap_effective) if p.cap_effective >= 0 else None,
+    "container.privileged": lambda b, p: (
+        bool(p.container) and p.cap_bounding >= 0 and p.cap_bounding & _FULL_CAPS == _FULL_CAPS
+    ),
     "container.id": lambda b, p: _container(p),
     "container.full_id": lambda b, p: _container(p, full=True),
     "evt.hostname": lambda b, p: b.hostname,
@@ -342,9 +491,22 @@ def _proc_getter(name: str) -> Callable[[EventBuilder, Process], Any] | None:
     return None
 
 
-_ALL_FIELDS = frozenset(
-    [*_EVT_GETTERS, *_PROC_GETTERS, *(f"proc.aname[{i}]" for i in range(1, 6)),
-     "fd.num", "fd.type", "fd.typechar", "fd.name", "fd.directory", "fd.filename", "fd.l4proto",
-     "fd.sockfamily", "fd.cip", "fd.sip", "fd.cport", "fd.sport", "fd.lip", "fd.lport", "fd.rip",
-     "fd.rport", "fd.connected", "fd.is_server", "thread.tid"]
+_FD_FIELDS = frozenset(
+    ("fd.num", "fd.type", "fd.typechar", "fd.name", "fd.nameraw", "fd.directory", "fd.filename", "fd.l4proto",
+     "fd.sockfamily", "fd.cip", "fd.sip", "fd.cport", "fd.sport", "fd.lip", "fd.lport", "fd.rip", "fd.rport",
+     "fd.connected", "fd.is_server")
 )  # fmt: skip
+_EVENT_FIELDS = frozenset(("evt.num", "thread.tid", "proc.duration", "fd.name_changed", "fd.sip.name"))
+_ALL_FIELDS = frozenset(
+    [*_EVT_GETTERS, *_PROC_GETTERS, *(f"proc.aname[{i}]" for i in range(1, 6)), *_FD_FIELDS, *_EVENT_FIELDS]
+)
+
+
+def producible(name: str) -> bool:
+    """Whether the eBPF source and this builder can give the field (``name`` as an event key:
+    ``proc.aname[2]``, ``evt.arg.flags``). Checked against ``rules.fields.LIVE_FIELDS`` by tests."""
+    if name in _ALL_FIELDS or _proc_getter(name) is not None:
+        return True
+    if name.startswith(_POD_PREFIXES):
+        return True
+    return name.startswith(("evt.arg.", "evt.rawarg.", "fs.path."))

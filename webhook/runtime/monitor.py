@@ -96,9 +96,15 @@ class Monitor:
         # Readiness (``readiness()``): the source is attached (its probes loaded) and delivering.
         self.attached = False
         self.last_batch: float | None = None  # time.monotonic() of the latest batch with events
+        self.resolver: events.NameResolver | None = None
         if source.kind == "raw":
             self.table = table or state.ProcessTable()
-            self.builder = events.EventBuilder(self.table, engine.required_fields, self.hostname, metadata)
+            names: frozenset[str] = getattr(engine, "sip_names", frozenset())
+            if names and "fd.sip.name" in engine.required_fields:
+                self.resolver = events.NameResolver(names)
+            self.builder = events.EventBuilder(
+                self.table, engine.required_fields, self.hostname, metadata, resolver=self.resolver
+            )
 
     def snapshot(self) -> dict[str, Any]:
         source = self.source.stats()
@@ -114,6 +120,8 @@ class Monitor:
             await self.metadata.start()
         if self.table is not None and not self.table.procs:
             await asyncio.to_thread(self.table.seed)
+        if self.resolver is not None:
+            self.resolver.start()
         consumer = asyncio.create_task(self._consume(), name="monitor-engine")
         producer: asyncio.Task[None] | None = None
         try:
@@ -143,6 +151,8 @@ class Monitor:
                 await sink.close()
             if self.metadata is not None:
                 await self.metadata.close()
+            if self.resolver is not None:
+                self.resolver.close()
         return self.snapshot()
 
     async def _drain_source(self, producer: asyncio.Task[None]) -> None:

@@ -20,7 +20,7 @@ from webhook.runtime.rules.checks import Prepared
 from webhook.runtime.rules.fields import FieldType
 from webhook.runtime.rules.parser import And, Check, Expr, FieldRef, Not, Or
 
-__all__ = ["And", "Or", "compile_bucket", "compile_condition", "referenced_fields"]
+__all__ = ["And", "Or", "compile_bucket", "compile_condition", "field_constants", "referenced_fields"]
 
 Event = Mapping[str, Any]
 
@@ -316,16 +316,32 @@ def referenced_fields(node: Expr) -> set[str]:
 
     def add(ref: FieldRef) -> None:
         out.add(ref.key if ref.arg is None else fields.field_key(ref.name, ref.arg))
-        if ref.name in ("fd.ip", "fd.port", "fd.net"):
-            out.update(("fd.type", "fd.cip", "fd.sip", "fd.cport", "fd.sport"))
-        elif ref.name in ("fd.cnet", "fd.snet", "fd.lnet", "fd.rnet"):
-            out.add(f"fd.{ref.name[3]}ip")
+        out.update(fields.DERIVED_FROM.get(ref.name, ()))
 
     def walk(n: Expr) -> None:
         if isinstance(n, Check):
             add(n.field)
             if isinstance(n.value, FieldRef):
                 add(n.value)
+        elif isinstance(n, Not):
+            walk(n.child)
+        elif isinstance(n, And | Or):
+            for c in n.children:
+                walk(c)
+
+    walk(node)
+    return out
+
+
+def field_constants(node: Expr, name: str) -> set[str]:
+    """The string constants the condition compares field ``name`` with (``=``, ``in``, ...)."""
+    out: set[str] = set()
+
+    def walk(n: Expr) -> None:
+        if isinstance(n, Check):
+            if n.field.name == name and n.field.arg is None and not isinstance(n.value, FieldRef):
+                values = n.value if isinstance(n.value, tuple) else (n.value,)
+                out.update(v for v in values if isinstance(v, str))
         elif isinstance(n, Not):
             walk(n.child)
         elif isinstance(n, And | Or):

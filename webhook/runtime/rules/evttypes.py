@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from webhook.runtime.rules import checks
 from webhook.runtime.rules.parser import And, Check, Expr, FieldRef, Not, Or
 
-__all__ = ["ALL", "UNKNOWN", "TypeSet", "event_types", "named_types", "specialize"]
+__all__ = ["ALL", "UNKNOWN", "TypeSet", "event_types", "named_types", "requires_success", "specialize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,3 +142,41 @@ def named_types(node: Expr) -> set[str]:
     if isinstance(node, And | Or):
         return set().union(*(named_types(c) for c in node.children))
     return set()
+
+
+# Event types whose fd.num is the syscall's result (-1 on failure), so ``fd.num >= 0`` means success.
+_FD_RESULT_TYPES = frozenset(
+    ("open", "openat", "openat2", "creat", "socket", "accept", "accept4", "memfd_create", "dup", "dup2", "dup3")
+)
+
+
+def requires_success(node: Expr | bool, evtype: str) -> bool:
+    """Whether the (specialized) condition can only be true for a successful syscall of ``evtype``
+    (it requires ``evt.rawres >= 0``, ``evt.res = SUCCESS``, ``evt.failed = false``, or for a
+    syscall returning an fd ``fd.num >= 0``). A sound under-estimate: when unsure, False; the
+    eBPF source then drops failed calls of the type in the kernel only when every rule says so."""
+    if node is False:
+        return True
+    if node is True:
+        return False
+    if isinstance(node, And):
+        return any(requires_success(c, evtype) for c in node.children)
+    if isinstance(node, Or):
+        return all(requires_success(c, evtype) for c in node.children)
+    if not isinstance(node, Check) or node.field.transformers or node.field.arg is not None:
+        return False
+    if isinstance(node.value, FieldRef | tuple):
+        return False
+    try:
+        value = checks.prepare(node).value
+    except checks.CompileError:
+        return False
+    name, op = node.field.name, node.op
+    numeric = isinstance(value, int) and not isinstance(value, bool)
+    if name == "evt.rawres" or (name == "fd.num" and evtype in _FD_RESULT_TYPES):
+        return numeric and ((op == ">=" and value >= 0) or (op == ">" and value >= -1))
+    if name == "evt.res":
+        return op == "=" and value == "SUCCESS"
+    if name == "evt.failed":
+        return (op == "=" and value is False) or (op == "!=" and value is True)
+    return False

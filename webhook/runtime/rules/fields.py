@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "POD_METADATA", "SOURCES", "FieldInfo", "FieldType", "Producible", "derived_values", "lookup", "parse_ip",
-    "parse_net", "producible_fields",
+    "DERIVED_FROM", "LIVE_FIELDS", "MAX_ANCESTORS", "POD_METADATA", "SOURCES", "FieldInfo", "FieldType",
+    "Producible", "derived_values", "live_can_produce", "lookup", "parse_ip", "parse_net", "producible_fields",
 ]  # fmt: skip
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -125,8 +125,19 @@ _PREFIXES: tuple[tuple[str, FieldInfo], ...] = (
     ("evt.rawarg.", FieldInfo("evt.rawarg.*", S)),
     ("k8s.", FieldInfo("k8s.*", S, Arg.OPTIONAL)),
 )
-# Filter-only fields computed from other fields (no key of their own in the event).
-DERIVED = frozenset(("fd.ip", "fd.port", "fd.net", "fd.cnet", "fd.snet", "fd.lnet", "fd.rnet"))
+# Filter-only fields computed from other fields (no key of their own in the event), and the
+# stored fields each one reads: the one definition the compiler (``referenced_fields``), the
+# event builder (``events.expand_required``) and ``derived_values`` below share.
+DERIVED_FROM: dict[str, tuple[str, ...]] = {
+    "fd.ip": ("fd.type", "fd.cip", "fd.sip"),
+    "fd.net": ("fd.type", "fd.cip", "fd.sip"),
+    "fd.port": ("fd.type", "fd.cip", "fd.sip", "fd.cport", "fd.sport"),
+    "fd.cnet": ("fd.cip",),
+    "fd.snet": ("fd.sip",),
+    "fd.lnet": ("fd.lip",),
+    "fd.rnet": ("fd.rip",),
+}
+DERIVED = frozenset(DERIVED_FROM)
 ANCESTOR_FIELDS = {
     "proc.aname": "proc.name",
     "proc.aexe": "proc.exe",
@@ -134,7 +145,155 @@ ANCESTOR_FIELDS = {
     "proc.acmdline": "proc.cmdline",
     "proc.apid": "proc.pid",
 }
+# Ancestors ``proc.aname`` (no index) reads, and that the event builder fills: one number.
 MAX_ANCESTORS = 64
+
+# What the live eBPF source (runtime.sources.ebpf + runtime.events) fills in on a Linux node: a
+# rule that reads any other field can never match there (``live_can_produce`` answers per field;
+# ``k8s.*``/``container.image*``/``container.name`` need the kubelet metadata). Kept equal to
+# what ``runtime.events`` builds by tests/runtime_monitor/test_live_fields.py.
+LIVE_FIELDS: frozenset[str] = frozenset(
+    [
+        "evt.num",
+        "evt.type",
+        "evt.dir",
+        "evt.time",
+        "evt.rawtime",
+        "evt.res",
+        "evt.rawres",
+        "evt.failed",
+        "evt.hostname",
+        "evt.is_open_read",
+        "evt.is_open_write",
+        "evt.is_open_exec",
+        "evt.is_open_create",
+        "proc.pid",
+        "proc.vpid",
+        "proc.ppid",
+        "proc.pvpid",
+        "proc.name",
+        "proc.exe",
+        "proc.exepath",
+        "proc.args",
+        "proc.cmdline",
+        "proc.cmdnargs",
+        "proc.cwd",
+        "proc.tty",
+        "proc.start_ts",
+        "proc.duration",
+        "proc.pname",
+        "proc.pexe",
+        "proc.pexepath",
+        "proc.pcmdline",
+        "proc.aname",
+        "proc.apid",
+        "proc.aexe",
+        "proc.aexepath",
+        "proc.acmdline",
+        "proc.is_exe_from_memfd",
+        "proc.is_exe_upper_layer",
+        "thread.tid",
+        "thread.cap_effective",
+        "user.uid",
+        "user.name",
+        "user.loginuid",
+        "user.loginname",
+        "container.id",
+        "container.full_id",
+        "container.privileged",
+        "fd.num",
+        "fd.type",
+        "fd.typechar",
+        "fd.name",
+        "fd.nameraw",
+        "fd.directory",
+        "fd.filename",
+        "fd.l4proto",
+        "fd.sockfamily",
+        "fd.cip",
+        "fd.sip",
+        "fd.cport",
+        "fd.sport",
+        "fd.lip",
+        "fd.lport",
+        "fd.rip",
+        "fd.rport",
+        "fd.connected",
+        "fd.is_server",
+        "fd.name_changed",
+        "fd.sip.name",
+        "fd.ip",
+        "fd.port",
+        "fd.net",
+        "fd.cnet",
+        "fd.snet",
+        "fd.lnet",
+        "fd.rnet",
+        "fs.path.name",
+        "fs.path.source",
+        "fs.path.target",
+        "k8s.ns.name",
+        "k8s.pod.name",
+        "k8s.pod.uid",
+        "k8s.pod.labels",
+        "k8s.pod.label",
+        "container.name",
+        "container.image",
+        "container.image.repository",
+        "container.image.tag",
+    ]
+)
+# Arguments (evt.arg.X / evt.rawarg.X) the live source carries, over all its event types.
+LIVE_ARGS: frozenset[str] = frozenset(
+    [
+        "res",
+        "tuple",
+        "flags",
+        "mode",
+        "dirfd",
+        "name",
+        "fd",
+        "family",
+        "proto",
+        "lip",
+        "lport",
+        "rip",
+        "rport",
+        "domain",
+        "type",
+        "request",
+        "pid",
+        "uid",
+        "gid",
+        "dir",
+        "dev",
+        "path",
+        "newpath",
+        "oldpath",
+        "filename",
+        "linkpath",
+        "target",
+        "olddirfd",
+        "oldfd",
+        "newfd",
+        "len",
+        "cmd",
+    ]
+)
+
+
+def live_can_produce(key: str) -> bool:
+    """Whether the live eBPF source can give the field of this event key (``proc.aname[3]``,
+    ``evt.arg.domain``, ``k8s.pod.label[app]``); derived fields count when what they read does."""
+    name, _, arg = key.partition("[")
+    if name in LIVE_FIELDS:
+        return True
+    for prefix in ("evt.arg.", "evt.rawarg."):
+        if name.startswith(prefix):
+            return name[len(prefix) :] in LIVE_ARGS
+    if name == "evt.arg" or name == "evt.rawarg":
+        return arg[:-1] in LIVE_ARGS
+    return name.startswith("k8s.pod.label.")
 
 
 def lookup(name: str, arg: str | None) -> FieldInfo | str:
@@ -239,7 +398,8 @@ def derived_values(name: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...] |
     if name == "fd.port":
         return _socket_ports
     if name in ("fd.cnet", "fd.snet", "fd.lnet", "fd.rnet"):
-        return _one_ip(f"fd.{name[3]}ip")
+        (source,) = DERIVED_FROM[name]
+        return _one_ip(source)
     if name in ANCESTOR_FIELDS:
         return _ancestors(name)
     return None
@@ -315,20 +475,15 @@ def _names(text: str) -> frozenset[str]:
 
 # Computed by the engine from other fields (fd.ip from fd.cip/fd.sip, ...): produced when those are.
 _SOCKET_DERIVED = "fd.ip fd.port fd.net fd.cnet fd.snet fd.lnet fd.rnet"
+# The live eBPF source: ``LIVE_FIELDS`` less what only the kubelet's pod list brings (``--kubelet``).
+_POD_ONLY = _names(
+    """
+    k8s.ns.name k8s.pod.name k8s.pod.uid k8s.pod.labels k8s.pod.label container.name container.image
+    container.image.repository container.image.tag container.image.digest
+    """
+)
 _EBPF = Producible(
-    names=_names(
-        f"""
-        evt.num evt.type evt.dir evt.time evt.rawtime evt.res evt.rawres evt.failed evt.hostname
-        evt.is_open_read evt.is_open_write evt.is_open_exec evt.is_open_create
-        proc.pid proc.vpid proc.ppid proc.pvpid proc.name proc.exe proc.exepath proc.args proc.cmdline
-        proc.cmdnargs proc.cwd proc.tty proc.start_ts proc.pname proc.pexe proc.pexepath proc.pcmdline
-        proc.aname proc.apid proc.aexe proc.aexepath proc.acmdline thread.tid
-        user.uid user.name user.loginuid user.loginname container.id container.full_id
-        fd.num fd.type fd.typechar fd.name fd.directory fd.filename fd.l4proto fd.sockfamily
-        fd.cip fd.sip fd.cport fd.sport fd.lip fd.lport fd.rip fd.rport fd.connected fd.is_server
-        fs.path.name fs.path.source fs.path.target {_SOCKET_DERIVED}
-        """
-    ),
+    names=LIVE_FIELDS - _POD_ONLY,
     indexed=_names("proc.aname proc.apid proc.aexe proc.aexepath proc.acmdline"),
     prefixes=("evt.arg.", "evt.rawarg."),
 )

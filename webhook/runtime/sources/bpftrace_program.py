@@ -1,15 +1,26 @@
 """Generate the bpftrace program for the event types the loaded rules can match (used by ``ebpf``).
 
-Each traced syscall saves its arguments at entry in ``@aN[tid]`` maps and prints one tab-separated
-line at exit, when the result is known (as Falco's exit events carry both)::
+bpftrace runs with ``-f json`` and every probe emits its data with ``print((tuple))``: one JSON
+object per record whose ``data`` is a list of numbers and strings. Strings are therefore JSON
+strings, so no byte a process puts in a path, name or argument (tab, newline, quote) can be taken
+for a field boundary; argument blocks travel as arrays of byte values. Records (first element):
 
-    <evt.type> \\t <ns> \\t <pid> \\t <tid> \\t <uid> \\t <comm> \\t <res> \\t <extras...>
+* ``[0, tid, slot, "text"]`` a string of the next event of that thread, in pieces of
+  ``CHUNK`` bytes (a piece is printed only while the string is longer: ``strncmp`` of two reads
+  of different sizes tells, so pieces past the terminating NUL are never sent);
+* ``[1, tid, offset, [bytes]]`` a piece of the exec'd argument block (NUL-separated) at that
+  offset from its start (the last piece may start before 0 or overlap the one before);
+* ``[2, ts, pid, tid, ppid, uid, cgroup]`` fork/clone, child side (process table only);
+* ``[3, ts, pid, tid, status]`` process exit;
+* ``[4, ts, pid, tid, euid, cgroup, ppid, loginuid, tty, argv_len, cap_effective, cap_bounding,
+  exe_nlink, exe_fs_magic, "filename"]`` a successful exec (after its string and argv records);
+* ``[10 + i, ts, pid, tid, uid, res, cgroup, ints..., "first string"]`` the exit of syscall
+  ``PROBES[i]``, when the result is known (as Falco's exit events carry both).
 
-The BPF stack (512 bytes) holds one ``BPFTRACE_STRLEN`` string per ``printf``; events with more
-strings print them first on ``S <tid> <string>`` lines, which the decoder attaches to the next
-event line of that thread (same program run, same CPU buffer, so always in order). Exec prints
-its argument block first on an ``A`` line. ``F`` (fork, child side) and ``procexit`` are always
-traced: the process table needs them whatever the rules read.
+The BPF stack (512 bytes) holds about two ``STRLEN`` strings, so each string (and the loop of its
+continuation pieces) gets its own probe on the same tracepoint; bpftrace attaches them in program
+order, and a tracepoint runs its programs in attach order on one CPU, so a thread's string
+records always precede its event record in the same per-CPU buffer.
 """
 
 from __future__ import annotations
@@ -18,151 +29,123 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PROBES", "Probe", "Program", "generate", "tracepoint_exists"]
+__all__ = ["CHUNK", "PROBES", "Probe", "Program", "generate", "tracepoint_exists"]
 
-STRLEN = 200
-_COMMON_FMT = "%llu\\t%d\\t%d\\t%d\\t%s\\t%d"
-_COMMON_ARGS = "nsecs, pid, tid, uid, comm, args->ret"
+STRLEN = 128  # BPFTRACE_STRLEN
+# Bytes of a string per piece. Every read names its size: bpftrace 0.17's str(p, n) gives up to n
+# bytes for n < STRLEN (and STRLEN - 1 for n = STRLEN), so a piece is str(p, CHUNK) and the
+# string goes on past it exactly when str(p, CHUNK + 1) is longer.
+CHUNK = STRLEN - 2
+MAX_PIECES = 33  # PATH_MAX (4096) / CHUNK: longer strings are flagged truncated
+ARGV_PIECE = 128
+ARGV_MAX = 4096  # bytes of the argument block sent (Falco's own limit is of this order)
+
+REC_STR, REC_ARGV, REC_FORK, REC_EXIT, REC_EXEC = 0, 1, 2, 3, 4
+REC_SYSCALL = 10
+
+# String slots of the exec record's side strings.
+SLOT_COMM, SLOT_CG, SLOT_CG1, SLOT_EXE, SLOT_PWD = 1, 2, 5, 8, 9
 
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """One traced syscall: its Falco ``evt.type``, the kernel tracepoint and how to print it."""
+    """One traced syscall: its Falco ``evt.type``, the kernel tracepoint and what it prints.
+
+    ``ints`` are (parameter name, expression) printed after the common prefix; ``strings`` are
+    (parameter name, user pointer expression), the first one inside the event record.
+    """
 
     evt: str
     syscall: str
     save: tuple[str, ...]  # enter arguments saved as $a0, $a1, ...
-    fmt: str = ""  # extras printed after the common prefix
-    exprs: tuple[str, ...] = ()
-    strings: tuple[str, ...] = ()  # expressions printed first on S lines
-    body: str | None = None  # custom exit body (network probes)
+    ints: tuple[tuple[str, str], ...] = ()
+    strings: tuple[tuple[str, str], ...] = ()
+    net: str = ""  # socket syscalls: "remote", "local" or "sk" (see _net_body)
+    addr: str = "$a1"  # socket syscalls: the user's sockaddr pointer
 
-
-def _net(evt: str, syscall: str, save: tuple[str, ...], fd: str, mode: str) -> Probe:
-    return Probe(evt, syscall, save, body=_net_body(evt, fd, mode))
-
-
-def _line(evt: str, fmt: str, exprs: str) -> str:
-    return f'printf("{evt}\\t{_COMMON_FMT}\\t{fmt}\\n", {_COMMON_ARGS}, {exprs});'
-
-
-_SK = "$sk->__sk_common"
-
-
-def _net_body(evt: str, fd: str, mode: str) -> str:
-    """Exit body of a socket syscall: ``fd family proto lip lport rip rport`` (unix: path in rip).
-
-    mode: ``sk`` both ends from the kernel socket (accept, listen), ``remote`` the peer from the
-    user's sockaddr (connect, sendto), ``local`` our end from it (bind).
-    """
-    v4_sk = f"ntop(2, {_SK}.skc_rcv_saddr), {_SK}.skc_num"
-    v6_sk = f"ntop(10, {_SK}.skc_v6_rcv_saddr.in6_u.u6_addr8), {_SK}.skc_num"
-    lines = [
-        f"$fd = {fd};",
-        "$sk = ((struct socket *)((struct file *)*(curtask->files->fdt->fd + $fd))->private_data)->sk;",
-        f"$proto = $sk->sk_protocol; $fam = {_SK}.skc_family;",
-    ]
-    if mode == "sk":
-        return "\n  ".join([
-            *lines,
-            "if ($fd < 0) { " + _line(evt, "%d\\t0\\t0\\t\\t0\\t\\t0", "-1") + " }",
-            "else if ($fam == 2) { " + _line(evt, "%d\\t2\\t%d\\t%s\\t%d\\t%s\\t%d",
-                f"$fd, $proto, {v4_sk}, ntop(2, {_SK}.skc_daddr), bswap({_SK}.skc_dport)") + " }",
-            "else if ($fam == 10) { " + _line(evt, "%d\\t10\\t%d\\t%s\\t%d\\t%s\\t%d",
-                f"$fd, $proto, {v6_sk}, ntop(10, {_SK}.skc_v6_daddr.in6_u.u6_addr8), "
-                f"bswap({_SK}.skc_dport)") + " }",
-            "else { " + _line(evt, "%d\\t%d\\t%d\\t\\t0\\t\\t0", "$fd, $fam, $proto") + " }",
-        ])  # fmt: skip
-    lines.append("$sa = (struct sockaddr *)$a1;")
-    if evt == "sendto":  # no address: a connected socket, both ends from the kernel
-        lines = [*lines, "if ($sa == 0) {", _net_body(evt, fd, "sk"), "} else {"]
-    lines.append("$ufam = $sa->sa_family; $in = (struct sockaddr_in *)$sa; $in6 = (struct sockaddr_in6 *)$sa;")
-    if mode == "remote":
-        v4 = f"{v4_sk}, ntop(2, $in->sin_addr.s_addr), bswap($in->sin_port)"
-        v6 = f"{v6_sk}, ntop(10, $in6->sin6_addr.in6_u.u6_addr8), bswap($in6->sin6_port)"
-        unix_fmt, unix = "%d\\t1\\t0\\t\\t0\\t%s\\t0", "$fd, ((struct sockaddr_un *)$sa)->sun_path"
-    else:
-        v4 = "ntop(2, $in->sin_addr.s_addr), bswap($in->sin_port), ntop(2, 0), 0"
-        v6 = "ntop(10, $in6->sin6_addr.in6_u.u6_addr8), bswap($in6->sin6_port), ntop(2, 0), 0"
-        unix_fmt, unix = "%d\\t1\\t0\\t%s\\t0\\t\\t0", "$fd, ((struct sockaddr_un *)$sa)->sun_path"
-    lines += [
-        "if ($ufam == 2) { " + _line(evt, "%d\\t2\\t%d\\t%s\\t%d\\t%s\\t%d", f"$fd, $proto, {v4}") + " }",
-        "else if ($ufam == 10) { " + _line(evt, "%d\\t10\\t%d\\t%s\\t%d\\t%s\\t%d", f"$fd, $proto, {v6}") + " }",
-        "else if ($ufam == 1) { " + _line(evt, unix_fmt, unix) + " }",
-        "else { " + _line(evt, "%d\\t%d\\t%d\\t\\t0\\t\\t0", "$fd, $ufam, $proto") + " }",
-    ]
-    if evt == "sendto":
-        lines.append("}")
-    return "\n  ".join(lines)
+    @property
+    def params(self) -> tuple[str, ...]:
+        if self.net:
+            return ("fd", "family", "proto", "lport", "rport", "lip", "rip")
+        return tuple(n for n, _ in self.ints) + tuple(n for n, _ in self.strings)
 
 
 _AT = "-100"  # AT_FDCWD
-_PATH = ("%d\\t%s", ("args->ret", "str($a0)"))
+
+
+def _open(evt: str, save: tuple[str, ...], flags: str, mode: str, dirfd: str) -> Probe:
+    return Probe(evt, evt, save, (("flags", flags), ("mode", mode), ("dirfd", dirfd)), (("name", "$a0"),))
+
 
 PROBES: tuple[Probe, ...] = (
-    # open family: flags mode dirfd path
-    Probe("open", "open", ("args->filename", "args->flags", "args->mode"),
-          "%d\\t%d\\t%d\\t%s", ("$a1", "$a2", _AT, "str($a0)")),
-    Probe("openat", "openat", ("args->filename", "args->flags", "args->mode", "args->dfd"),
-          "%d\\t%d\\t%d\\t%s", ("$a1", "$a2", "(int32)$a3", "str($a0)")),
-    Probe("openat2", "openat2", ("args->filename", "args->how", "args->dfd"),
-          "%d\\t%d\\t%d\\t%s", ("((struct open_how *)$a1)->flags", "((struct open_how *)$a1)->mode",
-                                "(int32)$a2", "str($a0)")),
-    Probe("creat", "creat", ("args->pathname", "args->mode"),
-          "%d\\t%d\\t%d\\t%s", ("577", "$a1", _AT, "str($a0)")),
-    # sockets: fd family proto lip lport rip rport
-    _net("connect", "connect", ("args->fd", "args->uservaddr"), "(int32)$a0", "remote"),
-    _net("sendto", "sendto", ("args->fd", "args->addr"), "(int32)$a0", "remote"),
-    _net("bind", "bind", ("args->fd", "args->umyaddr"), "(int32)$a0", "local"),
-    _net("listen", "listen", ("args->fd",), "(int32)$a0", "sk"),
-    _net("accept", "accept", (), "(int32)args->ret", "sk"),
-    _net("accept4", "accept4", (), "(int32)args->ret", "sk"),
+    _open("open", ("args->filename", "args->flags", "args->mode"), "$a1", "$a2", _AT),
+    _open("openat", ("args->filename", "args->flags", "args->mode", "args->dfd"), "$a1", "$a2", "(int32)$a3"),
+    _open("openat2", ("args->filename", "args->how", "args->dfd"), "((struct open_how *)$a1)->flags",
+          "((struct open_how *)$a1)->mode", "(int32)$a2"),
+    Probe("creat", "creat", ("args->pathname", "args->mode"), (("flags", "577"), ("mode", "$a1"), ("dirfd", _AT)),
+          (("name", "$a0"),)),
+    Probe("connect", "connect", ("args->fd", "args->uservaddr"), net="remote"),
+    Probe("sendto", "sendto", ("args->fd", "args->addr"), net="remote"),
+    Probe("sendmsg", "sendmsg", ("args->fd", "args->msg"), net="remote",
+          addr="((struct user_msghdr *)$a1)->msg_name"),
+    Probe("bind", "bind", ("args->fd", "args->umyaddr"), net="local"),
+    Probe("listen", "listen", ("args->fd",), net="sk"),
+    Probe("accept", "accept", (), net="sk"),
+    Probe("accept4", "accept4", (), net="sk"),
     Probe("socket", "socket", ("args->family", "args->type", "args->protocol"),
-          "%d\\t%d\\t%d", ("$a0", "$a1", "$a2")),
-    # the rest: small integer arguments, then at most one string on the line
-    Probe("ptrace", "ptrace", ("args->request", "args->pid"), "%d\\t%d", ("$a0", "(int32)$a1")),
-    Probe("setuid", "setuid", ("args->uid",), "%d", ("$a0",)),
-    Probe("setgid", "setgid", ("args->gid",), "%d", ("$a0",)),
+          (("domain", "$a0"), ("type", "$a1"), ("proto", "$a2"))),
+    Probe("ptrace", "ptrace", ("args->request", "args->pid"), (("request", "$a0"), ("pid", "(int32)$a1"))),
+    Probe("setuid", "setuid", ("args->uid",), (("uid", "$a0"),)),
+    Probe("setgid", "setgid", ("args->gid",), (("gid", "$a0"),)),
     Probe("mount", "mount", ("args->dev_name", "args->dir_name", "args->type", "args->flags"),
-          "%d\\t%s", ("$a3", "str($a1)"), strings=("str($a0)", "str($a2)")),
-    Probe("umount2", "umount", ("args->name", "args->flags"), "%d\\t%s", ("$a1", "str($a0)")),
-    Probe("unlink", "unlink", ("args->pathname",), "%d\\t%s", (_AT, "str($a0)")),
+          (("flags", "$a3"),), (("dir", "$a1"), ("dev", "$a0"), ("type", "$a2"))),
+    Probe("umount2", "umount", ("args->name", "args->flags"), (("flags", "$a1"),), (("name", "$a0"),)),
+    Probe("unlink", "unlink", ("args->pathname",), (("dirfd", _AT),), (("path", "$a0"),)),
     Probe("unlinkat", "unlinkat", ("args->pathname", "args->dfd", "args->flag"),
-          "%d\\t%d\\t%s", ("(int32)$a1", "$a2", "str($a0)")),
-    Probe("rmdir", "rmdir", ("args->pathname",), "%d\\t%s", (_AT, "str($a0)")),
-    Probe("mkdir", "mkdir", ("args->pathname", "args->mode"), "%d\\t%d\\t%s", (_AT, "$a1", "str($a0)")),
+          (("dirfd", "(int32)$a1"), ("flags", "$a2")), (("name", "$a0"),)),
+    Probe("rmdir", "rmdir", ("args->pathname",), (("dirfd", _AT),), (("path", "$a0"),)),
+    Probe("mkdir", "mkdir", ("args->pathname", "args->mode"), (("dirfd", _AT), ("mode", "$a1")), (("path", "$a0"),)),
     Probe("mkdirat", "mkdirat", ("args->pathname", "args->mode", "args->dfd"),
-          "%d\\t%d\\t%s", ("(int32)$a2", "$a1", "str($a0)")),
-    Probe("rename", "rename", ("args->oldname", "args->newname"), "%d\\t%s", (_AT, "str($a1)"),
-          strings=("str($a0)",)),
-    Probe("renameat", "renameat", ("args->oldname", "args->newname", "args->newdfd"),
-          "%d\\t%s", ("(int32)$a2", "str($a1)"), strings=("str($a0)",)),
-    Probe("renameat2", "renameat2", ("args->oldname", "args->newname", "args->newdfd"),
-          "%d\\t%s", ("(int32)$a2", "str($a1)"), strings=("str($a0)",)),
-    Probe("chmod", "chmod", ("args->filename", "args->mode"), "%d\\t%d\\t%s", (_AT, "$a1", "str($a0)")),
+          (("dirfd", "(int32)$a2"), ("mode", "$a1")), (("path", "$a0"),)),
+    Probe("rename", "rename", ("args->oldname", "args->newname"), (("dirfd", _AT),),
+          (("newpath", "$a1"), ("oldpath", "$a0"))),
+    Probe("renameat", "renameat", ("args->oldname", "args->newname", "args->newdfd"), (("dirfd", "(int32)$a2"),),
+          (("newpath", "$a1"), ("oldpath", "$a0"))),
+    Probe("renameat2", "renameat2", ("args->oldname", "args->newname", "args->newdfd"), (("dirfd", "(int32)$a2"),),
+          (("newpath", "$a1"), ("oldpath", "$a0"))),
+    Probe("chmod", "chmod", ("args->filename", "args->mode"), (("dirfd", _AT), ("mode", "$a1")),
+          (("filename", "$a0"),)),
     Probe("fchmodat", "fchmodat", ("args->filename", "args->mode", "args->dfd"),
-          "%d\\t%d\\t%s", ("(int32)$a2", "$a1", "str($a0)")),
-    Probe("fchmod", "fchmod", ("args->fd", "args->mode"), "%d\\t%d", ("(int32)$a0", "$a1")),
-    Probe("symlink", "symlink", ("args->oldname", "args->newname"), "%d\\t%s", (_AT, "str($a1)"),
-          strings=("str($a0)",)),
+          (("dirfd", "(int32)$a2"), ("mode", "$a1")), (("filename", "$a0"),)),
+    Probe("fchmod", "fchmod", ("args->fd", "args->mode"), (("fd", "(int32)$a0"), ("mode", "$a1"))),
+    Probe("symlink", "symlink", ("args->oldname", "args->newname"), (("dirfd", _AT),),
+          (("linkpath", "$a1"), ("target", "$a0"))),
     Probe("symlinkat", "symlinkat", ("args->oldname", "args->newname", "args->newdfd"),
-          "%d\\t%s", ("(int32)$a2", "str($a1)"), strings=("str($a0)",)),
-    Probe("init_module", "init_module", ("args->len",), "%d", ("$a0",)),
-    Probe("finit_module", "finit_module", ("args->fd", "args->flags"), "%d\\t%d", ("(int32)$a0", "$a1")),
-    Probe("bpf", "bpf", ("args->cmd",), "%d", ("$a0",)),
-    Probe("memfd_create", "memfd_create", ("args->uname", "args->flags"), "%d\\t%s", ("$a1", "str($a0)")),
+          (("dirfd", "(int32)$a2"),), (("linkpath", "$a1"), ("target", "$a0"))),
+    Probe("link", "link", ("args->oldname", "args->newname"), (("dirfd", _AT), ("olddirfd", _AT)),
+          (("newpath", "$a1"), ("oldpath", "$a0"))),
+    Probe("linkat", "linkat", ("args->oldname", "args->newname", "args->newdfd", "args->olddfd", "args->flags"),
+          (("dirfd", "(int32)$a2"), ("olddirfd", "(int32)$a3"), ("flags", "$a4")),
+          (("newpath", "$a1"), ("oldpath", "$a0"))),
+    Probe("chdir", "chdir", ("args->filename",), (), (("path", "$a0"),)),
+    Probe("fchdir", "fchdir", ("args->fd",), (("fd", "(int32)$a0"),)),
+    Probe("dup", "dup", ("args->fildes",), (("oldfd", "(int32)$a0"),)),
+    Probe("dup2", "dup2", ("args->oldfd", "args->newfd"), (("oldfd", "(int32)$a0"), ("newfd", "(int32)$a1"))),
+    Probe("dup3", "dup3", ("args->oldfd", "args->newfd", "args->flags"),
+          (("oldfd", "(int32)$a0"), ("newfd", "(int32)$a1"), ("flags", "$a2"))),
+    Probe("init_module", "init_module", ("args->len",), (("len", "$a0"),)),
+    Probe("finit_module", "finit_module", ("args->fd", "args->flags"), (("fd", "(int32)$a0"), ("flags", "$a1"))),
+    Probe("bpf", "bpf", ("args->cmd",), (("cmd", "$a0"),)),
+    Probe("memfd_create", "memfd_create", ("args->uname", "args->flags"), (("flags", "$a1"),), (("name", "$a0"),)),
 )  # fmt: skip
 
-# Event types made by the process probes rather than by a syscall table entry.
+# Event types made by the process probes rather than by a syscall table entry. A successful
+# execveat is an exec like any other (sched_process_exec), reported as evt.type execve.
 PROCESS_TYPES = frozenset(("execve", "execveat", "procexit", "clone", "clone3", "fork", "vfork"))
 SUPPORTED_TYPES = frozenset(p.evt for p in PROBES) | PROCESS_TYPES
-
-
-_EXIT_PROBE = (
-    "tracepoint:sched:sched_process_exit /pid == tid/ {\n"
-    '  printf("procexit\\t%llu\\t%d\\t%d\\t%d\\t%s\\t0\\t%d\\n",'
-    " nsecs, pid, tid, uid, comm, curtask->exit_code >> 8);\n}"
-)
+# Types the process table needs whatever the rules read: they keep cwd and fds true.
+STATE_TYPES = frozenset(("chdir", "fchdir", "dup", "dup2", "dup3"))
+_COMMON = "nsecs, pid, tid, uid, args->ret, cgroup"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,49 +162,134 @@ def tracepoint_exists(syscall: str, root: Path = Path("/sys/kernel/tracing")) ->
     return (root / "events" / "syscalls" / f"sys_enter_{syscall}").is_dir()
 
 
+def v1_subsys_id(proc_cgroups: Path = Path("/proc/cgroups")) -> int | None:
+    """Index of a cgroup v1 controller mounted on this node (pids, else memory), None on pure v2.
+
+    /proc/cgroups lists the controllers in their kernel id order; column 2 is the v1 hierarchy
+    (0: not mounted as v1). Container runtimes on v1 nodes create their cgroup in each.
+    """
+    try:
+        rows = [ln.split() for ln in proc_cgroups.read_text().splitlines() if ln and not ln.startswith("#")]
+    except OSError:
+        return None
+    for want in ("pids", "memory"):
+        for idx, row in enumerate(rows):
+            if len(row) >= 2 and row[0] == want and row[1] != "0":
+                return idx
+    return None
+
+
 def generate(
     event_types: Iterable[str] | None,
     *,
     self_pid: int,
     exists: Callable[[str], bool] = tracepoint_exists,
+    v1_subsys: int | None = None,
+    success_only: Iterable[str] = (),
 ) -> Program:
     """The bpftrace program for ``event_types`` (None: every supported type).
 
     Unsupported types are listed in ``missing`` (the caller reports them); they never fail.
+    ``success_only``: types whose failed calls no rule can match (``Engine.success_only_types``),
+    dropped in the kernel; the process-state types are always success only.
     """
+    ok_only = frozenset(success_only)
     wanted = SUPPORTED_TYPES if event_types is None else frozenset(event_types)
     missing = {t: "not traced by the eBPF source" for t in sorted(wanted - SUPPORTED_TYPES)}
     parts = [
-        'BEGIN { printf("READY\\t%llu\\n", nsecs); }',
-        _exec_probe(self_pid),
+        *_exec_probes(self_pid, v1_subsys),
         _fork_probe(self_pid, emit_clone=bool(wanted & {"clone", "clone3", "fork", "vfork"})),
-        _EXIT_PROBE,
+        f"tracepoint:sched:sched_process_exit /pid == tid/ {{ print(({REC_EXIT}, nsecs, pid, tid,"
+        " curtask->exit_code >> 8)); }",
     ]
     traced = set(PROCESS_TYPES & wanted)
-    for probe_id, probe in enumerate(PROBES, start=1):
-        if probe.evt not in wanted:
+    for probe_id, probe in enumerate(PROBES):
+        if probe.evt not in wanted and probe.evt not in STATE_TYPES:
             continue
         if not exists(probe.syscall):
-            missing[probe.evt] = f"this kernel has no tracepoint syscalls:sys_enter_{probe.syscall}"
+            if probe.evt in wanted:
+                missing[probe.evt] = f"this kernel has no tracepoint syscalls:sys_enter_{probe.syscall}"
             continue
-        parts.append(_syscall_probe(probe, probe_id, self_pid))
-        traced.add(probe.evt)
-    # bpftrace prints every non-empty map when it exits: clear the argument stash first.
-    nargs = max((len(p.save) for p in PROBES if p.evt in traced), default=0)
-    parts.append("END { clear(@in); " + " ".join(f"clear(@a{i});" for i in range(nargs)) + " }")
+        only_ok = probe.evt in ok_only or probe.evt not in wanted  # state-only: success is what counts
+        parts.append(_syscall_probe(probe, probe_id, self_pid, success_only=only_ok))
+        if probe.evt in wanted:
+            traced.add(probe.evt)
+    # Readiness: bpftrace attaches probes in program order, so once this last one fires (the
+    # source calls getpgid until it does) every probe before it is attached. (BEGIN and END are
+    # uprobes on bpftrace's own binary; a start failing with "No attach points for probe | BEGIN"
+    # was one of them not resolving, so the program uses neither. Maps left at exit are printed
+    # as "map" records, which the decoder skips.)
+    parts.append(f'tracepoint:syscalls:sys_enter_getpgid /pid == {self_pid}/ {{ printf("READY\\n"); }}')
     return Program("\n".join(parts) + "\n", frozenset(traced), missing)
 
 
-def _exec_probe(self_pid: int) -> str:
-    # The effective uid (Falco's user.uid), not the real one: a setuid-root binary runs as root.
+def _pieces(slot: int, ptr: str, *, user: bool = True, first: bool = True) -> str:
+    """Print a string's pieces after the first (or all, ``first``) as string records.
+
+    Piece k+1 is sent only when piece k is full: reading the same address with sizes STRLEN and
+    STRLEN-1 gives different strings exactly when no NUL ends the string within CHUNK bytes.
+    """
+
+    def at(off: str) -> str:
+        return f"uptr({ptr} + {off})" if user else f"{ptr} + {off}"
+
+    head = f"print(({REC_STR}, tid, {slot}, str({at('0')}, {CHUNK})));\n  " if first else ""
+    prev = at(f"($k - 1) * {CHUNK}")
     return (
-        f"tracepoint:sched:sched_process_exec /pid != {self_pid}/ {{\n"
-        "  $m = curtask->mm;\n"
-        '  printf("A\\t%d\\t%r\\n", tid, buf(uptr($m->arg_start), $m->arg_end - $m->arg_start));\n'
-        '  printf("execve\\t%llu\\t%d\\t%d\\t%d\\t%s\\t0\\t%d\\t%d\\t%s\\n",'
-        " nsecs, pid, tid, curtask->cred->euid.val, comm, curtask->real_parent->tgid,"
-        " curtask->loginuid.val, str(args->filename));\n}"
+        f"{head}$k = (uint64)1;\n"
+        f"  while ($k < {MAX_PIECES} && strncmp(str({prev}, {CHUNK + 1}), str({prev}, {CHUNK}), {CHUNK + 1}) != 0) {{\n"
+        f"    print(({REC_STR}, tid, {slot}, str({at(f'$k * {CHUNK}')}, {CHUNK}))); $k += 1;\n  }}"
     )
+
+
+def _exec_probes(self_pid: int, v1_subsys: int | None) -> list[str]:
+    """Exec: argv, comm, the cgroup names, exe and cwd names read from the task, then the event.
+
+    The effective uid (Falco's user.uid), not the real one: a setuid-root binary runs as root.
+    The tty is encoded as the kernel does for /proc/PID/stat (new_encode_dev of major:minor).
+    """
+    hdr = f"tracepoint:sched:sched_process_exec /pid != {self_pid}/"
+    cg = "((struct kernfs_node *)curtask->cgroups->dfl_cgrp->kn)"
+    probes = [
+        # The argument block sits at the top of the new stack: a piece past its end may run off
+        # the mapping (and read as nothing), so the last piece ends at arg_end instead.
+        f"{hdr} {{\n  $m = curtask->mm; $a = $m->arg_start; $e = $m->arg_end;"
+        " $len = (int64)($e - $a); $off = (int64)0;\n"
+        f"  while ($off < $len && $off < {ARGV_MAX}) {{\n"
+        f"    $at = $off; if ($off + {ARGV_PIECE} > $len) {{ $at = $len - {ARGV_PIECE}; }}\n"
+        f"    print(({REC_ARGV}, tid, $at, ((struct argv_piece *)uptr($a + (uint64)$at))->b));\n"
+        f"    $off += {ARGV_PIECE};\n"
+        "  }\n}",
+        f"{hdr} {{ print(({REC_STR}, tid, {SLOT_COMM}, comm)); }}",
+        f"{hdr} {{\n  $kn = {cg};\n  print(({REC_STR}, tid, {SLOT_CG}, str($kn->name)));\n"
+        f"  $p = (struct kernfs_node *)$kn->__parent;\n  if ($p != 0) {{ print(({REC_STR}, tid, {SLOT_CG + 1},"
+        " str($p->name))); }\n}",
+        f"{hdr} {{\n  $kn = {cg};\n  $p = (struct kernfs_node *)$kn->__parent;\n  if ($p != 0) {{\n"
+        "    $g = (struct kernfs_node *)$p->__parent;\n"
+        f"    if ($g != 0) {{ print(({REC_STR}, tid, {SLOT_CG + 2}, str($g->name))); }}\n  }}\n}}",
+    ]
+    if v1_subsys is not None:
+        v1 = f"((struct kernfs_node *)curtask->cgroups->subsys[{v1_subsys}]->cgroup->kn)"
+        probes.append(
+            f"{hdr} {{\n  $kn = {v1};\n  print(({REC_STR}, tid, {SLOT_CG1}, str($kn->name)));\n"
+            f"  $p = (struct kernfs_node *)$kn->__parent;\n  if ($p != 0) {{ print(({REC_STR}, tid, {SLOT_CG1 + 1},"
+            " str($p->name))); }\n}"
+        )
+    probes += [
+        f"{hdr} {{ $f = (struct file *)curtask->mm->exe_file;"
+        f" print(({REC_STR}, tid, {SLOT_EXE}, str($f->f_path.dentry->d_name.name))); }}",
+        f"{hdr} {{ print(({REC_STR}, tid, {SLOT_PWD}, str(curtask->fs->pwd.dentry->d_name.name))); }}",
+        f"{hdr} {{\n  {_pieces(0, 'args->filename', user=False, first=False)}\n}}",
+        f"{hdr} {{\n  $m = curtask->mm; $f = (struct file *)$m->exe_file;\n"
+        "  $t = (struct tty_struct *)curtask->signal->tty; $tty = (uint64)0;\n"
+        "  if ($t != 0) { $d = (struct tty_driver *)$t->driver; $min = (uint64)($d->minor_start + $t->index);\n"
+        "    $tty = ($min & 0xff) | ((uint64)$d->major << 8) | (($min & ~0xff) << 12); }\n"
+        f"  print(({REC_EXEC}, nsecs, pid, tid, curtask->cred->euid.val, cgroup, curtask->real_parent->tgid,"
+        " curtask->loginuid.val, $tty, $m->arg_end - $m->arg_start, curtask->cred->cap_effective.val,"
+        " curtask->cred->cap_bset.val, $f->f_inode->i_nlink, $f->f_inode->i_sb->s_magic,"
+        f" str(args->filename, {CHUNK})));\n}}",
+    ]
+    return [f"struct argv_piece {{ unsigned char b[{ARGV_PIECE}]; }}", *probes]
 
 
 def _fork_probe(self_pid: int, *, emit_clone: bool) -> str:
@@ -230,28 +298,98 @@ def _fork_probe(self_pid: int, *, emit_clone: bool) -> str:
     )
     text = (
         f"{exits} /args->ret == 0 && pid == tid/ {{\n"
-        '  printf("F\\t%llu\\t%d\\t%d\\t%d\\t%s\\n", nsecs, pid, curtask->real_parent->tgid, uid, comm);\n}'
+        f"  print(({REC_FORK}, nsecs, pid, tid, curtask->real_parent->tgid, uid, cgroup));\n}}"
     )
     if emit_clone:  # the parent's side, as Falco's clone exit event in the caller
-        text += (
-            f"\n{exits} /args->ret > 0 && pid != {self_pid}/ {{\n"
-            '  printf("clone\\t%llu\\t%d\\t%d\\t%d\\t%s\\t%d\\n", nsecs, pid, tid, uid, comm, args->ret);\n}'
-        )
+        clone_id = REC_SYSCALL + len(PROBES)
+        text += f"\n{exits} /args->ret > 0 && pid != {self_pid}/ {{\n  print(({clone_id}, {_COMMON}));\n}}"
     return text
 
 
-def _syscall_probe(probe: Probe, probe_id: int, self_pid: int) -> str:
-    saves = "".join(f" @a{i}[tid] = (uint64){expr};" for i, expr in enumerate(probe.save))
-    enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ @in[tid] = {probe_id};{saves} }}"
-    loads = "".join(f" $a{i} = @a{i}[tid];" for i in range(len(probe.save)))
-    deletes = " ".join(["delete(@in[tid]);", *(f"delete(@a{i}[tid]);" for i in range(len(probe.save)))])
-    if probe.body is not None:
-        body = probe.body
+_SK = "$sk->__sk_common"
+
+
+def _net_body(rec: int, fd: str, mode: str, addr: str = "$a1") -> str:
+    """Exit body of a socket syscall: ``fd family proto lport rport "lip" "rip"`` (unix: path in rip).
+
+    The two addresses are short strings (ntop), so they fit in one record beside the numbers.
+    mode: ``sk`` both ends from the kernel socket (accept, listen), ``remote`` the peer from the
+    user's sockaddr (connect, sendto), ``local`` our end from it (bind).
+    """
+    head = f"print(({rec}, {_COMMON}, "
+    v4_sk = (f"{_SK}.skc_num", f"ntop(2, {_SK}.skc_rcv_saddr)")
+    v6_sk = (f"{_SK}.skc_num", f"ntop(10, {_SK}.skc_v6_rcv_saddr.in6_u.u6_addr8)")
+
+    def line(fam: str, lport: str, rport: str, lip: str, rip: str) -> str:
+        return f"{head}$fd, {fam}, $proto, {lport}, {rport}, {lip}, {rip}));"
+
+    lines = [
+        f"$fd = {fd};",
+        "$sk = ((struct socket *)((struct file *)*(curtask->files->fdt->fd + $fd))->private_data)->sk;",
+        f"$proto = $sk->sk_protocol; $fam = {_SK}.skc_family;",
+    ]
+    if mode == "sk":
+        return "\n  ".join([
+            *lines,
+            "if ($fd < 0) { " + line("0", "0", "0", '""', '""') + " }",
+            "else if ($fam == 2) { " + line("2", v4_sk[0], f"bswap({_SK}.skc_dport)", v4_sk[1],
+                                             f"ntop(2, {_SK}.skc_daddr)") + " }",
+            "else if ($fam == 10) { " + line("10", v6_sk[0], f"bswap({_SK}.skc_dport)", v6_sk[1],
+                                              f"ntop(10, {_SK}.skc_v6_daddr.in6_u.u6_addr8)") + " }",
+            "else { " + line("$fam", "0", "0", '""', '""') + " }",
+        ])  # fmt: skip
+    lines.append(f"$sa = (struct sockaddr *){addr};")
+    if mode == "remote" and fd == "(int32)$a0":
+        lines = [*lines, "if ($sa == 0) {", _net_body(rec, fd, "sk"), "} else {"]
+    lines.append("$ufam = $sa->sa_family; $in = (struct sockaddr_in *)$sa; $in6 = (struct sockaddr_in6 *)$sa;")
+    un = "((struct sockaddr_un *)$sa)->sun_path"
+    if mode == "remote":
+        v4 = line("2", v4_sk[0], "bswap($in->sin_port)", v4_sk[1], "ntop(2, $in->sin_addr.s_addr)")
+        v6 = line("10", v6_sk[0], "bswap($in6->sin6_port)", v6_sk[1], "ntop(10, $in6->sin6_addr.in6_u.u6_addr8)")
+        unix = line("1", "0", "0", '""', un)
     else:
-        strings = "".join(f'printf("S\\t%d\\t%s\\n", tid, {s});\n  ' for s in probe.strings)
-        exprs = ", ".join(probe.exprs)
-        sep = "\\t" if probe.fmt else ""
-        body = f'{strings}printf("{probe.evt}\\t{_COMMON_FMT}{sep}{probe.fmt}\\n", {_COMMON_ARGS}, {exprs});'
-        body = body.replace(", );", ");")
-    exit_probe = f"tracepoint:syscalls:sys_exit_{probe.syscall} /@in[tid] == {probe_id}/"
-    return f"{enter}\n{exit_probe} {{\n {loads}\n  {body}\n  {deletes}\n}}"
+        v4 = line("2", "bswap($in->sin_port)", "0", "ntop(2, $in->sin_addr.s_addr)", "ntop(2, 0)")
+        v6 = line("10", "bswap($in6->sin6_port)", "0", "ntop(10, $in6->sin6_addr.in6_u.u6_addr8)", "ntop(2, 0)")
+        unix = line("1", "0", "0", un, '""')
+    lines += [
+        "if ($ufam == 2) { " + v4 + " }",
+        "else if ($ufam == 10) { " + v6 + " }",
+        "else if ($ufam == 1) { " + unix + " }",
+        "else { " + line("$ufam", "0", "0", '""', '""') + " }",
+    ]
+    if mode == "remote":
+        lines.append("}")
+    return "\n  ".join(lines)
+
+
+_NET_FD = {"remote": "(int32)$a0", "local": "(int32)$a0", "sk": "(int32)$a0"}
+
+
+def _syscall_probe(probe: Probe, probe_id: int, self_pid: int, *, success_only: bool = False) -> str:
+    """Enter saves the arguments in one per-probe map entry (a tuple led by 1, so a missing entry
+    reads as 0); the exit programs print the strings' further pieces, then the event.
+    ``success_only``: failed calls are dropped in the kernel (no loaded rule can match them)."""
+    rec = REC_SYSCALL + probe_id
+    m = f"@s{rec}[tid]"
+    saved = "".join(f", (uint64){expr}" for expr in probe.save)
+    value = f"((uint64)1{saved})" if probe.save else "1"  # no arguments: a plain 1, not a tuple
+    enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ {m} = {value}; }}"
+    loads = f"$t = {m};" + "".join(f" $a{i} = $t.{i + 1};" for i in range(len(probe.save))) if probe.save else ""
+    cond = (f"{m}.0 == 1" if probe.save else f"{m} == 1") + (" && args->ret >= 0" if success_only else "")
+    exit_point = f"tracepoint:syscalls:sys_exit_{probe.syscall} /{cond}/"
+    out = []
+    # Side strings and continuation pieces, each in its own program (stack), before the event.
+    for slot, (_name, ptr) in enumerate(probe.strings):
+        out.append(f"{exit_point} {{\n  {loads}\n  {_pieces(slot, ptr, first=slot > 0)}\n}}")
+    if probe.net:
+        fd = "(int32)args->ret" if probe.evt in ("accept", "accept4") else _NET_FD[probe.net]
+        body = _net_body(rec, fd, probe.net, probe.addr)
+    else:
+        values = [expr for _, expr in probe.ints]
+        if probe.strings:
+            values.append(f"str(uptr({probe.strings[0][1]}), {CHUNK})")
+        body = f"print(({rec}, {_COMMON}{''.join(', ' + v for v in values)}));"
+    out.append(f"{exit_point} {{\n  {loads}\n  {body}\n}}")
+    # The entry goes whatever the result (a failed call dropped above must not leave it behind).
+    out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} {{ delete({m}); }}")
+    return enter + "\n" + "\n".join(out)

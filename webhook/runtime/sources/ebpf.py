@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from webhook import errors
 from webhook.runtime.sources import bpftrace_program
@@ -29,41 +32,47 @@ class EbpfUnavailable(errors.UpstreamError):
     """bpftrace cannot run here (not installed, not root, no tracefs, program rejected)."""
 
 
-_NET = (("fd", int), ("family", int), ("proto", int), ("lip", str), ("lport", int), ("rip", str), ("rport", int))
-_OPEN = (("flags", int), ("mode", int), ("dirfd", int), ("name", str))
-# Extras after the common prefix of each event line, by evt.type (see bpftrace_program.PROBES).
-SCHEMAS: dict[str, tuple[tuple[str, type], ...]] = {
-    "open": _OPEN, "openat": _OPEN, "openat2": _OPEN, "creat": _OPEN,
-    "connect": _NET, "sendto": _NET, "bind": _NET, "listen": _NET, "accept": _NET, "accept4": _NET,
-    "socket": (("domain", int), ("type", int), ("proto", int)),
-    "ptrace": (("request", int), ("pid", int)),
-    "setuid": (("uid", int),), "setgid": (("gid", int),),
-    "mount": (("flags", int), ("dir", str)),
-    "umount2": (("flags", int), ("name", str)),
-    "unlink": (("dirfd", int), ("path", str)), "rmdir": (("dirfd", int), ("path", str)),
-    "unlinkat": (("dirfd", int), ("flags", int), ("name", str)),
-    "mkdir": (("dirfd", int), ("mode", int), ("path", str)),
-    "mkdirat": (("dirfd", int), ("mode", int), ("path", str)),
-    "rename": (("dirfd", int), ("newpath", str)), "renameat": (("dirfd", int), ("newpath", str)),
-    "renameat2": (("dirfd", int), ("newpath", str)),
-    "chmod": (("dirfd", int), ("mode", int), ("filename", str)),
-    "fchmodat": (("dirfd", int), ("mode", int), ("filename", str)),
-    "fchmod": (("fd", int), ("mode", int)),
-    "symlink": (("dirfd", int), ("linkpath", str)), "symlinkat": (("dirfd", int), ("linkpath", str)),
-    "init_module": (("len", int),), "finit_module": (("fd", int), ("flags", int)),
-    "bpf": (("cmd", int),), "memfd_create": (("flags", int), ("name", str)),
-    "execve": (("ppid", int), ("loginuid", int), ("filename", str)),
-    "procexit": (("status", int),), "clone": (),
-}  # fmt: skip
-# Names of the strings printed first on S lines, in order.
-S_NAMES: dict[str, tuple[str, ...]] = {
-    "mount": ("dev", "type"), "rename": ("oldpath",), "renameat": ("oldpath",), "renameat2": ("oldpath",),
-    "symlink": ("target",), "symlinkat": ("target",),
-}  # fmt: skip
+# How long events wait to be put back in time order across CPUs (see Reorder): bpftrace drains
+# every CPU's buffer on each wake-up, so records of one moment arrive within a few ms.
+REORDER_MS = 5.0
+_HIGH = re.compile(r"\\\\|\\uffffff([0-9a-fA-F]{2})")
+_NAMES = (*tuple(p.evt for p in bpftrace_program.PROBES), "clone")
+_PARAMS = (*tuple(p.params for p in bpftrace_program.PROBES), ())
+_NSTR = (*tuple(len(p.strings) for p in bpftrace_program.PROBES), 0)
+_CHUNK = bpftrace_program.CHUNK
+_MAX_PIECES = bpftrace_program.MAX_PIECES
+
+
+def _high(m: re.Match[str]) -> str:
+    return m.group(0) if m.group(1) is None else "\\u00" + m.group(1)
+
+
+def _bytes_text(s: str) -> str:
+    """A string whose characters are bytes (see ``load_record``) as text; invalid UTF-8 is kept
+    as surrogate escapes (``os.fsdecode`` does the same with file names)."""
+    if s.isascii():
+        return s
+    try:
+        return s.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return s
+
+
+def load_record(line: str) -> Any:
+    """One bpftrace ``-f json`` line → its object.
+
+    bpftrace 0.17 escapes a byte >= 0x80 in a string as ``\\uffffffXX`` (a sign-extended char):
+    those become ``\\u00XX`` here, one character per byte, so pieces keep their byte length;
+    ``_join`` turns the joined string back into the text the process passed. Other escapes are
+    standard JSON (``\\\\`` is a backslash, never the start of one of ours).
+    """
+    if "\\uffffff" in line:
+        line = _HIGH.sub(_high, line)
+    return orjson.loads(line)
 
 
 class LineDecoder:
-    """bpftrace lines → RawEvent. Keeps the S/A lines a thread printed until its event line."""
+    """bpftrace JSON records → RawEvent. Keeps a thread's string and argv records until its event."""
 
     def __init__(self, *, ignore_pids: Iterable[int] = (), clock_offset: int | None = None) -> None:
         self.offset = clock_offset if clock_offset is not None else time.time_ns() - time.monotonic_ns()
@@ -71,62 +80,147 @@ class LineDecoder:
         self.lost = 0
         self.malformed = 0
         self.ignored = 0
+        self.truncated = 0
         self.ready = False
-        self._strings: dict[str, list[str]] = {}
-        self._argv: dict[str, list[str]] = {}
+        self._strings: dict[int, list[tuple[int, str]]] = {}
+        self._argv: dict[int, list[tuple[int, list[int]]]] = {}
 
     def decode(self, line: str) -> RawEvent | None:
-        """One event, or None for side lines (S, A, READY, Lost) and malformed ones (counted)."""
-        try:
-            return self._decode(line)
-        except (ValueError, IndexError, KeyError):
-            self.malformed += 1
+        """One event, or None for side records, READY, losses and malformed lines (counted)."""
+        if not line:
             return None
-
-    def _decode(self, line: str) -> RawEvent | None:
-        parts = line.split("\t")
-        kind = parts[0]
-        schema = SCHEMAS.get(kind)
-        if schema is not None and len(parts) == 7 + len(schema):
-            try:
-                return self._event(kind, parts, schema)
-            except ValueError:
-                self.malformed += 1
+        try:
+            obj = load_record(line)
+            kind = obj["type"]
+            if kind == "value":
+                return self._record(obj["data"])
+            if kind == "printf":
+                if obj["data"].startswith("READY"):
+                    self.ready = True
                 return None
-        if kind == "S" and len(parts) == 3:
-            self._strings.setdefault(parts[1], []).append(parts[2])
-        elif kind == "A" and len(parts) == 3:
-            self._argv[parts[1]] = _argv(parts[2])
-        elif kind == "F" and len(parts) == 6:
-            pid = int(parts[2])
-            params = {"ppid": int(parts[3])}
-            return RawEvent("F", int(parts[1]) + self.offset, pid, pid, int(parts[4]), parts[5], 0, params)
-        elif kind == "READY":
-            self.ready = True
-        elif kind.startswith("Lost ") and kind.endswith(" events"):
-            self.lost += int(kind.split()[1])
-        elif line and not line.startswith("Attaching "):
-            self.malformed += 1
+            if kind == "lost_events":
+                self.lost += int(obj["data"]["events"])
+                # the lost records may include the event some pending strings belong to: drop
+                # them rather than hand them to a later event of the same thread
+                self._strings.clear()
+                self._argv.clear()
+                return None
+            if kind in ("attached_probes", "map", "hist", "stats", "time", "join", "syscall"):
+                return None
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError):  # orjson's error is a ValueError
+            pass
+        self.malformed += 1
         return None
 
-    def _event(self, kind: str, parts: list[str], schema: tuple[tuple[str, type], ...]) -> RawEvent | None:
-        pid = int(parts[2])
-        tid = parts[3]
-        names = S_NAMES.get(kind)
-        strings = self._strings.pop(tid, None)
+    def _record(self, d: list[Any]) -> RawEvent | None:
+        rec = d[0]
+        if rec == 0:
+            self._strings.setdefault(d[1], []).append((d[2], d[3]))
+            return None
+        if rec == 1:
+            self._argv.setdefault(d[1], []).append((d[2], d[3]))
+            return None
+        if rec >= 10:
+            return self._syscall(rec - 10, d)
+        if rec == 2:
+            ts, pid, _tid, ppid, uid, cgroup = d[1:7]
+            return RawEvent("F", ts + self.offset, pid, pid, uid, "", 0, {"ppid": ppid, "cgroup": cgroup})
+        if rec == 3:
+            ts, pid, tid, status = d[1:5]
+            if pid in self.ignore:
+                self.ignored += 1
+                return None
+            return RawEvent("procexit", ts + self.offset, pid, tid, -1, "", 0, {"status": status})
+        if rec == 4:
+            return self._exec(d)
+        raise ValueError(f"unknown record {rec}")
+
+    def _take_strings(self, tid: int, first: str | None, count: int) -> tuple[list[str], bool]:
+        """The thread's pending strings by slot (slot 0 starts with ``first``), and if any was cut."""
+        if count == 1 and first is not None and tid not in self._strings:  # the common case
+            self._extra = {0: [first]}
+            return [_bytes_text(first)], False
+        pieces: dict[int, list[str]] = {}
+        if first is not None:
+            pieces[0] = [first]
+        for slot, text in self._strings.pop(tid, ()):
+            pieces.setdefault(slot, []).append(text)
+        out, cut = [], False
+        for slot in range(count):
+            parts = pieces.get(slot, [""])
+            cut = cut or (len(parts) >= _MAX_PIECES and len(parts[-1]) == _CHUNK)
+            out.append(_join(parts))
+        self._extra = pieces
+        return out, cut
+
+    def _syscall(self, idx: int, d: list[Any]) -> RawEvent | None:
+        ts, pid, tid, uid, res, cgroup = d[1:7]
+        nstr = _NSTR[idx]
+        first = d[-1] if nstr else None
+        strings, cut = self._take_strings(tid, first, nstr)
         if pid in self.ignore:
             self.ignored += 1
             return None
-        params: dict[str, Any] = {name: conv(v) for (name, conv), v in zip(schema, parts[7:], strict=True)}
-        if names is not None:
-            params.update(zip(names, strings or (), strict=False))
-        if kind == "execve":
-            params["argv"] = self._argv.pop(tid, None) or [params["filename"]]
-        ts = int(parts[1]) + self.offset
-        return RawEvent(kind, ts, pid, int(tid), int(parts[4]), parts[5], int(parts[6]), params)
+        names = _PARAMS[idx]
+        values = d[7 : len(d) - 1] if nstr else d[7:]
+        if nstr:
+            values = [*values, *strings]
+        params: dict[str, Any] = dict(zip(names, values, strict=True))
+        params["cgroup"] = cgroup
+        if cut:
+            params["truncated"] = True
+            self.truncated += 1
+        return RawEvent(_NAMES[idx], ts + self.offset, pid, tid, uid, "", res, params)
+
+    def _exec(self, d: list[Any]) -> RawEvent | None:
+        ts, pid, tid, euid, cgroup, ppid, loginuid, tty, argv_len, cap_eff, cap_bset, nlink, magic, fname = d[1:15]
+        _, cut = self._take_strings(tid, fname, 1)
+        pieces = self._extra
+        argv_parts = sorted(self._argv.pop(tid, ()), key=lambda p: p[0])
+        if pid in self.ignore:
+            self.ignored += 1
+            return None
+        limit = min(argv_len, bpftrace_program.ARGV_MAX)
+        argv_cut = argv_len > bpftrace_program.ARGV_MAX
+        block = bytearray(limit)
+        for off, chunk in argv_parts:
+            lo = max(off, 0)
+            hi = min(off + len(chunk), limit)
+            if hi > lo:
+                block[lo:hi] = bytes(chunk[lo - off : hi - off])
+        raw = bytes(block)
+        args = raw.decode("utf-8", "surrogateescape").split("\x00")
+        if args and args[-1] == "":
+            args.pop()
+
+        def one(slot: int) -> str:
+            return _join(pieces[slot]) if slot in pieces else ""
+
+        slots = bpftrace_program
+        cgroups = ["/".join(n for n in (one(slots.SLOT_CG + 2), one(slots.SLOT_CG + 1), one(slots.SLOT_CG)) if n)]
+        if slots.SLOT_CG1 in pieces:
+            cgroups.append("/".join(n for n in (one(slots.SLOT_CG1 + 1), one(slots.SLOT_CG1)) if n))
+        params: dict[str, Any] = {
+            "filename": _join(pieces.get(0, [fname])), "argv": args or [fname], "ppid": ppid,
+            "loginuid": loginuid, "tty": tty, "cgroup": cgroup, "cgroup_names": cgroups,
+            "comm": one(slots.SLOT_COMM), "cap_effective": cap_eff, "cap_bounding": cap_bset,
+            "exe_nlink": nlink, "exe_fs_magic": magic, "exe_name": one(slots.SLOT_EXE),
+            "cwd_name": one(slots.SLOT_PWD),
+        }  # fmt: skip
+        if cut or argv_cut:
+            params["truncated"] = True
+            self.truncated += 1
+        return RawEvent("execve", ts + self.offset, pid, tid, euid, params["comm"], 0, params)
 
 
-_HEX_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+def _join(parts: list[str]) -> str:
+    """A string sent in pieces: each full piece (CHUNK bytes) is followed by the next."""
+    out = parts[0]
+    for prev, nxt in itertools.pairwise(parts):
+        if len(prev) != _CHUNK:
+            break
+        out += nxt
+    return _bytes_text(out)
 
 
 class Reorder:
@@ -171,18 +265,6 @@ def _ts(ev: RawEvent) -> int:
     return ev.ts
 
 
-def _argv(escaped: str) -> list[str]:
-    """The NUL-separated argument block bpftrace's %r prints with \\xNN escapes.
-
-    Only ``\\xNN`` is an escape: %r leaves a literal backslash as is (``grep 'a\\|b'``).
-    """
-    raw = _HEX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), escaped.encode("utf-8", "surrogateescape"))
-    args = raw.decode("utf-8", "replace").split("\x00")
-    if args and args[-1] == "":
-        args.pop()
-    return args
-
-
 def ensure_tracefs() -> None:
     """Mount tracefs (and debugfs, where bpftrace 0.17 looks) when they are not mounted."""
     for target, fstype in (("/sys/kernel/tracing", "tracefs"), ("/sys/kernel/debug", "debugfs")):
@@ -190,6 +272,13 @@ def ensure_tracefs() -> None:
             continue
         with contextlib.suppress(OSError):
             subprocess.run(["mount", "-t", fstype, "nodev", target], check=False, capture_output=True, timeout=10)
+
+
+async def _poke_ready() -> None:
+    """Make the syscall the program's last probe waits for (see ``bpftrace_program.generate``)."""
+    while True:
+        os.getpgid(0)
+        await asyncio.sleep(0.02)
 
 
 class EbpfSource:
@@ -208,9 +297,15 @@ class EbpfSource:
         start_timeout: float = 90.0,
         chunk_size: int = 1 << 16,
         perf_rb_pages: int = 1024,
-        reorder_ms: float = 50.0,
+        reorder_ms: float = REORDER_MS,
+        success_only: Iterable[str] = (),
     ) -> None:
-        self.program = bpftrace_program.generate(event_types, self_pid=os.getpid())
+        self.program = bpftrace_program.generate(
+            event_types,
+            self_pid=os.getpid(),
+            v1_subsys=bpftrace_program.v1_subsys_id(),
+            success_only=success_only,
+        )
         self._bpftrace = bpftrace
         self._buffering = buffering
         self._start_timeout = start_timeout
@@ -239,21 +334,24 @@ class EbpfSource:
             "BPFTRACE_PERF_RB_PAGES": str(self._rb_pages),
         }
         self._proc = await asyncio.create_subprocess_exec(
-            exe, "-B", self._buffering, "-e", self.program.text,
+            exe, "-f", "json", "-B", self._buffering, "-e", self.program.text,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=env, limit=1 << 20,
         )  # fmt: skip
         self.decoder.ignore.add(self._proc.pid)
         assert self._proc.stdout is not None
+        poke = asyncio.create_task(_poke_ready())
         try:
             async with asyncio.timeout(self._start_timeout):
                 while not self.decoder.ready:
                     line = await self._proc.stdout.readline()
                     if not line:
                         break
-                    self.decoder.decode(line.decode("utf-8", "replace").rstrip("\n"))
+                    self.decoder.decode(line.decode("utf-8", "surrogateescape").rstrip("\n"))
         except TimeoutError:
             pass
+        finally:
+            poke.cancel()
         if not self.decoder.ready:
             await self.close()
             detail = self._stderr.decode("utf-8", "replace").strip().splitlines()
@@ -298,7 +396,12 @@ class EbpfSource:
 
     def stats(self) -> dict[str, int]:
         d = self.decoder
-        return {"kernel_lost": d.lost, "malformed_lines": d.malformed, "self_events": d.ignored}
+        return {
+            "kernel_lost": d.lost,
+            "malformed_lines": d.malformed,
+            "self_events": d.ignored,
+            "truncated_strings": d.truncated,
+        }
 
     async def close(self) -> None:
         """Stop bpftrace (SIGINT first, so it detaches its probes cleanly)."""
