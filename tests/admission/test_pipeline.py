@@ -158,7 +158,7 @@ async def test_exemptions_by_namespace_username_and_runtime_class(
     obj["spec"]["runtimeClassName"] = "kata"
     outcome = await judge(Pipeline(cfg, [DenyPrivileged()]), obj, **kw)
     assert outcome.verdict.allowed
-    assert outcome.verdict.audit_annotations["portcullis.dev/exempt"] == "trusted"
+    assert outcome.verdict.audit_annotations["exempt"] == "trusted"
 
 
 async def test_exemption_limited_to_named_checks() -> None:

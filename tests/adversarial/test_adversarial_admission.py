@@ -337,6 +337,6 @@ async def test_audit_annotation_is_bounded_too() -> None:
     cfg = {"privilege": {"level": "privileged", "warn_level": "privileged", "audit_level": "baseline"}}
     outcome = await judge(pod(containers=[privileged(f"c{i}") for i in range(300)]), cfg)
     assert outcome.verdict.allowed
-    annotation = outcome.verdict.audit_annotations["portcullis.dev/privilege"]
+    annotation = outcome.verdict.audit_annotations["privilege"]
     assert "and 200 more pss:privileged findings" in annotation
     assert annotation.count("[pss:privileged]") == 101

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from webhook import errors
 from webhook.checks.base import Check
 from webhook.config import Config
-from webhook.core import workloads
+from webhook.core import decision, workloads
 from webhook.core.deadline import Deadline
 from webhook.core.decision import CheckResult, FailureMode, Mode, Verdict, Violation, combine
 from webhook.core.request import RequestContext
@@ -280,7 +280,7 @@ def _skipped(reason: str, pods: Sequence[PodSpecRef] = ()) -> Outcome:
 
 
 def _with_exempt_reason(verdict: Verdict, reason: str) -> Verdict:
-    annotations = {**verdict.audit_annotations, "portcullis.dev/exempt": reason}
+    annotations = {**verdict.audit_annotations, decision.annotation_key("exempt"): reason}
     return Verdict(
         verdict.allowed,
         verdict.findings,
