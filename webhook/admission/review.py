@@ -7,7 +7,8 @@ the server turns into HTTP 400; encoding builds the response the apiserver expec
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,14 @@ from webhook import errors
 from webhook.core.decision import Verdict
 
 API_VERSION = "admission.k8s.io/v1"
+# The API server always sends the new object for these (DELETE and CONNECT may carry none).
+_NEEDS_OBJECT = frozenset({"CREATE", "UPDATE"})
+# The API server keeps at most 4096 characters of warnings per request (``truncateAtTotalRunes``
+# in its warning recorder; past it every warning is cut to 256) and drops any warning holding a
+# control character. Ours stay within that, so the user sees them whole.
+MAX_WARNING_CHARS = 4096
+_MAX_ONE_WARNING = 512
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +76,9 @@ def decode(body: bytes) -> ReviewRequest:
     for name, value in (("object", obj), ("oldObject", old)):
         if value is not None and not isinstance(value, dict):
             raise errors.ReviewError(f"request.{name} must be an object or null")
+    operation = _string(req, "operation", "request.operation")
+    if obj is None and operation in _NEEDS_OBJECT:
+        raise errors.ReviewError(f"request.object must be an object for a {operation} (got null)")
     dry_run = req.get("dryRun", False)
     if not isinstance(dry_run, bool):
         raise errors.ReviewError("request.dryRun must be a boolean")
@@ -76,7 +88,7 @@ def decode(body: bytes) -> ReviewRequest:
         group=_string(kind, "group", "request.kind.group", required=False),
         resource=_string(resource, "resource", "request.resource.resource", required=False),
         subresource=_string(req, "subResource", "request.subResource", required=False),
-        operation=_string(req, "operation", "request.operation"),
+        operation=operation,
         namespace=_string(req, "namespace", "request.namespace", required=False),
         name=_string(req, "name", "request.name", required=False),
         username=_string(user, "username", "request.userInfo.username", required=False),
@@ -111,13 +123,36 @@ def encode(uid: str, verdict: Verdict, *, mutating: bool = False) -> bytes:
     if not verdict.allowed:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": verdict.deny_message()}
     if verdict.warnings:
-        response["warnings"] = list(verdict.warnings)
+        response["warnings"] = bounded_warnings(verdict.warnings)
     if verdict.audit_annotations:
         response["auditAnnotations"] = dict(verdict.audit_annotations)
     if mutating and verdict.allowed and verdict.patches:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(orjson.dumps(list(verdict.patches))).decode("ascii")
     return orjson.dumps({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response})
+
+
+def bounded_warnings(warnings: Sequence[str], limit: int = MAX_WARNING_CHARS) -> list[str]:
+    """Warnings the API server passes on whole: control characters replaced, each cut to 512
+    characters, in order while the total (with a final "… N more warnings") stays within ``limit``."""
+    out: list[str] = []
+    total = 0
+    for index, text in enumerate(warnings):
+        text = _CONTROL.sub(" ", text)
+        if len(text) > _MAX_ONE_WARNING:
+            text = text[: _MAX_ONE_WARNING - 1] + "…"
+        rest = len(warnings) - index - 1
+        tail = len(_more(rest)) if rest else 0
+        if total + len(text) + tail > limit:
+            out.append(_more(len(warnings) - index))
+            return out
+        out.append(text)
+        total += len(text)
+    return out
+
+
+def _more(count: int) -> str:
+    return f"… {count} more warning{'s' if count != 1 else ''}"
 
 
 def encode_error(uid: str, message: str, code: int = 400) -> bytes:
