@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from webhook import errors
-from webhook.checks import claims
+from webhook.checks import changes, claims
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.kubernetes import KubernetesConfig
@@ -38,6 +38,7 @@ class GpuCheck:
 
     id = CHECK_ID
     default_mode = Mode.ENFORCE
+    reads: frozenset[changes.Part] = frozenset({"spec"})  # resources, node selection, claims
 
     def __init__(
         self,

@@ -1,8 +1,9 @@
 """One review through every check to a verdict: shared by the webhook server and ``portcullis check``.
 
-Order: skip what must not be judged (other subresources, unchanged updates), resolve exemptions
-and modes, run the checks inside the request's deadline (those that do I/O concurrently), turn
-upstream failures into each check's failure mode, combine.
+Order: skip what must not be judged (other subresources; on UPDATE, each check whose declared
+reads did not change, see ``checks.changes``), resolve exemptions and modes, run the checks
+inside the request's deadline (those that do I/O concurrently), turn upstream failures into
+each check's failure mode, combine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from webhook import errors
+from webhook.checks import changes
 from webhook.checks.base import Check
 from webhook.config import Config
 from webhook.core import decision, workloads
@@ -28,9 +30,6 @@ log = logging.getLogger("portcullis.admission")
 # Subresources whose requests carry a pod spec to judge; every other one passes untouched.
 _JUDGED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
 _JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
-# Object metadata that checks may read (policies on labels/annotations); the rest of metadata
-# (resourceVersion, managedFields, ...) changes on every update and must not force a re-judgement.
-_JUDGED_METADATA = ("labels", "annotations")
 
 
 class NamespaceLabels(Protocol):
@@ -150,9 +149,11 @@ class Pipeline:
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
         pods = workloads.pod_specs(subject.object, subject.kind)
+        update: changes.Update | None = None
         if subject.operation == "UPDATE" and subject.old_object is not None:
             old_pods = workloads.pod_specs(subject.old_object, subject.kind)
-            if _same_judged_content(pods, old_pods):
+            update = changes.Update(subject.kind, pods, old_pods, subject.object, subject.old_object)
+            if not any(changes.must_judge(c, update) for c in self.checks if only is None or c.id in only):
                 return _skipped("the update changes nothing a check looks at", pods)
         # Hot path: a dict lookup; only a namespace the watch has not delivered yet awaits a GET.
         found = self._namespaces.labels(subject.namespace) if self._namespaces is not None else None
@@ -179,7 +180,10 @@ class Pipeline:
         active = [
             c
             for c in self.checks
-            if c.id not in exempt and modes[c.id] is not Mode.OFF and (only is None or c.id in only)
+            if c.id not in exempt
+            and modes[c.id] is not Mode.OFF
+            and (only is None or c.id in only)
+            and (update is None or changes.must_judge(c, update))  # each check re-judges what it reads
         ]
         results = await self._run(active, pods, ctx)
         verdict = combine(results, modes)
@@ -261,17 +265,6 @@ class Pipeline:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _same_judged_content(new: Sequence[PodSpecRef], old: Sequence[PodSpecRef]) -> bool:
-    if len(new) != len(old):
-        return False
-    for a, b in zip(new, old, strict=True):
-        if a.spec != b.spec:
-            return False
-        if any(a.metadata.get(k) != b.metadata.get(k) for k in _JUDGED_METADATA):
-            return False
-    return True
 
 
 def _skipped(reason: str, pods: Sequence[PodSpecRef] = ()) -> Outcome:

@@ -5,9 +5,11 @@ webhook and ``portcullis check``).
 Findings carry the mode they were found for: violations of the enforce level have mode
 ``enforce``, those found only at the warn level ``warn``, only at the audit level ``audit``.
 The check ids are listed in ``webhook.checks.pss``. Verdicts per pod spec are Pod Security
-Admission's; one deliberate difference: PSA enforces on Pods only and merely warns on workload
-templates, while Portcullis judges every template at the enforce level too, so a Deployment that
-could never create its pods is refused at once instead of failing later in its ReplicaSet.
+Admission's, and so is when they are made: a Pod UPDATE is judged again only when PSA's
+significance rule says so (``pss.updates``), and workload templates are judged as PSA does, at
+the warn and audit levels only, unless ``privilege.workload_templates: enforce`` (then a template
+that breaks the enforce level is denied, and its UPDATEs follow the same significance rule).
+``portcullis check`` (CI) has no pods to refuse later: it judges templates at the enforce level.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from functools import lru_cache
 import msgspec
 
 from webhook import errors
-from webhook.checks.pss import hardened, policy, registry
+from webhook.checks import changes
+from webhook.checks.pss import hardened, policy, registry, updates
 from webhook.checks.pss.policy import LevelVersion, Plan, Policy
 from webhook.checks.services import Services
 from webhook.config import Config
@@ -87,8 +90,9 @@ class PrivilegeCheck:
     default_mode = Mode.ENFORCE
     does_io = False
 
-    def __init__(self, config: PrivilegeConfig) -> None:
+    def __init__(self, config: PrivilegeConfig, *, ci: bool = False) -> None:
         self._config = config
+        self._enforce_templates = ci or config.workload_templates == "enforce"
         self._hardened = hardened.checks(config.hardened_checks, config.required_limits)
         self._always = hardened.checks(config.always_checks, config.required_limits)
         self._defaults = Policy(
@@ -113,8 +117,29 @@ class PrivilegeCheck:
             found = _apply(found, override)
         return found, problems
 
+    def significant_update(self, update: changes.Update) -> bool:
+        """Whether an UPDATE is judged again.
+
+        Pods: Pod Security Admission's ``isSignificantPodUpdate``, exactly. Templates: PSA judges
+        every UPDATE for its warnings, and so does this check while templates only warn; when
+        they are enforced, a change to the template's spec or annotations (a template, unlike a
+        pod, is mutable throughout), so relabelling a legacy Deployment is never refused.
+        """
+        if len(update.new_pods) != len(update.old_pods):
+            return True
+        if update.kind == "Pod":
+            return any(updates.significant(n, o) for n, o in zip(update.new_pods, update.old_pods, strict=True))
+        if not self._enforce_templates:
+            return True
+        return update.changed("spec") or any(
+            n.metadata.get("annotations") != o.metadata.get("annotations")
+            for n, o in zip(update.new_pods, update.old_pods, strict=True)
+        )
+
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         found, problems = self.policy_for(ctx.namespace, ctx.namespace_labels)
+        if ctx.kind != "Pod" and not self._enforce_templates:
+            found = Policy(LevelVersion(registry.Level.PRIVILEGED, found.enforce.version), found.warn, found.audit)
         plan = self._default_plan if found is self._defaults else self._plan(found)
         warnings = [f"[{CHECK_ID}] {p}" for p in problems]
         return CheckResult(plan.evaluate(pods), warnings, context={"pss": found.describe()})
@@ -146,5 +171,5 @@ def _apply(found: Policy, override: NamespacePrivilege) -> Policy:
 
 
 def build(config: Config, services: Services) -> PrivilegeCheck:
-    """The privilege check for ``config.privilege`` (``services`` unused: the check does no I/O)."""
-    return PrivilegeCheck(config.privilege)
+    """The privilege check for ``config.privilege`` (``services`` tells CI apart: the check does no I/O)."""
+    return PrivilegeCheck(config.privilege, ci=services.ci)

@@ -64,6 +64,11 @@ class PrivilegeConfig(Section, frozen=True):
     audit_version: str = "latest"
     # Read the pod-security.kubernetes.io/* namespace labels (as Pod Security Admission does).
     namespace_labels: bool = True
+    # Workload templates (Deployment, Job, CronJob, ...): `warn` judges them as Pod Security
+    # Admission does, at the warn and audit levels only (their pods are enforced when created);
+    # `enforce` also denies a template that breaks the enforce level, so a Deployment whose pods
+    # could never start is refused at once. `portcullis check` always judges templates at enforce.
+    workload_templates: Literal["warn", "enforce"] = "warn"
     # Apply these levels everywhere, ignoring labels and per-namespace overrides
     # (set by `portcullis check --level/--pss-version`).
     pinned: bool = False
