@@ -3,7 +3,8 @@
 Order: skip what must not be judged (other subresources; on UPDATE, each check whose declared
 reads did not change, see ``checks.changes``), resolve exemptions and modes, run the checks
 inside the request's deadline (those that do I/O concurrently), turn upstream failures into
-each check's failure mode, combine.
+each check's failure mode, combine, and ``settle`` what checks hold for the request (GPU
+reservations are kept only for a pod the combined verdict admits).
 """
 
 from __future__ import annotations
@@ -185,8 +186,13 @@ class Pipeline:
             and (only is None or c.id in only)
             and (update is None or changes.must_judge(c, update))  # each check re-judges what it reads
         ]
-        results = await self._run(active, pods, ctx)
-        verdict = combine(results, modes)
+        try:
+            results = await self._run(active, pods, ctx)
+            verdict = combine(results, modes)
+        except BaseException:
+            _settle(active, ctx, admitted=False)
+            raise
+        _settle(active, ctx, admitted=verdict.allowed)
         if unavailable:
             note = f"[portcullis] {unavailable}; judged with the config's default labels"
             verdict = dataclasses.replace(verdict, warnings=(note, *verdict.warnings))
@@ -261,6 +267,14 @@ class Pipeline:
             exempt |= checks
             reasons.append(rule.reason or f"exempted from {', '.join(sorted(checks))}")
         return exempt, "; ".join(reasons)
+
+
+def _settle(active: Sequence[Check], ctx: RequestContext, *, admitted: bool) -> None:
+    """Tell the checks that hold something for this request (GPU reservations) the final verdict."""
+    for check in active:
+        settle = getattr(check, "settle", None)
+        if settle is not None:
+            settle(ctx, admitted)
 
 
 def _text(value: Any) -> str | None:
