@@ -390,7 +390,7 @@ async def test_denial_of_a_pod_with_thousands_of_violations_stays_small(webhook:
     """Fixed: every violation was listed, so 10,000 bad containers (a 3 MB pod) produced a
     20 MB AdmissionReview response. Now the count is exact and the first 100 are named."""
     obj = pod(containers=[privileged(f"c{i}") for i in range(2000)])
-    async with webhook() as hook:
+    async with webhook({"limits": {"max_containers": 2000}}) as hook:  # past the default limit
         status, answer = await hook.post("/validate", review(obj))
     assert status == 200
     message = answer["response"]["status"]["message"]
@@ -403,7 +403,10 @@ async def test_denial_of_a_pod_with_thousands_of_violations_stays_small(webhook:
 
 
 async def test_audit_annotation_is_bounded_too() -> None:
-    cfg = {"privilege": {"level": "privileged", "warn_level": "privileged", "audit_level": "baseline"}}
+    cfg = {
+        "privilege": {"level": "privileged", "warn_level": "privileged", "audit_level": "baseline"},
+        "limits": {"max_containers": 300},
+    }
     outcome = await judge(pod(containers=[privileged(f"c{i}") for i in range(300)]), cfg)
     assert outcome.verdict.allowed
     annotation = outcome.verdict.audit_annotations["privilege"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from webhook import errors
-from webhook.checks import changes
+from webhook.checks import changes, limits
 from webhook.checks.base import Check
 from webhook.config import Config
 from webhook.core import decision, workloads
@@ -150,6 +150,7 @@ class Pipeline:
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
         pods = workloads.pod_specs(subject.object, subject.kind)
+        limits.check(pods, self.config.limits)  # bounded input bounds the CPU the checks take
         update: changes.Update | None = None
         if subject.operation == "UPDATE" and subject.old_object is not None:
             old_pods = workloads.pod_specs(subject.old_object, subject.kind)
@@ -235,6 +236,8 @@ class Pipeline:
         except Exception as exc:  # a bug in one check must not crash the webhook or allow silently
             log.exception("check %s failed unexpectedly", check.id)
             return self._failure(check, f"internal error: {type(exc).__name__}: {exc}")
+        if len(result.violations) > limits.MAX_FINDINGS:
+            result.violations = limits.bounded(result.violations)
         if result.context:
             ctx.shared[check.id] = result.context
         return result

@@ -157,6 +157,7 @@ def _gpu_env(pod: PodSpecRef) -> list[Violation]:
                     path=f"{ref.path}.env[{index}]",
                 )
             )
+            break  # one finding per container: repeating the variable a thousand times adds nothing
     return found
 
 
