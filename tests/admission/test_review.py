@@ -47,7 +47,7 @@ def test_malformed_reviews_name_the_problem(body: bytes, reason: str) -> None:
 def test_non_object_workload_is_rejected() -> None:
     doc = make_review(pod())
     doc["request"]["object"] = "a string"
-    with pytest.raises(errors.ReviewError, match=r"request.object must be an object"):
+    with pytest.raises(errors.ReviewError, match=r"request.object: expected `object \| null`, got `str`"):
         review.decode(orjson.dumps(doc))
 
 
