@@ -33,12 +33,13 @@ def check(pods: Sequence[PodSpecRef], limits: InputLimits) -> None:
         if isinstance(volumes, list) and len(volumes) > limits.max_volumes:
             where = f"{pod.path}.volumes: {len(volumes)} volumes"
             raise errors.ReviewError(_too_many(where, limits.max_volumes, "max_volumes"))
-        for ref in workloads.containers(pod):
-            env, env_from = ref.container.get("env"), ref.container.get("envFrom")
-            entries = (len(env) if isinstance(env, list) else 0) + (len(env_from) if isinstance(env_from, list) else 0)
-            if entries > limits.max_env:
-                where = f"{ref.path}: {entries} env/envFrom entries"
-                raise errors.ReviewError(_too_many(where, limits.max_env, "max_env"))
+        for field in workloads.CONTAINER_FIELDS:  # raw lists, no per-container records: hot path
+            for index, container in enumerate(spec.get(field) or ()):
+                env, env_from = container.get("env"), container.get("envFrom")
+                entries = (len(env) if type(env) is list else 0) + (len(env_from) if type(env_from) is list else 0)
+                if entries > limits.max_env:
+                    where = f"{pod.path}.{field}[{index}]: {entries} env/envFrom entries"
+                    raise errors.ReviewError(_too_many(where, limits.max_env, "max_env"))
 
 
 def _too_many(what: str, limit: int, key: str) -> str:

@@ -31,6 +31,7 @@ log = logging.getLogger("portcullis.admission")
 # Subresources whose requests carry a pod spec to judge; every other one passes untouched.
 _JUDGED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
 _JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
+_NONE: frozenset[str] = frozenset()
 
 
 class NamespaceLabels(Protocol):
@@ -91,6 +92,8 @@ class Pipeline:
         self._io_checks = tuple(c for c in self.checks if getattr(c, "does_io", False) and c.id != "rego")
         self._inline_checks = tuple(c for c in self.checks if c not in self._io_checks and c.id != "rego")
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
+        # Modes in a namespace without labels (no mode label to apply): the same for every request.
+        self._static_modes = {c.id: config.mode_for(c.id, {}) for c in self.checks}
 
     def _components(self) -> list[object]:
         """What has a lifecycle: the namespace directory first (checks read it), then the checks."""
@@ -177,8 +180,8 @@ class Pipeline:
             object=subject.object,
             old_object=subject.old_object,
         )
-        exempt, reason = self._exemptions(ctx, pods)
-        modes = {c.id: self.config.mode_for(c.id, labels) for c in self.checks}
+        exempt, reason = self._exemptions(ctx, pods) if self.config.exemptions else (_NONE, "")
+        modes = self._static_modes if not labels else {c.id: self.config.mode_for(c.id, labels) for c in self.checks}
         active = [
             c
             for c in self.checks

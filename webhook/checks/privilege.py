@@ -101,7 +101,12 @@ class PrivilegeCheck:
             LevelVersion(registry.Level(config.audit_level), config.audit_version),
         )
         self._plans: dict[Policy, Plan] = {}
-        self._default_plan = self._plan(self._defaults)
+        # (plan, description) of the defaults for pods [False] and for warn-only templates [True]
+        templates = _warn_only(self._defaults)
+        self._default_compiled = {
+            False: (self._plan(self._defaults), self._defaults.describe()),
+            True: (self._plan(templates), templates.describe()),
+        }
 
     def policy_for(self, namespace: str, labels: Mapping[str, str]) -> tuple[Policy, list[str]]:
         """The policy in ``namespace`` with these labels, and warnings about invalid labels."""
@@ -138,11 +143,15 @@ class PrivilegeCheck:
 
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         found, problems = self.policy_for(ctx.namespace, ctx.namespace_labels)
-        if ctx.kind != "Pod" and not self._enforce_templates:
-            found = Policy(LevelVersion(registry.Level.PRIVILEGED, found.enforce.version), found.warn, found.audit)
-        plan = self._default_plan if found is self._defaults else self._plan(found)
+        template = ctx.kind != "Pod" and not self._enforce_templates
+        if found is self._defaults:  # hot path: no labels, no override; compiled once
+            plan, described = self._default_compiled[template]
+        else:
+            if template:
+                found = _warn_only(found)
+            plan, described = self._plan(found), found.describe()
         warnings = [f"[{CHECK_ID}] {p}" for p in problems]
-        return CheckResult(plan.evaluate(pods), warnings, context={"pss": found.describe()})
+        return CheckResult(plan.evaluate(pods), warnings, context={"pss": dict(described)})
 
     def _plan(self, found: Policy) -> Plan:
         plan = self._plans.get(found)
@@ -152,6 +161,11 @@ class PrivilegeCheck:
             plan = policy.compile_plan(found, hardened=self._hardened, always=self._always)
             self._plans[found] = plan
         return plan
+
+
+def _warn_only(found: Policy) -> Policy:
+    """How Pod Security Admission judges a workload template: the warn and audit levels only."""
+    return Policy(LevelVersion(registry.Level.PRIVILEGED, found.enforce.version), found.warn, found.audit)
 
 
 def _apply(found: Policy, override: NamespacePrivilege) -> Policy:
