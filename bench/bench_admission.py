@@ -101,21 +101,29 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
 @dataclass(frozen=True)
 class Figures:
     rps: float  # wrk, closed loop
+    cpu_us: float  # server CPU time per request during the wrk run (steadier than req/s when shared)
     p50_ms: float  # hey, open loop at --rate
     p99_ms: float
     errors: int
 
 
-def _wrk(url: str, script: Path, seconds: float, cpu: str) -> tuple[float, int]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(url: str, script: Path, seconds: float, cpu: str) -> tuple[float, int, int]:
     argv = ["taskset", "-c", cpu, "wrk", "-t1", "-c16", f"-d{seconds:g}s", "-s", str(script), url]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    done = re.search(r"(\d+) requests in", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if rps is None:
+    if rps is None or done is None:
         raise SystemExit(f"wrk printed no rate:\n{out}")
     failed = (int(bad.group(1)) if bad else 0) + (sum(int(g) for g in errors.groups()) if errors else 0)
-    return float(rps.group(1)), failed
+    return float(rps.group(1)), int(done.group(1)), failed
 
 
 def _hey(url: str, body: Path, seconds: float, rate: float, cpu: str) -> tuple[float, float, int]:
@@ -141,12 +149,14 @@ def measure(argv: list[str], port: int, files: Path, args: argparse.Namespace) -
         wait_ready(port, proc)
         url = f"https://127.0.0.1:{port}/validate"
         _wrk(url, files / "post.lua", 1.0, args.client_cpu)  # warm-up: connections, caches
-        rps, failed = _wrk(url, files / "post.lua", args.seconds, args.client_cpu)
+        before = _cpu_seconds(proc.pid)  # taskset execs the server: same pid
+        rps, done, failed = _wrk(url, files / "post.lua", args.seconds, args.client_cpu)
+        cpu_us = (_cpu_seconds(proc.pid) - before) / max(1, done) * 1e6
         p50, p99, failed_paced = _hey(url, files / "body.json", args.seconds, args.rate, args.client_cpu)
     finally:
         proc.terminate()
         proc.wait(10)
-    return Figures(rps, p50, p99, failed + failed_paced)
+    return Figures(rps, cpu_us, p50, p99, failed + failed_paced)
 
 
 def main() -> None:
@@ -181,20 +191,25 @@ def main() -> None:
         f"wrk/hey on CPU {args.client_cpu}; {args.rounds} interleaved rounds of {args.seconds:g} s per phase "
         f"(load average {os.getloadavg()[0]:.2f}: on a shared machine only the ratios mean much)"
     )
-    ratios, p99_ratios = [], []
+    ratios, p99_ratios, cpu_ratios = [], [], []
     for round_ in range(1, args.rounds + 1):
         e = measure(echo, echo_port, tmp, args)
         w = measure(hook, hook_port, tmp, args)
         ratios.append(w.rps / e.rps)
         p99_ratios.append(w.p99_ms / e.p99_ms)
+        cpu_ratios.append(e.cpu_us / w.cpu_us)
         for name, f in (("echo", e), ("webhook", w)):
             print(
-                f"round {round_} {name:8s} wrk {f.rps:8.0f} req/s | hey @{args.rate:.0f}/s p50 {f.p50_ms:6.2f} ms "
+                f"round {round_} {name:8s} wrk {f.rps:8.0f} req/s, {f.cpu_us:6.1f} us CPU/req | hey @{args.rate:.0f}/s p50 {f.p50_ms:6.2f} ms "
                 f"p99 {f.p99_ms:6.2f} ms | errors {f.errors}"
             )
-        print(f"round {round_} ratios: throughput {ratios[-1]:.2f}x echo, p99 {p99_ratios[-1]:.2f}x echo")
+        print(
+            f"round {round_} ratios: throughput {ratios[-1]:.2f}x echo, CPU per request echo/webhook "
+            f"{cpu_ratios[-1]:.2f}, p99 {p99_ratios[-1]:.2f}x echo"
+        )
     print(
-        f"\nmedian throughput webhook/echo: {statistics.median(ratios):.2f} (target >= 0.70); "
+        f"\nmedian throughput webhook/echo: {statistics.median(ratios):.2f} (target >= 0.70; CPU per request "
+        f"echo/webhook {statistics.median(cpu_ratios):.2f}); "
         f"median p99 at {args.rate:.0f}/s webhook/echo: {statistics.median(p99_ratios):.2f} (target <= 2.0)"
     )
 
