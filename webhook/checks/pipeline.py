@@ -209,11 +209,19 @@ class Pipeline:
     ) -> dict[str, CheckResult]:
         results: dict[str, CheckResult] = {}
         tasks = {c.id: asyncio.ensure_future(self._guarded(c, pods, ctx)) for c in self._io_checks if c in active}
-        for check in self._inline_checks:
-            if check in active:
-                results[check.id] = await self._guarded(check, pods, ctx)
-        for check_id, task in tasks.items():
-            results[check_id] = await task
+        try:
+            for check in self._inline_checks:
+                if check in active:
+                    results[check.id] = await self._guarded(check, pods, ctx)
+            for check_id, task in tasks.items():
+                results[check_id] = await task
+        except BaseException:
+            # the review ends here (unjudgeable, or cancelled): no check may go on in the background
+            # and reserve GPUs after the verdict was settled
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
         for check in self._late_checks:
             if check in active:
                 results[check.id] = await self._guarded(check, pods, ctx)
