@@ -158,7 +158,7 @@ async def test_exemptions_by_namespace_username_and_runtime_class(
     obj["spec"]["runtimeClassName"] = "kata"
     outcome = await judge(Pipeline(cfg, [DenyPrivileged()]), obj, **kw)
     assert outcome.verdict.allowed
-    assert outcome.verdict.audit_annotations["portcullis.dev/exempt"] == "trusted"
+    assert outcome.verdict.audit_annotations["exempt"] == "trusted"
 
 
 async def test_exemption_limited_to_named_checks() -> None:
@@ -211,3 +211,27 @@ async def test_exemption_selectors_must_all_match() -> None:
 def test_an_exemption_without_selectors_is_a_config_error() -> None:
     with pytest.raises(errors.ConfigError, match="must name namespaces"):
         config_mod.parse({"exemptions": [{"checks": ["privilege"]}]})
+
+
+async def test_a_review_that_cannot_be_judged_leaves_no_io_check_running() -> None:
+    """An inline check finds the object unjudgeable while an I/O check (the GPU quota with API
+    server coordination, say) is still under way: that one is cancelled, never left to reserve
+    after the review has ended."""
+
+    @dataclass
+    class Unjudgeable:
+        id: str = "privilege"
+        failure_mode: FailureMode = FailureMode.DENY
+        default_mode: Mode = Mode.ENFORCE
+        does_io: bool = False
+
+        async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
+            await asyncio.sleep(0)  # let the I/O check start
+            raise errors.ReviewError("cannot judge this")
+
+    slow = SlowUpstream(delay=30.0)
+    pipeline = Pipeline(config_mod.Config(), [Unjudgeable(), slow])
+    before = set(asyncio.all_tasks())
+    with pytest.raises(errors.ReviewError):
+        await pipeline.evaluate(Subject("CREATE", "Pod", "default", "p", pod()), Deadline.after(60))
+    assert set(asyncio.all_tasks()) - before == set()

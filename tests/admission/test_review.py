@@ -47,7 +47,7 @@ def test_malformed_reviews_name_the_problem(body: bytes, reason: str) -> None:
 def test_non_object_workload_is_rejected() -> None:
     doc = make_review(pod())
     doc["request"]["object"] = "a string"
-    with pytest.raises(errors.ReviewError, match=r"request.object must be an object"):
+    with pytest.raises(errors.ReviewError, match=r"request.object: expected `object \| null`, got `str`"):
         review.decode(orjson.dumps(doc))
 
 
@@ -130,3 +130,38 @@ def test_decoder_never_crashes_on_random_requests(request: dict[str, object]) ->
     body = json.dumps(doc).encode()
     with contextlib.suppress(errors.ReviewError):
         review.decode(body)
+
+
+@pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
+def test_null_object_on_create_or_update_is_a_bad_review(operation: str) -> None:
+    doc = make_review(None, operation=operation, old=pod() if operation == "UPDATE" else None)
+    with pytest.raises(errors.ReviewError, match=rf"request.object must be an object for a {operation}"):
+        review.decode(orjson.dumps(doc))
+
+
+def test_null_object_on_delete_is_fine() -> None:
+    doc = make_review(None, operation="DELETE", old=pod())
+    assert review.decode(orjson.dumps(doc)).object is None
+
+
+def _warned(warnings: list[str]) -> list[str]:
+    verdict = Verdict(True, (), tuple(warnings), {}, ())
+    out: list[str] = orjson.loads(review.encode("u", verdict))["response"]["warnings"]
+    return out
+
+
+def test_warnings_stay_within_the_apiservers_4096_characters_with_a_count_of_the_rest() -> None:
+    warnings = [f"[privilege] c{i}: " + "x" * 180 for i in range(50)]  # ~10 KB, as a crafted pod gives
+    out = _warned(warnings)
+    assert sum(len(w) for w in out) <= review.MAX_WARNING_CHARS
+    kept = out[:-1]
+    assert kept == warnings[: len(kept)]
+    assert out[-1] == f"… {50 - len(kept)} more warnings"
+
+
+def test_short_warning_lists_pass_whole_and_control_characters_are_replaced() -> None:
+    assert _warned(["a", "b"]) == ["a", "b"]
+    assert _warned(["line one\nline two\x00"]) == ["line one line two "]
+    (long,) = _warned(["y" * 5000])
+    assert len(long) == 512
+    assert long.endswith("…")

@@ -128,19 +128,26 @@ async def test_overload_is_shed_with_429_not_queued(start_webhook: Any) -> None:
     assert "portcullis_requests_shed_total 1" in text
 
 
-async def test_dry_run_is_decided_and_marked_for_the_audit_record(start_webhook: Any) -> None:
+async def test_dry_run_is_decided_but_not_recorded_as_sideeffects_none_on_dry_run_promises(
+    start_webhook: Any,
+) -> None:
     seen: list[tuple[ReviewRequest, Outcome]] = []
 
     class Recorder:
-        async def record(self, endpoint: str, request: ReviewRequest, outcome: Outcome) -> None:
+        async def record(self, endpoint: str, request: ReviewRequest, outcome: Outcome, **_: Any) -> None:
             seen.append((request, outcome))
 
     async with start_webhook(recorder=Recorder(), pipeline=pipeline_with(DenyPrivileged())) as hook:
         _status, body = await hook.post("/validate", review(privileged_pod(), dry_run=True))
+        async with hook.session.get(hook.base + "/metrics") as r:
+            text = await r.text()
+        _status, real = await hook.post("/validate", review(privileged_pod()))
     assert body["response"]["allowed"] is False
-    ((request, outcome),) = seen
-    assert request.dry_run is True
+    assert real["response"]["allowed"] is False
+    ((request, outcome),) = seen  # only the real request
+    assert request.dry_run is False
     assert not outcome.verdict.allowed
+    assert 'result="dry_run"' in text
 
 
 async def test_certificate_rotation_is_picked_up_without_dropping_connections(

@@ -8,6 +8,7 @@ admits on a 500) and never a hang.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import orjson
@@ -17,6 +18,8 @@ from webhook import config as config_mod
 from webhook import errors
 
 from .conftest import RESTRICTED_SC, checks_found, judge, pod, privileged, review
+
+ENFORCE_TEMPLATES = {"privilege": {"workload_templates": "enforce"}}
 
 
 def _deployment(api_version: str, containers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -119,9 +122,11 @@ async def test_deployment_in_every_api_version_is_judged(group: str, version: st
     registered, but an older apiserver or a webhook registered for the old version sends these:
     ``request.kind.kind`` is what decides, the group and version do not matter."""
     obj = _deployment(f"{group}/{version}", [privileged()])
-    outcome = await judge(obj, kind="Deployment")
+    outcome = await judge(obj, kind="Deployment", cfg=ENFORCE_TEMPLATES)
     assert "pss:privileged" in checks_found(outcome)
     assert outcome.verdict.denials[0].path == "spec.template.spec.containers[0].securityContext.privileged"
+    warned = await judge(obj, kind="Deployment")  # by default templates warn, as in PSA
+    assert "pss:privileged" in checks_found(warned, "warn")
 
 
 async def test_cronjob_v1beta1_is_judged() -> None:
@@ -134,7 +139,8 @@ async def test_cronjob_v1beta1_is_judged() -> None:
             "jobTemplate": {"spec": {"template": {"spec": {"containers": [privileged()]}}}},
         },
     }
-    assert "pss:privileged" in checks_found(await judge(obj))
+    assert "pss:privileged" in checks_found(await judge(obj, ENFORCE_TEMPLATES))
+    assert "pss:privileged" in checks_found(await judge(obj), "warn")
 
 
 async def test_request_kind_wins_over_the_objects_own_kind() -> None:
@@ -189,37 +195,100 @@ async def test_update_that_only_touches_bookkeeping_metadata_is_not_rejudged() -
     assert outcome.verdict.skipped_reason
 
 
+def _annotate(key: str, value: str) -> Any:
+    return lambda o: o["metadata"].setdefault("annotations", {}).update({key: value})
+
+
 @pytest.mark.parametrize(
     "change",
     [
         lambda o: o["spec"]["containers"][0].update(image="nginx:1.28"),
         lambda o: o["spec"].update(initContainers=[privileged("init")]),
-        lambda o: (
-            o["metadata"]
-            .setdefault("annotations", {})
-            .update({"container.apparmor.security.beta.kubernetes.io/app": "unconfined"})
-        ),
-        lambda o: o["metadata"].setdefault("labels", {}).update(team="x"),
+        lambda o: o["spec"]["containers"].append({"name": "extra", "image": "nginx:1.27"}),
+        lambda o: o["spec"].update(ephemeralContainers=[{"name": "debug", "image": "busybox"}]),
+        _annotate("seccomp.security.alpha.kubernetes.io/pod", "unconfined"),
+        _annotate("container.seccomp.security.alpha.kubernetes.io/app", "unconfined"),
     ],
-    ids=["image", "init-container", "apparmor-annotation", "label"],
+    ids=["image", "init-container", "container-added", "ephemeral-added", "pod-seccomp", "container-seccomp"],
 )
-async def test_update_that_changes_a_judged_field_is_judged_in_full(change: Any) -> None:
-    """Skipping is all or nothing: once anything judged changes, every container is judged,
-    including the privileged one the old object already had."""
+async def test_significant_pod_update_is_judged_in_full(change: Any) -> None:
+    """PSA's ``isSignificantPodUpdate``: once it holds, every container is judged, including the
+    privileged one the old pod already had."""
     old = pod(containers=[privileged()])
-    new = pod(containers=[privileged()])
+    new = copy.deepcopy(old)
     change(new)
     outcome = await judge(new, operation="UPDATE", old=old)
     assert outcome.verdict.skipped_reason is None
     assert "pss:privileged" in checks_found(outcome)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda o: o["metadata"].setdefault("labels", {}).update(team="x"),
+        _annotate("example.com/owner", "alice"),
+        _annotate("container.apparmor.security.beta.kubernetes.io/app", "unconfined"),
+        _annotate("container.seccomp.security.alpha.kubernetes.io/other", "unconfined"),
+        lambda o: o["spec"].update(activeDeadlineSeconds=30),
+        lambda o: o["spec"].update(tolerations=[{"key": "k", "operator": "Exists"}]),
+        lambda o: o["spec"]["containers"][0].update(resources={"limits": {"cpu": "2"}}),
+    ],
+    ids=["label", "annotation", "apparmor-annotation", "seccomp-of-no-container", "deadline", "toleration", "resize"],
+)
+async def test_insignificant_update_of_a_privileged_pod_is_allowed_as_in_psa(change: Any) -> None:
+    """``kubectl label`` / ``annotate`` on a pod created before a stricter policy: PSA lets it
+    through (nothing it judges changed), and so does Portcullis; the other built-in checks
+    read only the spec, which did not change in a way they judge either."""
+    old = pod(containers=[privileged()])
+    new = copy.deepcopy(old)
+    change(new)
+    outcome = await judge(new, operation="UPDATE", old=old)
+    assert outcome.verdict.allowed
+    assert "pss:privileged" not in checks_found(outcome)
+
+
+async def test_label_only_update_is_rejudged_by_checks_that_read_metadata() -> None:
+    """A Rego policy (reads the whole object) still judges a label change on the same pod."""
+    from webhook.checks.pipeline import Pipeline, Subject
+    from webhook.config import Config
+    from webhook.core.deadline import Deadline
+    from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
+
+    class LabelPolicy:  # declares nothing: reads everything, as the Rego check does
+        id = "rego"
+        failure_mode = FailureMode.DENY
+        default_mode = Mode.ENFORCE
+
+        async def run(self, pods: Any, ctx: Any) -> CheckResult:
+            labels = (ctx.object.get("metadata") or {}).get("labels") or {}
+            return CheckResult([Violation("rego", "team label x is retired")] if labels.get("team") == "x" else [])
+
+    from webhook.checks import privilege
+    from webhook.checks.services import Services
+
+    config = Config()
+    pipeline = Pipeline(config, [privilege.build(config, Services()), LabelPolicy()])
+    old = pod(containers=[privileged()])
+    new = copy.deepcopy(old)
+    new["metadata"]["labels"] = {"team": "x"}
+    outcome = await pipeline.evaluate(Subject("UPDATE", "Pod", "default", "p", new, old), Deadline.after(5))
+    assert outcome.checks_run == ("rego",)
+    assert [d.check for d in outcome.verdict.denials] == ["rego"]
+
+
 async def test_update_of_a_deployment_template_compares_templates_only() -> None:
     old = _deployment("apps/v1", [{"name": "a", "image": "nginx:1.27"}])
     new = _deployment("apps/v1", [privileged("a")])
     new["spec"]["replicas"] = 3
-    outcome = await judge(new, operation="UPDATE", old=old)
+    outcome = await judge(new, operation="UPDATE", old=old, cfg=ENFORCE_TEMPLATES)
     assert "pss:privileged" in checks_found(outcome)
+    relabelled = copy.deepcopy(new)
+    relabelled["metadata"]["labels"] = {"tier": "web"}
+    relabelled["spec"]["template"]["metadata"]["labels"] = {"app": "d", "tier": "web"}
+    outcome = await judge(relabelled, operation="UPDATE", old=new, cfg=ENFORCE_TEMPLATES)
+    assert outcome.verdict.allowed  # a label-only change of an enforced template is not refused
+    outcome = await judge(relabelled, operation="UPDATE", old=new)
+    assert "pss:privileged" in checks_found(outcome, "warn")  # PSA warns on every controller update
 
 
 # -- labels and annotations the workload author controls ------------------------------------
@@ -321,7 +390,7 @@ async def test_denial_of_a_pod_with_thousands_of_violations_stays_small(webhook:
     """Fixed: every violation was listed, so 10,000 bad containers (a 3 MB pod) produced a
     20 MB AdmissionReview response. Now the count is exact and the first 100 are named."""
     obj = pod(containers=[privileged(f"c{i}") for i in range(2000)])
-    async with webhook() as hook:
+    async with webhook({"limits": {"max_containers": 2000}}) as hook:  # past the default limit
         status, answer = await hook.post("/validate", review(obj))
     assert status == 200
     message = answer["response"]["status"]["message"]
@@ -334,9 +403,12 @@ async def test_denial_of_a_pod_with_thousands_of_violations_stays_small(webhook:
 
 
 async def test_audit_annotation_is_bounded_too() -> None:
-    cfg = {"privilege": {"level": "privileged", "warn_level": "privileged", "audit_level": "baseline"}}
+    cfg = {
+        "privilege": {"level": "privileged", "warn_level": "privileged", "audit_level": "baseline"},
+        "limits": {"max_containers": 300},
+    }
     outcome = await judge(pod(containers=[privileged(f"c{i}") for i in range(300)]), cfg)
     assert outcome.verdict.allowed
-    annotation = outcome.verdict.audit_annotations["portcullis.dev/privilege"]
+    annotation = outcome.verdict.audit_annotations["privilege"]
     assert "and 200 more pss:privileged findings" in annotation
     assert annotation.count("[pss:privileged]") == 101

@@ -392,6 +392,10 @@ CROSS_FIELD: list[tuple[dict[str, Any], str]] = [
     ),
     ({"config": {"server": {"client_ca": "/ca.pem"}}}, "config.server.client_ca is set by the chart"),
     ({"config": {"server": {"health_listen": "0.0.0.0:8081"}}}, "config.server.health_listen is set by the chart"),
+    (
+        {"config": {"quota": {"coordination": "local"}}},
+        "config.quota.coordination is local but webhook.replicas is 2",
+    ),
 ]
 
 
@@ -1287,3 +1291,21 @@ def test_readme_gives_the_admin_the_apiserver_config_kubernetes_expects(chart: h
     (values,) = [b for b in blocks if "clientAuth" in b.get("webhook", {})]
     objects = render(chart, values)
     assert portcullis_config.parse(rendered_config(objects), source="config.yaml").server.client_ca
+
+
+@pytest.mark.parametrize(("replicas", "expected"), [(1, "local"), (2, "apiserver"), (5, "apiserver")])
+def test_gpu_reservations_go_through_the_api_server_whenever_there_is_more_than_one_replica(
+    chart: helm.Chart, replicas: int, expected: str
+) -> None:
+    """Two replicas with local reservations each admit up to the whole quota: 12 concurrent 1-GPU
+    pods under a 4-GPU limit got 8 in. The rendered config shares them through the API server."""
+    values = {"webhook": {"replicas": replicas}, "config": {"quota": {"quotas": [{"name": "all", "limit": 4}]}}}
+    quota = rendered_config(render(chart, values))["quota"]
+    assert quota.get("coordination", "local") == expected
+    assert quota["coordination_namespace"] == NAMESPACE
+    assert portcullis_config.parse(rendered_config(render(chart, values))).quota.coordination == expected
+
+
+def test_an_explicit_apiserver_coordination_with_one_replica_is_kept(chart: helm.Chart) -> None:
+    values = {"webhook": {"replicas": 1}, "config": {"quota": {"coordination": "apiserver"}}}
+    assert rendered_config(render(chart, values))["quota"]["coordination"] == "apiserver"

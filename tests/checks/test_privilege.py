@@ -448,21 +448,62 @@ class _Namespaces:
         return self._labels.get(namespace)
 
 
+_ENFORCE_TEMPLATES = config_mod.parse({"privilege": {"workload_templates": "enforce"}})
+
+
 async def test_pipeline_denies_baseline_violations_and_warns_restricted_ones() -> None:
     config = Config()
     pipeline = Pipeline(config, [privilege.build(config, Services())])
-    obj = deployment(pod(container("c")))
-    outcome = await pipeline.evaluate(Subject("CREATE", "Deployment", "team", "d", obj), Deadline.never())
+    obj = pod(container("c"))
+    outcome = await pipeline.evaluate(Subject("CREATE", "Pod", "team", "p", obj), Deadline.never())
     assert outcome.verdict.allowed
     assert any("pss:allowPrivilegeEscalation" in w for w in outcome.verdict.warnings)
+    bad = pod(container("c", privileged=True))
+    outcome = await pipeline.evaluate(Subject("CREATE", "Pod", "team", "p", bad), Deadline.never())
+    assert not outcome.verdict.allowed
+    assert "spec.containers[0].securityContext.privileged" in outcome.verdict.deny_message()
+
+
+async def test_workload_templates_only_warn_by_default_as_in_pod_security_admission() -> None:
+    """PSA evaluates controllers at the warn and audit levels and never denies them: their pods
+    are enforced when the controller creates them."""
+    config = Config()
+    pipeline = Pipeline(config, [privilege.build(config, Services())])
+    bad = deployment(pod(container("c", privileged=True)))
+    outcome = await pipeline.evaluate(Subject("CREATE", "Deployment", "team", "d", bad), Deadline.never())
+    assert outcome.verdict.allowed
+    assert any("spec.template.spec.containers[0].securityContext.privileged" in w for w in outcome.verdict.warnings)
+
+
+async def test_workload_templates_only_warn_at_the_warn_level_not_the_enforce_level() -> None:
+    """PSA: a namespace enforcing baseline but warning at privileged says nothing about a template."""
+    labels = {PSA + "enforce": "baseline", PSA + "warn": "privileged", PSA + "audit": "privileged"}
+    config = Config()
+    pipeline = Pipeline(config, [privilege.build(config, Services())], namespaces=_Namespaces({"team": labels}))
+    bad = deployment(pod(container("c", privileged=True)))
+    outcome = await pipeline.evaluate(Subject("CREATE", "Deployment", "team", "d", bad), Deadline.never())
+    assert outcome.verdict.allowed
+    assert outcome.verdict.findings == ()
+
+
+async def test_workload_templates_are_denied_when_configured_to_enforce() -> None:
+    pipeline = Pipeline(_ENFORCE_TEMPLATES, [privilege.build(_ENFORCE_TEMPLATES, Services())])
     bad = deployment(pod(container("c", privileged=True)))
     outcome = await pipeline.evaluate(Subject("CREATE", "Deployment", "team", "d", bad), Deadline.never())
     assert not outcome.verdict.allowed
     assert "spec.template.spec.containers[0].securityContext.privileged" in outcome.verdict.deny_message()
 
 
-async def test_pipeline_judges_updates_that_change_the_pod_spec() -> None:
+async def test_ci_judges_workload_templates_at_the_enforce_level() -> None:
     config = Config()
+    pipeline = Pipeline(config, [privilege.build(config, Services(ci=True))])
+    bad = deployment(pod(container("c", privileged=True)))
+    outcome = await pipeline.evaluate(Subject("CREATE", "Deployment", "team", "d", bad), Deadline.never())
+    assert not outcome.verdict.allowed
+
+
+async def test_pipeline_judges_updates_that_change_the_pod_spec() -> None:
+    config = _ENFORCE_TEMPLATES
     namespaces = _Namespaces({"locked": {PSA + "enforce": "restricted"}})
     pipeline = Pipeline(config, [privilege.build(config, Services())], namespaces=namespaces)
     old = deployment(pod())

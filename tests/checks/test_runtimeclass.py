@@ -422,3 +422,14 @@ async def test_a_lookup_that_outlives_the_deadline_yields_the_failure_mode(
     )
     assert verdict.allowed
     assert any("could not finish" in w for w in verdict.warnings)
+
+
+@pytest.mark.parametrize(
+    "resource",
+    ["nvidia.com/gpu", "nvidia.com/gpu.shared", "nvidia.com/mig-1g.10gb.me", "amd.com/gpu", "gpu.intel.com/i915"],
+)
+def test_every_accelerator_quotas_charge_by_default_makes_a_gpu_pod(resource: str) -> None:
+    """The default ``gpu_resources`` cover what GPU quotas charge by default, so the two agree."""
+    config = {"runtimeclass": {"gpu_runtime_classes": ["nvidia"]}}
+    assert judge(wrap("Pod", pod_spec(gpu=resource)), config) == ["runtimeclass:gpu"]
+    assert judge(wrap("Pod", pod_spec("nvidia", gpu=resource)), config) == []

@@ -1,6 +1,8 @@
 """Concurrent admissions racing for the last GPUs: none overshoots, with one replica (local
 reservations) and with two replicas (two ledgers, two watches) whose reservations go through
-the local API server (``kubeapi.py``: ConfigMaps with resourceVersion compare-and-swap, 409)."""
+the local API server (``kubeapi.py``: a small aiohttp server speaking the real Kubernetes wire
+format, ConfigMaps with resourceVersion compare-and-swap and 409, since no real API server runs
+here). Pods another check denies (Pod Security) never keep GPUs reserved."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from webhook.checks import gpu
+from webhook.checks import gpu, privilege
 from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.services import Services
 from webhook.config import parse
@@ -27,7 +29,7 @@ async def replicas(kube_config: Any) -> AsyncIterator[Callable[..., Any]]:
     """``await replicas(n, coordination)`` → n pipelines, each with its own API client and ledger."""
     made: list[tuple[Pipeline, Any]] = []
 
-    async def make(n: int, mode: str) -> list[Pipeline]:
+    async def make(n: int, mode: str, *, with_pss: bool = False) -> list[Pipeline]:
         config = parse(
             {
                 "quota": {
@@ -42,7 +44,8 @@ async def replicas(kube_config: Any) -> AsyncIterator[Callable[..., Any]]:
             api = kube_client.build(kube_config)
             check = gpu.build(config, Services(kube_api=api), kubernetes=kube_config)
             assert check is not None
-            pipeline = Pipeline(config, [check])
+            checks: list[Any] = [privilege.build(config, Services())] if with_pss else []
+            pipeline = Pipeline(config, [*checks, check])
             await pipeline.start()
             assert await check.watch.wait_ready(10)
             made.append((pipeline, api))
@@ -68,7 +71,7 @@ async def _race(pipelines: list[Pipeline], make_pod: Any, count: int) -> list[bo
 async def test_one_replica_admits_exactly_what_is_left(kube: Any, make_pod: Any, replicas: Any) -> None:
     kube.put("pods", make_pod("running", gpus=1))
     (pipeline,) = await replicas(1, "local")
-    check = pipeline.checks[0]
+    check = pipeline.checks[-1]
     assert len(check.ledger) == 1
     admitted = await _race([pipeline], make_pod, 12)
     assert sum(admitted) == LIMIT - 1
@@ -127,3 +130,80 @@ async def test_stale_resource_version_gets_409_and_the_replica_decides_again(
     assert coordinator.conflicts == 1
     assert kube.requests.count(f"PUT /api/v1/namespaces/pc/configmaps/{name}") == 1  # the stale write only
     assert "3 reserved), this pod asks 2, 1 left" in outcome.verdict.deny_message()
+
+
+def _privileged(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    return obj
+
+
+async def _race_mixed(pipelines: list[Pipeline], make_pod: Any, count: int) -> list[tuple[bool, bool]]:
+    """``count`` pods at once, every other one privileged (denied by Pod Security) asking all 3
+    GPUs left: returns (privileged, admitted) per pod."""
+
+    async def one(i: int) -> tuple[bool, bool]:
+        bad = i % 2 == 0
+        obj = make_pod(f"p{i}", gpus=LIMIT - 1 if bad else 1, uid=f"uid-{i}", phase=None)
+        if bad:
+            _privileged(obj)
+        subject = Subject("CREATE", "Pod", "ml", obj["metadata"]["name"], obj)
+        outcome = await pipelines[i % len(pipelines)].evaluate(subject, Deadline.after(20))
+        return bad, outcome.verdict.allowed
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def _released(pipelines: list[Pipeline]) -> None:
+    for pipeline in pipelines:  # background releases in the API server
+        check = pipeline.checks[-1]
+        if check._releases:
+            await asyncio.wait(check._releases, timeout=10)
+
+
+@pytest.mark.parametrize(("count", "mode"), [(1, "local"), (2, "apiserver")])
+async def test_a_pod_denied_by_pod_security_holds_no_gpus(
+    kube: Any, make_pod: Any, replicas: Any, count: int, mode: str
+) -> None:
+    """The GPU check reserves, Pod Security denies the same request: the reservation is given
+    back, so sending the privileged pod again and again never locks the team out."""
+    pipelines = await replicas(count, mode, with_pss=True)
+    for attempt in range(3):
+        bad = _privileged(make_pod(f"bad{attempt}", gpus=LIMIT, uid=f"uid-bad{attempt}", phase=None))
+        subject = Subject("CREATE", "Pod", "ml", "bad", bad)
+        outcome = await pipelines[attempt % count].evaluate(subject, Deadline.after(10))
+        assert [d.check for d in outcome.verdict.denials] == ["pss:privileged"]
+        await _released(pipelines)
+    good = make_pod("good", gpus=LIMIT, uid="uid-good", phase=None)
+    outcome = await pipelines[-1].evaluate(Subject("CREATE", "Pod", "ml", "good", good), Deadline.after(10))
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    if mode == "apiserver":
+        stored = kube.objects[("configmaps", "pc", coordination.configmap_name("pool"))]
+        assert sorted(json.loads(stored["data"]["reservations.json"])) == ["uid-good"]
+
+
+async def test_two_replicas_racing_with_pods_denied_by_another_check_never_overshoot(
+    kube: Any, make_pod: Any, replicas: Any
+) -> None:
+    """12 concurrent pods over two replicas, half of them privileged pods asking every GPU left,
+    which Pod Security denies: no privileged pod is admitted, the clean 1-GPU pods never exceed the limit, and
+    once every verdict is in, only admitted pods hold reservations."""
+    kube.put("pods", make_pod("running", gpus=1))
+    pipelines = await replicas(2, "apiserver", with_pss=True)
+    results = await _race_mixed(pipelines, make_pod, 12)
+    await _released(pipelines)
+    assert not any(ok for bad, ok in results if bad)
+    admitted = [i for i, (bad, ok) in enumerate(results) if ok]
+    assert len(admitted) <= LIMIT - 1  # while denied pods briefly held GPUs, fewer may get in
+    stored = kube.objects[("configmaps", "pc", coordination.configmap_name("pool"))]
+    assert sorted(json.loads(stored["data"]["reservations.json"])) == sorted(f"uid-{i}" for i in admitted)
+    # what the denied pods briefly held is free again: the rest of the quota can still be used
+    more = [make_pod(f"late{i}", gpus=1, uid=f"uid-late{i}", phase=None) for i in range(LIMIT)]
+    late = [
+        (
+            await pipelines[i % 2].evaluate(
+                Subject("CREATE", "Pod", "ml", o["metadata"]["name"], o), Deadline.after(10)
+            )
+        ).verdict.allowed
+        for i, o in enumerate(more)
+    ]
+    assert len(admitted) + sum(late) == LIMIT - 1

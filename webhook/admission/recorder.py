@@ -15,9 +15,11 @@ from typing import Any, Protocol
 
 import orjson
 
+from webhook import errors
 from webhook.admission.review import ReviewRequest
 from webhook.checks.pipeline import Outcome
 from webhook.core import workloads
+from webhook.core.deadline import Deadline
 
 log = logging.getLogger("portcullis.audit")
 
@@ -112,11 +114,27 @@ class AuditRecorder:
         self.failures = 0
         self.dropped = 0
 
-    async def record(self, endpoint: str, request: ReviewRequest, outcome: Outcome) -> None:
+    async def record(
+        self, endpoint: str, request: ReviewRequest, outcome: Outcome, *, deadline: Deadline | None = None
+    ) -> None:
+        """Hand the decision to the log; with ``wait_durable``, wait for it within ``deadline``.
+
+        The write itself is shielded: past the deadline the answer stops waiting (an audit
+        failure, denied under ``failure_mode: deny``) while the record still reaches the log.
+        """
         content = decision_record(endpoint, request, outcome)
         if self._wait:
             try:
-                await self._log.append("admission", content)
+                write = asyncio.ensure_future(self._log.append("admission", content))
+                if deadline is None:
+                    await write
+                else:
+                    try:
+                        await deadline.run(asyncio.shield(write), "writing the audit record")
+                    except errors.DeadlineExceeded:
+                        self._pending.add(write)  # still written; its outcome is logged by _done
+                        write.add_done_callback(self._done)
+                        raise
             except Exception as exc:
                 self.failures += 1
                 log.error("AUDIT LOG FAILURE: decision %s not recorded: %s", request.uid, exc)

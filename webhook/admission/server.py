@@ -38,7 +38,9 @@ _TIMEOUT_PARAM = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
 class DecisionRecorder(Protocol):
     """Where decisions go (the audit log); ``record`` must not block the event loop."""
 
-    async def record(self, endpoint: str, request: review.ReviewRequest, outcome: Outcome) -> None: ...
+    async def record(
+        self, endpoint: str, request: review.ReviewRequest, outcome: Outcome, *, deadline: Deadline | None = None
+    ) -> None: ...
 
 
 class WebhookServer:
@@ -171,9 +173,14 @@ class WebhookServer:
         self.metrics.decisions[(endpoint, outcome.result)] += 1
         for finding in verdict.findings:
             self.metrics.violations[(finding.violation.check, finding.mode.value)] += 1
-        if self.recorder is not None:
+        # Dry runs are not recorded: the chart declares `sideEffects: NoneOnDryRun`, and an audit
+        # record is a side effect (the API server calls such a webhook for dry runs only because
+        # it promises none). They are counted in the metrics instead.
+        if decoded.dry_run:
+            self.metrics.decisions[(endpoint, "dry_run")] += 1
+        elif self.recorder is not None:
             try:
-                await self.recorder.record(endpoint, decoded, outcome)
+                await self.recorder.record(endpoint, decoded, outcome, deadline=deadline)
             except AuditUnavailable as exc:
                 self.metrics.decisions[(endpoint, "audit_failure")] += 1
                 return web.Response(body=review.encode_error(decoded.uid, str(exc), 500), content_type=_JSON)

@@ -3,21 +3,25 @@
 Per-pod rules (max GPUs, requests equal limits, model required) are pure and also run in CI.
 Quotas need the cluster: a Pod CREATE is checked against the ledger (pods seen by the watch
 plus reservations) and, when admitted and not a dry run, reserves its GPUs until the watch
-sees it. Workload templates (Deployments, ...) are judged only against what one pod could
-ever get, since their pods come through admission one by one.
+sees it; the pipeline then ``settle``s the reservation with the combined verdict, so it is
+given back at once when another check denies the pod. Workload templates (Deployments, ...)
+are judged only against what one pod could ever get, since their pods come through admission
+one by one. No accelerator resource is free (see ``config.quota``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from webhook import errors
-from webhook.checks import claims
+from webhook.checks import changes, claims
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.kubernetes import KubernetesConfig
+from webhook.core.deadline import Deadline
 from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
 from webhook.core.request import RequestContext
 from webhook.core.workloads import PodSpecRef
@@ -30,6 +34,7 @@ CHECK_ID = "gpu"
 log = logging.getLogger("portcullis.quota")
 
 _EMPTY = CheckResult()
+_RELEASE_SECONDS = 10.0  # a background release in the API server gives up after this
 _NO_CLUSTER = "GPU quotas not judged: no cluster to count usage in (per-pod rules only)"
 
 
@@ -38,6 +43,7 @@ class GpuCheck:
 
     id = CHECK_ID
     default_mode = Mode.ENFORCE
+    reads: frozenset[changes.Part] = frozenset({"spec"})  # resources, node selection, claims
 
     def __init__(
         self,
@@ -67,6 +73,10 @@ class GpuCheck:
         self._config = config
         self._quota = config.quota
         self._owns_namespaces = owns_namespaces
+        # Reservations taken by requests whose verdict is not final yet, by request (id of its
+        # context): ``settle`` keeps them for an admitted pod and gives them back otherwise.
+        self._held: dict[int, list[tuple[tuple[str, ...], tuple[Any, ...]]]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -76,6 +86,8 @@ class GpuCheck:
             await self.watch.start()
 
     async def close(self) -> None:
+        if self._releases:
+            await asyncio.wait(self._releases, timeout=_RELEASE_SECONDS)
         if self.watch is not None:
             await self.watch.close()
         if self.namespaces is not None and self._owns_namespaces:
@@ -114,9 +126,23 @@ class GpuCheck:
             if demand.empty:
                 continue
             result = result or CheckResult()
+            self._unweighted(pod, demand, result)
             self._per_pod(pod, demand, result)
             await self._quotas(pod, demand, ctx, result)
         return result or _EMPTY
+
+    def _unweighted(self, pod: PodSpecRef, demand: Demand, result: CheckResult) -> None:
+        """An accelerator resource with no weight would pass every quota for free: refused."""
+        for name in sorted(demand.milli):
+            if self.model.factor(name) is None:
+                result.violations.append(
+                    Violation(
+                        CHECK_ID,
+                        f"requests {name}, which looks like an accelerator but has no weight in GPUs; "
+                        f"set quota.resources[{name!r}] (e.g. 1, 1/4; 0 if it is not a GPU) so quotas count it",
+                        path=pod.path,
+                    )
+                )
 
     def _per_pod(self, pod: PodSpecRef, demand: Demand, result: CheckResult) -> None:
         model, rules = self.model, self._quota.per_pod
@@ -181,6 +207,8 @@ class GpuCheck:
         doomed = bool(result.violations) and self._config.mode_for(CHECK_ID, ctx.namespace_labels) is Mode.ENFORCE
         reserve = not ctx.dry_run and not doomed
         admitted, views = await self.coordinator.admit(keys, charges, reserve=reserve, deadline=ctx.deadline)
+        if admitted and reserve:
+            self._held.setdefault(id(ctx), []).append((keys, charges))
         scale = self.model.scale
         result.context["quotas"] = [_view_json(scale, v) for v in views]
         result.context["usage"] = self._usage(ctx)
@@ -196,6 +224,29 @@ class GpuCheck:
                     f"GPU quota {view.rule!r} ({view.scope}) at {100 * after // view.limit}% after this pod: "
                     f"{self.model.gpus(after)} of {self.model.gpus(view.limit)} GPUs"
                 )
+
+    def settle(self, ctx: RequestContext, admitted: bool) -> None:
+        """The combined verdict of the request ``ctx`` is final: keep its reservations when the pod
+        is admitted, give them back when any check (Pod Security, images, Rego, ...) denied it,
+        so a pod refused for another reason never holds GPUs for the TTL. Local reservations are
+        released at once; those in the API server by a background task (the answer does not wait)."""
+        held = self._held.pop(id(ctx), None)
+        if not held or admitted or self.coordinator is None:
+            return
+        for keys, charges in held:
+            if self.ledger is not None and not self.coordinator.does_io:
+                self.ledger.release(keys)
+                continue
+            task = asyncio.get_running_loop().create_task(self._release(keys, charges))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release(self, keys: tuple[str, ...], charges: tuple[Any, ...]) -> None:
+        assert self.coordinator is not None
+        try:
+            await self.coordinator.release(keys, charges, Deadline.after(_RELEASE_SECONDS))
+        except errors.UpstreamError as exc:  # it expires after reservation_ttl anyway
+            log.warning("GPU reservation of %s not released (expires by itself): %s", keys[0], exc)
 
     async def _claims(
         self, pod: PodSpecRef, refs: Sequence[claims.ClaimRef], ctx: RequestContext, result: CheckResult

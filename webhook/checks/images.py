@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from webhook import errors
+from webhook.checks import changes
 from webhook.checks.base import Check
 from webhook.checks.services import Services
 from webhook.config import Config
@@ -61,6 +62,7 @@ class ImagesCheck:
 
     id = CHECK_ID
     does_io = True
+    reads: frozenset[changes.Part] = frozenset({"spec"})  # images and pull secrets
 
     def __init__(
         self,

@@ -1,8 +1,10 @@
 """One review through every check to a verdict: shared by the webhook server and ``portcullis check``.
 
-Order: skip what must not be judged (other subresources, unchanged updates), resolve exemptions
-and modes, run the checks inside the request's deadline (those that do I/O concurrently), turn
-upstream failures into each check's failure mode, combine.
+Order: skip what must not be judged (other subresources; on UPDATE, each check whose declared
+reads did not change, see ``checks.changes``), resolve exemptions and modes, run the checks
+inside the request's deadline (those that do I/O concurrently), turn upstream failures into
+each check's failure mode, combine, and ``settle`` what checks hold for the request (GPU
+reservations are kept only for a pod the combined verdict admits).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from webhook import errors
+from webhook.checks import changes, limits
 from webhook.checks.base import Check
 from webhook.config import Config
-from webhook.core import workloads
+from webhook.core import decision, workloads
 from webhook.core.deadline import Deadline
 from webhook.core.decision import CheckResult, FailureMode, Mode, Verdict, Violation, combine
 from webhook.core.request import RequestContext
@@ -28,9 +31,7 @@ log = logging.getLogger("portcullis.admission")
 # Subresources whose requests carry a pod spec to judge; every other one passes untouched.
 _JUDGED_SUBRESOURCES = frozenset({"", "ephemeralcontainers"})
 _JUDGED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
-# Object metadata that checks may read (policies on labels/annotations); the rest of metadata
-# (resourceVersion, managedFields, ...) changes on every update and must not force a re-judgement.
-_JUDGED_METADATA = ("labels", "annotations")
+_NONE: frozenset[str] = frozenset()
 
 
 class NamespaceLabels(Protocol):
@@ -91,6 +92,8 @@ class Pipeline:
         self._io_checks = tuple(c for c in self.checks if getattr(c, "does_io", False) and c.id != "rego")
         self._inline_checks = tuple(c for c in self.checks if c not in self._io_checks and c.id != "rego")
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
+        # Modes in a namespace without labels (no mode label to apply): the same for every request.
+        self._static_modes = {c.id: config.mode_for(c.id, {}) for c in self.checks}
 
     def _components(self) -> list[object]:
         """What has a lifecycle: the namespace directory first (checks read it), then the checks."""
@@ -150,9 +153,12 @@ class Pipeline:
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
         pods = workloads.pod_specs(subject.object, subject.kind)
+        limits.check(pods, self.config.limits)  # bounded input bounds the CPU the checks take
+        update: changes.Update | None = None
         if subject.operation == "UPDATE" and subject.old_object is not None:
             old_pods = workloads.pod_specs(subject.old_object, subject.kind)
-            if _same_judged_content(pods, old_pods):
+            update = changes.Update(subject.kind, pods, old_pods, subject.object, subject.old_object)
+            if not any(changes.must_judge(c, update) for c in self.checks if only is None or c.id in only):
                 return _skipped("the update changes nothing a check looks at", pods)
         # Hot path: a dict lookup; only a namespace the watch has not delivered yet awaits a GET.
         found = self._namespaces.labels(subject.namespace) if self._namespaces is not None else None
@@ -174,15 +180,23 @@ class Pipeline:
             object=subject.object,
             old_object=subject.old_object,
         )
-        exempt, reason = self._exemptions(ctx, pods)
-        modes = {c.id: self.config.mode_for(c.id, labels) for c in self.checks}
+        exempt, reason = self._exemptions(ctx, pods) if self.config.exemptions else (_NONE, "")
+        modes = self._static_modes if not labels else {c.id: self.config.mode_for(c.id, labels) for c in self.checks}
         active = [
             c
             for c in self.checks
-            if c.id not in exempt and modes[c.id] is not Mode.OFF and (only is None or c.id in only)
+            if c.id not in exempt
+            and modes[c.id] is not Mode.OFF
+            and (only is None or c.id in only)
+            and (update is None or changes.must_judge(c, update))  # each check re-judges what it reads
         ]
-        results = await self._run(active, pods, ctx)
-        verdict = combine(results, modes)
+        try:
+            results = await self._run(active, pods, ctx)
+            verdict = combine(results, modes)
+        except BaseException:
+            _settle(active, ctx, admitted=False)
+            raise
+        _settle(active, ctx, admitted=verdict.allowed)
         if unavailable:
             note = f"[portcullis] {unavailable}; judged with the config's default labels"
             verdict = dataclasses.replace(verdict, warnings=(note, *verdict.warnings))
@@ -195,11 +209,19 @@ class Pipeline:
     ) -> dict[str, CheckResult]:
         results: dict[str, CheckResult] = {}
         tasks = {c.id: asyncio.ensure_future(self._guarded(c, pods, ctx)) for c in self._io_checks if c in active}
-        for check in self._inline_checks:
-            if check in active:
-                results[check.id] = await self._guarded(check, pods, ctx)
-        for check_id, task in tasks.items():
-            results[check_id] = await task
+        try:
+            for check in self._inline_checks:
+                if check in active:
+                    results[check.id] = await self._guarded(check, pods, ctx)
+            for check_id, task in tasks.items():
+                results[check_id] = await task
+        except BaseException:
+            # the review ends here (unjudgeable, or cancelled): no check may go on in the background
+            # and reserve GPUs after the verdict was settled
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
         for check in self._late_checks:
             if check in active:
                 results[check.id] = await self._guarded(check, pods, ctx)
@@ -225,6 +247,8 @@ class Pipeline:
         except Exception as exc:  # a bug in one check must not crash the webhook or allow silently
             log.exception("check %s failed unexpectedly", check.id)
             return self._failure(check, f"internal error: {type(exc).__name__}: {exc}")
+        if len(result.violations) > limits.MAX_FINDINGS:
+            result.violations = limits.bounded(result.violations)
         if result.context:
             ctx.shared[check.id] = result.context
         return result
@@ -259,19 +283,16 @@ class Pipeline:
         return exempt, "; ".join(reasons)
 
 
+def _settle(active: Sequence[Check], ctx: RequestContext, *, admitted: bool) -> None:
+    """Tell the checks that hold something for this request (GPU reservations) the final verdict."""
+    for check in active:
+        settle = getattr(check, "settle", None)
+        if settle is not None:
+            settle(ctx, admitted)
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _same_judged_content(new: Sequence[PodSpecRef], old: Sequence[PodSpecRef]) -> bool:
-    if len(new) != len(old):
-        return False
-    for a, b in zip(new, old, strict=True):
-        if a.spec != b.spec:
-            return False
-        if any(a.metadata.get(k) != b.metadata.get(k) for k in _JUDGED_METADATA):
-            return False
-    return True
 
 
 def _skipped(reason: str, pods: Sequence[PodSpecRef] = ()) -> Outcome:
@@ -280,7 +301,7 @@ def _skipped(reason: str, pods: Sequence[PodSpecRef] = ()) -> Outcome:
 
 
 def _with_exempt_reason(verdict: Verdict, reason: str) -> Verdict:
-    annotations = {**verdict.audit_annotations, "portcullis.dev/exempt": reason}
+    annotations = {**verdict.audit_annotations, decision.annotation_key("exempt"): reason}
     return Verdict(
         verdict.allowed,
         verdict.findings,

@@ -5,9 +5,11 @@ webhook and ``portcullis check``).
 Findings carry the mode they were found for: violations of the enforce level have mode
 ``enforce``, those found only at the warn level ``warn``, only at the audit level ``audit``.
 The check ids are listed in ``webhook.checks.pss``. Verdicts per pod spec are Pod Security
-Admission's; one deliberate difference: PSA enforces on Pods only and merely warns on workload
-templates, while Portcullis judges every template at the enforce level too, so a Deployment that
-could never create its pods is refused at once instead of failing later in its ReplicaSet.
+Admission's, and so is when they are made: a Pod UPDATE is judged again only when PSA's
+significance rule says so (``pss.updates``), and workload templates are judged as PSA does, at
+the warn and audit levels only, unless ``privilege.workload_templates: enforce`` (then a template
+that breaks the enforce level is denied, and its UPDATEs follow the same significance rule).
+``portcullis check`` (CI) has no pods to refuse later: it judges templates at the enforce level.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from functools import lru_cache
 import msgspec
 
 from webhook import errors
-from webhook.checks.pss import hardened, policy, registry
+from webhook.checks import changes
+from webhook.checks.pss import hardened, policy, registry, updates
 from webhook.checks.pss.policy import LevelVersion, Plan, Policy
 from webhook.checks.services import Services
 from webhook.config import Config
@@ -87,8 +90,9 @@ class PrivilegeCheck:
     default_mode = Mode.ENFORCE
     does_io = False
 
-    def __init__(self, config: PrivilegeConfig) -> None:
+    def __init__(self, config: PrivilegeConfig, *, ci: bool = False) -> None:
         self._config = config
+        self._enforce_templates = ci or config.workload_templates == "enforce"
         self._hardened = hardened.checks(config.hardened_checks, config.required_limits)
         self._always = hardened.checks(config.always_checks, config.required_limits)
         self._defaults = Policy(
@@ -97,7 +101,12 @@ class PrivilegeCheck:
             LevelVersion(registry.Level(config.audit_level), config.audit_version),
         )
         self._plans: dict[Policy, Plan] = {}
-        self._default_plan = self._plan(self._defaults)
+        # (plan, description) of the defaults for pods [False] and for warn-only templates [True]
+        templates = _warn_only(self._defaults)
+        self._default_compiled = {
+            False: (self._plan(self._defaults), self._defaults.describe()),
+            True: (self._plan(templates), templates.describe()),
+        }
 
     def policy_for(self, namespace: str, labels: Mapping[str, str]) -> tuple[Policy, list[str]]:
         """The policy in ``namespace`` with these labels, and warnings about invalid labels."""
@@ -113,11 +122,36 @@ class PrivilegeCheck:
             found = _apply(found, override)
         return found, problems
 
+    def significant_update(self, update: changes.Update) -> bool:
+        """Whether an UPDATE is judged again.
+
+        Pods: Pod Security Admission's ``isSignificantPodUpdate``, exactly. Templates: PSA judges
+        every UPDATE for its warnings, and so does this check while templates only warn; when
+        they are enforced, a change to the template's spec or annotations (a template, unlike a
+        pod, is mutable throughout), so relabelling a legacy Deployment is never refused.
+        """
+        if len(update.new_pods) != len(update.old_pods):
+            return True
+        if update.kind == "Pod":
+            return any(updates.significant(n, o) for n, o in zip(update.new_pods, update.old_pods, strict=True))
+        if not self._enforce_templates:
+            return True
+        return update.changed("spec") or any(
+            n.metadata.get("annotations") != o.metadata.get("annotations")
+            for n, o in zip(update.new_pods, update.old_pods, strict=True)
+        )
+
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
         found, problems = self.policy_for(ctx.namespace, ctx.namespace_labels)
-        plan = self._default_plan if found is self._defaults else self._plan(found)
+        template = ctx.kind != "Pod" and not self._enforce_templates
+        if found is self._defaults:  # hot path: no labels, no override; compiled once
+            plan, described = self._default_compiled[template]
+        else:
+            if template:
+                found = _warn_only(found)
+            plan, described = self._plan(found), found.describe()
         warnings = [f"[{CHECK_ID}] {p}" for p in problems]
-        return CheckResult(plan.evaluate(pods), warnings, context={"pss": found.describe()})
+        return CheckResult(plan.evaluate(pods), warnings, context={"pss": dict(described)})
 
     def _plan(self, found: Policy) -> Plan:
         plan = self._plans.get(found)
@@ -127,6 +161,11 @@ class PrivilegeCheck:
             plan = policy.compile_plan(found, hardened=self._hardened, always=self._always)
             self._plans[found] = plan
         return plan
+
+
+def _warn_only(found: Policy) -> Policy:
+    """How Pod Security Admission judges a workload template: the warn and audit levels only."""
+    return Policy(LevelVersion(registry.Level.PRIVILEGED, found.enforce.version), found.warn, found.audit)
 
 
 def _apply(found: Policy, override: NamespacePrivilege) -> Policy:
@@ -146,5 +185,5 @@ def _apply(found: Policy, override: NamespacePrivilege) -> Policy:
 
 
 def build(config: Config, services: Services) -> PrivilegeCheck:
-    """The privilege check for ``config.privilege`` (``services`` unused: the check does no I/O)."""
-    return PrivilegeCheck(config.privilege)
+    """The privilege check for ``config.privilege`` (``services`` tells CI apart: the check does no I/O)."""
+    return PrivilegeCheck(config.privilege, ci=services.ci)

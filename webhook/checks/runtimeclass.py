@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook import errors
-from webhook.checks import claims
+from webhook.checks import changes, claims
 from webhook.checks.services import Services
 from webhook.config import Config
 from webhook.config.privilege import RuntimeClassConfig
@@ -157,6 +157,7 @@ def _gpu_env(pod: PodSpecRef) -> list[Violation]:
                     path=f"{ref.path}.env[{index}]",
                 )
             )
+            break  # one finding per container: repeating the variable a thousand times adds nothing
     return found
 
 
@@ -337,6 +338,7 @@ class RuntimeClassCheck:
     """The runtime class rules, plus the existence lookup when a catalog is given."""
 
     id = CHECK_ID
+    reads: frozenset[changes.Part] = frozenset({"spec"})  # and namespace labels, which an UPDATE cannot change
     failure_mode = FailureMode.DENY
     default_mode = Mode.ENFORCE
 

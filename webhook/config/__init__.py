@@ -16,7 +16,7 @@ import msgspec
 import yaml
 
 from webhook import errors
-from webhook.config.admission import CheckSettings, Exemption, NamespaceSettings
+from webhook.config.admission import CheckSettings, Exemption, InputLimits, NamespaceSettings
 from webhook.config.audit import AuditConfig
 from webhook.config.base import Section
 from webhook.config.images import ImagesConfig
@@ -47,6 +47,8 @@ class Config(Section, frozen=True):
     # tighten_only lets a label make a check stricter than configured, never weaker; any lets it
     # relax too (off, audit, warn); ignore takes modes from this file only.
     mode_labels: Literal["any", "tighten_only", "ignore"] = "tighten_only"
+    # The largest pod spec judged (containers, volumes, env entries); larger ones are denied.
+    limits: InputLimits = InputLimits()
     privilege: PrivilegeConfig = PrivilegeConfig()
     runtimeclass: RuntimeClassConfig = RuntimeClassConfig()
     images: ImagesConfig = ImagesConfig()

@@ -1,6 +1,10 @@
-"""Config shared by every check: modes, failure modes, exemptions, known namespaces."""
+"""Config shared by every check: modes, failure modes, exemptions, known namespaces, input limits."""
 
 from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
 
 from webhook.config.base import Section
 from webhook.core.decision import FailureMode, Mode
@@ -45,3 +49,19 @@ class NamespaceSettings(Section, frozen=True):
     """A namespace's labels when no API server is asked (CI, or as a fallback)."""
 
     labels: dict[str, str] = {}
+
+
+class InputLimits(Section, frozen=True):
+    """How big a pod spec Portcullis judges; a larger one is denied, naming the limit.
+
+    Judging costs time in proportion to the containers, volumes and environment entries of a
+    pod, all of it on the event loop every other review waits on: a crafted pod with 16,000
+    containers took seconds. Real pods stay far below these defaults (the request body itself is
+    bounded by ``server.max_body_bytes``).
+    """
+
+    # init + regular + ephemeral containers of one pod spec
+    max_containers: Annotated[int, msgspec.Meta(gt=0)] = 256
+    max_volumes: Annotated[int, msgspec.Meta(gt=0)] = 512
+    # env + envFrom entries of one container
+    max_env: Annotated[int, msgspec.Meta(gt=0)] = 1024

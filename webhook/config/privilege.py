@@ -64,6 +64,11 @@ class PrivilegeConfig(Section, frozen=True):
     audit_version: str = "latest"
     # Read the pod-security.kubernetes.io/* namespace labels (as Pod Security Admission does).
     namespace_labels: bool = True
+    # Workload templates (Deployment, Job, CronJob, ...): `warn` judges them as Pod Security
+    # Admission does, at the warn and audit levels only (their pods are enforced when created);
+    # `enforce` also denies a template that breaks the enforce level, so a Deployment whose pods
+    # could never start is refused at once. `portcullis check` always judges templates at enforce.
+    workload_templates: Literal["warn", "enforce"] = "warn"
     # Apply these levels everywhere, ignoring labels and per-namespace overrides
     # (set by `portcullis check --level/--pss-version`).
     pinned: bool = False
@@ -82,8 +87,12 @@ class PrivilegeConfig(Section, frozen=True):
 class RuntimeClassConfig(Section, frozen=True):
     """Runtime class rules: GPU pods, untrusted namespaces, a denylist, classes the cluster lacks."""
 
-    # Extended resources that make a pod a GPU pod; a trailing '*' matches any suffix.
-    gpu_resources: list[str] = msgspec.field(default_factory=lambda: ["nvidia.com/gpu", "nvidia.com/mig-*"])
+    # Extended resources that make a pod a GPU pod; a trailing '*' matches any suffix. The default
+    # covers what GPU quotas charge by default: whole devices (shared replicas such as
+    # nvidia.com/gpu.shared included), MIG profiles with any suffix, AMD and Intel GPUs.
+    gpu_resources: list[str] = msgspec.field(
+        default_factory=lambda: ["nvidia.com/gpu*", "nvidia.com/mig-*", "amd.com/gpu*", "gpu.intel.com/*"]
+    )
     # Runtime classes GPU pods must use; empty turns the GPU rule off.
     gpu_runtime_classes: list[str] = []
     # DRA DeviceClasses whose devices make a pod with resourceClaims a GPU pod ('*' at the end

@@ -2,7 +2,9 @@
 
 Amounts are in weighted GPUs: a resource's request times its weight (``nvidia.com/gpu`` = 1,
 a ``mig-1g.10gb`` slice = 1/7, a time-sliced replica = 1/N). Weights and limits accept
-integers, decimals ("0.5") and fractions ("1/7"), so sums stay exact.
+integers, decimals ("0.5") and fractions ("1/7"), so sums stay exact. No accelerator is free:
+unlisted MIG profiles weigh <g>/mig_slices, whole devices (``nvidia.com/gpu*``, ``amd.com/gpu``,
+``gpu.intel.com/i915|xe``) 1, and anything else that looks like one is refused until weighted.
 """
 
 from __future__ import annotations
@@ -17,7 +19,19 @@ from webhook.config.base import Section
 
 Amount = int | float | str
 
-_MIG = re.compile(r"^nvidia\.com/mig-(?P<g>\d+)g\.(?P<mem>\d+)gb$")
+# MIG profiles, with the device plugin's variants: compute-instance profiles (mig-1c.3g.20gb) and
+# suffixes for media extensions or other options (mig-1g.10gb.me, mig-1g.10gb+me, mig-2g.20gb-x).
+_MIG = re.compile(r"^nvidia\.com/mig-(?:\d+c\.)?(?P<g>\d+)g\.(?P<mem>\d+)gb(?:[.+-][A-Za-z0-9._+-]*)?$")
+# Whole devices nobody gave a weight: one GPU each. nvidia.com/gpu.shared and other renamed
+# time-sliced replicas included (conservatively a whole GPU: set their weight, e.g. 1/4).
+_WHOLE_DEVICE = re.compile(r"^(?:nvidia\.com/gpu|amd\.com/gpu|gpu\.intel\.com/(?:i915|xe))(?:[.-][A-Za-z0-9._-]*)?$")
+# Anything else that looks like an accelerator is never free: it is refused until quota.resources
+# gives it a weight (0 for a resource that is not one, e.g. nvidia.com/rdma_shared_device).
+_ACCELERATOR = re.compile(
+    r"^(?:(?:nvidia\.com|amd\.com|gpu\.intel\.com|habana\.ai|xilinx\.com|qualcomm\.com)/.*"
+    r"|aws\.amazon\.com/neuron.*|google\.com/tpu.*|[^/]*/.*(?:gpu|tpu).*)$",
+    re.IGNORECASE,
+)
 
 
 def parse_amount(value: Amount, what: str) -> Fraction:
@@ -105,11 +119,18 @@ class QuotaConfig(Section, frozen=True):
             raise ValueError("quota.reservation_ttl and quota.max_staleness must be positive")
 
     def weight(self, resource: str) -> Fraction | None:
-        """The weight of ``resource`` in GPUs, or None when it does not count as GPU."""
+        """The weight of ``resource`` in GPUs, or None when it has none (not an accelerator, or
+        one nobody weighted: see ``unweighted_accelerator``)."""
         configured = self.resources.get(resource)
         if configured is not None:
             return parse_amount(configured, resource)
         match = _MIG.match(resource)
         if match:
             return Fraction(int(match.group("g")), self.mig_slices)
+        if _WHOLE_DEVICE.match(resource):
+            return Fraction(1)
         return None
+
+    def unweighted_accelerator(self, resource: str) -> bool:
+        """Whether ``resource`` looks like an accelerator but has no weight (refused until it has)."""
+        return self.weight(resource) is None and bool(_ACCELERATOR.match(resource))

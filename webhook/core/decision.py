@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -95,9 +96,26 @@ class Verdict:
 
 
 _MAX_WARNINGS = 50  # the apiserver truncates long warning lists; keep ours readable
+# The API server stores a webhook's audit annotation under "<webhook name>/<key>" and drops any
+# whose combined key is not a qualified name (apiserver admission ``checkKeyFormat``): exactly
+# one '/', so our key is a bare name part, at most 63 characters of [A-Za-z0-9-_.].
+_ANNOTATION_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 # Violations named in one denial or audit annotation. A crafted pod can carry 100,000+ of them
 # (thousands of containers, each wrong in every way): listing all made multi-MB responses.
 _MAX_LISTED = 200
+
+
+def annotation_key(name: str) -> str:
+    """The audit annotation key for ``name`` (a check id, ``exempt``): a valid name part.
+
+    The API server prefixes the webhook's name and a '/', so a key holding a '/' itself (or
+    otherwise not a qualified name's name part) would be dropped with only a log line. Any
+    other character becomes '-' and the key is cut to 63 characters.
+    """
+    if _ANNOTATION_NAME.match(name):
+        return name
+    cleaned = re.sub(r"[^-A-Za-z0-9_.]", "-", name)[:63].strip("-_.")
+    return cleaned or "finding"
 
 
 def _listed(lines: list[str], total: int) -> str:
@@ -142,7 +160,7 @@ def combine(
                 if len(lines) < _MAX_LISTED:
                     lines.append(violation.describe())
     for check_id, lines in audit_lines.items():
-        annotations[f"portcullis.dev/{check_id}"] = _listed(lines, audit_counts[check_id])
+        annotations[annotation_key(check_id)] = _listed(lines, audit_counts[check_id])
     allowed = not any(f.mode is Mode.ENFORCE for f in findings)
     return Verdict(
         allowed=allowed,

@@ -37,6 +37,10 @@ class Coordinator(Protocol):
         self, keys: tuple[str, ...], charges: tuple[Charge, ...], *, reserve: bool, deadline: Deadline
     ) -> tuple[bool, list[QuotaView]]: ...
 
+    async def release(self, keys: tuple[str, ...], charges: tuple[Charge, ...], deadline: Deadline) -> None:
+        """Give back what ``admit`` reserved for a pod the final verdict denied (best effort)."""
+        ...
+
 
 class LocalCoordinator:
     """Reservations in the ledger: atomic because the event loop runs one check at a time."""
@@ -50,6 +54,9 @@ class LocalCoordinator:
         self, keys: tuple[str, ...], charges: tuple[Charge, ...], *, reserve: bool, deadline: Deadline
     ) -> tuple[bool, list[QuotaView]]:
         return self._ledger.admit(keys, charges, reserve=reserve)
+
+    async def release(self, keys: tuple[str, ...], charges: tuple[Charge, ...], deadline: Deadline) -> None:
+        self._ledger.release(keys)
 
 
 class ApiServerCoordinator:
@@ -122,8 +129,14 @@ class ApiServerCoordinator:
                 return view
             self.conflicts += 1  # someone wrote first: read again and decide again
 
+    async def release(self, keys: tuple[str, ...], charges: tuple[Charge, ...], deadline: Deadline) -> None:
+        for charge in sorted(charges, key=lambda c: c.key):
+            await self._drop(charge, keys[0], deadline)
+            left = self._ledger.remote_reserved.get(charge.key, 0) - charge.units
+            self._ledger.remote_reserved[charge.key] = max(0, left)
+
     async def _drop(self, charge: Charge, pod_key: str, deadline: Deadline) -> None:
-        """Best effort: take back a reservation of a pod denied by another quota (else it expires)."""
+        """Best effort: take back a reservation of a pod denied after all (else it expires)."""
         name = configmap_name(charge.key)
         try:
             for _ in range(5):

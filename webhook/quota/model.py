@@ -90,6 +90,10 @@ class QuotaModel:
                 self._factor[resource] = factor
         return factor
 
+    def unweighted(self, resource: str) -> bool:
+        """Whether ``resource`` looks like an accelerator but has no weight (see ``QuotaConfig``)."""
+        return isinstance(resource, str) and self.config.unweighted_accelerator(resource)
+
     def demand(self, spec: Mapping[str, Any]) -> Demand:
         """What the pod asks, by the scheduler's arithmetic. Raises ``QuantityError``."""
         milli = requests.pod_requests(spec, self.counts)
@@ -143,7 +147,10 @@ class _Counted(dict[str, bool]):
         self._model = model
 
     def __missing__(self, resource: str) -> bool:
-        counted = self._model.factor(resource) is not None
+        # weighted (a zero weight says "not a GPU"), or an accelerator nobody weighted: counted so
+        # the check can refuse it, never left out for free
+        factor = self._model.factor(resource)
+        counted = bool(factor) or (factor is None and self._model.unweighted(resource))
         if len(self) < 1024:
             self[resource] = counted
         return counted

@@ -1,7 +1,9 @@
 {{/*
 The config file both faces read. The user's `config:` is passed through verbatim; the chart
 owns only what it wires itself (listen address, TLS paths, the time budget derived from the
-webhook's timeoutSeconds, with clientAuth the client CA path and the health port, audit paths) and prepends the monitor's exemption.
+webhook's timeoutSeconds, with clientAuth the client CA path and the health port, audit paths,
+GPU reservations shared through the API server whenever there is more than one replica) and
+prepends the monitor's exemption.
 */}}
 {{- define "portcullis.configText" -}}
 {{- $v := .Values }}
@@ -34,6 +36,11 @@ webhook's timeoutSeconds, with clientAuth the client CA path and the health port
 {{- $quota := deepCopy (default dict (get $cfg "quota")) }}
 {{- if not (hasKey $quota "coordination_namespace") }}
 {{- $_ := set $quota "coordination_namespace" .Release.Namespace }}
+{{- $_ := set $cfg "quota" $quota }}
+{{- end }}
+{{- /* Replicas must share GPU reservations, or together they over-admit (validate.yaml refuses local). */}}
+{{- if and (gt (int $v.webhook.replicas) 1) (not (hasKey $quota "coordination")) }}
+{{- $_ := set $quota "coordination" "apiserver" }}
 {{- $_ := set $cfg "quota" $quota }}
 {{- end }}
 {{- if $v.audit.enabled }}
