@@ -94,7 +94,8 @@ class AuditLog:
         signer = note.load_signer(Path(signing_key_path)) if signing_key_path else None
         if not origin or "\n" in origin:
             raise errors.ConfigError(f"audit log origin {origin!r} must be one non-empty line")
-        tilestore = await asyncio.to_thread(store.TileStore.recover, directory, durable)
+        verifier = signer.verifier if signer else None
+        tilestore = await asyncio.to_thread(store.TileStore.recover, directory, durable, verifier)
         try:
             return await cls._start(
                 tilestore, signer, origin, writer, commit_window, checkpoint_every, checkpoint_interval, witnesses
@@ -126,7 +127,7 @@ class AuditLog:
             [witness.WitnessEndpoint.parse(w) for w in witnesses if not _publish_target(w)],
         )
         self._publish_dirs = [d for w in witnesses if (d := _publish_target(w)) is not None]
-        self._cp_size = await asyncio.to_thread(self._check_existing_checkpoint)
+        self._cp_size = tilestore.floor.size if tilestore.floor else -1
         self._task = asyncio.create_task(self._run(), name=f"audit-writer:{origin}")
         return self
 
@@ -229,25 +230,6 @@ class AuditLog:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _check_existing_checkpoint(self) -> int:
-        path = self.directory / CHECKPOINT
-        if not path.exists():
-            return -1
-        data = path.read_bytes()
-        if self._signer is not None:
-            cp, _ = note.open_checkpoint(data, self._signer.verifier, str(path))
-        else:
-            cp = note.parse_checkpoint(note.parse_note(data, str(path)).text, str(path))
-        if cp.size > self._store.size:
-            raise store.RecoveryError(
-                f"{path}: signed size {cp.size} but only {self._store.size} entries are on disk "
-                "(acknowledged records were lost or removed)"
-            )
-        reader = tiles.TileReader(self.directory, self._store.size)
-        if merkle.root_at(reader.node, cp.size) != cp.root:
-            raise store.RecoveryError(f"{path}: root hash does not match the log; run 'portcullis audit verify'")
-        return cp.size
-
     async def _checkpoint(self, force: bool = False) -> None:
         size = self._store.size
         self._cp_time = time.monotonic()
@@ -258,6 +240,7 @@ class AuditLog:
         async with self._cp_lock:
             await asyncio.to_thread(self._write_checkpoint, signed, size)
         self._cp_size = size
+        self._store.signed_sizes.append(size)
         self._cp_signed = signed
         for target in self._publish_dirs:
             try:
@@ -268,12 +251,12 @@ class AuditLog:
             self._witness_task = asyncio.create_task(self._cosign(signed, size))
 
     def _write_checkpoint(self, signed: bytes, size: int) -> None:
+        """``checkpoint`` first, then its copy in ``checkpoints/``: a crash between the two
+        leaves the newest checkpoint in place and only its history copy missing (which the
+        next open restores), never a ``checkpoint`` older than a kept one."""
         durable = self._store.durable
-        store.write_atomic(self.directory / HISTORY / str(size), signed, durable, 0o644)
         store.write_atomic(self.directory / CHECKPOINT, signed, durable, 0o644)
-        if durable:
-            store.fsync_dir(self.directory / HISTORY)
-            store.fsync_dir(self.directory)
+        store.write_atomic(self.directory / HISTORY / str(size), signed, durable, 0o644)
 
     async def _cosign(self, signed: bytes, size: int) -> None:
         """Push a checkpoint to the witnesses and fold their cosignatures into the stored copy."""
@@ -293,7 +276,7 @@ class AuditLog:
 
     def _add_cosignatures(self, signed: bytes, size: int, lines: list[str]) -> None:
         extra = "".join(lines).encode()
-        for path in (self.directory / HISTORY / str(size), self.directory / CHECKPOINT):
+        for path in (self.directory / CHECKPOINT, self.directory / HISTORY / str(size)):
             if path.exists() and path.read_bytes() == signed:
                 store.write_atomic(path, signed + extra, self._store.durable, 0o644)
 

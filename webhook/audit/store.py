@@ -7,6 +7,7 @@ after a crash. Every file is written as temp + fsync + rename, so a file is whol
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import logging
 import os
@@ -14,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook import errors
-from webhook.audit import merkle, tiles
+from webhook.audit import merkle, note, recovery, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH, TileId
 
 log = logging.getLogger("portcullis.audit")
@@ -23,16 +23,19 @@ TILE_BYTES = TILE_WIDTH * merkle.HASH_SIZE
 TMP_SUFFIX = ".tmp"
 
 
-class RecoveryError(errors.AuditFormatError):
-    """The log directory cannot be reopened safely (tampered with, or acknowledged data lost)."""
+RecoveryError = recovery.RecoveryError
 
 
-def write_atomic(path: Path, data: bytes, durable: bool, mode: int = 0o444) -> bool:
-    """temp + (fsync) + rename; returns whether a directory was created (its parent needs fsync)."""
-    created = False
-    if not path.parent.is_dir():
+def write_atomic(path: Path, data: bytes, durable: bool, mode: int = 0o444) -> None:
+    """temp + fsync + rename + fsync of the directory (and of any directory it created), so
+    after a power loss the file is whole, old or new, and its name does not vanish."""
+    created = []
+    parent = path.parent
+    while not parent.is_dir():
+        created.append(parent)
+        parent = parent.parent
+    if created:
         path.parent.mkdir(parents=True, exist_ok=True)
-        created = True
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = _open_temp(tmp, mode)
     try:
@@ -42,7 +45,9 @@ def write_atomic(path: Path, data: bytes, durable: bool, mode: int = 0o444) -> b
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    return created
+    if durable:
+        for d in [path.parent, *(c.parent for c in created)]:
+            fsync_dir(d)
 
 
 def _open_temp(tmp: Path, mode: int) -> int:
@@ -87,6 +92,8 @@ class TileStore:
         self.edges: dict[int, bytearray] = {}  # level -> contents of its partial tile
         self._pool: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
+        self.floor: recovery.Floor | None = None  # the newest signed checkpoint at open
+        self.signed_sizes: list[int] = []  # sizes of signed checkpoints, ascending
 
     # -- staging (event loop) -------------------------------------------------------------
 
@@ -159,9 +166,18 @@ class TileStore:
             os.replace(tmp, path)
         if self.durable:
             list(self._executor().map(fsync_dir, sorted(dirs)))
-        # Partials of a tile that is now full are no longer needed (tlog-tiles §Partial Tiles).
+        # Partials of a tile that is now full are no longer needed (tlog-tiles §Partial Tiles),
+        # except those a signed checkpoint named: they stay, as every file a checkpoint covers.
         for tid in batch.retired:
-            _remove_partials(self.root / tid.path())
+            _remove_partials(self.root / tid.path(), self._signed_widths(tid))
+
+    def _signed_widths(self, tid: TileId) -> set[int]:
+        span = TILE_WIDTH ** (tid.level + 1 if tid.level >= 0 else 1)
+        first, last = tid.index * span, (tid.index + 1) * span
+        lo = bisect.bisect_left(self.signed_sizes, first)
+        hi = bisect.bisect_left(self.signed_sizes, last)
+        step = span // TILE_WIDTH
+        return {(s - first) // step for s in self.signed_sizes[lo:hi]}
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -189,56 +205,52 @@ class TileStore:
     # -- recovery ---------------------------------------------------------------------------
 
     @classmethod
-    def recover(cls, root: Path, durable: bool = True) -> TileStore:
-        """Open a log directory, truncate a torn tail (with a warning) and rebuild the edge."""
+    def recover(cls, root: Path, durable: bool = True, verifier: note.Verifier | None = None) -> TileStore:
+        """Open a log directory after a crash; raises ``RecoveryError`` (changing nothing) if
+        anything a signed checkpoint covers is missing or altered (see ``recovery``)."""
         store = cls(root, durable)
         root.mkdir(parents=True, exist_ok=True)
         store._lock()
         try:
-            _remove_temp_files(root)
-            size, bundle = _entries_size(root)
-            store.size = size
-            store._repair(size, bundle)
-            reader = tiles.TileReader(root, size)
-            store.border = merkle.CompactRange.from_nodes(reader.node, size)
+            floor, damage, sizes = recovery.load_floor(root, verifier)
+            plan = recovery.inspect(root, floor)
+            plan.damage[:0] = damage
+            plan.signed_sizes = sizes
+            if plan.damage:
+                raise recovery.refuse(root, plan)
+            store._apply(plan)
         except BaseException:
             store.close()
             raise
         return store
 
-    def _repair(self, size: int, bundle: bytes) -> None:
-        self.counts[ENTRIES] = size
-        self.edges[ENTRIES] = bytearray(bundle)
-        _drop_beyond(self.root, ENTRIES, size)
-        level, count = 0, size
+    def _apply(self, plan: recovery.Plan) -> None:
+        """Make the safe changes ``inspect`` planned: quarantine the torn tail, rebuild tiles
+        missing above the floor, restore the checkpoint files; then rebuild the edge."""
+        root = self.root
+        self.floor = plan.floor
+        self.signed_sizes = plan.signed_sizes
+        recovery.quarantine(root, plan.quarantine, self.durable)
+        self.size = plan.size
+        self.counts[ENTRIES] = plan.size
+        self.edges[ENTRIES] = bytearray(plan.bundle)
+        for tid in sorted(plan.rebuild, key=lambda t: (t.level, t.index)):
+            log.warning("audit log %s: rebuilding missing tile %s above the signed checkpoint", root, tid.path())
+            write_atomic(root / tid.path(), self._hashes(tid.level, tid.index, tid.width), self.durable)
+        for rel, data in plan.restore:
+            log.warning("audit log %s: restoring %s from the newest signed checkpoint", root, rel)
+            write_atomic(root / rel, data, self.durable, 0o644)
+        level, count = 0, plan.size
         while True:
             self.counts[level] = count
-            _drop_beyond(self.root, level, count)
             if count == 0:
                 break
-            self._repair_level(level, count)
+            nfull, width = divmod(count, TILE_WIDTH)
+            self.edges[level] = bytearray(self._hashes(level, nfull, width) if width else b"")
             level += 1
             count //= TILE_WIDTH
-
-    def _repair_level(self, level: int, count: int) -> None:
-        """Recreate missing full tiles at the right edge and check/recreate the partial tile."""
-        nfull, width = divmod(count, TILE_WIDTH)
-        index = nfull - 1
-        while index >= 0 and not (self.root / tiles.tile_path(level, index)).exists():
-            log.warning("audit log %s: rebuilding missing tile %s", self.root, tiles.tile_path(level, index))
-            write_atomic(self.root / tiles.tile_path(level, index), self._hashes(level, index, TILE_WIDTH), True)
-            index -= 1
-        edge = self._hashes(level, nfull, width) if width else b""
-        self.edges[level] = bytearray(edge)
-        if not width:
-            return
-        rel = tiles.tile_path(level, nfull, width)
-        path = self.root / rel
-        if not path.exists():
-            log.warning("audit log %s: rebuilding missing tile %s", self.root, rel)
-            write_atomic(path, edge, True)
-        elif path.read_bytes() != edge:
-            raise RecoveryError(f"{path}: does not match the entries below it; run 'portcullis audit verify'")
+        reader = tiles.TileReader(root, plan.size)
+        self.border = merkle.CompactRange.from_nodes(reader.node, plan.size)
 
     def _hashes(self, level: int, index: int, width: int) -> bytes:
         """Level-``level`` hashes of tile ``index`` (``width`` of them), from the level below."""
@@ -254,38 +266,15 @@ class TileStore:
         return b"".join(out)
 
 
-def _remove_partials(full_path: Path) -> None:
+def _remove_partials(full_path: Path, keep: set[int]) -> None:
+    """Retire unsigned partials of a full tile (only those whose bytes are its prefix)."""
     pdir = full_path.with_name(full_path.name + ".p")
-    if pdir.is_dir():
-        for p in pdir.iterdir():
+    if not pdir.is_dir():
+        return
+    full = full_path.read_bytes()
+    for p in pdir.iterdir():
+        if p.name.isdigit() and int(p.name) not in keep and full.startswith(p.read_bytes()):
             p.unlink()
-        pdir.rmdir()
-
-
-def _remove_temp_files(root: Path) -> None:
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            if name.endswith(TMP_SUFFIX):
-                log.warning("audit log %s: removing unfinished write %s", root, Path(dirpath, name))
-                Path(dirpath, name).unlink()
-
-
-def _count_full(root: Path, level: int) -> int:
-    """Number of consecutive full tiles from index 0 (exponential then binary search)."""
-
-    def has(i: int) -> bool:
-        return (root / tiles.tile_path(level, i)).exists()
-
-    if not has(0):
-        return 0
-    hi = 1
-    while has(hi):
-        hi *= 2
-    lo = hi // 2  # has(lo) and not has(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if has(mid) else (lo, mid)
-    return hi
 
 
 def _partial_widths(root: Path, level: int, index: int) -> list[int]:
@@ -293,35 +282,3 @@ def _partial_widths(root: Path, level: int, index: int) -> list[int]:
     if not pdir.is_dir():
         return []
     return sorted((int(p.name) for p in pdir.iterdir() if p.name.isdigit()), reverse=True)
-
-
-def _entries_size(root: Path) -> tuple[int, bytes]:
-    """Entries durably present: full bundles plus the widest partial bundle that decodes."""
-    nfull = _count_full(root, ENTRIES)
-    for width in _partial_widths(root, ENTRIES, nfull):
-        path = root / tiles.tile_path(ENTRIES, nfull, width)
-        data = path.read_bytes()
-        try:
-            if len(tiles.decode_bundle(data)) == width:
-                return nfull * TILE_WIDTH + width, data
-        except tiles.TileFormatError:
-            pass
-        log.warning("audit log %s: torn entry bundle %s truncated away", root, path)
-        path.unlink()
-    return nfull * TILE_WIDTH, b""
-
-
-def _drop_beyond(root: Path, level: int, count: int) -> None:
-    """Delete tiles of a level that lie beyond ``count`` hashes: an unacknowledged torn tail."""
-    nfull, width = divmod(count, TILE_WIDTH)
-    base = root / "tile" / ("entries" if level == ENTRIES else str(level))
-    for dirpath, _, names in os.walk(base):
-        for name in names:
-            path = Path(dirpath, name)
-            tid = tiles.parse_tile_path(path.relative_to(root).as_posix())
-            if tid is None or tid.level != level:
-                continue
-            beyond = tid.index > nfull or (tid.index == nfull and (not tid.partial or tid.width > width))
-            if beyond:
-                log.warning("audit log %s: dropping torn tail %s", root, tid.path())
-                path.unlink()

@@ -19,6 +19,7 @@ from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
 CHECKPOINT = "checkpoint"
 HISTORY = "checkpoints"
+QUARANTINE = "quarantine"
 _NOWHERE = 1 << 64  # a problem not tied to one leaf sorts after every located one
 
 
@@ -27,9 +28,11 @@ class Problem:
     position: int  # first leaf index affected (or _NOWHERE)
     message: str
     span: int = 1  # leaves it may concern: 1 is exact; wider ones rank after exact ones inside them
+    derived: int = 1  # 0 for entry bundles: at the same place, tiles (derived from them) rank after
+    record: bool = False  # about records or checkpoints themselves: never a crash artefact
 
-    def rank(self) -> tuple[int, int, str]:
-        return (self.position + self.span - 1, self.span, self.message)
+    def rank(self) -> tuple[int, int, int, str]:
+        return (self.position + self.span - 1, self.span, self.derived, self.message)
 
 
 @dataclass
@@ -48,8 +51,19 @@ class Result:
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, position: int, message: str, span: int = 1) -> None:
-        self.problems.append(Problem(position, message, span))
+    def add(self, position: int, message: str, span: int = 1, derived: int = 1, record: bool = False) -> None:
+        self.problems.append(Problem(position, message, span, derived, record))
+
+    def settle_unsigned_tail(self, signed: int) -> None:
+        """Missing, torn or extra files wholly above the newest signed checkpoint are what a
+        crash mid-append leaves (the writer quarantines or rebuilds them on open): warnings."""
+        keep = []
+        for p in self.problems:
+            if p.position != _NOWHERE and p.position + p.span > signed and not p.record:
+                self.warnings.append(f"above the newest checkpoint (size {signed}), unsigned: {p.message}")
+            else:
+                keep.append(p)
+        self.problems = keep
 
     def ordered(self) -> list[Problem]:
         return sorted(self.problems, key=Problem.rank)
@@ -64,7 +78,11 @@ class _Files:
     def __init__(self, root: Path, result: Result) -> None:
         self.tiles: dict[tuple[int, int], dict[int, Path]] = defaultdict(dict)
         self.history: dict[int, Path] = {}
-        for dirpath, _, names in os.walk(root):
+        for dirpath, dirnames, names in os.walk(root):
+            if Path(dirpath) == root and QUARANTINE in dirnames:
+                dirnames.remove(QUARANTINE)  # a torn tail cut on reopen: kept, not part of the tree
+                kept = sum(len(f) for _, _, f in os.walk(root / QUARANTINE))
+                result.warnings.append(f"{QUARANTINE}/: {kept} file(s) cut from torn tails on reopen (not verified)")
             for name in names:
                 path = Path(dirpath, name)
                 rel = path.relative_to(root).as_posix()
@@ -137,7 +155,11 @@ class _TreeCheck:
     def finish(self) -> None:
         for level, buf in list(self.bufs.items()):
             if buf:
-                self._compare(level, self.counts[level] // TILE_WIDTH, bytes(buf), full=False)
+                index, width = divmod(self.counts[level], TILE_WIDTH)
+                if not {width, TILE_WIDTH} & set(self.files.tiles.get((level, index), {})):
+                    rel = tiles.tile_path(level, index, width)
+                    self._problem(level, index, 0, f"{rel}: missing (the right edge of the tree)")
+                self._compare(level, index, bytes(buf), full=False)
         levels = {lvl for lvl, _ in self.files.tiles if lvl >= 0}
         for level in sorted(levels):
             done = self.counts.get(level, 0) // TILE_WIDTH + (1 if self.counts.get(level, 0) % TILE_WIDTH else 0)
@@ -149,7 +171,9 @@ class _TreeCheck:
     def _compare(self, level: int, index: int, data: bytes, full: bool) -> None:
         stored = self.files.tiles.get((level, index), {})
         if full and TILE_WIDTH not in stored:
-            self._problem(level, index, 0, f"{tiles.tile_path(level, index)}: full tile missing")
+            # The widest partial still serves the hashes below it; the loss starts after them.
+            have = max((w for w, p in stored.items() if data.startswith(p.read_bytes())), default=0)
+            self._problem(level, index, have, f"{tiles.tile_path(level, index)}: full tile missing")
         for width, path in sorted(stored.items()):
             want = data[: width * 32]
             if width * 32 > len(data):
@@ -201,6 +225,8 @@ def verify(
     result.size = tree.border.size
     result.root = tree.border.root()
     _check_roots(checkpoints, tree, result)
+    if checkpoints:
+        result.settle_unsigned_tail(max(cp.size for _, cp in checkpoints))
     cosigners = [k for k in witness_keys if k.sig_type == note.SIG_COSIGNATURE_V1]  # never the log's key
     _check_latest(root, cosigners, required, result)
     return result
@@ -219,20 +245,25 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         try:
             entries = tiles.decode_bundle(data)
         except tiles.TileFormatError as exc:
-            result.add(index + exc.count, f"{rel}: byte {exc.offset}: {exc}")
+            result.add(index + exc.count, f"{rel}: byte {exc.offset}: {exc}", derived=0)
             return
         if len(entries) != best:
-            result.add(index + min(best, len(entries)), f"{rel}: holds {len(entries)} entries, name says {best}")
+            msg = f"{rel}: holds {len(entries)} entries, name says {best}"
+            result.add(index + min(best, len(entries)), msg, derived=0)
+        if best < TILE_WIDTH and any(b > bundle for b in bundles):
+            later = tiles.tile_path(ENTRIES, min(b for b in bundles if b > bundle))
+            msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing (only partial {rel} is left), yet {later} follows"
+            result.add(index + len(entries), msg, derived=0)
         for width, path in widths.items():
-            if width != best and not data.startswith(path.read_bytes()):
-                result.add(index, f"{path.relative_to(root).as_posix()}: not a prefix of {rel}")
+            if width != best:
+                _check_prefix(root, path, data, entries, index, rel, result)
         if check_records:
             offset = 0
             for i, entry in enumerate(entries):
                 try:
                     records.decode_record(entry)
                 except records.RecordError as exc:
-                    result.add(index + i, f"entry {index + i} ({rel} byte {offset}): {exc}")
+                    result.add(index + i, f"entry {index + i} ({rel} byte {offset}): {exc}", record=True)
                 offset += 2 + len(entry)
         tree.leaves([hashlib.sha256(b"\x00" + e).digest() for e in entries])
         index += len(entries)
@@ -240,10 +271,25 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
             break
         bundle += 1
     later = [b for b in bundles if b > bundle]
-    if later:
-        what = "missing" if not files.tiles.get((ENTRIES, bundle)) else "partial"
-        msg = f"{tiles.tile_path(ENTRIES, bundle)}: {what}, yet {tiles.tile_path(ENTRIES, later[0])} follows"
-        result.add(index, msg)
+    if later and not files.tiles.get((ENTRIES, bundle)):
+        msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing, yet {tiles.tile_path(ENTRIES, later[0])} follows"
+        result.add(index, msg, derived=0)
+
+
+def _check_prefix(
+    root: Path, path: Path, data: bytes, entries: list[bytes], index: int, rel: str, result: Result
+) -> None:
+    """A narrower bundle of the same index must hold the first entries of the widest one."""
+    got = path.read_bytes()
+    if data.startswith(got):
+        return
+    try:
+        mine = tiles.decode_bundle(got)
+    except tiles.TileFormatError:
+        mine = []
+    j = next((i for i, (a, b) in enumerate(zip(mine, entries, strict=False)) if a != b), len(mine))
+    msg = f"{path.relative_to(root).as_posix()}: entry {index + j} differs from {rel} (leaf {index + j})"
+    result.add(index + j, msg, derived=0)
 
 
 def _load_checkpoints(
@@ -310,17 +356,27 @@ def _check_roots(checkpoints: list[tuple[str, note.Checkpoint]], tree: _TreeChec
     for rel, cp in checkpoints:
         if cp.size > result.size:
             msg = f"{rel}: signed size {cp.size} but the log holds {result.size} entries (records removed)"
-            result.add(result.size, msg, cp.size - result.size)
+            result.add(result.size, msg, cp.size - result.size, record=True)
             continue
         if tree.root_of(cp.size) != cp.root:
             below = max((s for s in good if s < cp.size), default=0)
             msg = f"{rel}: root of size {cp.size} does not match; a record in {below}..{cp.size - 1} was altered"
-            result.add(below, msg, cp.size - below)
+            result.add(below, msg, cp.size - below, record=True)
         result.checkpoints_checked += 1
     if result.checkpoint_size is not None:
+        # A kept checkpoint newer than `checkpoint`: a crash between the two writes (or the
+        # file rolled back) while the log still holds every signed record. Nothing is lost,
+        # so it is a warning; the newest signed size is what the log is held to.
         latest = result.checkpoint_size
-        if any(cp.size > latest for _, cp in checkpoints):
-            result.add(_NOWHERE, f"{CHECKPOINT}: size {latest} is older than a kept checkpoint")
+        newer = max(
+            (cp for rel, cp in checkpoints if rel.startswith(HISTORY + "/")), key=lambda c: c.size, default=None
+        )
+        if newer is not None and newer.size > latest:
+            result.warnings.append(
+                f"{CHECKPOINT}: size {latest} is older than {HISTORY}/{newer.size}, which the log still "
+                "holds (an interrupted checkpoint write; the writer restores it on open)"
+            )
+            result.checkpoint_size = newer.size
 
 
 def _check_latest(
