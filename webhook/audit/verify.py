@@ -251,8 +251,8 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
             msg = f"{rel}: holds {len(entries)} entries, name says {best}"
             result.add(index + min(best, len(entries)), msg, derived=0)
         if best < TILE_WIDTH and any(b > bundle for b in bundles):
-            later = tiles.tile_path(ENTRIES, min(b for b in bundles if b > bundle))
-            msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing (only partial {rel} is left), yet {later} follows"
+            after = tiles.tile_path(ENTRIES, min(b for b in bundles if b > bundle))
+            msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing (only partial {rel} is left), yet {after} follows"
             result.add(index + len(entries), msg, derived=0)
         for width, path in widths.items():
             if width != best:
