@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook.audit import merkle, note, publish, records, tiles
+from webhook.audit import freshness, merkle, note, publish, records, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
 CHECKPOINT = "checkpoint"
@@ -46,6 +46,12 @@ class Result:
     cosigners: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    anchors: list[freshness.Anchor] = field(default_factory=list)
+
+    @property
+    def anchored(self) -> bool:
+        """Whether something outside the directory vouches for the log's size (freshness)."""
+        return bool(self.anchors)
 
     @property
     def ok(self) -> bool:
@@ -206,19 +212,28 @@ def verify(
     required: int = 0,
     check_records: bool = True,
     published: Sequence[Path] = (),
+    anchors: freshness.Anchors | None = None,
 ) -> Result:
     """Verify one log directory; never raises for tampering (it is in ``Result.problems``).
 
     ``published`` are directories the log copies its checkpoints to (``publish.py``): a copy
     larger than the log, or with another root, shows the whole log was truncated or rewritten.
+    ``anchors`` adds trusted checkpoints and a known size; ``Result.anchors`` says which held.
     """
+    anchors = anchors or freshness.Anchors()
+    published = [*published, *anchors.published]
     result = Result(root)
     if not root.is_dir():
         result.add(_NOWHERE, f"{root}: not a directory")
         return result
     files = _Files(root, result)
     checkpoints = _load_checkpoints(root, files, log_key, result)
-    checkpoints += _load_published(published, log_key, result)
+    external = [("published", *pc) for pc in _load_published(published, log_key, result)]
+    trusted, bad = freshness.load_trusted(anchors.trusted, log_key, result.origin)
+    for msg in bad:
+        result.add(_NOWHERE, msg)
+    external += [("trusted", *tc) for tc in trusted]
+    checkpoints += [(where, cp) for _, where, cp in external]
     tree = _TreeCheck(root, files, result, {cp.size for _, cp in checkpoints})
     _check_entries(root, files, tree, result, check_records)
     tree.finish()
@@ -228,8 +243,24 @@ def verify(
     if checkpoints:
         result.settle_unsigned_tail(max(cp.size for _, cp in checkpoints))
     cosigners = [k for k in witness_keys if k.sig_type == note.SIG_COSIGNATURE_V1]  # never the log's key
-    _check_latest(root, cosigners, required, result)
+    cosigned = _check_latest(root, cosigners, required, result)
+    latest = _latest_size(root, result)
+    found, bad = freshness.assess(external, tree.root_of, result.size, latest, cosigned, anchors.min_size)
+    result.anchors = found
+    for msg in bad:
+        result.add(_NOWHERE, msg, record=True)
+    if anchors.require and not found:
+        result.add(_NOWHERE, freshness.UNANCHORED, record=True)
     return result
+
+
+def _latest_size(root: Path, result: Result) -> int | None:
+    """Size of the checkpoint the witnesses cosigned (``checkpoint`` itself), if it verified."""
+    try:
+        text = note.parse_note((root / CHECKPOINT).read_bytes(), CHECKPOINT).text
+        return note.parse_checkpoint(text).size
+    except (OSError, note.NoteError):
+        return result.checkpoint_size
 
 
 def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, check_records: bool) -> None:
@@ -384,19 +415,22 @@ def _check_latest(
     witness_keys: list[note.Verifier],
     required: int,
     result: Result,
-) -> None:
+) -> dict[str, int]:
+    """Witness cosignatures on ``checkpoint`` (key -> cosignature time); k of n enforced."""
     if not required and not witness_keys:
-        return
+        return {}
     try:
         signed = note.parse_note((root / CHECKPOINT).read_bytes(), CHECKPOINT)
         ok = note.verified_by(signed, list(witness_keys))
     except (OSError, note.NoteError) as exc:
         result.add(_NOWHERE, f"{CHECKPOINT}: cosignatures: {exc}")
-        return
+        return {}
     result.cosigners = sorted(ok)
     need = required or len(witness_keys)
     if len(ok) < need:
         result.add(_NOWHERE, f"{CHECKPOINT}: {len(ok)} of {need} required witness cosignatures")
+        return {}
+    return ok
 
 
 def _differs(a: bytes, b: bytes, i: int) -> bool:
