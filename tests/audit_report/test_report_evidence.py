@@ -67,7 +67,7 @@ def write(directory: Path, events: list[tuple[str, str, dict[str, Any]]]) -> Non
 
         asyncio.run(run())
     finally:
-        records.now = original  # type: ignore[assignment]
+        records.now = original
 
 
 @pytest.fixture
