@@ -2,7 +2,8 @@
 writer refuses to append without touching a file; a torn tail above it is quarantined.
 
 The crash cases use real writer processes: one is killed with SIGKILL mid-append, the others
-die (``os._exit``, no cleanup) right before each file rename of an append and checkpoint."""
+die (``os._exit``, no cleanup) right before each write, fsync and rename of appends and
+checkpoints."""
 
 from __future__ import annotations
 
@@ -158,16 +159,18 @@ from webhook.audit.log import AuditLog
 
 crash_at = int(sys.argv[3])
 calls = 0
-real_replace = os.replace
 
-def replace(src, dst, *a, **kw):
-    global calls
-    calls += 1
-    if calls == crash_at:
-        os._exit(137)  # the process dies here: no cleanup, no later rename
-    return real_replace(src, dst, *a, **kw)
+def crash_point(real):
+    def wrapped(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == crash_at:
+            os._exit(137)  # the process dies here: no cleanup, nothing after this call
+        return real(*args, **kwargs)
+    return wrapped
 
-os.replace = replace
+for name in ("write", "fsync", "replace"):  # every step that changes what is on disk
+    setattr(os, name, crash_point(getattr(os, name)))
 
 async def main():
     log = await AuditLog.open(Path(sys.argv[1]), signing_key_path=Path(sys.argv[2]), origin=ORIGIN_VALUE,
@@ -176,7 +179,7 @@ async def main():
         indexes = await asyncio.gather(*(log.append("alert", {"seq": start + i}) for i in range(6)))
         print(" ".join(map(str, indexes)), flush=True)
     await log.close()
-    print("renames", calls, flush=True)
+    print("steps", calls, flush=True)
 
 asyncio.run(main())
 """.replace("ORIGIN_VALUE", repr(ORIGIN))
@@ -195,7 +198,7 @@ def _run_crasher(directory: Path, key: Path, crash_at: int) -> tuple[list[int], 
     acked: list[int] = []
     renames = None
     for line in proc.stdout.splitlines():
-        if line.startswith("renames"):
+        if line.startswith("steps"):
             renames = int(line.split()[1])
         else:
             acked += map(int, line.split())
@@ -204,7 +207,7 @@ def _run_crasher(directory: Path, key: Path, crash_at: int) -> tuple[list[int], 
 
 
 @pytest.mark.slow
-def test_a_crash_before_any_rename_never_looks_like_tampering(tmp_path: Path, signer: note.Signer) -> None:
+def test_a_crash_before_any_write_fsync_or_rename_never_looks_like_tampering(tmp_path: Path, signer: note.Signer) -> None:
     key = tmp_path / "audit.key"
     base = tmp_path / "base"
     asyncio.run(fill(base, key, [250], durable=True))

@@ -61,6 +61,8 @@ class AuditLog:
         self._closing = False
         self._failed: BaseException | None = None
         self._cp_size = -1
+        self._durable_size = tilestore.size
+        self._tiles_size = tilestore.size
         self._cp_time = time.monotonic()
         self._cp_lock = asyncio.Lock()
         self._witness_task: asyncio.Task[None] | None = None
@@ -134,7 +136,7 @@ class AuditLog:
     @property
     def root(self) -> bytes:
         """Root hash over the entries staged so far (equal to ``size``'s tree)."""
-        return self._store.border.root()
+        return self._store.root_hash()
 
     @property
     def size(self) -> int:
@@ -173,40 +175,73 @@ class AuditLog:
     # -- writer task ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                timeout = max(0.0, self._cp_interval - (time.monotonic() - self._cp_time))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+        """Group commit, pipelined: the next batch is staged while the previous one is being
+        written, and a batch is acknowledged only once its write has completed."""
+        inflight: tuple[asyncio.Future[None], int, list[tuple[bytes, asyncio.Future[int]]]] | None = None
+        try:
+            while True:
+                split = False
                 if not self._pending:
-                    await self._checkpoint()
-                    continue
-                await self._gather()
-            batch, self._pending = self._pending, []
-            first = self._store.size
-            try:
+                    if inflight is not None:  # producers woken by the last acks encode meanwhile
+                        await self._settle(*inflight)
+                        inflight = None
+                        await self._maybe_checkpoint()
+                        continue
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    timeout = max(0.0, self._cp_interval - (time.monotonic() - self._cp_time))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    if not self._pending:
+                        await self._checkpoint()
+                        continue
+                    await self._gather()
+                    split = True
+                # A backlog found idle is cut in two, so one half is written while the other
+                # is staged; from then on each write overlaps the next batch's arrival.
+                cut = (len(self._pending) + 1) // 2 if split else len(self._pending)
+                batch, self._pending = self._pending[:cut], self._pending[cut:]
+                first = self._store.size
                 staged = self._store.stage([entry for entry, _ in batch])
-                await asyncio.to_thread(self._store.write, staged)
-            except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
-                self._failed = exc
-                log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
-                for _, fut in batch + self._pending:
-                    if not fut.done():
-                        fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
-                self._pending = []
-                self._closing = True
-                if not isinstance(exc, Exception):
-                    raise
-                return
-            for i, (_, fut) in enumerate(batch):
+                if inflight is not None:
+                    await self._settle(*inflight)
+                inflight = (asyncio.ensure_future(asyncio.to_thread(self._store.write, staged)), first, batch)
+                if self._checkpoint_due(self._store.size):
+                    await self._settle(*inflight)
+                    inflight = None
+                    await self._checkpoint()
+        except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
+            self._failed = exc
+            log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
+            waiting = (inflight[2] if inflight else []) + self._pending
+            if inflight is not None and not inflight[0].done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(inflight[0])
+            for _, fut in waiting:
                 if not fut.done():
-                    fut.set_result(first + i)
-            due = self._store.size - max(self._cp_size, 0) >= self._cp_every
-            if due or time.monotonic() - self._cp_time >= self._cp_interval:
-                await self._checkpoint()
+                    fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
+            self._pending = []
+            self._closing = True
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _settle(
+        self, write: asyncio.Future[None], first: int, batch: list[tuple[bytes, asyncio.Future[int]]]
+    ) -> None:
+        """Wait for a batch's write, then acknowledge each record with its index."""
+        await write
+        self._durable_size = first + len(batch)
+        for i, (_, fut) in enumerate(batch):
+            if not fut.done():
+                fut.set_result(first + i)
+
+    def _checkpoint_due(self, size: int) -> bool:
+        return size - max(self._cp_size, 0) >= self._cp_every or time.monotonic() - self._cp_time >= self._cp_interval
+
+    async def _maybe_checkpoint(self) -> None:
+        if self._checkpoint_due(self._durable_size):
+            await self._checkpoint()
 
     async def _gather(self) -> None:
         """Group commit: wait up to the window while records keep arriving, then commit.
@@ -231,11 +266,16 @@ class AuditLog:
     # -- checkpoints ------------------------------------------------------------------------
 
     async def _checkpoint(self, force: bool = False) -> None:
+        """Write the tiles of the current size, then sign and write the checkpoint over them.
+        Called only with no write in flight, so the size is exactly the durable entries."""
         size = self._store.size
         self._cp_time = time.monotonic()
+        if size != self._tiles_size:
+            await asyncio.to_thread(self._store.write, self._store.flush_tiles())
+            self._tiles_size = size
         if self._signer is None or size == self._cp_size or (size == 0 and not force):
             return
-        cp = note.Checkpoint(self.origin, size, self._store.border.root())
+        cp = note.Checkpoint(self.origin, size, self._store.root_hash())
         signed = note.sign_checkpoint(cp, self._signer)
         async with self._cp_lock:
             await asyncio.to_thread(self._write_checkpoint, signed, size)
@@ -299,25 +339,33 @@ def read_records(directory: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def iter_entries(directory: Path) -> Iterator[tuple[int, bytes]]:
-    """Raw entries of a log directory, bundle by bundle."""
+    """Raw entries of a log directory, bundle by bundle (the widest whole partial bundle at
+    the end: a wider one torn by a crash, never acknowledged, is skipped)."""
     index = 0
     bundle = 0
     while True:
-        rel = tiles.tile_path(ENTRIES, bundle)
-        path = directory / rel
-        if not path.exists():
-            widths = store._partial_widths(directory, ENTRIES, bundle)
-            if not widths:
-                return
-            rel = tiles.tile_path(ENTRIES, bundle, widths[0])
-            path = directory / rel
-        try:
-            entries = tiles.decode_bundle(path.read_bytes())
-        except tiles.TileFormatError as exc:
-            raise records.RecordError(f"{path}: {exc} (at byte {exc.offset})") from exc
+        path = directory / tiles.tile_path(ENTRIES, bundle)
+        if path.exists():
+            try:
+                entries = tiles.decode_bundle(path.read_bytes())
+            except tiles.TileFormatError as exc:
+                raise records.RecordError(f"{path}: {exc} (at byte {exc.offset})") from exc
+        else:
+            entries = _widest_partial(directory, bundle)
         for entry in entries:
             yield index, entry
             index += 1
         if len(entries) < TILE_WIDTH:
             return
         bundle += 1
+
+
+def _widest_partial(directory: Path, bundle: int) -> list[bytes]:
+    for width in store._partial_widths(directory, ENTRIES, bundle):
+        try:
+            entries = tiles.decode_bundle((directory / tiles.tile_path(ENTRIES, bundle, width)).read_bytes())
+        except (OSError, tiles.TileFormatError):
+            continue
+        if len(entries) == width:
+            return entries
+    return []

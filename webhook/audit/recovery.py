@@ -129,7 +129,7 @@ def inspect(root: Path, floor: Floor | None) -> Plan:
     for level in sorted(levels):
         _level(root, files, plan, level, signed)
     if floor is not None and not plan.damage:
-        _check_root(root, plan, floor)
+        _check_root(root, plan, floor, files)
     if floor is not None:
         _restore_checkpoints(root, plan, floor)
     return plan
@@ -150,7 +150,7 @@ def _entries(root: Path, files: _Listing, plan: Plan, signed: int) -> None:
                 _check_partials(root, files, plan, index, signed, full=True)
                 index += 1
                 continue
-            if _covered(index, 1, signed):
+            if _covered(index, TILE_WIDTH, signed):  # else a checkpoint's partial serves it
                 where = _where(got, index, TILE_WIDTH)
                 plan.damage.append(f"{widths[TILE_WIDTH]}: {where}; a signed checkpoint covers its entries")
                 return
@@ -220,6 +220,7 @@ def _level(root: Path, files: _Listing, plan: Plan, level: int, signed: int) -> 
     span = TILE_WIDTH**level
     have, need = plan.size // span, signed // span
     nfull, width = divmod(have, TILE_WIDTH)
+    _torn_tiles(root, files, plan, level, need)
     for k in range(nfull):
         stored = files.tiles.get((level, k), {})
         if TILE_WIDTH in stored:
@@ -253,8 +254,45 @@ def _level(root: Path, files: _Listing, plan: Plan, level: int, signed: int) -> 
                 plan.quarantine.append(rel)
 
 
-def _check_root(root: Path, plan: Plan, floor: Floor) -> None:
-    reader = tiles.TileReader(root, floor.size)
+def _torn_tiles(root: Path, files: _Listing, plan: Plan, level: int, need: int) -> None:
+    """A tile of the wrong length: damage if a checkpoint needs it, else a torn tail (a crash
+    between creating it and writing it), set aside so it is rebuilt."""
+    for (lvl, k), stored in files.tiles.items():
+        if lvl != level:
+            continue
+        for w, rel in list(stored.items()):
+            try:
+                length = (root / rel).stat().st_size
+            except OSError:
+                length = -1
+            if length == w * _HASH:
+                continue
+            if _covered(k, w, need):
+                plan.damage.append(f"{rel}: {length} bytes, expected {w * _HASH}; a signed checkpoint covers it")
+            else:
+                plan.quarantine.append(rel)
+                del stored[w]
+
+
+class _ListedReader(tiles.TileReader):
+    """Reads only the tiles ``inspect`` kept (not those it is about to set aside)."""
+
+    def __init__(self, root: Path, size: int, files: _Listing) -> None:
+        super().__init__(root, size)
+        self.files = files
+
+    def _read(self, level: int, index: int) -> bytes:
+        count = self.size // TILE_WIDTH**level
+        width = min(TILE_WIDTH, count - index * TILE_WIDTH)
+        stored = self.files.tiles.get((level, index), {})
+        rel = stored.get(TILE_WIDTH) or stored.get(width)
+        if rel is None:
+            raise tiles.TileFormatError(f"{tiles.tile_path(level, index, width)}: missing")
+        return (self.root / rel).read_bytes()[: width * _HASH]
+
+
+def _check_root(root: Path, plan: Plan, floor: Floor, files: _Listing) -> None:
+    reader = _ListedReader(root, floor.size, files)
     try:
         ok = floor.size == 0 or merkle.root_at(reader.node, floor.size) == floor.root
     except tiles.TileFormatError as exc:

@@ -1,25 +1,31 @@
 """The log directory on disk: staging batches into tile files, durable writes, recovery.
 
 Owned by ``log.AuditLog``'s writer task: ``stage`` runs on the event loop (cheap, in memory),
-``write`` runs in a worker thread (file I/O and fsync). ``recover`` rebuilds the right edge
-after a crash. Every file is written as temp + fsync + rename, so a file is whole or absent.
+``write`` runs in a worker thread (file I/O and fsync). ``recover`` (see ``recovery``) reopens
+after a crash. Checkpoint files are replaced atomically (temp + fsync + rename + fsync of the
+directory); tiles and bundles are new names written once, made durable before any record they
+hold is acknowledged or any checkpoint covers them.
 """
 
 from __future__ import annotations
 
 import bisect
 import fcntl
+import hashlib
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from webhook.audit import merkle, note, recovery, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH, TileId
 
 log = logging.getLogger("portcullis.audit")
-TILE_BYTES = TILE_WIDTH * merkle.HASH_SIZE
+HASH = merkle.HASH_SIZE
+TILE_BYTES = TILE_WIDTH * HASH
 TMP_SUFFIX = ".tmp"
 
 
@@ -58,6 +64,16 @@ def _open_temp(tmp: Path, mode: int) -> int:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
 
 
+def _create(path: Path) -> int:
+    """A new tile or bundle file, read-only once closed. A name already taken can only be a
+    leftover above the newest checkpoint (recovery moved any such file aside)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    except PermissionError:  # a read-only leftover of an unacknowledged write (not as root)
+        path.unlink()
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -81,91 +97,130 @@ class Batch:
 
 
 class TileStore:
-    """The right edge of the tree in memory plus the files under ``root``."""
+    """The right edge of the tree in memory plus the files under ``root``.
+
+    Appends make only entry bundles durable (what an acknowledgement promises); the tiles above
+    them are computed in memory, one whole tile at a time, and written by ``flush_tiles`` before
+    a checkpoint signs them. A crash in between loses no information: tiles are a function of the
+    entries, and reopening rebuilds those above the newest checkpoint.
+    """
 
     def __init__(self, root: Path, durable: bool = True) -> None:
         self.root = root
         self.durable = durable
         self.size = 0
-        self.border = merkle.CompactRange()
         self.counts: dict[int, int] = {}  # level -> stored hashes (or entries) so far
         self.edges: dict[int, bytearray] = {}  # level -> contents of its partial tile
         self._pool: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
         self.floor: recovery.Floor | None = None  # the newest signed checkpoint at open
         self.signed_sizes: list[int] = []  # sizes of signed checkpoints, ascending
+        self._unflushed: dict[TileId, bytes] = {}  # full tiles not yet written
+        self._flushed: dict[int, int] = {}  # level -> hash count of the last tiles written
+        self._dirs: set[Path] = set()  # directories known to exist
 
     # -- staging (event loop) -------------------------------------------------------------
 
     def stage(self, entries: list[bytes]) -> Batch:
-        """Add entries to the in-memory tree; return the files that make them durable."""
+        """Add entries to the in-memory tree; return the bundle files that make them durable."""
         batch = Batch()
-        touched: set[int] = set()
-        full: dict[TileId, bytes] = {}
-
-        def add(level: int, item: bytes) -> None:
-            edge = self.edges.setdefault(level, bytearray())
-            edge += item
-            n = self.counts.get(level, 0)
-            self.counts[level] = n + 1
-            touched.add(level)
-            if (n + 1) % TILE_WIDTH == 0:
-                tid = TileId(level, n // TILE_WIDTH)
-                full[tid] = bytes(edge)
+        edge = self.edges.setdefault(ENTRIES, bytearray())
+        n = self.counts.get(ENTRIES, 0)
+        i = 0
+        while i < len(entries):
+            chunk = entries[i : i + TILE_WIDTH - n % TILE_WIDTH]
+            edge += b"".join([len(e).to_bytes(2, "big") + e for e in chunk])
+            n += len(chunk)
+            i += len(chunk)
+            if n % TILE_WIDTH == 0:
+                tid = TileId(ENTRIES, n // TILE_WIDTH - 1)
+                batch.files.append((tid.path(), bytes(edge)))
+                batch.retired.append(tid)
                 edge.clear()
-
-        def on_node(height: int, index: int, h: bytes) -> None:
-            if height % tiles.TILE_HEIGHT == 0:
-                add(height // tiles.TILE_HEIGHT, h)
-
-        for entry in entries:
-            add(ENTRIES, len(entry).to_bytes(2, "big") + entry)
-            h = merkle.leaf_hash(entry)
-            add(0, h)
-            self.border.append(h, on_node)
+        if n % TILE_WIDTH:
+            batch.files.append((tiles.tile_path(ENTRIES, n // TILE_WIDTH, n % TILE_WIDTH), bytes(edge)))
+        self.counts[ENTRIES] = n
+        sha = hashlib.sha256
+        self._push(0, b"".join([sha(b"\x00" + e).digest() for e in entries]))
         self.size += len(entries)
-        partial = {}
-        for level in touched:
-            edge = self.edges[level]
-            if edge:
-                n = self.counts[level]
-                partial[TileId(level, n // TILE_WIDTH, n % TILE_WIDTH)] = bytes(edge)
-        # Entries first, then tiles bottom-up: a crash leaves tiles behind entries, never ahead.
-        for tid in sorted([*full, *partial], key=lambda t: (t.level, t.index, t.partial)):
-            batch.files.append((tid.path(), full.get(tid) or partial[tid]))
-        batch.retired = sorted(full, key=lambda t: (t.level, t.index))
+        return batch
+
+    def _push(self, level: int, hashes: bytes) -> None:
+        """Append hashes to a level's edge; each tile they fill is kept and folded one up."""
+        edge = self.edges.setdefault(level, bytearray())
+        n = self.counts.get(level, 0)
+        pos, total = 0, len(hashes) // HASH
+        tops = []
+        while pos < total:
+            take = min(total - pos, TILE_WIDTH - n % TILE_WIDTH)
+            edge += hashes[pos * HASH : (pos + take) * HASH]
+            n += take
+            pos += take
+            if n % TILE_WIDTH == 0:
+                tile = bytes(edge)
+                self._unflushed[TileId(level, n // TILE_WIDTH - 1)] = tile
+                tops.append(fold_tile(tile))
+                edge.clear()
+        self.counts[level] = n
+        if tops:
+            self._push(level + 1, b"".join(tops))
+
+    def root_hash(self) -> bytes:
+        """Root hash of the tree over every staged entry (RFC 9162 §2.1.1), from the edges."""
+        return merkle.CompactRange.from_nodes(self._edge_node, self.size).root()
+
+    def _edge_node(self, height: int, index: int) -> bytes:
+        level, k = divmod(height, tiles.TILE_HEIGHT)
+        first = (index << k) - (self.counts.get(level, 0) // TILE_WIDTH) * TILE_WIDTH
+        data = bytes(self.edges[level][first * HASH : (first + (1 << k)) * HASH])
+        return merkle.fold_complete([data[j : j + HASH] for j in range(0, len(data), HASH)])
+
+    def flush_tiles(self) -> Batch:
+        """The tiles not yet on disk for the current size: full ones filled since the last
+        flush, and each level's partial tile (the width a checkpoint of this size names)."""
+        batch = Batch()
+        for tid in sorted(self._unflushed, key=lambda t: (t.level, t.index)):
+            batch.files.append((tid.path(), self._unflushed[tid]))
+            batch.retired.append(tid)
+        self._unflushed = {}
+        for level, n in sorted(self.counts.items()):
+            if level >= 0 and n % TILE_WIDTH and self._flushed.get(level) != n:
+                batch.files.append((tiles.tile_path(level, n // TILE_WIDTH, n % TILE_WIDTH), bytes(self.edges[level])))
+            self._flushed[level] = n
         return batch
 
     # -- durable write (worker thread) ----------------------------------------------------
 
     def write(self, batch: Batch) -> None:
-        """Make a batch durable: temp files, fsync them in parallel, rename, fsync directories.
-
-        Parallel fsyncs let the filesystem fold them into one journal commit, so a commit
-        costs about two journal flushes however many tiles it touches.
+        """Make a batch durable: write each file under its final (new) name, then fsync the
+        files and their directories together, so the filesystem folds them into one journal
+        commit. Nothing is acknowledged before this returns; a crash before that can leave a
+        torn file, which is above every checkpoint and is quarantined on reopen.
         """
-        staged: list[tuple[Path, Path, int]] = []
+        fds: list[int] = []
         dirs: set[Path] = set()
         try:
             for rel, data in batch.files:
                 path = self.root / rel
-                if not path.parent.is_dir():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    dirs.update(p for p in path.parents if p == self.root or self.root in p.parents)
+                if path.parent not in self._dirs:
+                    if not path.parent.is_dir():
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        dirs.update(p for p in path.parents if p == self.root or self.root in p.parents)
+                    self._dirs.add(path.parent)
                 dirs.add(path.parent)
-                tmp = path.with_name(path.name + TMP_SUFFIX)
-                fd = _open_temp(tmp, 0o444)
-                staged.append((tmp, path, fd))
+                fd = _create(path)
+                fds.append(fd)
                 _write_all(fd, data)
             if self.durable:
-                list(self._executor().map(os.fsync, [fd for _, _, fd in staged]))
+                dfds = [os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in sorted(dirs)]
+                try:
+                    self._each(os.fsync, fds + dfds)
+                finally:
+                    for fd in dfds:
+                        os.close(fd)
         finally:
-            for _, _, fd in staged:
+            for fd in fds:
                 os.close(fd)
-        for tmp, path, _ in staged:  # entries first, then tiles bottom-up (see stage)
-            os.replace(tmp, path)
-        if self.durable:
-            list(self._executor().map(fsync_dir, sorted(dirs)))
         # Partials of a tile that is now full are no longer needed (tlog-tiles §Partial Tiles),
         # except those a signed checkpoint named: they stay, as every file a checkpoint covers.
         for tid in batch.retired:
@@ -178,6 +233,12 @@ class TileStore:
         hi = bisect.bisect_left(self.signed_sizes, last)
         step = span // TILE_WIDTH
         return {(s - first) // step for s in self.signed_sizes[lo:hi]}
+
+    def _each(self, fn: Callable[[Any], None], items: list[Any]) -> None:
+        if len(items) == 1:
+            fn(items[0])
+        else:  # in parallel, so one journal commit can serve them all
+            list(self._executor().map(fn, items))
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -242,15 +303,13 @@ class TileStore:
             write_atomic(root / rel, data, self.durable, 0o644)
         level, count = 0, plan.size
         while True:
-            self.counts[level] = count
+            self.counts[level] = self._flushed[level] = count
             if count == 0:
                 break
             nfull, width = divmod(count, TILE_WIDTH)
             self.edges[level] = bytearray(self._hashes(level, nfull, width) if width else b"")
             level += 1
             count //= TILE_WIDTH
-        reader = tiles.TileReader(root, plan.size)
-        self.border = merkle.CompactRange.from_nodes(reader.node, plan.size)
 
     def _hashes(self, level: int, index: int, width: int) -> bytes:
         """Level-``level`` hashes of tile ``index`` (``width`` of them), from the level below."""
@@ -264,6 +323,15 @@ class TileStore:
             data = (self.root / tiles.tile_path(level - 1, i)).read_bytes()
             out.append(merkle.fold_complete([data[j : j + 32] for j in range(0, TILE_BYTES, 32)]))
         return b"".join(out)
+
+
+def fold_tile(tile: bytes) -> bytes:
+    """Root of a full tile's 256 hashes: eight rounds of pairwise node hashes (RFC 9162 §2.1.1)."""
+    sha = hashlib.sha256
+    data = tile
+    while len(data) > HASH:
+        data = b"".join([sha(b"\x01" + data[j : j + 2 * HASH]).digest() for j in range(0, len(data), 2 * HASH)])
+    return data
 
 
 def _remove_partials(full_path: Path, keep: set[int]) -> None:

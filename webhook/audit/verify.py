@@ -162,9 +162,11 @@ class _TreeCheck:
         for level, buf in list(self.bufs.items()):
             if buf:
                 index, width = divmod(self.counts[level], TILE_WIDTH)
-                if not {width, TILE_WIDTH} & set(self.files.tiles.get((level, index), {})):
+                stored = self.files.tiles.get((level, index), {})
+                if not {width, TILE_WIDTH} & set(stored):
                     rel = tiles.tile_path(level, index, width)
-                    self._problem(level, index, 0, f"{rel}: missing (the right edge of the tree)")
+                    served = max((w for w in stored if w < width), default=0)  # hashes still served
+                    self._problem(level, index, served, f"{rel}: missing (the right edge of the tree)")
                 self._compare(level, index, bytes(buf), full=False)
         levels = {lvl for lvl, _ in self.files.tiles if lvl >= 0}
         for level in sorted(levels):
@@ -176,24 +178,26 @@ class _TreeCheck:
 
     def _compare(self, level: int, index: int, data: bytes, full: bool) -> None:
         stored = self.files.tiles.get((level, index), {})
+        if len(stored) == 1 and full:  # the common case: one full tile
+            path = stored.get(TILE_WIDTH)
+            if path is not None and path.read_bytes() == data:
+                return
+        got = {w: p.read_bytes() for w, p in stored.items() if w * 32 <= len(data)}
+        # Hashes still served by a whole, matching file: a torn (short) file loses only beyond them.
+        served = max((w for w, g in got.items() if g == data[: w * 32]), default=0)
         if full and TILE_WIDTH not in stored:
-            # The widest partial still serves the hashes below it; the loss starts after them.
-            have = max((w for w, p in stored.items() if data.startswith(p.read_bytes())), default=0)
-            self._problem(level, index, have, f"{tiles.tile_path(level, index)}: full tile missing")
+            self._problem(level, index, served, f"{tiles.tile_path(level, index)}: full tile missing")
         for width, path in sorted(stored.items()):
-            want = data[: width * 32]
             if width * 32 > len(data):
                 self._problem(level, index, len(data) // 32, f"{self._rel(path)}: wider than the log's entries")
                 continue
-            got = path.read_bytes()
-            if got != want:
-                j = next(
-                    (i for i in range(width) if got[i * 32 : i * 32 + 32] != want[i * 32 : i * 32 + 32]),
-                    width,
-                )
-                if len(got) != len(want):
-                    j = min(j, len(got) // 32)
-                self._problem(level, index, j, f"{self._rel(path)}: hash {j} does not match the entries")
+            want, have = data[: width * 32], got[width]
+            if have == want:
+                continue
+            j = next((i for i in range(len(have) // 32) if _differs(have, want, i)), None)
+            if j is None:  # a prefix of what it should hold: torn by a crash, or truncated
+                j = max(len(have) // 32, served)
+            self._problem(level, index, j, f"{self._rel(path)}: hash {j} does not match the entries")
 
     def _problem(self, level: int, index: int, j: int, msg: str, whole_tile: bool = False) -> None:
         first = (index * TILE_WIDTH + j) * TILE_WIDTH**level
@@ -270,17 +274,10 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         widths = files.tiles.get((ENTRIES, bundle), {})
         if not widths:
             break
-        best = max(widths)
-        data = widths[best].read_bytes()
-        rel = widths[best].relative_to(root).as_posix()
-        try:
-            entries = tiles.decode_bundle(data)
-        except tiles.TileFormatError as exc:
-            result.add(index + exc.count, f"{rel}: byte {exc.offset}: {exc}", derived=0)
+        chosen = _widest_whole(root, widths, index, result)
+        if chosen is None:
             return
-        if len(entries) != best:
-            msg = f"{rel}: holds {len(entries)} entries, name says {best}"
-            result.add(index + min(best, len(entries)), msg, derived=0)
+        best, data, entries, rel = chosen
         if best < TILE_WIDTH and any(b > bundle for b in bundles):
             after = tiles.tile_path(ENTRIES, min(b for b in bundles if b > bundle))
             msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing (only partial {rel} is left), yet {after} follows"
@@ -305,6 +302,33 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
     if later and not files.tiles.get((ENTRIES, bundle)):
         msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing, yet {tiles.tile_path(ENTRIES, later[0])} follows"
         result.add(index, msg, derived=0)
+
+
+def _widest_whole(
+    root: Path, widths: dict[int, Path], index: int, result: Result
+) -> tuple[int, bytes, list[bytes], str] | None:
+    """The widest file of one bundle that holds exactly the entries its name says. Each wider
+    one that does not is a problem (torn or tampered), placed at its first entry no whole
+    file holds: a crash leaves such a file only above what was acknowledged."""
+    bad: list[tuple[int, str]] = []
+    chosen = None
+    for width in sorted(widths, reverse=True):
+        data = widths[width].read_bytes()
+        rel = widths[width].relative_to(root).as_posix()
+        try:
+            entries = tiles.decode_bundle(data)
+        except tiles.TileFormatError as exc:
+            bad.append((exc.count, f"{rel}: byte {exc.offset}: {exc}"))
+            continue
+        if len(entries) != width:
+            bad.append((min(width, len(entries)), f"{rel}: holds {len(entries)} entries, name says {width}"))
+            continue
+        chosen = width, data, entries, rel
+        break
+    held = chosen[0] if chosen else 0
+    for good, msg in bad:
+        result.add(index + max(good, held), msg, derived=0)
+    return chosen
 
 
 def _check_prefix(
