@@ -35,7 +35,7 @@ async def fill(directory: Path, key: Path, rounds: list[int], **kw: object) -> l
         signing_key_path=key,
         origin=ORIGIN,
         writer="test",
-        checkpoint_every=1,
+        checkpoint_every=10**9,  # checkpoints exactly at the end of each round (below)
         **kw,  # type: ignore[arg-type]
     )
     out: list[int] = []
@@ -43,6 +43,7 @@ async def fill(directory: Path, key: Path, rounds: list[int], **kw: object) -> l
         for n in rounds:
             base = log.size
             out += await asyncio.gather(*(log.append("admission", {"n": base + i}) for i in range(n)))
+            await log._checkpoint()  # a checkpoint at each round's end, whatever the writer did meanwhile
     finally:
         await log.close()
     return out
@@ -250,6 +251,9 @@ def tamper_rewrite_everything_consistently(d: Path) -> None:
         path = d / tiles.tile_path(0, level0)
         _writable(path)
         path.write_bytes(b"".join(leaves[level0 * 256 : level0 * 256 + 256]))
+        for path in (d / tiles.tile_path(0, level0)).parent.glob(f"{level0:03d}.p/*"):
+            _writable(path)
+            path.write_bytes(b"".join(leaves[level0 * 256 : level0 * 256 + int(path.name)]))
     for path in (d / "tile/1/000.p").iterdir():
         _writable(path)
         w = int(path.name)

@@ -43,6 +43,7 @@ async def fill(directory: Path, key: Path, rounds: list[int], durable: bool = Fa
         for n in rounds:
             base = log.size
             await asyncio.gather(*(log.append("admission", {"n": base + i}) for i in range(n)))
+            await log._checkpoint()  # a checkpoint at each round's end, whatever the writer did meanwhile
     finally:
         await log.close()
 
@@ -207,7 +208,9 @@ def _run_crasher(directory: Path, key: Path, crash_at: int) -> tuple[list[int], 
 
 
 @pytest.mark.slow
-def test_a_crash_before_any_write_fsync_or_rename_never_looks_like_tampering(tmp_path: Path, signer: note.Signer) -> None:
+def test_a_crash_before_any_write_fsync_or_rename_never_looks_like_tampering(
+    tmp_path: Path, signer: note.Signer
+) -> None:
     key = tmp_path / "audit.key"
     base = tmp_path / "base"
     asyncio.run(fill(base, key, [250], durable=True))

@@ -62,7 +62,7 @@ class AuditLog:
         self._failed: BaseException | None = None
         self._cp_size = -1
         self._durable_size = tilestore.size
-        self._tiles_size = tilestore.size
+        self._cp_task: asyncio.Task[None] | None = None
         self._cp_time = time.monotonic()
         self._cp_lock = asyncio.Lock()
         self._witness_task: asyncio.Task[None] | None = None
@@ -164,6 +164,9 @@ class AuditLog:
         try:
             if self._failed is None:
                 await self._checkpoint(force=True)
+            elif self._cp_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._cp_task
             if self._witness_task is not None:
                 await self._witness_task
             # A checkpoint made while an earlier push was in flight has not been witnessed yet.
@@ -176,16 +179,18 @@ class AuditLog:
 
     async def _run(self) -> None:
         """Group commit, pipelined: the next batch is staged while the previous one is being
-        written, and a batch is acknowledged only once its write has completed."""
+        written, a batch is acknowledged only once its write has completed, and checkpoints
+        are written in the background from a snapshot of the tree at a durable size."""
         inflight: tuple[asyncio.Future[None], int, list[tuple[bytes, asyncio.Future[int]]]] | None = None
         try:
             while True:
+                self._raise_checkpoint_failure()
                 split = False
                 if not self._pending:
                     if inflight is not None:  # producers woken by the last acks encode meanwhile
                         await self._settle(*inflight)
                         inflight = None
-                        await self._maybe_checkpoint()
+                        self._checkpoint_in_background()
                         continue
                     if self._closing:
                         return
@@ -194,7 +199,7 @@ class AuditLog:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout)
                     if not self._pending:
-                        await self._checkpoint()
+                        self._checkpoint_in_background()
                         continue
                     await self._gather()
                     split = True
@@ -202,15 +207,14 @@ class AuditLog:
                 # is staged; from then on each write overlaps the next batch's arrival.
                 cut = (len(self._pending) + 1) // 2 if split else len(self._pending)
                 batch, self._pending = self._pending[:cut], self._pending[cut:]
+                snapshot = self._snapshot_if_due()  # the tree as of the end of `inflight`
                 first = self._store.size
                 staged = self._store.stage([entry for entry, _ in batch])
                 if inflight is not None:
                     await self._settle(*inflight)
+                if snapshot is not None:
+                    self._cp_task = asyncio.create_task(self._commit_checkpoint(*snapshot))
                 inflight = (asyncio.ensure_future(asyncio.to_thread(self._store.write, staged)), first, batch)
-                if self._checkpoint_due(self._store.size):
-                    await self._settle(*inflight)
-                    inflight = None
-                    await self._checkpoint()
         except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
             self._failed = exc
             log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
@@ -237,11 +241,26 @@ class AuditLog:
                 fut.set_result(first + i)
 
     def _checkpoint_due(self, size: int) -> bool:
+        if self._cp_task is not None and not self._cp_task.done():
+            return False
         return size - max(self._cp_size, 0) >= self._cp_every or time.monotonic() - self._cp_time >= self._cp_interval
 
-    async def _maybe_checkpoint(self) -> None:
-        if self._checkpoint_due(self._durable_size):
-            await self._checkpoint()
+    def _snapshot_if_due(self) -> tuple[int, bytes, store.Batch] | None:
+        if not self._checkpoint_due(self._store.size):
+            return None
+        self._cp_time = time.monotonic()
+        return self._store.size, self._store.root_hash(), self._store.flush_tiles()
+
+    def _checkpoint_in_background(self) -> None:
+        """With nothing in flight every staged entry is durable: snapshot and commit."""
+        snapshot = self._snapshot_if_due()
+        if snapshot is not None:
+            self._cp_task = asyncio.create_task(self._commit_checkpoint(*snapshot))
+
+    def _raise_checkpoint_failure(self) -> None:
+        task = self._cp_task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            raise LogClosedError(f"audit log {self.directory}: checkpoint failed") from task.exception()
 
     async def _gather(self) -> None:
         """Group commit: wait up to the window while records keep arriving, then commit.
@@ -266,17 +285,20 @@ class AuditLog:
     # -- checkpoints ------------------------------------------------------------------------
 
     async def _checkpoint(self, force: bool = False) -> None:
-        """Write the tiles of the current size, then sign and write the checkpoint over them.
-        Called only with no write in flight, so the size is exactly the durable entries."""
-        size = self._store.size
+        """Checkpoint now (the writer is stopped or idle: every staged entry is durable)."""
+        if self._cp_task is not None:
+            await self._cp_task
         self._cp_time = time.monotonic()
-        if size != self._tiles_size:
-            await asyncio.to_thread(self._store.write, self._store.flush_tiles())
-            self._tiles_size = size
+        store_ = self._store
+        await self._commit_checkpoint(store_.size, store_.root_hash(), store_.flush_tiles(), force)
+
+    async def _commit_checkpoint(self, size: int, root: bytes, tileset: store.Batch, force: bool = False) -> None:
+        """Write the tiles of ``size``, then sign and write the checkpoint over them."""
+        if tileset.files:
+            await asyncio.to_thread(self._store.write, tileset)
         if self._signer is None or size == self._cp_size or (size == 0 and not force):
             return
-        cp = note.Checkpoint(self.origin, size, self._store.root_hash())
-        signed = note.sign_checkpoint(cp, self._signer)
+        signed = note.sign_checkpoint(note.Checkpoint(self.origin, size, root), self._signer)
         async with self._cp_lock:
             await asyncio.to_thread(self._write_checkpoint, signed, size)
         self._cp_size = size
