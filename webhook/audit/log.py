@@ -8,6 +8,7 @@ their record, which is returned only once the record and its tiles are fsynced.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -25,6 +26,9 @@ from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 __all__ = ["AuditLog", "AuditRecord", "LogClosedError", "read_records"]
 
 log = logging.getLogger("portcullis.audit")
+_DEPTH = 4  # batches written at once (acknowledged in order)
+_MIN_PART = 64  # an idle backlog is cut in parts of at least this many records
+_Write = tuple["asyncio.Future[None]", int, list[tuple[bytes, "asyncio.Future[int]"]]]
 CHECKPOINT = "checkpoint"
 HISTORY = "checkpoints"
 
@@ -63,6 +67,7 @@ class AuditLog:
         self._cp_size = -1
         self._durable_size = tilestore.size
         self._cp_task: asyncio.Task[None] | None = None
+        self._snapshot: tuple[int, bytes, store.Batch] | None = None
         self._cp_time = time.monotonic()
         self._cp_lock = asyncio.Lock()
         self._witness_task: asyncio.Task[None] | None = None
@@ -178,19 +183,18 @@ class AuditLog:
     # -- writer task ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        """Group commit, pipelined: the next batch is staged while the previous one is being
-        written, a batch is acknowledged only once its write has completed, and checkpoints
-        are written in the background from a snapshot of the tree at a durable size."""
-        inflight: tuple[asyncio.Future[None], int, list[tuple[bytes, asyncio.Future[int]]]] | None = None
+        """Group commit, pipelined: while up to ``_DEPTH`` batches are being written the next is
+        staged, batches are acknowledged in order once their write has completed, and
+        checkpoints are written in the background from a snapshot of the tree."""
+        inflight: collections.deque[_Write] = collections.deque()
         try:
             while True:
                 self._raise_checkpoint_failure()
-                split = False
+                parts = 1
                 if not self._pending:
-                    if inflight is not None:  # producers woken by the last acks encode meanwhile
-                        await self._settle(*inflight)
-                        inflight = None
-                        self._checkpoint_in_background()
+                    if inflight:  # producers woken by the last acks encode meanwhile
+                        await self._settle(*inflight.popleft())
+                        self._launch_checkpoint()
                         continue
                     if self._closing:
                         return
@@ -199,29 +203,30 @@ class AuditLog:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout)
                     if not self._pending:
-                        self._checkpoint_in_background()
+                        self._snapshot_if_due()
+                        self._launch_checkpoint()
                         continue
                     await self._gather()
-                    split = True
-                # A backlog found idle is cut in two, so one half is written while the other
-                # is staged; from then on each write overlaps the next batch's arrival.
-                cut = (len(self._pending) + 1) // 2 if split else len(self._pending)
+                    # A backlog found idle is cut in parts, so that one part is written while
+                    # the next is staged; each write then overlaps the next batch's arrival.
+                    parts = min(_DEPTH, max(1, len(self._pending) // _MIN_PART))
+                cut = -(-len(self._pending) // parts)
                 batch, self._pending = self._pending[:cut], self._pending[cut:]
-                snapshot = self._snapshot_if_due()  # the tree as of the end of `inflight`
+                self._snapshot_if_due()  # the tree as of the end of what is staged so far
                 first = self._store.size
                 staged = self._store.stage([entry for entry, _ in batch])
-                if inflight is not None:
-                    await self._settle(*inflight)
-                if snapshot is not None:
-                    self._cp_task = asyncio.create_task(self._commit_checkpoint(*snapshot))
-                inflight = (asyncio.ensure_future(asyncio.to_thread(self._store.write, staged)), first, batch)
+                while len(inflight) >= _DEPTH:
+                    await self._settle(*inflight.popleft())
+                    self._launch_checkpoint()
+                inflight.append((asyncio.ensure_future(asyncio.to_thread(self._store.write, staged)), first, batch))
         except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
             self._failed = exc
             log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
-            waiting = (inflight[2] if inflight else []) + self._pending
-            if inflight is not None and not inflight[0].done():
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(inflight[0])
+            waiting = [rec for _, _, b in inflight for rec in b] + self._pending
+            for write, _, _ in inflight:
+                if not write.done():
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(write)
             for _, fut in waiting:
                 if not fut.done():
                     fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
@@ -241,21 +246,25 @@ class AuditLog:
                 fut.set_result(first + i)
 
     def _checkpoint_due(self, size: int) -> bool:
-        if self._cp_task is not None and not self._cp_task.done():
+        if self._snapshot is not None or (self._cp_task is not None and not self._cp_task.done()):
             return False
         return size - max(self._cp_size, 0) >= self._cp_every or time.monotonic() - self._cp_time >= self._cp_interval
 
-    def _snapshot_if_due(self) -> tuple[int, bytes, store.Batch] | None:
+    def _snapshot_if_due(self) -> None:
+        """Freeze the tree's root and tiles at the current staged size, to be signed once
+        every entry up to it is durable. Partials of that size are kept from now on."""
         if not self._checkpoint_due(self._store.size):
-            return None
+            return
         self._cp_time = time.monotonic()
-        return self._store.size, self._store.root_hash(), self._store.flush_tiles()
+        size = self._store.size
+        if not self._store.signed_sizes or self._store.signed_sizes[-1] < size:
+            self._store.signed_sizes.append(size)
+        self._snapshot = size, self._store.root_hash(), self._store.flush_tiles()
 
-    def _checkpoint_in_background(self) -> None:
-        """With nothing in flight every staged entry is durable: snapshot and commit."""
-        snapshot = self._snapshot_if_due()
-        if snapshot is not None:
-            self._cp_task = asyncio.create_task(self._commit_checkpoint(*snapshot))
+    def _launch_checkpoint(self) -> None:
+        if self._snapshot is not None and self._durable_size >= self._snapshot[0]:
+            self._cp_task = asyncio.create_task(self._commit_checkpoint(*self._snapshot))
+            self._snapshot = None
 
     def _raise_checkpoint_failure(self) -> None:
         task = self._cp_task
@@ -288,9 +297,14 @@ class AuditLog:
         """Checkpoint now (the writer is stopped or idle: every staged entry is durable)."""
         if self._cp_task is not None:
             await self._cp_task
+        if self._snapshot is not None:  # the writer stopped: everything staged is durable
+            self._cp_task, self._snapshot = asyncio.create_task(self._commit_checkpoint(*self._snapshot)), None
+            await self._cp_task
         self._cp_time = time.monotonic()
-        store_ = self._store
-        await self._commit_checkpoint(store_.size, store_.root_hash(), store_.flush_tiles(), force)
+        size = self._store.size
+        if not self._store.signed_sizes or self._store.signed_sizes[-1] < size:
+            self._store.signed_sizes.append(size)
+        await self._commit_checkpoint(size, self._store.root_hash(), self._store.flush_tiles(), force)
 
     async def _commit_checkpoint(self, size: int, root: bytes, tileset: store.Batch, force: bool = False) -> None:
         """Write the tiles of ``size``, then sign and write the checkpoint over them."""
@@ -302,7 +316,6 @@ class AuditLog:
         async with self._cp_lock:
             await asyncio.to_thread(self._write_checkpoint, signed, size)
         self._cp_size = size
-        self._store.signed_sizes.append(size)
         self._cp_signed = signed
         for target in self._publish_dirs:
             try:
