@@ -28,7 +28,7 @@ __all__ = ["AuditLog", "AuditRecord", "LogClosedError", "read_records"]
 log = logging.getLogger("portcullis.audit")
 _DEPTH = 4  # batches written at once (acknowledged in order)
 _MIN_PART = 64  # an idle backlog is cut in parts of at least this many records
-_Write = tuple["asyncio.Future[None]", int, list[tuple[bytes, "asyncio.Future[int]"]]]
+_Write = tuple["asyncio.Future[None]", int, list[tuple[bytes, "asyncio.Future[int]"]], list[tiles.TileId]]
 CHECKPOINT = "checkpoint"
 HISTORY = "checkpoints"
 
@@ -218,12 +218,13 @@ class AuditLog:
                 while len(inflight) >= _DEPTH:
                     await self._settle(*inflight.popleft())
                     self._launch_checkpoint()
-                inflight.append((asyncio.ensure_future(asyncio.to_thread(self._store.write, staged)), first, batch))
+                job = asyncio.ensure_future(asyncio.to_thread(self._store.write, staged))
+                inflight.append((job, first, batch, staged.retired))
         except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
             self._failed = exc
             log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
-            waiting = [rec for _, _, b in inflight for rec in b] + self._pending
-            for write, _, _ in inflight:
+            waiting = [rec for _, _, b, _ in inflight for rec in b] + self._pending
+            for write, _, _, _ in inflight:
                 if not write.done():
                     with contextlib.suppress(BaseException):
                         await asyncio.shield(write)
@@ -236,14 +237,21 @@ class AuditLog:
                 raise
 
     async def _settle(
-        self, write: asyncio.Future[None], first: int, batch: list[tuple[bytes, asyncio.Future[int]]]
+        self,
+        write: asyncio.Future[None],
+        first: int,
+        batch: list[tuple[bytes, asyncio.Future[int]]],
+        retired: list[tiles.TileId],
     ) -> None:
-        """Wait for a batch's write, then acknowledge each record with its index."""
+        """Wait for a batch's write, then acknowledge each record with its index. Batches
+        settle in order, so partials it retires can no longer be in the making."""
         await write
         self._durable_size = first + len(batch)
         for i, (_, fut) in enumerate(batch):
             if not fut.done():
                 fut.set_result(first + i)
+        if retired:
+            await asyncio.to_thread(self._store.retire, retired)
 
     def _checkpoint_due(self, size: int) -> bool:
         if self._snapshot is not None or (self._cp_task is not None and not self._cp_task.done()):
@@ -310,6 +318,7 @@ class AuditLog:
         """Write the tiles of ``size``, then sign and write the checkpoint over them."""
         if tileset.files:
             await asyncio.to_thread(self._store.write, tileset)
+            await asyncio.to_thread(self._store.retire, tileset.retired)
         if self._signer is None or size == self._cp_size or (size == 0 and not force):
             return
         signed = note.sign_checkpoint(note.Checkpoint(self.origin, size, root), self._signer)

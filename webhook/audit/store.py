@@ -159,7 +159,7 @@ class TileStore:
             if n % TILE_WIDTH == 0:
                 tile = bytes(edge)
                 self._unflushed[TileId(level, n // TILE_WIDTH - 1)] = tile
-                tops.append(fold_tile(tile))
+                tops.append(tiles.fold(tile))
                 edge.clear()
         self.counts[level] = n
         if tops:
@@ -221,9 +221,12 @@ class TileStore:
         finally:
             for fd in fds:
                 os.close(fd)
-        # Partials of a tile that is now full are no longer needed (tlog-tiles §Partial Tiles),
-        # except those a signed checkpoint named: they stay, as every file a checkpoint covers.
-        for tid in batch.retired:
+
+    def retire(self, retired: list[TileId]) -> None:
+        """Remove partials of tiles now full and durable (tlog-tiles §Partial Tiles) except
+        those a checkpoint named: they stay, as every file a checkpoint covers. Called once
+        every earlier write has completed, so no partial of these tiles is still being made."""
+        for tid in retired:
             _remove_partials(self.root / tid.path(), self._signed_widths(tid))
 
     def _signed_widths(self, tid: TileId) -> set[int]:
@@ -328,15 +331,6 @@ class TileStore:
             data = (self.root / tiles.tile_path(level - 1, i)).read_bytes()
             out.append(merkle.fold_complete([data[j : j + 32] for j in range(0, TILE_BYTES, 32)]))
         return b"".join(out)
-
-
-def fold_tile(tile: bytes) -> bytes:
-    """Root of a full tile's 256 hashes: eight rounds of pairwise node hashes (RFC 9162 §2.1.1)."""
-    sha = hashlib.sha256
-    data = tile
-    while len(data) > HASH:
-        data = b"".join([sha(b"\x01" + data[j : j + 2 * HASH]).digest() for j in range(0, len(data), 2 * HASH)])
-    return data
 
 
 def _remove_partials(full_path: Path, keep: set[int]) -> None:

@@ -6,6 +6,7 @@ Every path here is relative to the log directory and uses '/' separators, as the
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -106,20 +107,49 @@ def encode_bundle_entry(entry: bytes) -> bytes:
     return len(entry).to_bytes(2, "big") + entry
 
 
-def decode_bundle(data: bytes) -> list[bytes]:
-    """Split an entry bundle into entries; raises ``TileFormatError`` at the first bad byte."""
-    out: list[bytes] = []
+def decode_spans(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each entry of a bundle; raises ``TileFormatError`` at the first bad byte."""
+    spans: list[tuple[int, int]] = []
     pos, end = 0, len(data)
     while pos < end:
         if pos + 2 > end:
-            raise TileFormatError(f"truncated length prefix of entry {len(out)}", pos, len(out))
-        n = int.from_bytes(data[pos : pos + 2], "big")
+            raise TileFormatError(f"truncated length prefix of entry {len(spans)}", pos, len(spans))
+        n = data[pos] << 8 | data[pos + 1]
         if pos + 2 + n > end:
-            msg = f"entry {len(out)} claims {n} bytes but only {end - pos - 2} remain"
-            raise TileFormatError(msg, pos, len(out))
-        out.append(data[pos + 2 : pos + 2 + n])
+            msg = f"entry {len(spans)} claims {n} bytes but only {end - pos - 2} remain"
+            raise TileFormatError(msg, pos, len(spans))
+        spans.append((pos + 2, n))
         pos += 2 + n
-    return out
+    return spans
+
+
+def decode_bundle(data: bytes) -> list[bytes]:
+    """Split an entry bundle into entries; raises ``TileFormatError`` at the first bad byte."""
+    return [data[p : p + n] for p, n in decode_spans(data)]
+
+
+def leaf_hashes(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """RFC 9162 leaf hashes SHA-256(0x00 ‖ entry) of a bundle's entries, concatenated.
+
+    Each entry's length prefix is overwritten with 0x00 in a copy of the bundle, so every
+    leaf is hashed straight from that buffer, with no per-entry copy or concatenation.
+    """
+    buf = bytearray(data)
+    for p, _ in spans:
+        buf[p - 1] = 0
+    view = memoryview(buf)
+    sha = hashlib.sha256
+    return b"".join([sha(view[p - 1 : p + n]).digest() for p, n in spans])
+
+
+def fold(tile: bytes) -> bytes:
+    """Root of the complete subtree over a full tile's hashes (a power of two of them):
+    rounds of pairwise node hashes SHA-256(0x01 ‖ left ‖ right), RFC 9162 §2.1.1."""
+    sha = hashlib.sha256
+    data = tile
+    while len(data) > merkle.HASH_SIZE:
+        data = b"".join([sha(b"\x01" + data[j : j + 64]).digest() for j in range(0, len(data), 64)])
+    return data
 
 
 class TileReader:

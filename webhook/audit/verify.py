@@ -7,7 +7,6 @@ bad place".
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -119,22 +118,24 @@ class _TreeCheck:
     def root_of(self, size: int) -> bytes | None:
         return merkle.EMPTY_ROOT if size == 0 else self.roots.get(size)
 
-    def leaves(self, hashes: list[bytes]) -> None:
-        """Leaf hashes of one bundle; a whole aligned tile is checked and folded in one go."""
+    def leaves(self, hashes: bytes) -> None:
+        """Leaf hashes of one bundle (concatenated); a whole aligned tile is checked and
+        folded in one go."""
         start = self.border.size
-        if len(hashes) != TILE_WIDTH or start % TILE_WIDTH:
-            for h in hashes:
-                self.leaf(h)
+        count = len(hashes) // 32
+        if count != TILE_WIDTH or start % TILE_WIDTH:
+            for j in range(0, len(hashes), 32):
+                self.leaf(hashes[j : j + 32])
             return
         for size in self.sizes:
             if start < size < start + TILE_WIDTH:  # a checkpoint inside this tile
                 part = self.border.copy()
-                for h in hashes[: size - start]:
-                    part.append(h)
+                for j in range(0, (size - start) * 32, 32):
+                    part.append(hashes[j : j + 32])
                 self.roots[size] = part.root()
         self.counts[0] += TILE_WIDTH
-        self._compare(0, start // TILE_WIDTH, b"".join(hashes), full=True)
-        top = merkle.fold_complete(hashes)
+        self._compare(0, start // TILE_WIDTH, hashes, full=True)
+        top = tiles.fold(hashes)
         self._push(1, top)
         self.border.append_node(tiles.TILE_HEIGHT, top, self._on_node)
         if self.border.size in self.sizes:
@@ -277,24 +278,23 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         chosen = _widest_whole(root, widths, index, result)
         if chosen is None:
             return
-        best, data, entries, rel = chosen
+        best, data, spans, rel = chosen
         if best < TILE_WIDTH and any(b > bundle for b in bundles):
             after = tiles.tile_path(ENTRIES, min(b for b in bundles if b > bundle))
             msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing (only partial {rel} is left), yet {after} follows"
-            result.add(index + len(entries), msg, derived=0)
+            result.add(index + len(spans), msg, derived=0)
         for width, path in widths.items():
             if width != best:
-                _check_prefix(root, path, data, entries, index, rel, result)
+                _check_prefix(root, path, data, tiles.decode_bundle(data), index, rel, result)
         if check_records:
-            offset = 0
-            for i, entry in enumerate(entries):
+            decode = records.decode_record
+            for i, (p, n) in enumerate(spans):
                 try:
-                    records.decode_record(entry)
+                    decode(data[p : p + n])
                 except records.RecordError as exc:
-                    result.add(index + i, f"entry {index + i} ({rel} byte {offset}): {exc}", record=True)
-                offset += 2 + len(entry)
-        tree.leaves([hashlib.sha256(b"\x00" + e).digest() for e in entries])
-        index += len(entries)
+                    result.add(index + i, f"entry {index + i} ({rel} byte {p - 2}): {exc}", record=True)
+        tree.leaves(tiles.leaf_hashes(data, spans))
+        index += len(spans)
         if best < TILE_WIDTH:
             break
         bundle += 1
@@ -306,7 +306,7 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
 
 def _widest_whole(
     root: Path, widths: dict[int, Path], index: int, result: Result
-) -> tuple[int, bytes, list[bytes], str] | None:
+) -> tuple[int, bytes, list[tuple[int, int]], str] | None:
     """The widest file of one bundle that holds exactly the entries its name says. Each wider
     one that does not is a problem (torn or tampered), placed at its first entry no whole
     file holds: a crash leaves such a file only above what was acknowledged."""
@@ -316,14 +316,14 @@ def _widest_whole(
         data = widths[width].read_bytes()
         rel = widths[width].relative_to(root).as_posix()
         try:
-            entries = tiles.decode_bundle(data)
+            spans = tiles.decode_spans(data)
         except tiles.TileFormatError as exc:
             bad.append((exc.count, f"{rel}: byte {exc.offset}: {exc}"))
             continue
-        if len(entries) != width:
-            bad.append((min(width, len(entries)), f"{rel}: holds {len(entries)} entries, name says {width}"))
+        if len(spans) != width:
+            bad.append((min(width, len(spans)), f"{rel}: holds {len(spans)} entries, name says {width}"))
             continue
-        chosen = width, data, entries, rel
+        chosen = width, data, spans, rel
         break
     held = chosen[0] if chosen else 0
     for good, msg in bad:
