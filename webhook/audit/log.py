@@ -193,7 +193,8 @@ class AuditLog:
                 parts = 1
                 if not self._pending:
                     if inflight:  # producers woken by the last acks encode meanwhile
-                        await self._settle(*inflight.popleft())
+                        await self._settle(*inflight[0])
+                        inflight.popleft()  # only once settled: a failed batch is failed below
                         self._launch_checkpoint()
                         continue
                     if self._closing:
@@ -214,9 +215,14 @@ class AuditLog:
                 batch, self._pending = self._pending[:cut], self._pending[cut:]
                 self._snapshot_if_due()  # the tree as of the end of what is staged so far
                 first = self._store.size
-                staged = self._store.stage([entry for entry, _ in batch])
+                try:
+                    staged = self._store.stage([entry for entry, _ in batch])
+                except BaseException:
+                    self._pending[:0] = batch  # failed with the rest below
+                    raise
                 while len(inflight) >= _DEPTH:
-                    await self._settle(*inflight.popleft())
+                    await self._settle(*inflight[0])
+                    inflight.popleft()
                     self._launch_checkpoint()
                 job = asyncio.ensure_future(asyncio.to_thread(self._store.write, staged))
                 inflight.append((job, first, batch, staged.retired))

@@ -25,6 +25,8 @@ from webhook.audit.tiles import ENTRIES, TILE_WIDTH, TileId
 
 log = logging.getLogger("portcullis.audit")
 HASH = merkle.HASH_SIZE
+_DIGEST = type(hashlib.sha256()).digest
+_LEAF_PREFIX = b"\x00".__add__  # RFC 9162 §2.1.1: leaf hash = SHA-256(0x00 ‖ entry)
 TILE_BYTES = TILE_WIDTH * HASH
 TMP_SUFFIX = ".tmp"
 
@@ -140,8 +142,7 @@ class TileStore:
         if n % TILE_WIDTH:
             batch.files.append((tiles.tile_path(ENTRIES, n // TILE_WIDTH, n % TILE_WIDTH), bytes(edge)))
         self.counts[ENTRIES] = n
-        sha = hashlib.sha256
-        self._push(0, b"".join([sha(b"\x00" + e).digest() for e in entries]))
+        self._push(0, b"".join(map(_DIGEST, map(hashlib.sha256, map(_LEAF_PREFIX, entries)))))
         self.size += len(entries)
         return batch
 

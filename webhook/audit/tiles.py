@@ -7,7 +7,9 @@ Every path here is relative to the log directory and uses '/' separators, as the
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +130,11 @@ def decode_bundle(data: bytes) -> list[bytes]:
     return [data[p : p + n] for p, n in decode_spans(data)]
 
 
+_DIGEST = type(hashlib.sha256()).digest
+_NODE_PREFIX = b"\x01".__add__
+_FIRST = operator.itemgetter(0)
+
+
 def leaf_hashes(data: bytes, spans: list[tuple[int, int]]) -> bytes:
     """RFC 9162 leaf hashes SHA-256(0x00 ‖ entry) of a bundle's entries, concatenated.
 
@@ -135,20 +142,47 @@ def leaf_hashes(data: bytes, spans: list[tuple[int, int]]) -> bytes:
     leaf is hashed straight from that buffer, with no per-entry copy or concatenation.
     """
     buf = bytearray(data)
-    for p, _ in spans:
-        buf[p - 1] = 0
     view = memoryview(buf)
     sha = hashlib.sha256
-    return b"".join([sha(view[p - 1 : p + n]).digest() for p, n in spans])
+    out = []
+    for p, n in spans:
+        buf[p - 1] = 0
+        out.append(sha(view[p - 1 : p + n]).digest())
+    return b"".join(out)
+
+
+def scan_bundle(data: bytes) -> tuple[list[tuple[int, int]], bytes]:
+    """``decode_spans`` and ``leaf_hashes`` in one pass (verify's hot loop); raises
+    ``TileFormatError`` at the first bad byte."""
+    buf = bytearray(data)
+    view = memoryview(buf)
+    sha = hashlib.sha256
+    spans: list[tuple[int, int]] = []
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 2 > end:
+            raise TileFormatError(f"truncated length prefix of entry {len(spans)}", pos, len(spans))
+        n = data[pos] << 8 | data[pos + 1]
+        stop = pos + 2 + n
+        if stop > end:
+            msg = f"entry {len(spans)} claims {n} bytes but only {end - pos - 2} remain"
+            raise TileFormatError(msg, pos, len(spans))
+        spans.append((pos + 2, n))
+        buf[pos + 1] = 0
+        out.append(sha(view[pos + 1 : stop]).digest())
+        pos = stop
+    return spans, b"".join(out)
 
 
 def fold(tile: bytes) -> bytes:
     """Root of the complete subtree over a full tile's hashes (a power of two of them):
-    rounds of pairwise node hashes SHA-256(0x01 ‖ left ‖ right), RFC 9162 §2.1.1."""
-    sha = hashlib.sha256
+    rounds of pairwise node hashes SHA-256(0x01 ‖ left ‖ right), RFC 9162 §2.1.1, each
+    round one chain of C-level ``map`` calls over the 64-byte pairs."""
     data = tile
     while len(data) > merkle.HASH_SIZE:
-        data = b"".join([sha(b"\x01" + data[j : j + 64]).digest() for j in range(0, len(data), 64)])
+        pairs = map(_FIRST, struct.iter_unpack("64s", data))
+        data = b"".join(map(_DIGEST, map(hashlib.sha256, map(_NODE_PREFIX, pairs))))
     return data
 
 

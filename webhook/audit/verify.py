@@ -278,7 +278,7 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         chosen = _widest_whole(root, widths, index, result)
         if chosen is None:
             return
-        best, data, spans, rel = chosen
+        best, data, spans, hashes, rel = chosen
         if best < TILE_WIDTH and any(b > bundle for b in bundles):
             after = tiles.tile_path(ENTRIES, min(b for b in bundles if b > bundle))
             msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing (only partial {rel} is left), yet {after} follows"
@@ -293,7 +293,7 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
                     decode(data[p : p + n])
                 except records.RecordError as exc:
                     result.add(index + i, f"entry {index + i} ({rel} byte {p - 2}): {exc}", record=True)
-        tree.leaves(tiles.leaf_hashes(data, spans))
+        tree.leaves(hashes)
         index += len(spans)
         if best < TILE_WIDTH:
             break
@@ -306,7 +306,7 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
 
 def _widest_whole(
     root: Path, widths: dict[int, Path], index: int, result: Result
-) -> tuple[int, bytes, list[tuple[int, int]], str] | None:
+) -> tuple[int, bytes, list[tuple[int, int]], bytes, str] | None:
     """The widest file of one bundle that holds exactly the entries its name says. Each wider
     one that does not is a problem (torn or tampered), placed at its first entry no whole
     file holds: a crash leaves such a file only above what was acknowledged."""
@@ -316,14 +316,14 @@ def _widest_whole(
         data = widths[width].read_bytes()
         rel = widths[width].relative_to(root).as_posix()
         try:
-            spans = tiles.decode_spans(data)
+            spans, hashes = tiles.scan_bundle(data)
         except tiles.TileFormatError as exc:
             bad.append((exc.count, f"{rel}: byte {exc.offset}: {exc}"))
             continue
         if len(spans) != width:
             bad.append((min(width, len(spans)), f"{rel}: holds {len(spans)} entries, name says {width}"))
             continue
-        chosen = width, data, spans, rel
+        chosen = width, data, spans, hashes, rel
         break
     held = chosen[0] if chosen else 0
     for good, msg in bad:
