@@ -325,7 +325,10 @@ class AuditLog:
         if tileset.files:
             await asyncio.to_thread(self._store.write, tileset)
             await asyncio.to_thread(self._store.retire, tileset.retired)
-        if self._signer is None or size == self._cp_size or (size == 0 and not force):
+        if self._signer is None:
+            self._cp_size = size  # a log without a key: its tiles are what a checkpoint would cover
+            return
+        if size == self._cp_size or (size == 0 and not force):
             return
         signed = note.sign_checkpoint(note.Checkpoint(self.origin, size, root), self._signer)
         async with self._cp_lock:
@@ -395,12 +398,10 @@ def iter_entries(directory: Path) -> Iterator[tuple[int, bytes]]:
     bundle = 0
     while True:
         path = directory / tiles.tile_path(ENTRIES, bundle)
-        if path.exists():
-            try:
-                entries = tiles.decode_bundle(path.read_bytes())
-            except tiles.TileFormatError as exc:
-                raise records.RecordError(f"{path}: {exc} (at byte {exc.offset})") from exc
-        else:
+        entries = _whole(path, TILE_WIDTH) if path.exists() else None
+        if entries is None and path.exists() and _exists(directory, bundle + 1):
+            raise records.RecordError(f"{path}: not a whole bundle (run 'portcullis audit verify')")
+        if entries is None:  # no full bundle, or one torn by a crash before it was acknowledged
             entries = _widest_partial(directory, bundle)
         for entry in entries:
             yield index, entry
@@ -412,10 +413,21 @@ def iter_entries(directory: Path) -> Iterator[tuple[int, bytes]]:
 
 def _widest_partial(directory: Path, bundle: int) -> list[bytes]:
     for width in store._partial_widths(directory, ENTRIES, bundle):
-        try:
-            entries = tiles.decode_bundle((directory / tiles.tile_path(ENTRIES, bundle, width)).read_bytes())
-        except (OSError, tiles.TileFormatError):
-            continue
-        if len(entries) == width:
+        entries = _whole(directory / tiles.tile_path(ENTRIES, bundle, width), width)
+        if entries is not None:
             return entries
     return []
+
+
+def _exists(directory: Path, bundle: int) -> bool:
+    path = directory / tiles.tile_path(ENTRIES, bundle)
+    return path.exists() or path.with_name(path.name + ".p").is_dir()
+
+
+def _whole(path: Path, width: int) -> list[bytes] | None:
+    """The entries of a bundle file if it holds exactly ``width`` of them."""
+    try:
+        entries = tiles.decode_bundle(path.read_bytes())
+    except (OSError, tiles.TileFormatError):
+        return None
+    return entries if len(entries) == width else None
