@@ -285,7 +285,7 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
             result.add(index + len(spans), msg, derived=0)
         for width, path in widths.items():
             if width != best:
-                _check_prefix(root, path, data, tiles.decode_bundle(data), index, rel, result)
+                _check_prefix(root, path, data, index, rel, result)
         if check_records:
             decode = records.decode_record
             for i, (p, n) in enumerate(spans):
@@ -331,13 +331,12 @@ def _widest_whole(
     return chosen
 
 
-def _check_prefix(
-    root: Path, path: Path, data: bytes, entries: list[bytes], index: int, rel: str, result: Result
-) -> None:
+def _check_prefix(root: Path, path: Path, data: bytes, index: int, rel: str, result: Result) -> None:
     """A narrower bundle of the same index must hold the first entries of the widest one."""
     got = path.read_bytes()
     if data.startswith(got):
         return
+    entries = tiles.decode_bundle(data)
     try:
         mine = tiles.decode_bundle(got)
     except tiles.TileFormatError:
