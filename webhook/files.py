@@ -17,12 +17,18 @@ TMP_SUFFIX = ".tmp"
 def write_atomic(path: Path, data: bytes, durable: bool = False, mode: int = 0o644) -> bool:
     """Replace ``path`` with ``data`` (temp + optional fsync + rename).
 
-    Returns whether the parent directory had to be created (a durable writer fsyncs it then).
+    When ``durable``, the file is fsynced before the rename and its directory (and every directory
+    this call created) after it, so after a power loss the name neither vanishes nor points at
+    half a file. Returns whether the parent directory had to be created.
     """
-    created = False
-    if not path.parent.is_dir():
+    made: list[Path] = []
+    parent = path.parent
+    while not parent.is_dir():
+        made.append(parent)
+        parent = parent.parent
+    created = bool(made)
+    if created:
         path.parent.mkdir(parents=True, exist_ok=True)
-        created = True
     tmp = path.with_name(path.name + TMP_SUFFIX)
     fd = open_temp(tmp, mode)
     try:
@@ -36,7 +42,19 @@ def write_atomic(path: Path, data: bytes, durable: bool = False, mode: int = 0o6
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if durable:
+        for directory in [path.parent, *(d.parent for d in made)]:
+            fsync_dir(directory)
     return created
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory, so that names created or renamed in it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_temp(tmp: Path, mode: int) -> int:

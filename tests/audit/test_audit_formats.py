@@ -7,6 +7,7 @@ import base64
 import hashlib
 from typing import Any
 
+import orjson
 import pytest
 import rfc8785
 from hypothesis import given, settings
@@ -232,3 +233,36 @@ def test_whole_records_are_exactly_rfc8785(content: dict[str, Any], time: str, w
 )
 def test_tricky_contents_take_the_exact_path_when_needed(content: dict[str, Any]) -> None:
     assert records.canonical(content) == rfc8785.dumps(content)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        b'{"content":{"x":1.0},"kind":"alert","time":"t","writer":"w"}',  # JCS prints 1
+        b'{"content":{"x":1e21},"kind":"alert","time":"t","writer":"w"}',  # JCS prints 1e+21
+        b'{"content":{"x":[0.00001]},"kind":"alert","time":"t","writer":"w"}',  # JCS prints 0.00001
+        b'{"content":{"b":1,"a":2},"kind":"alert","time":"t","writer":"w"}',  # keys out of order
+        b'{"content":{"a":1,"a":1},"kind":"alert","time":"t","writer":"w"}',  # duplicate key
+        b'{"content":{"x":9007199254740993},"kind":"alert","time":"t","writer":"w"}',  # beyond 2**53
+    ],
+)
+def test_the_fast_record_check_never_accepts_what_rfc8785_would_print_otherwise(stored: bytes) -> None:
+    try:
+        obj = records.decode_record(stored)
+    except records.RecordError:
+        return
+    assert rfc8785.dumps(obj) == stored  # accepted only when it is exactly canonical
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), json_values, max_size=5), st.text(max_size=30))
+def test_decoding_accepts_exactly_the_rfc8785_encoding(content: dict[str, Any], time: str) -> None:
+    try:
+        data = rfc8785.dumps({"content": content, "kind": "alert", "time": time, "writer": "w"})
+    except rfc8785.CanonicalizationError:
+        return
+    assert records.decode_record(data)["time"] == time
+    pretty = orjson.dumps(orjson.loads(data), option=orjson.OPT_SORT_KEYS)
+    if pretty != data:  # orjson prints it otherwise (floats): that form must be refused
+        with pytest.raises(records.RecordError):
+            records.decode_record(pretty)

@@ -172,3 +172,37 @@ def test_request_bodies_round_trip() -> None:
     assert (req.old, req.proof) == (3, [b"\x01" * 32])
     assert req.checkpoint.startswith(b"o\n3\n")
     assert tiles.TILE_WIDTH == 256
+
+
+async def test_witness_state_is_fsynced_then_renamed_then_its_directory_fsynced(
+    tmp_path: Path, log_key: note.Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power-loss safety: the state file's bytes reach the disk before its rename, and the
+    directory entry after it, so a witness never comes back at an older size (and cosigns a
+    fork). Real syscalls, recorded as they run."""
+    import os
+
+    key = note.generate("witness.test/durable", note.SIG_COSIGNATURE_V1)
+    state = tmp_path / "state"
+    wit = witness.Witness(key, [log_key.verifier], state)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append(("rename", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    leaves = [merkle.leaf_hash(bytes([i])) for i in range(3)]
+    await wit.add_checkpoint(witness.parse_request(witness.encode_request(0, [], _checkpoint(log_key, leaves))))
+    target = str(wit._state_path(ORIGIN))
+    assert events == [("fsync", target + ".tmp"), ("rename", target), ("fsync", str(state))]
+    restarted = witness.Witness(key, [log_key.verifier], state)
+    latest = restarted.latest(ORIGIN)
+    assert latest is not None
+    assert latest.size == 3

@@ -162,7 +162,7 @@ def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
 
         asyncio.run(write())
     finally:
-        records.now = original  # type: ignore[assignment]
+        records.now = original
     return root / "log", keys / "audit.pub", events
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from webhook import errors
-from webhook.audit import log, note, proofs, records, report_commands, verify, witness
+from webhook.audit import freshness, log, note, proofs, records, report_commands, verify, witness
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -52,6 +52,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--witnesses-required", type=int, default=0, help="k of n (default: all given)")
     p.add_argument("--no-record-check", action="store_true", help="skip the canonical-JSON check")
     p.add_argument("--published", type=Path, action="append", default=[], help="publish dir (repeatable)")
+    p.add_argument(
+        "--trusted-checkpoint",
+        type=Path,
+        action="append",
+        default=[],
+        help="a signed checkpoint kept outside the log (a witness's latest, a saved copy); repeatable",
+    )
+    p.add_argument("--min-size", type=_size, default=None, help="a tree size the log is known to have reached")
+    p.add_argument(
+        "--require-fresh",
+        action="store_true",
+        help="fail unless a witness, published or trusted checkpoint, or --min-size anchors the log's size",
+    )
     _format(p)
     p.set_defaults(func=cmd_verify)
 
@@ -102,6 +115,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         p.add_argument("--since", help="RFC 3339 time; records at or after it")
         p.add_argument("--grep", help="substring of the record's JSON")
         p.set_defaults(func=cmd_show)
+
+
+def _size(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a tree size (a non-negative integer)")
+    return int(text)
 
 
 def _format(p: argparse.ArgumentParser) -> None:
@@ -188,12 +207,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     keys = [note.load_verifier(p) for p in args.pub]
     wkeys = _witness_keys(args.witness_key)
     results = []
+    anchors = freshness.Anchors(trusted=args.trusted_checkpoint, min_size=args.min_size, require=args.require_fresh)
+    for path in args.trusted_checkpoint:
+        if not path.is_file():
+            raise errors.InputError(f"--trusted-checkpoint {path}: not a file")
     for directory in args.log:
         if not directory.is_dir():
             raise errors.InputError(f"--log {directory}: not a directory")
         key = verify.key_for(directory, keys)
         check = not args.no_record_check
-        results.append(verify.verify(directory, key, wkeys, args.witnesses_required, check, args.published))
+        result = verify.verify(directory, key, wkeys, args.witnesses_required, check, args.published, anchors)
+        results.append(result)
     if args.format == "json":
         _json({"version": 1, "logs": [_result_json(r) for r in results]})
     else:
@@ -221,6 +245,8 @@ def _result_json(r: verify.Result) -> dict[str, Any]:
         "checkpoint_size": r.checkpoint_size,
         "checkpoints_checked": r.checkpoints_checked,
         "cosigners": r.cosigners,
+        "fresh": r.anchored,
+        "anchors": [{"size": a.size, "by": a.how} for a in r.anchors],
         "first_problem": first.message if first else None,
         "problems": [p.message for p in r.ordered()],
         "warnings": r.warnings,
@@ -235,12 +261,20 @@ def _print_result(r: verify.Result) -> None:
             f"{r.directory}: OK origin={r.origin} size={r.size} root={r.root.hex()} "
             f"checkpoints={r.checkpoints_checked} cosigners={len(r.cosigners)}"
         )
+        print(f"{r.directory}: {_freshness_text(r)}")
         return
     first = r.first()
     assert first is not None
     print(f"{r.directory}: TAMPERED: first bad place: {first.message}")
     for p in r.ordered()[1:50]:
         print(f"  also: {p.message}")
+
+
+def _freshness_text(r: verify.Result) -> str:
+    if not r.anchors:
+        return freshness.UNANCHORED
+    best = max(r.anchors, key=lambda a: a.size)
+    return f"freshness anchored at size >= {best.size} by " + "; ".join(a.how for a in r.anchors)
 
 
 def cmd_prove(args: argparse.Namespace) -> int:

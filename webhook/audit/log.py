@@ -8,6 +8,7 @@ their record, which is returned only once the record and its tiles are fsynced.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -25,6 +26,9 @@ from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 __all__ = ["AuditLog", "AuditRecord", "LogClosedError", "read_records"]
 
 log = logging.getLogger("portcullis.audit")
+_DEPTH = 4  # batches written at once (acknowledged in order)
+_MIN_PART = 64  # an idle backlog is cut in parts of at least this many records
+_Write = tuple["asyncio.Future[None]", int, list[tuple[bytes, "asyncio.Future[int]"]], list[tiles.TileId]]
 CHECKPOINT = "checkpoint"
 HISTORY = "checkpoints"
 
@@ -61,6 +65,9 @@ class AuditLog:
         self._closing = False
         self._failed: BaseException | None = None
         self._cp_size = -1
+        self._durable_size = tilestore.size
+        self._cp_task: asyncio.Task[None] | None = None
+        self._snapshot: tuple[int, bytes, store.Batch] | None = None
         self._cp_time = time.monotonic()
         self._cp_lock = asyncio.Lock()
         self._witness_task: asyncio.Task[None] | None = None
@@ -94,7 +101,8 @@ class AuditLog:
         signer = note.load_signer(Path(signing_key_path)) if signing_key_path else None
         if not origin or "\n" in origin:
             raise errors.ConfigError(f"audit log origin {origin!r} must be one non-empty line")
-        tilestore = await asyncio.to_thread(store.TileStore.recover, directory, durable)
+        verifier = signer.verifier if signer else None
+        tilestore = await asyncio.to_thread(store.TileStore.recover, directory, durable, verifier)
         try:
             return await cls._start(
                 tilestore, signer, origin, writer, commit_window, checkpoint_every, checkpoint_interval, witnesses
@@ -126,14 +134,14 @@ class AuditLog:
             [witness.WitnessEndpoint.parse(w) for w in witnesses if not _publish_target(w)],
         )
         self._publish_dirs = [d for w in witnesses if (d := _publish_target(w)) is not None]
-        self._cp_size = await asyncio.to_thread(self._check_existing_checkpoint)
+        self._cp_size = tilestore.floor.size if tilestore.floor else -1
         self._task = asyncio.create_task(self._run(), name=f"audit-writer:{origin}")
         return self
 
     @property
     def root(self) -> bytes:
         """Root hash over the entries staged so far (equal to ``size``'s tree)."""
-        return self._store.border.root()
+        return self._store.root_hash()
 
     @property
     def size(self) -> int:
@@ -161,6 +169,9 @@ class AuditLog:
         try:
             if self._failed is None:
                 await self._checkpoint(force=True)
+            elif self._cp_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._cp_task
             if self._witness_task is not None:
                 await self._witness_task
             # A checkpoint made while an earlier push was in flight has not been witnessed yet.
@@ -172,40 +183,107 @@ class AuditLog:
     # -- writer task ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                timeout = max(0.0, self._cp_interval - (time.monotonic() - self._cp_time))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+        """Group commit, pipelined: while up to ``_DEPTH`` batches are being written the next is
+        staged, batches are acknowledged in order once their write has completed, and
+        checkpoints are written in the background from a snapshot of the tree."""
+        inflight: collections.deque[_Write] = collections.deque()
+        try:
+            while True:
+                self._raise_checkpoint_failure()
+                parts = 1
                 if not self._pending:
-                    await self._checkpoint()
-                    continue
-                await self._gather()
-            batch, self._pending = self._pending, []
-            first = self._store.size
-            try:
-                staged = self._store.stage([entry for entry, _ in batch])
-                await asyncio.to_thread(self._store.write, staged)
-            except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
-                self._failed = exc
-                log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
-                for _, fut in batch + self._pending:
-                    if not fut.done():
-                        fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
-                self._pending = []
-                self._closing = True
-                if not isinstance(exc, Exception):
+                    if inflight:  # producers woken by the last acks encode meanwhile
+                        await self._settle(*inflight[0])
+                        inflight.popleft()  # only once settled: a failed batch is failed below
+                        self._launch_checkpoint()
+                        continue
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    timeout = max(0.0, self._cp_interval - (time.monotonic() - self._cp_time))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    if not self._pending:
+                        self._snapshot_if_due()
+                        self._launch_checkpoint()
+                        continue
+                    await self._gather()
+                    # A backlog found idle is cut in parts, so that one part is written while
+                    # the next is staged; each write then overlaps the next batch's arrival.
+                    parts = min(_DEPTH, max(1, len(self._pending) // _MIN_PART))
+                cut = -(-len(self._pending) // parts)
+                batch, self._pending = self._pending[:cut], self._pending[cut:]
+                self._snapshot_if_due()  # the tree as of the end of what is staged so far
+                first = self._store.size
+                try:
+                    staged = self._store.stage([entry for entry, _ in batch])
+                except BaseException:
+                    self._pending[:0] = batch  # failed with the rest below
                     raise
-                return
-            for i, (_, fut) in enumerate(batch):
+                while len(inflight) >= _DEPTH:
+                    await self._settle(*inflight[0])
+                    inflight.popleft()
+                    self._launch_checkpoint()
+                job = asyncio.ensure_future(asyncio.to_thread(self._store.write, staged))
+                inflight.append((job, first, batch, staged.retired))
+        except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
+            self._failed = exc
+            log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
+            waiting = [rec for _, _, b, _ in inflight for rec in b] + self._pending
+            for write, _, _, _ in inflight:
+                if not write.done():
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(write)
+            for _, fut in waiting:
                 if not fut.done():
-                    fut.set_result(first + i)
-            due = self._store.size - max(self._cp_size, 0) >= self._cp_every
-            if due or time.monotonic() - self._cp_time >= self._cp_interval:
-                await self._checkpoint()
+                    fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
+            self._pending = []
+            self._closing = True
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _settle(
+        self,
+        write: asyncio.Future[None],
+        first: int,
+        batch: list[tuple[bytes, asyncio.Future[int]]],
+        retired: list[tiles.TileId],
+    ) -> None:
+        """Wait for a batch's write, then acknowledge each record with its index. Batches
+        settle in order, so partials it retires can no longer be in the making."""
+        await write
+        self._durable_size = first + len(batch)
+        for i, (_, fut) in enumerate(batch):
+            if not fut.done():
+                fut.set_result(first + i)
+        if retired:
+            await asyncio.to_thread(self._store.retire, retired)
+
+    def _checkpoint_due(self, size: int) -> bool:
+        if self._snapshot is not None or (self._cp_task is not None and not self._cp_task.done()):
+            return False
+        return size - max(self._cp_size, 0) >= self._cp_every or time.monotonic() - self._cp_time >= self._cp_interval
+
+    def _snapshot_if_due(self) -> None:
+        """Freeze the tree's root and tiles at the current staged size, to be signed once
+        every entry up to it is durable. Partials of that size are kept from now on."""
+        if not self._checkpoint_due(self._store.size):
+            return
+        self._cp_time = time.monotonic()
+        size = self._store.size
+        if not self._store.signed_sizes or self._store.signed_sizes[-1] < size:
+            self._store.signed_sizes.append(size)
+        self._snapshot = size, self._store.root_hash(), self._store.flush_tiles()
+
+    def _launch_checkpoint(self) -> None:
+        if self._snapshot is not None and self._durable_size >= self._snapshot[0]:
+            self._cp_task = asyncio.create_task(self._commit_checkpoint(*self._snapshot))
+            self._snapshot = None
+
+    def _raise_checkpoint_failure(self) -> None:
+        task = self._cp_task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            raise LogClosedError(f"audit log {self.directory}: checkpoint failed") from task.exception()
 
     async def _gather(self) -> None:
         """Group commit: wait up to the window while records keep arriving, then commit.
@@ -229,32 +307,30 @@ class AuditLog:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _check_existing_checkpoint(self) -> int:
-        path = self.directory / CHECKPOINT
-        if not path.exists():
-            return -1
-        data = path.read_bytes()
-        if self._signer is not None:
-            cp, _ = note.open_checkpoint(data, self._signer.verifier, str(path))
-        else:
-            cp = note.parse_checkpoint(note.parse_note(data, str(path)).text, str(path))
-        if cp.size > self._store.size:
-            raise store.RecoveryError(
-                f"{path}: signed size {cp.size} but only {self._store.size} entries are on disk "
-                "(acknowledged records were lost or removed)"
-            )
-        reader = tiles.TileReader(self.directory, self._store.size)
-        if merkle.root_at(reader.node, cp.size) != cp.root:
-            raise store.RecoveryError(f"{path}: root hash does not match the log; run 'portcullis audit verify'")
-        return cp.size
-
     async def _checkpoint(self, force: bool = False) -> None:
-        size = self._store.size
+        """Checkpoint now (the writer is stopped or idle: every staged entry is durable)."""
+        if self._cp_task is not None:
+            await self._cp_task
+        if self._snapshot is not None:  # the writer stopped: everything staged is durable
+            self._cp_task, self._snapshot = asyncio.create_task(self._commit_checkpoint(*self._snapshot)), None
+            await self._cp_task
         self._cp_time = time.monotonic()
-        if self._signer is None or size == self._cp_size or (size == 0 and not force):
+        size = self._store.size
+        if not self._store.signed_sizes or self._store.signed_sizes[-1] < size:
+            self._store.signed_sizes.append(size)
+        await self._commit_checkpoint(size, self._store.root_hash(), self._store.flush_tiles(), force)
+
+    async def _commit_checkpoint(self, size: int, root: bytes, tileset: store.Batch, force: bool = False) -> None:
+        """Write the tiles of ``size``, then sign and write the checkpoint over them."""
+        if tileset.files:
+            await asyncio.to_thread(self._store.write, tileset)
+            await asyncio.to_thread(self._store.retire, tileset.retired)
+        if self._signer is None:
+            self._cp_size = size  # a log without a key: its tiles are what a checkpoint would cover
             return
-        cp = note.Checkpoint(self.origin, size, self._store.border.root())
-        signed = note.sign_checkpoint(cp, self._signer)
+        if size == self._cp_size or (size == 0 and not force):
+            return
+        signed = note.sign_checkpoint(note.Checkpoint(self.origin, size, root), self._signer)
         async with self._cp_lock:
             await asyncio.to_thread(self._write_checkpoint, signed, size)
         self._cp_size = size
@@ -268,12 +344,12 @@ class AuditLog:
             self._witness_task = asyncio.create_task(self._cosign(signed, size))
 
     def _write_checkpoint(self, signed: bytes, size: int) -> None:
+        """``checkpoint`` first, then its copy in ``checkpoints/``: a crash between the two
+        leaves the newest checkpoint in place and only its history copy missing (which the
+        next open restores), never a ``checkpoint`` older than a kept one."""
         durable = self._store.durable
-        store.write_atomic(self.directory / HISTORY / str(size), signed, durable, 0o644)
         store.write_atomic(self.directory / CHECKPOINT, signed, durable, 0o644)
-        if durable:
-            store.fsync_dir(self.directory / HISTORY)
-            store.fsync_dir(self.directory)
+        store.write_atomic(self.directory / HISTORY / str(size), signed, durable, 0o644)
 
     async def _cosign(self, signed: bytes, size: int) -> None:
         """Push a checkpoint to the witnesses and fold their cosignatures into the stored copy."""
@@ -293,7 +369,7 @@ class AuditLog:
 
     def _add_cosignatures(self, signed: bytes, size: int, lines: list[str]) -> None:
         extra = "".join(lines).encode()
-        for path in (self.directory / HISTORY / str(size), self.directory / CHECKPOINT):
+        for path in (self.directory / CHECKPOINT, self.directory / HISTORY / str(size)):
             if path.exists() and path.read_bytes() == signed:
                 store.write_atomic(path, signed + extra, self._store.durable, 0o644)
 
@@ -316,25 +392,42 @@ def read_records(directory: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def iter_entries(directory: Path) -> Iterator[tuple[int, bytes]]:
-    """Raw entries of a log directory, bundle by bundle."""
+    """Raw entries of a log directory, bundle by bundle (the widest whole partial bundle at
+    the end: a wider one torn by a crash, never acknowledged, is skipped)."""
     index = 0
     bundle = 0
     while True:
-        rel = tiles.tile_path(ENTRIES, bundle)
-        path = directory / rel
-        if not path.exists():
-            widths = store._partial_widths(directory, ENTRIES, bundle)
-            if not widths:
-                return
-            rel = tiles.tile_path(ENTRIES, bundle, widths[0])
-            path = directory / rel
-        try:
-            entries = tiles.decode_bundle(path.read_bytes())
-        except tiles.TileFormatError as exc:
-            raise records.RecordError(f"{path}: {exc} (at byte {exc.offset})") from exc
+        path = directory / tiles.tile_path(ENTRIES, bundle)
+        entries = _whole(path, TILE_WIDTH) if path.exists() else None
+        if entries is None and path.exists() and _exists(directory, bundle + 1):
+            raise records.RecordError(f"{path}: not a whole bundle (run 'portcullis audit verify')")
+        if entries is None:  # no full bundle, or one torn by a crash before it was acknowledged
+            entries = _widest_partial(directory, bundle)
         for entry in entries:
             yield index, entry
             index += 1
         if len(entries) < TILE_WIDTH:
             return
         bundle += 1
+
+
+def _widest_partial(directory: Path, bundle: int) -> list[bytes]:
+    for width in store._partial_widths(directory, ENTRIES, bundle):
+        entries = _whole(directory / tiles.tile_path(ENTRIES, bundle, width), width)
+        if entries is not None:
+            return entries
+    return []
+
+
+def _exists(directory: Path, bundle: int) -> bool:
+    path = directory / tiles.tile_path(ENTRIES, bundle)
+    return path.exists() or path.with_name(path.name + ".p").is_dir()
+
+
+def _whole(path: Path, width: int) -> list[bytes] | None:
+    """The entries of a bundle file if it holds exactly ``width`` of them."""
+    try:
+        entries = tiles.decode_bundle(path.read_bytes())
+    except (OSError, tiles.TileFormatError):
+        return None
+    return entries if len(entries) == width else None

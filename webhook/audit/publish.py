@@ -29,5 +29,3 @@ def publish(directory: Path, origin: str, signed: bytes, durable: bool) -> None:
     """Atomically replace the published copy (temp + fsync + rename)."""
     path = checkpoint_path(directory, origin)
     store.write_atomic(path, signed, durable, 0o644)
-    if durable:
-        store.fsync_dir(path.parent)

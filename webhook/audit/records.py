@@ -24,7 +24,10 @@ _SAFE_INT = 2**53 - 1
 _ORJSON_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 # A float token: a number with a fraction or exponent right after ':', ',' or '['. The same
 # bytes inside a string (say "a:1.5") only send that record down the exact slow path.
-_FLOAT = re.compile(rb"(?:^|[:,\[])-?[0-9]+[.eE]")
+_FLOAT = re.compile(rb"[:,\[]-?[0-9]+[.eE]")  # (anchored on the separator: 3x faster than with ^)
+_NUMBER_START = frozenset(b"-0123456789")  # a bare top-level number (the regex wants a separator)
+_CONTENT_AT = len(b'{"content":')
+_KEYS = frozenset(("content", "kind", "time", "writer"))
 
 
 class RecordError(errors.AuditFormatError):
@@ -77,7 +80,8 @@ def canonical(obj: Any) -> bytes:
         out = orjson.dumps(obj, option=_ORJSON_OPTS)
     except (orjson.JSONEncodeError, TypeError):
         out = None
-    if out is not None and ((out.isascii() and _FLOAT.search(out) is None) or _orjson_is_jcs(obj)):
+    fast = out is not None and out.isascii() and out[0] not in _NUMBER_START and _FLOAT.search(out) is None
+    if out is not None and (fast or _orjson_is_jcs(obj)):
         return bytes(out)
     try:
         return rfc8785.dumps(obj)
@@ -140,12 +144,24 @@ def decode_record(data: bytes) -> dict[str, Any]:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise RecordError(f"not JSON ({exc})") from exc
-    if not isinstance(obj, dict) or set(obj) != {"content", "kind", "time", "writer"}:
+    if type(obj) is not dict or obj.keys() != _KEYS:
         raise RecordError("not an object with exactly content, kind, time, writer")
     if not isinstance(obj["kind"], str) or obj["kind"] not in KINDS or not isinstance(obj["content"], dict):
         raise RecordError(f"bad kind {obj['kind']!r} or content")
     if not isinstance(obj["time"], str) or not isinstance(obj["writer"], str):
         raise RecordError("time and writer must be strings")
+    # Fast path, as in ``canonical``: for ASCII text without float tokens in the content or
+    # unsafe integers, orjson's sorted output is exactly RFC 8785, so one re-encoding of the
+    # whole record decides (the envelope's time string always holds ':SS.' so is skipped).
+    if data.isascii():
+        try:
+            same = orjson.dumps(obj, option=_ORJSON_OPTS) == data
+        except orjson.JSONEncodeError:
+            same = False
+        # The content ends at the envelope's `,"kind":` (the last one: inside the strings that
+        # follow, a quote would be escaped), so float tokens are looked for in the content only.
+        if same and _FLOAT.search(data, _CONTENT_AT, data.rfind(b',"kind":')) is None:
+            return obj
     try:
         body = canonical(obj["content"])
     except RecordError:  # a float such as 2.0**53 parses back as an int JCS rejects

@@ -7,6 +7,7 @@ leaf index so it can be proved with ``portcullis audit prove``.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -87,8 +88,9 @@ class ReportData:
     alerts_by_pod: Counter[str] = field(default_factory=Counter)
     alerts_by_image: Counter[str] = field(default_factory=Counter)
     alerts: list[Evidence] = field(default_factory=list)
-    # latest admission evidence per (namespace, image) to link alerts to what was admitted
-    _admitted: dict[tuple[str, str], Evidence] = field(default_factory=dict)
+    # admissions that ADMITTED something, by ("pod", ns, name) and ("image", ns, repository),
+    # in time order, to link each alert to the record that let its pod in (see _link_alerts)
+    _admitted: dict[tuple[str, str, str], list[Evidence]] = field(default_factory=lambda: defaultdict(list))
 
 
 def build(
@@ -106,6 +108,7 @@ def build(
             raise errors.AuditFormatError(f"{directory}: not an audit log directory")
         data.integrity.append(_integrity(directory, verifiers, verify_logs))
         _scan(directory, data)
+    _link_alerts(data)  # after every log: alerts and admissions usually live in different logs
     return data
 
 
@@ -167,9 +170,10 @@ def _admission(log: str, index: int, time: str, c: dict[str, Any], data: ReportD
         data.dry_runs += 1
     ns, kind, name = str(c.get("namespace", "")), str(c.get("kind", "")), str(c.get("name", ""))
     workload = f"{ns}/{kind}/{name}"
-    findings = c.get("findings") or []
+    findings = [f for f in c.get("findings") or [] if isinstance(f, dict)]
     summary = f"{result} {workload} by {c.get('user', '?')}"
-    evidence = Evidence(log, index, time, summary, {"findings": findings[:10], "dry_run": bool(c.get("dry_run"))})
+    detail = {"findings": findings[:10], "dry_run": bool(c.get("dry_run")), "reasons": denial_reasons(c)}
+    evidence = Evidence(log, index, time, summary, detail)
     if result == "denied":
         data.denials_by_namespace[ns] += 1
         data.denials_by_user[str(c.get("user", ""))] += 1
@@ -188,26 +192,46 @@ def _admission(log: str, index: int, time: str, c: dict[str, Any], data: ReportD
     _gpu(time, c, data)
 
 
+def denial_reasons(c: dict[str, Any]) -> list[str]:
+    """Why a decision denied: its enforcing findings ("check: message"), else its warnings."""
+    if c.get("allowed") is not False and c.get("result") != "denied":
+        return []
+    findings = [f for f in c.get("findings") or [] if isinstance(f, dict)]
+    reasons = [f"{f.get('check', '?')}: {f.get('message', '')}" for f in findings if f.get("mode") == "enforce"]
+    if not reasons:
+        reasons = [str(w) for w in c.get("warnings") or []] or ["(no reason recorded)"]
+    if c.get("findings_truncated"):
+        reasons.append(f"... and {c['findings_truncated']} more findings")
+    return reasons[:10]
+
+
+def _admits(c: dict[str, Any]) -> bool:
+    """Whether this record let the object in (a denial or a dry run admitted nothing)."""
+    return c.get("allowed") is True and c.get("result") != "denied" and not c.get("dry_run")
+
+
 def _images(log: str, index: int, time: str, c: dict[str, Any], workload: str, data: ReportData) -> None:
     context = c.get("context") or {}
     entries = (context.get("images") or {}).get("images") if isinstance(context.get("images"), dict) else None
     ns = str(c.get("namespace", ""))
-    evidence = Evidence(log, index, time, f"{c.get('result', '?')} {workload}", {})
-    if entries:
-        for e in entries:
-            image = str(e.get("image", ""))
-            outcome = _image_outcome(e)
-            data.images_by_registry[registry_of(image)][outcome] += 1
-            if outcome != "verified":
-                _keep(data.unsigned, Evidence(log, index, time, f"{image}: {outcome}", {"reason": e.get("reason")}))
-            data._admitted[(ns, repository_of(image))] = Evidence(
-                log, index, time, evidence.summary, {"digest": e.get("digest"), "verified": bool(e.get("verified"))}
-            )
+    summary = f"{c.get('result', '?')} {workload}"
+    admits = _admits(c)
+    if admits and c.get("kind") == "Pod" and c.get("name"):
+        data._admitted[("pod", ns, str(c["name"]))].append(Evidence(log, index, time, summary, {"images": entries}))
+    for e in entries or []:
+        image = str(e.get("image", ""))
+        outcome = _image_outcome(e)
+        data.images_by_registry[registry_of(image)][outcome] += 1
+        if outcome != "verified":
+            _keep(data.unsigned, Evidence(log, index, time, f"{image}: {outcome}", {"reason": e.get("reason")}))
+        if admits:
+            detail = {"digest": e.get("digest"), "verified": bool(e.get("verified"))}
+            data._admitted[("image", ns, repository_of(image))].append(Evidence(log, index, time, summary, detail))
+    if entries or not admits:
         return
     for image in c.get("images") or []:
-        data._admitted[(ns, repository_of(str(image)))] = Evidence(
-            log, index, time, evidence.summary, {"digest": None, "verified": None}
-        )
+        detail = {"digest": None, "verified": None}
+        data._admitted[("image", ns, repository_of(str(image)))].append(Evidence(log, index, time, summary, detail))
 
 
 def _image_outcome(entry: dict[str, Any]) -> str:
@@ -270,15 +294,40 @@ def _alert(log: str, index: int, time: str, c: dict[str, Any], data: ReportData)
     if image:
         data.alerts_by_image[str(image)] += 1
     detail: dict[str, Any] = {"priority": priority, "rule": rule, "output": c.get("output", "")}
-    admitted = data._admitted.get((str(ns), repository_of(str(image)))) if ns and image else None
-    if admitted is not None:
-        detail["admission"] = {
-            "log": admitted.log,
-            "index": admitted.index,
-            "digest": admitted.detail.get("digest"),
-            "verified": admitted.detail.get("verified"),
-        }
+    keys = [("pod", str(ns), str(pod))] if ns and pod else []
+    keys += [("image", str(ns), repository_of(str(image)))] if ns and image else []
+    detail["_keys"] = keys
+    detail["_repo"] = repository_of(str(image)) if image else None
     _keep(data.alerts, Evidence(log, index, time, f"{priority} {rule} on {c.get('hostname', '?')}", detail))
+
+
+def _link_alerts(data: ReportData) -> None:
+    """Each alert gets the newest record at or before it that ADMITTED its pod (by pod name,
+    else by namespace and image repository); never a later record, never a denial."""
+    for lists in data._admitted.values():
+        lists.sort(key=lambda e: e.time)
+    for alert in data.alerts:
+        keys = alert.detail.pop("_keys", [])
+        repo = alert.detail.pop("_repo", None)
+        for key in keys:
+            admitted = data._admitted.get(key) or []
+            at = bisect.bisect_right([e.time for e in admitted], alert.time)
+            if not at:
+                continue
+            found = admitted[at - 1]
+            digest, verified = found.detail.get("digest"), found.detail.get("verified")
+            if key[0] == "pod":  # the admitted pod's entry for the alerting container's image
+                same = [e for e in found.detail.get("images") or [] if repository_of(str(e.get("image"))) == repo]
+                digest, verified = (same[0].get("digest"), bool(same[0].get("verified"))) if same else (None, None)
+            alert.detail["admission"] = {
+                "log": found.log,
+                "index": found.index,
+                "time": found.time,
+                "matched_by": key[0],
+                "digest": digest,
+                "verified": verified,
+            }
+            break
 
 
 def _keep(items: list[Evidence], evidence: Evidence) -> None:

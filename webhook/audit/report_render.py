@@ -90,40 +90,71 @@ def to_json(data: ReportData) -> str:
 # --- CSV: one row per counted fact ------------------------------------------------------------------
 
 
+# A spreadsheet runs a cell that starts like a formula; record fields are attacker-chosen (pod
+# names, users, messages). OWASP's CSV injection advice: prefix such cells with a single quote.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell safe to open in a spreadsheet: numbers stay numbers, risky text gets a quote."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        text = str(value)
+        stripped = text.lstrip(" \n\x0b\x0c")
+        if stripped.startswith(_FORMULA_START) or (stripped != text and stripped[:1] in ("'", '"')):
+            return "'" + text
+        return text
+    return value
+
+
 def to_csv(data: ReportData) -> str:
-    """Long format (section, dimension, key, subkey, count) so spreadsheets can pivot it."""
+    """Long format (section, dimension, key, subkey, count, detail) so spreadsheets can pivot it;
+    evidence rows (denials with their reasons, alerts with the admission that let the pod in)
+    carry ``log#index`` as key and the details in ``detail``."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["section", "dimension", "key", "subkey", "count"])
-    rows: list[tuple[str, str, str, str, float]] = []
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+    writer.writerow(["section", "dimension", "key", "subkey", "count", "detail"])
+    rows: list[tuple[str, str, str, str, float, str]] = []
 
     def flat(section: str, dimension: str, counter: Counter[str]) -> None:
-        rows.extend((section, dimension, k, "", v) for k, v in sorted(counter.items()))
+        rows.extend((section, dimension, k, "", v, "") for k, v in sorted(counter.items()))
 
     flat("admission", "result", data.decisions)
     for day, c in sorted(data.decisions_by_day.items()):
-        rows.extend(("admission", "result_by_day", day, k, v) for k, v in sorted(c.items()))
+        rows.extend(("admission", "result_by_day", day, k, v, "") for k, v in sorted(c.items()))
     flat("admission", "denials_by_check", data.denials_by_check)
     flat("admission", "denials_by_namespace", data.denials_by_namespace)
     flat("admission", "denials_by_user", data.denials_by_user)
     flat("admission", "denials_by_workload", data.violating_workloads)
     flat("admission", "would_have_denied_by_check", data.would_deny)
     for registry, c in sorted(data.images_by_registry.items()):
-        rows.extend(("images", "outcome_by_registry", registry, k, v) for k, v in sorted(c.items()))
+        rows.extend(("images", "outcome_by_registry", registry, k, v, "") for k, v in sorted(c.items()))
     for day, usage in sorted(data.gpu_by_day.items()):
         for scope, (used, limit) in sorted(usage.items()):
-            rows.append(("gpu", "used_by_day", day, scope, used))
-            rows.append(("gpu", "limit_by_day", day, scope, limit))
+            rows.append(("gpu", "used_by_day", day, scope, used, ""))
+            rows.append(("gpu", "limit_by_day", day, scope, limit, ""))
     flat("runtime", "alerts_by_priority", data.alerts_by_priority)
     flat("runtime", "alerts_by_rule", data.alerts_by_rule)
     for day, c in sorted(data.alerts_by_day.items()):
-        rows.extend(("runtime", "alerts_by_day", day, k, v) for k, v in sorted(c.items()))
+        rows.extend(("runtime", "alerts_by_day", day, k, v, "") for k, v in sorted(c.items()))
     flat("runtime", "alerts_by_node", data.alerts_by_node)
     flat("runtime", "alerts_by_namespace", data.alerts_by_namespace)
     flat("runtime", "alerts_by_pod", data.alerts_by_pod)
     flat("runtime", "alerts_by_image", data.alerts_by_image)
-    writer.writerows(rows)
+    for dimension, items in (("denial", data.denials), ("exemption", data.exemptions), ("alert", data.alerts)):
+        rows.extend(("evidence", dimension, f"{e.log}#{e.index}", e.time, 1, _detail_text(e)) for e in items)
+    writer.writerows([csv_cell(c) for c in row] for row in rows)
     return out.getvalue()
+
+
+def _detail_text(e: Evidence) -> str:
+    """One line: the summary, why it was denied, and which admission let an alerting pod in."""
+    parts = [e.summary]
+    if e.detail.get("reasons"):
+        parts.append("denied: " + "; ".join(e.detail["reasons"]))
+    admission = e.detail.get("admission")
+    if admission:
+        parts.append(f"admitted by {admission['log']}#{admission['index']} at {admission.get('time', '?')}")
+    return " | ".join(parts)
 
 
 # --- Markdown ---------------------------------------------------------------------------------------
@@ -132,7 +163,7 @@ def to_csv(data: ReportData) -> str:
 def _md_table(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
     headers = list(headers)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_md_text(str(c)) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -164,8 +195,16 @@ def to_markdown(data: ReportData) -> str:
     parts += ["", _md_table(["rule", "alerts"], top(data.alerts_by_rule, 50))]
     parts += ["", "## Evidence", ""]
     for e in data.denials[:50] + data.alerts[:50]:
-        parts.append(f"- `{e.time}` {e.summary} — `{e.prove_command()}`")
+        parts.append(f"- `{e.time}` {_md_text(_detail_text(e))} — `{e.prove_command()}`")
     return "\n".join(parts) + "\n"
+
+
+def _md_text(text: str) -> str:
+    """Record text inside Markdown: no markup, links or HTML of its own."""
+    out = text.replace("\\", "\\\\").replace("\n", " ").replace("\r", " ")
+    for ch in "`*_[]<>|#!":
+        out = out.replace(ch, "\\" + ch)
+    return out
 
 
 def _tri(value: bool | None) -> str:
@@ -223,12 +262,15 @@ def _evidence_rows(items: list[Evidence]) -> list[tuple[Any, ...]]:
     rows = []
     for e in items:
         extra = ""
+        if e.detail.get("reasons"):
+            reasons = "".join(f"<li>{_e(r)}</li>" for r in e.detail["reasons"])
+            extra += f'<ul class="reasons">{reasons}</ul>'
         admission = e.detail.get("admission")
         if admission:
             verified = {True: "verified", False: "NOT verified", None: "unknown"}[admission.get("verified")]
-            extra = (
-                f"<br><span class=muted>admitted at {_e(admission['log'])}#{admission['index']}: "
-                f"digest {_e(admission.get('digest') or '?')} ({verified})</span>"
+            extra += (
+                f"<br><span class=muted>admitted by {_e(admission['log'])}#{admission['index']} "
+                f"at {_e(admission.get('time', '?'))}: digest {_e(admission.get('digest') or '?')} ({verified})</span>"
             )
         proof = f'<code title="{_e(e.prove_command())}">audit prove --index {e.index}</code>'
         rows.append((e.time[:19].replace("T", " "), _Raw(_e(e.summary) + extra), _Raw(proof)))

@@ -1,39 +1,58 @@
 """The log directory on disk: staging batches into tile files, durable writes, recovery.
 
 Owned by ``log.AuditLog``'s writer task: ``stage`` runs on the event loop (cheap, in memory),
-``write`` runs in a worker thread (file I/O and fsync). ``recover`` rebuilds the right edge
-after a crash. Every file is written as temp + fsync + rename, so a file is whole or absent.
+``write`` runs in a worker thread (file I/O and fsync). ``recover`` (see ``recovery``) reopens
+after a crash. Checkpoint files are replaced atomically (temp + fsync + rename + fsync of the
+directory); tiles and bundles are new names written once, made durable before any record they
+hold is acknowledged or any checkpoint covers them.
 """
 
 from __future__ import annotations
 
+import bisect
 import fcntl
+import hashlib
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from webhook import errors, files
-from webhook.audit import merkle, tiles
+from webhook import files
+from webhook.audit import merkle, note, recovery, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH, TileId
 
 log = logging.getLogger("portcullis.audit")
-TILE_BYTES = TILE_WIDTH * merkle.HASH_SIZE
+HASH = merkle.HASH_SIZE
+_DIGEST = type(hashlib.sha256()).digest
+_LEAF_PREFIX = b"\x00".__add__  # RFC 9162 §2.1.1: leaf hash = SHA-256(0x00 ‖ entry)
+TILE_BYTES = TILE_WIDTH * HASH
 TMP_SUFFIX = files.TMP_SUFFIX
-write_atomic = files.write_atomic  # the log, its publisher and the witness write through the store
 
 
-class RecoveryError(errors.AuditFormatError):
-    """The log directory cannot be reopened safely (tampered with, or acknowledged data lost)."""
+RecoveryError = recovery.RecoveryError
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def write_atomic(path: Path, data: bytes, durable: bool, mode: int = 0o444) -> None:
+    """``files.write_atomic`` (temp + fsync + rename + fsync of the directory and of any directory
+    it created), read-only by default: after a power loss the file is whole, old or new, and its
+    name does not vanish."""
+    files.write_atomic(path, data, durable, mode)
+
+
+def _create(path: Path) -> int:
+    """A new tile or bundle file, read-only once closed. A name already taken can only be a
+    leftover above the newest checkpoint (recovery moved any such file aside)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    except PermissionError:  # a read-only leftover of an unacknowledged write (not as root)
+        path.unlink()
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+
+
+fsync_dir = files.fsync_dir
 
 
 @dataclass
@@ -45,92 +64,155 @@ class Batch:
 
 
 class TileStore:
-    """The right edge of the tree in memory plus the files under ``root``."""
+    """The right edge of the tree in memory plus the files under ``root``.
+
+    Appends make only entry bundles durable (what an acknowledgement promises); the tiles above
+    them are computed in memory, one whole tile at a time, and written by ``flush_tiles`` before
+    a checkpoint signs them. A crash in between loses no information: tiles are a function of the
+    entries, and reopening rebuilds those above the newest checkpoint.
+    """
 
     def __init__(self, root: Path, durable: bool = True) -> None:
         self.root = root
         self.durable = durable
         self.size = 0
-        self.border = merkle.CompactRange()
         self.counts: dict[int, int] = {}  # level -> stored hashes (or entries) so far
         self.edges: dict[int, bytearray] = {}  # level -> contents of its partial tile
         self._pool: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
+        self.floor: recovery.Floor | None = None  # the newest signed checkpoint at open
+        self.signed_sizes: list[int] = []  # sizes of signed checkpoints, ascending
+        self._unflushed: dict[TileId, bytes] = {}  # full tiles not yet written
+        self._flushed: dict[int, int] = {}  # level -> hash count of the last tiles written
+        self._dirs: set[Path] = set()  # directories known to exist
 
     # -- staging (event loop) -------------------------------------------------------------
 
     def stage(self, entries: list[bytes]) -> Batch:
-        """Add entries to the in-memory tree; return the files that make them durable."""
+        """Add entries to the in-memory tree; return the bundle files that make them durable."""
         batch = Batch()
-        touched: set[int] = set()
-        full: dict[TileId, bytes] = {}
-
-        def add(level: int, item: bytes) -> None:
-            edge = self.edges.setdefault(level, bytearray())
-            edge += item
-            n = self.counts.get(level, 0)
-            self.counts[level] = n + 1
-            touched.add(level)
-            if (n + 1) % TILE_WIDTH == 0:
-                tid = TileId(level, n // TILE_WIDTH)
-                full[tid] = bytes(edge)
+        edge = self.edges.setdefault(ENTRIES, bytearray())
+        n = self.counts.get(ENTRIES, 0)
+        i = 0
+        while i < len(entries):
+            chunk = entries[i : i + TILE_WIDTH - n % TILE_WIDTH]
+            edge += b"".join([len(e).to_bytes(2, "big") + e for e in chunk])
+            n += len(chunk)
+            i += len(chunk)
+            if n % TILE_WIDTH == 0:
+                tid = TileId(ENTRIES, n // TILE_WIDTH - 1)
+                batch.files.append((tid.path(), bytes(edge)))
+                batch.retired.append(tid)
                 edge.clear()
-
-        def on_node(height: int, index: int, h: bytes) -> None:
-            if height % tiles.TILE_HEIGHT == 0:
-                add(height // tiles.TILE_HEIGHT, h)
-
-        for entry in entries:
-            add(ENTRIES, len(entry).to_bytes(2, "big") + entry)
-            h = merkle.leaf_hash(entry)
-            add(0, h)
-            self.border.append(h, on_node)
+        if n % TILE_WIDTH:
+            batch.files.append((tiles.tile_path(ENTRIES, n // TILE_WIDTH, n % TILE_WIDTH), bytes(edge)))
+        self.counts[ENTRIES] = n
+        self._push(0, b"".join(map(_DIGEST, map(hashlib.sha256, map(_LEAF_PREFIX, entries)))))
         self.size += len(entries)
-        partial = {}
-        for level in touched:
-            edge = self.edges[level]
-            if edge:
-                n = self.counts[level]
-                partial[TileId(level, n // TILE_WIDTH, n % TILE_WIDTH)] = bytes(edge)
-        # Entries first, then tiles bottom-up: a crash leaves tiles behind entries, never ahead.
-        for tid in sorted([*full, *partial], key=lambda t: (t.level, t.index, t.partial)):
-            batch.files.append((tid.path(), full.get(tid) or partial[tid]))
-        batch.retired = sorted(full, key=lambda t: (t.level, t.index))
+        return batch
+
+    def _push(self, level: int, hashes: bytes) -> None:
+        """Append hashes to a level's edge; each tile they fill is kept and folded one up."""
+        edge = self.edges.setdefault(level, bytearray())
+        n = self.counts.get(level, 0)
+        pos, total = 0, len(hashes) // HASH
+        tops = []
+        while pos < total:
+            take = min(total - pos, TILE_WIDTH - n % TILE_WIDTH)
+            edge += hashes[pos * HASH : (pos + take) * HASH]
+            n += take
+            pos += take
+            if n % TILE_WIDTH == 0:
+                tile = bytes(edge)
+                self._unflushed[TileId(level, n // TILE_WIDTH - 1)] = tile
+                tops.append(tiles.fold(tile))
+                edge.clear()
+        self.counts[level] = n
+        if tops:
+            self._push(level + 1, b"".join(tops))
+
+    def root_hash(self) -> bytes:
+        """Root hash of the tree over every staged entry (RFC 9162 §2.1.1), from the edges."""
+        return merkle.CompactRange.from_nodes(self._edge_node, self.size).root()
+
+    def _edge_node(self, height: int, index: int) -> bytes:
+        level, k = divmod(height, tiles.TILE_HEIGHT)
+        first = (index << k) - (self.counts.get(level, 0) // TILE_WIDTH) * TILE_WIDTH
+        data = bytes(self.edges[level][first * HASH : (first + (1 << k)) * HASH])
+        return merkle.fold_complete([data[j : j + HASH] for j in range(0, len(data), HASH)])
+
+    def flush_tiles(self) -> Batch:
+        """The tiles not yet on disk for the current size: full ones filled since the last
+        flush, and each level's partial tile (the width a checkpoint of this size names)."""
+        batch = Batch()
+        for tid in sorted(self._unflushed, key=lambda t: (t.level, t.index)):
+            batch.files.append((tid.path(), self._unflushed[tid]))
+            batch.retired.append(tid)
+        self._unflushed = {}
+        for level, n in sorted(self.counts.items()):
+            if level >= 0 and n % TILE_WIDTH and self._flushed.get(level) != n:
+                batch.files.append((tiles.tile_path(level, n // TILE_WIDTH, n % TILE_WIDTH), bytes(self.edges[level])))
+            self._flushed[level] = n
         return batch
 
     # -- durable write (worker thread) ----------------------------------------------------
 
     def write(self, batch: Batch) -> None:
-        """Make a batch durable: temp files, fsync them in parallel, rename, fsync directories.
-
-        Parallel fsyncs let the filesystem fold them into one journal commit, so a commit
-        costs about two journal flushes however many tiles it touches.
+        """Make a batch durable: write each file under its final (new) name, then fsync the
+        files and their directories together, so the filesystem folds them into one journal
+        commit. Nothing is acknowledged before this returns; a crash before that can leave a
+        torn file, which is above every checkpoint and is quarantined on reopen.
         """
-        staged: list[tuple[Path, Path, int]] = []
+        fds: list[int] = []
         dirs: set[Path] = set()
         try:
             for rel, data in batch.files:
                 path = self.root / rel
-                if not path.parent.is_dir():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    dirs.update(p for p in path.parents if p == self.root or self.root in p.parents)
+                if path.parent not in self._dirs:
+                    if not path.parent.is_dir():
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        dirs.update(p for p in path.parents if p == self.root or self.root in p.parents)
+                    self._dirs.add(path.parent)
                 dirs.add(path.parent)
-                tmp = path.with_name(path.name + TMP_SUFFIX)
-                fd = files.open_temp(tmp, 0o444)
-                staged.append((tmp, path, fd))
+                fd = _create(path)
+                fds.append(fd)
                 files.write_all(fd, data)
             if self.durable:
-                list(self._executor().map(os.fsync, [fd for _, _, fd in staged]))
+                dfds = [os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in sorted(dirs)]
+                try:
+                    self._each(os.fsync, fds + dfds)
+                finally:
+                    for fd in dfds:
+                        os.close(fd)
         finally:
-            for _, _, fd in staged:
+            for fd in fds:
                 os.close(fd)
-        for tmp, path, _ in staged:  # entries first, then tiles bottom-up (see stage)
-            os.replace(tmp, path)
-        if self.durable:
-            list(self._executor().map(fsync_dir, sorted(dirs)))
-        # Partials of a tile that is now full are no longer needed (tlog-tiles §Partial Tiles).
-        for tid in batch.retired:
-            _remove_partials(self.root / tid.path())
+
+    def retire(self, retired: list[TileId]) -> None:
+        """Remove partials of tiles now full and durable (tlog-tiles §Partial Tiles) except
+        those a checkpoint named: they stay, as every file a checkpoint covers. Called once
+        every earlier write has completed, so no partial of these tiles is still being made."""
+        for tid in retired:
+            _remove_partials(self.root / tid.path(), self._signed_widths(tid))
+
+    def _signed_widths(self, tid: TileId) -> set[int]:
+        span = TILE_WIDTH ** (tid.level + 1 if tid.level >= 0 else 1)
+        first, last = tid.index * span, (tid.index + 1) * span
+        lo = bisect.bisect_left(self.signed_sizes, first)
+        hi = bisect.bisect_left(self.signed_sizes, last)
+        step = span // TILE_WIDTH
+        return {(s - first) // step for s in self.signed_sizes[lo:hi]}
+
+    def _each(self, fn: Callable[[Any], None], items: list[Any]) -> None:
+        """fsync several at once, so one journal commit serves them all: the rest on the pool,
+        the first right here (one thread hand-off fewer, under the GIL that counts)."""
+        if len(items) == 1:
+            fn(items[0])
+            return
+        others = [self._executor().submit(fn, item) for item in items[1:]]
+        fn(items[0])
+        for f in others:
+            f.result()
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -158,58 +240,50 @@ class TileStore:
     # -- recovery ---------------------------------------------------------------------------
 
     @classmethod
-    def recover(cls, root: Path, durable: bool = True) -> TileStore:
-        """Open a log directory, truncate a torn tail (with a warning) and rebuild the edge."""
+    def recover(cls, root: Path, durable: bool = True, verifier: note.Verifier | None = None) -> TileStore:
+        """Open a log directory after a crash; raises ``RecoveryError`` (changing nothing) if
+        anything a signed checkpoint covers is missing or altered (see ``recovery``)."""
         store = cls(root, durable)
         root.mkdir(parents=True, exist_ok=True)
         store._lock()
         try:
-            _remove_temp_files(root)
-            size, bundle = _entries_size(root)
-            store.size = size
-            store._repair(size, bundle)
-            reader = tiles.TileReader(root, size)
-            store.border = merkle.CompactRange.from_nodes(reader.node, size)
+            floor, damage, sizes = recovery.load_floor(root, verifier)
+            plan = recovery.inspect(root, floor)
+            plan.damage[:0] = damage
+            plan.signed_sizes = sizes
+            if plan.damage:
+                raise recovery.refuse(root, plan)
+            store._apply(plan)
         except BaseException:
             store.close()
             raise
         return store
 
-    def _repair(self, size: int, bundle: bytes) -> None:
-        self.counts[ENTRIES] = size
-        self.edges[ENTRIES] = bytearray(bundle)
-        _drop_beyond(self.root, ENTRIES, size)
-        level, count = 0, size
+    def _apply(self, plan: recovery.Plan) -> None:
+        """Make the safe changes ``inspect`` planned: quarantine the torn tail, rebuild tiles
+        missing above the floor, restore the checkpoint files; then rebuild the edge."""
+        root = self.root
+        self.floor = plan.floor
+        self.signed_sizes = plan.signed_sizes
+        recovery.quarantine(root, plan.quarantine, self.durable)
+        self.size = plan.size
+        self.counts[ENTRIES] = plan.size
+        self.edges[ENTRIES] = bytearray(plan.bundle)
+        for tid in sorted(plan.rebuild, key=lambda t: (t.level, t.index)):
+            log.warning("audit log %s: rebuilding missing tile %s above the signed checkpoint", root, tid.path())
+            write_atomic(root / tid.path(), self._hashes(tid.level, tid.index, tid.width), self.durable)
+        for rel, data in plan.restore:
+            log.warning("audit log %s: restoring %s from the newest signed checkpoint", root, rel)
+            write_atomic(root / rel, data, self.durable, 0o644)
+        level, count = 0, plan.size
         while True:
-            self.counts[level] = count
-            _drop_beyond(self.root, level, count)
+            self.counts[level] = self._flushed[level] = count
             if count == 0:
                 break
-            self._repair_level(level, count)
+            nfull, width = divmod(count, TILE_WIDTH)
+            self.edges[level] = bytearray(self._hashes(level, nfull, width) if width else b"")
             level += 1
             count //= TILE_WIDTH
-
-    def _repair_level(self, level: int, count: int) -> None:
-        """Recreate missing full tiles at the right edge and check/recreate the partial tile."""
-        nfull, width = divmod(count, TILE_WIDTH)
-        index = nfull - 1
-        while index >= 0 and not (self.root / tiles.tile_path(level, index)).exists():
-            log.warning("audit log %s: rebuilding missing tile %s", self.root, tiles.tile_path(level, index))
-            files.write_atomic(
-                self.root / tiles.tile_path(level, index), self._hashes(level, index, TILE_WIDTH), True, 0o444
-            )
-            index -= 1
-        edge = self._hashes(level, nfull, width) if width else b""
-        self.edges[level] = bytearray(edge)
-        if not width:
-            return
-        rel = tiles.tile_path(level, nfull, width)
-        path = self.root / rel
-        if not path.exists():
-            log.warning("audit log %s: rebuilding missing tile %s", self.root, rel)
-            files.write_atomic(path, edge, True, 0o444)
-        elif path.read_bytes() != edge:
-            raise RecoveryError(f"{path}: does not match the entries below it; run 'portcullis audit verify'")
 
     def _hashes(self, level: int, index: int, width: int) -> bytes:
         """Level-``level`` hashes of tile ``index`` (``width`` of them), from the level below."""
@@ -225,38 +299,15 @@ class TileStore:
         return b"".join(out)
 
 
-def _remove_partials(full_path: Path) -> None:
+def _remove_partials(full_path: Path, keep: set[int]) -> None:
+    """Retire unsigned partials of a full tile (only those whose bytes are its prefix)."""
     pdir = full_path.with_name(full_path.name + ".p")
-    if pdir.is_dir():
-        for p in pdir.iterdir():
+    if not pdir.is_dir():
+        return
+    full = full_path.read_bytes()
+    for p in pdir.iterdir():
+        if p.name.isdigit() and int(p.name) not in keep and full.startswith(p.read_bytes()):
             p.unlink()
-        pdir.rmdir()
-
-
-def _remove_temp_files(root: Path) -> None:
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            if name.endswith(TMP_SUFFIX):
-                log.warning("audit log %s: removing unfinished write %s", root, Path(dirpath, name))
-                Path(dirpath, name).unlink()
-
-
-def _count_full(root: Path, level: int) -> int:
-    """Number of consecutive full tiles from index 0 (exponential then binary search)."""
-
-    def has(i: int) -> bool:
-        return (root / tiles.tile_path(level, i)).exists()
-
-    if not has(0):
-        return 0
-    hi = 1
-    while has(hi):
-        hi *= 2
-    lo = hi // 2  # has(lo) and not has(hi)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if has(mid) else (lo, mid)
-    return hi
 
 
 def _partial_widths(root: Path, level: int, index: int) -> list[int]:
@@ -264,35 +315,3 @@ def _partial_widths(root: Path, level: int, index: int) -> list[int]:
     if not pdir.is_dir():
         return []
     return sorted((int(p.name) for p in pdir.iterdir() if p.name.isdigit()), reverse=True)
-
-
-def _entries_size(root: Path) -> tuple[int, bytes]:
-    """Entries durably present: full bundles plus the widest partial bundle that decodes."""
-    nfull = _count_full(root, ENTRIES)
-    for width in _partial_widths(root, ENTRIES, nfull):
-        path = root / tiles.tile_path(ENTRIES, nfull, width)
-        data = path.read_bytes()
-        try:
-            if len(tiles.decode_bundle(data)) == width:
-                return nfull * TILE_WIDTH + width, data
-        except tiles.TileFormatError:
-            pass
-        log.warning("audit log %s: torn entry bundle %s truncated away", root, path)
-        path.unlink()
-    return nfull * TILE_WIDTH, b""
-
-
-def _drop_beyond(root: Path, level: int, count: int) -> None:
-    """Delete tiles of a level that lie beyond ``count`` hashes: an unacknowledged torn tail."""
-    nfull, width = divmod(count, TILE_WIDTH)
-    base = root / "tile" / ("entries" if level == ENTRIES else str(level))
-    for dirpath, _, names in os.walk(base):
-        for name in names:
-            path = Path(dirpath, name)
-            tid = tiles.parse_tile_path(path.relative_to(root).as_posix())
-            if tid is None or tid.level != level:
-                continue
-            beyond = tid.index > nfull or (tid.index == nfull and (not tid.partial or tid.width > width))
-            if beyond:
-                log.warning("audit log %s: dropping torn tail %s", root, tid.path())
-                path.unlink()

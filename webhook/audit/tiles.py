@@ -6,7 +6,10 @@ Every path here is relative to the log directory and uses '/' separators, as the
 
 from __future__ import annotations
 
+import hashlib
+import operator
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,20 +109,81 @@ def encode_bundle_entry(entry: bytes) -> bytes:
     return len(entry).to_bytes(2, "big") + entry
 
 
-def decode_bundle(data: bytes) -> list[bytes]:
-    """Split an entry bundle into entries; raises ``TileFormatError`` at the first bad byte."""
-    out: list[bytes] = []
+def decode_spans(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of each entry of a bundle; raises ``TileFormatError`` at the first bad byte."""
+    spans: list[tuple[int, int]] = []
     pos, end = 0, len(data)
     while pos < end:
         if pos + 2 > end:
-            raise TileFormatError(f"truncated length prefix of entry {len(out)}", pos, len(out))
-        n = int.from_bytes(data[pos : pos + 2], "big")
+            raise TileFormatError(f"truncated length prefix of entry {len(spans)}", pos, len(spans))
+        n = data[pos] << 8 | data[pos + 1]
         if pos + 2 + n > end:
-            msg = f"entry {len(out)} claims {n} bytes but only {end - pos - 2} remain"
-            raise TileFormatError(msg, pos, len(out))
-        out.append(data[pos + 2 : pos + 2 + n])
+            msg = f"entry {len(spans)} claims {n} bytes but only {end - pos - 2} remain"
+            raise TileFormatError(msg, pos, len(spans))
+        spans.append((pos + 2, n))
         pos += 2 + n
-    return out
+    return spans
+
+
+def decode_bundle(data: bytes) -> list[bytes]:
+    """Split an entry bundle into entries; raises ``TileFormatError`` at the first bad byte."""
+    return [data[p : p + n] for p, n in decode_spans(data)]
+
+
+_DIGEST = type(hashlib.sha256()).digest
+_NODE_PREFIX = b"\x01".__add__
+_FIRST = operator.itemgetter(0)
+
+
+def leaf_hashes(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """RFC 9162 leaf hashes SHA-256(0x00 ‖ entry) of a bundle's entries, concatenated.
+
+    Each entry's length prefix is overwritten with 0x00 in a copy of the bundle, so every
+    leaf is hashed straight from that buffer, with no per-entry copy or concatenation.
+    """
+    buf = bytearray(data)
+    view = memoryview(buf)
+    sha = hashlib.sha256
+    out = []
+    for p, n in spans:
+        buf[p - 1] = 0
+        out.append(sha(view[p - 1 : p + n]).digest())
+    return b"".join(out)
+
+
+def scan_bundle(data: bytes) -> tuple[list[tuple[int, int]], bytes]:
+    """``decode_spans`` and ``leaf_hashes`` in one pass (verify's hot loop); raises
+    ``TileFormatError`` at the first bad byte."""
+    buf = bytearray(data)
+    view = memoryview(buf)
+    sha = hashlib.sha256
+    spans: list[tuple[int, int]] = []
+    out = []
+    pos, end = 0, len(data)
+    while pos < end:
+        if pos + 2 > end:
+            raise TileFormatError(f"truncated length prefix of entry {len(spans)}", pos, len(spans))
+        n = data[pos] << 8 | data[pos + 1]
+        stop = pos + 2 + n
+        if stop > end:
+            msg = f"entry {len(spans)} claims {n} bytes but only {end - pos - 2} remain"
+            raise TileFormatError(msg, pos, len(spans))
+        spans.append((pos + 2, n))
+        buf[pos + 1] = 0
+        out.append(sha(view[pos + 1 : stop]).digest())
+        pos = stop
+    return spans, b"".join(out)
+
+
+def fold(tile: bytes) -> bytes:
+    """Root of the complete subtree over a full tile's hashes (a power of two of them):
+    rounds of pairwise node hashes SHA-256(0x01 ‖ left ‖ right), RFC 9162 §2.1.1, each
+    round one chain of C-level ``map`` calls over the 64-byte pairs."""
+    data = tile
+    while len(data) > merkle.HASH_SIZE:
+        pairs = map(_FIRST, struct.iter_unpack("64s", data))
+        data = b"".join(map(_DIGEST, map(hashlib.sha256, map(_NODE_PREFIX, pairs))))
+    return data
 
 
 class TileReader:

@@ -7,7 +7,6 @@ bad place".
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webhook import errors
-from webhook.audit import merkle, note, publish, records, tiles
+from webhook.audit import freshness, merkle, note, publish, records, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
 CHECKPOINT = "checkpoint"
 HISTORY = "checkpoints"
+QUARANTINE = "quarantine"
 _NOWHERE = 1 << 64  # a problem not tied to one leaf sorts after every located one
 
 
@@ -28,9 +28,11 @@ class Problem:
     position: int  # first leaf index affected (or _NOWHERE)
     message: str
     span: int = 1  # leaves it may concern: 1 is exact; wider ones rank after exact ones inside them
+    derived: int = 1  # 0 for entry bundles: at the same place, tiles (derived from them) rank after
+    record: bool = False  # about records or checkpoints themselves: never a crash artefact
 
-    def rank(self) -> tuple[int, int, str]:
-        return (self.position + self.span - 1, self.span, self.message)
+    def rank(self) -> tuple[int, int, int, str]:
+        return (self.position + self.span - 1, self.span, self.derived, self.message)
 
 
 @dataclass
@@ -44,13 +46,30 @@ class Result:
     cosigners: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    anchors: list[freshness.Anchor] = field(default_factory=list)
+
+    @property
+    def anchored(self) -> bool:
+        """Whether something outside the directory vouches for the log's size (freshness)."""
+        return bool(self.anchors)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, position: int, message: str, span: int = 1) -> None:
-        self.problems.append(Problem(position, message, span))
+    def add(self, position: int, message: str, span: int = 1, derived: int = 1, record: bool = False) -> None:
+        self.problems.append(Problem(position, message, span, derived, record))
+
+    def settle_unsigned_tail(self, signed: int) -> None:
+        """Missing, torn or extra files wholly above the newest signed checkpoint are what a
+        crash mid-append leaves (the writer quarantines or rebuilds them on open): warnings."""
+        keep = []
+        for p in self.problems:
+            if p.position != _NOWHERE and p.position + p.span > signed and not p.record:
+                self.warnings.append(f"above the newest checkpoint (size {signed}), unsigned: {p.message}")
+            else:
+                keep.append(p)
+        self.problems = keep
 
     def ordered(self) -> list[Problem]:
         return sorted(self.problems, key=Problem.rank)
@@ -65,7 +84,11 @@ class _Files:
     def __init__(self, root: Path, result: Result) -> None:
         self.tiles: dict[tuple[int, int], dict[int, Path]] = defaultdict(dict)
         self.history: dict[int, Path] = {}
-        for dirpath, _, names in os.walk(root):
+        for dirpath, dirnames, names in os.walk(root):
+            if Path(dirpath) == root and QUARANTINE in dirnames:
+                dirnames.remove(QUARANTINE)  # a torn tail cut on reopen: kept, not part of the tree
+                kept = sum(len(f) for _, _, f in os.walk(root / QUARANTINE))
+                result.warnings.append(f"{QUARANTINE}/: {kept} file(s) cut from torn tails on reopen (not verified)")
             for name in names:
                 path = Path(dirpath, name)
                 rel = path.relative_to(root).as_posix()
@@ -96,22 +119,24 @@ class _TreeCheck:
     def root_of(self, size: int) -> bytes | None:
         return merkle.EMPTY_ROOT if size == 0 else self.roots.get(size)
 
-    def leaves(self, hashes: list[bytes]) -> None:
-        """Leaf hashes of one bundle; a whole aligned tile is checked and folded in one go."""
+    def leaves(self, hashes: bytes) -> None:
+        """Leaf hashes of one bundle (concatenated); a whole aligned tile is checked and
+        folded in one go."""
         start = self.border.size
-        if len(hashes) != TILE_WIDTH or start % TILE_WIDTH:
-            for h in hashes:
-                self.leaf(h)
+        count = len(hashes) // 32
+        if count != TILE_WIDTH or start % TILE_WIDTH:
+            for j in range(0, len(hashes), 32):
+                self.leaf(hashes[j : j + 32])
             return
         for size in self.sizes:
             if start < size < start + TILE_WIDTH:  # a checkpoint inside this tile
                 part = self.border.copy()
-                for h in hashes[: size - start]:
-                    part.append(h)
+                for j in range(0, (size - start) * 32, 32):
+                    part.append(hashes[j : j + 32])
                 self.roots[size] = part.root()
         self.counts[0] += TILE_WIDTH
-        self._compare(0, start // TILE_WIDTH, b"".join(hashes), full=True)
-        top = merkle.fold_complete(hashes)
+        self._compare(0, start // TILE_WIDTH, hashes, full=True)
+        top = tiles.fold(hashes)
         self._push(1, top)
         self.border.append_node(tiles.TILE_HEIGHT, top, self._on_node)
         if self.border.size in self.sizes:
@@ -138,7 +163,13 @@ class _TreeCheck:
     def finish(self) -> None:
         for level, buf in list(self.bufs.items()):
             if buf:
-                self._compare(level, self.counts[level] // TILE_WIDTH, bytes(buf), full=False)
+                index, width = divmod(self.counts[level], TILE_WIDTH)
+                stored = self.files.tiles.get((level, index), {})
+                if not {width, TILE_WIDTH} & set(stored):
+                    rel = tiles.tile_path(level, index, width)
+                    served = max((w for w in stored if w < width), default=0)  # hashes still served
+                    self._problem(level, index, served, f"{rel}: missing (the right edge of the tree)")
+                self._compare(level, index, bytes(buf), full=False)
         levels = {lvl for lvl, _ in self.files.tiles if lvl >= 0}
         for level in sorted(levels):
             done = self.counts.get(level, 0) // TILE_WIDTH + (1 if self.counts.get(level, 0) % TILE_WIDTH else 0)
@@ -149,22 +180,26 @@ class _TreeCheck:
 
     def _compare(self, level: int, index: int, data: bytes, full: bool) -> None:
         stored = self.files.tiles.get((level, index), {})
+        if len(stored) == 1 and full:  # the common case: one full tile
+            path = stored.get(TILE_WIDTH)
+            if path is not None and path.read_bytes() == data:
+                return
+        got = {w: p.read_bytes() for w, p in stored.items() if w * 32 <= len(data)}
+        # Hashes still served by a whole, matching file: a torn (short) file loses only beyond them.
+        served = max((w for w, g in got.items() if g == data[: w * 32]), default=0)
         if full and TILE_WIDTH not in stored:
-            self._problem(level, index, 0, f"{tiles.tile_path(level, index)}: full tile missing")
+            self._problem(level, index, served, f"{tiles.tile_path(level, index)}: full tile missing")
         for width, path in sorted(stored.items()):
-            want = data[: width * 32]
             if width * 32 > len(data):
                 self._problem(level, index, len(data) // 32, f"{self._rel(path)}: wider than the log's entries")
                 continue
-            got = path.read_bytes()
-            if got != want:
-                j = next(
-                    (i for i in range(width) if got[i * 32 : i * 32 + 32] != want[i * 32 : i * 32 + 32]),
-                    width,
-                )
-                if len(got) != len(want):
-                    j = min(j, len(got) // 32)
-                self._problem(level, index, j, f"{self._rel(path)}: hash {j} does not match the entries")
+            want, have = data[: width * 32], got[width]
+            if have == want:
+                continue
+            j = next((i for i in range(len(have) // 32) if _differs(have, want, i)), None)
+            if j is None:  # a prefix of what it should hold: torn by a crash, or truncated
+                j = max(len(have) // 32, served)
+            self._problem(level, index, j, f"{self._rel(path)}: hash {j} does not match the entries")
 
     def _problem(self, level: int, index: int, j: int, msg: str, whole_tile: bool = False) -> None:
         first = (index * TILE_WIDTH + j) * TILE_WIDTH**level
@@ -200,28 +235,55 @@ def verify(
     required: int = 0,
     check_records: bool = True,
     published: Sequence[Path] = (),
+    anchors: freshness.Anchors | None = None,
 ) -> Result:
     """Verify one log directory; never raises for tampering (it is in ``Result.problems``).
 
     ``published`` are directories the log copies its checkpoints to (``publish.py``): a copy
     larger than the log, or with another root, shows the whole log was truncated or rewritten.
+    ``anchors`` adds trusted checkpoints and a known size; ``Result.anchors`` says which held.
     """
+    anchors = anchors or freshness.Anchors()
+    published = [*published, *anchors.published]
     result = Result(root)
     if not root.is_dir():
         result.add(_NOWHERE, f"{root}: not a directory")
         return result
     files = _Files(root, result)
     checkpoints = _load_checkpoints(root, files, log_key, result)
-    checkpoints += _load_published(published, log_key, result)
+    external = [("published", *pc) for pc in _load_published(published, log_key, result)]
+    trusted, bad = freshness.load_trusted(anchors.trusted, log_key, result.origin)
+    for msg in bad:
+        result.add(_NOWHERE, msg)
+    external += [("trusted", *tc) for tc in trusted]
+    checkpoints += [(where, cp) for _, where, cp in external]
     tree = _TreeCheck(root, files, result, {cp.size for _, cp in checkpoints})
     _check_entries(root, files, tree, result, check_records)
     tree.finish()
     result.size = tree.border.size
     result.root = tree.border.root()
     _check_roots(checkpoints, tree, result)
+    if checkpoints:
+        result.settle_unsigned_tail(max(cp.size for _, cp in checkpoints))
     cosigners = [k for k in witness_keys if k.sig_type == note.SIG_COSIGNATURE_V1]  # never the log's key
-    _check_latest(root, cosigners, required, result)
+    cosigned = _check_latest(root, cosigners, required, result)
+    latest = _latest_size(root, result)
+    found, bad = freshness.assess(external, tree.root_of, result.size, latest, cosigned, anchors.min_size)
+    result.anchors = found
+    for msg in bad:
+        result.add(_NOWHERE, msg, record=True)
+    if anchors.require and not found:
+        result.add(_NOWHERE, freshness.UNANCHORED, record=True)
     return result
+
+
+def _latest_size(root: Path, result: Result) -> int | None:
+    """Size of the checkpoint the witnesses cosigned (``checkpoint`` itself), if it verified."""
+    try:
+        text = note.parse_note((root / CHECKPOINT).read_bytes(), CHECKPOINT).text
+        return note.parse_checkpoint(text).size
+    except (OSError, note.NoteError):
+        return result.checkpoint_size
 
 
 def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, check_records: bool) -> None:
@@ -231,37 +293,75 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         widths = files.tiles.get((ENTRIES, bundle), {})
         if not widths:
             break
-        best = max(widths)
-        data = widths[best].read_bytes()
-        rel = widths[best].relative_to(root).as_posix()
-        try:
-            entries = tiles.decode_bundle(data)
-        except tiles.TileFormatError as exc:
-            result.add(index + exc.count, f"{rel}: byte {exc.offset}: {exc}")
+        chosen = _widest_whole(root, widths, index, result)
+        if chosen is None:
             return
-        if len(entries) != best:
-            result.add(index + min(best, len(entries)), f"{rel}: holds {len(entries)} entries, name says {best}")
+        best, data, spans, hashes, rel = chosen
+        if best < TILE_WIDTH and any(b > bundle for b in bundles):
+            after = tiles.tile_path(ENTRIES, min(b for b in bundles if b > bundle))
+            msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing (only partial {rel} is left), yet {after} follows"
+            result.add(index + len(spans), msg, derived=0)
         for width, path in widths.items():
-            if width != best and not data.startswith(path.read_bytes()):
-                result.add(index, f"{path.relative_to(root).as_posix()}: not a prefix of {rel}")
+            if width != best:
+                _check_prefix(root, path, data, index, rel, result)
         if check_records:
-            offset = 0
-            for i, entry in enumerate(entries):
+            decode = records.decode_record
+            for i, (p, n) in enumerate(spans):
                 try:
-                    records.decode_record(entry)
+                    decode(data[p : p + n])
                 except records.RecordError as exc:
-                    result.add(index + i, f"entry {index + i} ({rel} byte {offset}): {exc}")
-                offset += 2 + len(entry)
-        tree.leaves([hashlib.sha256(b"\x00" + e).digest() for e in entries])
-        index += len(entries)
+                    result.add(index + i, f"entry {index + i} ({rel} byte {p - 2}): {exc}", record=True)
+        tree.leaves(hashes)
+        index += len(spans)
         if best < TILE_WIDTH:
             break
         bundle += 1
     later = [b for b in bundles if b > bundle]
-    if later:
-        what = "missing" if not files.tiles.get((ENTRIES, bundle)) else "partial"
-        msg = f"{tiles.tile_path(ENTRIES, bundle)}: {what}, yet {tiles.tile_path(ENTRIES, later[0])} follows"
-        result.add(index, msg)
+    if later and not files.tiles.get((ENTRIES, bundle)):
+        msg = f"{tiles.tile_path(ENTRIES, bundle)}: missing, yet {tiles.tile_path(ENTRIES, later[0])} follows"
+        result.add(index, msg, derived=0)
+
+
+def _widest_whole(
+    root: Path, widths: dict[int, Path], index: int, result: Result
+) -> tuple[int, bytes, list[tuple[int, int]], bytes, str] | None:
+    """The widest file of one bundle that holds exactly the entries its name says. Each wider
+    one that does not is a problem (torn or tampered), placed at its first entry no whole
+    file holds: a crash leaves such a file only above what was acknowledged."""
+    bad: list[tuple[int, str]] = []
+    chosen = None
+    for width in sorted(widths, reverse=True):
+        data = widths[width].read_bytes()
+        rel = widths[width].relative_to(root).as_posix()
+        try:
+            spans, hashes = tiles.scan_bundle(data)
+        except tiles.TileFormatError as exc:
+            bad.append((exc.count, f"{rel}: byte {exc.offset}: {exc}"))
+            continue
+        if len(spans) != width:
+            bad.append((min(width, len(spans)), f"{rel}: holds {len(spans)} entries, name says {width}"))
+            continue
+        chosen = width, data, spans, hashes, rel
+        break
+    held = chosen[0] if chosen else 0
+    for good, msg in bad:
+        result.add(index + max(good, held), msg, derived=0)
+    return chosen
+
+
+def _check_prefix(root: Path, path: Path, data: bytes, index: int, rel: str, result: Result) -> None:
+    """A narrower bundle of the same index must hold the first entries of the widest one."""
+    got = path.read_bytes()
+    if data.startswith(got):
+        return
+    entries = tiles.decode_bundle(data)
+    try:
+        mine = tiles.decode_bundle(got)
+    except tiles.TileFormatError:
+        mine = []
+    j = next((i for i, (a, b) in enumerate(zip(mine, entries, strict=False)) if a != b), len(mine))
+    msg = f"{path.relative_to(root).as_posix()}: entry {index + j} differs from {rel} (leaf {index + j})"
+    result.add(index + j, msg, derived=0)
 
 
 def _load_checkpoints(
@@ -328,17 +428,27 @@ def _check_roots(checkpoints: list[tuple[str, note.Checkpoint]], tree: _TreeChec
     for rel, cp in checkpoints:
         if cp.size > result.size:
             msg = f"{rel}: signed size {cp.size} but the log holds {result.size} entries (records removed)"
-            result.add(result.size, msg, cp.size - result.size)
+            result.add(result.size, msg, cp.size - result.size, record=True)
             continue
         if tree.root_of(cp.size) != cp.root:
             below = max((s for s in good if s < cp.size), default=0)
             msg = f"{rel}: root of size {cp.size} does not match; a record in {below}..{cp.size - 1} was altered"
-            result.add(below, msg, cp.size - below)
+            result.add(below, msg, cp.size - below, record=True)
         result.checkpoints_checked += 1
     if result.checkpoint_size is not None:
+        # A kept checkpoint newer than `checkpoint`: a crash between the two writes (or the
+        # file rolled back) while the log still holds every signed record. Nothing is lost,
+        # so it is a warning; the newest signed size is what the log is held to.
         latest = result.checkpoint_size
-        if any(cp.size > latest for _, cp in checkpoints):
-            result.add(_NOWHERE, f"{CHECKPOINT}: size {latest} is older than a kept checkpoint")
+        newer = max(
+            (cp for rel, cp in checkpoints if rel.startswith(HISTORY + "/")), key=lambda c: c.size, default=None
+        )
+        if newer is not None and newer.size > latest:
+            result.warnings.append(
+                f"{CHECKPOINT}: size {latest} is older than {HISTORY}/{newer.size}, which the log still "
+                "holds (an interrupted checkpoint write; the writer restores it on open)"
+            )
+            result.checkpoint_size = newer.size
 
 
 def _check_latest(
@@ -346,19 +456,22 @@ def _check_latest(
     witness_keys: list[note.Verifier],
     required: int,
     result: Result,
-) -> None:
+) -> dict[str, int]:
+    """Witness cosignatures on ``checkpoint`` (key -> cosignature time); k of n enforced."""
     if not required and not witness_keys:
-        return
+        return {}
     try:
         signed = note.parse_note((root / CHECKPOINT).read_bytes(), CHECKPOINT)
         ok = note.verified_by(signed, list(witness_keys))
     except (OSError, note.NoteError) as exc:
         result.add(_NOWHERE, f"{CHECKPOINT}: cosignatures: {exc}")
-        return
+        return {}
     result.cosigners = sorted(ok)
     need = required or len(witness_keys)
     if len(ok) < need:
         result.add(_NOWHERE, f"{CHECKPOINT}: {len(ok)} of {need} required witness cosignatures")
+        return {}
+    return ok
 
 
 def _differs(a: bytes, b: bytes, i: int) -> bool:
