@@ -64,6 +64,11 @@ class Outcome:
     pods: tuple[PodSpecRef, ...]
     context: Mapping[str, Any]
     checks_run: tuple[str, ...]
+    # Checks that could not finish (upstream down, deadline, internal error) and why: their
+    # failure mode decided instead (background scans report these as ``error``).
+    errors: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The namespace labels the checks judged with (recorded so a replay judges with the same).
+    namespace_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def result(self) -> str:
@@ -91,6 +96,9 @@ class Pipeline:
         self._io_checks = tuple(c for c in self.checks if getattr(c, "does_io", False) and c.id != "rego")
         self._inline_checks = tuple(c for c in self.checks if c not in self._io_checks and c.id != "rego")
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
+        # MINIMAL STAND-IN for issue 18 ("any kind"), which owns this: objects that carry no pod
+        # spec (ConfigMap, Service, ...) are judged by the Rego/Gatekeeper check alone.
+        self._any_kind_checks = frozenset(c.id for c in self._late_checks)
 
     def _components(self) -> list[object]:
         """What has a lifecycle: the namespace directory first (checks read it), then the checks."""
@@ -144,11 +152,14 @@ class Pipeline:
             return _skipped(f"subresource {subject.subresource!r} is not judged")
         if subject.operation not in _JUDGED_OPERATIONS:
             return _skipped(f"operation {subject.operation} is not judged")
-        if not workloads.carries_pod_spec(subject.kind):
+        any_kind = not workloads.carries_pod_spec(subject.kind)
+        if any_kind and not self._any_kind_checks:
             raise errors.ReviewError(
                 f"portcullis cannot find pod specs in kind {subject.kind!r}; "
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
+        if any_kind:  # only the checks that judge any kind (Rego/Gatekeeper) see it
+            only = self._any_kind_checks if only is None else only & self._any_kind_checks
         pods = workloads.pod_specs(subject.object, subject.kind)
         if subject.operation == "UPDATE" and subject.old_object is not None:
             old_pods = workloads.pod_specs(subject.old_object, subject.kind)
@@ -181,31 +192,36 @@ class Pipeline:
             for c in self.checks
             if c.id not in exempt and modes[c.id] is not Mode.OFF and (only is None or c.id in only)
         ]
-        results = await self._run(active, pods, ctx)
+        failed: dict[str, str] = {}
+        results = await self._run(active, pods, ctx, failed)
         verdict = combine(results, modes)
         if unavailable:
             note = f"[portcullis] {unavailable}; judged with the config's default labels"
             verdict = dataclasses.replace(verdict, warnings=(note, *verdict.warnings))
         if reason:
             verdict = _with_exempt_reason(verdict, reason)
-        return Outcome(verdict, tuple(pods), ctx.shared, tuple(results))
+        return Outcome(verdict, tuple(pods), ctx.shared, tuple(results), failed, dict(labels))
 
     async def _run(
-        self, active: Sequence[Check], pods: Sequence[PodSpecRef], ctx: RequestContext
+        self, active: Sequence[Check], pods: Sequence[PodSpecRef], ctx: RequestContext, failed: dict[str, str]
     ) -> dict[str, CheckResult]:
         results: dict[str, CheckResult] = {}
-        tasks = {c.id: asyncio.ensure_future(self._guarded(c, pods, ctx)) for c in self._io_checks if c in active}
+        tasks = {
+            c.id: asyncio.ensure_future(self._guarded(c, pods, ctx, failed)) for c in self._io_checks if c in active
+        }
         for check in self._inline_checks:
             if check in active:
-                results[check.id] = await self._guarded(check, pods, ctx)
+                results[check.id] = await self._guarded(check, pods, ctx, failed)
         for check_id, task in tasks.items():
             results[check_id] = await task
         for check in self._late_checks:
             if check in active:
-                results[check.id] = await self._guarded(check, pods, ctx)
+                results[check.id] = await self._guarded(check, pods, ctx, failed)
         return {c.id: results[c.id] for c in self.checks if c.id in results}  # stable report order
 
-    async def _guarded(self, check: Check, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
+    async def _guarded(
+        self, check: Check, pods: Sequence[PodSpecRef], ctx: RequestContext, failed: dict[str, str]
+    ) -> CheckResult:
         """Run one check; an outside failure or the deadline becomes its failure mode."""
         try:
             if getattr(check, "does_io", False):
@@ -215,6 +231,7 @@ class Pipeline:
             else:
                 result = await check.run(pods, ctx)
         except errors.UpstreamError as exc:
+            failed[check.id] = str(exc)
             return self._failure(check, str(exc))
         except errors.ReviewError:
             raise
@@ -224,6 +241,7 @@ class Pipeline:
             return CheckResult(violations=[Violation(check.id, f"cannot judge the pod: {exc}")])
         except Exception as exc:  # a bug in one check must not crash the webhook or allow silently
             log.exception("check %s failed unexpectedly", check.id)
+            failed[check.id] = f"internal error: {type(exc).__name__}: {exc}"
             return self._failure(check, f"internal error: {type(exc).__name__}: {exc}")
         if result.context:
             ctx.shared[check.id] = result.context
