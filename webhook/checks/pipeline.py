@@ -19,7 +19,7 @@ from webhook.checks.base import Check
 from webhook.config import Config
 from webhook.core import workloads
 from webhook.core.deadline import Deadline
-from webhook.core.decision import CheckResult, FailureMode, Mode, Verdict, Violation, combine
+from webhook.core.decision import CheckResult, FailureMode, Finding, Mode, Verdict, Violation, combine
 from webhook.core.request import RequestContext
 from webhook.core.workloads import PodSpecRef
 
@@ -69,6 +69,8 @@ class Outcome:
     errors: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # The namespace labels the checks judged with (recorded so a replay judges with the same).
     namespace_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Each check's findings (a finding's ``violation.check`` may name a sub-rule, e.g. "pss:privileged").
+    findings_by_check: Mapping[str, tuple[Finding, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def result(self) -> str:
@@ -200,7 +202,9 @@ class Pipeline:
             verdict = dataclasses.replace(verdict, warnings=(note, *verdict.warnings))
         if reason:
             verdict = _with_exempt_reason(verdict, reason)
-        return Outcome(verdict, tuple(pods), ctx.shared, tuple(results), failed, dict(labels))
+        return Outcome(
+            verdict, tuple(pods), ctx.shared, tuple(results), failed, dict(labels), _by_check(results, verdict)
+        )
 
     async def _run(
         self, active: Sequence[Check], pods: Sequence[PodSpecRef], ctx: RequestContext, failed: dict[str, str]
@@ -275,6 +279,14 @@ class Pipeline:
             exempt |= checks
             reasons.append(rule.reason or f"exempted from {', '.join(sorted(checks))}")
         return exempt, "; ".join(reasons)
+
+
+def _by_check(results: Mapping[str, CheckResult], verdict: Verdict) -> dict[str, tuple[Finding, ...]]:
+    owner = {id(v): check_id for check_id, result in results.items() for v in result.violations}
+    out: dict[str, list[Finding]] = {}
+    for finding in verdict.findings:
+        out.setdefault(owner.get(id(finding.violation), finding.violation.check), []).append(finding)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _text(value: Any) -> str | None:
