@@ -3,8 +3,12 @@
 One record per judged review: who asked for what, the verdict, every finding with its mode, and
 what the checks learnt (image digests and verdicts, GPU usage). Records are bounded: an entry of
 a C2SP tile log holds at most 64 KiB, so oversize parts are cut with a marker, never dropped
-silently. Whether the webhook waits for durability, and what happens when the log fails, is set
-by ``audit.wait_durable`` and ``audit.failure_mode``.
+silently. The record also keeps what a replay needs to judge the request again
+(``portcullis replay``): the object and old object (secrets redacted, see ``redact``), inline
+when small, else their SHA-256 with the canonical JSON in the object store beside the log, plus
+the user's groups and the namespace labels the checks saw. Whether the webhook waits for
+durability, and what happens when the log fails, is set by ``audit.wait_durable`` and
+``audit.failure_mode``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from webhook.admission import redact
 from webhook.admission.review import ReviewRequest
+from webhook.audit import objects as object_store
+from webhook.audit import records
 from webhook.checks.pipeline import Outcome
 from webhook.core import workloads
 
@@ -24,6 +31,8 @@ log = logging.getLogger("portcullis.audit")
 _MAX_FINDINGS = 100
 _MAX_TEXT = 1000
 _MAX_CONTEXT_BYTES = 16 * 1024
+# Canonical JSON bytes of an object kept inline in the record; larger ones go to the object store.
+INLINE_OBJECT_BYTES = 16 * 1024
 
 
 class AppendOnlyLog(Protocol):
@@ -35,7 +44,13 @@ class AuditUnavailable(Exception):
 
 
 def decision_record(endpoint: str, request: ReviewRequest, outcome: Outcome) -> dict[str, Any]:
-    """The record's content: stable keys, bounded size."""
+    """The record's content: stable keys, bounded size (objects too large to inline are only hashed;
+    ``record_with_objects`` also returns their bytes for the store)."""
+    return record_with_objects(endpoint, request, outcome)[0]
+
+
+def record_with_objects(endpoint: str, request: ReviewRequest, outcome: Outcome) -> tuple[dict[str, Any], list[bytes]]:
+    """The record's content and the canonical bytes of the objects it names only by hash."""
     verdict = outcome.verdict
     findings = [
         {
@@ -62,6 +77,8 @@ def decision_record(endpoint: str, request: ReviewRequest, outcome: Outcome) -> 
         "findings": findings,
         "warnings": [_cut(w) for w in verdict.warnings[:_MAX_FINDINGS]],
         "images": _images(outcome),
+        "groups": list(request.groups),
+        "namespace_labels": dict(outcome.namespace_labels),
     }
     if len(verdict.findings) > _MAX_FINDINGS:
         record["findings_truncated"] = len(verdict.findings) - _MAX_FINDINGS
@@ -73,7 +90,29 @@ def decision_record(endpoint: str, request: ReviewRequest, outcome: Outcome) -> 
     if context:
         encoded = orjson.dumps(context, default=str)
         record["context"] = context if len(encoded) <= _MAX_CONTEXT_BYTES else {"truncated_bytes": len(encoded)}
-    return record
+    blobs: list[bytes] = []
+    redacted: list[str] = []
+    for field, obj in (("object", request.object), ("old_object", request.old_object)):
+        if obj is None:
+            continue
+        kept, paths = redact.redact(request.kind, obj)
+        redacted += [f"{field}: {p}" for p in paths]
+        if kept is None:
+            record[f"{field}_redacted"] = True
+            continue
+        try:
+            data = records.canonical(kept)
+        except records.RecordError as exc:  # e.g. an integer JSON cannot hold exactly
+            record[f"{field}_unrecordable"] = _cut(str(exc))
+            continue
+        if len(data) <= INLINE_OBJECT_BYTES:
+            record[field] = kept
+        else:
+            record[f"{field}_sha256"] = object_store.digest(data)
+            blobs.append(data)
+    if redacted:
+        record["redacted"] = redacted
+    return record, blobs
 
 
 def _images(outcome: Outcome) -> list[str]:
@@ -102,9 +141,16 @@ class AuditRecorder:
     """Writes decisions; with ``wait_durable`` the answer waits for the record to be on disk."""
 
     def __init__(
-        self, audit_log: AppendOnlyLog, *, wait_durable: bool, deny_on_failure: bool, max_pending: int = 10_000
+        self,
+        audit_log: AppendOnlyLog,
+        *,
+        wait_durable: bool,
+        deny_on_failure: bool,
+        max_pending: int = 10_000,
+        objects: object_store.ObjectStore | None = None,
     ) -> None:
         self._log = audit_log
+        self._objects = objects
         self._wait = wait_durable
         self._deny = deny_on_failure
         self._pending: set[asyncio.Task[int]] = set()
@@ -113,10 +159,10 @@ class AuditRecorder:
         self.dropped = 0
 
     async def record(self, endpoint: str, request: ReviewRequest, outcome: Outcome) -> None:
-        content = decision_record(endpoint, request, outcome)
+        content, blobs = record_with_objects(endpoint, request, outcome)
         if self._wait:
             try:
-                await self._log.append("admission", content)
+                await self._append(content, blobs)
             except Exception as exc:
                 self.failures += 1
                 log.error("AUDIT LOG FAILURE: decision %s not recorded: %s", request.uid, exc)
@@ -131,9 +177,16 @@ class AuditRecorder:
             if self._deny:
                 raise AuditUnavailable("the audit log is too far behind to record decisions")
             return
-        task = asyncio.create_task(self._log.append("admission", content))
+        task = asyncio.create_task(self._append(content, blobs))
         self._pending.add(task)
         task.add_done_callback(self._done)
+
+    async def _append(self, content: dict[str, Any], blobs: list[bytes]) -> int:
+        """Store large objects first: a record never names an object the store does not hold."""
+        if blobs and self._objects is not None:
+            store = self._objects
+            await asyncio.to_thread(lambda: [store.put(blob) for blob in blobs])
+        return await self._log.append("admission", content)
 
     def _done(self, task: asyncio.Task[int]) -> None:
         self._pending.discard(task)

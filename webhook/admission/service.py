@@ -148,8 +148,14 @@ async def open_audit(config: Config) -> tuple[Any, AuditRecorder]:
         durable=audit.durable,
         witnesses=audit.witnesses,
     )
+    from webhook.audit import objects
+
+    store = objects.ObjectStore(objects.beside(config.resolve_path(audit.directory)), durable=audit.durable)
     recorder = AuditRecorder(
-        audit_log, wait_durable=audit.wait_durable, deny_on_failure=audit.failure_mode is FailureMode.DENY
+        audit_log,
+        wait_durable=audit.wait_durable,
+        deny_on_failure=audit.failure_mode is FailureMode.DENY,
+        objects=store,
     )
     return audit_log, recorder
 
