@@ -77,11 +77,12 @@ async def serve(
     pipeline: Pipeline | None = None,
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    metrics: WebhookMetrics | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); drain in-flight reviews before exiting."""
     client_ca = config.resolve_path(config.server.client_ca) if config.server.client_ca else None
     reloading = tls.ReloadingContext(cert, key, interval=config.server.cert_reload_interval, client_ca=client_ca)
-    metrics = WebhookMetrics()
+    metrics = metrics or WebhookMetrics()
     audit_log = None
     if recorder is None and config.audit.directory:
         audit_log, recorder = await open_audit(config)
