@@ -30,8 +30,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from webhook import config as portcullis_config
 from webhook.admission import certs as admission_certs
-from webhook.checks import pipeline as admission_pipeline
 from webhook.admission import tls as admission_tls
+from webhook.checks import pipeline as admission_pipeline
 from webhook.core import workloads
 from webhook.core.deadline import Deadline
 from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
@@ -100,6 +100,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
         }
     },
     "include-release-namespace": {"webhook": {"includeReleaseNamespace": True}},
+    "scan": {
+        "scan": {
+            "enabled": True,
+            "excludeNamespaces": ["scratch"],
+            "extraResources": [{"apiGroups": [""], "resources": ["configmaps"]}],
+        }
+    },
+    "scan-existing-crds": {"scan": {"enabled": True, "installCRDs": False}},
     "client-auth-secret": {"webhook": {"clientAuth": {"enabled": True, "caSecret": "apiserver-client-ca"}}},
     "client-auth-configmap": {
         "webhook": {

@@ -1,7 +1,8 @@
 {{/*
 The config file both faces read. The user's `config:` is passed through verbatim; the chart
 owns only what it wires itself (listen address, TLS paths, the time budget derived from the
-webhook's timeoutSeconds, with clientAuth the client CA path and the health port, audit paths) and prepends the monitor's exemption.
+webhook's timeoutSeconds, with clientAuth the client CA path and the health port, audit paths,
+the scan's settings) and prepends the monitor's exemption.
 */}}
 {{- define "portcullis.configText" -}}
 {{- $v := .Values }}
@@ -43,6 +44,15 @@ webhook's timeoutSeconds, with clientAuth the client CA path and the health port
 {{- with $v.audit.origin }}{{ $_ := set $audit "origin" . }}{{ end }}
 {{- with $v.audit.witnesses }}{{ $_ := set $audit "witnesses" . }}{{ end }}
 {{- $_ := set $cfg "audit" (mustMergeOverwrite (deepCopy (default dict (get $cfg "audit"))) $audit) }}
+{{- end }}
+{{- if $v.scan.enabled }}
+{{- $scan := dict
+      "enabled" true
+      "objects_per_second" $v.scan.objectsPerSecond
+      "rescan_interval" $v.scan.rescanInterval
+      "lease_namespace" .Release.Namespace }}
+{{- with $v.scan.excludeNamespaces }}{{ $_ := set $scan "exclude_namespaces" . }}{{ end }}
+{{- $_ := set $cfg "scan" (mustMergeOverwrite (deepCopy (default dict (get $cfg "scan"))) $scan) }}
 {{- end }}
 {{- toYaml $cfg }}
 {{- end }}
