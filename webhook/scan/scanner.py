@@ -36,6 +36,7 @@ log = logging.getLogger("portcullis.scan")
 Key = tuple[str, str, str, str]  # (group, plural, namespace, name)
 _WRITE_RETRIES = 5
 _WORKERS = 8  # judgements in flight: image checks await registries, the rest is CPU
+_WRITERS = 8  # namespaces whose reports are written at once
 
 
 @dataclass(slots=True)
@@ -322,10 +323,12 @@ class Scanner:
         (they stay marked, so the next change or re-judgement writes them again)."""
         failed: set[str] = set()
         while self._dirty:
-            namespace = min(self._dirty)
-            self._dirty.discard(namespace)
-            if not await self._write_namespace(namespace):
-                failed.add(namespace)
+            batch, self._dirty = sorted(self._dirty), set()
+            # a few namespaces at a time: each write is a round trip; the write rate limit still holds
+            for start in range(0, len(batch), _WRITERS):
+                chunk = batch[start : start + _WRITERS]
+                done = await asyncio.gather(*(self._write_namespace(ns) for ns in chunk))
+                failed |= {ns for ns, ok in zip(chunk, done, strict=True) if not ok}
         self._dirty |= failed
         return len(failed)
 
