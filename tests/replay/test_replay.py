@@ -285,3 +285,26 @@ def test_env_values_with_secret_looking_names_are_redacted(name: str) -> None:
     env = record["object"]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env == [{"name": name, "value": "[redacted]"}, {"name": "LOG", "value": "debug"}]
     assert "object: spec.template.spec.containers[0].env[0].value" in record["redacted"]
+
+
+def test_objects_that_would_overflow_the_entry_go_to_the_store() -> None:
+    from webhook.audit import records
+    from webhook.core.decision import Finding, Mode, Violation
+
+    big = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "n", "annotations": {"a": "y" * 15_000}}, "spec": {}}
+    findings = tuple(Finding(Violation("rego", "m" * 900), Mode.WARN) for _ in range(40))
+    outcome = Outcome(Verdict(True, findings, (), {}, ()), (), {}, ())
+    request = ReviewRequest("u1", "Pod", "", "pods", "", "UPDATE", "ns", "n", "bob", (), False, big, big)
+    content, blobs = recorder.record_with_objects("validate", request, outcome)
+    assert "object_sha256" in content or "old_object_sha256" in content
+    assert blobs
+    assert len(records.encode_record("2026-01-01T00:00:00.000000Z", "admission", "w", content)) <= records.MAX_RECORD
+
+
+@pytest.mark.parametrize("name", ["MYSQL_ROOT_PW", "PW_FILE", "dbPw"])
+def test_short_password_names_are_redacted_too(name: str) -> None:
+    from webhook.admission import redact
+
+    kept, paths = redact.redact("Pod", {"spec": {"containers": [{"env": [{"name": name, "value": "v"}]}]}})
+    assert kept["spec"]["containers"][0]["env"][0]["value"] == "[redacted]"
+    assert paths == ["spec.containers[0].env[0].value"]

@@ -33,6 +33,9 @@ _MAX_TEXT = 1000
 _MAX_CONTEXT_BYTES = 16 * 1024
 # Canonical JSON bytes of an object kept inline in the record; larger ones go to the object store.
 INLINE_OBJECT_BYTES = 16 * 1024
+# What the inline objects may add to a record: the whole entry must stay under the tile log's
+# 64 KiB (records.MAX_RECORD) with room for the envelope (time, writer), or the append would fail.
+_RECORD_BUDGET = 60 * 1024
 
 
 class AppendOnlyLog(Protocol):
@@ -92,6 +95,7 @@ def record_with_objects(endpoint: str, request: ReviewRequest, outcome: Outcome)
         record["context"] = context if len(encoded) <= _MAX_CONTEXT_BYTES else {"truncated_bytes": len(encoded)}
     blobs: list[bytes] = []
     redacted: list[str] = []
+    room = _RECORD_BUDGET - len(records.canonical(_jsonable(record))) - 1024  # 1 KiB for the keys added below
     for field, obj in (("object", request.object), ("old_object", request.old_object)):
         if obj is None:
             continue
@@ -105,8 +109,9 @@ def record_with_objects(endpoint: str, request: ReviewRequest, outcome: Outcome)
         except records.RecordError as exc:  # e.g. an integer JSON cannot hold exactly
             record[f"{field}_unrecordable"] = _cut(str(exc))
             continue
-        if len(data) <= INLINE_OBJECT_BYTES:
+        if len(data) <= min(INLINE_OBJECT_BYTES, room):
             record[field] = kept
+            room -= len(data)
         else:
             record[f"{field}_sha256"] = object_store.digest(data)
             blobs.append(data)

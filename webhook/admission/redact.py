@@ -19,7 +19,7 @@ SECRET_KINDS = frozenset({"Secret"})
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 # Matched anywhere in the variable's name, case-insensitively (DB_PASSWORD, githubToken, AWS_SECRET_ACCESS_KEY).
 SUSPICIOUS = re.compile(
-    r"pass(word|wd|phrase)?|pwd|secret|token|key|credential|creds?\b|auth|private|cert|session|cookie|"
+    r"pass(word|wd|phrase)?|pwd|pw$|pw[_-]|secret|token|key|credential|creds?\b|auth|private|cert|session|cookie|"
     r"signature|salt|dsn|conn(ection)?[_-]?str",
     re.IGNORECASE,
 )
