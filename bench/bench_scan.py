@@ -114,15 +114,17 @@ async def _scan(cfg: config_mod.Config) -> tuple[float, int, dict[str, int]]:
     services = service.cluster_services(cfg)
     assert services.kube_api is not None
     pipeline = service.build_pipeline(cfg, services)
+    rest = RestApi.build(cfg.kubernetes)
     await pipeline.start()
     try:
-        scanner = Scanner(pipeline, RestApi(services.kube_api, 30), cfg.kubernetes, cfg.scan)
+        scanner = Scanner(pipeline, rest, cfg.kubernetes, cfg.scan)
         started = time.perf_counter()
         await scanner.once()
         elapsed = time.perf_counter() - started
         return elapsed, scanner.object_count, dict(scanner.metrics.writes)
     finally:
         await pipeline.close()
+        await asyncio.to_thread(rest.close)
         await asyncio.to_thread(services.kube_api.close)
 
 

@@ -184,7 +184,7 @@ async def replica(cfg: config_mod.Config, identity: str) -> AsyncIterator[tuple[
     services = service.cluster_services(cfg)
     pipeline = service.build_pipeline(cfg, services)
     await pipeline.start()
-    rest = RestApi(services.kube_api, cfg.kubernetes.request_timeout)
+    rest = RestApi.build(cfg.kubernetes)
     settings = cfg.scan
     import msgspec
 
@@ -203,6 +203,7 @@ async def replica(cfg: config_mod.Config, identity: str) -> AsyncIterator[tuple[
         stop.set()
         await task
         await pipeline.close()
+        await asyncio.to_thread(rest.close)
         await asyncio.to_thread(services.kube_api.close)
 
 

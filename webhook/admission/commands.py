@@ -90,6 +90,7 @@ async def serve_and_scan(
     if services.kube_api is None:
         raise errors.ConfigError("scan.enabled needs a Kubernetes API server (kubernetes.mode, or run in a pod)")
     pipeline = service.build_pipeline(cfg, services)
+    rest = RestApi.build(cfg.kubernetes)
     metrics, scan_metrics = WebhookMetrics(), ScanMetrics()
     metrics.check_sources.append(("scan", scan_metrics.lines))
     started = started or asyncio.Event()
@@ -103,7 +104,6 @@ async def serve_and_scan(
         await asyncio.wait({server, waiting}, return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
         if started.is_set():  # the pipeline is started by the server: scan only after that
-            rest = RestApi(services.kube_api, cfg.kubernetes.request_timeout)
             scanning = asyncio.create_task(
                 scan_loop.run(pipeline, rest, cfg.kubernetes, cfg.scan, stop, metrics=scan_metrics)
             )
@@ -112,6 +112,7 @@ async def serve_and_scan(
         stop.set()
         if scanning is not None:
             await scanning
+        await asyncio.to_thread(rest.close)
         await asyncio.to_thread(services.kube_api.close)
 
 

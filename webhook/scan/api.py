@@ -16,6 +16,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from webhook import errors
+from webhook.config.kubernetes import KubernetesConfig
 from webhook.core.deadline import Deadline
 from webhook.kube import client as kube_client
 
@@ -37,6 +38,22 @@ class RestApi:
     def __init__(self, api: kubernetes.client.ApiClient, timeout: float) -> None:
         self.api = api
         self.timeout = timeout
+
+    @classmethod
+    def build(cls, config: KubernetesConfig, connections: int = 32) -> RestApi:
+        """A client of its own for a scan: one watch per listed kind holds a connection each, and
+        the report writers need more; the official client's pool keeps 5 per CPU by default.
+        Raises ``ConfigError`` when ``config`` names no API server."""
+        api = kube_client.build(config)
+        if api is None:
+            raise errors.ConfigError("scans need a Kubernetes API server (kubernetes.mode, a kubeconfig, or in a pod)")
+        api.configuration.connection_pool_maxsize = max(connections, api.configuration.connection_pool_maxsize or 0)
+        api.rest_client = kubernetes.client.rest.RESTClientObject(api.configuration)  # unused so far: no leak
+        return cls(api, config.request_timeout)
+
+    def close(self) -> None:
+        """Close the connection pool (blocking: call it in a thread)."""
+        self.api.close()  # type: ignore[no-untyped-call]
 
     # -- blocking (worker threads) ---------------------------------------------------------
     def request(

@@ -52,9 +52,9 @@ async def run(cfg: config_mod.Config) -> dict[str, Any]:
     if services.kube_api is None:
         raise errors.ConfigError("scan needs a Kubernetes API server (kubernetes.mode, a kubeconfig, or in a pod)")
     pipeline = service.build_pipeline(cfg, services)
+    rest = RestApi.build(cfg.kubernetes)
     await pipeline.start()
     try:
-        rest = RestApi(services.kube_api, cfg.kubernetes.request_timeout)
         scanner = Scanner(pipeline, rest, cfg.kubernetes, cfg.scan)
         await scanner.once()
         namespaces = {ns: reports.summary(scanner.results(ns)) for ns in scanner.namespaces()}
@@ -70,4 +70,5 @@ async def run(cfg: config_mod.Config) -> dict[str, Any]:
         }
     finally:
         await pipeline.close()
+        await asyncio.to_thread(rest.close)
         await asyncio.to_thread(services.kube_api.close)
