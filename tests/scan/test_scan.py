@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
+from webhook import cli, errors
 from webhook import config as config_mod
-from webhook import errors
 from webhook.admission import service
 from webhook.scan import commands as scan_commands
 from webhook.scan import loop as scan_loop
@@ -297,3 +300,29 @@ def test_metrics_render_progress_and_duration() -> None:
     assert "portcullis_scan_pass_judged 7" in text
     assert "portcullis_scan_last_pass_duration_seconds 1.25" in text
     assert "# TYPE portcullis_scan_passes_total counter" in text
+
+
+async def test_the_scan_command_prints_a_summary_and_exits_1_when_something_fails(
+    kube: Any, scan_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed(kube)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(scan_config))
+    code = await asyncio.to_thread(cli.main, ["scan", "--config", str(path), "--format", "json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert out["version"] == 1
+    assert out["summary"] == {"pass": 3, "fail": 3, "warn": 1, "error": 0, "skip": 0}
+    code = await asyncio.to_thread(cli.main, ["scan", "--config", str(path)])
+    text = capsys.readouterr().out
+    assert text.startswith("scanned 7 objects of 10 kinds: 3 pass, 3 fail, 1 warn, 0 error, 0 skip\n")
+    assert "  team-a: 2 pass, 2 fail\n" in text
+
+
+def test_the_scan_command_without_an_api_server_is_an_input_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("kubernetes: {mode: 'off'}\n")
+    assert cli.main(["scan", "--config", str(path)]) == 2
+    assert "scan needs a Kubernetes API server" in capsys.readouterr().err

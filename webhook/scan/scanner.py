@@ -127,13 +127,19 @@ class Scanner:
             await reflector.start()
         self._tasks = [asyncio.create_task(self._worker(), name="scan-judge") for _ in range(_WORKERS)]
 
-    async def wait_synced(self, timeout: float | None = None) -> None:
-        """Until every kind was listed and every listed object judged once."""
+    async def wait_synced(self, timeout: float | None = None, *, strict: bool = True) -> None:
+        """Until every kind was listed and every listed object judged once.
+
+        A kind not listed within ``timeout`` (RBAC refuses it, the API server is down) raises
+        ``ApiServerError`` when ``strict``; otherwise it is logged and the others go ahead (its
+        reflector keeps retrying, and its objects join the reports once listed).
+        """
         for reflector in self._reflectors:
             if not await reflector.wait_ready(timeout):
-                raise errors.ApiServerError(
-                    f"{reflector.what}: not listed in time ({reflector.last_error or 'no answer'})"
-                )
+                message = f"{reflector.what}: not listed in time ({reflector.last_error or 'no answer'})"
+                if strict:
+                    raise errors.ApiServerError(message)
+                log.error("scan: %s; reporting the other kinds meanwhile", message)
         await self._idle.wait()
         self._synced = True
 
@@ -142,7 +148,7 @@ class Scanner:
         self.metrics.leader = True
         try:
             await self.start()
-            await self.wait_synced()
+            await self.wait_synced(max(60.0, self.kube.request_timeout * 10), strict=False)
             writer = asyncio.create_task(self._writer(), name="scan-writer")
             self._tasks.append(writer)
             self._mark_all_dirty()
