@@ -326,3 +326,38 @@ def test_the_scan_command_without_an_api_server_is_an_input_error(
     path.write_text("kubernetes: {mode: 'off'}\n")
     assert cli.main(["scan", "--config", str(path)]) == 2
     assert "scan needs a Kubernetes API server" in capsys.readouterr().err
+
+
+NAMESPACES_NEED_OWNER = """
+apiVersion: constraints.gatekeeper.sh/v1beta1
+kind: K8sRequiredLabels
+metadata:
+  name: namespaces-need-owner
+spec:
+  match:
+    kinds:
+      - apiGroups: [""]
+        kinds: ["Namespace"]
+  parameters:
+    labels:
+      - key: owner
+"""
+
+
+async def test_cluster_scoped_objects_go_to_the_cluster_policy_report(kube: Any, scan_config: dict[str, Any]) -> None:
+    (Path(scan_config["policy"]["gatekeeper"][0]) / "namespaces.yaml").write_text(NAMESPACES_NEED_OWNER)
+    kube.put("", "namespaces", {"metadata": {"name": "team-a", "labels": {"owner": "alice"}}})
+    kube.put("", "namespaces", {"metadata": {"name": "team-b"}})
+    summary = await scan_commands.run(config_mod.parse(scan_config))
+    assert summary["kinds"][-1] == "Namespace"
+    got = kube.get("wgpolicyk8s.io", "clusterpolicyreports", "", "portcullis-cluster")
+    assert got is not None
+    validate(got)
+    refs = [(r["resources"][0], r["result"]) for r in got["results"]]
+    assert refs == [
+        ({"apiVersion": "v1", "kind": "Namespace", "name": "team-a", "uid": "uid-namespaces--team-a"}, "pass"),
+        ({"apiVersion": "v1", "kind": "Namespace", "name": "team-b", "uid": "uid-namespaces--team-b"}, "fail"),
+    ]
+    assert got["summary"] == {"pass": 1, "fail": 1, "warn": 0, "error": 0, "skip": 0}
+    assert got["metadata"]["labels"] == MANAGED
+    assert "namespace" not in got["metadata"]
