@@ -197,7 +197,15 @@ async def replica(cfg: config_mod.Config, identity: str) -> AsyncIterator[tuple[
     stop = asyncio.Event()
     task = asyncio.create_task(
         scan_loop.run(
-            pipeline, rest, cfg.kubernetes, settings, stop, metrics=metrics, campaign=campaign, clock=lambda: NOW
+            pipeline,
+            rest,
+            cfg.kubernetes,
+            settings,
+            stop,
+            metrics=metrics,
+            campaign=campaign,
+            clock=lambda: NOW,
+            namespaces=services.namespaces,
         )
     )
     try:
@@ -269,6 +277,21 @@ async def test_only_the_leader_scans_and_reports_follow_fixes_and_deletions(
         await eventually(lambda: not metrics_b.queue)
         assert stored(kube, "team-a") == fixed  # same results: the new leader rewrote nothing
         assert dict(metrics_b.writes) == {}
+
+
+async def test_a_namespace_label_change_judges_its_objects_again(kube: Any, scan_config: dict[str, Any]) -> None:
+    seed(kube)
+    cfg = config_mod.parse(scan_config)
+    async with replica(cfg, "replica-a"):
+        await eventually(lambda: stored(kube, "team-b") == TEAM_B)
+        labels = {"pod-security.kubernetes.io/enforce": "restricted"}
+        kube.put("", "namespaces", {"metadata": {"name": "team-b", "labels": labels}})
+        stricter = copy.deepcopy(TEAM_B)
+        host_network = HOST_NETWORK.replace("[baseline:latest]", "[restricted:latest]")  # found at the enforce level
+        stricter["results"][1] = result("Deployment", "web", "team-b", "privilege", "fail", host_network)
+        stricter["results"][2] = result("Pod", "loose", "team-b", "privilege", "fail", ESCALATION)
+        stricter["summary"] = {"pass": 1, "fail": 2, "warn": 0, "error": 0, "skip": 0}
+        await eventually(lambda: stored(kube, "team-b") == stricter)
 
 
 async def test_a_conflicting_report_write_is_read_again_and_retried(kube: Any, scan_config: dict[str, Any]) -> None:

@@ -105,7 +105,9 @@ async def serve_and_scan(
         waiting.cancel()
         if started.is_set():  # the pipeline is started by the server: scan only after that
             scanning = asyncio.create_task(
-                scan_loop.run(pipeline, rest, cfg.kubernetes, cfg.scan, stop, metrics=scan_metrics)
+                scan_loop.run(
+                    pipeline, rest, cfg.kubernetes, cfg.scan, stop, metrics=scan_metrics, namespaces=services.namespaces
+                )
             )
         await server
     finally:

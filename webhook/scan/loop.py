@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from webhook.checks.pipeline import Pipeline
 from webhook.config.kubernetes import KubernetesConfig
@@ -48,11 +49,24 @@ async def run(
     metrics: ScanMetrics,
     campaign: LeaderElector | None = None,
     clock: Callable[[], float] = time.time,
+    namespaces: Any | None = None,
 ) -> None:
-    """Until ``stop``: while this replica leads, a fresh ``Scanner`` follows the cluster."""
+    """Until ``stop``: while this replica leads, a fresh ``Scanner`` follows the cluster.
+
+    ``namespaces`` is the pipeline's namespace directory (``kube.namespaces``): when a
+    namespace's labels change, its objects are judged again.
+    """
     campaign = campaign or elector(rest, settings)
+    current: list[Scanner] = []  # the scanner of this leader term, if any
+    if namespaces is not None:  # label changes re-judge the namespace (subscribed once, for all terms)
+        namespaces.subscribe(lambda name, labels: current[0].namespace_changed(name, labels) if current else None)
 
     async def lead() -> None:
-        await Scanner(pipeline, rest, kube, settings, metrics=metrics, clock=clock).run()
+        scanner = Scanner(pipeline, rest, kube, settings, metrics=metrics, clock=clock)
+        current[:] = [scanner]
+        try:
+            await scanner.run()
+        finally:
+            current.clear()
 
     await campaign.run(stop, lead)

@@ -184,6 +184,15 @@ class Scanner:
         for reflector in reflectors:
             await reflector.close()
 
+    def namespace_changed(self, namespace: str, _labels: Mapping[str, str]) -> None:
+        """Judge a namespace's objects again: its labels set Pod Security levels and check modes.
+
+        Called by the namespace directory after it stored the new labels, so the pipeline
+        already judges with them."""
+        for key in sorted(self._by_namespace.get(namespace, ())):
+            entry = self._entries[key]
+            self._enqueue(key, entry.resource, entry.obj)
+
     def rescan(self) -> None:
         """Judge every known object again (policies, image verdicts and labels change on their own)."""
         self._begin_pass(len(self._entries))
