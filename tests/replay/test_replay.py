@@ -20,7 +20,7 @@ from webhook import cli
 from webhook import config as config_mod
 from webhook.admission import certs, recorder, service
 from webhook.admission.review import ReviewRequest
-from webhook.audit import objects
+from webhook.audit import note, objects
 from webhook.audit.log import iter_entries
 from webhook.checks.pipeline import Outcome
 from webhook.core.decision import Verdict
@@ -90,9 +90,21 @@ PODS = [
 
 
 async def admit(tmp_path: Path) -> Path:
-    """Send PODS to the real webhook over HTTPS with an audit log; returns the log directory."""
+    """Send PODS to the real webhook over HTTPS with a signed audit log; returns the log directory
+    (its public key is ``tmp_path / "audit.pub"``)."""
     log_dir = tmp_path / "audit"
-    cfg = config_mod.parse({**BASE, "audit": {"directory": str(log_dir), "commit_window": 0.001, "durable": False}})
+    signer = note.generate("test.local/admission")
+    key = tmp_path / "audit.key"
+    key.write_text(signer.private_text() + "\n")
+    (tmp_path / "audit.pub").write_text(signer.verifier.vkey() + "\n")
+    audit = {
+        "directory": str(log_dir),
+        "commit_window": 0.001,
+        "durable": False,
+        "signing_key": str(key),
+        "origin": "test.local/admission",
+    }
+    cfg = config_mod.parse({**BASE, "audit": audit})
     files = certs.generate(["127.0.0.1"], tmp_path / "tls")
     listen = service.Listen("127.0.0.1", free_port())
     started, stop = asyncio.Event(), asyncio.Event()
@@ -196,6 +208,7 @@ async def test_replay_under_a_stricter_config_reports_the_exact_diff(tmp_path: P
         ],
         "integrity": [],
         "not_replayable": {},
+        "log_integrity": {"verified": None, "problems": []},
         "errors": [],
     }
     assert code == 1  # something would newly be denied
@@ -235,6 +248,23 @@ async def test_secrets_never_enter_the_log_and_a_tampered_object_is_not_judged(t
     blob.unlink()
     _, text = await asyncio.to_thread(replay, tmp_path, log_dir)
     assert json.loads(text)["integrity"][0]["problem"] == "missing"
+
+
+async def test_replay_verifies_the_log_with_its_public_key(tmp_path: Path) -> None:
+    log_dir = await admit(tmp_path)
+    pub = str(tmp_path / "audit.pub")
+    _, text = await asyncio.to_thread(replay, tmp_path, log_dir, "json", "--pub", pub)
+    assert json.loads(text)["log_integrity"] == {"verified": True, "problems": []}
+    bundle = max((p for p in (log_dir / "tile" / "entries").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(bundle.read_bytes())
+    data[-3] ^= 1  # a byte of the last record
+    bundle.chmod(0o644)
+    bundle.write_bytes(bytes(data))
+    code, text = await asyncio.to_thread(replay, tmp_path, log_dir, "json", "--pub", pub)
+    integrity = json.loads(text)["log_integrity"]
+    assert code == 1
+    assert integrity["verified"] is False
+    assert integrity["problems"]
 
 
 async def test_the_window_limits_the_records_replayed(tmp_path: Path) -> None:

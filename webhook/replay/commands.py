@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--objects", type=Path, default=None, help="object store (default: <log>.objects beside the log)")
     p.add_argument("--from", dest="start", help="RFC 3339 time or date: records at or after it")
     p.add_argument("--to", dest="end", help="RFC 3339 time or date: records before it")
+    p.add_argument("--pub", help="the log's public key (vkey or file): verify the log's tree and signature first")
     p.add_argument("--format", choices=["text", "json", "html"], default="text")
     p.add_argument("--out", type=Path, default=None, help="write the report here instead of stdout")
     p.set_defaults(func=_replay)
@@ -36,6 +37,14 @@ def _replay(args: argparse.Namespace) -> int:
     start = report.parse_time(args.start)
     end = report.parse_time(args.end, end=True)
     result = asyncio.run(run(cfg, args.log, args.objects or objects.beside(args.log), start, end))
+    if args.pub:
+        from webhook.audit import note, verify
+
+        checked = verify.verify(args.log, note.load_verifier(args.pub))
+        result.log_verified = checked.ok
+        result.log_problems = [
+            f"leaf {p.position}: {p.message}" if p.position < 1 << 63 else p.message for p in checked.ordered()
+        ]
     text = render.render(result, args.format)
     if args.out:
         args.out.write_text(text, encoding="utf-8")

@@ -88,14 +88,17 @@ class ReplayReport:
     problems: list[Unreplayable] = field(default_factory=list)  # tampered or missing objects
     not_replayable: Counter[str] = field(default_factory=Counter)  # redacted | no-object
     errors: list[tuple[int, str]] = field(default_factory=list)  # records the candidate cannot judge
+    # ``portcullis audit verify`` of the log itself, when a public key was given (None: not checked)
+    log_verified: bool | None = None
+    log_problems: list[str] = field(default_factory=list)
 
     def count(self, category: str) -> int:
         return sum(1 for c in self.changes if c.category == category)
 
     @property
     def exit_code(self) -> int:
-        """1 when the candidate would deny something new or an object was tampered with."""
-        return 1 if self.count("newly_denied") or self.problems else 0
+        """1 when the candidate would deny something new, or the log or an object was tampered with."""
+        return 1 if self.count("newly_denied") or self.problems or self.log_verified is False else 0
 
 
 async def replay(

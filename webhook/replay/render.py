@@ -35,6 +35,7 @@ def to_dict(report: ReplayReport) -> dict[str, Any]:
         "changes": [change.to_json(report.log) for change in report.changes],
         "integrity": [_problem(report, p) for p in report.problems],
         "not_replayable": dict(sorted(report.not_replayable.items())),
+        "log_integrity": {"verified": report.log_verified, "problems": list(report.log_problems)},
         "errors": [{"index": i, "message": m} for i, m in report.errors],
     }
 
@@ -54,6 +55,9 @@ def to_text(report: ReplayReport) -> str:
         f"replayed {report.judged} of {report.records} admission records from {report.log}: "
         + ", ".join(f"{report.count(c)} {c.replace('_', ' ')}" for c in CATEGORIES)
     ]
+    if report.log_verified is not None:
+        lines.append(f"log signature and tree: {'verified' if report.log_verified else 'NOT VERIFIED'}")
+    lines += [f"INTEGRITY: log: {p}" for p in report.log_problems]
     for problem in report.problems:
         lines.append(f"INTEGRITY: record {problem.index} not judged: {problem.detail}")
     for category in CATEGORIES:
@@ -95,11 +99,12 @@ def to_html(report: ReplayReport) -> str:
         )
         + "</section>",
     ]
-    if report.problems:
-        problems = [(p.index, p.problem, p.detail) for p in report.problems]
+    if report.problems or report.log_problems:
+        problems = [("log", "not verified", p) for p in report.log_problems]
+        problems += [(str(p.index), p.problem, p.detail) for p in report.problems]
         sections.append(
             '<section id="integrity"><h2>Integrity</h2>'
-            + report_render.table(["record", "problem", "detail"], problems, {0})
+            + report_render.table(["record", "problem", "detail"], problems)
             + "</section>"
         )
     for category in CATEGORIES:
