@@ -36,6 +36,7 @@ INLINE_OBJECT_BYTES = 16 * 1024
 # What the inline objects may add to a record: the whole entry must stay under the tile log's
 # 64 KiB (records.MAX_RECORD) with room for the envelope (time, writer), or the append would fail.
 _RECORD_BUDGET = 60 * 1024
+_SIZE_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 class AppendOnlyLog(Protocol):
@@ -95,26 +96,35 @@ def record_with_objects(endpoint: str, request: ReviewRequest, outcome: Outcome)
         record["context"] = context if len(encoded) <= _MAX_CONTEXT_BYTES else {"truncated_bytes": len(encoded)}
     blobs: list[bytes] = []
     redacted: list[str] = []
-    room = _RECORD_BUDGET - len(records.canonical(_jsonable(record))) - 1024  # 1 KiB for the keys added below
+    # 1 KiB for the keys added below; orjson's size is JCS's to within float formatting
+    room = _RECORD_BUDGET - len(orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS)) - 1024
     for field, obj in (("object", request.object), ("old_object", request.old_object)):
         if obj is None:
             continue
-        kept, paths = redact.redact(request.kind, obj)
-        redacted += [f"{field}: {p}" for p in paths]
-        if kept is None:
+        if redact.is_secret(request.kind, obj):
             record[f"{field}_redacted"] = True
+            redacted.append(f"{field}: <the whole Secret>")
             continue
         try:
+            # Sorted orjson has JCS's size to within float formatting, and refuses what JCS refuses
+            # (integers beyond 2**53): the exact encoding runs once, for the whole record, unless
+            # the object goes to the store, where its bytes are hashed.
+            data = orjson.dumps(obj, option=_SIZE_OPTS)
+            kept: Any = obj
+            if redact.may_hold_secrets(data):  # most objects have no env values, no last-applied copy
+                kept, paths = redact.redact(request.kind, obj)
+                redacted += [f"{field}: {p}" for p in paths]
+                data = orjson.dumps(kept, option=_SIZE_OPTS)
+            if len(data) <= min(INLINE_OBJECT_BYTES, room):
+                record[field] = kept
+                room -= len(data)
+                continue
             data = records.canonical(kept)
-        except records.RecordError as exc:  # e.g. an integer JSON cannot hold exactly
+        except (orjson.JSONEncodeError, records.RecordError) as exc:  # an integer JSON cannot hold exactly
             record[f"{field}_unrecordable"] = _cut(str(exc))
             continue
-        if len(data) <= min(INLINE_OBJECT_BYTES, room):
-            record[field] = kept
-            room -= len(data)
-        else:
-            record[f"{field}_sha256"] = object_store.digest(data)
-            blobs.append(data)
+        record[f"{field}_sha256"] = object_store.digest(data)
+        blobs.append(data)
     if redacted:
         record["redacted"] = redacted
     return record, blobs

@@ -14,9 +14,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 REDACTED = "[redacted]"
 SECRET_KINDS = frozenset({"Secret"})
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+_LAST_APPLIED_BYTES = orjson.dumps(LAST_APPLIED)
 # Matched anywhere in the variable's name, case-insensitively (DB_PASSWORD, githubToken, AWS_SECRET_ACCESS_KEY).
 SUSPICIOUS = re.compile(
     r"pass(word|wd|phrase)?|pwd|pw$|pw[_-]|secret|token|key|credential|creds?\b|auth|private|cert|session|cookie|"
@@ -26,9 +29,19 @@ SUSPICIOUS = re.compile(
 _MAX_PATHS = 50
 
 
+def is_secret(kind: str, obj: Any) -> bool:
+    return kind in SECRET_KINDS or (isinstance(obj, Mapping) and obj.get("kind") in SECRET_KINDS)
+
+
+def may_hold_secrets(canonical_json: bytes) -> bool:
+    """False when the object's JSON has neither an ``env`` key nor the last-applied annotation, so
+    ``redact`` would change nothing (a byte search instead of a walk on the hot path)."""
+    return b'"env":' in canonical_json or _LAST_APPLIED_BYTES in canonical_json
+
+
 def redact(kind: str, obj: Any) -> tuple[Any, list[str]]:
     """``obj`` as it may be recorded (None for a Secret) and the field paths that were redacted."""
-    if kind in SECRET_KINDS or (isinstance(obj, Mapping) and obj.get("kind") in SECRET_KINDS):
+    if is_secret(kind, obj):
         return None, ["<the whole Secret>"]
     paths: list[str] = []
     return _walk(obj, "", paths), paths[:_MAX_PATHS]
