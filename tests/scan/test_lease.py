@@ -82,3 +82,20 @@ async def test_release_empties_the_holder_so_a_successor_need_not_wait(kube: Any
     assert await b.try_acquire_or_renew()
     await a.release()  # no longer a's: left alone
     assert spec(kube)["holderIdentity"] == "b"
+
+
+async def test_a_failing_leader_task_is_logged_and_restarted_not_fatal(kube: Any, rest: RestApi) -> None:
+    clock = Clock()
+    a = LeaderElector(rest, "ops", "scan", "a", lease_duration=15, renew_deadline=10, retry_period=0.01, wall=clock)
+    stop = asyncio.Event()
+    runs = []
+
+    async def lead() -> None:
+        runs.append(1)
+        if len(runs) == 2:
+            stop.set()
+        raise RuntimeError("scan broke")
+
+    await asyncio.wait_for(a.run(stop, lead), 30)
+    assert len(runs) == 2
+    assert spec(kube)["holderIdentity"] == ""  # released at the end

@@ -150,9 +150,13 @@ class LeaderElector:
                     await self._renew_until_lost(stop, task)
                 finally:
                     self.leading = False
+                    ended_itself = task.done()
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
+                    # a failed scan was logged by _renew_until_lost; the campaign goes on
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+                if ended_itself:  # the scan failed: do not restart it in a tight loop
+                    await _wait(stop, max(self.retry_period, 1.0))
         finally:
             await self.release()
 
