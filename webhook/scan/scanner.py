@@ -1,6 +1,6 @@
-"""The background scan (evaluate + record stages): list and watch the selected kinds, judge each
+"""The background scan (evaluate stage): list and watch the selected kinds, judge each
 object through the admission pipeline, keep every object's results, and write them as
-PolicyReports with compare-and-swap.
+PolicyReports (through ``writer``, compare-and-swap).
 
 Judging is rate-limited (a token bucket) and runs as a dry run (no GPU reservation); patches
 (image pinning) are ignored. Reports are first written once every selected kind has been listed
@@ -28,13 +28,13 @@ from webhook.core import workloads
 from webhook.core.deadline import Deadline
 from webhook.kube.reflector import Reflector
 from webhook.scan import reports, resources
-from webhook.scan.api import Conflict, NotFound, RestApi
+from webhook.scan.api import RestApi
 from webhook.scan.metrics import ScanMetrics
 from webhook.scan.resources import Resource
+from webhook.scan.writer import ReportWriter, TokenBucket
 
 log = logging.getLogger("portcullis.scan")
 Key = tuple[str, str, str, str]  # (group, plural, namespace, name)
-_WRITE_RETRIES = 5
 _WORKERS = 8  # judgements in flight: image checks await registries, the rest is CPU
 _WRITERS = 8  # namespaces whose reports are written at once
 
@@ -45,27 +45,6 @@ class _Entry:
     namespace: str
     obj: Mapping[str, Any]
     results: list[dict[str, Any]] = field(default_factory=list)
-
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved; ``take`` waits for one."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self._clock = clock
-        self._last = clock()
-
-    async def take(self) -> None:
-        while True:
-            now = self._clock()
-            self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
-            self._last = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return
-            await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
 class Scanner:
@@ -102,18 +81,17 @@ class Scanner:
         self._in_flight = 0
         self._dirty: set[str] = set()
         self._dirty_event = asyncio.Event()
-        self._written: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}  # ns -> name -> (rv, content)
         self._synced = False
         self._pass_started: float | None = None
         self._judge_bucket = TokenBucket(settings.objects_per_second, settings.burst)
-        self._write_bucket = TokenBucket(settings.writes_per_second, max(1, int(settings.writes_per_second)))
+        self.writer = ReportWriter(rest, settings, self.metrics)
         self._reflectors: list[Reflector] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Find the reports written before, then list and watch every selected kind."""
-        await self._seed_written()
+        await self.writer.seed()
         for resource in self.selection.resources:
             reflector = Reflector(
                 f"scan {resource.plural}",
@@ -321,7 +299,7 @@ class Scanner:
             self._dirty_event.set()
 
     def _mark_all_dirty(self) -> None:
-        self._dirty |= set(self._by_namespace) | set(self._written)
+        self._dirty |= set(self._by_namespace) | self.writer.namespaces()
         self._dirty_event.set()
 
     async def _writer(self) -> None:
@@ -342,7 +320,7 @@ class Scanner:
             # a few namespaces at a time: each write is a round trip; the write rate limit still holds
             for start in range(0, len(batch), _WRITERS):
                 chunk = batch[start : start + _WRITERS]
-                done = await asyncio.gather(*(self._write_namespace(ns) for ns in chunk))
+                done = await asyncio.gather(*(self.writer.write(ns, self.results(ns)) for ns in chunk))
                 failed |= {ns for ns, ok in zip(chunk, done, strict=True) if not ok}
         self._dirty |= failed
         return len(failed)
@@ -356,91 +334,3 @@ class Scanner:
 
     def results(self, namespace: str) -> list[dict[str, Any]]:
         return [r for key in self._by_namespace.get(namespace, ()) for r in self._entries[key].results]
-
-    async def _write_namespace(self, namespace: str) -> bool:
-        base = self.settings.report_name if namespace else self.settings.cluster_report_name
-        desired = reports.reports(namespace, base, self.results(namespace))
-        known = self._written.setdefault(namespace, {})
-        try:
-            for name, body in desired.items():
-                await self._put(namespace, name, body, known)
-            for name in sorted(set(known) - set(desired)):
-                await self._write_bucket.take()
-                await self.rest.delete(f"report {namespace}/{name}", reports.path(namespace, name), known.pop(name)[0])
-                self.metrics.writes["delete"] += 1
-        except errors.UpstreamError as exc:
-            self.metrics.write_errors += 1
-            where = namespace or "the cluster"
-            log.warning("scan: writing the report of %s failed (written again on the next change): %s", where, exc)
-            return False
-        finally:
-            if not known:
-                self._written.pop(namespace, None)
-        return True
-
-    async def _put(
-        self, namespace: str, name: str, body: dict[str, Any], known: dict[str, tuple[str, dict[str, Any]]]
-    ) -> None:
-        what = f"report {namespace or '(cluster)'}/{name}"
-        path = reports.path(namespace, name)
-        content = _content(body)
-        cached = known.get(name)
-        for _ in range(_WRITE_RETRIES):
-            if cached is not None and cached[1] == content:
-                return
-            await self._write_bucket.take()
-            if cached is None:
-                current = await self.rest.get(what, path)
-                if current is None:
-                    try:
-                        created = await self.rest.create(what, reports.path(namespace), body)
-                    except Conflict:  # created meanwhile (another writer): read it and replace
-                        self.metrics.conflicts += 1
-                        continue
-                    except NotFound:  # the namespace is gone; its reports went with it
-                        return
-                    known[name] = (_version(created), content)
-                    self.metrics.writes["create"] += 1
-                    return
-                cached = known[name] = (_version(current), _content(current))
-                continue
-            update = {**body, "metadata": {**body["metadata"], "resourceVersion": cached[0]}}
-            try:
-                replaced = await self.rest.replace(what, path, update)
-            except (Conflict, NotFound):  # changed or deleted since we read it: read again
-                self.metrics.conflicts += 1
-                known.pop(name, None)
-                cached = None
-                continue
-            known[name] = (_version(replaced), content)
-            self.metrics.writes["replace"] += 1
-            return
-        raise errors.ApiServerError(f"{what}: still conflicting after {_WRITE_RETRIES} attempts")
-
-    async def _seed_written(self) -> None:
-        """Reports this scanner wrote before (so stale ones get replaced or deleted)."""
-        selector = "app.kubernetes.io/managed-by=portcullis"
-        for namespaced in (True, False):
-            collection = f"/apis/{reports.API_VERSION}/" + ("policyreports" if namespaced else "clusterpolicyreports")
-            try:
-                listed = await self.rest.call("list PolicyReports", "GET", collection, labelSelector=selector)
-            except NotFound as exc:
-                raise errors.ApiServerError(
-                    f"{collection}: the PolicyReport CRDs are not installed "
-                    "(install the chart with scan.installCRDs=true, or Kyverno's or the wg-policy CRDs)"
-                ) from exc
-            for item in listed.get("items") or ():
-                meta = item.get("metadata") or {}
-                namespace = meta.get("namespace") or "" if namespaced else ""
-                if isinstance(meta.get("name"), str):
-                    self._written.setdefault(namespace, {})[meta["name"]] = (_version(item), _content(item))
-
-
-def _version(obj: Mapping[str, Any]) -> str:
-    value = (obj.get("metadata") or {}).get("resourceVersion")
-    return str(value) if value else ""
-
-
-def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return {"labels": labels, "summary": obj.get("summary"), "results": obj.get("results") or []}
