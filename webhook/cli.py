@@ -26,6 +26,8 @@ _COMMAND_MODULES = (
     "webhook.runtime.monitor_commands",  # monitor
     "webhook.policy.commands",  # policy
     "webhook.audit.commands",  # audit
+    "webhook.scan.commands",  # scan
+    "webhook.replay.commands",  # replay
 )
 
 

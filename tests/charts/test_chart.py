@@ -100,6 +100,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
         }
     },
     "include-release-namespace": {"webhook": {"includeReleaseNamespace": True}},
+    "scan": {
+        "scan": {
+            "enabled": True,
+            "excludeNamespaces": ["scratch"],
+            "extraResources": [{"apiGroups": [""], "resources": ["configmaps"]}],
+        }
+    },
+    "scan-existing-crds": {"scan": {"enabled": True, "installCRDs": False}},
     "client-auth-secret": {"webhook": {"clientAuth": {"enabled": True, "caSecret": "apiserver-client-ca"}}},
     "client-auth-configmap": {
         "webhook": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -95,7 +96,59 @@ def _run_server(cfg: config_mod.Config, listen: Any, cert: Path, key: Path) -> N
     from webhook.admission import service
 
     with service.event_loop_runner() as runner:
-        runner.run(service.serve(cfg, listen, cert, key))
+        if cfg.scan.enabled:
+            runner.run(serve_and_scan(cfg, listen, cert, key))
+        else:
+            runner.run(service.serve(cfg, listen, cert, key))
+
+
+async def serve_and_scan(
+    cfg: config_mod.Config,
+    listen: Any,
+    cert: Path,
+    key: Path,
+    *,
+    started: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """The webhook plus the background scan loop (``scan.enabled``): both judge through the one
+    pipeline; the scan's progress is on the webhook's /metrics; only the Lease holder scans."""
+    from webhook.admission import service
+    from webhook.admission.metrics import WebhookMetrics
+    from webhook.scan import loop as scan_loop
+    from webhook.scan.api import RestApi
+    from webhook.scan.metrics import ScanMetrics
+
+    services = service.cluster_services(cfg)
+    if services.kube_api is None:
+        raise errors.ConfigError("scan.enabled needs a Kubernetes API server (kubernetes.mode, or run in a pod)")
+    pipeline = service.build_pipeline(cfg, services)
+    rest = RestApi.build(cfg.kubernetes)
+    metrics, scan_metrics = WebhookMetrics(), ScanMetrics()
+    metrics.check_sources.append(("scan", scan_metrics.lines))
+    started = started or asyncio.Event()
+    stop = stop or asyncio.Event()
+    server = asyncio.create_task(
+        service.serve(cfg, listen, cert, key, pipeline=pipeline, started=started, stop=stop, metrics=metrics)
+    )
+    scanning: asyncio.Task[None] | None = None
+    try:
+        waiting = asyncio.create_task(started.wait())
+        await asyncio.wait({server, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if started.is_set():  # the pipeline is started by the server: scan only after that
+            scanning = asyncio.create_task(
+                scan_loop.run(
+                    pipeline, rest, cfg.kubernetes, cfg.scan, stop, metrics=scan_metrics, namespaces=services.namespaces
+                )
+            )
+        await server
+    finally:
+        stop.set()
+        if scanning is not None:
+            await scanning
+        await asyncio.to_thread(rest.close)
+        await asyncio.to_thread(services.kube_api.close)
 
 
 def _certs(args: argparse.Namespace) -> int:

@@ -3,8 +3,12 @@
 One record per judged review: who asked for what, the verdict, every finding with its mode, and
 what the checks learnt (image digests and verdicts, GPU usage). Records are bounded: an entry of
 a C2SP tile log holds at most 64 KiB, so oversize parts are cut with a marker, never dropped
-silently. Whether the webhook waits for durability, and what happens when the log fails, is set
-by ``audit.wait_durable`` and ``audit.failure_mode``.
+silently. The record also keeps what a replay needs to judge the request again
+(``portcullis replay``): the object and old object (secrets redacted, see ``redact``), inline
+when small, else their SHA-256 with the canonical JSON in the object store beside the log, plus
+the user's groups and the namespace labels the checks saw. Whether the webhook waits for
+durability, and what happens when the log fails, is set by ``audit.wait_durable`` and
+``audit.failure_mode``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Any, Protocol
 import orjson
 
 from webhook import errors
+from webhook.admission import redact
 from webhook.admission.review import ReviewRequest
+from webhook.audit import objects as object_store
+from webhook.audit import records
 from webhook.checks.pipeline import Outcome
 from webhook.core import workloads
 from webhook.core.deadline import Deadline
@@ -26,6 +33,12 @@ log = logging.getLogger("portcullis.audit")
 _MAX_FINDINGS = 100
 _MAX_TEXT = 1000
 _MAX_CONTEXT_BYTES = 16 * 1024
+# Canonical JSON bytes of an object kept inline in the record; larger ones go to the object store.
+INLINE_OBJECT_BYTES = 16 * 1024
+# What the inline objects may add to a record: the whole entry must stay under the tile log's
+# 64 KiB (records.MAX_RECORD) with room for the envelope (time, writer), or the append would fail.
+_RECORD_BUDGET = 60 * 1024
+_SIZE_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 class AppendOnlyLog(Protocol):
@@ -37,7 +50,13 @@ class AuditUnavailable(Exception):
 
 
 def decision_record(endpoint: str, request: ReviewRequest, outcome: Outcome) -> dict[str, Any]:
-    """The record's content: stable keys, bounded size."""
+    """The record's content: stable keys, bounded size (objects too large to inline are only hashed;
+    ``record_with_objects`` also returns their bytes for the store)."""
+    return record_with_objects(endpoint, request, outcome)[0]
+
+
+def record_with_objects(endpoint: str, request: ReviewRequest, outcome: Outcome) -> tuple[dict[str, Any], list[bytes]]:
+    """The record's content and the canonical bytes of the objects it names only by hash."""
     verdict = outcome.verdict
     findings = [
         {
@@ -64,6 +83,8 @@ def decision_record(endpoint: str, request: ReviewRequest, outcome: Outcome) -> 
         "findings": findings,
         "warnings": [_cut(w) for w in verdict.warnings[:_MAX_FINDINGS]],
         "images": _images(outcome),
+        "groups": list(request.groups),
+        "namespace_labels": dict(outcome.namespace_labels),
     }
     if len(verdict.findings) > _MAX_FINDINGS:
         record["findings_truncated"] = len(verdict.findings) - _MAX_FINDINGS
@@ -75,7 +96,40 @@ def decision_record(endpoint: str, request: ReviewRequest, outcome: Outcome) -> 
     if context:
         encoded = orjson.dumps(context, default=str)
         record["context"] = context if len(encoded) <= _MAX_CONTEXT_BYTES else {"truncated_bytes": len(encoded)}
-    return record
+    blobs: list[bytes] = []
+    redacted: list[str] = []
+    # 1 KiB for the keys added below; orjson's size is JCS's to within float formatting
+    room = _RECORD_BUDGET - len(orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS)) - 1024
+    for field, obj in (("object", request.object), ("old_object", request.old_object)):
+        if obj is None:
+            continue
+        if redact.is_secret(request.kind, obj):
+            record[f"{field}_redacted"] = True
+            redacted.append(f"{field}: <the whole Secret>")
+            continue
+        try:
+            # Sorted orjson has JCS's size to within float formatting, and refuses what JCS refuses
+            # (integers beyond 2**53): the exact encoding runs once, for the whole record, unless
+            # the object goes to the store, where its bytes are hashed.
+            data = orjson.dumps(obj, option=_SIZE_OPTS)
+            kept: Any = obj
+            if redact.may_hold_secrets(data):  # most objects have no env values, no last-applied copy
+                kept, paths = redact.redact(request.kind, obj)
+                redacted += [f"{field}: {p}" for p in paths]
+                data = orjson.dumps(kept, option=_SIZE_OPTS)
+            if len(data) <= min(INLINE_OBJECT_BYTES, room):
+                record[field] = kept
+                room -= len(data)
+                continue
+            data = records.canonical(kept)
+        except (orjson.JSONEncodeError, records.RecordError) as exc:  # an integer JSON cannot hold exactly
+            record[f"{field}_unrecordable"] = _cut(str(exc))
+            continue
+        record[f"{field}_sha256"] = object_store.digest(data)
+        blobs.append(data)
+    if redacted:
+        record["redacted"] = redacted
+    return record, blobs
 
 
 def _images(outcome: Outcome) -> list[str]:
@@ -104,9 +158,16 @@ class AuditRecorder:
     """Writes decisions; with ``wait_durable`` the answer waits for the record to be on disk."""
 
     def __init__(
-        self, audit_log: AppendOnlyLog, *, wait_durable: bool, deny_on_failure: bool, max_pending: int = 10_000
+        self,
+        audit_log: AppendOnlyLog,
+        *,
+        wait_durable: bool,
+        deny_on_failure: bool,
+        max_pending: int = 10_000,
+        objects: object_store.ObjectStore | None = None,
     ) -> None:
         self._log = audit_log
+        self._objects = objects
         self._wait = wait_durable
         self._deny = deny_on_failure
         self._pending: set[asyncio.Task[int]] = set()
@@ -122,10 +183,10 @@ class AuditRecorder:
         The write itself is shielded: past the deadline the answer stops waiting (an audit
         failure, denied under ``failure_mode: deny``) while the record still reaches the log.
         """
-        content = decision_record(endpoint, request, outcome)
+        content, blobs = record_with_objects(endpoint, request, outcome)
         if self._wait:
             try:
-                write = asyncio.ensure_future(self._log.append("admission", content))
+                write = asyncio.ensure_future(self._append(content, blobs))
                 if deadline is None:
                     await write
                 else:
@@ -149,9 +210,16 @@ class AuditRecorder:
             if self._deny:
                 raise AuditUnavailable("the audit log is too far behind to record decisions")
             return
-        task = asyncio.create_task(self._log.append("admission", content))
+        task = asyncio.create_task(self._append(content, blobs))
         self._pending.add(task)
         task.add_done_callback(self._done)
+
+    async def _append(self, content: dict[str, Any], blobs: list[bytes]) -> int:
+        """Store large objects first: a record never names an object the store does not hold."""
+        if blobs and self._objects is not None:
+            store = self._objects
+            await asyncio.to_thread(lambda: [store.put(blob) for blob in blobs])
+        return await self._log.append("admission", content)
 
     def _done(self, task: asyncio.Task[int]) -> None:
         self._pending.discard(task)

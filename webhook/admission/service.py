@@ -99,11 +99,12 @@ async def serve(
     pipeline: Pipeline | None = None,
     started: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    metrics: WebhookMetrics | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); drain in-flight reviews before exiting."""
     client_ca = config.resolve_path(config.server.client_ca) if config.server.client_ca else None
     reloading = tls.ReloadingContext(cert, key, interval=config.server.cert_reload_interval, client_ca=client_ca)
-    metrics = WebhookMetrics()
+    metrics = metrics or WebhookMetrics()
     audit_log = None
     if recorder is None and config.audit.directory:
         audit_log, recorder = await open_audit(config)
@@ -185,8 +186,14 @@ async def open_audit(config: Config) -> tuple[Any, AuditRecorder]:
         durable=audit.durable,
         witnesses=audit.witnesses,
     )
+    from webhook.audit import objects
+
+    store = objects.ObjectStore(objects.beside(config.resolve_path(audit.directory)), durable=audit.durable)
     recorder = AuditRecorder(
-        audit_log, wait_durable=audit.wait_durable, deny_on_failure=audit.failure_mode is FailureMode.DENY
+        audit_log,
+        wait_durable=audit.wait_durable,
+        deny_on_failure=audit.failure_mode is FailureMode.DENY,
+        objects=store,
     )
     return audit_log, recorder
 

@@ -364,3 +364,34 @@ def to_html(data: ReportData) -> str:
         + "\n".join(sections)
         + "</body></html>\n"
     )
+
+
+# -- the report's look, for other reports (``portcullis replay --format html``) -----------------
+
+
+def escape(value: Any) -> str:
+    """HTML-escaped text."""
+    return _e(value)
+
+
+def table(headers: list[str], rows: Iterable[Iterable[Any]], numeric: set[int] | None = None) -> str:
+    """A table in the report's style; cells are escaped (``numeric`` columns align right)."""
+    return _table(headers, rows, numeric)
+
+
+def cards(items: Iterable[tuple[str, Any]]) -> str:
+    """The summary cards row of the report."""
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card"><span class="muted">{_e(t)}</span><b>{_e(v)}</b></div>' for t, v in items)
+        + "</div>"
+    )
+
+
+def page(title: str, sections: Iterable[str]) -> str:
+    """A whole self-contained HTML page with the report's stylesheet around ``sections``."""
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(sections) + "</body></html>\n"
+    )

@@ -22,7 +22,7 @@ from webhook.checks.base import Check
 from webhook.config import Config
 from webhook.core import decision, workloads
 from webhook.core.deadline import Deadline
-from webhook.core.decision import CheckResult, FailureMode, Mode, Verdict, Violation, combine
+from webhook.core.decision import CheckResult, FailureMode, Finding, Mode, Verdict, Violation, combine
 from webhook.core.request import RequestContext
 from webhook.core.workloads import PodSpecRef
 
@@ -65,6 +65,13 @@ class Outcome:
     pods: tuple[PodSpecRef, ...]
     context: Mapping[str, Any]
     checks_run: tuple[str, ...]
+    # Checks that could not finish (upstream down, deadline, internal error) and why: their
+    # failure mode decided instead (background scans report these as ``error``).
+    errors: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The namespace labels the checks judged with (recorded so a replay judges with the same).
+    namespace_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Each check's findings (a finding's ``violation.check`` may name a sub-rule, e.g. "pss:privileged").
+    findings_by_check: Mapping[str, tuple[Finding, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def result(self) -> str:
@@ -94,6 +101,9 @@ class Pipeline:
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
         # Modes in a namespace without labels (no mode label to apply): the same for every request.
         self._static_modes = {c.id: config.mode_for(c.id, {}) for c in self.checks}
+        # MINIMAL STAND-IN for issue 18 ("any kind"), which owns this: objects that carry no pod
+        # spec (ConfigMap, Service, ...) are judged by the Rego/Gatekeeper check alone.
+        self._any_kind_checks = frozenset(c.id for c in self._late_checks)
 
     def _components(self) -> list[object]:
         """What has a lifecycle: the namespace directory first (checks read it), then the checks."""
@@ -147,11 +157,14 @@ class Pipeline:
             return _skipped(f"subresource {subject.subresource!r} is not judged")
         if subject.operation not in _JUDGED_OPERATIONS:
             return _skipped(f"operation {subject.operation} is not judged")
-        if not workloads.carries_pod_spec(subject.kind):
+        any_kind = not workloads.carries_pod_spec(subject.kind)
+        if any_kind and not self._any_kind_checks:
             raise errors.ReviewError(
                 f"portcullis cannot find pod specs in kind {subject.kind!r}; "
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
+        if any_kind:  # only the checks that judge any kind (Rego/Gatekeeper) see it
+            only = self._any_kind_checks if only is None else only & self._any_kind_checks
         pods = workloads.pod_specs(subject.object, subject.kind)
         limits.check(pods, self.config.limits)  # bounded input bounds the CPU the checks take
         update: changes.Update | None = None
@@ -190,8 +203,9 @@ class Pipeline:
             and (only is None or c.id in only)
             and (update is None or changes.must_judge(c, update))  # each check re-judges what it reads
         ]
+        failed: dict[str, str] = {}
         try:
-            results = await self._run(active, pods, ctx)
+            results = await self._run(active, pods, ctx, failed)
             verdict = combine(results, modes)
         except BaseException:
             _settle(active, ctx, admitted=False)
@@ -202,17 +216,21 @@ class Pipeline:
             verdict = dataclasses.replace(verdict, warnings=(note, *verdict.warnings))
         if reason:
             verdict = _with_exempt_reason(verdict, reason)
-        return Outcome(verdict, tuple(pods), ctx.shared, tuple(results))
+        return Outcome(
+            verdict, tuple(pods), ctx.shared, tuple(results), failed, dict(labels), _by_check(results, verdict)
+        )
 
     async def _run(
-        self, active: Sequence[Check], pods: Sequence[PodSpecRef], ctx: RequestContext
+        self, active: Sequence[Check], pods: Sequence[PodSpecRef], ctx: RequestContext, failed: dict[str, str]
     ) -> dict[str, CheckResult]:
         results: dict[str, CheckResult] = {}
-        tasks = {c.id: asyncio.ensure_future(self._guarded(c, pods, ctx)) for c in self._io_checks if c in active}
+        tasks = {
+            c.id: asyncio.ensure_future(self._guarded(c, pods, ctx, failed)) for c in self._io_checks if c in active
+        }
         try:
             for check in self._inline_checks:
                 if check in active:
-                    results[check.id] = await self._guarded(check, pods, ctx)
+                    results[check.id] = await self._guarded(check, pods, ctx, failed)
             for check_id, task in tasks.items():
                 results[check_id] = await task
         except BaseException:
@@ -224,10 +242,12 @@ class Pipeline:
             raise
         for check in self._late_checks:
             if check in active:
-                results[check.id] = await self._guarded(check, pods, ctx)
+                results[check.id] = await self._guarded(check, pods, ctx, failed)
         return {c.id: results[c.id] for c in self.checks if c.id in results}  # stable report order
 
-    async def _guarded(self, check: Check, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
+    async def _guarded(
+        self, check: Check, pods: Sequence[PodSpecRef], ctx: RequestContext, failed: dict[str, str]
+    ) -> CheckResult:
         """Run one check; an outside failure or the deadline becomes its failure mode."""
         try:
             if getattr(check, "does_io", False):
@@ -237,6 +257,7 @@ class Pipeline:
             else:
                 result = await check.run(pods, ctx)
         except errors.UpstreamError as exc:
+            failed[check.id] = str(exc)
             return self._failure(check, str(exc))
         except errors.ReviewError:
             raise
@@ -246,6 +267,7 @@ class Pipeline:
             return CheckResult(violations=[Violation(check.id, f"cannot judge the pod: {exc}")])
         except Exception as exc:  # a bug in one check must not crash the webhook or allow silently
             log.exception("check %s failed unexpectedly", check.id)
+            failed[check.id] = f"internal error: {type(exc).__name__}: {exc}"
             return self._failure(check, f"internal error: {type(exc).__name__}: {exc}")
         if len(result.violations) > limits.MAX_FINDINGS:
             result.violations = limits.bounded(result.violations)
@@ -289,6 +311,14 @@ def _settle(active: Sequence[Check], ctx: RequestContext, *, admitted: bool) -> 
         settle = getattr(check, "settle", None)
         if settle is not None:
             settle(ctx, admitted)
+
+
+def _by_check(results: Mapping[str, CheckResult], verdict: Verdict) -> dict[str, tuple[Finding, ...]]:
+    owner = {id(v): check_id for check_id, result in results.items() for v in result.violations}
+    out: dict[str, list[Finding]] = {}
+    for finding in verdict.findings:
+        out.setdefault(owner.get(id(finding.violation), finding.violation.check), []).append(finding)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _text(value: Any) -> str | None:

@@ -18,6 +18,9 @@ class Services:
 
     kube_api: Any | None = None
     ci: bool = False
+    # Replay judges recorded admissions offline (``ci``) but must decide as the webhook did: pod
+    # templates then follow ``privilege.workload_templates`` instead of CI's always-enforce.
+    admission_semantics: bool = False
     # The namespace label directory (``webhook.kube.namespaces.NamespaceDirectory``) when an API
     # server is reachable; checks that need namespace labels subscribe to it.
     namespaces: Any | None = None

@@ -25,6 +25,7 @@ from webhook.config.monitor import MonitorConfig
 from webhook.config.policy import PolicyConfig
 from webhook.config.privilege import PrivilegeConfig, RuntimeClassConfig
 from webhook.config.quota import QuotaConfig
+from webhook.config.scan import ScanConfig
 from webhook.config.server import ServerConfig
 from webhook.core import decision
 from webhook.core.decision import Mode
@@ -57,6 +58,7 @@ class Config(Section, frozen=True):
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
     monitor: MonitorConfig = MonitorConfig()
+    scan: ScanConfig = ScanConfig()
     # Directory relative paths in the file are resolved against (set by ``load``).
     base_dir: str = "."
 

@@ -2,8 +2,8 @@
 The config file both faces read. The user's `config:` is passed through verbatim; the chart
 owns only what it wires itself (listen address, TLS paths, the time budget derived from the
 webhook's timeoutSeconds, with clientAuth the client CA path and the health port, audit paths,
-GPU reservations shared through the API server whenever there is more than one replica) and
-prepends the monitor's exemption.
+GPU reservations shared through the API server whenever there is more than one replica, the
+scan's settings) and prepends the monitor's exemption.
 */}}
 {{- define "portcullis.configText" -}}
 {{- $v := .Values }}
@@ -50,6 +50,15 @@ prepends the monitor's exemption.
 {{- with $v.audit.origin }}{{ $_ := set $audit "origin" . }}{{ end }}
 {{- with $v.audit.witnesses }}{{ $_ := set $audit "witnesses" . }}{{ end }}
 {{- $_ := set $cfg "audit" (mustMergeOverwrite (deepCopy (default dict (get $cfg "audit"))) $audit) }}
+{{- end }}
+{{- if $v.scan.enabled }}
+{{- $scan := dict
+      "enabled" true
+      "objects_per_second" $v.scan.objectsPerSecond
+      "rescan_interval" $v.scan.rescanInterval
+      "lease_namespace" .Release.Namespace }}
+{{- with $v.scan.excludeNamespaces }}{{ $_ := set $scan "exclude_namespaces" . }}{{ end }}
+{{- $_ := set $cfg "scan" (mustMergeOverwrite (deepCopy (default dict (get $cfg "scan"))) $scan) }}
 {{- end }}
 {{- toYaml $cfg }}
 {{- end }}
