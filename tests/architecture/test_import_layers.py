@@ -16,6 +16,7 @@ RANK: dict[str, int] = {
     "errors": 0,
     "files": 0,
     "shapes": 0,
+    "listening": 1,
     "core": 1,
     "config": 2,
     "kube": 3,

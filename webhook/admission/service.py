@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -19,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from webhook import errors
+from webhook import errors, listening
 from webhook.admission import certs, tls
 from webhook.admission.metrics import WebhookMetrics
 from webhook.admission.recorder import AuditRecorder
@@ -154,17 +153,7 @@ async def serve(
 
 async def _start(site: web.TCPSite, listen: Listen, setting: str) -> None:
     """Bind ``site``; a port in use or an address this host lacks is the caller's to fix (exit 2)."""
-    try:
-        await site.start()
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's own wording repeats the address
-        if exc.errno == errno.EADDRINUSE:
-            hint = f"another process is listening there: stop it or choose another port with {setting}"
-        elif exc.errno == errno.EACCES:
-            hint = f"ports below 1024 need privileges: choose another with {setting}"
-        else:
-            hint = f"choose an address of this host with {setting}"
-        raise errors.ConfigError(f"cannot listen on {listen.host}:{listen.port}: {reason}; {hint}") from exc
+    await listening.start(site.start, listen.host, listen.port, setting)
 
 
 async def open_audit(config: Config) -> tuple[Any, AuditRecorder]:

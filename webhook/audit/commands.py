@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from webhook import errors
+from webhook import errors, listening
 from webhook.audit import freshness, log, note, proofs, records, report_commands, verify, witness
 
 
@@ -317,8 +317,13 @@ def cmd_witness(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise errors.InputError(f"--listen {args.listen!r}: expected HOST:PORT")
+    try:  # web.run_app would report a port in use as an internal error
+        bare = host.strip("[]")
+        probe = socket.create_server((bare, int(port)), family=socket.AF_INET6 if ":" in bare else socket.AF_INET)
+    except OSError as exc:
+        raise listening.bind_error(exc, host, int(port), "--listen") from exc
     print(f"witness {signer.verifier.vkey()} on http://{args.listen}", file=sys.stderr)
-    web.run_app(witness.make_app(wit), host=host, port=int(port), print=None)
+    web.run_app(witness.make_app(wit), sock=probe, print=None)
     return 0
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webhook import errors
+from webhook import errors, listening
 
 if TYPE_CHECKING:
     from webhook.config.monitor import MonitorConfig
@@ -215,5 +215,10 @@ async def _serve_metrics(listen: str, mon: monitor.Monitor, stale_after: float =
     app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+    site = web.TCPSite(runner, host.strip("[]"), int(port))
+    try:
+        await listening.start(site.start, host, int(port), "--metrics-listen (monitor.metrics_listen)")
+    except errors.ConfigError:
+        await runner.cleanup()
+        raise
     return runner
