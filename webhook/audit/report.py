@@ -19,6 +19,7 @@ from typing import Any
 from webhook import errors
 from webhook.audit import log as audit_log
 from webhook.audit import note, verify
+from webhook.core import imagename
 
 MAX_ITEMS = 200  # rows kept per evidence list (counts stay exact)
 
@@ -345,12 +346,7 @@ def registry_of(image: str) -> str:
 
 def repository_of(image: str) -> str:
     """Image reference without tag or digest, with the registry (for matching alerts to admissions)."""
-    name = image.split("@", 1)[0]
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:
-        name = name[:colon]
-    return name
+    return imagename.split_tag(image)[0]
 
 
 def parse_time(text: str | None, *, end: bool = False) -> str | None:

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from webhook import errors
+from webhook.core import imagename
 
 __all__ = ["KubeletPods", "PodInfo", "index_pods", "kubelet_url"]
 
@@ -58,21 +59,13 @@ class PodInfo:
         if self.container_name:
             out["container.name"] = self.container_name
         if self.image:
-            repo, tag = _split_image(self.image)
+            repo, tag = imagename.split_tag(self.image)
             out.update({"container.image": self.image, "container.image.repository": repo})
             if tag:
                 out["container.image.tag"] = tag
         if self.digest:
             out["container.image.digest"] = self.digest
         return out
-
-
-def _split_image(image: str) -> tuple[str, str]:
-    name = image.split("@", 1)[0]
-    head, sep, tag = name.rpartition(":")
-    if sep and "/" not in tag:
-        return head, tag
-    return name, ""
 
 
 def kubelet_url(url: str) -> str:
