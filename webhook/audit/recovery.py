@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webhook import errors
+from webhook import errors, files
 from webhook.audit import merkle, note, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
@@ -349,9 +349,4 @@ def quarantine(root: Path, rels: list[str], durable: bool) -> Path | None:
     return base
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_dir = files.fsync_dir
