@@ -17,12 +17,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "replay", help="judge the audit log's admissions again under a candidate config: what would change"
     )
     p.add_argument("--log", type=Path, required=True, help="audit log directory (audit.directory of a replica)")
-    p.add_argument("--config", type=Path, required=True, help="the candidate config (YAML), with its policies")
+    p.add_argument(
+        "--config", type=Path, required=True, metavar="FILE", help="the candidate config (YAML), with its policies"
+    )
     p.add_argument("--objects", type=Path, default=None, help="object store (default: <log>.objects beside the log)")
     p.add_argument("--from", dest="start", help="RFC 3339 time or date: records at or after it")
     p.add_argument("--to", dest="end", help="RFC 3339 time or date: records before it")
     p.add_argument("--pub", help="the log's public key (vkey or file): verify the log's tree and signature first")
-    p.add_argument("--format", choices=["text", "json", "html"], default="text")
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "html"],
+        default="text",
+        help="the diff as text, JSON (a contract for tools) or a self-contained HTML page",
+    )
     p.add_argument("--out", type=Path, default=None, help="write the report here instead of stdout")
     p.set_defaults(func=_replay)
 

@@ -18,8 +18,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "scan", help="judge the cluster's existing objects once and write PolicyReports (wgpolicyk8s.io/v1alpha2)"
     )
-    p.add_argument("--config", type=Path, help="config file (YAML); the same one `serve` uses")
-    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--config", type=Path, metavar="FILE", help="config file (YAML); the same one `serve` uses")
+    p.add_argument(
+        "--format", choices=["text", "json"], default="text", help="summary as text for people or JSON for tools"
+    )
     p.set_defaults(func=_scan)
 
 
