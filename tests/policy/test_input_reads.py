@@ -105,7 +105,8 @@ def test_pruned_gatekeeper_evaluation_matches_the_whole_input() -> None:
         assert template.compiled.input_reads is not None
     for document in documents():
         review = document["request"]
-        results = templates.evaluate(review, {})
+        namespace = {"metadata": {"name": review.get("namespace") or "default", "labels": {}}}
+        results = templates.evaluate(review, namespace)
         for constraint in templates.constraints:
             template = templates.templates[constraint.kind]
             whole = native.interpreter()

@@ -36,6 +36,7 @@ class ReviewRequest:
     dry_run: bool
     object: Mapping[str, Any] | None
     old_object: Mapping[str, Any] | None
+    raw: Mapping[str, Any] | None = None  # the whole ``request``, for Gatekeeper's ``input.review``
 
 
 def decode(body: bytes) -> ReviewRequest:
@@ -84,6 +85,7 @@ def decode(body: bytes) -> ReviewRequest:
         dry_run=dry_run,
         object=obj,
         old_object=old,
+        raw=req,
     )
 
 

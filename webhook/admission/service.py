@@ -106,6 +106,9 @@ async def serve(
         source = getattr(check, "metrics", None)
         if callable(source):
             metrics.check_sources.append((check.id, source))
+    metrics.gauge_sources.append(
+        lambda: [("portcullis_unjudged_kind_reviews_total", {"kind": k}, n) for k, n in pipeline.unjudged_kinds.items()]
+    )
     log.warning("portcullis webhook listening on https://%s:%d", listen.host, listen.port)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -54,6 +54,7 @@ class Subject:
     groups: tuple[str, ...] = ()
     uid: str = ""
     dry_run: bool = False
+    admission_request: Mapping[str, Any] | None = None  # the review's ``request``, verbatim
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ class Pipeline:
         self._io_checks = tuple(c for c in self.checks if getattr(c, "does_io", False) and c.id != "rego")
         self._inline_checks = tuple(c for c in self.checks if c not in self._io_checks and c.id != "rego")
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
+        self.unjudged_kinds: dict[str, int] = {}  # reviews of a kind no check applies to (allowed)
 
     def _components(self) -> list[object]:
         """What has a lifecycle: the namespace directory first (checks read it), then the checks."""
@@ -109,7 +111,19 @@ class Pipeline:
                 await close()
 
     def ready(self) -> bool:
-        return all(getattr(c, "ready", lambda: True)() for c in self._components())
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """What is not ready yet, by name (for /readyz: the reason, not a guess)."""
+        waiting: list[str] = []
+        for component in self._components():
+            if not getattr(component, "ready", lambda: True)():
+                name = getattr(component, "id", None)
+                # A check waits for its own cluster state; the only other component is the namespace watch.
+                waiting.append(
+                    f"the {name} check's first list of cluster state" if name else "the first list of namespaces"
+                )
+        return waiting
 
     def _default_labels(self, namespace: str) -> Mapping[str, str]:
         settings = self.config.namespaces.get(namespace)
@@ -136,7 +150,7 @@ class Pipeline:
         return (labels if labels is not None else self._default_labels(namespace)), ""
 
     async def evaluate(self, subject: Subject, deadline: Deadline, *, only: frozenset[str] | None = None) -> Outcome:
-        """Judge one subject. Raises ``ReviewError`` only for content that cannot be judged.
+        """Judge one subject of any kind. Raises ``ReviewError`` only for content that cannot be judged.
 
         ``only`` limits the checks that run (``/mutate`` runs just those that pin images).
         """
@@ -144,15 +158,26 @@ class Pipeline:
             return _skipped(f"subresource {subject.subresource!r} is not judged")
         if subject.operation not in _JUDGED_OPERATIONS:
             return _skipped(f"operation {subject.operation} is not judged")
-        if not workloads.carries_pod_spec(subject.kind):
+        # Any kind is judged: pod checks by kinds that carry pod specs, kind-generic checks
+        # (Rego, Gatekeeper) by the kinds their policies select; no check applies: allowed.
+        carries_pods = workloads.carries_pod_spec(subject.kind)
+        if not carries_pods and _hidden_pod_template(subject.object):
+            # A workload kind we do not know (Argo Rollout, a CRD): its pods would pass unjudged.
             raise errors.ReviewError(
-                f"portcullis cannot find pod specs in kind {subject.kind!r}; "
+                f"{subject.kind!r} carries a pod template where portcullis cannot find pod specs; "
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
-        pods = workloads.pod_specs(subject.object, subject.kind)
+        judging = [c for c in self.checks if carries_pods or _judges_kind(c, subject.kind)]
+        if not judging:
+            self.unjudged_kinds[subject.kind] = self.unjudged_kinds.get(subject.kind, 0) + 1
+            return _skipped(f"no check applies to kind {subject.kind!r}")
+        pods = workloads.pod_specs(subject.object, subject.kind) if carries_pods else []
         if subject.operation == "UPDATE" and subject.old_object is not None:
-            old_pods = workloads.pod_specs(subject.old_object, subject.kind)
-            if _same_judged_content(pods, old_pods):
+            old_pods = workloads.pod_specs(subject.old_object, subject.kind) if carries_pods else []
+            generic = any(_judges_kind(c, subject.kind) for c in judging)
+            if _same_judged_content(pods, old_pods) and (
+                not generic or _same_object(subject.object, subject.old_object)
+            ):
                 return _skipped("the update changes nothing a check looks at", pods)
         # Hot path: a dict lookup; only a namespace the watch has not delivered yet awaits a GET.
         found = self._namespaces.labels(subject.namespace) if self._namespaces is not None else None
@@ -173,13 +198,12 @@ class Pipeline:
             deadline=deadline,
             object=subject.object,
             old_object=subject.old_object,
+            admission_request=subject.admission_request,
         )
         exempt, reason = self._exemptions(ctx, pods)
         modes = {c.id: self.config.mode_for(c.id, labels) for c in self.checks}
         active = [
-            c
-            for c in self.checks
-            if c.id not in exempt and modes[c.id] is not Mode.OFF and (only is None or c.id in only)
+            c for c in judging if c.id not in exempt and modes[c.id] is not Mode.OFF and (only is None or c.id in only)
         ]
         results = await self._run(active, pods, ctx)
         verdict = combine(results, modes)
@@ -257,6 +281,48 @@ class Pipeline:
             exempt |= checks
             reasons.append(rule.reason or f"exempted from {', '.join(sorted(checks))}")
         return exempt, "; ".join(reasons)
+
+
+_POD_TEMPLATE_PATHS = (
+    ("spec", "template", "spec"),
+    ("spec", "jobTemplate", "spec", "template", "spec"),
+    ("template", "spec"),
+)
+
+
+def _hidden_pod_template(obj: Mapping[str, Any]) -> bool:
+    """Whether an object of a kind without known pod specs has one where workloads keep theirs."""
+    for path in _POD_TEMPLATE_PATHS:
+        node: Any = obj
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping):
+            return True
+    return False
+
+
+def _judges_kind(check: Check, kind: str) -> bool:
+    """Whether a kind-generic check (one with ``applies_to``, e.g. Rego) judges ``kind``."""
+    applies_to = getattr(check, "applies_to", None)
+    return bool(applies_to(kind)) if callable(applies_to) else False
+
+
+# Set by the apiserver on every write: a change of only these is no change to judge.
+_VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields", "generation", "uid", "creationTimestamp"})
+
+
+def _same_object(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """The whole object unchanged but for status and server-set metadata (kind-generic policies
+    may read any field, so only these may differ for an update to pass unjudged)."""
+
+    def judged(obj: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in obj.items() if k != "status"}
+        meta = obj.get("metadata")
+        if isinstance(meta, Mapping):
+            out["metadata"] = {k: v for k, v in meta.items() if k not in _VOLATILE_METADATA}
+        return out
+
+    return judged(new) == judged(old)
 
 
 def _text(value: Any) -> str | None:

@@ -248,6 +248,22 @@ def lint(modules: Sequence[RegoModule], is_builtin: Callable[[str], bool]) -> li
     return problems
 
 
+def inventory_to_input(source: str, key: str) -> str:
+    """``data.inventory`` read from ``input.<key>`` instead (same line numbers). Gatekeeper's
+    replicated cluster state changes at run time; a compiled bundle's data cannot, so the
+    caller passes the current inventory with each evaluation (``gatekeeper.evaluate_template``)."""
+    masked = _mask(source)
+    pieces: list[str] = []
+    last = 0
+    for match in _INVENTORY.finditer(masked):
+        pieces.append(source[last : match.start()])
+        text = match.group(0)
+        pieces.append(f"input.{key}" if text.startswith("data.") else f'input["{key}"')
+        last = match.end()
+    pieces.append(source[last:])
+    return "".join(pieces)
+
+
 def uses_inventory(module: RegoModule) -> int | None:
     """The 1-based line where a module reads ``data.inventory``, if it does."""
     match = _INVENTORY.search(_mask(module.source))

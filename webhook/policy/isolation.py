@@ -1,0 +1,306 @@
+"""Policy evaluation in worker processes the webhook can kill (parent side of ``policy.worker``).
+
+Why processes: rego-cpp cannot be interrupted and some policies cost quadratically in their
+input, so a thread that overran kept running, kept its memory and, once every thread was taken,
+turned the webhook not-ready. Here each evaluation runs in a prefork worker that holds the
+compiled policies warm; at the request's deadline the parent kills it (SIGKILL) and starts a
+replacement in the background; the worker caps its own address space and CPU (rlimits), so a
+runaway dies even while the parent is busy. When no worker is free within the request's bound,
+the request gets the check's failure mode; readiness never depends on the workers.
+
+One pool per rego check; ``configure`` installs a new policy version (workers are replaced, a
+request in flight finishes on the version it started with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from webhook import errors
+from webhook.policy import worker as wire
+
+log = logging.getLogger("portcullis.policy")
+_SPAWN_TIMEOUT = 60.0
+_RETRY_AFTER = 1.0
+
+
+class PolicyTimeout(errors.UpstreamError):
+    """Evaluation overran its bound; the worker was killed; the policies' failure mode decides."""
+
+
+class WorkersUnavailable(errors.UpstreamError):
+    """No worker could take the request in time (all busy, or none could start)."""
+
+
+class WorkerDied(errors.UpstreamError):
+    """The worker ended while evaluating (memory or CPU cap, engine crash)."""
+
+
+@dataclass(slots=True)
+class PoolStats:
+    """Counters for /metrics: what the isolation absorbed."""
+
+    evaluations: int = 0
+    killed: int = 0  # overran the deadline
+    died: int = 0  # ended on its own (rlimit, crash)
+    unavailable: int = 0  # no worker within the bound
+    started: int = 0
+
+
+class _Worker:
+    def __init__(self, proc: asyncio.subprocess.Process, generation: int) -> None:
+        self.proc = proc
+        self.generation = generation
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def send(self, payload: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(wire.frame(payload))
+        await self.proc.stdin.drain()
+
+    async def receive(self) -> Any:
+        assert self.proc.stdout is not None
+        head = await self.proc.stdout.readexactly(4)
+        size = int.from_bytes(head, "big")
+        if size > wire.MAX_FRAME:
+            raise ValueError(f"worker sent a frame of {size} bytes")
+        return orjson.loads(await self.proc.stdout.readexactly(size))
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    async def reap(self) -> int | None:
+        with contextlib.suppress(Exception):
+            return await asyncio.wait_for(self.proc.wait(), 5)
+        return None
+
+
+class WorkerPool:
+    """``size`` prefork worker processes running one policy version at a time."""
+
+    def __init__(self, size: int, *, memory_bytes: int = 0, cpu_seconds: float = 0.0) -> None:
+        self.size = size
+        self.memory_bytes = memory_bytes
+        self.cpu_seconds = cpu_seconds
+        self.stats = PoolStats()
+        self.last_error: str | None = None
+        self._spec: bytes | None = None
+        self._generation = 0
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._starting = 0
+        self._waiters: deque[asyncio.Future[_Worker]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def configured(self) -> bool:
+        return self._spec is not None
+
+    @property
+    def warm(self) -> bool:
+        """Whether a worker ever loaded the policies (readiness waits for the first one only)."""
+        return self.stats.started > 0
+
+    def configure(self, spec: dict[str, Any]) -> None:
+        """Install a policy version (``worker.Loaded``'s load message); old workers retire."""
+        self._generation += 1
+        message = {**spec, "op": "load", "memory_bytes": self.memory_bytes, "cpu_seconds": self.cpu_seconds}
+        self._spec = orjson.dumps(message)
+        self.last_error = None
+        for old in self._idle:
+            self._retire(old)
+        self._idle.clear()
+        with contextlib.suppress(RuntimeError):  # no running loop yet: ``start`` fills the pool
+            self._fill()
+
+    async def start(self) -> None:
+        """Prefork the workers and wait until they hold the compiled policies."""
+        self._fill()
+        while self._starting and not self._closed:
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        self._closed = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(WorkersUnavailable("the policy workers are shutting down"))
+        for w in [*self._idle, *self._busy]:
+            w.kill()
+        for w in [*self._idle, *self._busy]:
+            await w.reap()
+        self._idle.clear()
+        self._busy.clear()
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in [*self._idle, *self._busy]]
+
+    async def evaluate(self, payload: bytes, bound: float) -> Any:
+        """Evaluate an encoded request (``worker.Loaded.evaluate``) on a worker within ``bound``
+        seconds; return its answer (a JSON value whose shape the caller checks)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
+        worker = await self._acquire(bound)
+        try:
+            await worker.send(payload)
+            answer = await asyncio.wait_for(worker.receive(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            self.stats.killed += 1
+            self._discard(worker)
+            raise PolicyTimeout(
+                f"Rego evaluation exceeded {bound * 1000:.0f} ms; the worker was stopped (look for "
+                f"comprehensions or numbers.range that grow with the input)"
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, orjson.JSONDecodeError) as exc:
+            self.stats.died += 1
+            self._discard(worker)
+            code = worker.proc.returncode
+            if code is None:
+                with contextlib.suppress(TimeoutError):
+                    code = await asyncio.wait_for(worker.proc.wait(), 0.2)
+            raise WorkerDied(
+                f"the policy worker ended while evaluating ({_exit_reason(code)}); a policy needed "
+                f"more memory or CPU than its cap allows, or the engine crashed ({type(exc).__name__})"
+            ) from None
+        except BaseException:
+            self._discard(worker)  # cancelled mid-exchange: the stream is out of step
+            raise
+        self.stats.evaluations += 1
+        self._release(worker)
+        return answer
+
+    # --- the pool's bookkeeping ------------------------------------------------------------
+
+    async def _acquire(self, bound: float) -> _Worker:
+        if self._closed:
+            raise WorkersUnavailable("the policy workers are shut down")
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.proc.returncode is None:
+                self._busy.add(worker)
+                return worker
+            self._retire(worker)
+        self._fill()
+        waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if not self.stats.started:
+            # Never warm yet (a pool used without ``start``: CI, tests): the first request waits
+            # for the first worker. The webhook starts the pool before it reports ready.
+            bound = max(bound, _SPAWN_TIMEOUT)
+        try:
+            worker = await asyncio.wait_for(asyncio.shield(waiter), bound)
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())  # handed over just as the bound passed
+            else:
+                waiter.cancel()
+            self.stats.unavailable += 1
+            why = f": {self.last_error}" if self.last_error else ""
+            raise WorkersUnavailable(
+                f"no policy worker free within {bound * 1000:.0f} ms ({self.size} busy or starting{why})"
+            ) from None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+        return worker
+
+    def _release(self, worker: _Worker) -> None:
+        self._busy.discard(worker)
+        if self._closed or worker.generation != self._generation or worker.proc.returncode is not None:
+            self._retire(worker)
+            self._fill()
+            return
+        self._hand_over(worker)
+
+    def _hand_over(self, worker: _Worker) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._busy.add(worker)
+                waiter.set_result(worker)
+                return
+        self._idle.append(worker)
+
+    def _discard(self, worker: _Worker) -> None:
+        self._busy.discard(worker)
+        self._retire(worker)
+        self._fill()
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.kill()
+        self._spawn_task(worker.reap())
+
+    def _fill(self) -> None:
+        """Start workers until ``size`` exist (idle, busy or starting) for the current version."""
+        if self._closed or self._spec is None:
+            return
+        current = sum(1 for w in [*self._idle, *self._busy] if w.generation == self._generation)
+        for _ in range(self.size - current - self._starting):
+            self._starting += 1
+            self._spawn_task(self._start_one(self._generation, self._spec))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_one(self, generation: int, spec: bytes) -> None:
+        worker: _Worker | None = None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "webhook.policy.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=wire.MAX_FRAME,
+            )
+            worker = _Worker(proc, generation)
+            await worker.send(spec)
+            summary = await asyncio.wait_for(worker.receive(), _SPAWN_TIMEOUT)
+            if not isinstance(summary, dict) or summary.get("ok") is not True:
+                why = summary.get("error") if isinstance(summary, dict) else None
+                raise WorkersUnavailable(f"a policy worker could not load the policies: {why or summary!r}")
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, WorkersUnavailable) else f"a policy worker did not start: {exc!r}"
+            if self.last_error != message:
+                log.error("%s", message)
+            self.last_error = message
+            if worker is not None:
+                self._retire(worker)
+            self._starting -= 1
+            await asyncio.sleep(_RETRY_AFTER)  # then try again, unless replaced meanwhile
+            self._fill()
+            return
+        self._starting -= 1
+        self.stats.started += 1
+        if self._closed or generation != self._generation:
+            self._retire(worker)
+            return
+        self.last_error = None
+        self._hand_over(worker)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        names = {6: "SIGABRT: allocation failed or engine abort", 9: "SIGKILL", 11: "SIGSEGV", 24: "SIGXCPU: CPU cap"}
+        return f"signal {-code}, {names.get(-code, 'killed')}"
+    return f"exit {code}"
