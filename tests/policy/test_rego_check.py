@@ -123,7 +123,8 @@ async def test_overrunning_policy_follows_failure_mode(tmp_path: Path) -> None:
         check = pipeline.checks[0]
         assert isinstance(check, rego_check.RegoCheck)
         assert check.pool.stats.killed == 1
-        assert (await judge(pipeline, deployment())).verdict.allowed  # a replacement judged it
+        await check.pool.start()  # wait for the replacement (it starts in the background)
+        assert (await judge(pipeline, deployment())).verdict.allowed
     finally:
         await pipeline.close()
 
@@ -143,6 +144,8 @@ async def test_reload_picks_up_a_new_policy_without_restart(tmp_path: Path) -> N
     assert (await judge(pipeline, deployment())).verdict.allowed
     (tmp_path / "b.rego").write_text('package b\nimport rego.v1\ndeny contains "no" if true\n')
     assert await check.reload()
+    assert isinstance(check, rego_check.RegoCheck)
+    await check.pool.start()  # the new version's workers (the previous ones serve until then)
     assert not (await judge(pipeline, deployment())).verdict.allowed
     await pipeline.close()
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from webhook.checks.base import Check
@@ -59,7 +60,8 @@ class RegoCheck:
             memory_bytes=settings.worker_memory_mb << 20,
             cpu_seconds=math.ceil(settings.timeout) + 1.0,
         )
-        self._installed: tuple[rego.CompiledPolicies | None, gatekeeper.GatekeeperSet | None] | None = None
+        self._installed: _Version | None = None
+        self._versions: dict[int, _Version] = {}  # generation -> what its workers hold
         self._reloader: asyncio.Task[None] | None = None
         self.over_bounds = 0  # requests denied by the input bounds, for /metrics
 
@@ -91,12 +93,12 @@ class RegoCheck:
     def metrics(self) -> dict[str, float]:
         stats = self.pool.stats
         return {
-            "portcullis_rego_evaluations_total": stats.evaluations,
-            "portcullis_rego_workers_killed_total": stats.killed,
-            "portcullis_rego_workers_died_total": stats.died,
-            "portcullis_rego_workers_unavailable_total": stats.unavailable,
-            "portcullis_rego_workers_started_total": stats.started,
-            "portcullis_rego_inputs_over_bounds_total": self.over_bounds,
+            "evaluations": stats.evaluations,
+            "workers_killed": stats.killed,
+            "workers_died": stats.died,
+            "workers_unavailable": stats.unavailable,
+            "workers_started": stats.started,
+            "inputs_over_bounds": self.over_bounds,
         }
 
     def applies_to(self, kind: str) -> bool:
@@ -112,13 +114,16 @@ class RegoCheck:
             self.templates.current if self.templates else None,
         )
 
-    def _install(self) -> None:
+    def _install(self) -> _Version:
         """Send the current policy version to the workers, once per version."""
         current = self._current()
         if self._installed is not None and all(a is b for a, b in zip(current, self._installed, strict=True)):
-            return
-        self.pool.configure(worker_spec(*current, strict=self.settings.strict_builtin_errors))
+            return self._installed
+        generation = self.pool.configure(worker_spec(*current, strict=self.settings.strict_builtin_errors))
+        self._versions = {g: v for g, v in self._versions.items() if g >= generation - 2}
+        self._versions[generation] = current
         self._installed = current
+        return current
 
     async def _reload_loop(self) -> None:
         while True:
@@ -143,30 +148,31 @@ class RegoCheck:
         document = policy_input.build(ctx, pods)
         if self.remote is not None:
             return to_result(await self.remote.evaluate(document, ctx.deadline), self.settings.failure_mode)
-        bundle, templates = self._current()
-        run_bundle = bundle is not None and bool(bundle.policies) and bundle.applies_to(ctx.kind)
-        review = policy_input.review(ctx)
-        namespace = review.get("_unstable", {}).get("namespace")
-        matching = templates.matching(review, namespace) if templates else []
-        if not matching and not run_bundle:
+        version = self._install() if (self.bundle or self.templates) else self._current()
+        prepared = _prepare(version, ctx, document, self.settings.max_input_bytes)
+        if prepared is None:
             return CheckResult()
-        request = {
-            "document": bundle.readable(document) if run_bundle and bundle is not None else None,
-            "review": review if matching else None,
-            "constraints": [c.id for c in matching],
-        }
-        payload = bounds.encoded(request)
-        if len(payload) > self.settings.max_input_bytes:
+        if isinstance(prepared, str):
             self.over_bounds += 1
-            return CheckResult(violations=[Violation(CHECK_ID, bounds.too_many_bytes(len(payload), self.settings))])
-        self._install()
+            return CheckResult(violations=[Violation(CHECK_ID, prepared)])
         bound = ctx.deadline.cap(self.settings.timeout)
+        started = asyncio.get_running_loop().time()
         try:
-            answer = await self.pool.evaluate(payload, bound)
+            worker = await self.pool.acquire(bound)
+            held = self._versions.get(worker.generation, version)
+            if held is not version:  # a reload is under way: this worker holds the previous version
+                again = _prepare(held, ctx, document, self.settings.max_input_bytes)
+                if not isinstance(again, _Prepared):
+                    self.pool.release(worker)
+                    return CheckResult() if again is None else CheckResult(violations=[Violation(CHECK_ID, again)])
+                prepared = again
+            waited = asyncio.get_running_loop().time() - started
+            # A cold pool (used without ``start``) may wait past the bound for its first worker.
+            left = bound - waited if waited < bound else bound
+            answer = await self.pool.exchange(worker, prepared.payload, left)
         except (isolation.PolicyTimeout, isolation.WorkerDied, isolation.WorkersUnavailable) as exc:
-            return self._overrun(f"{exc} ({_names(bundle, templates)})", bundle, templates)
-        policies = list(bundle.policies) if run_bundle and bundle is not None else []
-        return to_result(decode_answer(answer, policies, matching), self.settings.failure_mode)
+            return self._overrun(f"{exc} ({_names(*version)})", *version)
+        return to_result(decode_answer(answer, prepared.policies, prepared.constraints), self.settings.failure_mode)
 
     def _overrun(
         self, reason: str, bundle: rego.CompiledPolicies | None, templates: gatekeeper.GatekeeperSet | None
@@ -179,6 +185,42 @@ class RegoCheck:
         if FailureMode.DENY in modes:
             return CheckResult(violations=[Violation(CHECK_ID, f"{reason}; denied by failure mode 'deny'")])
         return CheckResult(warnings=[f"[{CHECK_ID}] {reason}; allowed by failure mode 'allow'"])
+
+
+_Version = tuple[rego.CompiledPolicies | None, gatekeeper.GatekeeperSet | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One evaluation request for the workers of one policy version."""
+
+    payload: bytes
+    policies: list[rego.Policy]
+    constraints: list[gatekeeper.Constraint]
+
+
+def _prepare(
+    version: _Version, ctx: RequestContext, document: dict[str, Any], max_bytes: int
+) -> _Prepared | str | None:
+    """The request for ``version``'s workers; None when none of its policies applies, a denial
+    message when the input is beyond ``policy.max_input_bytes``."""
+    bundle, templates = version
+    run_bundle = bundle is not None and bool(bundle.policies) and bundle.applies_to(ctx.kind)
+    review = policy_input.review(ctx)
+    namespace = review.get("_unstable", {}).get("namespace")
+    matching = templates.matching(review, namespace) if templates else []
+    if not matching and not run_bundle:
+        return None
+    request = {
+        "document": bundle.readable(document) if run_bundle and bundle is not None else None,
+        "review": review if matching else None,
+        "constraints": [c.id for c in matching],
+    }
+    payload = bounds.encoded(request)
+    if len(payload) > max_bytes:
+        return bounds.too_many_bytes(len(payload), max_bytes)
+    policies = list(bundle.policies) if run_bundle and bundle is not None else []
+    return _Prepared(payload, policies, matching)
 
 
 def worker_spec(

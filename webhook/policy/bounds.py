@@ -9,20 +9,12 @@ containers, and the worker's deadline then only has to catch pathological polici
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from webhook.core import workloads
 from webhook.core.workloads import PodSpecRef
-
-
-class Limits(Protocol):
-    @property
-    def max_containers(self) -> int: ...
-
-    @property
-    def max_input_bytes(self) -> int: ...
 
 
 def pods_over_bounds(pods: Sequence[PodSpecRef], max_containers: int) -> str | None:
@@ -43,8 +35,8 @@ def encoded(request: Any) -> bytes:
     return orjson.dumps(request, option=orjson.OPT_NON_STR_KEYS)
 
 
-def too_many_bytes(size: int, limits: Limits) -> str:
+def too_many_bytes(size: int, max_bytes: int) -> str:
     return (
-        f"the policy input is {size} bytes; policies judge at most {limits.max_input_bytes} "
+        f"the policy input is {size} bytes; policies judge at most {max_bytes} "
         f"(policy.max_input_bytes), so it is denied without evaluation"
     )

@@ -30,6 +30,7 @@ from webhook.policy import worker as wire
 log = logging.getLogger("portcullis.policy")
 _SPAWN_TIMEOUT = 60.0
 _RETRY_AFTER = 1.0
+_REAP = "policy-worker-reap"
 
 
 class PolicyTimeout(errors.UpstreamError):
@@ -55,7 +56,7 @@ class PoolStats:
     started: int = 0
 
 
-class _Worker:
+class Worker:
     def __init__(self, proc: asyncio.subprocess.Process, generation: int) -> None:
         self.proc = proc
         self.generation = generation
@@ -98,10 +99,10 @@ class WorkerPool:
         self.last_error: str | None = None
         self._spec: bytes | None = None
         self._generation = 0
-        self._idle: list[_Worker] = []
-        self._busy: set[_Worker] = set()
+        self._idle: list[Worker] = []
+        self._busy: set[Worker] = set()
         self._starting = 0
-        self._waiters: deque[asyncio.Future[_Worker]] = deque()
+        self._waiters: deque[asyncio.Future[Worker]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -114,17 +115,17 @@ class WorkerPool:
         """Whether a worker ever loaded the policies (readiness waits for the first one only)."""
         return self.stats.started > 0
 
-    def configure(self, spec: dict[str, Any]) -> None:
-        """Install a policy version (``worker.Loaded``'s load message); old workers retire."""
+    def configure(self, spec: dict[str, Any]) -> int:
+        """Install a policy version (``worker.Loaded``'s load message); return its generation.
+        Workers of the previous version retire as the new version's workers become ready."""
         self._generation += 1
         message = {**spec, "op": "load", "memory_bytes": self.memory_bytes, "cpu_seconds": self.cpu_seconds}
         self._spec = orjson.dumps(message)
         self.last_error = None
-        for old in self._idle:
-            self._retire(old)
-        self._idle.clear()
+        # Previous-version workers keep serving until current ones are ready (``_take_idle``).
         with contextlib.suppress(RuntimeError):  # no running loop yet: ``start`` fills the pool
             self._fill()
+        return self._generation
 
     async def start(self) -> None:
         """Prefork the workers and wait until they hold the compiled policies."""
@@ -134,17 +135,16 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closed = True
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(WorkersUnavailable("the policy workers are shutting down"))
+        self._fail_waiters(WorkersUnavailable("the policy workers are shutting down"))
         for w in [*self._idle, *self._busy]:
             w.kill()
         for w in [*self._idle, *self._busy]:
             await w.reap()
         self._idle.clear()
         self._busy.clear()
-        for task in list(self._tasks):
-            task.cancel()
+        for task in list(self._tasks):  # reaps finish (bounded); starts and retries are cancelled
+            if task.get_name() != _REAP:
+                task.cancel()
             with contextlib.suppress(BaseException):
                 await task
 
@@ -156,7 +156,14 @@ class WorkerPool:
         seconds; return its answer (a JSON value whose shape the caller checks)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + bound
-        worker = await self._acquire(bound)
+        worker = await self.acquire(bound)
+        return await self.exchange(worker, payload, max(0.0, deadline - loop.time()))
+
+    async def exchange(self, worker: Worker, payload: bytes, bound: float) -> Any:
+        """Send ``payload`` to an acquired worker and read its answer within ``bound`` seconds;
+        the worker goes back to the pool (or is killed and replaced)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
         try:
             await worker.send(payload)
             answer = await asyncio.wait_for(worker.receive(), max(0.0, deadline - loop.time()))
@@ -185,19 +192,27 @@ class WorkerPool:
         self._release(worker)
         return answer
 
+    def release(self, worker: Worker) -> None:
+        """Give back an acquired worker that was not used (``exchange`` releases by itself)."""
+        self._release(worker)
+
     # --- the pool's bookkeeping ------------------------------------------------------------
 
-    async def _acquire(self, bound: float) -> _Worker:
+    async def acquire(self, bound: float) -> Worker:
+        """A worker within ``bound`` seconds; its ``generation`` says which policy version it
+        holds (a previous one while the current version's workers are still starting)."""
         if self._closed:
             raise WorkersUnavailable("the policy workers are shut down")
-        while self._idle:
-            worker = self._idle.pop()
+        while True:
+            worker = self._take_idle()
+            if worker is None:
+                break
             if worker.proc.returncode is None:
                 self._busy.add(worker)
                 return worker
             self._retire(worker)
         self._fill()
-        waiter: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         if not self.stats.started:
             # Never warm yet (a pool used without ``start``: CI, tests): the first request waits
@@ -220,15 +235,39 @@ class WorkerPool:
                 self._waiters.remove(waiter)
         return worker
 
-    def _release(self, worker: _Worker) -> None:
+    def _fail_waiters(self, exc: Exception) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    def _current_ready(self) -> int:
+        return sum(1 for w in [*self._idle, *self._busy] if w.generation == self._generation)
+
+    def _take_idle(self) -> Worker | None:
+        """An idle worker of the current version; one of a previous version only while no
+        current one is ready yet (a reload keeps serving instead of failing requests)."""
+        for i in range(len(self._idle) - 1, -1, -1):
+            if self._idle[i].generation == self._generation:
+                return self._idle.pop(i)
+        if self._idle and not self._current_ready():
+            return self._idle.pop()
+        return None
+
+    def _release(self, worker: Worker) -> None:
         self._busy.discard(worker)
-        if self._closed or worker.generation != self._generation or worker.proc.returncode is not None:
+        stale = worker.generation != self._generation and self._current_ready() > 0
+        if self._closed or stale or worker.proc.returncode is not None:
             self._retire(worker)
             self._fill()
             return
         self._hand_over(worker)
 
-    def _hand_over(self, worker: _Worker) -> None:
+    def _hand_over(self, worker: Worker) -> None:
+        if worker.generation == self._generation:
+            for old in [w for w in self._idle if w.generation != self._generation][:1]:
+                self._idle.remove(old)  # one previous-version worker leaves per current one ready
+                self._retire(old)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -237,31 +276,30 @@ class WorkerPool:
                 return
         self._idle.append(worker)
 
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: Worker) -> None:
         self._busy.discard(worker)
         self._retire(worker)
         self._fill()
 
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: Worker) -> None:
         worker.kill()
-        self._spawn_task(worker.reap())
+        self._spawn_task(worker.reap(), _REAP)
 
     def _fill(self) -> None:
         """Start workers until ``size`` exist (idle, busy or starting) for the current version."""
         if self._closed or self._spec is None:
             return
-        current = sum(1 for w in [*self._idle, *self._busy] if w.generation == self._generation)
-        for _ in range(self.size - current - self._starting):
+        for _ in range(self.size - self._current_ready() - self._starting):
             self._starting += 1
             self._spawn_task(self._start_one(self._generation, self._spec))
 
-    def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn_task(self, coro: Any, name: str = "policy-worker-start") -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _start_one(self, generation: int, spec: bytes) -> None:
-        worker: _Worker | None = None
+        worker: Worker | None = None
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -271,7 +309,7 @@ class WorkerPool:
                 stdout=asyncio.subprocess.PIPE,
                 limit=wire.MAX_FRAME,
             )
-            worker = _Worker(proc, generation)
+            worker = Worker(proc, generation)
             await worker.send(spec)
             summary = await asyncio.wait_for(worker.receive(), _SPAWN_TIMEOUT)
             if not isinstance(summary, dict) or summary.get("ok") is not True:
@@ -285,6 +323,8 @@ class WorkerPool:
             if worker is not None:
                 self._retire(worker)
             self._starting -= 1
+            if not self.warm:  # nothing ever loaded: waiting requests learn why now
+                self._fail_waiters(WorkersUnavailable(message))
             await asyncio.sleep(_RETRY_AFTER)  # then try again, unless replaced meanwhile
             self._fill()
             return
@@ -292,6 +332,7 @@ class WorkerPool:
         self.stats.started += 1
         if self._closed or generation != self._generation:
             self._retire(worker)
+            self._fill()
             return
         self.last_error = None
         self._hand_over(worker)
