@@ -15,7 +15,7 @@ from webhook.checks.pipeline import Pipeline, Subject
 from webhook.checks.services import Services
 from webhook.cli import main
 from webhook.core.deadline import Deadline
-from webhook.policy import testing
+from webhook.policy import gatekeeper, rego, testing
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "policies"
@@ -221,3 +221,53 @@ def test_policy_validate_reports_bad_policy_with_exit_2(tmp_path: Path, capsys: 
     (tmp_path / "x.rego").write_text("package x\nimport rego.v1\ndeny contains y if { y := nofn() }\n")
     assert main(["policy", "validate", str(tmp_path)]) == 2
     assert "x.rego:3:" in capsys.readouterr().err
+
+
+def test_policy_test_exits_2_when_a_policy_does_not_compile_even_without_tests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.rego").write_text("package broken\nimport rego.v1\ndeny contains x if {\n  x := \n}\n")
+    assert main(["policy", "test", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.rego:" in err
+    assert "no tests found" not in err
+
+
+def test_a_template_the_engine_refuses_is_reported_with_its_message_not_a_placeholder(tmp_path: Path) -> None:
+    """`[_]` under `not` inside call arguments cannot be hoisted; the error names file and line."""
+    source = (
+        'package k8snot\nviolation[{"msg": "m"}] {\n'
+        "  not startswith(input.review.object.metadata.name, input.parameters.prefixes[_])\n}\n"
+    )
+    template = {
+        "apiVersion": "templates.gatekeeper.sh/v1",
+        "kind": "ConstraintTemplate",
+        "metadata": {"name": "k8snot"},
+        "spec": {
+            "crd": {"spec": {"names": {"kind": "K8sNot"}}},
+            "targets": [{"target": "admission.k8s.gatekeeper.sh", "rego": source}],
+        },
+    }
+    import yaml
+
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(template, default_style=None))
+    with pytest.raises(errors.PolicyLoadError) as caught:
+        gatekeeper.load([tmp_path / "t.yaml"])
+    message = str(caught.value)
+    assert "could not build a bundle" not in message
+    assert "Invalid bracket argument" in message
+    assert "t.yaml:" in message
+
+
+def test_wildcard_in_call_arguments_iterates_like_opa(tmp_path: Path) -> None:
+    (tmp_path / "w.rego").write_text(
+        "package w\nimport rego.v1\n"
+        "deny contains msg if {\n"
+        '  msg := object.get(input.rules[_], "host", "none")\n'
+        "  startswith(msg, input.prefixes[_])\n}\n"
+    )
+    compiled = rego.load_directory([tmp_path])
+    (result,) = compiled.evaluate(
+        {"rules": [{"host": "a.example"}, {"x": 1}, {"host": "b.example"}], "prefixes": ["a", "n"]}
+    )
+    assert [i.msg for i in result.deny] == ["a.example", "none"]

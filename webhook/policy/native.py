@@ -28,9 +28,10 @@ class PolicyEvalError(errors.PortcullisError):
 class CompileFailed(Exception):
     """rego-cpp refused the modules; ``raw`` is its error tree (``modules.explain_compile_error``)."""
 
-    def __init__(self, raw: str) -> None:
-        super().__init__(raw)
+    def __init__(self, raw: str, text: str = "") -> None:
+        super().__init__(raw or text)
         self.raw = raw
+        self.text = text  # the engine's own messages when it gives no error tree (no location)
 
 
 def build_bundle(sources: Sequence[tuple[str, str]], entrypoints: Sequence[str]) -> Any:
@@ -43,7 +44,7 @@ def build_bundle(sources: Sequence[tuple[str, str]], entrypoints: Sequence[str])
     except regopy.RegoError as exc:
         raise CompileFailed(str(exc)) from exc
     if not bundle.ok():
-        raise CompileFailed("")
+        raise CompileFailed("", _error_text(bundle.node()._impl))
     return bundle
 
 

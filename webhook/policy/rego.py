@@ -283,7 +283,10 @@ def compile_modules(
         bundle = native.build_bundle(sources, entrypoints)
     except native.CompileFailed as exc:
         if not exc.raw:
-            raise modules.PolicySyntaxError("the Rego compiler could not build a bundle from " + _names(mods)) from exc
+            hint = modules.explain_bracket_arguments(mods) if "bracket" in exc.text.lower() else ""
+            raise modules.PolicySyntaxError(
+                f"{_names(mods)}: the embedded Rego engine refused the modules: {exc.text or 'no message'}{hint}"
+            ) from exc
         raise modules.PolicySyntaxError(modules.explain_compile_error(exc.raw, mods)) from exc
     readable = _input_reads(bundle) if prune_input else None
     return CompiledPolicies(bundle, tuple(policies), tuple(mods), strict_builtins, readable)

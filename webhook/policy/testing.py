@@ -52,13 +52,16 @@ def run_rego_tests(paths: Sequence[Path]) -> list[TestResult]:
     """
     files = modules.discover(paths, tests=True)
     policies = [p for p in files if not p.name.endswith("_test.rego")]
+    test_files = [p for p in files if p.name.endswith("_test.rego")]
     results: list[TestResult] = []
-    for test_file in (p for p in files if p.name.endswith("_test.rego")):
+    if policies and not test_files:
+        _isolated(policies, None)  # no tests, but the policies must still compile (exit 2 if not)
+    for test_file in test_files:
         results.extend(_isolated([*policies, test_file], test_file))
     return results
 
 
-def _isolated(files: Sequence[Path], test_file: Path) -> list[TestResult]:
+def _isolated(files: Sequence[Path], test_file: Path | None) -> list[TestResult]:
     args = [sys.executable, "-m", "webhook.policy.testing", *map(str, files)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode == 0:
@@ -67,17 +70,18 @@ def _isolated(files: Sequence[Path], test_file: Path) -> list[TestResult]:
         raise errors.PolicyLoadError(proc.stderr.strip())
     why = f"the embedded Rego engine crashed (exit {proc.returncode}) while running this file"
     detail = proc.stderr.strip().splitlines()[-1:] or [""]
-    return [TestResult(f"{test_file}", str(test_file), False, f"{why}: {detail[0]}".rstrip(": "))]
+    where = str(test_file) if test_file is not None else ", ".join(map(str, files))
+    return [TestResult(where, where, False, f"{why}: {detail[0]}".rstrip(": "))]
 
 
 def run_in_process(files: Sequence[Path]) -> list[TestResult]:
     """Compile ``files`` once; evaluate each ``test_`` rule of the ``*_test.rego`` ones."""
     mods = [modules.read(p) for p in files]
     tests = [(m, t) for m in mods if m.name.endswith("_test.rego") for t in m.tests]
+    entrypoints = sorted({f"{m.package_path}/{t}" for m, t in tests})
+    compiled = rego.compile_modules(mods, extra_entrypoints=entrypoints)  # raises on a broken file
     if not tests:
         return []
-    entrypoints = sorted({f"{m.package_path}/{t}" for m, t in tests})
-    compiled = rego.compile_modules(mods, extra_entrypoints=entrypoints)
     results: list[TestResult] = []
     seen: set[str] = set()
     for module, test in tests:
