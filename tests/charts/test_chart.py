@@ -1254,3 +1254,38 @@ def test_readme_gives_the_admin_the_apiserver_config_kubernetes_expects(chart: h
     (values,) = [b for b in blocks if "clientAuth" in b.get("webhook", {})]
     objects = render(chart, values)
     assert portcullis_config.parse(rendered_config(objects), source="config.yaml").server.client_ca
+
+
+def test_extra_validating_rules_send_the_kinds_policies_select(chart: helm.Chart) -> None:
+    """Kinds for Rego/Gatekeeper policies (ConfigMaps, Ingresses, cluster-scoped RBAC) go to the
+    validating webhook only: digest pinning (mutating) concerns pods alone."""
+    values = {
+        "webhook": {
+            "validating": {
+                "extraRules": [
+                    {"apiGroups": [""], "resources": ["configmaps"]},
+                    {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "scope": "Namespaced"},
+                    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "scope": "Cluster"},
+                ]
+            }
+        }
+    }
+    objects = render(chart, values)
+    validating = one(objects, "ValidatingWebhookConfiguration")["webhooks"][0]
+    mutating = one(objects, "MutatingWebhookConfiguration")["webhooks"][0]
+    extra = validating["rules"][-3:]
+    assert extra[0] == {
+        "apiGroups": [""],
+        "apiVersions": ["*"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": ["configmaps"],
+        "scope": "*",
+    }
+    assert extra[1]["resources"] == ["ingresses"]
+    assert extra[2]["scope"] == "Cluster"
+    assert not {r for rule in mutating["rules"] for r in rule["resources"]} & {"configmaps", "ingresses"}
+
+
+def test_an_extra_rule_without_resources_is_refused(chart: helm.Chart) -> None:
+    message = render_error(chart, {"webhook": {"validating": {"extraRules": [{"apiGroups": [""]}]}}})
+    assert "resources" in message

@@ -271,3 +271,20 @@ def test_wildcard_in_call_arguments_iterates_like_opa(tmp_path: Path) -> None:
         {"rules": [{"host": "a.example"}, {"x": 1}, {"host": "b.example"}], "prefixes": ["a", "n"]}
     )
     assert [i.msg for i in result.deny] == ["a.example", "none"]
+
+
+def test_policy_rules_prints_chart_values_for_the_selected_kinds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "svc.rego").write_text(
+        "# METADATA\n# custom:\n#   kinds: [Service, ClusterRole, Deployment]\npackage svc\nimport rego.v1\n"
+        'deny contains "x" if false\n'
+    )
+    assert main(["policy", "rules", str(tmp_path), "--gatekeeper", str(LIBRARY / "gatekeeper")]) == 0
+    import yaml
+
+    rules = yaml.safe_load(capsys.readouterr().out)["webhook"]["validating"]["extraRules"]
+    assert {"apiGroups": ["*"], "resources": ["clusterroles"], "scope": "Cluster"} in rules
+    assert {"apiGroups": ["*"], "resources": ["services"], "scope": "*"} in rules
+    assert {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "scope": "Namespaced"} in rules
+    assert not any("deployments" in r["resources"] for r in rules)  # the chart's own rules have them

@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from webhook import errors
+from webhook.core import workloads
 from webhook.policy import gatekeeper, modules, rego, testing
 
 _VERSION = 1
@@ -31,6 +34,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     validate.add_argument("--gatekeeper", action="append", type=Path, default=[], metavar="DIR")
     validate.add_argument("--format", choices=("text", "json"), default="text")
     validate.set_defaults(func=cmd_validate)
+    rules = sub.add_parser("rules", help="the webhook rules (chart values) for the kinds policies select")
+    rules.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="Rego directories")
+    rules.add_argument("--gatekeeper", action="append", type=Path, default=[], metavar="DIR")
+    rules.set_defaults(func=cmd_rules)
     policy.set_defaults(func=lambda _args: _usage(policy))
 
 
@@ -80,4 +87,66 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"ok policy {policy_id}")
         for constraint_id in found["constraints"]:
             print(f"ok constraint {constraint_id}")
+    return 0
+
+
+# Kinds whose plural or scope the usual rule (lowercase + "s") does not give.
+_RESOURCES: dict[str, tuple[str, str]] = {
+    "Ingress": ("ingresses", "Namespaced"),
+    "IngressClass": ("ingressclasses", "Cluster"),
+    "NetworkPolicy": ("networkpolicies", "Namespaced"),
+    "Endpoints": ("endpoints", "Namespaced"),
+    "PodSecurityPolicy": ("podsecuritypolicies", "Cluster"),
+    "StorageClass": ("storageclasses", "Cluster"),
+    "PriorityClass": ("priorityclasses", "Cluster"),
+    "RuntimeClass": ("runtimeclasses", "Cluster"),
+    "Namespace": ("namespaces", "Cluster"),
+    "Node": ("nodes", "Cluster"),
+    "PersistentVolume": ("persistentvolumes", "Cluster"),
+    "ClusterRole": ("clusterroles", "Cluster"),
+    "ClusterRoleBinding": ("clusterrolebindings", "Cluster"),
+    "CustomResourceDefinition": ("customresourcedefinitions", "Cluster"),
+    "ValidatingWebhookConfiguration": ("validatingwebhookconfigurations", "Cluster"),
+    "MutatingWebhookConfiguration": ("mutatingwebhookconfigurations", "Cluster"),
+}
+_POD_RESOURCES = frozenset({"Pod", *workloads.WORKLOAD_KINDS})  # already in the chart's own rules
+
+
+def resource_of(kind: str) -> tuple[str, str]:
+    """The resource (plural) and scope of ``kind``; the API's default plural when unknown."""
+    if kind in _RESOURCES:
+        return _RESOURCES[kind]
+    lower = kind.lower()
+    if lower.endswith("y") and lower[-2:-1] not in "aeiou":
+        return lower[:-1] + "ies", "*"
+    if lower.endswith(("s", "x", "ch", "sh")):
+        return lower + "es", "*"
+    return lower + "s", "*"
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    """Print ``webhook.validating.extraRules`` for the kinds the policies select (chart values)."""
+    selected: list[tuple[list[str], list[str]]] = []
+    if args.paths:
+        for path in args.paths:
+            if not path.exists():
+                raise errors.PolicyLoadError(f"{path}: no such file or directory")
+        policy_kinds = rego.load_directory(args.paths).kinds()
+        selected.append((["*"], sorted(policy_kinds)))
+    if args.gatekeeper:
+        selected += gatekeeper.load(args.gatekeeper).matched_kinds()
+    rules: list[dict[str, Any]] = []
+    for groups, kinds in selected:
+        if "*" in kinds:
+            print("# a policy selects every kind: list the resources it needs by hand", file=sys.stderr)
+            continue
+        by_scope: dict[str, list[str]] = {}
+        for kind in kinds:
+            if kind in _POD_RESOURCES:
+                continue
+            resource, scope = resource_of(kind)
+            by_scope.setdefault(scope, []).append(resource)
+        for scope, resources in sorted(by_scope.items()):
+            rules.append({"apiGroups": groups, "resources": sorted(set(resources)), "scope": scope})
+    print(yaml.safe_dump({"webhook": {"validating": {"extraRules": rules}}}, sort_keys=False), end="")
     return 0
