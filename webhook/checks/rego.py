@@ -25,7 +25,7 @@ from webhook.core import decision
 from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
 from webhook.core.request import RequestContext
 from webhook.core.workloads import PodSpecRef
-from webhook.policy import bounds, gatekeeper, isolation, lifecycle, opa, rego
+from webhook.policy import bounds, gatekeeper, inventory, isolation, lifecycle, opa, rego
 from webhook.policy import input as policy_input
 from webhook.policy.rego import PolicyResult
 
@@ -47,8 +47,10 @@ class RegoCheck:
         bundle: lifecycle.Reloadable[rego.CompiledPolicies] | None = None,
         templates: lifecycle.Reloadable[gatekeeper.GatekeeperSet] | None = None,
         remote: opa.OpaEngine | None = None,
+        sync: inventory.InventorySync | None = None,
     ) -> None:
         self.settings = settings
+        self.sync = sync
         self.failure_mode = failure_mode
         self.bundle = bundle
         self.templates = templates
@@ -68,6 +70,8 @@ class RegoCheck:
     async def start(self) -> None:
         if self.remote is not None:
             await self.remote.start()
+        if self.sync is not None:
+            await self.sync.start()
         if self.bundle or self.templates:
             self._install()
             await self.pool.start()
@@ -82,12 +86,16 @@ class RegoCheck:
             self._reloader = None
         if self.remote is not None:
             await self.remote.close()
+        if self.sync is not None:
+            await self.sync.close()
         await self.pool.close()
 
     def ready(self) -> bool:
         # Ready once the first workers hold the policies; never again tied to them: a saturated
         # or restarting pool is the failure mode of the requests it cannot serve, not a
         # not-ready webhook (which would stop every admission).
+        if self.sync is not None and not self.sync.ready():
+            return False  # referential templates need the synced kinds listed once
         return self.remote is not None or not self.pool.configured or self.pool.warm
 
     def metrics(self) -> dict[str, float]:
@@ -149,7 +157,8 @@ class RegoCheck:
         if self.remote is not None:
             return to_result(await self.remote.evaluate(document, ctx.deadline), self.settings.failure_mode)
         version = self._install() if (self.bundle or self.templates) else self._current()
-        prepared = _prepare(version, ctx, document, self.settings.max_input_bytes)
+        synced = self.sync.document if self.sync is not None else None
+        prepared = _prepare(version, ctx, document, self.settings.max_input_bytes, synced)
         if prepared is None:
             return CheckResult()
         if isinstance(prepared, str):
@@ -161,7 +170,7 @@ class RegoCheck:
             worker = await self.pool.acquire(bound)
             held = self._versions.get(worker.generation, version)
             if held is not version:  # a reload is under way: this worker holds the previous version
-                again = _prepare(held, ctx, document, self.settings.max_input_bytes)
+                again = _prepare(held, ctx, document, self.settings.max_input_bytes, synced)
                 if not isinstance(again, _Prepared):
                     self.pool.release(worker)
                     return CheckResult() if again is None else CheckResult(violations=[Violation(CHECK_ID, again)])
@@ -200,10 +209,12 @@ class _Prepared:
 
 
 def _prepare(
-    version: _Version, ctx: RequestContext, document: dict[str, Any], max_bytes: int
+    version: _Version, ctx: RequestContext, document: dict[str, Any], max_bytes: int, synced: Any = None
 ) -> _Prepared | str | None:
     """The request for ``version``'s workers; None when none of its policies applies, a denial
-    message when the input is beyond ``policy.max_input_bytes``."""
+    message when the input is beyond ``policy.max_input_bytes``. ``synced`` (``data.inventory``)
+    goes along when a referential template is among the matching ones; it is cluster state, not
+    the requester's input, so it does not count against the bound."""
     bundle, templates = version
     run_bundle = bundle is not None and bool(bundle.policies) and bundle.applies_to(ctx.kind)
     review = policy_input.review(ctx)
@@ -219,6 +230,9 @@ def _prepare(
     payload = bounds.encoded(request)
     if len(payload) > max_bytes:
         return bounds.too_many_bytes(len(payload), max_bytes)
+    referential = templates is not None and any(templates.templates[c.kind].referential for c in matching)
+    if synced is not None and referential:
+        payload = bounds.encoded({**request, "inventory": synced})
     policies = list(bundle.policies) if run_bundle and bundle is not None else []
     return _Prepared(payload, policies, matching)
 
@@ -352,4 +366,8 @@ def build(config: Config, services: Services) -> Check | None:
         paths = [config.resolve_path(p) for p in settings.gatekeeper]
         templates = gatekeeper.reloadable(paths, strict_builtins=strict, probe=settings.crash_probe)
         templates.load()
-    return RegoCheck(settings, failure_mode=failure_mode, bundle=bundle, templates=templates)
+    sync = None
+    if settings.sync and services.kube_api is not None and not services.ci:
+        kinds = [inventory.SyncedKind(k.group, k.version, k.kind) for k in settings.sync]
+        sync = inventory.InventorySync(services.kube_api, config.kubernetes, kinds)
+    return RegoCheck(settings, failure_mode=failure_mode, bundle=bundle, templates=templates, sync=sync)

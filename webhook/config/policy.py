@@ -13,6 +13,18 @@ from webhook.config.base import Section
 from webhook.core.decision import FailureMode
 
 
+class SyncedKind(Section, frozen=True):
+    """One kind replicated into ``data.inventory`` (Gatekeeper's ``syncOnly`` entry)."""
+
+    group: str = ""
+    version: str = "v1"
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind or not self.version:
+            raise ValueError("policy.sync[]: kind and version are required")
+
+
 class PolicyConfig(Section, frozen=True):
     """Where policies come from and how they run.
 
@@ -34,6 +46,8 @@ class PolicyConfig(Section, frozen=True):
     - ``workers``: evaluation worker processes (killed at the deadline, replaced in background).
     - ``worker_memory_mb``: address space a worker may add after compiling the policies
       (``RLIMIT_AS``); an evaluation that needs more ends the worker (failure mode).
+    - ``sync``: kinds listed and watched into ``data.inventory`` for referential Gatekeeper
+      templates (``{group, version, kind}``, like Gatekeeper's ``syncOnly``); needs the API.
     - ``max_containers`` / ``max_input_bytes``: bounds checked before evaluation; an object beyond
       them is denied without being evaluated (rego-cpp's cost grows faster than its input).
     """
@@ -52,6 +66,7 @@ class PolicyConfig(Section, frozen=True):
     worker_memory_mb: int = 128
     max_containers: int = 128
     max_input_bytes: int = 1 << 20
+    sync: list[SyncedKind] = []
     crash_probe: bool = True
 
     def __post_init__(self) -> None:
