@@ -117,7 +117,41 @@ def compat(text: str) -> str:
     pieces.append(text[last:])
     out = "".join(pieces)
     out = _DEPRECATED_CALL.sub(lambda m: _DEPRECATED[m.group(1)] + m.group(2), out)
-    return _hoist_wildcard_arguments(out)
+    return _hoist_wildcard_arguments(_separate_parenthesised_lines(out))
+
+
+_PAREN_LINE = re.compile(r"([\w\])])([ \t]*)(\n[ \t]*\()")
+
+
+def _separate_parenthesised_lines(text: str) -> str:
+    """End a body line with ``;`` when the next line opens with ``(``: OPA ends the expression at
+    the newline, rego-cpp 1.x reads ``x\n(y)`` as a call of ``x`` ("Function not found")."""
+    masked = _mask(text)
+    out: list[str] = []
+    last = 0
+    for match in _PAREN_LINE.finditer(masked):
+        if _depth(masked, match.start()) != 0:
+            continue  # inside () or []: the newline does not end anything
+        out.append(text[last : match.end(1)] + ";")
+        last = match.end(1)
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _depth(masked: str, at: int) -> int:
+    """Open ``(`` and ``[`` at ``at`` since the enclosing ``{`` (a rule body)."""
+    closed = 0  # groups closed after the point we scan back from (not enclosing it)
+    for ch in reversed(masked[:at]):
+        if ch in ")]}":
+            closed += 1
+        elif ch in "([{":
+            if closed:
+                closed -= 1
+            elif ch == "{":
+                return 0  # the enclosing body (or set/object literal): a newline separates here
+            else:
+                return 1
+    return 0
 
 
 _HOISTED = "__portcullis_w"

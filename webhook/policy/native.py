@@ -230,6 +230,15 @@ def _string(raw: str) -> str:
         try:
             decoded = orjson.loads(raw)
         except orjson.JSONDecodeError:
+            return raw[1:-1]  # a computed string quoted but not escaped (e.g. holding ``\\.``)
+        if isinstance(decoded, str):
+            return decoded
+    elif '\\"' in raw:
+        # ``sprintf("%v")`` of a set/object/array leaves its text JSON-escaped (``{\\"a\\"}``);
+        # OPA prints ``{"a"}``. Unescape when the whole text is a valid escaped JSON string.
+        try:
+            decoded = orjson.loads(f'"{raw}"')
+        except orjson.JSONDecodeError:
             return raw
         if isinstance(decoded, str):
             return decoded
