@@ -3,6 +3,7 @@ Gatekeeper constraints, and the ``portcullis policy`` commands."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,24 @@ def deployment(image: str = "registry.example.com/app:1", labels: dict[str, str]
     }
 
 
+_OPEN: list[Pipeline] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_pipelines() -> AsyncIterator[None]:
+    """Every pipeline a test built is closed after it (its policy worker processes end)."""
+    yield
+    while _OPEN:
+        await _OPEN.pop().close()
+
+
 def pipeline_for(policy: dict[str, Any], checks: dict[str, Any] | None = None) -> Pipeline:
     cfg = config_mod.parse({"policy": policy, "checks": checks or {}})
     check = rego_check.build(cfg, Services())
     assert check is not None
-    return Pipeline(cfg, [check])
+    pipeline = Pipeline(cfg, [check])
+    _OPEN.append(pipeline)
+    return pipeline
 
 
 async def judge(pipeline: Pipeline, obj: dict) -> Any:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import sys
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +108,10 @@ class WorkerPool:
         self._waiters: deque[asyncio.Future[Worker]] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # A pool dropped without ``close`` (a test, a CI run that failed) must not leave its
+        # workers blocked on a pipe for ever: they are killed when the pool is collected.
+        self._pids: set[int] = set()
+        weakref.finalize(self, _kill_all, self._pids)
 
     @property
     def configured(self) -> bool:
@@ -140,6 +147,7 @@ class WorkerPool:
             w.kill()
         for w in [*self._idle, *self._busy]:
             await w.reap()
+        _kill_all(self._pids)  # still starting ones too
         self._idle.clear()
         self._busy.clear()
         for task in list(self._tasks):  # reaps finish (bounded); starts and retries are cancelled
@@ -283,6 +291,7 @@ class WorkerPool:
 
     def _retire(self, worker: Worker) -> None:
         worker.kill()
+        self._pids.discard(worker.pid)
         self._spawn_task(worker.reap(), _REAP)
 
     def _fill(self) -> None:
@@ -310,11 +319,18 @@ class WorkerPool:
                 limit=wire.MAX_FRAME,
             )
             worker = Worker(proc, generation)
+            self._pids.add(proc.pid)
             await worker.send(spec)
             summary = await asyncio.wait_for(worker.receive(), _SPAWN_TIMEOUT)
             if not isinstance(summary, dict) or summary.get("ok") is not True:
                 why = summary.get("error") if isinstance(summary, dict) else None
                 raise WorkersUnavailable(f"a policy worker could not load the policies: {why or summary!r}")
+        except asyncio.CancelledError:  # the pool is closing: end what was started, then stop
+            if worker is not None:
+                worker.kill()
+                self._pids.discard(worker.pid)
+                await worker.reap()
+            raise
         except Exception as exc:
             message = str(exc) if isinstance(exc, WorkersUnavailable) else f"a policy worker did not start: {exc!r}"
             if self.last_error != message:
@@ -336,6 +352,13 @@ class WorkerPool:
             return
         self.last_error = None
         self._hand_over(worker)
+
+
+def _kill_all(pids: set[int]) -> None:
+    for pid in list(pids):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    pids.clear()
 
 
 def _exit_reason(code: int | None) -> str:
