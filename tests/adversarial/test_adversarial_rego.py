@@ -172,6 +172,7 @@ async def test_thousands_of_containers_cannot_take_the_webhook_down(tmp_path: Pa
         assert "allowed-registries: image 'docker.io/library/nginx:1' is not from an allowed registry" in _message(bad)
         assert "failure mode" not in _message(bad)
     assert ready_status == 200, ready_body
+    print(f"peak RSS of server + policy workers: {peak / (1 << 20):.0f} MiB")  # shown with -s
     assert 0 < peak < CHART_MEMORY_LIMIT
 
 

@@ -145,6 +145,7 @@ async def test_a_referential_constraint_sees_the_synced_cluster_state(kube: Any,
     assert isinstance(check, rego_check.RegoCheck)
     pipeline = Pipeline(cfg, [check])
     assert not check.ready()
+    assert pipeline.not_ready() == ["the rego check to start"]  # what /readyz says it waits for
     await pipeline.start()
     try:
         await _eventually(check.ready)

@@ -119,10 +119,9 @@ class Pipeline:
         for component in self._components():
             if not getattr(component, "ready", lambda: True)():
                 name = getattr(component, "id", None)
-                # A check waits for its own cluster state; the only other component is the namespace watch.
-                waiting.append(
-                    f"the {name} check's first list of cluster state" if name else "the first list of namespaces"
-                )
+                # A check waits for its first state (cluster lists, warm policy workers); the
+                # only other component is the namespace watch.
+                waiting.append(f"the {name} check to start" if name else "the first list of namespaces")
         return waiting
 
     def _default_labels(self, namespace: str) -> Mapping[str, str]:
