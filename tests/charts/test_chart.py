@@ -1289,3 +1289,15 @@ def test_extra_validating_rules_send_the_kinds_policies_select(chart: helm.Chart
 def test_an_extra_rule_without_resources_is_refused(chart: helm.Chart) -> None:
     message = render_error(chart, {"webhook": {"validating": {"extraRules": [{"apiGroups": [""]}]}}})
     assert "resources" in message
+
+
+def test_synced_kinds_get_list_and_watch_in_the_webhooks_cluster_role(chart: helm.Chart) -> None:
+    """``config.policy.sync`` (data.inventory) needs list+watch on those kinds, and no more."""
+    sync = [
+        {"group": "networking.k8s.io", "version": "v1", "kind": "Ingress", "resource": "ingresses"},
+        {"version": "v1", "kind": "Service"},
+    ]
+    objects = render(chart, {"config": {"policy": {"sync": sync}}})
+    role = next(o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("portcullis"))
+    assert {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["list", "watch"]} in role["rules"]
+    assert {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]} in role["rules"]

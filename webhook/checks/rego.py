@@ -368,6 +368,6 @@ def build(config: Config, services: Services) -> Check | None:
         templates.load()
     sync = None
     if settings.sync and services.kube_api is not None and not services.ci:
-        kinds = [inventory.SyncedKind(k.group, k.version, k.kind) for k in settings.sync]
+        kinds = [inventory.SyncedKind(k.group, k.version, k.kind, k.resource) for k in settings.sync]
         sync = inventory.InventorySync(services.kube_api, config.kubernetes, kinds)
     return RegoCheck(settings, failure_mode=failure_mode, bundle=bundle, templates=templates, sync=sync)

@@ -19,6 +19,7 @@ class SyncedKind(Section, frozen=True):
     group: str = ""
     version: str = "v1"
     kind: str = ""
+    resource: str = ""  # the plural, when the API's default rule (lowercase + "s") is wrong
 
     def __post_init__(self) -> None:
         if not self.kind or not self.version:

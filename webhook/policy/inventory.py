@@ -68,6 +68,7 @@ class SyncedKind:
     group: str
     version: str
     kind: str
+    resource: str = ""  # the plural; derived from the kind when empty
 
     @property
     def group_version(self) -> str:
@@ -77,7 +78,7 @@ class SyncedKind:
     def path(self) -> str:
         """The cluster-wide collection path (all namespaces)."""
         prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        return f"{prefix}/{plural(self.kind)}"
+        return f"{prefix}/{self.resource or plural(self.kind)}"
 
 
 class Inventory:
