@@ -8,7 +8,7 @@ review, the result read node by node) is measured beside the current one, so "be
 is a same-run ratio too. Candidates run interleaved and each keeps its best round, because
 the machine is shared: a burst of load then hits all of them alike instead of one.
 The worst case is measured too: the rego check on attacks at the input bounds
-(``policy.max_containers`` containers that all break policies, and the same with ~780 KB of
+(``policy.max_containers`` containers that all break policies, and the same with ~2.9 MB of
 input) and beyond them (4,000 containers, denied without evaluation), all through worker processes.
 Run: python bench/bench_rego.py [--quick]
 """
@@ -125,7 +125,7 @@ async def pipeline_figures(obj: dict[str, Any], n: int, rounds: int) -> dict[str
     await pipeline.start()
     subject = Subject("CREATE", "Deployment", "ml", "train", obj)
     at_bound = Subject("CREATE", "Deployment", "ml", "train", attack(cfg.policy.max_containers))
-    at_bytes = Subject("CREATE", "Deployment", "ml", "train", attack(cfg.policy.max_containers, 6000))
+    at_bytes = Subject("CREATE", "Deployment", "ml", "train", attack(cfg.policy.max_containers, 23000))
     beyond = Subject("CREATE", "Deployment", "ml", "train", attack(4000))
     empty = bounds.encoded({"document": None, "review": None, "constraints": []})
 
@@ -231,7 +231,7 @@ def main() -> None:
     row("rego check in the pipeline (per review)", t["pipeline"], f"{t['pipeline'] / t['after']:.2f}x the evaluation")
     row("worst case: 128 violating containers", t["at_bound"], f"{t['at_bound'] / t['pipeline']:.0f}x a normal review")
     row(
-        "worst case: 128 containers, ~780 KB input",
+        "worst case: 128 containers, ~2.9 MB input",
         t["at_bytes"],
         f"{t['at_bytes'] / t['pipeline']:.0f}x a normal review",
     )

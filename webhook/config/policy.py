@@ -66,7 +66,7 @@ class PolicyConfig(Section, frozen=True):
     workers: int = 2
     worker_memory_mb: int = 128
     max_containers: int = 128
-    max_input_bytes: int = 1 << 20
+    max_input_bytes: int = 3 << 20
     sync: list[SyncedKind] = []
     crash_probe: bool = True
 
