@@ -299,6 +299,6 @@ def test_policy_rules_prints_chart_values_for_the_selected_kinds(
 
     rules = yaml.safe_load(capsys.readouterr().out)["webhook"]["validating"]["extraRules"]
     assert {"apiGroups": ["*"], "resources": ["clusterroles"], "scope": "Cluster"} in rules
-    assert {"apiGroups": ["*"], "resources": ["services"], "scope": "*"} in rules
+    assert {"apiGroups": ["*"], "resources": ["services"], "scope": "Namespaced"} in rules
     assert {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "scope": "Namespaced"} in rules
     assert not any("deployments" in r["resources"] for r in rules)  # the chart's own rules have them

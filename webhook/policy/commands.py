@@ -16,7 +16,7 @@ import yaml
 
 from webhook import errors
 from webhook.core import workloads
-from webhook.policy import gatekeeper, modules, rego, testing
+from webhook.policy import gatekeeper, inventory, modules, rego, testing
 
 _VERSION = 1
 
@@ -90,38 +90,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-# Kinds whose plural or scope the usual rule (lowercase + "s") does not give.
-_RESOURCES: dict[str, tuple[str, str]] = {
-    "Ingress": ("ingresses", "Namespaced"),
-    "IngressClass": ("ingressclasses", "Cluster"),
-    "NetworkPolicy": ("networkpolicies", "Namespaced"),
-    "Endpoints": ("endpoints", "Namespaced"),
-    "PodSecurityPolicy": ("podsecuritypolicies", "Cluster"),
-    "StorageClass": ("storageclasses", "Cluster"),
-    "PriorityClass": ("priorityclasses", "Cluster"),
-    "RuntimeClass": ("runtimeclasses", "Cluster"),
-    "Namespace": ("namespaces", "Cluster"),
-    "Node": ("nodes", "Cluster"),
-    "PersistentVolume": ("persistentvolumes", "Cluster"),
-    "ClusterRole": ("clusterroles", "Cluster"),
-    "ClusterRoleBinding": ("clusterrolebindings", "Cluster"),
-    "CustomResourceDefinition": ("customresourcedefinitions", "Cluster"),
-    "ValidatingWebhookConfiguration": ("validatingwebhookconfigurations", "Cluster"),
-    "MutatingWebhookConfiguration": ("mutatingwebhookconfigurations", "Cluster"),
-}
 _POD_RESOURCES = frozenset({"Pod", *workloads.WORKLOAD_KINDS})  # already in the chart's own rules
 
 
 def resource_of(kind: str) -> tuple[str, str]:
-    """The resource (plural) and scope of ``kind``; the API's default plural when unknown."""
-    if kind in _RESOURCES:
-        return _RESOURCES[kind]
-    lower = kind.lower()
-    if lower.endswith("y") and lower[-2:-1] not in "aeiou":
-        return lower[:-1] + "ies", "*"
-    if lower.endswith(("s", "x", "ch", "sh")):
-        return lower + "es", "*"
-    return lower + "s", "*"
+    """The resource (plural) and scope of ``kind`` (``*`` when the scope is not known)."""
+    scope = "Cluster" if kind in inventory.CLUSTER_SCOPED else "*"
+    if kind in ("Ingress", "NetworkPolicy", "Endpoints", "Service", "ConfigMap", "Secret", "Role", "RoleBinding"):
+        scope = "Namespaced"
+    return inventory.plural(kind), scope
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
