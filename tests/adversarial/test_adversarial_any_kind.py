@@ -148,3 +148,45 @@ async def test_a_kind_nothing_selects_is_allowed_and_counted(webhook: Any, tmp_p
             metrics = await r.text()
     assert answer["allowed"] is True
     assert 'portcullis_unjudged_kind_reviews_total{kind="Secret"} 1' in metrics
+
+
+REVIEW_TEMPLATE = {
+    "apiVersion": "templates.gatekeeper.sh/v1",
+    "kind": "ConstraintTemplate",
+    "metadata": {"name": "k8sreviewfields"},
+    "spec": {
+        "crd": {"spec": {"names": {"kind": "K8sReviewFields"}}},
+        "targets": [
+            {
+                "target": "admission.k8s.gatekeeper.sh",
+                "rego": (
+                    "package k8sreviewfields\n\n"
+                    'violation[{"msg": msg}] {\n'
+                    "  r := input.review\n"
+                    '  msg := concat("|", [r.resource.resource, r.requestKind.kind, r.options.fieldManager,\n'
+                    "    r._unstable.namespace.metadata.name, r.userInfo.username, r.operation])\n"
+                    "}\n"
+                ),
+            }
+        ],
+    },
+}
+
+
+async def test_templates_see_the_admission_request_as_gatekeeper_builds_it(webhook: Any, tmp_path: Path) -> None:
+    """``input.review`` is the apiserver's request verbatim (resource, requestKind, options...)
+    plus ``_unstable.namespace``, the Namespace of a namespaced request."""
+    constraint = {
+        "apiVersion": "constraints.gatekeeper.sh/v1beta1",
+        "kind": "K8sReviewFields",
+        "metadata": {"name": "echo"},
+        "spec": {"match": {"kinds": [{"apiGroups": [""], "kinds": ["ConfigMap"]}]}},
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump_all([REVIEW_TEMPLATE, constraint]))
+    body = review(_configmap("team-a"), kind="ConfigMap", resource="configmaps", namespace="team-a")
+    body["request"]["options"] = {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions", "fieldManager": "kubectl"}
+    async with webhook({"policy": {"gatekeeper": [str(tmp_path)]}}) as hook:
+        status, answer = await hook.post("/validate", body)
+    assert status == 200
+    assert answer["response"]["allowed"] is False
+    assert "K8sReviewFields/echo: configmaps|ConfigMap|kubectl|team-a|alice|CREATE" in _message(answer["response"])
