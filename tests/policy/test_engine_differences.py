@@ -52,3 +52,13 @@ def test_regex_case_insensitive_flag_never_matches() -> None:
         'deny contains "class" if regex.match("[Pp]assword", "Password")'
     )
     assert found == ["class"]  # OPA: ["class", "flag"]
+
+
+def test_an_escaped_regex_from_the_input_works_as_in_opa() -> None:
+    """Fixed in our layer: input strings reach the engine with backslashes escaped."""
+    found = _messages(
+        'deny contains "dot" if regex.match(input.pattern, "a.b")\n'
+        'deny contains "literal" if not regex.match(input.pattern, "axb")',
+        {"pattern": "^a\\.b$"},
+    )
+    assert sorted(found) == ["dot", "literal"]

@@ -100,12 +100,15 @@ def _push(handle: int, value: Any, depth: int) -> None:
     """
     kind = type(value)
     if kind is str:
-        _in_str(handle, value.encode())
+        # rego-cpp keeps an input string as escaped text and unescapes it when a built-in reads
+        # it: a backslash must arrive escaped, or `\\.` in a regex from parameters is an
+        # "Invalid escape sequence" and `\\n` turns into a newline.
+        _in_str(handle, (value.replace("\\", "\\\\") if "\\" in value else value).encode())
     elif kind is dict:
         if depth > _MAX_INPUT_DEPTH:
             raise PolicyEvalError(f"the input is nested deeper than {_MAX_INPUT_DEPTH} levels")
         for key, item in value.items():
-            if type(key) is str:
+            if type(key) is str and "\\" not in key:
                 _in_str(handle, key.encode())
             else:
                 _push(handle, key, depth + 1)
@@ -233,16 +236,37 @@ def _string(raw: str) -> str:
             return raw[1:-1]  # a computed string quoted but not escaped (e.g. holding ``\\.``)
         if isinstance(decoded, str):
             return decoded
-    elif '\\"' in raw:
-        # ``sprintf("%v")`` of a set/object/array leaves its text JSON-escaped (``{\\"a\\"}``);
-        # OPA prints ``{"a"}``. Unescape when the whole text is a valid escaped JSON string.
-        try:
-            decoded = orjson.loads(f'"{raw}"')
-        except orjson.JSONDecodeError:
-            return raw
-        if isinstance(decoded, str):
-            return decoded
+    elif "\\" in raw:
+        # Unquoted text is kept escaped: input strings (pushed escaped, see ``_push``) and
+        # ``sprintf("%v")`` of a set/object/array (``{\\"a\\"}``, which OPA prints ``{"a"}``).
+        return _unescape(raw)
     return raw
+
+
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape(text: str) -> str:
+    """JSON string escapes undone left to right; an unknown escape is kept as written."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch != "\\" or i + 1 >= n:
+            out.append(ch)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt in _ESCAPES:
+            out.append(_ESCAPES[nxt])
+            i += 2
+        elif nxt == "u" and i + 6 <= n and all(c in "0123456789abcdefABCDEF" for c in text[i + 2 : i + 6]):
+            out.append(chr(int(text[i + 2 : i + 6], 16)))
+            i += 6
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
 
 
 def _value(node: Any, depth: int) -> Any:
