@@ -7,6 +7,9 @@ whole document is copied into the engine as it was for every policy before. The 
 review, the result read node by node) is measured beside the current one, so "before/after"
 is a same-run ratio too. Candidates run interleaved and each keeps its best round, because
 the machine is shared: a burst of load then hits all of them alike instead of one.
+The worst case is measured too: the rego check on attacks at the input bounds
+(``policy.max_containers`` containers that all break policies, and the same with ~2.9 MB of
+input) and beyond them (4,000 containers, denied without evaluation), all through worker processes.
 Run: python bench/bench_rego.py [--quick]
 """
 
@@ -29,7 +32,7 @@ from webhook.checks.services import Services
 from webhook.core import workloads
 from webhook.core.deadline import Deadline
 from webhook.core.request import RequestContext
-from webhook.policy import gatekeeper, lifecycle, modules, native, rego
+from webhook.policy import bounds, gatekeeper, modules, native, rego
 from webhook.policy import input as policy_input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,28 +102,50 @@ def engine_only(interpreter: Any, bundle: Any) -> None:
     rego_shared.rego.regoFreeOutput(output)
 
 
+def attack(n: int, image_len: int = 0) -> dict[str, Any]:
+    """A Deployment whose ``n`` containers all break several policies (the issue's attack)."""
+    obj = deployment()
+    container = {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "2"}}}
+    obj["spec"]["template"]["spec"]["containers"] = [
+        {**container, "name": f"c{i}", "image": f"evil.example/x{i}{'a' * image_len}:1"} for i in range(n)
+    ]
+    obj["spec"]["template"]["spec"]["hostIPC"] = True
+    return obj
+
+
 async def pipeline_figures(obj: dict[str, Any], n: int, rounds: int) -> dict[str, float]:
-    """The rego check as the webhook runs it (input build, worker-thread hop, findings), and
-    the bare hop to a worker thread that bounds an overrunning policy."""
+    """The rego check as the webhook runs it (input build, hop to a worker process, findings),
+    the bare hop to a worker process, and attacks at and beyond the input bounds."""
     cfg = config_mod.parse(
-        {"policy": {"directory": str(ROOT / "policies"), "reload_interval": 0, "crash_probe": False}}
+        {"policy": {"directory": str(ROOT / "policies"), "reload_interval": 0, "crash_probe": False, "timeout": 5}}
     )
     check = rego_check.build(cfg, Services())
-    assert check is not None
+    assert isinstance(check, rego_check.RegoCheck)
     pipeline = Pipeline(cfg, [check])
+    await pipeline.start()
     subject = Subject("CREATE", "Deployment", "ml", "train", obj)
-    pool = lifecycle.BoundedPool(1)
+    at_bound = Subject("CREATE", "Deployment", "ml", "train", attack(cfg.policy.max_containers))
+    at_bytes = Subject("CREATE", "Deployment", "ml", "train", attack(cfg.policy.max_containers, 23000))
+    beyond = Subject("CREATE", "Deployment", "ml", "train", attack(4000))
+    empty = bounds.encoded({"document": None, "review": None, "constraints": []})
 
-    async def review() -> object:
-        return await pipeline.evaluate(subject, Deadline.after(5))
+    def judged(s: Subject) -> Callable[[], Awaitable[object]]:
+        async def run() -> object:
+            outcome = await pipeline.evaluate(s, Deadline.after(30))
+            assert "failure mode" not in str(outcome.verdict.findings)
+            return outcome
+
+        return run
 
     async def hop() -> object:
-        return await pool.run(lambda: None, 5.0, "nothing")
+        return await check.pool.evaluate(empty, 5.0)
 
     try:
-        return await interleaved_async({"pipeline": review, "hop": hop}, n, rounds)
+        figures = await interleaved_async({"pipeline": judged(subject), "hop": hop}, n, rounds)
+        worst = {"at_bound": judged(at_bound), "at_bytes": judged(at_bytes), "beyond": judged(beyond)}
+        figures |= await interleaved_async(worst, 2, 3)
+        return figures
     finally:
-        pool.close()
         await pipeline.close()
 
 
@@ -169,7 +194,10 @@ def main() -> None:
     recompiled.set_input(regopy.Input(document))
     t |= interleaved({"recompiled": lambda: recompiled.query("x := data.portcullis_bundle.result")}, 10, 3)
     templates = gatekeeper.load([ROOT / "policies" / "gatekeeper"])
-    t |= interleaved({"gatekeeper": lambda: templates.evaluate(document["request"], {})}, n // 2, rounds // 2 + 1)
+    namespace = policy_input.namespace_object("ml", {})
+    t |= interleaved(
+        {"gatekeeper": lambda: templates.evaluate(document["request"], namespace)}, n // 2, rounds // 2 + 1
+    )
     t |= asyncio.run(pipeline_figures(obj, n, rounds))
 
     base = t["trivial"]
@@ -199,8 +227,15 @@ def main() -> None:
     row("whole library, now, whole input copied", t["unpruned"])
     row("whole library, now (per review)", t["after"], f"{t['before'] / t['after']:.2f}x faster than before")
     row("whole library, query recompiled", t["recompiled"], f"{t['recompiled'] / t['after']:.1f}x the bundle")
-    row("thread hop to a bounded worker", t["hop"])
+    row("hop to a worker process (empty request)", t["hop"])
     row("rego check in the pipeline (per review)", t["pipeline"], f"{t['pipeline'] / t['after']:.2f}x the evaluation")
+    row("worst case: 128 violating containers", t["at_bound"], f"{t['at_bound'] / t['pipeline']:.0f}x a normal review")
+    row(
+        "worst case: 128 containers, ~2.9 MB input",
+        t["at_bytes"],
+        f"{t['at_bytes'] / t['pipeline']:.0f}x a normal review",
+    )
+    row("4,000 containers (denied by the bound)", t["beyond"], f"{t['beyond'] / t['pipeline']:.1f}x a normal review")
     row(f"gatekeeper, {len(templates.constraints)} constraints", t["gatekeeper"])
 
 

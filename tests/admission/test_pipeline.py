@@ -125,9 +125,14 @@ async def test_delete_and_connect_are_not_judged() -> None:
     assert check.calls == 0
 
 
-async def test_unknown_kind_is_an_error_naming_the_kind() -> None:
-    with pytest.raises(errors.ReviewError, match="'Widget'"):
-        await judge(Pipeline(config_mod.Config(), [DenyPrivileged()]), {"kind": "Widget"})
+async def test_a_kind_no_check_applies_to_is_allowed_and_counted() -> None:
+    check = DenyPrivileged()
+    pipeline = Pipeline(config_mod.Config(), [check])
+    outcome = await judge(pipeline, {"kind": "Widget"})
+    assert outcome.verdict.allowed
+    assert outcome.verdict.skipped_reason == "no check applies to kind 'Widget'"
+    assert pipeline.unjudged_kinds == {"Widget": 1}
+    assert check.calls == 0
 
 
 async def test_namespace_label_sets_the_mode() -> None:

@@ -1317,3 +1317,50 @@ def test_gpu_reservations_go_through_the_api_server_whenever_there_is_more_than_
 def test_an_explicit_apiserver_coordination_with_one_replica_is_kept(chart: helm.Chart) -> None:
     values = {"webhook": {"replicas": 1}, "config": {"quota": {"coordination": "apiserver"}}}
     assert rendered_config(render(chart, values))["quota"]["coordination"] == "apiserver"
+
+
+def test_extra_validating_rules_send_the_kinds_policies_select(chart: helm.Chart) -> None:
+    """Kinds for Rego/Gatekeeper policies (ConfigMaps, Ingresses, cluster-scoped RBAC) go to the
+    validating webhook only: digest pinning (mutating) concerns pods alone."""
+    values = {
+        "webhook": {
+            "validating": {
+                "extraRules": [
+                    {"apiGroups": [""], "resources": ["configmaps"]},
+                    {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "scope": "Namespaced"},
+                    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "scope": "Cluster"},
+                ]
+            }
+        }
+    }
+    objects = render(chart, values)
+    validating = one(objects, "ValidatingWebhookConfiguration")["webhooks"][0]
+    mutating = one(objects, "MutatingWebhookConfiguration")["webhooks"][0]
+    extra = validating["rules"][-3:]
+    assert extra[0] == {
+        "apiGroups": [""],
+        "apiVersions": ["*"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": ["configmaps"],
+        "scope": "*",
+    }
+    assert extra[1]["resources"] == ["ingresses"]
+    assert extra[2]["scope"] == "Cluster"
+    assert not {r for rule in mutating["rules"] for r in rule["resources"]} & {"configmaps", "ingresses"}
+
+
+def test_an_extra_rule_without_resources_is_refused(chart: helm.Chart) -> None:
+    message = render_error(chart, {"webhook": {"validating": {"extraRules": [{"apiGroups": [""]}]}}})
+    assert "resources" in message
+
+
+def test_synced_kinds_get_list_and_watch_in_the_webhooks_cluster_role(chart: helm.Chart) -> None:
+    """``config.policy.sync`` (data.inventory) needs list+watch on those kinds, and no more."""
+    sync = [
+        {"group": "networking.k8s.io", "version": "v1", "kind": "Ingress", "resource": "ingresses"},
+        {"version": "v1", "kind": "Service"},
+    ]
+    objects = render(chart, {"config": {"policy": {"sync": sync}}})
+    role = next(o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("portcullis"))
+    assert {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["list", "watch"]} in role["rules"]
+    assert {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]} in role["rules"]

@@ -105,11 +105,15 @@ def test_pruned_gatekeeper_evaluation_matches_the_whole_input() -> None:
         assert template.compiled.input_reads is not None
     for document in documents():
         review = document["request"]
-        results = templates.evaluate(review, {})
-        for constraint in templates.constraints:
+        namespace = {"metadata": {"name": review.get("namespace") or "default", "labels": {}}}
+        results = templates.evaluate(review, namespace)
+        for constraint in templates.matching(review, namespace):
             template = templates.templates[constraint.kind]
             whole = native.interpreter()
-            native.set_input(whole, {"review": review, "parameters": constraint.parameters})
+            whole_input = {"review": review, "parameters": constraint.parameters}
+            if template.referential:
+                whole_input[gatekeeper.INVENTORY_INPUT] = {}
+            native.set_input(whole, whole_input)
             value = native.query(whole, template.compiled.bundle, template.entrypoint) or []
             mine = next(r for r in results if r.policy.id == constraint.id)
             assert sorted(i.msg for i in mine.deny) == sorted(v["msg"] for v in value)

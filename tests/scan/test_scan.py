@@ -42,8 +42,8 @@ ESCALATION = (
     "securityContext.allowPrivilegeEscalation to false [restricted:latest] "
     "(spec.containers[0].securityContext.allowPrivilegeEscalation)"
 )
-# rego-cpp's sprintf("%v") escapes the quotes of strings inside a set (OPA prints {"owner"})
-NO_OWNER = r"[rego] K8sRequiredLabels/configmaps-need-owner: you must provide labels: {\"owner\"}"
+# sprintf("%v") of a set prints as OPA prints it (policy.native fixes rego-cpp's escaped quotes)
+NO_OWNER = '[rego] K8sRequiredLabels/configmaps-need-owner: you must provide labels: {"owner"}'
 
 
 def seed(kube: Any) -> None:

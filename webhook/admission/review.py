@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -48,6 +48,37 @@ class ReviewRequest(msgspec.Struct, frozen=True):
     dry_run: bool
     object: Mapping[str, Any] | None
     old_object: Mapping[str, Any] | None
+    raw: Mapping[str, Any] | None = None  # the whole ``request``, for Gatekeeper's ``input.review``
+
+
+class RawRequest(Mapping[str, Any]):
+    """The review's ``request`` verbatim (``requestKind``, ``options``, ...), decoded only when
+    read: Gatekeeper's ``input.review`` needs it, the typed hot path does not."""
+
+    __slots__ = ("_body", "_request")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._request: dict[str, Any] | None = None
+
+    def _get(self) -> dict[str, Any]:
+        if self._request is None:
+            try:
+                doc = orjson.loads(self._body)
+            except orjson.JSONDecodeError:  # deeper than orjson reads: the typed fields still hold
+                doc = None
+            request = doc.get("request") if isinstance(doc, dict) else None
+            self._request = request if isinstance(request, dict) else {}
+        return self._request
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 class _Kind(msgspec.Struct, frozen=True):
@@ -140,6 +171,7 @@ def decode(body: bytes) -> ReviewRequest:
         dry_run=bool(req.dry_run),
         object=req.object,
         old_object=req.old_object,
+        raw=RawRequest(body),
     )
 
 

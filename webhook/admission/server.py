@@ -110,9 +110,10 @@ class WebhookServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _request: web.Request) -> web.Response:
-        if self.pipeline.ready():
+        waiting = self.pipeline.not_ready()
+        if not waiting:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready: waiting for the first list of cluster state\n")
+        return web.Response(status=503, text=f"not ready: waiting for {', '.join(waiting)}\n")
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
@@ -237,6 +238,7 @@ def _subject(decoded: review.ReviewRequest) -> Subject:
         groups=decoded.groups,
         uid=decoded.uid,
         dry_run=decoded.dry_run,
+        admission_request=decoded.raw,
     )
 
 

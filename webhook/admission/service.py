@@ -129,6 +129,11 @@ async def serve(
             source = getattr(check, "metrics", None)
             if callable(source):
                 metrics.check_sources.append((check.id, source))
+        metrics.gauge_sources.append(
+            lambda: [
+                ("portcullis_unjudged_kind_reviews_total", {"kind": k}, n) for k, n in pipeline.unjudged_kinds.items()
+            ]
+        )
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

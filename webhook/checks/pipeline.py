@@ -55,6 +55,7 @@ class Subject:
     groups: tuple[str, ...] = ()
     uid: str = ""
     dry_run: bool = False
+    admission_request: Mapping[str, Any] | None = None  # the review's ``request``, verbatim
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,9 @@ class Outcome:
     namespace_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # Each check's findings (a finding's ``violation.check`` may name a sub-rule, e.g. "pss:privileged").
     findings_by_check: Mapping[str, tuple[Finding, ...]] = dataclasses.field(default_factory=dict)
+    # The checks that apply to the object's kind (before exemptions and modes): a check outside
+    # it has nothing to say about the object (scans report nothing for it, not "skip").
+    applicable: tuple[str, ...] = ()
 
     @property
     def result(self) -> str:
@@ -101,9 +105,7 @@ class Pipeline:
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
         # Modes in a namespace without labels (no mode label to apply): the same for every request.
         self._static_modes = {c.id: config.mode_for(c.id, {}) for c in self.checks}
-        # MINIMAL STAND-IN for issue 18 ("any kind"), which owns this: objects that carry no pod
-        # spec (ConfigMap, Service, ...) are judged by the Rego/Gatekeeper check alone.
-        self._any_kind_checks = frozenset(c.id for c in self._late_checks)
+        self.unjudged_kinds: dict[str, int] = {}  # reviews of a kind no check applies to (allowed)
 
     def _components(self) -> list[object]:
         """What has a lifecycle: the namespace directory first (checks read it), then the checks."""
@@ -122,7 +124,18 @@ class Pipeline:
                 await close()
 
     def ready(self) -> bool:
-        return all(getattr(c, "ready", lambda: True)() for c in self._components())
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """What is not ready yet, by name (for /readyz: the reason, not a guess)."""
+        waiting: list[str] = []
+        for component in self._components():
+            if not getattr(component, "ready", lambda: True)():
+                name = getattr(component, "id", None)
+                # A check waits for its first state (cluster lists, warm policy workers); the
+                # only other component is the namespace watch.
+                waiting.append(f"the {name} check to start" if name else "the first list of namespaces")
+        return waiting
 
     def _default_labels(self, namespace: str) -> Mapping[str, str]:
         settings = self.config.namespaces.get(namespace)
@@ -149,7 +162,7 @@ class Pipeline:
         return (labels if labels is not None else self._default_labels(namespace)), ""
 
     async def evaluate(self, subject: Subject, deadline: Deadline, *, only: frozenset[str] | None = None) -> Outcome:
-        """Judge one subject. Raises ``ReviewError`` only for content that cannot be judged.
+        """Judge one subject of any kind. Raises ``ReviewError`` only for content that cannot be judged.
 
         ``only`` limits the checks that run (``/mutate`` runs just those that pin images).
         """
@@ -157,21 +170,28 @@ class Pipeline:
             return _skipped(f"subresource {subject.subresource!r} is not judged")
         if subject.operation not in _JUDGED_OPERATIONS:
             return _skipped(f"operation {subject.operation} is not judged")
-        any_kind = not workloads.carries_pod_spec(subject.kind)
-        if any_kind and not self._any_kind_checks:
+        # Any kind is judged: pod checks by kinds that carry pod specs, kind-generic checks
+        # (Rego, Gatekeeper) by the kinds their policies select; no check applies: allowed.
+        carries_pods = workloads.carries_pod_spec(subject.kind)
+        if not carries_pods and _hidden_pod_template(subject.object):
+            # A workload kind we do not know (Argo Rollout, a CRD): its pods would pass unjudged.
             raise errors.ReviewError(
-                f"portcullis cannot find pod specs in kind {subject.kind!r}; "
+                f"{subject.kind!r} carries a pod template where portcullis cannot find pod specs; "
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
-        if any_kind:  # only the checks that judge any kind (Rego/Gatekeeper) see it
-            only = self._any_kind_checks if only is None else only & self._any_kind_checks
-        pods = workloads.pod_specs(subject.object, subject.kind)
+        judging = [c for c in self.checks if _applies(c, subject.kind, carries_pods)]
+        if not judging:
+            self.unjudged_kinds[subject.kind] = self.unjudged_kinds.get(subject.kind, 0) + 1
+            return _skipped(f"no check applies to kind {subject.kind!r}")
+        pods = workloads.pod_specs(subject.object, subject.kind) if carries_pods else []
         limits.check(pods, self.config.limits)  # bounded input bounds the CPU the checks take
         update: changes.Update | None = None
         if subject.operation == "UPDATE" and subject.old_object is not None:
-            old_pods = workloads.pod_specs(subject.old_object, subject.kind)
+            old_pods = workloads.pod_specs(subject.old_object, subject.kind) if carries_pods else []
             update = changes.Update(subject.kind, pods, old_pods, subject.object, subject.old_object)
-            if not any(changes.must_judge(c, update) for c in self.checks if only is None or c.id in only):
+            # each check re-judges what it reads; one that declares nothing (Rego) any change but
+            # the API server's bookkeeping
+            if not any(changes.must_judge(c, update) for c in judging if only is None or c.id in only):
                 return _skipped("the update changes nothing a check looks at", pods)
         # Hot path: a dict lookup; only a namespace the watch has not delivered yet awaits a GET.
         found = self._namespaces.labels(subject.namespace) if self._namespaces is not None else None
@@ -192,12 +212,13 @@ class Pipeline:
             deadline=deadline,
             object=subject.object,
             old_object=subject.old_object,
+            admission_request=subject.admission_request,
         )
         exempt, reason = self._exemptions(ctx, pods) if self.config.exemptions else (_NONE, "")
         modes = self._static_modes if not labels else {c.id: self.config.mode_for(c.id, labels) for c in self.checks}
         active = [
             c
-            for c in self.checks
+            for c in judging
             if c.id not in exempt
             and modes[c.id] is not Mode.OFF
             and (only is None or c.id in only)
@@ -217,7 +238,14 @@ class Pipeline:
         if reason:
             verdict = _with_exempt_reason(verdict, reason)
         return Outcome(
-            verdict, tuple(pods), ctx.shared, tuple(results), failed, dict(labels), _by_check(results, verdict)
+            verdict,
+            tuple(pods),
+            ctx.shared,
+            tuple(results),
+            failed,
+            dict(labels),
+            _by_check(results, verdict),
+            tuple(c.id for c in judging),
         )
 
     async def _run(
@@ -319,6 +347,32 @@ def _by_check(results: Mapping[str, CheckResult], verdict: Verdict) -> dict[str,
     for finding in verdict.findings:
         out.setdefault(owner.get(id(finding.violation), finding.violation.check), []).append(finding)
     return {k: tuple(v) for k, v in out.items()}
+
+
+_POD_TEMPLATE_PATHS = (
+    ("spec", "template", "spec"),
+    ("spec", "jobTemplate", "spec", "template", "spec"),
+    ("template", "spec"),
+)
+
+
+def _hidden_pod_template(obj: Mapping[str, Any]) -> bool:
+    """Whether an object of a kind without known pod specs has one where workloads keep theirs."""
+    for path in _POD_TEMPLATE_PATHS:
+        node: Any = obj
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping):
+            return True
+    return False
+
+
+def _applies(check: Check, kind: str, carries_pods: bool) -> bool:
+    """Whether ``check`` judges objects of ``kind``: a kind-generic check (one with ``applies_to``,
+    e.g. Rego) when one of its policies selects the kind, any other check (PSS, runtime class,
+    images, GPU) when the kind carries pod specs. A check that applies to nothing reports nothing."""
+    applies_to = getattr(check, "applies_to", None)
+    return bool(applies_to(kind)) if callable(applies_to) else carries_pods
 
 
 def _text(value: Any) -> str | None:

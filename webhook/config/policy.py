@@ -13,6 +13,19 @@ from webhook.config.base import Section
 from webhook.core.decision import FailureMode
 
 
+class SyncedKind(Section, frozen=True):
+    """One kind replicated into ``data.inventory`` (Gatekeeper's ``syncOnly`` entry)."""
+
+    group: str = ""
+    version: str = "v1"
+    kind: str = ""
+    resource: str = ""  # the plural, when the API's default rule (lowercase + "s") is wrong
+
+    def __post_init__(self) -> None:
+        if not self.kind or not self.version:
+            raise ValueError("policy.sync[]: kind and version are required")
+
+
 class PolicyConfig(Section, frozen=True):
     """Where policies come from and how they run.
 
@@ -31,6 +44,13 @@ class PolicyConfig(Section, frozen=True):
       webhook (costs ~0.5 s per load).
     - ``strict_builtin_errors``: a built-in that errors fails the policy instead of making the
       expression undefined (OPA's ``--strict-builtin-errors``).
+    - ``workers``: evaluation worker processes (killed at the deadline, replaced in background).
+    - ``worker_memory_mb``: address space a worker may add after compiling the policies
+      (``RLIMIT_AS``); an evaluation that needs more ends the worker (failure mode).
+    - ``sync``: kinds listed and watched into ``data.inventory`` for referential Gatekeeper
+      templates (``{group, version, kind}``, like Gatekeeper's ``syncOnly``); needs the API.
+    - ``max_containers`` / ``max_input_bytes``: bounds checked before evaluation; an object beyond
+      them is denied without being evaluated (rego-cpp's cost grows faster than its input).
     """
 
     engine: Literal["embedded", "opa"] = "embedded"
@@ -44,6 +64,10 @@ class PolicyConfig(Section, frozen=True):
     reload_interval: float = 2.0
     strict_builtin_errors: bool = False
     workers: int = 2
+    worker_memory_mb: int = 128
+    max_containers: int = 128
+    max_input_bytes: int = 3 << 20
+    sync: list[SyncedKind] = []
     crash_probe: bool = True
 
     def __post_init__(self) -> None:
@@ -51,6 +75,10 @@ class PolicyConfig(Section, frozen=True):
             raise ValueError("policy.timeout must be a positive number of seconds")
         if self.workers < 1:
             raise ValueError("policy.workers must be at least 1")
+        if self.worker_memory_mb < 16:
+            raise ValueError("policy.worker_memory_mb must be at least 16")
+        if self.max_containers < 1 or self.max_input_bytes < 1024:
+            raise ValueError("policy.max_containers must be at least 1 and policy.max_input_bytes at least 1024")
         if self.engine == "opa" and not self.opa_url:
             raise ValueError("policy.engine is 'opa' but policy.opa_url is not set")
 

@@ -26,5 +26,8 @@ class RequestContext:
     deadline: Deadline = field(default_factory=Deadline.never)
     object: Mapping[str, Any] = field(default_factory=dict)
     old_object: Mapping[str, Any] | None = None
+    # The AdmissionReview ``request`` as the apiserver sent it (resource, requestKind, options...),
+    # when the subject came from one; Gatekeeper templates read it as ``input.review``.
+    admission_request: Mapping[str, Any] | None = None
     # Results of checks that ran earlier in the same request (e.g. image verdicts for Rego).
     shared: dict[str, Any] = field(default_factory=dict)

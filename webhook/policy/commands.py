@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from webhook import errors
-from webhook.policy import gatekeeper, modules, rego, testing
+from webhook.core import workloads
+from webhook.policy import gatekeeper, inventory, modules, rego, testing
 
 _VERSION = 1
 
@@ -48,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="report as text for people or JSON for tools (default text)",
     )
     validate.set_defaults(func=cmd_validate)
+    rules = sub.add_parser("rules", help="the webhook rules (chart values) for the kinds policies select")
+    rules.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="Rego directories")
+    rules.add_argument("--gatekeeper", action="append", type=Path, default=[], metavar="DIR")
+    rules.set_defaults(func=cmd_rules)
     policy.set_defaults(func=lambda _args: _usage(policy))
 
 
@@ -97,4 +104,43 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"ok policy {policy_id}")
         for constraint_id in found["constraints"]:
             print(f"ok constraint {constraint_id}")
+    return 0
+
+
+_POD_RESOURCES = frozenset({"Pod", *workloads.WORKLOAD_KINDS})  # already in the chart's own rules
+
+
+def resource_of(kind: str) -> tuple[str, str]:
+    """The resource (plural) and scope of ``kind`` (``*`` when the scope is not known)."""
+    scope = "Cluster" if kind in inventory.CLUSTER_SCOPED else "*"
+    if kind in ("Ingress", "NetworkPolicy", "Endpoints", "Service", "ConfigMap", "Secret", "Role", "RoleBinding"):
+        scope = "Namespaced"
+    return inventory.plural(kind), scope
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    """Print ``webhook.validating.extraRules`` for the kinds the policies select (chart values)."""
+    selected: list[tuple[list[str], list[str]]] = []
+    if args.paths:
+        for path in args.paths:
+            if not path.exists():
+                raise errors.PolicyLoadError(f"{path}: no such file or directory")
+        policy_kinds = rego.load_directory(args.paths).kinds()
+        selected.append((["*"], sorted(policy_kinds)))
+    if args.gatekeeper:
+        selected += gatekeeper.load(args.gatekeeper).matched_kinds()
+    rules: list[dict[str, Any]] = []
+    for groups, kinds in selected:
+        if "*" in kinds:
+            print("# a policy selects every kind: list the resources it needs by hand", file=sys.stderr)
+            continue
+        by_scope: dict[str, list[str]] = {}
+        for kind in kinds:
+            if kind in _POD_RESOURCES:
+                continue
+            resource, scope = resource_of(kind)
+            by_scope.setdefault(scope, []).append(resource)
+        for scope, resources in sorted(by_scope.items()):
+            rules.append({"apiGroups": groups, "resources": sorted(set(resources)), "scope": scope})
+    print(yaml.safe_dump({"webhook": {"validating": {"extraRules": rules}}}, sort_keys=False), end="")
     return 0

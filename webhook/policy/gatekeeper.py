@@ -3,15 +3,14 @@ template's Rego (``spec.targets[].rego`` + ``libs``) with the embedded engine, a
 review the way Gatekeeper does: ``input.review`` is the admission request, ``input.parameters``
 the constraint's ``spec.parameters``, results come from ``violation[{"msg": msg}]``.
 
-Used by ``checks.rego`` and ``portcullis policy test`` (gator-style suites). Gatekeeper's
-replicated cluster state (``data.inventory``) is not available here: a template that reads it
-is rejected at load with a message saying so.
+Used by ``checks.rego`` and ``portcullis policy test`` (gator-style suites). A referential
+template reads Gatekeeper's replicated cluster state (``data.inventory``); it is passed with each
+evaluation (a suite case's ``inventory`` objects; at admission, what the sync config lists).
 """
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,10 @@ from webhook.policy import probe as crash_probe
 from webhook.policy.rego import Policy, PolicyResult
 
 TARGET = "admission.k8s.gatekeeper.sh"
+VALIDATION_POINT = "validation.gatekeeper.sh"  # Gatekeeper's admission webhook (ours)
+GATOR_POINT = "gator.gatekeeper.sh"  # ``gator verify`` (``portcullis policy test``)
+# Where a referential template's ``data.inventory`` is read from (see ``modules.inventory_to_input``).
+INVENTORY_INPUT = "__portcullis_inventory__"
 _ACTIONS = {"deny": Mode.ENFORCE, "warn": Mode.WARN, "dryrun": Mode.AUDIT}
 
 
@@ -36,6 +39,7 @@ class Template:
     file: str
     compiled: rego.CompiledPolicies
     entrypoint: str  # "<package path>/violation"
+    referential: bool = False  # reads data.inventory (passed as ``input.__portcullis_inventory__``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,28 +54,100 @@ class Match:
     scope: str = "*"
     name: str | None = None
 
-    def matches(self, review: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> bool:
-        """Whether the review falls under this constraint."""
+    def may_match_kind(self, kind: str) -> bool:
+        """Whether some object of ``kind`` (any group) can match (for which kinds reach the webhook)."""
+        return not self.kinds or any(_any_of(kinds, kind) for _, kinds in self.kinds)
+
+    def matches(self, review: Mapping[str, Any], namespace: Mapping[str, Any] | None) -> bool:
+        """Whether the review falls under this constraint, as Gatekeeper decides it: the object
+        or (on UPDATE/DELETE) the old object matches every criterion. ``namespace`` is the
+        Namespace object of a namespaced review when known (cache, inventory); raise
+        ``MatchError`` where Gatekeeper errors (a namespaceSelector and no Namespace)."""
         kind = review.get("kind") or {}
-        if self.kinds and not any(
-            _any_of(groups, kind.get("group", "")) and _any_of(kinds, kind.get("kind", ""))
-            for groups, kinds in self.kinds
-        ):
+        group, kind_name = str(kind.get("group") or ""), str(kind.get("kind") or "")
+        if self.kinds and not any(_any_of(k, kind_name) and _any_of(g, group) for g, k in self.kinds):
             return False
-        namespace = review.get("namespace") or ""
-        if (self.scope == "Cluster" and namespace) or (self.scope == "Namespaced" and not namespace):
+        candidates = [o for o in (review.get("object"), review.get("oldObject")) if isinstance(o, Mapping) and o]
+        if not candidates:
+            raise MatchError("neither object nor old object are defined")
+        is_namespace = kind_name == "Namespace" and group == ""
+        return any(self._matches_object(obj, is_namespace, namespace) for obj in candidates)
+
+    def _matches_object(self, obj: Mapping[str, Any], is_namespace: bool, namespace: Mapping[str, Any] | None) -> bool:
+        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+        assert isinstance(metadata, Mapping)
+        own_namespace = _text(metadata.get("namespace"))
+        has_namespace = bool(own_namespace) or namespace is not None
+        if self.scope == "Cluster" and not (is_namespace or not has_namespace):
             return False
-        if self.namespaces and not _glob_any(self.namespaces, namespace):
+        if self.scope == "Namespaced" and not (not is_namespace and has_namespace):
             return False
-        if self.excluded_namespaces and _glob_any(self.excluded_namespaces, namespace):
-            return False
-        if self.name and not fnmatch.fnmatchcase(review.get("name") or "", self.name):
-            return False
-        obj = review.get("object") or {}
-        labels = (obj.get("metadata") or {}).get("labels") or {}
+        # The namespace the namespace rules look at: a Namespace's own name, the known Namespace,
+        # the object's own. A cluster-scoped object has none, and passes both rules (Gatekeeper).
+        if is_namespace:
+            ns_name: str | None = _text(metadata.get("name"))
+        elif namespace is not None:
+            ns_name = _text((namespace.get("metadata") or {}).get("name"))
+        else:
+            ns_name = own_namespace or None
+        if ns_name is not None:
+            if self.namespaces and not any(wildcard(p, ns_name) for p in self.namespaces):
+                return False
+            if any(wildcard(p, ns_name) for p in self.excluded_namespaces):
+                return False
+        labels = _labels(metadata)
         if self.label_selector is not None and not selects(self.label_selector, labels):
             return False
-        return self.namespace_selector is None or selects(self.namespace_selector, namespace_labels)
+        if self.namespace_selector is not None and (is_namespace or namespace is not None or own_namespace):
+            if is_namespace:
+                ns_labels = labels
+            elif namespace is None:
+                raise MatchError("namespace selector for a namespace-scoped object but its Namespace is unknown")
+            else:
+                ns_labels = _labels(namespace.get("metadata") or {})
+            if not selects(self.namespace_selector, ns_labels):
+                return False
+        if self.name is not None:
+            name, generate = _text(metadata.get("name")), _text(metadata.get("generateName"))
+            if not (wildcard(self.name, name) or wildcard_generate_name(self.name, generate)):
+                return False
+        return True
+
+
+class MatchError(errors.PortcullisError):
+    """Gatekeeper cannot decide whether a constraint matches (it reports an error)."""
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _labels(metadata: Any) -> Mapping[str, str]:
+    labels = metadata.get("labels") if isinstance(metadata, Mapping) else None
+    return {k: v for k, v in labels.items() if isinstance(v, str)} if isinstance(labels, Mapping) else {}
+
+
+def wildcard(pattern: str, candidate: str) -> bool:
+    """Gatekeeper's wildcard: ``*x*`` contains, ``*x`` suffix, ``x*`` prefix, else equal.
+    Any other ``*`` (and ``?``, ``[``) is a literal character, unlike a shell glob."""
+    if len(pattern) >= 2 and pattern.startswith("*") and pattern.endswith("*"):
+        return pattern[1:-1] in candidate
+    if pattern.startswith("*"):
+        return candidate.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return candidate.startswith(pattern[:-1])
+    return pattern == candidate
+
+
+def wildcard_generate_name(pattern: str, generate_name: str) -> bool:
+    """``match.name`` against ``metadata.generateName`` (Gatekeeper: prefix or contains forms)."""
+    if not generate_name:
+        return False
+    if len(pattern) >= 2 and pattern.startswith("*") and pattern.endswith("*"):
+        return pattern[1:-1] in generate_name
+    if pattern.endswith("*"):
+        return generate_name.startswith(pattern[:-1])
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +159,21 @@ class Constraint:
     file: str
     parameters: Mapping[str, Any]
     match: Match
-    mode: Mode
+    mode: Mode  # at the webhook (Gatekeeper's validation enforcement point)
+    # ``scoped`` actions: enforcement point -> mode; a point the constraint does not name is absent.
+    points: Mapping[str, Mode] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
         return f"{self.kind}/{self.name}"
+
+    @property
+    def policy(self) -> Policy:
+        """The constraint as a policy of the rego check (results, failure mode, messages)."""
+        return Policy(id=self.id, package=self.kind, file=self.file, mode=self.mode)
+
+    def enforced_at(self, point: str) -> bool:
+        return not self.points or point in self.points or "*" in self.points
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,28 +188,67 @@ class GatekeeperSet:
     def policy_ids(self) -> tuple[str, ...]:
         return tuple(c.id for c in self.constraints)
 
-    def evaluate(self, review: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> list[PolicyResult]:
-        """Every matching constraint's violations (synchronous: run it in a worker thread)."""
-        out: list[PolicyResult] = []
-        for constraint in self.constraints:
-            if constraint.match.matches(review, namespace_labels):
-                out.append(self.evaluate_one(constraint, review))
+    def may_match_kind(self, kind: str) -> bool:
+        """Whether some webhook-enforced constraint can select an object of ``kind``."""
+        return any(c.match.may_match_kind(kind) for c in self.constraints if c.enforced_at(VALIDATION_POINT))
+
+    def matched_kinds(self) -> list[tuple[list[str], list[str]]]:
+        """(apiGroups, kinds) the webhook-enforced constraints select (the chart's rules)."""
+        out: list[tuple[list[str], list[str]]] = []
+        for c in self.constraints:
+            if not c.enforced_at(VALIDATION_POINT):
+                continue
+            for groups, kinds in c.match.kinds or ((frozenset({"*"}), frozenset({"*"})),):
+                out.append((sorted(groups), sorted(kinds)))
         return out
 
-    def evaluate_one(self, constraint: Constraint, review: Mapping[str, Any]) -> PolicyResult:
+    def matching(
+        self, review: Mapping[str, Any], namespace: Mapping[str, Any] | None, point: str = VALIDATION_POINT
+    ) -> list[Constraint]:
+        """The constraints enforced at ``point`` whose match selects the review. A constraint
+        whose match cannot be decided is kept: its evaluation then reports the error."""
+        out: list[Constraint] = []
+        for constraint in self.constraints:
+            if not constraint.enforced_at(point):
+                continue
+            try:
+                if constraint.match.matches(review, namespace):
+                    out.append(constraint)
+            except MatchError:
+                out.append(constraint)
+        return out
+
+    def evaluate(
+        self, review: Mapping[str, Any], namespace: Mapping[str, Any] | None = None, inventory: Any = None
+    ) -> list[PolicyResult]:
+        """Every matching constraint's violations, in this process (tests, the crash probe).
+        The webhook evaluates in killable workers instead (``checks.rego``)."""
+        return [self.evaluate_one(c, review, inventory) for c in self.matching(review, namespace)]
+
+    def evaluate_one(self, constraint: Constraint, review: Mapping[str, Any], inventory: Any = None) -> PolicyResult:
+        """One constraint in this process (``policy test`` and the crash probe; the webhook uses workers)."""
         template = self.templates[constraint.kind]
-        policy = Policy(id=constraint.id, package=template.kind, file=constraint.file, mode=constraint.mode)
-        try:
-            value = template.compiled.query(
-                template.entrypoint, {"review": review, "parameters": constraint.parameters}
-            )
-        except native.PolicyEvalError as exc:
-            return PolicyResult(policy, error=f"constraint {constraint.id} ({template.file}): {exc}")
-        if value is None:
-            value = []
-        if isinstance(value, list):  # keep msg only: `details` is free-form in Gatekeeper
-            value = [{"msg": v["msg"]} if isinstance(v, dict) and "msg" in v else v for v in value]
-        return rego.result_of(policy, value, [])
+        result = evaluate_template(template, constraint.id, constraint.parameters, review, inventory)
+        return PolicyResult(constraint.policy, result.deny, result.warn, result.error)
+
+
+def evaluate_template(
+    template: Template, constraint_id: str, parameters: Any, review: Any, inventory: Any = None
+) -> PolicyResult:
+    """One constraint's ``violation`` set for ``review`` (synchronous; a policy worker runs it)."""
+    policy = Policy(id=constraint_id, package=template.kind, file=template.file)
+    document: dict[str, Any] = {"review": review, "parameters": parameters}
+    if template.referential:
+        document[INVENTORY_INPUT] = inventory if inventory is not None else {}
+    try:
+        value = template.compiled.query(template.entrypoint, document)
+    except native.PolicyEvalError as exc:
+        return PolicyResult(policy, error=f"constraint {constraint_id} ({template.file}): {exc}")
+    if value is None:
+        value = []
+    if isinstance(value, list):  # keep msg only: `details` is free-form in Gatekeeper
+        value = [{"msg": v["msg"]} if isinstance(v, dict) and "msg" in v else v for v in value]
+    return rego.result_of(policy, value, [])
 
 
 def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -146,12 +271,7 @@ def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
 
 
 def _any_of(allowed: frozenset[str], value: str) -> bool:
-    return "*" in allowed or value in allowed
-
-
-def _glob_any(patterns: Iterable[str], value: str) -> bool:
-    # Gatekeeper allows a trailing (or leading) '*' as a prefix (suffix) wildcard.
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+    return not allowed or "*" in allowed or value in allowed
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -311,19 +431,14 @@ def _template(path: Path, doc: dict[str, Any], line: int, strict_builtins: bool)
     pad = "\n" * doc["__rego_lines__"].get(index, 0)  # so errors name the YAML file's own line
     mods = [modules.parse(str(path), pad + source)]
     mods += [modules.parse(f"{path} (spec.targets[{index}].libs[{i}])", lib) for i, lib in enumerate(libs)]
-    for module in mods:
-        inventory_line = modules.uses_inventory(module)
-        if inventory_line is not None:
-            raise errors.PolicyLoadError(
-                f"{module.name}:{inventory_line}: template {kind} reads data.inventory (Gatekeeper's "
-                f"replicated cluster state), which portcullis does not support; rewrite the check "
-                f"without it or keep this template in Gatekeeper"
-            )
+    referential = any(modules.uses_inventory(m) is not None for m in mods)
+    if referential:  # data.inventory comes with each evaluation (see ``evaluate_template``)
+        mods = [modules.parse(m.name, modules.inventory_to_input(m.source, INVENTORY_INPUT)) for m in mods]
     if "violation" not in mods[0].rules:
         raise errors.PolicyLoadError(f"{where}: template {kind} defines no `violation` rule")
     entrypoint = f"{mods[0].package_path}/violation"
     compiled = rego.compile_modules(mods, strict_builtins=strict_builtins, extra_entrypoints=[entrypoint])
-    return Template(kind, str(path), compiled, entrypoint)
+    return Template(kind, str(path), compiled, entrypoint, referential)
 
 
 def _sources(target: Mapping[str, Any], where: str, at: str) -> tuple[Any, list[str]]:
@@ -352,14 +467,50 @@ def constraint(where: str, doc: Mapping[str, Any], templates: Mapping[str, Templ
         )
     spec = _mapping(doc.get("spec"), where, f"constraint {name}: spec")
     action = spec.get("enforcementAction", "deny")
-    if not isinstance(action, str) or action not in _ACTIONS:
+    if not isinstance(action, str) or action not in (*_ACTIONS, "scoped"):
         raise errors.PolicyLoadError(
-            f"{where}: constraint {name}: spec.enforcementAction {action!r} (allowed: {', '.join(_ACTIONS)})"
+            f"{where}: constraint {name}: spec.enforcementAction {action!r} (allowed: {', '.join(_ACTIONS)}, scoped)"
         )
+    points: dict[str, Mode] = {}
+    if action == "scoped":
+        points = _scoped(where, name, spec)
+        mode = _strictest(points.get(VALIDATION_POINT), points.get("*"))
+    else:
+        mode = _ACTIONS[action]
     parameters = spec.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise errors.PolicyLoadError(f"{where}: constraint {name}: spec.parameters must be a mapping")
-    return Constraint(kind, name, where.rsplit(":", 1)[0], parameters, _match(where, name, spec), _ACTIONS[action])
+    return Constraint(
+        kind, name, where.rsplit(":", 1)[0], parameters, _match(where, name, spec), mode or Mode.ENFORCE, points
+    )
+
+
+def _scoped(where: str, name: str, spec: Mapping[str, Any]) -> dict[str, Mode]:
+    """``scopedEnforcementActions``: enforcement point -> the strictest action that names it."""
+    at = f"constraint {name}: spec.scopedEnforcementActions"
+    entries = _list(spec.get("scopedEnforcementActions"), where, at)
+    if not entries:
+        raise errors.PolicyLoadError(f"{where}: {at} must list actions when enforcementAction is scoped")
+    points: dict[str, Mode] = {}
+    for i, entry in enumerate(entries):
+        entry = _mapping(entry, where, f"{at}[{i}]")
+        action = entry.get("action")
+        if not isinstance(action, str) or action not in _ACTIONS:
+            raise errors.PolicyLoadError(f"{where}: {at}[{i}].action {action!r} (allowed: {', '.join(_ACTIONS)})")
+        for j, point in enumerate(_list(entry.get("enforcementPoints"), where, f"{at}[{i}].enforcementPoints")):
+            point_name = _mapping(point, where, f"{at}[{i}].enforcementPoints[{j}]").get("name")
+            if not isinstance(point_name, str) or not point_name:
+                raise errors.PolicyLoadError(f"{where}: {at}[{i}].enforcementPoints[{j}].name must be a string")
+            points[point_name] = _strictest(points.get(point_name), _ACTIONS[action]) or _ACTIONS[action]
+    return points
+
+
+_STRICTNESS = {Mode.ENFORCE: 3, Mode.WARN: 2, Mode.AUDIT: 1}
+
+
+def _strictest(*modes: Mode | None) -> Mode | None:
+    present = [m for m in modes if m is not None]
+    return max(present, key=lambda m: _STRICTNESS.get(m, 0)) if present else None
 
 
 _SCOPES = ("*", "Cluster", "Namespaced")

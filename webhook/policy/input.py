@@ -35,6 +35,28 @@ def request(ctx: RequestContext) -> dict[str, Any]:
     }
 
 
+def review(ctx: RequestContext) -> dict[str, Any]:
+    """``input.review`` as Gatekeeper builds it: the apiserver's AdmissionRequest verbatim
+    (``resource``, ``requestKind``, ``options``, ...) when the subject came from a review, else
+    what ``request`` reconstructs (CI, scans); plus ``_unstable.namespace``, the Namespace
+    object of a namespaced request, as far as Portcullis knows it (name and labels)."""
+    out = dict(ctx.admission_request) if ctx.admission_request else request(ctx)
+    out["object"] = ctx.object
+    out["oldObject"] = ctx.old_object
+    namespace = namespace_object(ctx.namespace, ctx.namespace_labels)
+    if namespace is not None:
+        out["_unstable"] = {"namespace": namespace}
+    return out
+
+
+def namespace_object(name: str, labels: Mapping[str, str]) -> dict[str, Any] | None:
+    """The Namespace object a Gatekeeper match and template see (None: cluster-scoped)."""
+    if not name:
+        return None
+    metadata: dict[str, Any] = {"name": name, "labels": dict(labels)}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+
+
 def build(ctx: RequestContext, pods: Sequence[PodSpecRef]) -> dict[str, Any]:
     """The whole input document: ``request``, ``pods``, ``namespace`` and ``context``."""
     return {

@@ -1,18 +1,15 @@
-"""Running compiled policies: reload when files change (keeping the last good version) and
-evaluate on worker threads within a time bound. Used by ``policy.rego``, ``policy.gatekeeper``
-and ``checks.rego``.
+"""Compiled policies over time: reload when files change, keeping the last good version.
+Used by ``policy.rego``, ``policy.gatekeeper`` and ``checks.rego`` (evaluation itself runs in
+killable worker processes, ``policy.isolation``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from webhook import errors
 
@@ -97,50 +94,3 @@ def fingerprint(paths: Sequence[Path], suffixes: tuple[str, ...] = (".rego",)) -
                 continue
             out.append((str(path), stat.st_size, stat.st_mtime_ns))
     return tuple(out)
-
-
-class BoundedPool:
-    """Worker threads for evaluations that must not exceed a time bound.
-
-    rego-cpp releases the GIL, so evaluation never blocks the event loop; it also cannot be
-    interrupted, so a thread that overran is counted as ``runaway`` until it finishes and
-    ``ready()`` turns false while no worker is free.
-    """
-
-    def __init__(self, workers: int = 2) -> None:
-        self.workers = workers
-        self.runaway = 0
-        self._lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="rego")
-
-    def ready(self) -> bool:
-        return self.runaway < self.workers
-
-    async def run(self, fn: Callable[[], T], bound: float, what: str) -> T:
-        """Run ``fn`` on a worker; raise ``PolicyTimeout`` naming ``what`` after ``bound`` s."""
-        future = self._pool.submit(fn)
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=bound)
-        except TimeoutError:
-            self._count_runaway(future)
-            raise PolicyTimeout(
-                f"Rego evaluation exceeded {bound * 1000:.0f} ms ({what}); look for comprehensions "
-                f"or numbers.range that grow with the input"
-            ) from None
-
-    def _count_runaway(self, future: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
-            self.runaway += 1
-
-        def done(_: concurrent.futures.Future[Any]) -> None:
-            with self._lock:
-                self.runaway -= 1
-
-        future.add_done_callback(done)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class PolicyTimeout(errors.UpstreamError):
-    """Evaluation overran its bound; the policies' failure mode decides."""

@@ -116,7 +116,147 @@ def compat(text: str) -> str:
         last = rest
     pieces.append(text[last:])
     out = "".join(pieces)
-    return _DEPRECATED_CALL.sub(lambda m: _DEPRECATED[m.group(1)] + m.group(2), out)
+    out = _DEPRECATED_CALL.sub(lambda m: _DEPRECATED[m.group(1)] + m.group(2), out)
+    return _hoist_wildcard_arguments(_separate_parenthesised_lines(out))
+
+
+_PAREN_LINE = re.compile(r"([\w\])])([ \t]*)(\n[ \t]*\()")
+
+
+def _separate_parenthesised_lines(text: str) -> str:
+    """End a body line with ``;`` when the next line opens with ``(``: OPA ends the expression at
+    the newline, rego-cpp 1.x reads ``x\n(y)`` as a call of ``x`` ("Function not found")."""
+    masked = _mask(text)
+    out: list[str] = []
+    last = 0
+    for match in _PAREN_LINE.finditer(masked):
+        if _depth(masked, match.start()) != 0:
+            continue  # inside () or []: the newline does not end anything
+        out.append(text[last : match.end(1)] + ";")
+        last = match.end(1)
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _depth(masked: str, at: int) -> int:
+    """Open ``(`` and ``[`` at ``at`` since the enclosing ``{`` (a rule body)."""
+    closed = 0  # groups closed after the point we scan back from (not enclosing it)
+    for ch in reversed(masked[:at]):
+        if ch in ")]}":
+            closed += 1
+        elif ch in "([{":
+            if closed:
+                closed -= 1
+            elif ch == "{":
+                return 0  # the enclosing body (or set/object literal): a newline separates here
+            else:
+                return 1
+    return 0
+
+
+_HOISTED = "__portcullis_w"
+
+
+def _wildcard_arguments(masked: str) -> list[tuple[int, int, int]]:
+    """``(call start, ref start, ref end)`` of each ``ref[_]`` written inside a call's arguments
+    (``startswith(x, input.parameters.repos[_])``), which rego-cpp 1.x refuses ("Invalid
+    bracket argument") and OPA iterates."""
+    found: list[tuple[int, int, int]] = []
+    for call in _CALL.finditer(masked):
+        if call.group(1) in _NOT_CALLS:
+            continue
+        close = _closing(masked, call.end() - 1)
+        if close is None:
+            continue
+        at = call.end()
+        while (hit := masked.find("[_]", at, close)) != -1:
+            start = hit
+            while start > 0:
+                prev = masked[start - 1]
+                if prev == "]":
+                    opened = masked.rfind("[", 0, start - 1)
+                    if opened == -1:
+                        break
+                    start = opened
+                elif prev.isalnum() or prev in "_.":
+                    start -= 1
+                else:
+                    break
+            if start < hit and masked[start] not in "._" and not masked[start].isdigit():
+                found.append((call.start(), start, hit + 3))
+            at = hit + 3
+    return found
+
+
+def _closing(masked: str, open_at: int) -> int | None:
+    """The offset of the bracket closing the one at ``open_at`` (any kind), or None."""
+    depth = 0
+    for i in range(open_at, len(masked)):
+        ch = masked[i]
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _statement_start(masked: str, at: int) -> int | None:
+    """Where the statement holding offset ``at`` begins (after a newline, ``;``, ``{`` or the
+    ``|`` of a comprehension); None when it is not inside a rule body."""
+    depth = 0
+    i = at - 1
+    while i >= 0:
+        ch = masked[i]
+        if ch in ")]}":
+            depth += 1
+        elif ch in "([":
+            depth = max(0, depth - 1)
+        elif ch == "{":
+            if depth == 0:
+                return i + 1
+            depth -= 1
+        elif depth == 0 and ch in "\n;|":
+            return i + 1
+        i -= 1
+    return None
+
+
+def _hoist_wildcard_arguments(text: str) -> str:
+    """Rewrite ``f(a, x[_])`` as ``__portcullis_wN := x[_]; f(a, __portcullis_wN)`` on the same
+    line (same iteration, same line numbers), except under ``not`` where it would change the
+    meaning (those stay, and the compiler's error is explained by ``explain_bracket_arguments``)."""
+    for n in range(200):
+        masked = _mask(text)
+        for call_start, ref_start, ref_end in reversed(_wildcard_arguments(masked)):
+            start = _statement_start(masked, call_start)
+            if start is None:
+                continue
+            while start < call_start and masked[start] in " \t":
+                start += 1
+            if masked.startswith("not ", start) or masked.startswith("default ", start):
+                continue
+            name = f"{_HOISTED}{n}"
+            ref = text[ref_start:ref_end]
+            text = text[:start] + f"{name} := {ref}; " + text[start:ref_start] + name + text[ref_end:]
+            break
+        else:
+            return text
+    return text
+
+
+def explain_bracket_arguments(modules: Sequence[RegoModule]) -> str:
+    """Where a module passes ``x[_]`` to a function in a way the rewrite could not hoist."""
+    lines: list[str] = []
+    for module in modules:
+        for _, ref_start, _end in _wildcard_arguments(_mask(module.source)):
+            line, col = _line_col(module.source, ref_start)
+            lines.append(
+                f"\n{module.name}:{line}:{col}: `[_]` inside a function's arguments is not supported by the "
+                f"embedded engine here (under `not`); bind it first: `x := ref[_]` then call with `x`"
+            )
+    return "".join(lines)
 
 
 def _matching(masked: str, open_at: int) -> int | None:
@@ -246,6 +386,22 @@ def lint(modules: Sequence[RegoModule], is_builtin: Callable[[str], bool]) -> li
                 f"instead: `with input.pods as ... with input.request as ...`"
             )
     return problems
+
+
+def inventory_to_input(source: str, key: str) -> str:
+    """``data.inventory`` read from ``input.<key>`` instead (same line numbers). Gatekeeper's
+    replicated cluster state changes at run time; a compiled bundle's data cannot, so the
+    caller passes the current inventory with each evaluation (``gatekeeper.evaluate_template``)."""
+    masked = _mask(source)
+    pieces: list[str] = []
+    last = 0
+    for match in _INVENTORY.finditer(masked):
+        pieces.append(source[last : match.start()])
+        text = match.group(0)
+        pieces.append(f"input.{key}" if text.startswith("data.") else f'input["{key}"')
+        last = match.end()
+    pieces.append(source[last:])
+    return "".join(pieces)
 
 
 def uses_inventory(module: RegoModule) -> int | None:

@@ -28,9 +28,10 @@ class PolicyEvalError(errors.PortcullisError):
 class CompileFailed(Exception):
     """rego-cpp refused the modules; ``raw`` is its error tree (``modules.explain_compile_error``)."""
 
-    def __init__(self, raw: str) -> None:
-        super().__init__(raw)
+    def __init__(self, raw: str, text: str = "") -> None:
+        super().__init__(raw or text)
         self.raw = raw
+        self.text = text  # the engine's own messages when it gives no error tree (no location)
 
 
 def build_bundle(sources: Sequence[tuple[str, str]], entrypoints: Sequence[str]) -> Any:
@@ -43,7 +44,7 @@ def build_bundle(sources: Sequence[tuple[str, str]], entrypoints: Sequence[str])
     except regopy.RegoError as exc:
         raise CompileFailed(str(exc)) from exc
     if not bundle.ok():
-        raise CompileFailed("")
+        raise CompileFailed("", _error_text(bundle.node()._impl))
     return bundle
 
 
@@ -99,12 +100,15 @@ def _push(handle: int, value: Any, depth: int) -> None:
     """
     kind = type(value)
     if kind is str:
-        _in_str(handle, value.encode())
+        # rego-cpp keeps an input string as escaped text and unescapes it when a built-in reads
+        # it: a backslash must arrive escaped, or `\\.` in a regex from parameters is an
+        # "Invalid escape sequence" and `\\n` turns into a newline.
+        _in_str(handle, (value.replace("\\", "\\\\") if "\\" in value else value).encode())
     elif kind is dict:
         if depth > _MAX_INPUT_DEPTH:
             raise PolicyEvalError(f"the input is nested deeper than {_MAX_INPUT_DEPTH} levels")
         for key, item in value.items():
-            if type(key) is str:
+            if type(key) is str and "\\" not in key:
                 _in_str(handle, key.encode())
             else:
                 _push(handle, key, depth + 1)
@@ -229,10 +233,40 @@ def _string(raw: str) -> str:
         try:
             decoded = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return raw
+            return raw[1:-1]  # a computed string quoted but not escaped (e.g. holding ``\\.``)
         if isinstance(decoded, str):
             return decoded
+    elif "\\" in raw:
+        # Unquoted text is kept escaped: input strings (pushed escaped, see ``_push``) and
+        # ``sprintf("%v")`` of a set/object/array (``{\\"a\\"}``, which OPA prints ``{"a"}``).
+        return _unescape(raw)
     return raw
+
+
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape(text: str) -> str:
+    """JSON string escapes undone left to right; an unknown escape is kept as written."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch != "\\" or i + 1 >= n:
+            out.append(ch)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt in _ESCAPES:
+            out.append(_ESCAPES[nxt])
+            i += 2
+        elif nxt == "u" and i + 6 <= n and all(c in "0123456789abcdefABCDEF" for c in text[i + 2 : i + 6]):
+            out.append(chr(int(text[i + 2 : i + 6], 16)))
+            i += 6
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
 
 
 def _value(node: Any, depth: int) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from webhook import errors
+from webhook.core import workloads
 from webhook.core.decision import FailureMode, Mode
 from webhook.policy import lifecycle, modules, native, plan, reads
 from webhook.policy import probe as crash_probe
@@ -40,6 +41,12 @@ class Policy:
     description: str = ""
     mode: Mode | None = None
     failure_mode: FailureMode | None = None
+    # ``# METADATA custom.kinds``: the kinds this policy judges ("*": every kind); by default
+    # the kinds that carry pod specs (what every policy saw before any kind reached Rego).
+    kinds: frozenset[str] = workloads.WORKLOAD_KINDS
+
+    def applies_to(self, kind: str) -> bool:
+        return "*" in self.kinds or kind in self.kinds
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,15 @@ class CompiledPolicies:
     @property
     def policy_ids(self) -> tuple[str, ...]:
         return tuple(p.id for p in self.policies)
+
+    def applies_to(self, kind: str) -> bool:
+        """Whether some policy judges ``kind`` (the bundle runs whole: each policy's own
+        ``kinds`` is also visible to it as ``input.request.kind.kind``)."""
+        return any(p.applies_to(kind) for p in self.policies)
+
+    def kinds(self) -> frozenset[str]:
+        """Every kind some policy judges (``*`` for any): the chart's webhook rules."""
+        return frozenset().union(*(p.kinds for p in self.policies)) if self.policies else frozenset()
 
     def evaluate(self, document: Mapping[str, Any]) -> list[PolicyResult]:
         """Evaluate every policy against ``document`` (synchronous: run it in a worker thread).
@@ -209,9 +225,20 @@ def policies_of(mods: Sequence[RegoModule]) -> list[Policy]:
                 description=meta.description if meta else "",
                 mode=_enum(Mode, custom.get("mode"), where, "mode"),
                 failure_mode=_enum(FailureMode, custom.get("failure_mode"), where, "failure_mode"),
+                kinds=_kinds(custom.get("kinds"), where),
             )
         )
     return policies
+
+
+def _kinds(value: Any, where: str) -> frozenset[str]:
+    if value is None:
+        return workloads.WORKLOAD_KINDS
+    if value == "*":
+        return frozenset({"*"})
+    if not isinstance(value, list) or not value or not all(isinstance(k, str) and k for k in value):
+        raise errors.PolicyLoadError(f'{where}: # METADATA custom.kinds must be a list of kinds or "*", not {value!r}')
+    return frozenset(value)
 
 
 def _enum(kind: Any, value: Any, where: str, key: str) -> Any:
@@ -256,7 +283,10 @@ def compile_modules(
         bundle = native.build_bundle(sources, entrypoints)
     except native.CompileFailed as exc:
         if not exc.raw:
-            raise modules.PolicySyntaxError("the Rego compiler could not build a bundle from " + _names(mods)) from exc
+            hint = modules.explain_bracket_arguments(mods) if "bracket" in exc.text.lower() else ""
+            raise modules.PolicySyntaxError(
+                f"{_names(mods)}: the embedded Rego engine refused the modules: {exc.text or 'no message'}{hint}"
+            ) from exc
         raise modules.PolicySyntaxError(modules.explain_compile_error(exc.raw, mods)) from exc
     readable = _input_reads(bundle) if prune_input else None
     return CompiledPolicies(bundle, tuple(policies), tuple(mods), strict_builtins, readable)

@@ -52,13 +52,16 @@ def run_rego_tests(paths: Sequence[Path]) -> list[TestResult]:
     """
     files = modules.discover(paths, tests=True)
     policies = [p for p in files if not p.name.endswith("_test.rego")]
+    test_files = [p for p in files if p.name.endswith("_test.rego")]
     results: list[TestResult] = []
-    for test_file in (p for p in files if p.name.endswith("_test.rego")):
+    if policies and not test_files:
+        _isolated(policies, None)  # no tests, but the policies must still compile (exit 2 if not)
+    for test_file in test_files:
         results.extend(_isolated([*policies, test_file], test_file))
     return results
 
 
-def _isolated(files: Sequence[Path], test_file: Path) -> list[TestResult]:
+def _isolated(files: Sequence[Path], test_file: Path | None) -> list[TestResult]:
     args = [sys.executable, "-m", "webhook.policy.testing", *map(str, files)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
     if proc.returncode == 0:
@@ -67,17 +70,18 @@ def _isolated(files: Sequence[Path], test_file: Path) -> list[TestResult]:
         raise errors.PolicyLoadError(proc.stderr.strip())
     why = f"the embedded Rego engine crashed (exit {proc.returncode}) while running this file"
     detail = proc.stderr.strip().splitlines()[-1:] or [""]
-    return [TestResult(f"{test_file}", str(test_file), False, f"{why}: {detail[0]}".rstrip(": "))]
+    where = str(test_file) if test_file is not None else ", ".join(map(str, files))
+    return [TestResult(where, where, False, f"{why}: {detail[0]}".rstrip(": "))]
 
 
 def run_in_process(files: Sequence[Path]) -> list[TestResult]:
     """Compile ``files`` once; evaluate each ``test_`` rule of the ``*_test.rego`` ones."""
     mods = [modules.read(p) for p in files]
     tests = [(m, t) for m in mods if m.name.endswith("_test.rego") for t in m.tests]
+    entrypoints = sorted({f"{m.package_path}/{t}" for m, t in tests})
+    compiled = rego.compile_modules(mods, extra_entrypoints=entrypoints)  # raises on a broken file
     if not tests:
         return []
-    entrypoints = sorted({f"{m.package_path}/{t}" for m, t in tests})
-    compiled = rego.compile_modules(mods, extra_entrypoints=entrypoints)
     results: list[TestResult] = []
     seen: set[str] = set()
     for module, test in tests:
@@ -118,22 +122,51 @@ def find_suites(paths: Sequence[Path]) -> list[Path]:
 
 
 def run_suite(path: Path) -> list[TestResult]:
-    """Run one gator Suite file."""
+    """Run one gator Suite file as ``gator verify`` does: each test loads its template and
+    constraint (a template that does not compile fails that test, with the compiler's message,
+    unless the test says ``invalid: true``); each case reviews one object, with the case's
+    ``inventory`` objects as ``data.inventory`` and their Namespaces known to the match."""
     suite = _yaml_one(path)
     base = path.parent
     suite_name = str((suite.get("metadata") or {}).get("name") or path.parent.name)
     results: list[TestResult] = []
-    for t_index, test in enumerate(suite.get("tests") or []):
+    tests = suite.get("tests") or []
+    if not isinstance(tests, list):
+        raise errors.PolicyLoadError(f"{path}: `tests` must be a list")
+    for t_index, test in enumerate(tests):
         where = f"{path}: tests[{t_index}]"
+        if not isinstance(test, dict):
+            raise errors.PolicyLoadError(f"{where}: must be a mapping")
         test_name = str(test.get("name") or f"test-{t_index}")
+        if test.get("skip") is True:
+            continue
         for key in ("template", "constraint"):
             if not isinstance(test.get(key), str):
                 raise errors.PolicyLoadError(f"{where}: `{key}` must name a file relative to the suite")
-        loaded = gatekeeper.load([base / test["template"], base / test["constraint"]])
-        if len(loaded.constraints) != 1:
-            raise errors.PolicyLoadError(f"{where}: {test['constraint']} must hold exactly one constraint")
+        try:
+            loaded = gatekeeper.load([base / test["template"], base / test["constraint"]])
+            if len(loaded.constraints) != 1:
+                raise errors.PolicyLoadError(f"{test['constraint']} must hold exactly one constraint")
+        except errors.PolicyLoadError as exc:
+            name = f"{suite_name}/{test_name}"
+            if test.get("invalid") is True:
+                results.append(TestResult(name, str(path), True))
+            else:
+                results.append(TestResult(name, str(path), False, f"error: {exc}"))
+            continue
+        if test.get("invalid") is True:
+            message = "the constraint was expected to be invalid, but it loaded"
+            results.append(TestResult(f"{suite_name}/{test_name}", str(path), False, message))
+            continue
         constraint = loaded.constraints[0]
-        for c_index, case in enumerate(test.get("cases") or []):
+        cases = test.get("cases") or []
+        if not isinstance(cases, list):
+            raise errors.PolicyLoadError(f"{where}: `cases` must be a list")
+        for c_index, case in enumerate(cases):
+            if not isinstance(case, dict):
+                raise errors.PolicyLoadError(f"{where}.cases[{c_index}]: must be a mapping")
+            if case.get("skip") is True:
+                continue
             case_name = str(case.get("name") or f"case-{c_index}")
             name = f"{suite_name}/{test_name}/{case_name}"
             results.append(_run_case(name, str(path), f"{where}.cases[{c_index}]", base, case, loaded, constraint))
@@ -149,59 +182,177 @@ def _run_case(
     loaded: gatekeeper.GatekeeperSet,
     constraint: gatekeeper.Constraint,
 ) -> TestResult:
-    if case.get("inventory"):
-        raise errors.PolicyLoadError(f"{where}: `inventory` (data.inventory) is not supported by portcullis")
     if not isinstance(case.get("object"), str):
         raise errors.PolicyLoadError(f"{where}: `object` must name a YAML file relative to the suite")
-    obj = _yaml_one(base / case["object"])
-    review = review_for(obj)
-    if constraint.match.matches(review, {}):
-        result = loaded.evaluate_one(constraint, review)
-    else:
-        result = rego.PolicyResult(rego.Policy(constraint.id, constraint.kind, constraint.file))
-    if result.error:
-        return TestResult(name, file, False, f"error: {result.error}")
-    messages = [item.msg for item in result.deny]
-    for a_index, assertion in enumerate(case.get("assertions") or []):
+    assertions = case.get("assertions")
+    if not isinstance(assertions, list) or not assertions:
+        return TestResult(name, file, False, "error: assertions must be non-empty")
+    objects = _yaml_objects(base / case["object"])
+    if len(objects) != 1:
+        return TestResult(name, file, False, f"error: {case['object']} defines {len(objects)} objects, not 1")
+    inventory = Inventory()
+    for i, inventory_file in enumerate(_strings(case.get("inventory"), f"{where}.inventory")):
+        for obj in _yaml_objects(base / inventory_file):
+            problem = inventory.add(obj)
+            if problem:
+                raise errors.PolicyLoadError(f"{where}.inventory[{i}] ({inventory_file}): {problem}")
+    try:
+        review = review_of(objects[0])
+    except errors.InputError as exc:
+        return TestResult(name, file, False, f"error: {exc}")
+    namespace = inventory.namespace(str(review.get("namespace") or ""))
+    if namespace is not None:
+        review["_unstable"] = {"namespace": namespace}
+    messages: list[str] = []
+    if constraint.enforced_at(gatekeeper.GATOR_POINT):
+        try:
+            matched = constraint.match.matches(review, namespace)
+        except gatekeeper.MatchError as exc:
+            return TestResult(name, file, False, f"error: matching {constraint.id}: {exc}")
+        if matched:
+            result = loaded.evaluate_one(constraint, review, inventory.document if inventory.used else {})
+            if result.error:
+                return TestResult(name, file, False, f"error: {result.error}")
+            messages = [item.msg for item in result.deny]
+    for a_index, assertion in enumerate(assertions):
+        if not isinstance(assertion, dict):
+            raise errors.PolicyLoadError(f"{where}.assertions[{a_index}]: must be a mapping")
         problem = _check_assertion(assertion, messages, f"{where}.assertions[{a_index}]")
         if problem:
             return TestResult(name, file, False, problem)
     return TestResult(name, file, True)
 
 
+class Inventory:
+    """``data.inventory`` as Gatekeeper replicates it: ``cluster[groupVersion][kind][name]`` and
+    ``namespace[ns][groupVersion][kind][name]``; Namespaces are also what a match looks up."""
+
+    def __init__(self) -> None:
+        self.document: dict[str, Any] = {"cluster": {}, "namespace": {}}
+        self.used = False
+
+    def add(self, obj: Mapping[str, Any]) -> str | None:
+        """Add one object; return why it cannot be added (no version, kind or name)."""
+        api_version, kind = obj.get("apiVersion"), obj.get("kind")
+        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        assert isinstance(metadata, dict)
+        name, namespace = metadata.get("name"), metadata.get("namespace")
+        if not isinstance(api_version, str) or not api_version or not api_version.rpartition("/")[2]:
+            return f"object {name!r} has no apiVersion"
+        if not isinstance(kind, str) or not kind:
+            return f"object {name!r} has no kind"
+        if not isinstance(name, str) or not name:
+            return f"a {kind} without metadata.name"
+        self.used = True
+        if isinstance(namespace, str) and namespace:
+            by_ns = self.document["namespace"].setdefault(namespace, {})
+            by_ns.setdefault(api_version, {}).setdefault(kind, {})[name] = dict(obj)
+        else:
+            self.document["cluster"].setdefault(api_version, {}).setdefault(kind, {})[name] = dict(obj)
+        return None
+
+    def namespace(self, name: str) -> dict[str, Any] | None:
+        """The Namespace object called ``name``, when the inventory holds it."""
+        if not name:
+            return None
+        found = self.document["cluster"].get("v1", {}).get("Namespace", {}).get(name)
+        return found if isinstance(found, dict) else None
+
+
 def _check_assertion(assertion: Mapping[str, Any], messages: list[str], where: str) -> str | None:
+    """gator's assertion: count the results whose message matches ``message`` (a regular
+    expression searched anywhere, every result when absent) against ``violations``."""
     expected = assertion.get("violations", "yes")
     pattern = assertion.get("message")
-    matching = [m for m in messages if pattern is None or re.search(str(pattern), m)]
-    n = len(matching)
+    if pattern is not None and not isinstance(pattern, str):
+        raise errors.PolicyLoadError(f"{where}: `message` must be a string (a regular expression)")
+    try:
+        regex = re.compile(pattern) if pattern is not None else None
+    except re.error as exc:
+        raise errors.PolicyLoadError(f"{where}: `message` is not a valid regular expression: {exc}") from exc
+    n = sum(1 for m in messages if regex is None or regex.search(m))
     about = f" matching {pattern!r}" if pattern is not None else ""
     if expected is True or expected == "yes":
         ok, want = n > 0, "at least one violation"
     elif expected is False or expected == "no":
         ok, want = n == 0, "no violations"
-    elif isinstance(expected, int):
+    elif isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0:
         ok, want = n == expected, f"{expected} violation(s)"
     else:
-        raise errors.PolicyLoadError(f"{where}: `violations` must be yes, no or a number, got {expected!r}")
+        raise errors.PolicyLoadError(f"{where}: `violations` must be yes, no or a nonnegative number, got {expected!r}")
     if ok:
         return None
     return f"expected {want}{about}, got {n}: {messages}"
 
 
-def review_for(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``input.review`` Gatekeeper builds for a CREATE of ``obj`` (what gator does)."""
+def review_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``input.review`` for a suite's object, as gator builds it: an ``AdmissionReview`` object
+    gives its ``request`` (on DELETE, ``object`` is the old object); any other object gives what
+    Gatekeeper derives from an object alone: its kind, name, namespace and the object."""
+    if obj.get("kind") == "AdmissionReview" and str(obj.get("apiVersion") or "").startswith("admission.k8s.io/"):
+        request = obj.get("request")
+        if not isinstance(request, dict):
+            raise errors.InputError("the AdmissionReview has no request")
+        review = dict(request)
+        if not isinstance(review.get("object"), dict) and not isinstance(review.get("oldObject"), dict):
+            raise errors.InputError('the AdmissionRequest has no "object" or "oldObject" to review')
+        if review.get("operation") == "DELETE":
+            review["object"] = review.get("oldObject")
+        return review
     group, _, version = str(obj.get("apiVersion") or "").rpartition("/")
-    metadata = obj.get("metadata") or {}
-    return {
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    assert isinstance(metadata, dict)
+    review = {
+        "uid": "",
         "kind": {"group": group, "version": version, "kind": obj.get("kind", "")},
-        "name": metadata.get("name", ""),
-        "namespace": metadata.get("namespace", ""),
-        "operation": "CREATE",
-        "userInfo": {"username": "portcullis-policy-test", "groups": []},
+        "resource": {"group": "", "version": "", "resource": ""},
+        "operation": "",
+        "userInfo": {},
         "object": obj,
         "oldObject": None,
-        "dryRun": False,
     }
+    for key in ("name", "namespace"):
+        if isinstance(metadata.get(key), str) and metadata[key]:
+            review[key] = metadata[key]
+    return review
+
+
+def review_for(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``input.review`` Gatekeeper builds for a CREATE of ``obj`` (scans and replays)."""
+    review = review_of(obj)
+    review["operation"] = "CREATE"
+    return review
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise errors.PolicyLoadError(f"{where}: must be a list of file names relative to the suite")
+    return value
+
+
+def _yaml_objects(path: Path) -> list[dict[str, Any]]:
+    """Every mapping document of a YAML file (a suite's object or inventory file)."""
+    try:
+        docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise errors.PolicyLoadError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise errors.PolicyLoadError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise errors.PolicyLoadError(f"{path}: every YAML document must be a mapping (a Kubernetes object)")
+        if doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            out.extend(i for i in doc["items"] if isinstance(i, dict))
+        else:
+            out.append(doc)
+    return out
 
 
 def _yaml_one(path: Path) -> dict[str, Any]:

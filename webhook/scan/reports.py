@@ -71,6 +71,8 @@ def results_for(
     for check in checks:
         if not pod_kind and check != "rego":
             continue  # only Rego/Gatekeeper judge kinds without a pod spec
+        if check not in outcome.applicable:
+            continue  # the check has nothing to say about this kind (no policy selects it)
         if check == "rego" and check in outcome.checks_run and not _policies_ran(outcome):
             continue  # no policy or constraint matched the object: nothing to report
         if check not in outcome.checks_run:
