@@ -21,7 +21,7 @@ def test_directory_is_walked_and_objects_without_pod_specs_are_skipped() -> None
     code, out, _ = run_check(str(FIXTURES / "app"), *PINNED)
     assert code == 1
     assert "Deployment shop/web: DENIED" in out
-    assert "1 object without pod specs skipped" in out
+    assert "1 object no check applies to" in out
     assert "2 objects checked" in out
 
 
@@ -158,7 +158,7 @@ def test_bad_input_is_reported_and_the_rest_still_checked(tmp_path: Path) -> Non
     assert "alias bomb" in out
     assert "h-spec-not-object.yaml:1: Pod/p: Pod: field spec must be an object" in out
     assert "Pod tools/in-list: DENIED" in out  # the good file was still checked
-    assert "1 object without pod specs skipped" in out  # the unknown kind carries no pod spec
+    assert "1 object no check applies to" in out  # the unknown kind carries no pod spec
 
 
 def test_usage_errors_exit_2() -> None:

@@ -36,7 +36,7 @@ def test_empty_stdin_is_an_error() -> None:
 def test_counts_are_singular_for_one() -> None:
     _, out, _ = run_check(str(FIXTURES / "app" / "deploy.yaml"), "--level", "baseline")
     assert "summary: 1 object checked;" in out
-    assert "; 1 object without pod specs skipped" in out
+    assert "; 1 object no check applies to" in out
 
 
 def test_output_into_a_missing_directory_is_a_clean_error_before_any_work(tmp_path: Path) -> None:

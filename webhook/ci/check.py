@@ -12,6 +12,7 @@ from webhook.ci.manifests import InputProblem, Loaded, Manifest
 from webhook.core import workloads
 from webhook.core.deadline import Deadline
 from webhook.core.decision import Mode
+from webhook.policy import inventory
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class ObjectResult:
 class Report:
     results: list[ObjectResult] = field(default_factory=list)
     problems: list[InputProblem] = field(default_factory=list)
-    skipped_objects: int = 0  # objects that carry no pod spec
+    skipped_objects: int = 0  # objects no check applies to (no pod spec, no policy selects the kind)
     files: int = 0
     checks: tuple[str, ...] = ()
     skipped_checks: tuple[str, ...] = ()
@@ -79,23 +80,31 @@ async def check(
     budget_seconds: float = 30.0,
     skipped_checks: Sequence[str] = (),
 ) -> Report:
-    """Judge every manifest as a CREATE by the pipeline; objects without pod specs are counted."""
+    """Judge every manifest as a CREATE by the pipeline, whatever its kind (pod checks judge kinds
+    with pod specs, Rego/Gatekeeper the kinds their policies select); objects no check applies to
+    are counted as skipped, as are kinds we cannot read pod specs of."""
     report = Report(problems=list(loaded.problems), files=loaded.files, skipped_checks=tuple(skipped_checks))
     report.checks = tuple(c.id for c in pipeline.checks)
     for manifest in loaded.manifests:
-        kind = manifest.obj.get("kind", "")
-        if not workloads.carries_pod_spec(kind):
-            report.skipped_objects += 1
-            continue
+        kind = _string(manifest.obj.get("kind"))
         meta = manifest.obj.get("metadata")
         meta = meta if isinstance(meta, dict) else {}
-        namespace = _string(meta.get("namespace")) or default_namespace
+        # kubectl puts a namespaced object without a namespace in the default one; cluster-scoped
+        # kinds (Namespace, ClusterRole, ...) have none, as their admission requests show
+        cluster_scoped = kind in inventory.CLUSTER_SCOPED
+        namespace = "" if cluster_scoped else _string(meta.get("namespace")) or default_namespace
         name = _string(meta.get("name")) or _string(meta.get("generateName")) or "<unnamed>"
         subject = Subject("CREATE", kind, namespace, name, manifest.obj)
         try:
             outcome = await pipeline.evaluate(subject, Deadline.after(budget_seconds))
         except errors.ReviewError as exc:
+            if not workloads.carries_pod_spec(kind):  # a workload kind we cannot read (a CRD): skipped
+                report.skipped_objects += 1
+                continue
             report.problems.append(InputProblem(manifest.file, manifest.line, f"{kind}/{name}: {exc}"))
+            continue
+        if not outcome.applicable:  # no check judges this kind
+            report.skipped_objects += 1
             continue
         verdict = outcome.verdict
         result = ObjectResult(manifest, kind, namespace, name, verdict.allowed, exempt=verdict.exempt_reason)

@@ -84,7 +84,7 @@ def _summary(report: Report) -> str:
         f"{report.denied} denied",
         f"{report.count(Mode.ENFORCE)} enforce, {report.count(Mode.WARN)} warn, "
         f"{report.count(Mode.AUDIT)} audit findings",
-        _count(report.skipped_objects, "object") + " without pod specs skipped",
+        _count(report.skipped_objects, "object") + " no check applies to",
     ]
     if report.problems:
         parts.append(_count(len(report.problems), "input error"))

@@ -53,7 +53,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     validate.set_defaults(func=cmd_validate)
     rules = sub.add_parser("rules", help="the webhook rules (chart values) for the kinds policies select")
     rules.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="Rego directories")
-    rules.add_argument("--gatekeeper", action="append", type=Path, default=[], metavar="DIR")
+    rules.add_argument(
+        "--gatekeeper",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="Gatekeeper ConstraintTemplates and constraints whose match selects kinds (repeatable)",
+    )
     rules.set_defaults(func=cmd_rules)
     policy.set_defaults(func=lambda _args: _usage(policy))
 
