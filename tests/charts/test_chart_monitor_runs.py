@@ -194,19 +194,24 @@ async def kubelet(tmp_path: Path) -> AsyncIterator[tuple[int, Path, list[str]]]:
     await runner.cleanup()
 
 
-async def readyz(session: aiohttp.ClientSession, url: str, want: int, proc: asyncio.subprocess.Process) -> str:
-    """Poll /readyz until it answers ``want`` (bounded: the run fails if the monitor exits)."""
-    for _ in range(600):
+async def readyz(
+    session: aiohttp.ClientSession, url: str, want: int, proc: asyncio.subprocess.Process, saying: str = ""
+) -> str:
+    """Poll /readyz until it answers ``want`` with ``saying`` in its text (bounded: the run fails
+    if the monitor exits). Ready means a batch arrived; its events are counted as they are judged."""
+    text = ""
+    for _ in range(1800):  # bpftrace attaching the chart's rules' probes took 20-60 s on a loaded 2-core CI box
         if proc.returncode is not None:
             raise AssertionError(f"monitor exited with {proc.returncode} before /readyz said {want}")
         try:
             async with session.get(url) as resp:
-                if resp.status == want:
-                    return await resp.text()
+                text = await resp.text()
+                if resp.status == want and saying in text:
+                    return text
         except aiohttp.ClientConnectionError:
             pass
         await asyncio.sleep(0.1)
-    raise AssertionError(f"/readyz never answered {want}")
+    raise AssertionError(f"/readyz never answered {want} with {saying!r}; last: {text!r}")
 
 
 async def start(pod: Pod, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -255,7 +260,7 @@ async def test_the_rendered_monitor_starts_reads_the_configmap_rules_and_the_kub
             lines = [SHADOW] + [{**SHADOW, "evt.num": n, "fd.name": "/tmp/x"} for n in range(2, 513)]
             proc.stdin.write(b"".join(json.dumps(e).encode() + b"\n" for e in lines))
             await proc.stdin.drain()
-            assert "ok: 512 events" in await readyz(session, base + "/readyz", 200, proc)
+            assert "ok: 512 events" in await readyz(session, base + "/readyz", 200, proc, "ok: 512 events")
             alert = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
             assert alert["rule"] == "Read of shadow password file"
             proc.stdin.close()
@@ -291,7 +296,21 @@ async def test_the_rendered_monitor_attaches_bpftrace_becomes_ready_and_alerts(
     assert proc.stderr is not None
     try:
         async with aiohttp.ClientSession() as session:
-            await readyz(session, base + "/readyz", 200, proc)
+            # Ready needs events to flow: keep this otherwise quiet test box doing a little, as
+            # any node does (execs and opens), until the monitor says so.
+            async def activity() -> None:
+                while True:
+                    busy = await asyncio.create_subprocess_exec(
+                        "cat", "/etc/hostname", stdout=asyncio.subprocess.DEVNULL
+                    )
+                    await busy.wait()
+                    await asyncio.sleep(0.05)
+
+            busy_task = asyncio.create_task(activity())
+            try:
+                await readyz(session, base + "/readyz", 200, proc)
+            finally:
+                busy_task.cancel()
             alert: dict[str, Any] = {}
             for _ in range(100):  # each read is a new attempt; stop at the first alert
                 subprocess.run(["cat", "/etc/shadow"], capture_output=True, check=False)
