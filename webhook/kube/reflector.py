@@ -31,6 +31,27 @@ OnReplace = Callable[[list[Object]], None]
 OnEvent = Callable[[str, Object], None]
 
 
+# The official client's keyword names for a list/watch call → the API's query parameters.
+_QUERY_NAMES = {
+    "limit": "limit",
+    "_continue": "continue",
+    "watch": "watch",
+    "resource_version": "resourceVersion",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "timeout_seconds": "timeoutSeconds",
+}
+
+
+def list_query(kwargs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The query parameters of a ``list_func`` call the reflector makes with the official
+    client's keyword names (for list functions over collections the generated client lacks)."""
+    return [
+        (_QUERY_NAMES[k], ("true" if v else "false") if isinstance(v, bool) else str(v))
+        for k, v in kwargs.items()
+        if k in _QUERY_NAMES and v is not None
+    ]
+
+
 class _Gone(Exception):
     """The resourceVersion (or continue token) is too old: list again."""
 

@@ -170,19 +170,7 @@ def _lister(api: Any, synced: SyncedKind) -> Callable[..., Any]:
     path = synced.path
 
     def list_func(**kwargs: Any) -> Any:
-        names = {
-            "limit": "limit",
-            "_continue": "continue",
-            "watch": "watch",
-            "resource_version": "resourceVersion",
-            "allow_watch_bookmarks": "allowWatchBookmarks",
-            "timeout_seconds": "timeoutSeconds",
-        }
-        query = [
-            (names[k], str(v).lower() if isinstance(v, bool) else v)
-            for k, v in kwargs.items()
-            if k in names and v is not None
-        ]
+        query = reflector.list_query(kwargs)
         request = api.param_serialize(
             "GET", path, query_params=query, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
         )

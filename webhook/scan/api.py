@@ -19,6 +19,7 @@ from webhook import errors
 from webhook.config.kubernetes import KubernetesConfig
 from webhook.core.deadline import Deadline
 from webhook.kube import client as kube_client
+from webhook.kube import reflector
 
 _JSON = "application/json"
 Object = dict[str, Any]
@@ -92,17 +93,9 @@ class RestApi:
         The reflector calls it with the official client's keyword names (``limit``, ``_continue``,
         ``watch``, ``resource_version``, ...); they map to the API's query parameters here.
         """
-        names = {
-            "limit": "limit",
-            "_continue": "continue",
-            "watch": "watch",
-            "resource_version": "resourceVersion",
-            "allow_watch_bookmarks": "allowWatchBookmarks",
-            "timeout_seconds": "timeoutSeconds",
-        }
 
         def list_func(_preload_content: bool = False, _request_timeout: Any = None, **kwargs: Any) -> Any:
-            query = {names[k]: v for k, v in kwargs.items() if k in names}
+            query = dict(reflector.list_query(kwargs))
             return self.request("GET", path, query, stream=True, timeout=_request_timeout)
 
         return list_func

@@ -59,9 +59,7 @@ def timestamp(seconds: float) -> dict[str, int]:
     return {"seconds": whole, "nanos": round((seconds - whole) * 1e9) % 1_000_000_000}
 
 
-def results_for(
-    ref: ObjectRef, outcome: Outcome, checks: Sequence[str], *, pod_kind: bool, now: float
-) -> list[dict[str, Any]]:
+def results_for(ref: ObjectRef, outcome: Outcome, checks: Sequence[str], *, now: float) -> list[dict[str, Any]]:
     """The results of one judged object, one per check that applies to its kind."""
     verdict = outcome.verdict
     by_check = {
@@ -69,8 +67,6 @@ def results_for(
     }
     out: list[dict[str, Any]] = []
     for check in checks:
-        if not pod_kind and check != "rego":
-            continue  # only Rego/Gatekeeper judge kinds without a pod spec
         if check not in outcome.applicable:
             continue  # the check has nothing to say about this kind (no policy selects it)
         if check == "rego" and check in outcome.checks_run and not _policies_ran(outcome):

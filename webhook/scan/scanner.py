@@ -267,7 +267,7 @@ class Scanner:
         now = self._clock()
         try:
             outcome = await self.pipeline.evaluate(subject, Deadline.after(self.settings.budget_seconds))
-            results = reports.results_for(ref, outcome, self.check_ids, pod_kind=pod_kind, now=now)
+            results = reports.results_for(ref, outcome, self.check_ids, now=now)
         except errors.ReviewError as exc:
             results = reports.error_results(ref, self.check_ids, str(exc), pod_kind=pod_kind, now=now)
         self.metrics.judged[resource.kind] += 1
