@@ -13,13 +13,10 @@ is what the lookup must find for a root pod to be denied.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import socket
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
+import kubeapi
 import pytest
 from aiohttp import web
 
@@ -32,30 +29,11 @@ from webhook.core.deadline import Deadline
 from webhook.kube import client as kube_client
 from webhook.kube.namespaces import NamespaceDirectory
 
-
-def _load_kubeapi() -> Any:
-    name = "portcullis_tests_quota_kubeapi"  # the quota tests load it under this name too
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "quota" / "kubeapi.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-kubeapi = _load_kubeapi()
-_FakeKubeApi: Any = kubeapi.FakeKubeApi
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted"}
 
 
-class NamespaceApi(_FakeKubeApi):  # type: ignore[misc]
-    """The quota tests' API server plus a namespace GET that tests can stall or fail."""
-
-    port: int
-    _runner: web.AppRunner | None
+class NamespaceApi(kubeapi.FakeKubeApi):
+    """The tests' local API server, with a namespace GET that tests can stall or fail."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,38 +41,22 @@ class NamespaceApi(_FakeKubeApi):  # type: ignore[misc]
         self.stall: asyncio.Event | None = None  # GETs wait for it: an API server that does not answer
         self.fail_with: int | None = None  # answer GETs with this HTTP status and a Status body
 
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_get("/api/v1/namespaces", self._collection("namespaces"))
-        app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
-        runner = self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        port = self.port
-        if not port:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = self.port = probe.getsockname()[1]
-        await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
-        return str(self.url)
-
     def create_unwatched(self, name: str, **labels: str) -> None:
         """Store a namespace without a watch event: created, but not yet delivered to watchers."""
         self.rv += 1
         metadata = {"name": name, "labels": labels, "uid": f"uid-{name}", "resourceVersion": str(self.rv)}
-        self.objects[("namespaces", "", name)] = {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+        self.objects[("namespaces", "", name)] = {"metadata": metadata}
 
-    async def _get_namespace(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+    async def _get_one(self, request: web.Request, resource: str, namespace: str, name: str) -> web.Response:
+        if resource != "namespaces":
+            return await super()._get_one(request, resource, namespace, name)
         self.gets.append(name)
         if self.stall is not None:
             await self.stall.wait()
         if self.fail_with is not None:
             body = kubeapi.status(self.fail_with, "Forbidden", f'namespaces "{name}" is forbidden')
             return web.json_response(body, status=self.fail_with)
-        obj = self.objects.get(("namespaces", "", name))
-        if obj is None:
-            return web.json_response(kubeapi.status(404, "NotFound", f'namespaces "{name}" not found'), status=404)
-        return web.json_response({"kind": "Namespace", "apiVersion": "v1", **obj})
+        return await super()._get_one(request, resource, namespace, name)
 
 
 @pytest.fixture

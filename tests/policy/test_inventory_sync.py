@@ -6,12 +6,11 @@ with it through the pipeline."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import kubeapi
 import pytest
 import yaml
 
@@ -25,21 +24,9 @@ from webhook.kube import client as kube_client
 from webhook.policy import inventory
 
 
-def _kubeapi() -> Any:
-    name = "portcullis_tests_quota_kubeapi"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "quota" / "kubeapi.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture
 async def kube() -> AsyncIterator[Any]:
-    server = _kubeapi().FakeKubeApi()
+    server = kubeapi.FakeKubeApi()
     await server.start()
     yield server
     await server.stop()

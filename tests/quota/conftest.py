@@ -1,34 +1,16 @@
-"""Fixtures for the GPU quota tests: a local API server (see ``kubeapi.py``), clients, pod factories."""
+"""Fixtures for the GPU quota tests: a local API server (``tests/support/kubeapi.py``), clients, pod factories."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
+import kubeapi
 import pytest
 
 from webhook.config.kubernetes import KubernetesConfig
 from webhook.kube import client as kube_client
-
-
-def _load_kubeapi() -> Any:
-    name = "portcullis_tests_quota_kubeapi"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("kubeapi.py"))
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-kubeapi = _load_kubeapi()
 
 
 @pytest.fixture

@@ -288,6 +288,7 @@ async def test_quotas_without_any_kubernetes_api_fail_by_the_failure_mode(make_p
 async def test_apiserver_coordination_with_the_server_down_names_the_failed_call(
     env: Env, kube: Any, make_pod: Any
 ) -> None:
+    kube.put("namespaces", {"metadata": {"name": "portcullis-system"}})  # the coordination namespace
     pipeline, check = await env(quota={"quotas": [{"name": "q", "limit": 4}], "coordination": "apiserver"})
     assert check.does_io
     assert (await admit(pipeline, make_pod("a", gpus=1, uid="u-a", phase=None))).verdict.allowed

@@ -25,9 +25,10 @@ LIMIT = 4
 
 
 @pytest.fixture
-async def replicas(kube_config: Any) -> AsyncIterator[Callable[..., Any]]:
+async def replicas(kube: Any, kube_config: Any) -> AsyncIterator[Callable[..., Any]]:
     """``await replicas(n, coordination)`` → n pipelines, each with its own API client and ledger."""
     made: list[tuple[Pipeline, Any]] = []
+    kube.put("namespaces", {"metadata": {"name": "pc"}})  # the coordination namespace, as the chart's
 
     async def make(n: int, mode: str, *, with_pss: bool = False) -> list[Pipeline]:
         config = parse(

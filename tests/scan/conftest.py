@@ -1,38 +1,21 @@
-"""Fixtures for the scan tests: the local wire-format API server (``kubeapi.py``) with the chart's
+"""Fixtures for the scan tests: the local wire-format API server (``tests/support/kubeapi.py``) with the chart's
 PolicyReport CRDs installed, a config with the privilege check and a Gatekeeper constraint on
 ConfigMaps, and object factories."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import kubeapi
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "charts" / "portcullis" / "files" / "crds"
 TEMPLATE = ROOT / "policies" / "gatekeeper" / "required-labels" / "template.yaml"
-
-
-def _load_kubeapi() -> Any:
-    name = "portcullis_tests_scan_kubeapi"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("kubeapi.py"))
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-kubeapi = _load_kubeapi()
 
 
 def crd(plural: str) -> dict[str, Any]:
@@ -43,6 +26,7 @@ def crd(plural: str) -> dict[str, Any]:
 @pytest.fixture
 async def kube() -> AsyncIterator[Any]:
     server = kubeapi.FakeKubeApi()
+    server.require_version_on_update = True
     server.install_crd(crd("policyreports"))
     server.install_crd(crd("clusterpolicyreports"))
     await server.start()

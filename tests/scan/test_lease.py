@@ -25,7 +25,7 @@ class Clock:
 
 @pytest.fixture
 async def rest(kube: Any) -> AsyncIterator[RestApi]:
-    kube.put("", "namespaces", {"metadata": {"name": "ops"}})
+    kube.put("namespaces", {"metadata": {"name": "ops"}})
     api = kube_client.build(KubernetesConfig(api_url=kube.url, request_timeout=2.0))
     assert api is not None
     yield RestApi(api, 2.0)
@@ -39,7 +39,7 @@ def elector(rest: RestApi, identity: str, clock: Clock) -> LeaderElector:
 
 
 def spec(kube: Any) -> dict[str, Any]:
-    return dict(kube.get("coordination.k8s.io", "leases", "ops", "scan")["spec"])
+    return dict(kube.get("leases.coordination.k8s.io", "ops", "scan")["spec"])
 
 
 async def test_a_held_lease_expires_only_after_its_duration_on_the_observers_clock(kube: Any, rest: RestApi) -> None:

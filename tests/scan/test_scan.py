@@ -48,14 +48,14 @@ NO_OWNER = '[rego] K8sRequiredLabels/configmaps-need-owner: you must provide lab
 
 def seed(kube: Any) -> None:
     for ns in ("team-a", "team-b", "portcullis"):
-        kube.put("", "namespaces", namespace(ns))
-    kube.put("", "pods", pod("good", "team-a"))
-    kube.put("", "pods", pod("root", "team-a", privileged=True))
-    kube.put("", "pods", pod("loose", "team-b", allowPrivilegeEscalation=True))
-    kube.put("apps", "deployments", deployment("web", "team-b", hostNetwork=True))
-    kube.put("apps", "deployments", deployment("api", "team-b"))
-    kube.put("", "configmaps", configmap("owned", "team-a", owner="alice"))
-    kube.put("", "configmaps", configmap("orphan", "team-a"))
+        kube.put("namespaces", namespace(ns))
+    kube.put("pods", pod("good", "team-a"))
+    kube.put("pods", pod("root", "team-a", privileged=True))
+    kube.put("pods", pod("loose", "team-b", allowPrivilegeEscalation=True))
+    kube.put("deployments.apps", deployment("web", "team-b", hostNetwork=True))
+    kube.put("deployments.apps", deployment("api", "team-b"))
+    kube.put("configmaps", configmap("owned", "team-a", owner="alice"))
+    kube.put("configmaps", configmap("orphan", "team-a"))
 
 
 def result(
@@ -122,7 +122,7 @@ TEAM_B = report(
 
 def stored(kube: Any, namespace: str, name: str = "portcullis") -> dict[str, Any] | None:
     """A report as the server stores it, without server-set metadata."""
-    obj = kube.get("wgpolicyk8s.io", "policyreports", namespace, name)
+    obj = kube.get("policyreports.wgpolicyk8s.io", namespace, name)
     if obj is None:
         return None
     obj["metadata"] = {k: v for k, v in obj["metadata"].items() if k in ("name", "namespace", "labels")}
@@ -130,7 +130,8 @@ def stored(kube: Any, namespace: str, name: str = "portcullis") -> dict[str, Any
 
 
 def reports_in(kube: Any) -> list[tuple[str, str]]:
-    return sorted((k[2], k[3]) for k in kube.objects if k[1] in ("policyreports", "clusterpolicyreports"))
+    reports = ("policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io")
+    return sorted((k[1], k[2]) for k in kube.objects if k[0] in reports)
 
 
 def without_time(report_: dict[str, Any] | None) -> dict[str, Any]:
@@ -221,7 +222,7 @@ async def replica(cfg: config_mod.Config, identity: str) -> AsyncIterator[tuple[
 
 
 def holder(kube: Any) -> str:
-    lease = kube.get("coordination.k8s.io", "leases", "portcullis", "portcullis-scan")
+    lease = kube.get("leases.coordination.k8s.io", "portcullis", "portcullis-scan")
     return str(lease["spec"]["holderIdentity"]) if lease else ""
 
 
@@ -247,33 +248,29 @@ async def test_only_the_leader_scans_and_reports_follow_fixes_and_deletions(
         assert sum(metrics_b.judged.values()) == 0
 
         # fixed: the privileged pod drops `privileged`, its result turns to pass
-        kube.put("", "pods", pod("root", "team-a"))
+        kube.put("pods", pod("root", "team-a"))
         fixed = copy.deepcopy(TEAM_A)
         fixed["results"][3] = result("Pod", "root", "team-a", "privilege", "pass")
         fixed["summary"] = {"pass": 3, "fail": 1, "warn": 0, "error": 0, "skip": 0}
         await eventually(lambda: stored(kube, "team-a") == fixed)
 
         # deleted: the orphan ConfigMap's result goes away
-        kube.delete("", "configmaps", "team-a", "orphan")
+        kube.delete("configmaps", "team-a", "orphan")
         del fixed["results"][0]
         fixed["summary"] = {"pass": 3, "fail": 0, "warn": 0, "error": 0, "skip": 0}
         await eventually(lambda: stored(kube, "team-a") == fixed)
         validate(stored(kube, "team-a") or {})
 
         # everything of team-b deleted: its report is deleted too
-        for group, plural, name in (
-            ("", "pods", "loose"),
-            ("apps", "deployments", "web"),
-            ("apps", "deployments", "api"),
-        ):
-            kube.delete(group, plural, "team-b", name)
+        for resource, name in (("pods", "loose"), ("deployments.apps", "web"), ("deployments.apps", "api")):
+            kube.delete(resource, "team-b", name)
         await eventually(lambda: stored(kube, "team-b") is None)
         assert sum(metrics_b.judged.values()) == 0
 
         # the leader shuts down and releases the lease: the other replica takes over at once
         await first.aclose()
         await eventually(lambda: holder(kube) == "replica-b" and sum(metrics_b.judged.values()) == 3)
-        lease = kube.get("coordination.k8s.io", "leases", "portcullis", "portcullis-scan")
+        lease = kube.get("leases.coordination.k8s.io", "portcullis", "portcullis-scan")
         assert lease["spec"]["leaseTransitions"] == 1
         assert lease["spec"]["leaseDurationSeconds"] == 1
         await eventually(lambda: not metrics_b.queue)
@@ -287,7 +284,7 @@ async def test_a_namespace_label_change_judges_its_objects_again(kube: Any, scan
     async with replica(cfg, "replica-a"):
         await eventually(lambda: stored(kube, "team-b") == TEAM_B)
         labels = {"pod-security.kubernetes.io/enforce": "restricted"}
-        kube.put("", "namespaces", {"metadata": {"name": "team-b", "labels": labels}})
+        kube.put("namespaces", {"metadata": {"name": "team-b", "labels": labels}})
         stricter = copy.deepcopy(TEAM_B)
         host_network = HOST_NETWORK.replace("[baseline:latest]", "[restricted:latest]")  # found at the enforce level
         stricter["results"][1] = result("Deployment", "web", "team-b", "privilege", "warn", host_network)
@@ -302,7 +299,7 @@ async def test_a_conflicting_report_write_is_read_again_and_retried(kube: Any, s
     async with replica(cfg, "replica-a") as (metrics, _campaign):
         await eventually(lambda: stored(kube, "team-a") == TEAM_A)
         kube.fail_next["PUT policyreports"] = 2  # someone else writes in between, twice
-        kube.put("", "pods", pod("root", "team-a"))
+        kube.put("pods", pod("root", "team-a"))
         await eventually(lambda: (stored(kube, "team-a") or {}).get("summary", {}).get("fail") == 1)
         assert metrics.conflicts == 2
         assert metrics.write_errors == 0
@@ -311,7 +308,7 @@ async def test_a_conflicting_report_write_is_read_again_and_retried(kube: Any, s
 async def test_without_the_policyreport_crds_the_scan_says_what_to_install(
     kube: Any, scan_config: dict[str, Any]
 ) -> None:
-    del kube.resources[("wgpolicyk8s.io", "policyreports")]
+    del kube.resources["policyreports.wgpolicyk8s.io"]
     seed(kube)
     with pytest.raises(errors.ApiServerError, match="PolicyReport CRDs are not installed"):
         await scan_commands.run(config_mod.parse(scan_config))
@@ -371,11 +368,11 @@ spec:
 
 async def test_cluster_scoped_objects_go_to_the_cluster_policy_report(kube: Any, scan_config: dict[str, Any]) -> None:
     (Path(scan_config["policy"]["gatekeeper"][0]) / "namespaces.yaml").write_text(NAMESPACES_NEED_OWNER)
-    kube.put("", "namespaces", {"metadata": {"name": "team-a", "labels": {"owner": "alice"}}})
-    kube.put("", "namespaces", {"metadata": {"name": "team-b"}})
+    kube.put("namespaces", {"metadata": {"name": "team-a", "labels": {"owner": "alice"}}})
+    kube.put("namespaces", {"metadata": {"name": "team-b"}})
     summary = await scan_commands.run(config_mod.parse(scan_config))
     assert summary["kinds"][-1] == "Namespace"
-    got = kube.get("wgpolicyk8s.io", "clusterpolicyreports", "", "portcullis-cluster")
+    got = kube.get("clusterpolicyreports.wgpolicyk8s.io", "", "portcullis-cluster")
     assert got is not None
     validate(got)
     refs = [(r["resources"][0], r["result"]) for r in got["results"]]

@@ -26,8 +26,8 @@ def free_port() -> int:
 
 async def test_serve_scans_while_it_holds_the_lease(kube: Any, scan_config: dict[str, Any], tmp_path: Path) -> None:
     for ns in ("team-a", "portcullis"):
-        kube.put("", "namespaces", namespace(ns))
-    kube.put("", "pods", pod("root", "team-a", privileged=True))
+        kube.put("namespaces", namespace(ns))
+    kube.put("pods", pod("root", "team-a", privileged=True))
     scan_config["scan"] |= {"enabled": True, "identity": "webhook-0"}
     cfg = config_mod.parse(scan_config)
     files = certs.generate(["127.0.0.1"], tmp_path / "tls")
@@ -38,7 +38,7 @@ async def test_serve_scans_while_it_holds_the_lease(kube: Any, scan_config: dict
         await asyncio.wait_for(started.wait(), 10)
 
         def summary() -> Any:
-            report = kube.get("wgpolicyk8s.io", "policyreports", "team-a", "portcullis")
+            report = kube.get("policyreports.wgpolicyk8s.io", "team-a", "portcullis")
             return report and report["summary"]
 
         await eventually(lambda: summary() == {"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 0})
@@ -54,5 +54,5 @@ async def test_serve_scans_while_it_holds_the_lease(kube: Any, scan_config: dict
     finally:
         stop.set()
         await task
-    lease = kube.get("coordination.k8s.io", "leases", "portcullis", "portcullis-scan")
+    lease = kube.get("leases.coordination.k8s.io", "portcullis", "portcullis-scan")
     assert lease["spec"]["holderIdentity"] == ""  # released on shutdown
