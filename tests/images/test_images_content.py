@@ -17,60 +17,19 @@ import base64
 import json
 import os
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
+from registry_front import front
 
 from webhook.signatures import cosign
 
 pytestmark = pytest.mark.registry
 
 Serve = Callable[[web.Application], Awaitable[str]]
-Override = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        return f"127.0.0.1:{runner.addresses[0][1]}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
-def front(upstream: str, override: Override) -> web.Application:
-    """Forward to the real registry, except where ``override`` answers itself."""
-    app = web.Application()
-
-    async def proxy(request: web.Request) -> web.StreamResponse:
-        answer = await override(request)
-        if answer is not None:
-            return answer
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                f"http://{upstream}{request.path_qs}",
-                headers={"Accept": request.headers.get("Accept", "*/*")},
-            ) as up,
-        ):
-            body = await up.read()
-            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
-            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
-
-    app.router.add_route("*", "/v2/{tail:.*}", proxy)
-    return app
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
+from registry_front import forward
 
 from webhook.checks.services import Services
 from webhook.signatures import cosign
@@ -168,17 +169,7 @@ def auth_front(
                 else 'Basic realm="test"'
             )
             return web.Response(status=401, headers={"WWW-Authenticate": challenge})
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                f"http://{upstream}{request.path_qs}",
-                headers={"Accept": request.headers.get("Accept", "*/*")},
-            ) as up,
-        ):
-            body = await up.read()
-            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
-            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
+        return await forward(request, upstream)
 
     app.router.add_get("/token", token)
     app.router.add_route("*", "/v2/{tail:.*}", proxy)
@@ -273,17 +264,7 @@ def referrers_front(upstream: str, stats: dict[str, int]) -> web.Application:
     async def proxy(request: web.Request) -> web.StreamResponse:
         if request.path.endswith(".sig") or "/manifests/sha256-" in request.path:
             return web.Response(status=404)
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                f"http://{upstream}{request.path_qs}",
-                headers={"Accept": request.headers.get("Accept", "*/*")},
-            ) as up,
-        ):
-            body = await up.read()
-            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
-            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
+        return await forward(request, upstream)
 
     app.router.add_get("/v2/{repo:.+}/referrers/{digest}", referrers)
     app.router.add_route("*", "/v2/{tail:.*}", proxy)
@@ -357,17 +338,7 @@ def paged_referrers_front(
     async def proxy(request: web.Request) -> web.StreamResponse:
         if request.path.endswith(".sig") or "/manifests/sha256-" in request.path:
             return web.Response(status=404)
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                f"http://{upstream}{request.path_qs}",
-                headers={"Accept": request.headers.get("Accept", "*/*")},
-            ) as up,
-        ):
-            body = await up.read()
-            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
-            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
+        return await forward(request, upstream)
 
     app.router.add_get("/v2/{repo:.+}/referrers/{digest}", referrers)
     app.router.add_route("*", "/v2/{tail:.*}", proxy)
@@ -459,17 +430,7 @@ def per_credential_front(upstream: str, accounts: dict[str, str], stats: dict[st
             repo = request.path.split("/v2/", 1)[-1].rsplit("/manifests/", 1)[0].rsplit("/blobs/", 1)[0]
             challenge = f'Bearer realm="http://{request.host}/token",service="r",scope="repository:{repo}:pull"'
             return web.Response(status=401, headers={"WWW-Authenticate": challenge})
-        async with (
-            aiohttp.ClientSession() as session,
-            session.request(
-                request.method,
-                f"http://{upstream}{request.path_qs}",
-                headers={"Accept": request.headers.get("Accept", "*/*")},
-            ) as up,
-        ):
-            body = await up.read()
-            headers = {k: v for k, v in up.headers.items() if k in ("Content-Type", "Docker-Content-Digest")}
-            return web.Response(status=up.status, body=body if request.method != "HEAD" else None, headers=headers)
+        return await forward(request, upstream)
 
     app.router.add_get("/token", token)
     app.router.add_route("*", "/v2/{tail:.*}", proxy)
