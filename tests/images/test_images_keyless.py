@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -114,32 +115,43 @@ async def test_wrong_identity_is_denied(env, registry, tools, keyless, identity)
     assert "wrong identity" in outcome.verdict.deny_message()
 
 
-async def test_certificate_expired_when_logged_is_denied(env, registry, tools, keyless) -> None:
+def _fresh_key() -> Any:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+# Each way a keyless signature can be forged or stale, as keyless_sign options, and the reason
+# the denial must give. ``ca`` names a fixture (the rogue CA).
+FORGED: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
+    # a 10-minute certificate that had expired when the entry was logged (now)
+    "certificate-expired-when-logged": (
+        lambda: {"cert_start": dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)},
+        "was not valid when logged",
+    ),
+    "certificate-from-an-untrusted-ca": (lambda: {"ca": "rogue_ca"}, "does not chain to a trusted CA"),
+    "log-promise-signed-by-an-unknown-log": (lambda: {"log_key": _fresh_key()}, "is not in the trust root"),
+    "certificate-without-an-sct": (lambda: {"with_sct": False}, "no signed certificate timestamp"),
+    "sct-from-a-ct-log-the-trust-root-does-not-name": (lambda: {"ct_key": _fresh_key()}, "does not name"),
+    # a genuine CT log signature, but over a precertificate of another issuer
+    "sct-over-another-issuer": (lambda: {"sct_issuer_key": _fresh_key()}, "does not verify"),
+    # 1970: before the CT key's validity window
+    "sct-issued-before-the-ct-key-was-valid": (lambda: {"sct_millis": 1_000}, "validity window"),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGED))
+async def test_forged_or_stale_keyless_signature_is_denied_with_the_reason(
+    env, registry, tools, keyless, request, forgery
+) -> None:
+    options, reason = FORGED[forgery]
+    kwargs = options()
+    if isinstance(kwargs.get("ca"), str):
+        kwargs["ca"] = request.getfixturevalue(kwargs["ca"])
     repo = registry.repo()
     digest = registry.push_image(repo, "v1")
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
-    keyless_sign(registry, tools, keyless, repo, digest, cert_start=start)  # 10-minute cert, logged now
+    keyless_sign(registry, tools, keyless, repo, digest, **kwargs)
     outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
     assert not outcome.verdict.allowed
-    assert "was not valid when logged" in outcome.verdict.deny_message()
-
-
-async def test_certificate_from_an_untrusted_ca_is_denied(env, registry, tools, keyless, rogue_ca) -> None:
-    repo = registry.repo()
-    digest = registry.push_image(repo, "v1")
-    keyless_sign(registry, tools, keyless, repo, digest, ca=rogue_ca)
-    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
-    assert not outcome.verdict.allowed
-    assert "does not chain to a trusted CA" in outcome.verdict.deny_message()
-
-
-async def test_log_promise_signed_by_an_unknown_log_is_denied(env, registry, tools, keyless) -> None:
-    repo = registry.repo()
-    digest = registry.push_image(repo, "v1")
-    keyless_sign(registry, tools, keyless, repo, digest, log_key=ec.generate_private_key(ec.SECP256R1()))
-    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
-    assert not outcome.verdict.allowed
-    assert "is not in the trust root" in outcome.verdict.deny_message()
+    assert reason in outcome.verdict.deny_message()
 
 
 async def test_keyed_signature_does_not_satisfy_a_keyless_identity(env, registry, tools, keyless) -> None:
@@ -273,43 +285,6 @@ def _root_variant(keyless: Any, tmp_path: Any, edit: Any) -> str:
     path = tmp_path / "variant_root.json"
     path.write_text(json.dumps(doc))
     return str(path)
-
-
-async def test_certificate_without_an_sct_is_denied(env, registry, tools, keyless) -> None:
-    repo = registry.repo()
-    digest = registry.push_image(repo, "v1")
-    keyless_sign(registry, tools, keyless, repo, digest, with_sct=False)
-    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
-    assert not outcome.verdict.allowed
-    assert "no signed certificate timestamp" in outcome.verdict.deny_message()
-
-
-async def test_sct_from_a_ct_log_the_trust_root_does_not_name_is_denied(env, registry, tools, keyless) -> None:
-    repo = registry.repo()
-    digest = registry.push_image(repo, "v1")
-    keyless_sign(registry, tools, keyless, repo, digest, ct_key=ec.generate_private_key(ec.SECP256R1()))
-    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
-    assert not outcome.verdict.allowed
-    assert "does not name" in outcome.verdict.deny_message()
-
-
-async def test_sct_over_another_issuer_is_denied(env, registry, tools, keyless) -> None:
-    """A genuine CT log signature, but over a precertificate of another issuer: it does not verify."""
-    repo = registry.repo()
-    digest = registry.push_image(repo, "v1")
-    keyless_sign(registry, tools, keyless, repo, digest, sct_issuer_key=ec.generate_private_key(ec.SECP256R1()))
-    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
-    assert not outcome.verdict.allowed
-    assert "does not verify" in outcome.verdict.deny_message()
-
-
-async def test_sct_issued_before_the_ct_key_was_valid_is_denied(env, registry, tools, keyless) -> None:
-    repo = registry.repo()
-    digest = registry.push_image(repo, "v1")
-    keyless_sign(registry, tools, keyless, repo, digest, sct_millis=1_000)  # 1970: before the key's window
-    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
-    assert not outcome.verdict.allowed
-    assert "validity window" in outcome.verdict.deny_message()
 
 
 async def test_rekor_key_outside_its_validity_window_is_denied(env, registry, tools, keyless, tmp_path) -> None:
