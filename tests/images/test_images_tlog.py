@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -62,13 +63,25 @@ async def test_keyed_signature_with_a_rekor_entry_is_admitted_by_default(env, re
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
 
 
-async def test_keyed_signature_without_a_rekor_entry_is_refused_by_default(env, registry, tools, keyless, signer):
+# What is wrong with the keyed signature's log entry (push_keyed options), and the reason given.
+REFUSED: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
+    "no-entry-while-tlog-is-required-by-default": (lambda: {"logged": False}, "tlog: required"),
+    "entry-logging-another-key": (lambda: {"logged_key": ec.generate_private_key(ec.SECP256R1())}, "another key"),
+    "entry-whose-promise-does-not-verify": (lambda: {"tamper_set": True}, "promise (SET)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+async def test_a_keyed_signature_with_a_bad_or_missing_log_entry_is_refused(
+    env, registry, tools, keyless, signer, case
+):
+    options, reason = REFUSED[case]
     repo = registry.repo()
     digest = registry.push_image(repo, "v1")
-    push_keyed(registry, tools, keyless, repo, digest, signer, logged=False)
+    push_keyed(registry, tools, keyless, repo, digest, signer, **options())
     outcome = await env.admit(env.check(**rule(env, keyless, signer)), f"{registry.host}/{repo}:v1")
     assert not outcome.verdict.allowed
-    assert "tlog: required" in outcome.verdict.deny_message()
+    assert reason in outcome.verdict.deny_message()
 
 
 async def test_tlog_optional_accepts_a_keyed_signature_without_an_entry(env, registry, tools, keyless, signer):
@@ -78,25 +91,6 @@ async def test_tlog_optional_accepts_a_keyed_signature_without_an_entry(env, reg
     check = env.check(**rule(env, keyless, signer, tlog="optional"))
     outcome = await env.admit(check, f"{registry.host}/{repo}:v1")
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
-
-
-async def test_an_entry_logging_another_key_is_refused(env, registry, tools, keyless, signer):
-    repo = registry.repo()
-    digest = registry.push_image(repo, "v1")
-    other = ec.generate_private_key(ec.SECP256R1())
-    push_keyed(registry, tools, keyless, repo, digest, signer, logged_key=other)
-    outcome = await env.admit(env.check(**rule(env, keyless, signer)), f"{registry.host}/{repo}:v1")
-    assert not outcome.verdict.allowed
-    assert "another key" in outcome.verdict.deny_message()
-
-
-async def test_an_entry_whose_promise_does_not_verify_is_refused(env, registry, tools, keyless, signer):
-    repo = registry.repo()
-    digest = registry.push_image(repo, "v1")
-    push_keyed(registry, tools, keyless, repo, digest, signer, tamper_set=True)
-    outcome = await env.admit(env.check(**rule(env, keyless, signer)), f"{registry.host}/{repo}:v1")
-    assert not outcome.verdict.allowed
-    assert "promise (SET)" in outcome.verdict.deny_message()
 
 
 async def test_an_entry_for_another_payload_is_refused(env, registry, tools, keyless, signer):
