@@ -101,6 +101,21 @@ def _dsse(key: ec.EllipticCurvePrivateKey, statement: dict[str, Any]) -> bytes:
     return json.dumps(envelope).encode()
 
 
+def _simple_signing(key: ec.EllipticCurvePrivateKey, repo: str, digest: str) -> tuple[bytes, str]:
+    """A cosign simple-signing payload for ``repo@digest`` and its base64 signature by ``key``."""
+    payload = json.dumps(
+        {
+            "critical": {
+                "identity": {"docker-reference": repo},
+                "image": {"docker-manifest-digest": digest},
+                "type": "cosign container image signature",
+            },
+            "optional": None,
+        }
+    ).encode()
+    return payload, base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+
+
 def _statement(registry: Registry, repo: str, digest: str, predicate_type: str) -> dict[str, Any]:
     return {
         "_type": "https://in-toto.io/Statement/v1",
@@ -164,17 +179,7 @@ async def test_signature_stored_for_one_digest_does_not_cover_another(
 ) -> None:
     """A valid signature of image A copied under image B's ``.sig`` tag names A's digest."""
     repo, signed = registry.image()
-    payload = json.dumps(
-        {
-            "critical": {
-                "identity": {"docker-reference": repo},
-                "image": {"docker-manifest-digest": signed},
-                "type": "cosign container image signature",
-            },
-            "optional": None,
-        }
-    ).encode()
-    sig = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+    payload, sig = _simple_signing(key, repo, signed)
     repo_b, digest_b = registry.image()
     registry.attach(repo_b, digest_b, payload, cosign.SIMPLE_SIGNING_MEDIA, {cosign.SIGNATURE_ANNOTATION: sig})
     outcome = await _admit(tmp_path, registry, key, f"{registry.host}/{repo_b}@{digest_b}")
@@ -188,17 +193,7 @@ async def test_registry_settings_use_the_same_host_spelling_as_references(
     """References are canonicalised (lower case, no ``:443``), so the registry names in the
     config must be too, or an ``insecure_registries`` entry written in capitals stops applying."""
     repo, digest = registry.image()
-    payload = json.dumps(
-        {
-            "critical": {
-                "identity": {"docker-reference": repo},
-                "image": {"docker-manifest-digest": digest},
-                "type": "cosign container image signature",
-            },
-            "optional": None,
-        }
-    ).encode()
-    sig = base64.b64encode(key.sign(payload, ec.ECDSA(hashes.SHA256()))).decode()
+    payload, sig = _simple_signing(key, repo, digest)
     registry.attach(repo, digest, payload, cosign.SIMPLE_SIGNING_MEDIA, {cosign.SIGNATURE_ANNOTATION: sig})
     port = registry.host.rsplit(":", 1)[1]
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
