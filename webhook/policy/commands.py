@@ -21,46 +21,35 @@ from webhook.policy import gatekeeper, inventory, modules, rego, testing
 _VERSION = 1
 
 
+def _format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="report as text for people or JSON for tools (default text)",
+    )
+
+
+def _gatekeeper_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--gatekeeper", action="append", type=Path, default=[], metavar="DIR", help=help_text)
+
+
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add this face's sub-commands to the ``portcullis`` parser."""
     policy = subparsers.add_parser("policy", help="test and validate Rego policies and Gatekeeper templates")
     sub = policy.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     test = sub.add_parser("test", help="run Rego test_ rules and gator Suite files; exit 1 on failure")
     test.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="directories or files (default: policies)")
-    test.add_argument(
-        "--format",
-        choices=("text", "json"),
-        default="text",
-        help="report as text for people or JSON for tools (default text)",
-    )
+    _format_option(test)
     test.set_defaults(func=cmd_test)
     validate = sub.add_parser("validate", help="compile policies and templates; report problems")
     validate.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="Rego directories (default: policies)")
-    validate.add_argument(
-        "--gatekeeper",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="Gatekeeper ConstraintTemplates and constraints to compile too (repeatable)",
-    )
-    validate.add_argument(
-        "--format",
-        choices=("text", "json"),
-        default="text",
-        help="report as text for people or JSON for tools (default text)",
-    )
+    _gatekeeper_option(validate, "Gatekeeper ConstraintTemplates and constraints to compile too (repeatable)")
+    _format_option(validate)
     validate.set_defaults(func=cmd_validate)
     rules = sub.add_parser("rules", help="the webhook rules (chart values) for the kinds policies select")
     rules.add_argument("paths", nargs="*", type=Path, metavar="DIR", help="Rego directories")
-    rules.add_argument(
-        "--gatekeeper",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="DIR",
-        help="Gatekeeper ConstraintTemplates and constraints whose match selects kinds (repeatable)",
-    )
+    _gatekeeper_option(rules, "Gatekeeper ConstraintTemplates and constraints whose match selects kinds (repeatable)")
     rules.set_defaults(func=cmd_rules)
     policy.set_defaults(func=lambda _args: _usage(policy))
 

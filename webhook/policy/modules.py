@@ -260,16 +260,9 @@ def explain_bracket_arguments(modules: Sequence[RegoModule]) -> str:
 
 
 def _matching(masked: str, open_at: int) -> int | None:
-    depth = 0
-    for i in range(open_at, len(masked)):
-        ch = masked[i]
-        if ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-            if depth == 0:
-                return i if ch == "]" else None
-    return None
+    """The offset of the ``]`` closing the ``[`` at ``open_at``; None when another bracket closes it."""
+    close = _closing(masked, open_at)
+    return close if close is not None and masked[close] == "]" else None
 
 
 def _mask(text: str) -> str:
