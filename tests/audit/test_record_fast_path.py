@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,3 +107,32 @@ def test_batched_record_check_fast_path_and_each_odd_entry() -> None:
             assert _batched(entries) == _one_by_one(entries), (odd, at)
     halves = good[:10] + _ODD[:2] + good[12:]
     assert [i for i, _ in records.bad_records(halves)] == [10, 11]
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+@pytest.mark.skipif(records._accel is None, reason="C accelerator not built (pip install -e .)")
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(tricky, values, max_size=5))
+def test_the_c_float_scan_finds_exactly_the_float_values(content: dict[str, Any]) -> None:
+    """Strings that look like numbers ("a:1.5", 'x",1.5') are skipped; every real float is found."""
+    assert records._accel is not None
+    entry = b'{"content":' + orjson.dumps(content, option=orjson.OPT_SORT_KEYS) + b',"kind":"admission"}'
+    assert records._accel.content_floats([entry]) == _has_float(content)
+    assert records._accel.content_floats([_record({"a": 1}), entry]) == _has_float(content)
+
+
+def test_batched_record_check_is_the_same_without_the_c_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = [_record({"uid": str(i), "image": "app:1.2.3", "n": -i}) for i in range(256)]
+    cases = [good, *([*good[:100], odd, *good[101:]] for odd in _ODD)]
+    with_accel = [_batched(c) for c in cases]
+    monkeypatch.setattr(records, "_accel", None)
+    assert [_batched(c) for c in cases] == with_accel == [_one_by_one(c) for c in cases]

@@ -136,9 +136,59 @@ static PyObject *fold(PyObject *self, PyObject *arg) {
     return r;
 }
 
+/* content_floats(entries) -> whether any entry's content holds a number with a fraction or an
+ * exponent outside strings. The content is what lies between the record's '{"content":' and
+ * its last ',"kind":' (as records.py reads it); strings are skipped by their quotes and
+ * backslash escapes. Only a verdict "no float anywhere" lets records.py take its fast path. */
+static PyObject *content_floats(PyObject *self, PyObject *arg) {
+    static const char kind[] = ",\"kind\":";
+    const Py_ssize_t klen = (Py_ssize_t)sizeof(kind) - 1, at = 11; /* len('{"content":') */
+    PyObject *seq = PySequence_Fast(arg, "entries must be a sequence of bytes");
+    if (seq == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    int found = 0;
+    for (Py_ssize_t i = 0; i < count && !found; i++) {
+        if (!PyBytes_CheckExact(items[i])) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_TypeError, "entries must be bytes");
+            return NULL;
+        }
+        const char *d = PyBytes_AS_STRING(items[i]);
+        Py_ssize_t end = PyBytes_GET_SIZE(items[i]) - klen;
+        while (end >= 0 && memcmp(d + end, kind, (size_t)klen) != 0) end--;
+        if (end < at) { /* no content where records.py looks: let the exact path decide */
+            found = 1;
+            break;
+        }
+        int in_string = 0;
+        for (Py_ssize_t p = at; p < end; p++) {
+            char c = d[p];
+            if (in_string) {
+                if (c == '\\') p++;
+                else if (c == '"') in_string = 0;
+                continue;
+            }
+            if (c == '"') {
+                in_string = 1;
+            } else if (c == '-' || (c >= '0' && c <= '9')) {
+                while (p < end && (d[p] == '-' || d[p] == '+' || (d[p] >= '0' && d[p] <= '9'))) p++;
+                if (p < end && (d[p] == '.' || d[p] == 'e' || d[p] == 'E')) {
+                    found = 1;
+                    break;
+                }
+                p--;
+            }
+        }
+    }
+    Py_DECREF(seq);
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef methods[] = {
     {"scan_bundle", scan_bundle, METH_O, "Spans and leaf hashes of an entry bundle, or None if malformed."},
     {"leaf_hashes", leaf_hashes, METH_O, "Concatenated leaf hashes of a sequence of entries."},
+    {"content_floats", content_floats, METH_O, "Whether a record content holds a float token outside strings."},
     {"fold", fold, METH_O, "Root of the complete subtree over a power of two of hashes."},
     {NULL, NULL, 0, NULL},
 };

@@ -18,6 +18,12 @@ import rfc8785
 
 from webhook import errors
 
+try:  # optional C accelerator (see tiles.py): an exact float-token scan of record contents
+    from webhook.audit import _tilehash
+except ImportError:
+    _tilehash = None  # type: ignore[assignment]
+_accel = _tilehash  # tests set it to None to run the Python code
+
 Kind = Literal["admission", "alert", "config"]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 MAX_RECORD = 0xFFFF  # an entry bundle stores a uint16 length
@@ -217,9 +223,7 @@ def bad_records(entries: Sequence[bytes]) -> list[tuple[int, RecordError]]:
         joined = b",".join(entries)
         if not joined.isascii() or orjson.dumps(objs, option=_ORJSON_OPTS) != b"[" + joined + b"]":
             raise RecordError("slow path")
-        # Each content runs from the envelope's '{' to its last `,"kind":` (as in decode_record);
-        # the '\n' between them is in no class of the pattern, so no match spans two records.
-        if _INNER_FLOAT.search(b"\n".join([e[_CONTENT_AT : e.rfind(b',"kind":')] for e in entries])) is None:
+        if not _content_floats(entries):
             return []
     except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecordError, TypeError):
         pass
@@ -230,6 +234,19 @@ def bad_records(entries: Sequence[bytes]) -> list[tuple[int, RecordError]]:
         except RecordError as exc:
             bad.append((i, exc))
     return bad
+
+
+def _content_floats(entries: Sequence[bytes]) -> bool:
+    """Whether any content may hold a float (True sends the bundle down the exact path).
+
+    Each content runs from the envelope's '{' to its last `,"kind":`, as in decode_record. The
+    accelerator skips strings, so an image tag "app:1.2.3" is no float to it; the regex here
+    also flags such strings, which only costs the exact path. The '\n' between contents is in
+    no class of the pattern, so no match spans two records.
+    """
+    if _accel is not None:
+        return _accel.content_floats(entries)
+    return _INNER_FLOAT.search(b"\n".join([e[_CONTENT_AT : e.rfind(b',"kind":')] for e in entries])) is not None
 
 
 def _big_ints_as_floats(obj: Any) -> Any:
