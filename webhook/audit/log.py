@@ -28,7 +28,7 @@ __all__ = ["AuditLog", "AuditRecord", "LogClosedError", "read_records"]
 log = logging.getLogger("portcullis.audit")
 _DEPTH = 4  # batches written at once (acknowledged in order)
 _MIN_PART = 64  # an idle backlog is cut in parts of at least this many records
-_Write = tuple["asyncio.Future[None]", int, list[tuple[bytes, "asyncio.Future[int]"]], list[tiles.TileId]]
+_Write = tuple["asyncio.Future[None]", int, list["asyncio.Future[int]"], list[tiles.TileId]]
 CHECKPOINT = "checkpoint"
 HISTORY = "checkpoints"
 
@@ -60,7 +60,11 @@ class AuditLog:
         self._cp_every = checkpoint_every
         self._cp_interval = checkpoint_interval
         self._witnesses = witnesses
-        self._pending: list[tuple[bytes, asyncio.Future[int]]] = []
+        # Records staged for the next group commit: entries and their waiters, side by side
+        # (two flat lists: no tuple per record, and the entries go to ``stage`` as they are).
+        self._pending: list[bytes] = []
+        self._waiters: list[asyncio.Future[int]] = []
+        self._loop = asyncio.get_running_loop()  # the writer task's loop, looked up once
         self._wake = asyncio.Event()
         self._closing = False
         self._failed: BaseException | None = None
@@ -152,9 +156,9 @@ class AuditLog:
         """Append one record; returns its leaf index once it is durable on disk."""
         if self._closing or self._failed is not None:
             raise LogClosedError(f"audit log {self.directory} is closed") from self._failed
-        entry = records.encode_record(records.now(), kind, self.writer, content)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, fut))
+        self._pending.append(records.encode_record(records.now(), kind, self.writer, content))
+        fut: asyncio.Future[int] = self._loop.create_future()
+        self._waiters.append(fut)
         self._wake.set()
         return await fut
 
@@ -211,33 +215,39 @@ class AuditLog:
                     # A backlog found idle is cut in parts, so that one part is written while
                     # the next is staged; each write then overlaps the next batch's arrival.
                     parts = min(_DEPTH, max(1, len(self._pending) // _MIN_PART))
-                cut = -(-len(self._pending) // parts)
-                batch, self._pending = self._pending[:cut], self._pending[cut:]
+                pending, waiters = self._pending, self._waiters
+                if parts == 1:
+                    self._pending, self._waiters = [], []
+                else:
+                    cut = -(-len(pending) // parts)
+                    pending, self._pending = pending[:cut], pending[cut:]
+                    waiters, self._waiters = waiters[:cut], waiters[cut:]
                 self._snapshot_if_due()  # the tree as of the end of what is staged so far
                 first = self._store.size
                 try:
-                    staged = self._store.stage([entry for entry, _ in batch])
+                    staged = self._store.stage(pending)
                 except BaseException:
-                    self._pending[:0] = batch  # failed with the rest below
+                    self._pending[:0] = pending  # failed with the rest below
+                    self._waiters[:0] = waiters
                     raise
                 while len(inflight) >= _DEPTH:
                     await self._settle(*inflight[0])
                     inflight.popleft()
                     self._launch_checkpoint()
                 job = asyncio.ensure_future(asyncio.to_thread(self._store.write, staged))
-                inflight.append((job, first, batch, staged.retired))
+                inflight.append((job, first, waiters, staged.retired))
         except BaseException as exc:  # the in-memory edge is now ahead of disk: stop
             self._failed = exc
             log.error("audit log %s: write failed, log closed: %s", self.directory, exc)
-            waiting = [rec for _, _, b, _ in inflight for rec in b] + self._pending
+            waiting = [fut for _, _, b, _ in inflight for fut in b] + self._waiters
             for write, _, _, _ in inflight:
                 if not write.done():
                     with contextlib.suppress(BaseException):
                         await asyncio.shield(write)
-            for _, fut in waiting:
+            for fut in waiting:
                 if not fut.done():
                     fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
-            self._pending = []
+            self._pending, self._waiters = [], []
             self._closing = True
             if not isinstance(exc, Exception):
                 raise
@@ -246,16 +256,16 @@ class AuditLog:
         self,
         write: asyncio.Future[None],
         first: int,
-        batch: list[tuple[bytes, asyncio.Future[int]]],
+        waiters: list[asyncio.Future[int]],
         retired: list[tiles.TileId],
     ) -> None:
         """Wait for a batch's write, then acknowledge each record with its index. Batches
         settle in order, so partials it retires can no longer be in the making."""
         await write
-        self._durable_size = first + len(batch)
-        for i, (_, fut) in enumerate(batch):
-            if not fut.done():
-                fut.set_result(first + i)
+        self._durable_size = first + len(waiters)
+        for fut, index in zip(waiters, range(first, first + len(waiters)), strict=True):
+            if not fut.done():  # a caller that gave up (cancelled) still has its record written
+                fut.set_result(index)
         if retired:
             await asyncio.to_thread(self._store.retire, retired)
 

@@ -107,7 +107,7 @@ class TileStore:
         if n % TILE_WIDTH:
             batch.files.append((tiles.tile_path(ENTRIES, n // TILE_WIDTH, n % TILE_WIDTH), bytes(edge)))
         self.counts[ENTRIES] = n
-        self._push(0, b"".join(map(_DIGEST, map(hashlib.sha256, map(_LEAF_PREFIX, entries)))))
+        self._push(0, tiles.entry_leaf_hashes(entries))
         self.size += len(entries)
         return batch
 

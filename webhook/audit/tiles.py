@@ -16,6 +16,12 @@ from pathlib import Path
 
 from webhook.audit import merkle
 
+try:  # optional C accelerator (built by ``pip install -e .`` when a compiler and libcrypto exist)
+    from webhook.audit import _tilehash
+except ImportError:  # not built: the pure-Python code below, which it must equal, is used
+    _tilehash = None  # type: ignore[assignment]
+_accel = _tilehash  # what the hashing below uses (tests set it to None to run the Python code)
+
 TILE_WIDTH = 256
 TILE_HEIGHT = 8  # log2(TILE_WIDTH): tile level L holds Merkle nodes of height 8 * L
 MAX_ENTRY = 0xFFFF  # uint16 length prefix
@@ -133,6 +139,7 @@ def decode_bundle(data: bytes) -> list[bytes]:
 _DIGEST = type(hashlib.sha256()).digest
 _NODE_PREFIX = b"\x01".__add__
 _FIRST = operator.itemgetter(0)
+_LEAF_PREFIX = b"\x00".__add__
 
 
 def leaf_hashes(data: bytes, spans: list[tuple[int, int]]) -> bytes:
@@ -153,7 +160,24 @@ def leaf_hashes(data: bytes, spans: list[tuple[int, int]]) -> bytes:
 
 def scan_bundle(data: bytes) -> tuple[list[tuple[int, int]], bytes]:
     """``decode_spans`` and ``leaf_hashes`` in one pass (verify's hot loop); raises
-    ``TileFormatError`` at the first bad byte."""
+    ``TileFormatError`` at the first bad byte. The accelerator answers well-formed bundles;
+    a malformed one is left to the Python code, whose error names the byte."""
+    if _accel is not None:
+        found = _accel.scan_bundle(data)
+        if found is not None:
+            return found
+    return py_scan_bundle(data)
+
+
+def entry_leaf_hashes(entries: list[bytes]) -> bytes:
+    """RFC 9162 leaf hashes SHA-256(0x00 ‖ entry) of ``entries``, concatenated (the writer)."""
+    if _accel is not None:
+        return _accel.leaf_hashes(entries)
+    return b"".join(map(_DIGEST, map(hashlib.sha256, map(_LEAF_PREFIX, entries))))
+
+
+def py_scan_bundle(data: bytes) -> tuple[list[tuple[int, int]], bytes]:
+    """The pure-Python ``scan_bundle`` (the reference the accelerator is tested against)."""
     buf = bytearray(data)
     view = memoryview(buf)
     sha = hashlib.sha256
@@ -177,8 +201,16 @@ def scan_bundle(data: bytes) -> tuple[list[tuple[int, int]], bytes]:
 
 def fold(tile: bytes) -> bytes:
     """Root of the complete subtree over a full tile's hashes (a power of two of them):
-    rounds of pairwise node hashes SHA-256(0x01 ‖ left ‖ right), RFC 9162 §2.1.1, each
-    round one chain of C-level ``map`` calls over the 64-byte pairs."""
+    rounds of pairwise node hashes SHA-256(0x01 ‖ left ‖ right), RFC 9162 §2.1.1."""
+    n = len(tile) // merkle.HASH_SIZE
+    if _accel is not None and n and not n & (n - 1) and len(tile) % merkle.HASH_SIZE == 0:
+        return _accel.fold(tile)
+    return py_fold(tile)
+
+
+def py_fold(tile: bytes) -> bytes:
+    """The pure-Python ``fold``: each round one chain of C-level ``map`` calls over the
+    64-byte pairs."""
     data = tile
     while len(data) > merkle.HASH_SIZE:
         pairs = map(_FIRST, struct.iter_unpack("64s", data))

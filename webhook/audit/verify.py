@@ -305,12 +305,9 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
             if width != best:
                 _check_prefix(root, path, data, index, rel, result)
         if check_records:
-            decode = records.decode_record
-            for i, (p, n) in enumerate(spans):
-                try:
-                    decode(data[p : p + n])
-                except records.RecordError as exc:
-                    result.add(index + i, f"entry {index + i} ({rel} byte {p - 2}): {exc}", record=True)
+            for i, exc in records.bad_records([data[p : p + n] for p, n in spans]):
+                p = spans[i][0]
+                result.add(index + i, f"entry {index + i} ({rel} byte {p - 2}): {exc}", record=True)
         tree.leaves(hashes)
         index += len(spans)
         if best < TILE_WIDTH:

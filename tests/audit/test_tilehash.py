@@ -1,0 +1,74 @@
+"""The optional C accelerator (``webhook/audit/_tilehash.c``) equals the pure-Python hashing
+it replaces: leaf hashes, bundle scans (malformed bundles included: the Python code decides
+and names the byte) and tile folds, checked against each other and against RFC 9162 by hand."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from webhook.audit import merkle, tiles
+
+accel = tiles._accel
+needs_accel = pytest.mark.skipif(accel is None, reason="C accelerator not built (pip install -e .)")
+entries = st.lists(st.binary(max_size=300), max_size=40)
+
+
+def _bundle(items: list[bytes]) -> bytes:
+    return b"".join(len(e).to_bytes(2, "big") + e for e in items)
+
+
+@needs_accel
+@settings(max_examples=300, deadline=None)
+@given(entries)
+def test_scan_and_leaf_hashes_equal_the_python_code(items: list[bytes]) -> None:
+    assert accel is not None
+    data = _bundle(items)
+    expected = (tiles.decode_spans(data), b"".join(merkle.leaf_hash(e) for e in items))
+    assert accel.scan_bundle(data) == expected == tiles.py_scan_bundle(data)
+    assert accel.scan_bundle(bytearray(data)) == expected
+    assert accel.leaf_hashes(items) == expected[1]
+
+
+@needs_accel
+@settings(max_examples=300, deadline=None)
+@given(entries, st.integers(1, 5))
+def test_a_malformed_bundle_is_left_to_the_python_error(items: list[bytes], cut: int) -> None:
+    assert accel is not None
+    data = _bundle([*items, b"x" * 10])[:-cut]
+    assert accel.scan_bundle(data) is None
+    with pytest.raises(tiles.TileFormatError) as err:
+        tiles.scan_bundle(data)
+    with pytest.raises(tiles.TileFormatError) as ref:
+        tiles.py_scan_bundle(data)
+    assert (str(err.value), err.value.offset, err.value.count) == (str(ref.value), ref.value.offset, ref.value.count)
+
+
+@needs_accel
+@pytest.mark.parametrize("count", [1, 2, 4, 128, 256, 1024])
+def test_fold_equals_the_python_fold_and_the_rfc(count: int) -> None:
+    assert accel is not None
+    hashes = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(count)]
+    tile = b"".join(hashes)
+    assert accel.fold(tile) == tiles.py_fold(tile) == merkle.root_from_leaves(hashes) == tiles.fold(tile)
+
+
+@needs_accel
+def test_fold_rejects_what_is_not_a_power_of_two_of_hashes() -> None:
+    assert accel is not None
+    for bad in (b"", b"x" * 31, b"x" * 96):
+        with pytest.raises(ValueError):
+            accel.fold(bad)
+    with pytest.raises(TypeError):
+        accel.leaf_hashes([b"a", "b"])  # type: ignore[list-item]
+
+
+def test_the_python_fallbacks_still_hash_per_rfc_9162() -> None:
+    items = [b"a", b"", b"c" * 300]
+    data = _bundle(items)
+    assert tiles.py_scan_bundle(data) == (tiles.decode_spans(data), b"".join(merkle.leaf_hash(e) for e in items))
+    hashes = [merkle.leaf_hash(e) for e in (b"1", b"2", b"3", b"4")]
+    assert tiles.py_fold(b"".join(hashes)) == merkle.root_from_leaves(hashes)
