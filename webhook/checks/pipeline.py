@@ -105,6 +105,9 @@ class Pipeline:
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
         # Modes in a namespace without labels (no mode label to apply): the same for every request.
         self._static_modes = {c.id: config.mode_for(c.id, {}) for c in self.checks}
+        # Whether any check judges by kind (``applies_to``, Rego); without one, which checks apply
+        # depends only on whether the kind carries pod specs.
+        self._kind_generic = any(callable(getattr(c, "applies_to", None)) for c in self.checks)
         self.unjudged_kinds: dict[str, int] = {}  # reviews of a kind no check applies to (allowed)
 
     def _components(self) -> list[object]:
@@ -179,7 +182,10 @@ class Pipeline:
                 f"{subject.kind!r} carries a pod template where portcullis cannot find pod specs; "
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
-        judging = [c for c in self.checks if _applies(c, subject.kind, carries_pods)]
+        if self._kind_generic:
+            judging = [c for c in self.checks if _applies(c, subject.kind, carries_pods)]
+        else:  # only pod checks: they apply exactly when the kind carries pod specs
+            judging = list(self.checks) if carries_pods else []
         if not judging:
             self.unjudged_kinds[subject.kind] = self.unjudged_kinds.get(subject.kind, 0) + 1
             return _skipped(f"no check applies to kind {subject.kind!r}")
@@ -342,6 +348,8 @@ def _settle(active: Sequence[Check], ctx: RequestContext, *, admitted: bool) -> 
 
 
 def _by_check(results: Mapping[str, CheckResult], verdict: Verdict) -> dict[str, tuple[Finding, ...]]:
+    if not verdict.findings:
+        return {}
     owner = {id(v): check_id for check_id, result in results.items() for v in result.violations}
     out: dict[str, list[Finding]] = {}
     for finding in verdict.findings:
