@@ -13,8 +13,9 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgspec
 
 from webhook import errors
 from webhook.checks import changes, limits
@@ -40,9 +41,11 @@ class NamespaceLabels(Protocol):
     def labels(self, namespace: str) -> Mapping[str, str] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """What is being admitted, independent of how it arrived (webhook review or CI manifest)."""
+class Subject(msgspec.Struct, frozen=True):
+    """What is being admitted, independent of how it arrived (webhook review or CI manifest).
+
+    A frozen ``msgspec.Struct`` (built per review; see ``RequestContext`` for why not a dataclass).
+    """
 
     operation: str
     kind: str
@@ -58,9 +61,9 @@ class Subject:
     admission_request: Mapping[str, Any] | None = None  # the review's ``request``, verbatim
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A verdict plus what the checks learnt (for the audit record and Rego)."""
+class Outcome(msgspec.Struct, frozen=True):
+    """A verdict plus what the checks learnt (for the audit record and Rego); a frozen
+    ``msgspec.Struct``, like ``Subject``."""
 
     verdict: Verdict
     pods: tuple[PodSpecRef, ...]
@@ -68,11 +71,11 @@ class Outcome:
     checks_run: tuple[str, ...]
     # Checks that could not finish (upstream down, deadline, internal error) and why: their
     # failure mode decided instead (background scans report these as ``error``).
-    errors: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    errors: Mapping[str, str] = msgspec.field(default_factory=dict)
     # The namespace labels the checks judged with (recorded so a replay judges with the same).
-    namespace_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    namespace_labels: Mapping[str, str] = msgspec.field(default_factory=dict)
     # Each check's findings (a finding's ``violation.check`` may name a sub-rule, e.g. "pss:privileged").
-    findings_by_check: Mapping[str, tuple[Finding, ...]] = dataclasses.field(default_factory=dict)
+    findings_by_check: Mapping[str, tuple[Finding, ...]] = msgspec.field(default_factory=dict)
     # The checks that apply to the object's kind (before exemptions and modes): a check outside
     # it has nothing to say about the object (scans report nothing for it, not "skip").
     applicable: tuple[str, ...] = ()
