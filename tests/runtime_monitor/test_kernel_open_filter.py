@@ -255,3 +255,16 @@ def test_heartbeat_makes_a_quiet_node_ready(session: Session) -> None:
     ok, why = monitor.readiness(mon, 30)
     assert ok, why
     assert mon.snapshot()["source"]["heartbeats"] >= 2
+
+
+def test_no_filter_when_a_rule_reads_fds_from_the_table(tmp_path: Path) -> None:
+    """A dropped open leaves a stale table entry for its fd number: a dup rule reading fd fields
+    would see the old file (or socket) instead of the one actually duplicated."""
+    rules = tmp_path / "r.yaml"
+    base = RULES.read_text()
+    rules.write_text(
+        base + "\n- rule: Dup of a socket\n  desc: d\n  condition: evt.type=dup2 and fd.type=ipv4\n"
+        "  output: x %fd.name\n  priority: WARNING\n"
+    )
+    assert Engine.load([rules]).open_filters == {}
+    assert Engine.load([RULES]).open_filters != {}

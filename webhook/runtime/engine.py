@@ -115,9 +115,15 @@ class Engine:
         self.success_only_types: frozenset[str] = frozenset(t for t in positive if self._success_only(t))
         # Successful opens no rule can match, as a kernel-side test (rules/kernelfilter.py); a type
         # absent here passes whole. Sound only with success_only (the gate reads the opened file).
+        # A dropped open leaves the process table's entry for its fd number stale, so no filter
+        # when a rule reads fd fields of an event that takes its fd from that table.
+        stale_ok = not any(
+            any(f.startswith("fd.") for f in r.fields) for r in self.rules
+            if any(t in r.event_types for t in kernelfilter.FD_TABLE_TYPES)
+        )  # fmt: skip
         self.open_filters: dict[str, kernelfilter.Gate] = {
             t: g for t in sorted(positive & kernelfilter.OPEN_TYPES & self.success_only_types)
-            if (g := self._open_gate(t)) != kernelfilter.TOP
+            if stale_ok and (g := self._open_gate(t)) != kernelfilter.TOP
         }  # fmt: skip
         self._default = self._bucket(evttypes.UNKNOWN)
         self.process: Callable[[Event], list[Alert]] = self._make_process()

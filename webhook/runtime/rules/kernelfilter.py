@@ -21,9 +21,12 @@ from dataclasses import dataclass
 from webhook.runtime.rules import checks
 from webhook.runtime.rules.parser import And, Check, Expr, FieldRef, Or
 
-__all__ = ["ALL_ACCESS", "OPEN_TYPES", "Alt", "Gate", "gate"]
+__all__ = ["ALL_ACCESS", "FD_TABLE_TYPES", "OPEN_TYPES", "Alt", "Gate", "gate", "union"]
 
 OPEN_TYPES = frozenset(("open", "openat", "openat2", "creat"))
+# Events whose fd fields come from the process table's entry for an fd number a dropped open may
+# have reused (events.EventBuilder._fd); directory fds (fchdir, relative opens) always pass.
+FD_TABLE_TYPES = frozenset(("dup", "dup2", "dup3", "fchmod", "finit_module"))
 ALL_ACCESS = frozenset((0, 1, 2, 3))  # flags & O_ACCMODE
 _READ = frozenset((0, 2))  # evt.is_open_read (as events.py computes it)
 _WRITE = frozenset((1, 2))  # evt.is_open_write
