@@ -405,16 +405,18 @@ def _syscall_probe(
     rec = REC_SYSCALL + probe_id
     m = f"@s{rec}[tid]"
     saved = "".join(f", (uint64){expr}" for expr in probe.save)
+    gated = gate is not None and bool(probe.save) and success_only
+    if gated:  # room for what the gate's scan leaves for its comparison (see _gate_body)
+        saved += ", (uint64)0" * _GATE_FIELDS
     value = f"((uint64)1{saved})" if probe.save else "1"  # no arguments: a plain 1, not a tuple
     enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ {m} = {value}; }}"
     loads = f"$t = {m};" + "".join(f" $a{i} = $t.{i + 1};" for i in range(len(probe.save))) if probe.save else ""
     cond = (f"{m}.0 == 1" if probe.save else f"{m} == 1") + (" && args->ret >= 0" if success_only else "")
     out = []
-    if gate is not None and probe.save and success_only:
+    if gated and gate is not None:
         scan, compare = _gate_body(probe, m, gate)
         out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} /{cond}/ {{\n  {loads}\n  {scan}\n}}")
-        g = m.replace("@s", "@g", 1)
-        out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} /{g}.0 == 1/ {{\n  {loads}\n  {compare}\n}}")
+        out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} /{m}.0 == 3/ {{\n  {loads}\n  {compare}\n}}")
         cond = f"{m}.0 == 2"
     exit_point = f"tracepoint:syscalls:sys_exit_{probe.syscall} /{cond}/"
     # Side strings and continuation pieces, each in its own program (stack), before the event.
@@ -435,6 +437,7 @@ def _syscall_probe(
 
 
 _GATE_WORDS = 16  # 8-byte words of the path scanned for its last '/' (longer paths pass)
+_GATE_FIELDS = 7  # pass, need, q, sl, e, t1, t2: the scan's findings, in the saved entry
 
 
 def _tail_test(text: str, *, exact: bool) -> str | None:
@@ -463,8 +466,9 @@ def _gate_body(probe: Probe, m: str, gate: Sequence[GateAlt]) -> tuple[str, str]
 
     The first tests the access mode and scans the path in aligned 8-byte words (an aligned read
     never crosses into a page the string does not reach) up to its NUL, for the last '/' and the
-    last 16 bytes; it hands its findings to the second in ``@g`` (through a map, so the verifier
-    does not follow every constant the scan can leave), which compares the last component with
+    last 16 bytes; it hands its findings to the second in the saved entry, marked 3 (through a
+    map, so the verifier does not follow every constant the scan can leave), which compares the
+    last component with
     the rules' names and suffixes (numerically; longer ones as bpftrace strings).
     Passed whatever the rules say: a path longer than the scan, an empty one, one ending in '/',
     '.' or '..' (its last component is not fd.name's), and a directory (the process table keeps
@@ -473,7 +477,6 @@ def _gate_body(probe: Probe, m: str, gate: Sequence[GateAlt]) -> tuple[str, str]
     flags = dict(probe.ints)["flags"]
     any_alts = [a for a in gate if a.any_name]
     name_alts = [a for a in gate if not a.any_name]
-    g = m.replace("@s", "@g", 1)
 
     def acc_test(access: frozenset[int]) -> str:
         if access >= {0, 1, 2, 3}:
@@ -507,12 +510,16 @@ def _gate_body(probe: Probe, m: str, gate: Sequence[GateAlt]) -> tuple[str, str]
             scan.append("  }")
         scan.append("  if ($z != 0 || $e <= $o || $sl == $e) { $pass = 1; }")
         scan.append("}")
-    scan.append(f"{g} = ((uint64)1, $pass, $need, $q, $sl, $e, $t1, $t2);")
-
-    cmp = [f"$h = {g}; delete({g}); $pass = $h.1; $q = $h.3; $sl = $h.4; $e = $h.5; $t1 = $h.6; $t2 = $h.7;"]
+    args = "".join(f", $a{i}" for i in range(len(probe.save)))
+    scan.append(f"{m} = ((uint64)3{args}, $pass, $need, $q, $sl, $e, $t1, $t2);")
+    f0 = len(probe.save) + 1  # the scan's first field in the entry
+    cmp = [
+        f"$pass = $t.{f0}; $need = $t.{f0 + 1}; $q = $t.{f0 + 2}; $sl = $t.{f0 + 3}; $e = $t.{f0 + 4};"
+        f" $t1 = $t.{f0 + 5}; $t2 = $t.{f0 + 6};"
+    ]
     if name_alts:
         cmp.append(f"$acc = (uint64)({flags}) & 3;")
-        cmp.append("if ($pass == 0 && $h.2 != 0) {")
+        cmp.append("if ($pass == 0 && $need != 0) {")
         cmp.append(f"  if ({_tail_test('.', exact=True)} || {_tail_test('..', exact=True)}) {{ $pass = 1; }}")
         long_names = False
         for a in name_alts:
@@ -535,6 +542,6 @@ def _gate_body(probe: Probe, m: str, gate: Sequence[GateAlt]) -> tuple[str, str]
     cmp.append("  $f = (struct file *)*(curtask->files->fdt->fd + args->ret);")
     cmp.append("  if (($f->f_inode->i_mode & 0xf000) == 0x4000) { $pass = 1; }")
     cmp.append("}")
-    saved = "".join(f", $a{i}" for i in range(len(probe.save)))
-    cmp.append(f"if ($pass != 0) {{ {m} = ((uint64)2{saved}); }}")
+    zeros = ", (uint64)0" * _GATE_FIELDS
+    cmp.append(f"if ($pass != 0) {{ {m} = ((uint64)2{args}{zeros}); }} else {{ delete({m}); }}")
     return "\n  ".join(scan), "\n  ".join(cmp)
