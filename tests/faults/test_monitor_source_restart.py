@@ -81,7 +81,7 @@ async def test_killed_bpftrace_is_restarted_and_alerts_continue(tmp_path: Path) 
     if os.geteuid() != 0 or shutil.which("bpftrace") is None:
         pytest.skip("needs root and bpftrace (CI installs it and runs as root)")
     engine = Engine.load([RULES])
-    source, sink = ebpf.EbpfSource(engine.event_types), Collect()
+    source, sink = ebpf.EbpfSource.for_engine(engine), Collect()
     mon = monitor.Monitor(source, engine, [sink], restart_backoff=(0.1, 1.0))
     stop = asyncio.Event()
     task = asyncio.create_task(mon.run(stop=stop))

@@ -69,7 +69,7 @@ class Session:
     async def _main(self) -> None:
         engine = Engine.load([UPSTREAM])
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self.monitor = monitor.Monitor(ebpf.EbpfSource(engine.event_types), engine, [self.sink])
+        self.monitor = monitor.Monitor(ebpf.EbpfSource.for_engine(engine), engine, [self.sink])
         task = asyncio.create_task(self.monitor.run(stop=self._stop))
         ready = asyncio.create_task(self.monitor.ready.wait())
         await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)

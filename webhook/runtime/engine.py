@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from webhook.runtime import rules
-from webhook.runtime.rules import compiler, coverage, evttypes, fields, output
+from webhook.runtime.rules import compiler, coverage, evttypes, fields, kernelfilter, output
 from webhook.runtime.rules.model import Diagnostic
 from webhook.runtime.rules.resolve import Rule
 
@@ -113,6 +113,18 @@ class Engine:
         self._dispatch[None] = self._bucket(None)
         # Types whose failed calls no rule can match: the eBPF source drops those in the kernel.
         self.success_only_types: frozenset[str] = frozenset(t for t in positive if self._success_only(t))
+        # Successful opens no rule can match, as a kernel-side test (rules/kernelfilter.py); a type
+        # absent here passes whole. Sound only with success_only (the gate reads the opened file).
+        # A dropped open leaves the process table's entry for its fd number stale, so no filter
+        # when a rule reads fd fields of an event that takes its fd from that table.
+        stale_ok = not any(
+            any(f.startswith("fd.") for f in r.fields) for r in self.rules
+            if any(t in r.event_types for t in kernelfilter.FD_TABLE_TYPES)
+        )  # fmt: skip
+        self.open_filters: dict[str, kernelfilter.Gate] = {
+            t: g for t in sorted(positive & kernelfilter.OPEN_TYPES & self.success_only_types)
+            if stale_ok and (g := self._open_gate(t)) != kernelfilter.TOP
+        }  # fmt: skip
         self._default = self._bucket(evttypes.UNKNOWN)
         self.process: Callable[[Event], list[Alert]] = self._make_process()
 
@@ -161,6 +173,14 @@ class Engine:
             if not evttypes.requires_success(cond, evtype):
                 return False
         return True
+
+    def _open_gate(self, evtype: str) -> kernelfilter.Gate:
+        memo: dict[int, Any] = {}
+        gates = []
+        for r in self.rules:
+            if evtype in r.event_types:
+                gates.append(kernelfilter.gate(evttypes.specialize(r.condition, evtype, memo)))
+        return kernelfilter.union(gates)
 
     def _make_process(self) -> Callable[[Event], list[Alert]]:
         dispatch, default, alert = self._dispatch, self._default, self._alert

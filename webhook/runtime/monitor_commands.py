@@ -102,10 +102,9 @@ def build_source(mon: MonitorConfig, engine: Any) -> Any:
         return tetragon.TetragonSource(mon.input)
     from webhook.runtime.sources import ebpf
 
-    types = None if engine.matches_all_types else engine.event_types
-    source = ebpf.EbpfSource(
-        types, bpftrace=mon.bpftrace, buffering=mon.buffering, perf_rb_pages=mon.perf_rb_pages,
-        reorder_ms=mon.reorder_ms, success_only=engine.success_only_types,
+    source = ebpf.EbpfSource.for_engine(
+        engine, bpftrace=mon.bpftrace, buffering=mon.buffering, perf_rb_pages=mon.perf_rb_pages,
+        reorder_ms=mon.reorder_ms,
     )  # fmt: skip
     for evt, why in sorted(source.program.missing.items()):
         print(f"portcullis monitor: warning: event type {evt!r} will not be seen: {why}", file=sys.stderr)

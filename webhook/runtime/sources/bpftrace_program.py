@@ -25,9 +25,10 @@ records always precede its event record in the same per-CPU buffer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 __all__ = ["CHUNK", "PROBES", "Probe", "Program", "generate", "tracepoint_exists"]
 
@@ -39,12 +40,27 @@ CHUNK = STRLEN - 2
 MAX_PIECES = 33  # PATH_MAX (4096) / CHUNK: longer strings are flagged truncated
 ARGV_PIECE = 128
 ARGV_MAX = 4096  # bytes of the argument block sent (Falco's own limit is of this order)
+HEARTBEAT_S = 1  # seconds between the program's heartbeat lines
 
 REC_STR, REC_ARGV, REC_FORK, REC_EXIT, REC_EXEC = 0, 1, 2, 3, 4
 REC_SYSCALL = 10
 
 # String slots of the exec record's side strings.
 SLOT_COMM, SLOT_CG, SLOT_CG1, SLOT_EXE, SLOT_PWD = 1, 2, 5, 8, 9
+
+
+class GateAlt(Protocol):
+    """One alternative of an open filter (``rules.kernelfilter.Alt``): access modes
+    (``flags & O_ACCMODE``), and unless ``any_name`` the last path component's names/suffixes."""
+
+    @property
+    def access(self) -> frozenset[int]: ...
+    @property
+    def names(self) -> frozenset[str]: ...
+    @property
+    def suffixes(self) -> frozenset[str]: ...
+    @property
+    def any_name(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,13 +202,18 @@ def generate(
     exists: Callable[[str], bool] = tracepoint_exists,
     v1_subsys: int | None = None,
     success_only: Iterable[str] = (),
+    open_filters: Mapping[str, Sequence[GateAlt]] | None = None,
 ) -> Program:
     """The bpftrace program for ``event_types`` (None: every supported type).
 
     Unsupported types are listed in ``missing`` (the caller reports them); they never fail.
     ``success_only``: types whose failed calls no rule can match (``Engine.success_only_types``),
     dropped in the kernel; the process-state types are always success only.
+    ``open_filters``: per open type of ``success_only``, the alternatives some rule could match
+    (``Engine.open_filters``, see ``rules/kernelfilter.py``); other successful opens are dropped
+    in the kernel (``_gate_probe``).
     """
+    gates = dict(open_filters or {})
     ok_only = frozenset(success_only)
     wanted = SUPPORTED_TYPES if event_types is None else frozenset(event_types)
     missing = {t: "not traced by the eBPF source" for t in sorted(wanted - SUPPORTED_TYPES)}
@@ -211,7 +232,8 @@ def generate(
                 missing[probe.evt] = f"this kernel has no tracepoint syscalls:sys_enter_{probe.syscall}"
             continue
         only_ok = probe.evt in ok_only or probe.evt not in wanted  # state-only: success is what counts
-        parts.append(_syscall_probe(probe, probe_id, self_pid, success_only=only_ok))
+        gate = gates.get(probe.evt) if only_ok and probe.evt in wanted else None
+        parts.append(_syscall_probe(probe, probe_id, self_pid, success_only=only_ok, gate=gate))
         if probe.evt in wanted:
             traced.add(probe.evt)
     # Readiness: bpftrace attaches probes in program order, so once this last one fires (the
@@ -219,6 +241,9 @@ def generate(
     # uprobes on bpftrace's own binary; a start failing with "No attach points for probe | BEGIN"
     # was one of them not resolving, so the program uses neither. Maps left at exit are printed
     # as "map" records, which the decoder skips.)
+    # Heartbeat: a kernel timer proves the probes still deliver on a node where nothing traced
+    # happens for a while (the monitor's readiness reads it; see monitor.readiness).
+    parts.append(f'interval:s:{HEARTBEAT_S} {{ printf("HEARTBEAT\\n"); }}')
     parts.append(f'tracepoint:syscalls:sys_enter_getpgid /pid == {self_pid}/ {{ printf("READY\\n"); }}')
     return Program("\n".join(parts) + "\n", frozenset(traced), missing)
 
@@ -289,7 +314,11 @@ def _exec_probes(self_pid: int, v1_subsys: int | None) -> list[str]:
         " curtask->cred->cap_bset.val, $f->f_inode->i_nlink, $f->f_inode->i_sb->s_magic,"
         f" str(args->filename, {CHUNK})));\n}}",
     ]
-    return [f"struct argv_piece {{ unsigned char b[{ARGV_PIECE}]; }}", *probes]
+    return [
+        f"struct argv_piece {{ unsigned char b[{ARGV_PIECE}]; }}",
+        f"struct gate_words {{ unsigned long w[{_GATE_WORDS}]; }}",
+        *probes,
+    ]
 
 
 def _fork_probe(self_pid: int, *, emit_clone: bool) -> str:
@@ -365,19 +394,31 @@ def _net_body(rec: int, fd: str, mode: str, addr: str = "$a1") -> str:
 _NET_FD = {"remote": "(int32)$a0", "local": "(int32)$a0", "sk": "(int32)$a0"}
 
 
-def _syscall_probe(probe: Probe, probe_id: int, self_pid: int, *, success_only: bool = False) -> str:
+def _syscall_probe(
+    probe: Probe, probe_id: int, self_pid: int, *, success_only: bool = False, gate: Sequence[GateAlt] | None = None
+) -> str:
     """Enter saves the arguments in one per-probe map entry (a tuple led by 1, so a missing entry
     reads as 0); the exit programs print the strings' further pieces, then the event.
-    ``success_only``: failed calls are dropped in the kernel (no loaded rule can match them)."""
+    ``success_only``: failed calls are dropped in the kernel (no loaded rule can match them).
+    ``gate`` (an open type): a first exit program marks the entry 2 when the open may match a
+    rule (``_gate_probe``); only marked ones are printed."""
     rec = REC_SYSCALL + probe_id
     m = f"@s{rec}[tid]"
     saved = "".join(f", (uint64){expr}" for expr in probe.save)
+    gated = gate is not None and bool(probe.save) and success_only
+    if gated:  # room for what the gate's scan leaves for its comparison (see _gate_body)
+        saved += ", (uint64)0" * _GATE_FIELDS
     value = f"((uint64)1{saved})" if probe.save else "1"  # no arguments: a plain 1, not a tuple
     enter = f"tracepoint:syscalls:sys_enter_{probe.syscall} /pid != {self_pid}/ {{ {m} = {value}; }}"
     loads = f"$t = {m};" + "".join(f" $a{i} = $t.{i + 1};" for i in range(len(probe.save))) if probe.save else ""
     cond = (f"{m}.0 == 1" if probe.save else f"{m} == 1") + (" && args->ret >= 0" if success_only else "")
-    exit_point = f"tracepoint:syscalls:sys_exit_{probe.syscall} /{cond}/"
     out = []
+    if gated and gate is not None:
+        scan, compare = _gate_body(probe, m, gate)
+        out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} /{cond}/ {{\n  {loads}\n  {scan}\n}}")
+        out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} /{m}.0 == 3/ {{\n  {loads}\n  {compare}\n}}")
+        cond = f"{m}.0 == 2"
+    exit_point = f"tracepoint:syscalls:sys_exit_{probe.syscall} /{cond}/"
     # Side strings and continuation pieces, each in its own program (stack), before the event.
     for slot, (_name, ptr) in enumerate(probe.strings):
         out.append(f"{exit_point} {{\n  {loads}\n  {_pieces(slot, ptr, first=slot > 0)}\n}}")
@@ -393,3 +434,114 @@ def _syscall_probe(probe: Probe, probe_id: int, self_pid: int, *, success_only: 
     # The entry goes whatever the result (a failed call dropped above must not leave it behind).
     out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} {{ delete({m}); }}")
     return enter + "\n" + "\n".join(out)
+
+
+_GATE_WORDS = 16  # 8-byte words of the path scanned for its last '/' (longer paths pass)
+_GATE_FIELDS = 7  # pass, need, q, sl, e, t1, t2: the scan's findings, in the saved entry
+
+
+def _tail_test(text: str, *, exact: bool) -> str | None:
+    """bpftrace test that the last component ends with (``exact``: is) ``text``, from the last 16
+    bytes ``$t2:$t1`` the scan kept (compared in 32-bit halves: no 64-bit literals); None when
+    ``text`` is longer than that."""
+    raw = text.encode()
+    n = len(raw)
+    if not 0 < n <= 16:
+        return None
+    tests = [f"$e - $sl {'==' if exact else '>='} {n}"]
+    padded = raw.rjust(16, b"\0")
+    for reg, word in (("$t1", padded[8:]), ("$t2", padded[:8])):
+        for shift, half in ((0, word[4:]), (32, word[:4])):
+            width = min(max(n - (8 if reg == "$t2" else 0) - (4 if shift else 0), 0), 4)
+            if width == 0:
+                continue
+            mask = (1 << (8 * width)) - 1
+            value = int.from_bytes(half, "big") & mask
+            tests.append(f"(({reg} >> {shift}) & {mask:#x}) == {value:#x}")
+    return "(" + " && ".join(tests) + ")"
+
+
+def _gate_body(probe: Probe, m: str, gate: Sequence[GateAlt]) -> tuple[str, str]:
+    """Two exit programs that mark the saved entry 2 when the open may match ``gate``.
+
+    The first tests the access mode and scans the path in aligned 8-byte words (an aligned read
+    never crosses into a page the string does not reach) up to its NUL, for the last '/' and the
+    last 16 bytes; it hands its findings to the second in the saved entry, marked 3 (through a
+    map, so the verifier does not follow every constant the scan can leave), which compares the
+    last component with
+    the rules' names and suffixes (numerically; longer ones as bpftrace strings).
+    Passed whatever the rules say: a path longer than the scan, an empty one, one ending in '/',
+    '.' or '..' (its last component is not fd.name's), and a directory (the process table keeps
+    directory fds for later relative opens and fchdir).
+    """
+    flags = dict(probe.ints)["flags"]
+    any_alts = [a for a in gate if a.any_name]
+    name_alts = [a for a in gate if not a.any_name]
+
+    def acc_test(access: frozenset[int]) -> str:
+        if access >= {0, 1, 2, 3}:
+            return "1"
+        return "(" + " || ".join(f"$acc == {v}" for v in sorted(access)) + ")"
+
+    scan = [f"$acc = (uint64)({flags}) & 3;", "$pass = (uint64)0; $need = (uint64)0;"]
+    if any_alts:
+        scan.append(f"if ({' || '.join(dict.fromkeys(acc_test(a.access) for a in any_alts))}) {{ $pass = 1; }}")
+    scan.append("$o = $a0 & 7; $q = $a0 - $o; $z = (uint64)1; $sl = $o; $e = (uint64)0;")
+    scan.append("$t1 = (uint64)0; $t2 = (uint64)0;")
+    if name_alts:
+        need = " || ".join(dict.fromkeys(acc_test(a.access) for a in name_alts))
+        scan.append(f"if ($pass == 0 && ({need})) {{")
+        # Offsets from $q, the aligned word holding the path's first byte; the bytes before it
+        # are made 0x01 (neither NUL nor '/'). $e: offset past the last byte, $sl: of the last
+        # component's first byte; $t2:$t1 the last 16 bytes (the last one lowest).
+        scan.append("  $need = 1;")
+        for w in range(_GATE_WORDS):
+            read = f"((struct gate_words *)uptr($q))->w[{w}]"
+            if w == 0:
+                read = f"({read} & ~((1 << ($o * 8)) - 1)) | (0x0101010101010101 & ((1 << ($o * 8)) - 1))"
+            scan.append(f"  if ($z != 0) {{ $x = {read};")
+            for j in range(8):
+                k = 8 * w + j
+                scan.append(
+                    f"    $c = ($x >> {8 * j}) & 0xff; if ($c == 0) {{ $z = 0; }}"
+                    f" if ($z != 0) {{ $e = {k + 1}; $t2 = ($t2 << 8) | ($t1 >> 56); $t1 = ($t1 << 8) | $c;"
+                    f" if ($c == 47) {{ $sl = {k + 1}; }} }}"
+                )
+            scan.append("  }")
+        scan.append("  if ($z != 0 || $e <= $o || $sl == $e) { $pass = 1; }")
+        scan.append("}")
+    args = "".join(f", $a{i}" for i in range(len(probe.save)))
+    scan.append(f"{m} = ((uint64)3{args}, $pass, $need, $q, $sl, $e, $t1, $t2);")
+    f0 = len(probe.save) + 1  # the scan's first field in the entry
+    cmp = [
+        f"$pass = $t.{f0}; $need = $t.{f0 + 1}; $q = $t.{f0 + 2}; $sl = $t.{f0 + 3}; $e = $t.{f0 + 4};"
+        f" $t1 = $t.{f0 + 5}; $t2 = $t.{f0 + 6};"
+    ]
+    if name_alts:
+        cmp.append(f"$acc = (uint64)({flags}) & 3;")
+        cmp.append("if ($pass == 0 && $need != 0) {")
+        cmp.append(f"  if ({_tail_test('.', exact=True)} || {_tail_test('..', exact=True)}) {{ $pass = 1; }}")
+        long_names = False
+        for a in name_alts:
+            tests = []
+            for n in sorted(a.names):
+                t = _tail_test(n, exact=True)
+                long_names = long_names or t is None
+                tests.append(t if t is not None else f'$b == "{n}"')
+            for suf in sorted(a.suffixes):
+                size = len(suf)
+                t = _tail_test(suf, exact=False)
+                read = f"str(uptr($q + $e - {size}), {size})"
+                tests.append(t if t is not None else f'($e >= $sl + {size} && {read} == "{suf}")')
+            if tests:
+                cmp.append(f"  if ($pass == 0 && {acc_test(a.access)} && ({' || '.join(tests)})) {{ $pass = 1; }}")
+        if long_names:
+            cmp.insert(3, f"  $b = str(uptr($q + $sl), {CHUNK});")
+        cmp.append("}")
+    cmp.append("if ($pass == 0) {")
+    cmp.append("  $f = (struct file *)*(curtask->files->fdt->fd + args->ret);")
+    cmp.append("  if (($f->f_inode->i_mode & 0xf000) == 0x4000) { $pass = 1; }")
+    cmp.append("}")
+    zeros = ", (uint64)0" * _GATE_FIELDS
+    cmp.append(f"if ($pass != 0) {{ {m} = ((uint64)2{args}{zeros}); }} else {{ delete({m}); }}")
+    return "\n  ".join(scan), "\n  ".join(cmp)

@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ class LineDecoder:
         self.malformed = 0
         self.ignored = 0
         self.truncated = 0
+        self.heartbeats = 0  # the program's interval heartbeat lines seen
         self.ready = False
         self._strings: dict[int, list[tuple[int, str]]] = {}
         self._argv: dict[int, list[tuple[int, list[int]]]] = {}
@@ -95,7 +96,9 @@ class LineDecoder:
             if kind == "value":
                 return self._record(obj["data"])
             if kind == "printf":
-                if obj["data"].startswith("READY"):
+                if obj["data"].startswith("HEARTBEAT"):
+                    self.heartbeats += 1
+                elif obj["data"].startswith("READY"):
                     self.ready = True
                 return None
             if kind == "lost_events":
@@ -299,12 +302,14 @@ class EbpfSource:
         perf_rb_pages: int = 1024,
         reorder_ms: float = REORDER_MS,
         success_only: Iterable[str] = (),
+        open_filters: Mapping[str, Sequence[bpftrace_program.GateAlt]] | None = None,
     ) -> None:
         self.program = bpftrace_program.generate(
             event_types,
             self_pid=os.getpid(),
             v1_subsys=bpftrace_program.v1_subsys_id(),
             success_only=success_only,
+            open_filters=open_filters,
         )
         self._bpftrace = bpftrace
         self._buffering = buffering
@@ -316,6 +321,16 @@ class EbpfSource:
         self._stderr: bytes = b""
         self._stopping = False
         self.decoder = LineDecoder(ignore_pids=(os.getpid(),))
+        # time.monotonic() of the latest heartbeat line: the probes deliver even when no traced
+        # syscall happens (monitor.readiness reads it)
+        self.last_heartbeat: float | None = None
+
+    @classmethod
+    def for_engine(cls, engine: Any, **kwargs: Any) -> EbpfSource:
+        """The source the monitor runs for a compiled ``Engine``: the types its rules name (all
+        when one matches any type), failed calls and unmatchable opens dropped in the kernel."""
+        types = None if engine.matches_all_types else engine.event_types
+        return cls(types, success_only=engine.success_only_types, open_filters=engine.open_filters, **kwargs)
 
     async def start(self) -> None:
         """Attach the probes; returns once bpftrace prints READY. Raises ``EbpfUnavailable``."""
@@ -327,6 +342,7 @@ class EbpfSource:
         ensure_tracefs()
         self._stopping = False  # start() also restarts a source that died
         self.decoder.ready = False
+        self.last_heartbeat = None  # a restarted program proves itself again
         # A larger perf ring per CPU absorbs bursts while the reader is descheduled.
         env = {
             **os.environ,
@@ -377,7 +393,10 @@ class EbpfSource:
             text = rest + chunk.decode("utf-8", "surrogateescape")
             lines = text.split("\n")
             rest = lines.pop()
+            beats = self.decoder.heartbeats
             out = reorder.push([e for e in map(decode, lines) if e is not None])
+            if self.decoder.heartbeats != beats:
+                self.last_heartbeat = time.monotonic()
             if out:
                 yield out
         if reorder:
@@ -401,6 +420,7 @@ class EbpfSource:
             "malformed_lines": d.malformed,
             "self_events": d.ignored,
             "truncated_strings": d.truncated,
+            "heartbeats": d.heartbeats,
         }
 
     async def close(self) -> None:
