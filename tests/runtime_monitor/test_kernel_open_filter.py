@@ -14,16 +14,15 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from monitor_session import Collect, MonitorSession, live_session
 
-from webhook.runtime import monitor, outputs
+from webhook.runtime import monitor
 from webhook.runtime.engine import Engine
 from webhook.runtime.rules import kernelfilter, parser
 from webhook.runtime.sources import bpftrace_program, ebpf
@@ -98,78 +97,10 @@ def test_tail_comparison_constants() -> None:
 # -- end to end ------------------------------------------------------------------------------------
 
 
-class Collect(outputs.Output):
-    name = "collect"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.alerts: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
-        with self.lock:
-            self.alerts.extend(batch)
-
-
-class Session:
-    def __init__(self) -> None:
-        self.sink = Collect()
-        self.error: BaseException | None = None
-        self.ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-            self.ready.set()
-
-    async def _main(self) -> None:
-        engine = Engine.load([RULES])
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self.source = ebpf.EbpfSource.for_engine(engine)
-        self.monitor = monitor.Monitor(self.source, engine, [self.sink])
-        task = asyncio.create_task(self.monitor.run(stop=self._stop))
-        ready = asyncio.create_task(self.monitor.ready.wait())
-        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
-        self.ready.set()
-        await task
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop.set)
-
-    def wait_for(self, rule: str, marker: str, limit: float = 30.0) -> dict[str, Any]:
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            with self.sink.lock:
-                for a in self.sink.alerts:
-                    if a["rule"] == rule and marker in a["output"]:
-                        return a
-            time.sleep(0.05)
-        raise AssertionError(f"no {rule!r} alert with {marker!r}")
-
-
 @pytest.fixture(scope="module")
-def session() -> Iterator[Session]:
-    if os.geteuid() != 0:
-        pytest.skip("eBPF tests need root")
-    if shutil.which("bpftrace") is None:
-        pytest.skip("bpftrace is not installed (apt-get install bpftrace)")
-    s = Session()
-    thread = threading.Thread(target=s.run, daemon=True)
-    thread.start()
-    s.ready.wait(300)
-    if isinstance(s.error, ebpf.EbpfUnavailable):
-        pytest.skip(f"eBPF unavailable here: {s.error}")
-    if s.error is not None:
-        raise s.error
-    yield s
-    s.stop()
-    thread.join(60)
-    assert s.error is None
+def session() -> Iterator[MonitorSession]:
+    with live_session(RULES) as s:
+        yield s
 
 
 READ = "import os, sys\n{setup}\ntry:\n    os.close(os.open({path!r}, os.{mode}{dirfd}))\nexcept OSError:\n    pass\n"
@@ -205,19 +136,19 @@ def _read(setup: str, path: str, marker: str, *, mode: str = "O_RDONLY", dirfd: 
          "rdwr"],
 )  # fmt: skip
 def test_every_spelling_of_a_filtered_name_still_alerts(
-    session: Session, setup: str, path: str, kw: dict[str, str]
+    session: MonitorSession, setup: str, path: str, kw: dict[str, str]
 ) -> None:
     assert "gate_words *" in session.source.program.text  # the filter is on for this rule set
     m = "m" + uuid.uuid4().hex[:10]
     _read(setup, path, m, **kw)
-    a = session.wait_for(SHADOW, m)
+    a = session.wait_for_rule(SHADOW, m)
     assert a["output_fields"]["fd.name"] == "/etc/shadow"
 
 
 @pytest.mark.root
 @pytest.mark.ebpf
 @pytest.mark.slow
-def test_suffix_rules_see_relative_long_and_symlinked_names(session: Session, tmp_path: Path) -> None:
+def test_suffix_rules_see_relative_long_and_symlinked_names(session: MonitorSession, tmp_path: Path) -> None:
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"w")
     (tmp_path / "link.gguf").symlink_to("/etc/hostname")  # Falco's fd.name is the link's name
@@ -234,14 +165,14 @@ def test_suffix_rules_see_relative_long_and_symlinked_names(session: Session, tm
     for cwd, path, tail in cases:
         m = "m" + uuid.uuid4().hex[:10]
         subprocess.run(["cat", path, f"/nonexistent-{m}"], cwd=cwd, check=False, capture_output=True)
-        a = session.wait_for(WEIGHTS, m)
+        a = session.wait_for_rule(WEIGHTS, m)
         assert a["output_fields"]["fd.name"].endswith(tail)
 
 
 @pytest.mark.root
 @pytest.mark.ebpf
 @pytest.mark.slow
-def test_heartbeat_makes_a_quiet_node_ready(session: Session) -> None:
+def test_heartbeat_makes_a_quiet_node_ready(session: MonitorSession) -> None:
     """Readiness with no traced event: the kernel timer's heartbeat alone. (Other processes on the
     test box make events the test cannot stop, so the events' clock is cleared here; the
     heartbeats are the real program's.)"""

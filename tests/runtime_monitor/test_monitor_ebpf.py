@@ -13,16 +13,16 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from monitor_session import MonitorSession, live_session
 
-from webhook.runtime import monitor, outputs
+from webhook.runtime import monitor
 from webhook.runtime.engine import Engine
 from webhook.runtime.sources import ebpf
 
@@ -31,83 +31,10 @@ pytestmark = [pytest.mark.root, pytest.mark.ebpf, pytest.mark.slow]
 RULES = Path(__file__).resolve().parents[2] / "rules" / "portcullis_rules.yaml"
 
 
-class Collect(outputs.Output):
-    name = "collect"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.alerts: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
-        with self.lock:
-            self.alerts.extend(batch)
-
-
-class Session:
-    def __init__(self) -> None:
-        self.sink = Collect()
-        self.error: BaseException | None = None
-        self.snapshot: dict[str, Any] = {}
-        self.ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self.stopped_by_test = False
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-            self.ready.set()
-
-    async def _main(self) -> None:
-        engine = Engine.load([RULES])
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self.monitor = monitor.Monitor(ebpf.EbpfSource.for_engine(engine), engine, [self.sink])
-        task = asyncio.create_task(self.monitor.run(stop=self._stop))
-        ready = asyncio.create_task(self.monitor.ready.wait())
-        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
-        self.ready.set()
-        self.snapshot = await task
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            self.stopped_by_test = True
-            self._loop.call_soon_threadsafe(self._stop.set)
-
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool], limit: float = 30.0) -> dict[str, Any]:
-        """The first alert matching ``pred`` (waits for the pipeline; fails after ``limit`` s)."""
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            with self.sink.lock:
-                for a in self.sink.alerts:
-                    if pred(a):
-                        return a
-            time.sleep(0.05)
-        with self.sink.lock:
-            seen = [a["rule"] for a in self.sink.alerts]
-        raise AssertionError(f"no matching alert; alerts seen: {seen}")
-
-
 @pytest.fixture(scope="module")
-def session() -> Iterator[Session]:
-    if os.geteuid() != 0:
-        pytest.skip("eBPF tests need root")
-    if shutil.which("bpftrace") is None:
-        pytest.skip("bpftrace is not installed (apt-get install bpftrace)")
-    s = Session()
-    thread = threading.Thread(target=s.run, daemon=True)
-    thread.start()
-    s.ready.wait(180)
-    if isinstance(s.error, ebpf.EbpfUnavailable):
-        pytest.skip(f"eBPF unavailable here: {s.error}")
-    if s.error is not None:
-        raise s.error
-    yield s
-    s.stop()
-    thread.join(60)
-    assert s.error is None
+def session() -> Iterator[MonitorSession]:
+    with live_session(RULES, start_timeout=180) as s:
+        yield s
     assert s.snapshot["errors"] == 0, s.monitor.last_errors
     assert s.stopped_by_test, f"the monitor stopped early: {s.snapshot} {s.monitor.source._stderr!r}"
 
@@ -118,7 +45,7 @@ def _run(*argv: str, **kw: Any) -> tuple[int, int]:
     return t0, time.time_ns()
 
 
-def test_reading_etc_shadow_raises_an_alert_with_the_reader(session: Session, tmp_path: Path) -> None:
+def test_reading_etc_shadow_raises_an_alert_with_the_reader(session: MonitorSession, tmp_path: Path) -> None:
     marker = tmp_path / "marker"  # makes the command line ours alone on a shared machine
     marker.touch()
     t0, t1 = _run("cat", "/etc/shadow", str(marker))
@@ -132,7 +59,7 @@ def test_reading_etc_shadow_raises_an_alert_with_the_reader(session: Session, tm
     assert t0 <= f["evt.time"] <= t1
 
 
-def test_shell_spawned_by_a_process_named_like_a_web_server(session: Session, tmp_path: Path) -> None:
+def test_shell_spawned_by_a_process_named_like_a_web_server(session: MonitorSession, tmp_path: Path) -> None:
     nginx = tmp_path / "nginx"
     shutil.copy("/bin/bash", nginx)
     marker = uuid.uuid4().hex[:8]
@@ -144,7 +71,7 @@ def test_shell_spawned_by_a_process_named_like_a_web_server(session: Session, tm
     assert a["priority"] == "Critical"
 
 
-def test_connect_to_a_mining_pool_port_on_loopback(session: Session) -> None:
+def test_connect_to_a_mining_pool_port_on_loopback(session: MonitorSession) -> None:
     code = "import socket; s = socket.socket(); s.connect_ex(('127.0.0.1', 14444)); s.close()"
     _run(sys.executable, "-c", code)
     a = session.wait_for(lambda a: a["rule"] == "Outbound connection to a crypto-mining pool port")
@@ -153,7 +80,7 @@ def test_connect_to_a_mining_pool_port_on_loopback(session: Session) -> None:
     assert f["fd.name"].endswith("->127.0.0.1:14444")
 
 
-def test_write_below_usr_bin_in_a_private_mount_namespace(session: Session) -> None:
+def test_write_below_usr_bin_in_a_private_mount_namespace(session: MonitorSession) -> None:
     """tmpfs over /usr/bin in `unshare -m`: the host's /usr/bin is never touched."""
     name = f"/usr/bin/portcullis-e2e-{uuid.uuid4().hex[:8]}"
     script = f"mount -t tmpfs none /usr/bin && echo x > {name}"
@@ -163,7 +90,7 @@ def test_write_below_usr_bin_in_a_private_mount_namespace(session: Session) -> N
     assert a["output_fields"]["proc.name"] == "sh"
 
 
-def test_model_weights_read_by_cat(session: Session, tmp_path: Path) -> None:
+def test_model_weights_read_by_cat(session: MonitorSession, tmp_path: Path) -> None:
     weights = tmp_path / "model-00001-of-00002.safetensors"
     weights.write_bytes(b"\0" * 64)
     _run("cat", str(weights))
@@ -173,7 +100,7 @@ def test_model_weights_read_by_cat(session: Session, tmp_path: Path) -> None:
     assert a["output_fields"]["fd.name"] == str(weights)
 
 
-def test_a_program_executed_from_a_memfd(session: Session) -> None:
+def test_a_program_executed_from_a_memfd(session: MonitorSession) -> None:
     marker = uuid.uuid4().hex[:8]
     code = (
         "import os\n"
@@ -188,7 +115,7 @@ def test_a_program_executed_from_a_memfd(session: Session) -> None:
     assert f["proc.cmdline"].endswith(marker)
 
 
-def test_ptrace_attach_is_seen(session: Session) -> None:
+def test_ptrace_attach_is_seen(session: MonitorSession) -> None:
     code = (
         "import ctypes, os, subprocess, time\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -203,7 +130,7 @@ def test_ptrace_attach_is_seen(session: Session) -> None:
     assert a["output_fields"]["evt.arg.request"] == "PTRACE_ATTACH"
 
 
-def test_package_manager_in_a_docker_layout_cgroup(session: Session) -> None:
+def test_package_manager_in_a_docker_layout_cgroup(session: MonitorSession) -> None:
     """A real cgroup named as Docker names them (pids hierarchy): container.id comes from it."""
     cid = uuid.uuid4().hex + uuid.uuid4().hex
     if (Path("/sys/fs/cgroup/pids") / "cgroup.procs").exists():  # cgroup v1: /docker/<id>
@@ -226,7 +153,7 @@ def test_package_manager_in_a_docker_layout_cgroup(session: Session) -> None:
     assert a["output_fields"]["proc.name"] == "apt-get"
 
 
-def test_metrics_count_events_and_no_drops_at_test_load(session: Session) -> None:
+def test_metrics_count_events_and_no_drops_at_test_load(session: MonitorSession) -> None:
     snap = session.monitor.snapshot()
     assert snap["events"] > 0
     assert snap["source"]["kernel_lost"] == 0
@@ -311,7 +238,7 @@ assert fd >= 0, ctypes.get_errno()
 """
 
 
-def test_a_bpf_program_loaded_by_another_process(session: Session, tmp_path: Path) -> None:
+def test_a_bpf_program_loaded_by_another_process(session: MonitorSession, tmp_path: Path) -> None:
     if os.uname().machine != "x86_64":
         pytest.skip("the loader uses the x86_64 bpf syscall number")
     tool = tmp_path / f"ld{uuid.uuid4().hex[:6]}"

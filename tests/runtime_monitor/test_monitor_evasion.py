@@ -11,13 +11,11 @@ alerts; no sleep stands in for an ordering the test relies on.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,10 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from webhook.runtime import monitor, outputs
-from webhook.runtime.engine import Engine
-from webhook.runtime.sources import ebpf
+from monitor_session import MonitorSession, live_session
 
 pytestmark = [pytest.mark.root, pytest.mark.ebpf, pytest.mark.slow]
 
@@ -37,81 +32,10 @@ UPSTREAM = (
 )
 
 
-class Collect(outputs.Output):
-    name = "collect"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.alerts: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
-        with self.lock:
-            self.alerts.extend(batch)
-
-
-class Session:
-    def __init__(self) -> None:
-        self.sink = Collect()
-        self.error: BaseException | None = None
-        self.ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self.snapshot: dict[str, Any] = {}
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            self.error = exc
-            self.ready.set()
-
-    async def _main(self) -> None:
-        engine = Engine.load([UPSTREAM])
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self.monitor = monitor.Monitor(ebpf.EbpfSource.for_engine(engine), engine, [self.sink])
-        task = asyncio.create_task(self.monitor.run(stop=self._stop))
-        ready = asyncio.create_task(self.monitor.ready.wait())
-        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
-        self.ready.set()
-        self.snapshot = await task
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop.set)
-
-    def wait_for(self, rule: str, marker: str, limit: float = 30.0) -> dict[str, Any]:
-        """The first alert of ``rule`` whose output holds ``marker`` (fails after ``limit`` s)."""
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            with self.sink.lock:
-                for a in self.sink.alerts:
-                    if a["rule"] == rule and marker in a["output"]:
-                        return a
-            time.sleep(0.05)
-        with self.sink.lock:
-            seen = sorted({(a["rule"], a["output"][:160]) for a in self.sink.alerts if marker in a["output"]})
-        raise AssertionError(f"no {rule!r} alert with {marker!r}; alerts with the marker: {seen}")
-
-
 @pytest.fixture(scope="module")
-def session() -> Iterator[Session]:
-    if os.geteuid() != 0:
-        pytest.skip("eBPF tests need root")
-    if shutil.which("bpftrace") is None:
-        pytest.skip("bpftrace is not installed (apt-get install bpftrace)")
-    s = Session()
-    thread = threading.Thread(target=s.run, daemon=True)
-    thread.start()
-    s.ready.wait(300)
-    if isinstance(s.error, ebpf.EbpfUnavailable):
-        pytest.skip(f"eBPF unavailable here: {s.error}")
-    if s.error is not None:
-        raise s.error
-    yield s
-    s.stop()
-    thread.join(60)
-    assert s.error is None
+def session() -> Iterator[MonitorSession]:
+    with live_session(UPSTREAM) as s:
+        yield s
     assert s.snapshot["errors"] == 0, s.monitor.last_errors
     assert s.snapshot["source"]["malformed_lines"] == 0
 
@@ -158,33 +82,37 @@ SENSITIVE = "Read sensitive file untrusted"
         "dup-fchdir",
     ],
 )
-def test_a_sensitive_file_read_is_caught_however_the_path_is_spelled(session: Session, setup: str, path: str) -> None:
+def test_a_sensitive_file_read_is_caught_however_the_path_is_spelled(
+    session: MonitorSession, setup: str, path: str
+) -> None:
     m = marker()
     python(READ.format(setup=setup, path=path), m)
-    a = session.wait_for(SENSITIVE, m)
+    a = session.wait_for_rule(SENSITIVE, m)
     assert a["output_fields"]["fd.name"] == "/etc/shadow"
 
 
-def test_a_sensitive_read_by_a_process_with_a_tab_and_newline_in_its_name(session: Session, tmp_path: Path) -> None:
+def test_a_sensitive_read_by_a_process_with_a_tab_and_newline_in_its_name(
+    session: MonitorSession, tmp_path: Path
+) -> None:
     m = marker()
     exe = tmp_path / f"py\tth\non-{m}"
     exe.symlink_to(os.path.realpath(sys.executable))
     python(READ.format(setup="", path="/etc/shadow"), m, exe=str(exe))
-    a = session.wait_for(SENSITIVE, m)
+    a = session.wait_for_rule(SENSITIVE, m)
     assert a["output_fields"]["proc.name"] == f"py\tth\non-{m}"[:15]
 
 
-def test_directory_traversal_read_and_failed_read(session: Session) -> None:
+def test_directory_traversal_read_and_failed_read(session: MonitorSession) -> None:
     m = marker()
     python(READ.format(setup="", path="/tmp/../tmp/../etc/passwd"), m)
-    a = session.wait_for("Directory traversal monitored file read", m)
+    a = session.wait_for_rule("Directory traversal monitored file read", m)
     assert (a["output_fields"]["fd.name"], a["output_fields"]["fd.nameraw"]) == (
         "/etc/passwd",
         "/tmp/../tmp/../etc/passwd",
     )
     m = marker()
     python(READ.format(setup="os.chdir('/tmp')", path=f"../tmp/../etc/{m}-absent"), m)
-    a = session.wait_for("Directory traversal monitored file read", m)
+    a = session.wait_for_rule("Directory traversal monitored file read", m)
     assert a["output_fields"]["fd.name"] == f"/etc/{m}-absent"
 
 
@@ -200,14 +128,14 @@ GREP = "BEGIN RSA PRIVATE"
     ],
     ids=["plain", "long-first-argument", "tab-newline-argument"],
 )
-def test_private_key_search_with_grep(session: Session, argv: list[str]) -> None:
+def test_private_key_search_with_grep(session: MonitorSession, argv: list[str]) -> None:
     m = marker()
     subprocess.run([a.format(m=m) for a in argv], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    a = session.wait_for("Search Private Keys or Passwords", m)
+    a = session.wait_for_rule("Search Private Keys or Passwords", m)
     assert GREP in a["output_fields"]["proc.cmdline"]
 
 
-def test_fileless_execution_via_memfd_create(session: Session) -> None:
+def test_fileless_execution_via_memfd_create(session: MonitorSession) -> None:
     m = marker()
     code = (
         "import os, sys\n"
@@ -216,19 +144,19 @@ def test_fileless_execution_via_memfd_create(session: Session) -> None:
         "os.execve(fd, ['true', sys.argv[1]], {})\n"  # execveat(fd, "", AT_EMPTY_PATH)
     )
     python(code, m)
-    a = session.wait_for("Fileless execution via memfd_create", m)
+    a = session.wait_for_rule("Fileless execution via memfd_create", m)
     assert a["output_fields"]["proc.cmdline"].endswith(m)
 
 
-def test_execution_from_dev_shm(session: Session) -> None:
+def test_execution_from_dev_shm(session: MonitorSession) -> None:
     m = marker()
     target = Path("/dev/shm") / f"run-{m}"
     shutil.copy("/bin/true", target)
     try:
         subprocess.run([str(target), m], check=True)
-        session.wait_for("Execution from /dev/shm", m)
+        session.wait_for_rule("Execution from /dev/shm", m)
         subprocess.run(["./" + target.name, m + "rel"], check=True, cwd="/dev/shm")  # relative, cwd in /dev/shm
-        session.wait_for("Execution from /dev/shm", m + "rel")
+        session.wait_for_rule("Execution from /dev/shm", m + "rel")
     finally:
         target.unlink()
     deep = Path("/dev/shm") / ("d" * 200) / ("e" * 100)  # an executable path longer than one string
@@ -236,13 +164,13 @@ def test_execution_from_dev_shm(session: Session) -> None:
     try:
         shutil.copy("/bin/true", deep / f"run-{m}")
         subprocess.run([str(deep / f"run-{m}"), m + "deep"], check=True)
-        a = session.wait_for("Execution from /dev/shm", m + "deep")
+        a = session.wait_for_rule("Execution from /dev/shm", m + "deep")
         assert a["output_fields"]["proc.exepath"] == str(deep / f"run-{m}")
     finally:
         shutil.rmtree(Path("/dev/shm") / ("d" * 200))
 
 
-def test_ptrace_attach(session: Session) -> None:
+def test_ptrace_attach(session: MonitorSession) -> None:
     m = marker()
     code = (
         "import ctypes, os, subprocess, sys\n"
@@ -255,23 +183,23 @@ def test_ptrace_attach(session: Session) -> None:
         "child.kill(); child.wait()\n"
     )
     python(code, m)
-    session.wait_for("PTRACE attached to process", m)
+    session.wait_for_rule("PTRACE attached to process", m)
 
 
-def test_clear_log_activity_by_truncation(session: Session) -> None:
+def test_clear_log_activity_by_truncation(session: MonitorSession) -> None:
     m = marker()
     log = Path("/var/log") / f"portcullis-test-{m}.log"
     log.write_text("evidence\n")
     try:
         python(f"open({str(log)!r}, 'w').close()", m)
-        a = session.wait_for("Clear Log Activities", m)
+        a = session.wait_for_rule("Clear Log Activities", m)
         assert a["output_fields"]["fd.name"] == str(log)
         # the same through a relative path after cd, with a tab in the file name
         tabbed = Path("/var/log") / f"tab\t{m}.log"
         tabbed.write_text("evidence\n")
         try:
             python(f"import os; os.chdir('/var'); open('log/./tab\\t{m}.log', 'w').close()", m + "t")
-            a = session.wait_for("Clear Log Activities", m + "t")
+            a = session.wait_for_rule("Clear Log Activities", m + "t")
             assert a["output_fields"]["fd.name"] == str(tabbed)
         finally:
             tabbed.unlink()
@@ -279,17 +207,17 @@ def test_clear_log_activity_by_truncation(session: Session) -> None:
         log.unlink()
 
 
-def test_symlink_over_a_sensitive_file(session: Session, tmp_path: Path) -> None:
+def test_symlink_over_a_sensitive_file(session: MonitorSession, tmp_path: Path) -> None:
     m = marker()
     python("import os, sys; os.symlink('/etc/shadow', sys.argv[2])", m, str(tmp_path / f"link\t{m}"))
-    a = session.wait_for("Create Symlink Over Sensitive Files", m)
+    a = session.wait_for_rule("Create Symlink Over Sensitive Files", m)
     assert a["output_fields"]["evt.arg.target"] == "/etc/shadow"
 
 
-def test_hardlink_over_a_sensitive_file(session: Session, tmp_path: Path) -> None:
+def test_hardlink_over_a_sensitive_file(session: MonitorSession, tmp_path: Path) -> None:
     m = marker()
     python("import os, sys; os.link('/etc/shadow', sys.argv[2])", m, str(tmp_path / f"hard-{m}"))
-    session.wait_for("Create Hardlink Over Sensitive Files", m)
+    session.wait_for_rule("Create Hardlink Over Sensitive Files", m)
 
 
 # -- containers: a cgroup made the way Docker names them, on the unified (v2) hierarchy -----------
@@ -322,7 +250,7 @@ JOIN = "open({procs!r}, 'w').write(str(os.getpid()))\n"
 
 
 @pytest.mark.parametrize("short", [False, True], ids=["lingering", "short-lived"])
-def test_packet_socket_created_in_a_container(session: Session, short: bool) -> None:
+def test_packet_socket_created_in_a_container(session: MonitorSession, short: bool) -> None:
     m = marker()
     with container_cgroup() as (cid, group):
         code = (
@@ -333,11 +261,11 @@ def test_packet_socket_created_in_a_container(session: Session, short: bool) -> 
             f" time.sleep({0 if short else 1})', sys.argv[1]])\n"
         )
         python(code, m)
-    session.wait_for("Packet socket created in container", m)  # the rule needs container.id != host
+    session.wait_for_rule("Packet socket created in container", m)  # the rule needs container.id != host
     del cid
 
 
-def test_a_tty_acquired_after_fork_is_seen_at_exec(session: Session, tmp_path: Path) -> None:
+def test_a_tty_acquired_after_fork_is_seen_at_exec(session: MonitorSession, tmp_path: Path) -> None:
     """Terminal shell in container: a runc-named parent forks a child that takes a controlling
     terminal only after the fork, joins the container cgroup, then execs a shell."""
     m = marker()
@@ -356,11 +284,11 @@ def test_a_tty_acquired_after_fork_is_seen_at_exec(session: Session, tmp_path: P
             "os.waitpid(pid, 0)\n"
         )
         python(code, m, exe=str(runc))
-    a = session.wait_for("Terminal shell in container", m)
+    a = session.wait_for_rule("Terminal shell in container", m)
     assert a["output_fields"]["proc.tty"] != 0
 
 
-def test_every_record_decodes(session: Session) -> None:
+def test_every_record_decodes(session: MonitorSession) -> None:
     """Whatever the processes on this machine did so far (names, paths, arguments), no record of
     bpftrace's was malformed: strings never break the framing."""
     snap = session.monitor.snapshot()
@@ -368,7 +296,7 @@ def test_every_record_decodes(session: Session) -> None:
     assert snap["source"]["malformed_lines"] == 0
 
 
-def test_drop_and_execute_a_new_binary_in_a_container(session: Session, tmp_path: Path) -> None:
+def test_drop_and_execute_a_new_binary_in_a_container(session: MonitorSession, tmp_path: Path) -> None:
     """A binary written into the container's overlay (so it lands in the upper layer) and run
     from there. The container is a chroot into an overlay over / in a private mount namespace,
     in a Docker-named cgroup. The upper-layer lookup reads /proc while the process lives, so the
@@ -386,11 +314,11 @@ def test_drop_and_execute_a_new_binary_in_a_container(session: Session, tmp_path
             f" && exec chroot {merged} /tmp/dropped-{m} 0.5"
         )
         subprocess.run(["unshare", "-m", "sh", "-c", script], check=True)
-    a = session.wait_for("Drop and execute new binary in container", m)
+    a = session.wait_for_rule("Drop and execute new binary in container", m)
     assert a["output_fields"]["proc.exe"] == f"/tmp/dropped-{m}"
 
 
-def test_stdout_redirected_to_a_network_connection_in_a_container(session: Session) -> None:
+def test_stdout_redirected_to_a_network_connection_in_a_container(session: MonitorSession) -> None:
     """A reverse-shell shape: a container process connects out and dup2s the socket onto stdout."""
     import socket
 
@@ -404,5 +332,5 @@ def test_stdout_redirected_to_a_network_connection_in_a_container(session: Sessi
             f"os.execv(sys.executable, [sys.executable, '-c', {inner!r}, sys.argv[1]])\n"
         )
         python(code, m)
-    a = session.wait_for("Redirect STDOUT/STDIN to Network Connection in Container", m)
+    a = session.wait_for_rule("Redirect STDOUT/STDIN to Network Connection in Container", m)
     assert a["output_fields"]["fd.name"].endswith(f"->127.0.0.1:{port}")
