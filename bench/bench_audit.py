@@ -2,7 +2,10 @@
 proof size/time at 10M records. Every figure is printed with a ratio against a baseline
 measured in the same run (raw hashlib SHA-256 over the same bytes, the bare encode+hash loop).
 
-    python bench/bench_audit.py [--records 200000] [--big 10000000] [--producers 512] [--rounds 3]
+    python bench/bench_audit.py [--records 200000] [--big 10000000] [--producers 512] [--rounds 3] [--jobs N]
+
+``--jobs`` is verify's record-check processes (default: the usable CPUs, as ``audit verify``);
+the sequential record check (jobs 1) is printed beside it against the same baseline.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from webhook.audit import merkle, note, records, tiles, verify
+from webhook.audit import merkle, note, record_workers, records, tiles, verify
 from webhook.audit.log import AuditLog, iter_entries
 
 ORIGIN = "bench.portcullis/log"
@@ -118,7 +121,7 @@ def baseline_encode_hash(n: int) -> float:
 BASE_CPU_PER_RECORD: list[float] = []
 
 
-def verify_speed(directory: Path, key: note.Verifier) -> tuple[float, float, float, int]:
+def verify_speed(directory: Path, key: note.Verifier, jobs: int) -> tuple[float, float, float, float, int]:
     """Verify throughput against raw SHA-256 of the same entry bytes, timed right before and
     after each verify run (the machine is shared: the baseline moves with the load)."""
     entries = [e for _, e in iter_entries(directory)]
@@ -129,17 +132,23 @@ def verify_speed(directory: Path, key: note.Verifier) -> tuple[float, float, flo
             hashlib.sha256(e).digest()
         return len(entries) / (time.perf_counter() - t0)
 
-    def timed(check: bool) -> tuple[float, float, int]:
+    def timed(check: bool, jobs: int = 1) -> tuple[float, float, int]:
         before = raw()
         t0 = time.perf_counter()
-        result = verify.verify(directory, key, check_records=check)
+        result = verify.verify(directory, key, check_records=check, jobs=jobs)
         rate = result.size / (time.perf_counter() - t0)
         assert result.ok, result.ordered()[:3]
+        if check:
+            JOBS_USED.add(result.record_jobs)
         return rate / ((before + raw()) / 2), before, result.size
 
     merkle_only, base, size = timed(False)
-    full, _, _ = timed(True)
-    return base, merkle_only, full, size
+    sequential, _, _ = timed(True, 1)
+    full, _, _ = timed(True, jobs)
+    return base, merkle_only, sequential, full, size
+
+
+JOBS_USED: set[int] = set()  # record-check processes verify reported using
 
 
 def build_big_tree(directory: Path, size: int) -> bytes:
@@ -227,6 +236,9 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=10_000_000)
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the webhook runs on uvloop")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (median reported)")
+    ap.add_argument(
+        "--jobs", type=int, default=record_workers.usable_cpus(), help="verify's record-check processes (default: CPUs)"
+    )
     args = ap.parse_args()
     if args.loop == "uvloop":
         import uvloop
@@ -278,10 +290,11 @@ def main() -> None:
         )
 
         directory = tmp / "durable0"
-        vr: dict[str, list[float]] = {"merkle": [], "full": []}
+        vr: dict[str, list[float]] = {"merkle": [], "sequential": [], "full": []}
         for _ in range(args.rounds):
-            raw, merkle_only, full, size = verify_speed(directory, signer.verifier)
+            raw, merkle_only, sequential, full, size = verify_speed(directory, signer.verifier, args.jobs)
             vr["merkle"].append(merkle_only)
+            vr["sequential"].append(sequential)
             vr["full"].append(full)
         print(
             f"verify ({size} records, {args.rounds} rounds, each against raw SHA-256 of the same entries in the same round)"
@@ -291,7 +304,12 @@ def main() -> None:
             f"  verify, Merkle + tiles + signatures:    {statistics.median(vr['merkle']):.3f}x raw (rounds {', '.join(f'{x:.3f}' for x in vr['merkle'])})"
         )
         print(
-            f"  verify, plus canonical-record check:    {statistics.median(vr['full']):.3f}x raw (rounds {', '.join(f'{x:.3f}' for x in vr['full'])})"
+            f"  verify, plus record check, jobs 1:      {statistics.median(vr['sequential']):.3f}x raw (rounds {', '.join(f'{x:.3f}' for x in vr['sequential'])})"
+        )
+        used = ", ".join(map(str, sorted(JOBS_USED)))
+        print(
+            f"  verify, plus canonical-record check:    {statistics.median(vr['full']):.3f}x raw (rounds {', '.join(f'{x:.3f}' for x in vr['full'])}) "
+            f"with --jobs {args.jobs} (record-check processes used: {used}; {record_workers.usable_cpus()} usable CPUs)"
         )
 
         if args.big:

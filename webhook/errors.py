@@ -44,6 +44,11 @@ class UpstreamError(PortcullisError):
     """Trouble outside: handled by the component's stated failure mode."""
 
 
+class AuditWorkerError(UpstreamError):
+    """A process checking audit records in parallel died or answered short: its records were
+    not checked, so the verification has no verdict (never a clean one)."""
+
+
 class RegistryError(UpstreamError):
     """An OCI registry failed, timed out or answered something invalid."""
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -298,6 +299,24 @@ def test_verify_reports_the_same_with_and_without_the_c_accelerator(
     with_accel = verify.verify(directory, signer.verifier, check_records=True).ordered()
     monkeypatch.setattr(tiles, "_accel", None)
     assert verify.verify(directory, signer.verifier, check_records=True).ordered() == with_accel
+
+
+@pytest.mark.parametrize("tamper", [None, *TAMPERS], ids=["intact", *(f.__name__ for f in TAMPERS)])
+def test_verify_reports_the_same_with_record_check_workers(
+    tmp_path: Path, signer: note.Signer, tamper: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every report, in the same order, whether records are checked here or by forked workers
+    (the threshold is lowered so this 3-bundle log is dealt out to two of them)."""
+    directory = build(tmp_path)
+    if tamper is not None:
+        tamper(directory)  # type: ignore[operator]
+    alone = verify.verify(directory, signer.verifier, check_records=True, jobs=1)
+    monkeypatch.setattr(verify, "PARALLEL_MIN_BUNDLES", 1)
+    shared = verify.verify(directory, signer.verifier, check_records=True, jobs=2)
+    full_bundles = len(list((directory / "tile/entries").glob("[0-9][0-9][0-9]")))
+    assert (alone.record_jobs, shared.record_jobs) == (1, 2 if full_bundles >= 2 else 1)
+    assert shared.problems == alone.problems  # the raw list, not only the ranked one
+    assert replace(shared, record_jobs=1) == alone
 
 
 def test_a_checkpoint_signed_by_another_key_is_rejected(tmp_path: Path, signer: note.Signer) -> None:

@@ -81,6 +81,15 @@ _ODD = [
     b'{"content":{"n":1e2},"kind":"admission","time":"t","writer":"w"}',
     b'{"content":{"s":"\\u0041"},"kind":"admission","time":"t","writer":"w"}',
     _record({"image": "app:1.2.3", "q": 'a"b', "b": "c\\d"}),
+    # the envelope's keys: out of order, one swapped for another, a duplicate, odd kinds
+    b'{"kind":"admission","content":{},"time":"t","writer":"w"}',
+    b'{"content":{},"kind":"admission","time":"t","x":"w"}',
+    b'{"content":{},"content":{},"kind":"admission","time":"t","writer":"w"}',
+    b'{"content":{},"kind":"admission","time":"t","time":"t","writer":"w"}',
+    b'{"content":{},"kind":["admission"],"time":"t","writer":"w"}',
+    b'{"content":{},"kind":{"a":1},"time":"t","writer":"w"}',
+    b'{"content":{},"kind":"admission","time":"t","writer":null}',
+    b'{"content":{},"kind":"admission","time":"t"}',
 ]
 
 

@@ -48,6 +48,25 @@ def test_a_malformed_bundle_is_left_to_the_python_error(items: list[bytes], cut:
 
 
 @needs_accel
+@settings(max_examples=300, deadline=None)
+@given(entries, st.integers(0, 5))
+def test_split_bundle_equals_decode_bundle_and_leaves_malformed_ones_to_python(items: list[bytes], cut: int) -> None:
+    """verify's record-check workers split bundles in C; a torn one gets the Python error."""
+    assert accel is not None
+    data = _bundle(items)
+    assert accel.split_bundle(data) == tiles.split_bundle(data) == tiles.decode_bundle(data) == items
+    assert accel.split_bundle(memoryview(data)) == items
+    if cut:
+        torn = _bundle([*items, b"x" * 10])[:-cut]
+        assert accel.split_bundle(torn) is None
+        with pytest.raises(tiles.TileFormatError) as err:
+            tiles.split_bundle(torn)
+        with pytest.raises(tiles.TileFormatError) as ref:
+            tiles.decode_bundle(torn)
+        assert (str(err.value), err.value.offset) == (str(ref.value), ref.value.offset)
+
+
+@needs_accel
 @pytest.mark.parametrize("count", [1, 2, 4, 128, 256, 1024])
 def test_fold_equals_the_python_fold_and_the_rfc(count: int) -> None:
     assert accel is not None

@@ -4,7 +4,8 @@
  * with the GIL released while hashing, so verify and the writer's staging are not bound to
  * one Python-level call per hash. tiles.py holds the pure-Python reference these must equal
  * (tests/audit/test_tilehash.py compares both); any malformed input makes scan_bundle return
- * None, and the Python code then raises its own exact error.
+ * None, and the Python code then raises its own exact error. split_bundle (no hashing) splits
+ * a bundle for verify's record-check workers, with the same rule for malformed input.
  */
 #define PY_SSIZE_T_CLEAN
 #define OPENSSL_SUPPRESS_DEPRECATED
@@ -69,6 +70,43 @@ static PyObject *scan_bundle(PyObject *self, PyObject *arg) {
     Py_DECREF(spans);
     Py_DECREF(hashes);
     return r;
+malformed:
+    PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+}
+
+/* split_bundle(data) -> list of the entries (bytes), or None if the bundle is malformed. */
+static PyObject *split_bundle(PyObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    const unsigned char *d = b.buf;
+    Py_ssize_t end = b.len, pos = 0, count = 0;
+    while (pos < end) {
+        if (pos + 2 > end) goto malformed;
+        Py_ssize_t n = (d[pos] << 8) | d[pos + 1];
+        if (pos + 2 + n > end) goto malformed;
+        pos += 2 + n;
+        count++;
+    }
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    pos = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n = (d[pos] << 8) | d[pos + 1];
+        PyObject *e = PyBytes_FromStringAndSize((const char *)d + pos + 2, n);
+        if (e == NULL) {
+            Py_DECREF(out);
+            PyBuffer_Release(&b);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, e);
+        pos += 2 + n;
+    }
+    PyBuffer_Release(&b);
+    return out;
 malformed:
     PyBuffer_Release(&b);
     Py_RETURN_NONE;
@@ -187,6 +225,7 @@ static PyObject *content_floats(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"scan_bundle", scan_bundle, METH_O, "Spans and leaf hashes of an entry bundle, or None if malformed."},
+    {"split_bundle", split_bundle, METH_O, "The entries of an entry bundle, or None if malformed."},
     {"leaf_hashes", leaf_hashes, METH_O, "Concatenated leaf hashes of a sequence of entries."},
     {"content_floats", content_floats, METH_O, "Whether a record content holds a float token outside strings."},
     {"fold", fold, METH_O, "Root of the complete subtree over a power of two of hashes."},

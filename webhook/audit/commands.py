@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from webhook import errors, listening
-from webhook.audit import freshness, log, note, proofs, records, report_commands, verify, witness
+from webhook.audit import freshness, log, note, proofs, record_workers, records, report_commands, verify, witness
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -51,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--witness-key", action="append", default=[], help="witness vkey or file (repeatable)")
     p.add_argument("--witnesses-required", type=int, default=0, help="k of n (default: all given)")
     p.add_argument("--no-record-check", action="store_true", help="skip the canonical-JSON check")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="processes checking records beside the tree check (default: the usable CPUs; 1: all in one process)",
+    )
     p.add_argument("--published", type=Path, action="append", default=[], help="publish dir (repeatable)")
     p.add_argument(
         "--trusted-checkpoint",
@@ -120,6 +127,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _size(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a tree size (a non-negative integer)")
+    return int(text)
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (a positive integer)")
     return int(text)
 
 
@@ -216,7 +229,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise errors.InputError(f"--log {directory}: not a directory")
         key = verify.key_for(directory, keys)
         check = not args.no_record_check
-        result = verify.verify(directory, key, wkeys, args.witnesses_required, check, args.published, anchors)
+        jobs = args.jobs or record_workers.usable_cpus()
+        result = verify.verify(directory, key, wkeys, args.witnesses_required, check, args.published, anchors, jobs)
         results.append(result)
     if args.format == "json":
         _json({"version": 1, "logs": [_result_json(r) for r in results]})

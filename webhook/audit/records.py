@@ -38,7 +38,7 @@ _INNER_FLOAT = re.compile(rb"[:,\[]-?[0-9]+[.eE]")  # the same after the first b
 _CONTENT_AT = len(b'{"content":')
 _KEYS = frozenset(("content", "kind", "time", "writer"))
 _KEY_ORDER = ("content", "kind", "time", "writer")
-_FIELDS = operator.itemgetter(*_KEY_ORDER)
+_CONTENT, _KIND, _TIME, _WRITER = map(operator.itemgetter, _KEY_ORDER)
 
 
 class RecordError(errors.AuditFormatError):
@@ -230,22 +230,22 @@ def bad_records(entries: Sequence[bytes]) -> list[tuple[int, RecordError]]:
 def _bad_records(entries: Sequence[bytes]) -> list[tuple[int, RecordError]]:
     try:
         objs = list(map(orjson.loads, entries))
-        # decode_record's shape checks for all at once, in C-level passes: objects with exactly
-        # these keys (in sorted order, as the re-encoding below needs anyway), a known kind
-        # (only a str equals one), an object content, string time and writer.
-        if set(map(type, objs)) != {dict} or set(map(tuple, objs)) != {_KEY_ORDER}:
+        # decode_record's shape checks for all at once, in C-level passes: objects of four
+        # keys, each of the four present (a missing one is a KeyError, the slow path), so
+        # exactly these keys (their order is the sorted re-encoding's test below), a known
+        # kind (only a str equals one), an object content, string time and writer.
+        if set(map(type, objs)) != {dict} or set(map(len, objs)) != {len(_KEY_ORDER)}:
             raise RecordError("slow path")
-        contents, kinds, times, writers = zip(*map(_FIELDS, objs), strict=True)
-        if not set(kinds) <= KINDS or set(map(type, contents)) != {dict}:
+        if not set(map(_KIND, objs)) <= KINDS or set(map(type, map(_CONTENT, objs))) != {dict}:
             raise RecordError("slow path")
-        if set(map(type, times)) != {str} or set(map(type, writers)) != {str}:
+        if set(map(type, map(_TIME, objs))) != {str} or set(map(type, map(_WRITER, objs))) != {str}:
             raise RecordError("slow path")
         joined = b",".join(entries)
         if not joined.isascii() or orjson.dumps(objs, option=_ORJSON_OPTS) != b"[" + joined + b"]":
             raise RecordError("slow path")
         if not _content_floats(entries):
             return []
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecordError, TypeError):
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecordError, TypeError, KeyError):
         pass
     bad = []
     for i, entry in enumerate(entries):
