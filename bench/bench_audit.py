@@ -138,7 +138,7 @@ def verify_speed(directory: Path, key: note.Verifier, jobs: int) -> tuple[float,
         result = verify.verify(directory, key, check_records=check, jobs=jobs)
         rate = result.size / (time.perf_counter() - t0)
         assert result.ok, result.ordered()[:3]
-        if check:
+        if check and jobs > 1:
             JOBS_USED.add(result.record_jobs)
         return rate / ((before + raw()) / 2), before, result.size
 
@@ -306,7 +306,7 @@ def main() -> None:
         print(
             f"  verify, plus record check, jobs 1:      {statistics.median(vr['sequential']):.3f}x raw (rounds {', '.join(f'{x:.3f}' for x in vr['sequential'])})"
         )
-        used = ", ".join(map(str, sorted(JOBS_USED)))
+        used = ", ".join(map(str, sorted(JOBS_USED))) or "1"
         print(
             f"  verify, plus canonical-record check:    {statistics.median(vr['full']):.3f}x raw (rounds {', '.join(f'{x:.3f}' for x in vr['full'])}) "
             f"with --jobs {args.jobs} (record-check processes used: {used}; {record_workers.usable_cpus()} usable CPUs)"

@@ -6,16 +6,19 @@ killed (a real SIGKILL) or crashes is an error, never a clean verdict."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
+import re
 import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from webhook import cli, errors
-from webhook.audit import note, record_workers, tiles, verify
+from webhook.audit import note, record_workers, records, tiles, verify
 from webhook.audit.log import AuditLog
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
@@ -106,11 +109,18 @@ DAMAGE = {
 
 
 @pytest.mark.usefixtures("workers_for_small_logs")
+@pytest.mark.parametrize("busy", [False, True], ids=["workers", "every-other-busy"])
 @pytest.mark.parametrize("jobs", [2, 3, 7])
 @pytest.mark.parametrize("where", DAMAGE.values(), ids=DAMAGE.keys())
 def test_workers_report_exactly_what_one_process_does(
-    log: Path, signer: note.Signer, where: list[int], jobs: int
+    log: Path, signer: note.Signer, where: list[int], jobs: int, busy: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """``busy``: every other bundle finds all workers busy and is checked in the main process,
+    between the workers' ones; the reports still interleave exactly as one process makes them."""
+    if busy:
+        submit = record_workers.Pool.try_submit
+        turn = itertools.cycle([True, False])
+        monkeypatch.setattr(record_workers.Pool, "try_submit", lambda pool, data: next(turn) and submit(pool, data))
     for index in where:
         _bad_record(log, index)
     alone, shared = _both(log, signer, jobs)
@@ -179,18 +189,15 @@ def _no_children_left() -> bool:
     return False
 
 
-def _die_on_third_bundle(how: str) -> object:
-    """A worker's check that works twice, then dies for real (SIGKILL) or crashes."""
-    seen = [0]
-    check = record_workers.check_bundle
+def _die(how: str) -> object:
+    """A worker's check that dies for real (SIGKILL) or crashes. Only in workers: the main
+    process checks the bundles no worker has room for with ``records`` directly. The first
+    bundle always goes to a worker (every pipe is empty), so at least one worker dies."""
 
     def check_bundle(data: bytes) -> record_workers.Found:
-        seen[0] += 1
-        if seen[0] == 3:
-            if how == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise MemoryError("worker ran out of memory")
-        return check(data)
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise MemoryError("worker ran out of memory")
 
     return check_bundle
 
@@ -202,11 +209,11 @@ def _die_on_third_bundle(how: str) -> object:
 def test_a_worker_that_dies_is_an_error_never_a_clean_log(
     log: Path, signer: note.Signer, monkeypatch: pytest.MonkeyPatch, how: str, said: str
 ) -> None:
-    """Five full bundles dealt to two workers: worker 1 gets three, and dies on its third."""
-    monkeypatch.setattr(record_workers, "check_bundle", _die_on_third_bundle(how))
+    monkeypatch.setattr(record_workers, "check_bundle", _die(how))
     with pytest.raises(errors.AuditWorkerError) as exc:
         verify.verify(log, signer.verifier, jobs=2)
     assert said in str(exc.value)
+    assert re.search(r"record check worker [12] of 2 \(pid \d+\)", str(exc.value))
     assert "were not checked" in str(exc.value)
     assert _no_children_left()
 
@@ -215,7 +222,7 @@ def test_a_worker_that_dies_is_an_error_never_a_clean_log(
 def test_a_killed_worker_makes_the_cli_exit_2_with_the_reason(
     log: Path, signer: note.Signer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(record_workers, "check_bundle", _die_on_third_bundle("kill"))
+    monkeypatch.setattr(record_workers, "check_bundle", _die("kill"))
     (tmp_path / "audit.pub").write_text(signer.verifier.vkey())
     code = cli.main(["audit", "verify", "--log", str(log), "--pub", str(tmp_path / "audit.pub"), "--jobs", "2"])
     captured = capsys.readouterr()
@@ -242,4 +249,59 @@ def test_an_error_in_the_main_process_kills_and_reaps_the_workers(
     monkeypatch.setattr(verify._TreeCheck, "leaves", failing)
     with pytest.raises(OSError, match="disk gone"):
         verify.verify(log, signer.verifier, jobs=2)
+    assert _no_children_left()
+
+
+@pytest.mark.usefixtures("workers_for_small_logs")
+def test_workers_report_the_same_without_the_c_accelerator(
+    log: Path, signer: note.Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forked workers inherit the pure-Python code (``tiles.split_bundle`` falls back to
+    ``decode_bundle``, ``records`` to its regex float scan): the reports do not change."""
+    _bad_record(log, 7)
+    _bad_record(log, 3 * TILE_WIDTH + 1)
+    _torn_partial(log)
+    with_accel = verify.verify(log, signer.verifier, jobs=1)
+    monkeypatch.setattr(tiles, "_accel", None)
+    monkeypatch.setattr(records, "_accel", None)
+    alone, shared = _both(log, signer)
+    assert shared.record_jobs == 2
+    assert shared.problems == alone.problems == with_accel.problems
+
+
+@pytest.mark.usefixtures("workers_for_small_logs")
+def test_no_fork_while_other_threads_run(log: Path, signer: note.Signer) -> None:
+    """A fork copies whatever lock another thread holds at that moment: one process then."""
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        result = verify.verify(log, signer.verifier, jobs=2)
+    finally:
+        release.set()
+        other.join()
+    assert result.ok
+    assert result.record_jobs == 1
+
+
+@pytest.mark.usefixtures("workers_for_small_logs")
+def test_a_worker_killed_from_outside_is_an_error(
+    log: Path, signer: note.Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the OOM killer or an operator would: SIGKILL to a worker's pid while verify runs.
+    A worker answers only once its pipe closes, so it cannot have answered yet."""
+    submit = record_workers.Pool.try_submit
+    killed: list[int] = []
+
+    def submit_then_kill(pool: record_workers.Pool, data: bytes) -> bool:
+        sent = submit(pool, data)
+        if not killed:
+            killed.append(pool._pids[0])
+            os.kill(pool._pids[0], signal.SIGKILL)
+        return sent
+
+    monkeypatch.setattr(record_workers.Pool, "try_submit", submit_then_kill)
+    with pytest.raises(errors.AuditWorkerError) as exc:
+        verify.verify(log, signer.verifier, jobs=2)
+    assert f"record check worker 1 of 2 (pid {killed[0]}) was killed by signal 9 (SIGKILL)" in str(exc.value)
     assert _no_children_left()

@@ -18,6 +18,8 @@ import fcntl
 import os
 import pickle
 import signal
+import sys
+import termios
 import traceback
 from types import TracebackType
 
@@ -44,15 +46,17 @@ def check_bundle(data: bytes) -> Found:
 
 
 class Pool:
-    """``jobs`` forked workers, fed in turn; ``results`` returns each bundle's findings in the
-    order the bundles were submitted. Use as a context manager: leaving it early (an exception
+    """``jobs`` forked workers, each bundle to the one with most room; ``results`` returns each
+    bundle's findings in the order the bundles were submitted. Use as a context manager: leaving it early (an exception
     in the caller) kills and reaps every worker still running."""
 
     def __init__(self, jobs: int) -> None:
         self._pids: list[int] = []
+        self._reaped: set[int] = set()
         self._feeds: list[int] = []  # our write end of each worker's input pipe
         self._answers: list[int] = []  # our read end of each worker's output pipe
-        self._sent = 0
+        self._order: list[int] = []  # the worker each submitted bundle went to
+        self._room: list[int] = []  # each input pipe's capacity
         try:
             for _ in range(jobs):
                 self._start()
@@ -65,7 +69,13 @@ class Pool:
         answer_r, answer_w = os.pipe()
         with contextlib.suppress(OSError):  # a bigger pipe is only faster; the default works
             fcntl.fcntl(feed_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        pid = os.fork()
+        self._room.append(fcntl.fcntl(feed_w, fcntl.F_GETPIPE_SZ))
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (feed_r, feed_w, answer_r, answer_w):
+                os.close(fd)
+            raise
         if pid == 0:  # the worker: never returns into the caller's code
             code = 1
             try:
@@ -88,14 +98,21 @@ class Pool:
     def jobs(self) -> int:
         return len(self._pids)
 
-    def submit(self, data: bytes) -> None:
-        """Queue one bundle's bytes (blocks while that worker's pipe is full)."""
-        worker = self._sent % len(self._pids)
+    def try_submit(self, data: bytes) -> bool:
+        """Queue one bundle's bytes with the worker whose pipe has the most room, if one can
+        take it without blocking; False means all are busy (the caller checks it itself, so
+        the main process's spare time is not spent waiting)."""
+        frame = len(data).to_bytes(_HEADER, "big") + data
+        free = [room - _queued(fd) for room, fd in zip(self._room, self._feeds, strict=True)]
+        worker = max(range(len(free)), key=free.__getitem__)
+        if free[worker] < len(frame) and _queued(self._feeds[worker]):
+            return False  # an empty pipe takes any frame (the write then waits for the reader)
         try:
-            _write_all(self._feeds[worker], len(data).to_bytes(_HEADER, "big") + data)
+            _write_all(self._feeds[worker], frame)
         except OSError as exc:  # EPIPE: the worker is gone
             raise self._failure(worker, f"stopped reading ({exc.strerror})") from exc
-        self._sent += 1
+        self._order.append(worker)
+        return True
 
     def results(self) -> list[Found]:
         """Every bundle's findings, in submission order; raises if any worker failed."""
@@ -106,7 +123,7 @@ class Pool:
         for worker in range(len(self._answers)):
             data = _read_all(self._answers[worker])
             self._answers[worker] = -1
-            expected = len(range(worker, self._sent, len(self._pids)))
+            expected = self._order.count(worker)
             status = self._reap(worker)
             if status != 0:
                 raise self._failure(worker, _how(status))
@@ -115,23 +132,22 @@ class Pool:
             if not isinstance(found, list) or len(found) != expected:
                 raise self._failure(worker, "exited without answering for every bundle")
             per_worker.append(found)
-        return [per_worker[t % len(per_worker)][t // len(per_worker)] for t in range(self._sent)]
+        answers = [iter(found) for found in per_worker]
+        return [next(answers[worker]) for worker in self._order]
 
     def _reap(self, worker: int) -> int:
-        pid = self._pids[worker]
-        if pid == 0:
+        if worker in self._reaped:
             return 0
-        _, status = os.waitpid(pid, 0)
-        self._pids[worker] = 0
+        _, status = os.waitpid(self._pids[worker], 0)
+        self._reaped.add(worker)
         return status
 
     def _failure(self, worker: int, how: str) -> errors.AuditWorkerError:
-        pid = self._pids[worker]
-        if pid:  # it closed its pipe: it is exiting or gone, so its status comes at once
+        if worker not in self._reaped:  # it closed its pipe: it is exiting or gone, its status comes at once
             how = _how(self._reap(worker))
         self._kill()
         return errors.AuditWorkerError(
-            f"record check worker {worker + 1} of {len(self._pids)} (pid {pid or 'reaped'}) {how}: "
+            f"record check worker {worker + 1} of {len(self._pids)} (pid {self._pids[worker]}) {how}: "
             "the records of its bundles were not checked (rerun, or use --jobs 1 to check them in one process)"
         )
 
@@ -141,9 +157,9 @@ class Pool:
                 os.close(fd)
         self._feeds, self._answers = [], []
         for worker, pid in enumerate(self._pids):
-            if pid:
+            if worker not in self._reaped:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)  # our own child, not yet reaped: the pid is still ours
                 self._reap(worker)
 
     def __enter__(self) -> Pool:
@@ -164,6 +180,11 @@ def _serve(feed: int, answer: int) -> None:
         found.append(check_bundle(_read_exactly(feed, int.from_bytes(header, "big"))))
     body = pickle.dumps(found, protocol=pickle.HIGHEST_PROTOCOL)
     _write_all(answer, len(body).to_bytes(_HEADER, "big") + body)
+
+
+def _queued(fd: int) -> int:
+    """Bytes written to a pipe and not yet read (FIONREAD works on either end)."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
 
 def _how(status: int) -> str:

@@ -8,6 +8,7 @@ bad place".
 from __future__ import annotations
 
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ class Result:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     anchors: list[freshness.Anchor] = field(default_factory=list)
-    record_jobs: int = 0  # processes that checked records (1: this one; 0: not checked)
+    record_jobs: int = 0  # record-check workers beside this process (1: none, all here; 0: no check)
 
     @property
     def anchored(self) -> bool:
@@ -304,22 +305,26 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
         return
     full = sum(1 for b in bundles if TILE_WIDTH in files.tiles[(ENTRIES, b)])
     workers = min(jobs, full)
-    if workers <= 1 or full < PARALLEL_MIN_BUNDLES:
+
+    def here(index: int, rel: str, data: bytes, spans: list[tuple[int, int]]) -> None:
+        for i, exc in records.bad_records([data[p : p + n] for p, n in spans]):
+            p = spans[i][0]
+            result.add(index + i, f"entry {index + i} ({rel} byte {p - 2}): {exc}", record=True)
+
+    # Forking while other threads run could copy a lock one of them holds: one process then.
+    if workers <= 1 or full < PARALLEL_MIN_BUNDLES or threading.active_count() > 1:
         result.record_jobs = 1
-
-        def here(index: int, rel: str, data: bytes, spans: list[tuple[int, int]]) -> None:
-            for i, exc in records.bad_records([data[p : p + n] for p, n in spans]):
-                p = spans[i][0]
-                result.add(index + i, f"entry {index + i} ({rel} byte {p - 2}): {exc}", record=True)
-
         _walk_entries(root, files, tree, result, bundles, here)
         return
     marks: list[tuple[int, int, str]] = []  # per bundle: where its reports go, first index, file
     with record_workers.Pool(workers) as pool:
 
         def deal(index: int, rel: str, data: bytes, spans: list[tuple[int, int]]) -> None:
-            marks.append((len(result.problems), index, rel))
-            pool.submit(data)
+            at = len(result.problems)
+            if pool.try_submit(data):
+                marks.append((at, index, rel))
+            else:  # every worker is busy: check it here rather than wait
+                here(index, rel, data, spans)
 
         _walk_entries(root, files, tree, result, bundles, deal)
         found = pool.results()
