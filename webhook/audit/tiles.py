@@ -138,8 +138,9 @@ def decode_bundle(data: bytes) -> list[bytes]:
 
 def split_bundle(data: bytes) -> list[bytes]:
     """``decode_bundle`` in one C call when the accelerator is built (verify's record-check
-    workers); a malformed bundle is left to the Python code, whose error names the byte."""
-    if _accel is not None:
+    workers); a malformed bundle is left to the Python code, whose error names the byte. An
+    accelerator built before ``split_bundle`` existed (not rebuilt since) is skipped."""
+    if _accel is not None and hasattr(_accel, "split_bundle"):
         found = _accel.split_bundle(data)
         if found is not None:
             return found
