@@ -307,7 +307,7 @@ def _check_entries(root: Path, files: _Files, tree: _TreeCheck, result: Result, 
     workers = min(jobs, full)
 
     def here(index: int, rel: str, data: bytes, spans: list[tuple[int, int]]) -> None:
-        for i, exc in records.bad_records([data[p : p + n] for p, n in spans]):
+        for i, exc in records.bad_records(tiles.split_bundle(data)):  # the entries at ``spans``
             p = spans[i][0]
             result.add(index + i, f"entry {index + i} ({rel} byte {p - 2}): {exc}", record=True)
 
