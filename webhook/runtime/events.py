@@ -198,6 +198,9 @@ class EventBuilder:
         self.proc_keys = tuple(sorted(f for f in wanted if _proc_getter(f) is not None))
         self.pod_keys = None if fields is None else frozenset(f for f in wanted if f.startswith(_POD_PREFIXES))
         self.fd_keys = frozenset(f for f in wanted if f.startswith("fd."))
+        # only the fd.* fields the rules read are computed for each new fd (all of them when every
+        # field is wanted, e.g. for an output printing them all)
+        self.fd_getters = tuple((k, fg) for k in sorted(self.fd_keys) if (fg := _FD_GETTERS.get(k)) is not None)
         self.evt_getters = tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None)
         self.args = tuple(sorted(f for f in wanted if f.startswith(("evt.arg.", "evt.rawarg."))))
         self.arg_specs = tuple(
@@ -232,7 +235,7 @@ class EventBuilder:
         fd = self._fd(ev, proc)
         if fd is not None and self.fd_keys:
             if fd.cache is None:
-                fd.cache = {k: v for k, v in _fd_fields(fd).items() if self.all or k in self.fd_keys}
+                fd.cache = _fd_fields(fd) if self.all else _wanted_fd_fields(fd, self.fd_getters)
             out.update(fd.cache)
             if self.want_name_changed:
                 out["fd.name_changed"] = self._name_changed
@@ -410,6 +413,65 @@ def _fd_fields(fd: Fd) -> dict[str, Any]:
     if remote[0]:
         out.update({"fd.rip": remote[0], "fd.rport": remote[1]})
     return out
+
+
+_NOT_IP = frozenset(("file", "directory", "memfd", "unix"))
+_FILE_TYPES = frozenset(("file", "directory", "memfd"))
+
+
+def _wanted_fd_fields(fd: Fd, getters: tuple[tuple[str, Callable[[Fd], Any]], ...]) -> dict[str, Any]:
+    """The subset of ``_fd_fields(fd)`` named by ``getters`` (a getter's None: the field is absent)."""
+    out: dict[str, Any] = {}
+    for key, get in getters:
+        value = get(fd)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _fd_directory(fd: Fd) -> str | None:
+    if fd.type == "directory":
+        return fd.name
+    if fd.type in _FILE_TYPES:
+        return fd.name.rpartition("/")[0] or "/"
+    return None
+
+
+def _ip(fd: Fd) -> bool:
+    return fd.type not in _NOT_IP
+
+
+def _local(fd: Fd) -> tuple[str, int]:
+    return (fd.sip, fd.sport) if fd.is_server else (fd.cip, fd.cport)
+
+
+def _remote(fd: Fd) -> tuple[str, int]:
+    return (fd.cip, fd.cport) if fd.is_server else (fd.sip, fd.sport)
+
+
+# One getter per fd.* field, giving exactly what _fd_fields gives (None where it leaves it out);
+# a differential test holds them together.
+_FD_GETTERS: dict[str, Callable[[Fd], Any]] = {
+    "fd.num": lambda fd: fd.num,
+    "fd.type": lambda fd: fd.type,
+    "fd.typechar": lambda fd: _TYPECHAR.get(fd.type, "o"),
+    "fd.name": lambda fd: fd.name,
+    "fd.nameraw": lambda fd: fd.nameraw or fd.name,
+    "fd.directory": _fd_directory,
+    "fd.filename": lambda fd: fd.name.rpartition("/")[2] if fd.type in ("file", "memfd") else None,
+    "fd.sockfamily": lambda fd: None if fd.type in _FILE_TYPES else ("unix" if fd.type == "unix" else "ip"),
+    "fd.l4proto": lambda fd: fd.l4proto if _ip(fd) else None,
+    "fd.connected": lambda fd: fd.connected if _ip(fd) else None,
+    "fd.is_server": lambda fd: fd.is_server if _ip(fd) else None,
+    "fd.sip": lambda fd: fd.sip if _ip(fd) and fd.sip else None,
+    "fd.sport": lambda fd: fd.sport if _ip(fd) and fd.sip else None,
+    "fd.cip": lambda fd: fd.cip if _ip(fd) and fd.cip else None,
+    "fd.cport": lambda fd: fd.cport if _ip(fd) and fd.cip else None,
+    "fd.lip": lambda fd: _local(fd)[0] if _ip(fd) and _local(fd)[0] else None,
+    "fd.lport": lambda fd: _local(fd)[1] if _ip(fd) and _local(fd)[0] else None,
+    "fd.rip": lambda fd: _remote(fd)[0] if _ip(fd) and _remote(fd)[0] else None,
+    "fd.rport": lambda fd: _remote(fd)[1] if _ip(fd) and _remote(fd)[0] else None,
+}
 
 
 _EVT_GETTERS: dict[str, Callable[[RawEvent], Any]] = {

@@ -1,0 +1,61 @@
+"""The per-field fd getters (only the fd.* fields the rules read are computed) against the full
+``_fd_fields`` mapping they replace: same keys present, same values, for every fd kind."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from webhook.runtime import events, state
+from webhook.runtime.events import _FD_FIELDS, _FD_GETTERS, _fd_fields, _wanted_fd_fields
+from webhook.runtime.sources.base import RawEvent
+from webhook.runtime.state import Fd
+
+FDS = [
+    Fd(num=3, type="file", name="/etc/shadow", nameraw="../etc/shadow"),
+    Fd(num=4, type="file", name="/top"),
+    Fd(num=5, type="directory", name="/etc"),
+    Fd(num=6, type="memfd", name="memfd:x"),
+    Fd(num=7, type="unix", name="/run/docker.sock"),
+    *(
+        Fd(
+            num=8,
+            type=t,
+            name="n",
+            l4proto="tcp",
+            cip=c,
+            cport=1234 if c else 0,
+            sip=s,
+            sport=443 if s else 0,
+            is_server=srv,
+            connected=con,
+        )
+        for t, c, s, srv, con in itertools.product(
+            ("ipv4", "ipv6"), ("", "10.0.0.1"), ("", "10.0.0.2"), (False, True), (False, True)
+        )
+    ),
+]
+
+
+def test_getters_cover_every_fd_field() -> None:
+    assert set(_FD_GETTERS) == set(_FD_FIELDS)
+
+
+@pytest.mark.parametrize("fd", FDS, ids=lambda fd: f"{fd.type}-{fd.cip}-{fd.sip}-{fd.is_server}")
+def test_every_subset_matches_the_full_mapping(fd: Fd) -> None:
+    full = _fd_fields(fd)
+    every = tuple(sorted(_FD_GETTERS.items()))
+    assert _wanted_fd_fields(fd, every) == full
+    for key, get in every:  # one field alone: present exactly when the full mapping has it
+        assert _wanted_fd_fields(fd, ((key, get),)) == ({key: full[key]} if key in full else {})
+
+
+def test_builder_gives_only_the_wanted_fd_fields() -> None:
+    table = state.ProcessTable()
+    builder = events.EventBuilder(table, {"evt.type", "fd.name", "fd.filename"})
+    ev = RawEvent(type="openat", ts=1, pid=1, tid=1, uid=0, comm="x", res=3,
+                  params={"name": "/etc/../etc/shadow", "dirfd": -100, "flags": 0, "mode": 0})  # fmt: skip
+    out = builder.build(ev)
+    assert out is not None
+    assert {k: v for k, v in out.items() if k.startswith("fd.")} == {"fd.name": "/etc/shadow", "fd.filename": "shadow"}
