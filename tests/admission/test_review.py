@@ -165,3 +165,22 @@ def test_short_warning_lists_pass_whole_and_control_characters_are_replaced() ->
     (long,) = _warned(["y" * 5000])
     assert len(long) == 512
     assert long.endswith("…")
+
+
+@settings(max_examples=200, deadline=None)
+@given(uid=st.text(), mutating=st.booleans())
+def test_plain_allow_is_the_same_bytes_as_the_general_encoding(uid: str, mutating: bool) -> None:
+    """The prebuilt bytes for a plain allow equal what the general path makes from the dicts
+    (any uid: quotes, backslashes, control and non-ASCII characters are escaped by orjson)."""
+    expected = orjson.dumps(
+        {"apiVersion": review.API_VERSION, "kind": "AdmissionReview", "response": {"uid": uid, "allowed": True}}
+    )
+    assert review.encode(uid, Verdict(True, (), (), {}, ()), mutating=mutating) == expected
+    # anything to say takes the general path, with the field in it
+    with_warning = orjson.loads(review.encode(uid, Verdict(True, (), ("w",), {}, ()), mutating=mutating))
+    assert with_warning["response"] == {"uid": uid, "allowed": True, "warnings": ["w"]}
+    annotated = orjson.loads(review.encode(uid, Verdict(True, (), (), {"privilege": "x"}, ()), mutating=mutating))
+    assert annotated["response"]["auditAnnotations"] == {"privilege": "x"}
+    patch = ({"op": "add", "path": "/x", "value": 1},)
+    patched = orjson.loads(review.encode(uid, Verdict(True, (), (), {}, patch), mutating=mutating))
+    assert ("patch" in patched["response"]) is mutating

@@ -56,17 +56,19 @@ class WebhookMetrics:
         self.decisions: defaultdict[tuple[str, str], int] = defaultdict(int)  # (endpoint, result)
         self.violations: defaultdict[tuple[str, str], int] = defaultdict(int)  # (check, mode)
         self.latency: dict[str, Histogram] = {}
+        self._request_keys: dict[tuple[str, int], tuple[str, str]] = {}
         self.shed = 0
         self.cert_reloads: Callable[[], int] = lambda: 0  # set by the server to its TLS reloader
         self.gauge_sources: list[GaugeSource] = []
         self.check_sources: list[tuple[str, CheckMetrics]] = []
 
     def observe(self, endpoint: str, code: int, seconds: float) -> None:
-        self.requests[(endpoint, str(code))] += 1
-        histogram = self.latency.get(endpoint)
-        if histogram is None:
-            histogram = self.latency[endpoint] = Histogram()
-        histogram.observe(seconds)
+        key = self._request_keys.get((endpoint, code))
+        if key is None:  # once per endpoint and code: the hot path only increments
+            key = self._request_keys[(endpoint, code)] = (endpoint, str(code))
+            self.latency.setdefault(endpoint, Histogram())
+        self.requests[key] += 1
+        self.latency[endpoint].observe(seconds)
 
     def render(self) -> str:
         out: list[str] = []

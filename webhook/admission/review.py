@@ -186,8 +186,16 @@ def _explain(exc: msgspec.ValidationError) -> str:
     return f"{where}: {message[:1].lower()}{message[1:]}"
 
 
+# The response to most reviews (admitted, nothing to say) around its uid: the bytes orjson makes
+# of the dicts below, without building them.
+_ALLOWED_HEAD = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":'
+_ALLOWED_TAIL = b',"allowed":true}}'
+
+
 def encode(uid: str, verdict: Verdict, *, mutating: bool = False) -> bytes:
     """The AdmissionReview response for a verdict."""
+    if verdict.allowed and not verdict.warnings and not verdict.audit_annotations and not verdict.patches:
+        return _ALLOWED_HEAD + orjson.dumps(uid) + _ALLOWED_TAIL
     response: dict[str, Any] = {"uid": uid, "allowed": verdict.allowed}
     if not verdict.allowed:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": verdict.deny_message()}

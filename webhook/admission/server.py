@@ -119,36 +119,49 @@ class WebhookServer:
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
     def _endpoint(self, name: str, *, mutating: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+        only = _MUTATING_CHECKS if mutating else None
+        settings, metrics = self.settings, self.metrics
+        perf_counter = time.perf_counter
+
+        # One coroutine per review (no handler -> review -> read layers on the hot path): the
+        # slow and rare cases (shedding, oversize or dribbled bodies, failures) call out.
         async def handle(request: web.Request) -> web.Response:
-            started = time.perf_counter()
-            if self._in_flight >= self.settings.max_in_flight or self.loop_lag > self._max_queue:
+            started = perf_counter()
+            if self._in_flight >= settings.max_in_flight or self.loop_lag > self._max_queue:
                 # Shed at once: a review that waited in the queue longer than this would be
                 # answered after the apiserver gave up on it, silently.
-                self.metrics.shed += 1
+                metrics.shed += 1
                 response = _error(429, "webhook overloaded: too many reviews queued or in flight, retry later")
                 response.headers["Retry-After"] = "1"
-            else:
-                self._in_flight += 1
+                metrics.observe(name, 429, perf_counter() - started)
+                return response
+            self._in_flight += 1
+            try:
+                deadline = Deadline(time.monotonic() + self._request_budget(request))
                 try:
-                    response = await self._review(name, request, mutating=mutating)
-                finally:
-                    self._in_flight -= 1
-            self.metrics.observe(name, response.status, time.perf_counter() - started)
+                    body = await _read_body(request, settings.max_body_bytes, deadline)
+                    decoded = review.decode(body)
+                except errors.ReviewError as exc:
+                    response = _error(400, f"invalid AdmissionReview: {exc}")
+                else:
+                    response = await self._judge(name, decoded, deadline, only, mutating)
+            finally:
+                self._in_flight -= 1
+            metrics.observe(name, response.status, perf_counter() - started)
             return response
 
         return handle
 
-    async def _review(self, endpoint: str, request: web.Request, *, mutating: bool) -> web.Response:
-        deadline = Deadline.after(self._request_budget(request))
+    async def _judge(
+        self,
+        endpoint: str,
+        decoded: review.ReviewRequest,
+        deadline: Deadline,
+        only: frozenset[str] | None,
+        mutating: bool,
+    ) -> web.Response:
         try:
-            body = await _read_body(request, self.settings.max_body_bytes, deadline)
-            decoded = review.decode(body)
-        except errors.ReviewError as exc:
-            return _error(400, f"invalid AdmissionReview: {exc}")
-        try:
-            outcome = await self.pipeline.evaluate(
-                _subject(decoded), deadline, only=_MUTATING_CHECKS if mutating else None
-            )
+            outcome = await self.pipeline.evaluate(_subject(decoded), deadline, only=only)
         except errors.ReviewError as exc:
             # The review is well-formed but its object cannot be judged: deny with the reason.
             self.metrics.decisions[(endpoint, "invalid")] += 1
@@ -164,28 +177,31 @@ class WebhookServer:
             message = f"portcullis could not judge this object (internal error: {type(exc).__name__}); denied"
             return web.Response(body=review.encode_error(decoded.uid, message, 500), content_type=_JSON)
         verdict = outcome.verdict
+        decisions = self.metrics.decisions
         if mutating:
             # /mutate never denies: it pins verified images; /validate judges (and denies) the result,
             # so an image that failed verification is left as it is for /validate to refuse.
             patches = verdict.patches if verdict.allowed else ()
             verdict = Verdict(True, (), (), {}, patches, skipped_reason=verdict.skipped_reason)
-            self.metrics.decisions[(endpoint, "patched" if patches else "unchanged")] += 1
+            decisions[(endpoint, "patched" if patches else "unchanged")] += 1
             return web.Response(body=review.encode(decoded.uid, verdict, mutating=True), content_type=_JSON)
-        self.metrics.decisions[(endpoint, outcome.result)] += 1
-        for finding in verdict.findings:
-            self.metrics.violations[(finding.violation.check, finding.mode.value)] += 1
+        decisions[(endpoint, outcome.result)] += 1
+        if verdict.findings:
+            violations = self.metrics.violations
+            for finding in verdict.findings:
+                violations[(finding.violation.check, finding.mode.value)] += 1
         # Dry runs are not recorded: the chart declares `sideEffects: NoneOnDryRun`, and an audit
         # record is a side effect (the API server calls such a webhook for dry runs only because
         # it promises none). They are counted in the metrics instead.
         if decoded.dry_run:
-            self.metrics.decisions[(endpoint, "dry_run")] += 1
+            decisions[(endpoint, "dry_run")] += 1
         elif self.recorder is not None:
             try:
                 await self.recorder.record(endpoint, decoded, outcome, deadline=deadline)
             except AuditUnavailable as exc:
-                self.metrics.decisions[(endpoint, "audit_failure")] += 1
+                decisions[(endpoint, "audit_failure")] += 1
                 return web.Response(body=review.encode_error(decoded.uid, str(exc), 500), content_type=_JSON)
-        return web.Response(body=review.encode(decoded.uid, verdict, mutating=mutating), content_type=_JSON)
+        return web.Response(body=review.encode(decoded.uid, verdict), content_type=_JSON)
 
     def _request_budget(self, request: web.Request) -> float:
         """The apiserver sends its own timeout as ``?timeout=10s``; the smaller one wins."""

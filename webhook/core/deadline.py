@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import TypeVar
+
+import msgspec
 
 from webhook import errors
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Deadline:
+class Deadline(msgspec.Struct, frozen=True):
     """A point on the monotonic clock after which a request's answer is worthless.
 
     The apiserver gives up after the webhook's ``timeoutSeconds``; the budget is that minus a
     margin, so Portcullis always answers itself (with the configured failure mode) first.
+    A frozen ``msgspec.Struct`` (one per review; its ``__init__`` is C, a frozen dataclass's
+    is ``object.__setattr__`` per field).
     """
 
     expires_at: float

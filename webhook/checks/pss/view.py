@@ -68,6 +68,11 @@ class PodView(NamedTuple):
     contexts: tuple[tuple[str, Mapping[str, Any], str | None], ...]
 
 
+# ``tuple.__new__`` builds a named tuple without its Python-level ``__new__`` (same object, the
+# fields in declaration order): a view is built per pod and per container of every review.
+_new = tuple.__new__
+
+
 def view(pod: PodSpecRef) -> PodView:
     """Decode ``pod`` for the checks (never raises: malformed fields read as absent)."""
     spec = pod.spec
@@ -79,28 +84,32 @@ def view(pod: PodSpecRef) -> PodView:
         listed = spec.get(field)
         if not listed or not isinstance(listed, list):
             continue
+        prefix = f"{pod_path}.{field}["
         for index, container in enumerate(listed):
             if not (type(container) is dict or isinstance(container, Mapping)):
                 container = EMPTY
             name = container.get("name")
-            if not isinstance(name, str):
+            if not (type(name) is str or isinstance(name, str)):
                 name = f"{field}[{index}]"
-            path = f"{pod_path}.{field}[{index}]"
+            path = f"{prefix}{index}]"
             sc = container.get("securityContext")
             if not (type(sc) is dict or isinstance(sc, Mapping)):
                 sc = EMPTY
-            containers.append(ContainerView(name, path, field, container, sc))
+            containers.append(_new(ContainerView, (name, path, field, container, sc)))
             contexts.append((path, sc, name))
-    return PodView(
-        pod_path,
-        pod_path.removesuffix("spec") + "metadata",
-        spec,
-        mapping(pod.metadata.get("annotations")),
-        pod_sc,
-        tuple(containers),
-        mapping(spec.get("os")).get("name") == "windows",
-        spec.get("hostUsers") is False,
-        tuple(contexts),
+    return _new(
+        PodView,
+        (
+            pod_path,
+            pod_path.removesuffix("spec") + "metadata",
+            spec,
+            mapping(pod.metadata.get("annotations")),
+            pod_sc,
+            tuple(containers),
+            mapping(spec.get("os")).get("name") == "windows",
+            spec.get("hostUsers") is False,
+            tuple(contexts),
+        ),
     )
 
 
