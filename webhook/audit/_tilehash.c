@@ -22,19 +22,26 @@ static void leaf(const unsigned char *p, size_t n, unsigned char *out) {
     SHA256_Final(out, &c);
 }
 
+/* How many 2-byte-length-prefixed entries fill d[0..end) exactly; -1 if they do not. */
+static Py_ssize_t count_entries(const unsigned char *d, Py_ssize_t end) {
+    Py_ssize_t pos = 0, count = 0;
+    while (pos < end) {
+        if (pos + 2 > end) return -1;
+        Py_ssize_t n = (d[pos] << 8) | d[pos + 1];
+        if (pos + 2 + n > end) return -1;
+        pos += 2 + n;
+        count++;
+    }
+    return count;
+}
+
 /* scan_bundle(data) -> (spans, hashes) or None if the bundle is malformed. */
 static PyObject *scan_bundle(PyObject *self, PyObject *arg) {
     Py_buffer b;
     if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *d = b.buf;
-    Py_ssize_t end = b.len, pos = 0, count = 0;
-    while (pos < end) {
-        if (pos + 2 > end) goto malformed;
-        Py_ssize_t n = (d[pos] << 8) | d[pos + 1];
-        if (pos + 2 + n > end) goto malformed;
-        pos += 2 + n;
-        count++;
-    }
+    Py_ssize_t pos, count = count_entries(d, b.len);
+    if (count < 0) goto malformed;
     PyObject *hashes = PyBytes_FromStringAndSize(NULL, count * 32);
     PyObject *spans = PyList_New(count);
     if (hashes == NULL || spans == NULL) {
@@ -80,14 +87,8 @@ static PyObject *split_bundle(PyObject *self, PyObject *arg) {
     Py_buffer b;
     if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
     const unsigned char *d = b.buf;
-    Py_ssize_t end = b.len, pos = 0, count = 0;
-    while (pos < end) {
-        if (pos + 2 > end) goto malformed;
-        Py_ssize_t n = (d[pos] << 8) | d[pos + 1];
-        if (pos + 2 + n > end) goto malformed;
-        pos += 2 + n;
-        count++;
-    }
+    Py_ssize_t pos, count = count_entries(d, b.len);
+    if (count < 0) goto malformed;
     PyObject *out = PyList_New(count);
     if (out == NULL) {
         PyBuffer_Release(&b);
