@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from monitor_session import Collect, MonitorSession, live_session
+from monitor_session import BACKENDS, Collect, MonitorSession, live_session
 
 from webhook.runtime import monitor
 from webhook.runtime.engine import Engine
@@ -97,9 +97,9 @@ def test_tail_comparison_constants() -> None:
 # -- end to end ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[MonitorSession]:
-    with live_session(RULES) as s:
+@pytest.fixture(scope="module", params=BACKENDS)
+def session(request: pytest.FixtureRequest) -> Iterator[MonitorSession]:
+    with live_session(RULES, backend=request.param) as s:
         yield s
 
 

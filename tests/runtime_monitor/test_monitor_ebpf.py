@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from monitor_session import MonitorSession, live_session
+from monitor_session import BACKENDS, MonitorSession, live_session
 
 from webhook.runtime import monitor
 from webhook.runtime.engine import Engine
@@ -31,9 +31,9 @@ pytestmark = [pytest.mark.root, pytest.mark.ebpf, pytest.mark.slow]
 RULES = Path(__file__).resolve().parents[2] / "rules" / "portcullis_rules.yaml"
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[MonitorSession]:
-    with live_session(RULES, start_timeout=180) as s:
+@pytest.fixture(scope="module", params=BACKENDS)
+def session(request: pytest.FixtureRequest) -> Iterator[MonitorSession]:
+    with live_session(RULES, start_timeout=180, backend=request.param) as s:
         yield s
     assert s.snapshot["errors"] == 0, s.monitor.last_errors
     assert s.stopped_by_test, f"the monitor stopped early: {s.snapshot} {s.monitor.source._stderr!r}"

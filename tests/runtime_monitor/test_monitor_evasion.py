@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from monitor_session import MonitorSession, live_session
+from monitor_session import BACKENDS, MonitorSession, live_session
 
 pytestmark = [pytest.mark.root, pytest.mark.ebpf, pytest.mark.slow]
 
@@ -32,9 +32,9 @@ UPSTREAM = (
 )
 
 
-@pytest.fixture(scope="module")
-def session() -> Iterator[MonitorSession]:
-    with live_session(UPSTREAM) as s:
+@pytest.fixture(scope="module", params=BACKENDS)
+def session(request: pytest.FixtureRequest) -> Iterator[MonitorSession]:
+    with live_session(UPSTREAM, backend=request.param) as s:
         yield s
     assert s.snapshot["errors"] == 0, s.monitor.last_errors
     assert s.snapshot["source"]["malformed_lines"] == 0

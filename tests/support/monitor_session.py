@@ -21,7 +21,10 @@ import pytest
 
 from webhook.runtime import monitor, outputs
 from webhook.runtime.engine import Engine
-from webhook.runtime.sources import ebpf
+from webhook.runtime.sources import ebpf, kernel, ringbuf
+
+# The live eBPF backends every end-to-end test runs over (sources.kernel chooses in production).
+BACKENDS = ("bpftrace", "ringbuf")
 
 
 class Collect(outputs.Output):
@@ -40,16 +43,17 @@ class Collect(outputs.Output):
 
 
 class MonitorSession:
-    """The monitor as ``portcullis monitor`` builds it (``EbpfSource.for_engine``) over ``rules``."""
+    """The monitor as ``portcullis monitor`` builds it (``kernel.for_engine``) over ``rules``."""
 
-    def __init__(self, rules: Path) -> None:
+    def __init__(self, rules: Path, backend: str = "bpftrace") -> None:
         self.rules = rules
+        self.backend = backend
         self.sink = Collect()
         self.error: BaseException | None = None
         self.snapshot: dict[str, Any] = {}
         self.ready = threading.Event()
         self.stopped_by_test = False
-        self.source: ebpf.EbpfSource
+        self.source: Any
         self.monitor: monitor.Monitor
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -64,7 +68,7 @@ class MonitorSession:
     async def _main(self) -> None:
         engine = Engine.load([self.rules])
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        self.source = ebpf.EbpfSource.for_engine(engine)
+        self.source = kernel.for_engine(engine, self.backend)
         self.monitor = monitor.Monitor(self.source, engine, [self.sink])
         task = asyncio.create_task(self.monitor.run(stop=self._stop))
         ready = asyncio.create_task(self.monitor.ready.wait())
@@ -101,13 +105,10 @@ class MonitorSession:
 
 
 @contextlib.contextmanager
-def live_session(rules: Path, start_timeout: float = 300) -> Iterator[MonitorSession]:
+def live_session(rules: Path, start_timeout: float = 300, backend: str = "bpftrace") -> Iterator[MonitorSession]:
     """Start the monitor, yield it, stop it; the caller asserts on its final snapshot after."""
-    if os.geteuid() != 0:
-        pytest.skip("eBPF tests need root")
-    if shutil.which("bpftrace") is None:
-        pytest.skip("bpftrace is not installed (apt-get install bpftrace)")
-    s = MonitorSession(rules)
+    skip_unless_backend(backend)
+    s = MonitorSession(rules, backend)
     thread = threading.Thread(target=s.run, daemon=True)
     thread.start()
     s.ready.wait(start_timeout)
@@ -119,3 +120,19 @@ def live_session(rules: Path, start_timeout: float = 300) -> Iterator[MonitorSes
     s.stop()
     thread.join(60)
     assert s.error is None
+
+
+def skip_unless_backend(backend: str) -> None:
+    """Skip where the backend cannot run at all (not root, its tools not installed)."""
+    if os.geteuid() != 0:
+        pytest.skip("eBPF tests need root")
+    if backend == "bpftrace" and shutil.which("bpftrace") is None:
+        pytest.skip("bpftrace is not installed (apt-get install bpftrace)")
+    if backend == "ringbuf" and (missing := ringbuf.available()):
+        pytest.skip(f"the ring-buffer backend needs {', '.join(missing)} (apt-get install clang bpftool libbpf-dev)")
+
+
+def live_source(backend: str, engine: Engine, **kwargs: Any) -> Any:
+    """The backend's source for ``engine`` as the monitor builds it."""
+    skip_unless_backend(backend)
+    return kernel.for_engine(engine, backend, **kwargs)

@@ -27,6 +27,10 @@ class MonitorConfig(Section, frozen=True):
     hostname: str = ""
     queue_batches: int = 64
     metrics_listen: str = ""
+    # auto: the libbpf ring-buffer backend when clang/bpftool/libbpf-dev are present, else bpftrace
+    ebpf_backend: Literal["auto", "ringbuf", "bpftrace"] = "auto"
+    ring_bytes: int = 1 << 24  # the ring-buffer backend's one ring (a power of two)
+    poll_ms: int = 5  # how often its reader looks at the ring when the kernel has not woken it
     bpftrace: str = "bpftrace"
     buffering: Literal["line", "full"] = "line"
     perf_rb_pages: int = 1024  # per-CPU perf ring of bpftrace, in 4 KiB pages
@@ -43,5 +47,9 @@ class MonitorConfig(Section, frozen=True):
     def __post_init__(self) -> None:
         if self.queue_batches < 1:
             raise ValueError("monitor.queue_batches must be at least 1")
+        if self.ring_bytes < 4096 or self.ring_bytes & (self.ring_bytes - 1):
+            raise ValueError("monitor.ring_bytes must be a power of two of at least 4096")
+        if not 1 <= self.poll_ms <= 1000:
+            raise ValueError("monitor.poll_ms must be between 1 and 1000")
         if not self.ready_stale_s > 0:
             raise ValueError("monitor.ready_stale_s must be a positive number of seconds")

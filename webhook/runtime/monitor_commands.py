@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config file (the `monitor:` section is used)")
     p.add_argument("--rules", action="append", help="rules file or directory (repeatable, loaded in order)")
     p.add_argument("--source", choices=("ebpf", "jsonl", "tetragon"), help="event source (default ebpf)")
+    p.add_argument(
+        "--ebpf-backend", choices=("auto", "ringbuf", "bpftrace"),
+        help="eBPF backend: ringbuf (libbpf ring buffer; needs clang, bpftool, libbpf-dev), bpftrace, or auto "
+        "(ringbuf when it can be built; the default)",
+    )  # fmt: skip
     p.add_argument("--input", help="events file for jsonl/tetragon, '-' for stdin")
     p.add_argument("--output", action="append", help="stdout | file:PATH | http:URL (repeatable)")
     p.add_argument("--audit-log", help="also append alerts to the audit log in this directory")
@@ -68,7 +73,7 @@ def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     mon = cfg.monitor
     overrides = {
-        "source": args.source, "input": args.input, "outputs": args.output, "audit_log": args.audit_log,
+        "source": args.source, "ebpf_backend": args.ebpf_backend, "input": args.input, "outputs": args.output, "audit_log": args.audit_log,
         "audit_key": args.audit_key, "metrics_listen": args.metrics_listen, "kubelet_url": args.kubelet,
         "kubelet_token_path": args.kubelet_token, "kubelet_ca_path": args.kubelet_ca,
         "kubelet_insecure": args.kubelet_insecure, "ready_stale_s": args.ready_stale,
@@ -100,11 +105,11 @@ def build_source(mon: MonitorConfig, engine: Any) -> Any:
         from webhook.runtime.sources import tetragon
 
         return tetragon.TetragonSource(mon.input)
-    from webhook.runtime.sources import ebpf
+    from webhook.runtime.sources import kernel
 
-    source = ebpf.EbpfSource.for_engine(
-        engine, bpftrace=mon.bpftrace, buffering=mon.buffering, perf_rb_pages=mon.perf_rb_pages,
-        reorder_ms=mon.reorder_ms,
+    source = kernel.for_engine(
+        engine, mon.ebpf_backend, bpftrace=mon.bpftrace, buffering=mon.buffering, perf_rb_pages=mon.perf_rb_pages,
+        reorder_ms=mon.reorder_ms, ring_bytes=mon.ring_bytes, poll_ms=mon.poll_ms,
     )  # fmt: skip
     for evt, why in sorted(source.program.missing.items()):
         print(f"portcullis monitor: warning: event type {evt!r} will not be seen: {why}", file=sys.stderr)
