@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from monitor_session import BACKENDS, live_source
 
 from webhook import errors
 from webhook.runtime import monitor, outputs
@@ -77,11 +77,10 @@ async def test_a_replayed_source_that_fails_is_not_restarted() -> None:
 @pytest.mark.root
 @pytest.mark.ebpf
 @pytest.mark.slow
-async def test_killed_bpftrace_is_restarted_and_alerts_continue(tmp_path: Path) -> None:
-    if os.geteuid() != 0 or shutil.which("bpftrace") is None:
-        pytest.skip("needs root and bpftrace (CI installs it and runs as root)")
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_killed_backend_is_restarted_and_alerts_continue(tmp_path: Path, backend: str) -> None:
     engine = Engine.load([RULES])
-    source, sink = ebpf.EbpfSource.for_engine(engine), Collect()
+    source, sink = live_source(backend, engine), Collect()
     mon = monitor.Monitor(source, engine, [sink], restart_backoff=(0.1, 1.0))
     stop = asyncio.Event()
     task = asyncio.create_task(mon.run(stop=stop))

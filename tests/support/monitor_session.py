@@ -136,3 +136,10 @@ def live_source(backend: str, engine: Engine, **kwargs: Any) -> Any:
     """The backend's source for ``engine`` as the monitor builds it."""
     skip_unless_backend(backend)
     return kernel.for_engine(engine, backend, **kwargs)
+
+
+def filter_on(source: Any) -> bool:
+    """Whether the source's kernel side drops unmatchable opens (the open filter is in force)."""
+    if isinstance(source, ringbuf.RingbufSource):
+        return "map gate " in source.config(0)
+    return "gate_words *" in source.program.text

@@ -73,7 +73,8 @@ def settings(args: argparse.Namespace) -> tuple[MonitorConfig, list[Path]]:
     cfg = config_mod.load(args.config) if args.config else config_mod.Config()
     mon = cfg.monitor
     overrides = {
-        "source": args.source, "ebpf_backend": args.ebpf_backend, "input": args.input, "outputs": args.output, "audit_log": args.audit_log,
+        "source": args.source, "ebpf_backend": args.ebpf_backend, "input": args.input, "outputs": args.output,
+        "audit_log": args.audit_log,
         "audit_key": args.audit_key, "metrics_listen": args.metrics_listen, "kubelet_url": args.kubelet,
         "kubelet_token_path": args.kubelet_token, "kubelet_ca_path": args.kubelet_ca,
         "kubelet_insecure": args.kubelet_insecure, "ready_stale_s": args.ready_stale,

@@ -10,6 +10,7 @@ the source tree. Missing tools raise ``BuildUnavailable`` naming what to install
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 from webhook import errors
 from webhook.runtime.sources import bpftrace_program
 
-__all__ = ["Built", "BuildUnavailable", "build", "cache_root", "missing_tools", "probe_table"]
+__all__ = ["BuildUnavailable", "Built", "build", "cache_root", "missing_tools", "probe_table"]
 
 SRC = Path(__file__).resolve().parent / "bpf"
 BTF = Path("/sys/kernel/btf/vmlinux")
@@ -137,10 +138,8 @@ def build(cache: Path | None = None, *, cc: str = "cc") -> Built:
     for name in ("portcullis.bpf.c", "loader.c"):
         h.update((SRC / name).read_bytes())
     h.update(table.encode())
-    try:
+    with contextlib.suppress(OSError):
         h.update(BTF.read_bytes())
-    except OSError:
-        pass
     key = h.hexdigest()[:24]
     root = cache or cache_root()
     final = root / key

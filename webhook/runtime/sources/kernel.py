@@ -1,9 +1,10 @@
 """Choose the eBPF backend of the live source (``portcullis monitor --ebpf-backend``).
 
 ``ringbuf`` (``sources.ringbuf``: libbpf, one ring buffer, batched wake-ups) is the default when
-its toolchain is present; ``bpftrace`` (``sources.ebpf``) otherwise, with a warning saying what
-to install. Both produce the same ``RawEvent``s; asking for ``ringbuf`` explicitly on a machine
-that cannot build it is an error naming what is missing (``EbpfUnavailable``).
+it can be built here (clang, bpftool, libbpf-dev, kernel BTF, a writable cache); ``bpftrace``
+(``sources.ebpf``) otherwise, with a warning saying why. Both produce the same ``RawEvent``s;
+asking for ``ringbuf`` explicitly on a machine that cannot build it is an error naming what is
+missing (``EbpfUnavailable``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from webhook.runtime.sources import ebpf, ringbuf
+from webhook.runtime.sources import bpf_build, ebpf, ringbuf
 
 __all__ = ["BACKENDS", "for_engine"]
 
@@ -25,17 +26,15 @@ def for_engine(engine: Any, backend: str = "auto", *, warn: bool = True, **kwarg
         raise ebpf.EbpfUnavailable(f"eBPF backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     common = {k: v for k, v in kwargs.items() if k in ("reorder_ms", "start_timeout")}
     if backend == "auto":
-        missing = ringbuf.available()
-        if missing:
-            if warn:
-                print(
-                    "portcullis monitor: warning: using the bpftrace eBPF backend (slower): the ring-buffer "
-                    f"backend needs {', '.join(missing)}",
-                    file=sys.stderr,
-                )
-            backend = "bpftrace"
-        else:
+        # Build now (cached per kernel after the first start) so a machine that cannot build it
+        # (tools missing, read-only cache) runs bpftrace instead of failing at every restart.
+        try:
+            bpf_build.build(kwargs.get("cache"))
             backend = "ringbuf"
+        except (bpf_build.BuildUnavailable, OSError) as exc:
+            if warn:
+                print(f"portcullis monitor: warning: using the bpftrace eBPF backend (slower): {exc}", file=sys.stderr)
+            backend = "bpftrace"
     if backend == "ringbuf":
         rb_args = {k: v for k, v in kwargs.items() if k in ("ring_bytes", "poll_ms", "wake_bytes", "cache")}
         return ringbuf.RingbufSource.for_engine(engine, **common, **rb_args)

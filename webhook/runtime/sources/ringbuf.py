@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import socket
@@ -152,9 +153,7 @@ class RecordDecoder:
             off += size
         return out, off
 
-    def _event(
-        self, kind: int, h: tuple[int, ...], buf: bytes | memoryview, off: int, end: int
-    ) -> RawEvent | None:
+    def _event(self, kind: int, h: tuple[int, ...], buf: bytes | memoryview, off: int, end: int) -> RawEvent | None:
         _len, _kind, flags, ts, pid, tid, uid, aux, ret, cgroup = h
         if pid in self.ignore:
             self.ignored += 1
@@ -306,8 +305,11 @@ class RingbufSource:
         if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
             raise ValueError(f"ring_bytes {ring_bytes}: expected a power of two of at least 4096")
         # What is traced, and what not (with the reason), exactly as the bpftrace program decides.
-        self.program = bpftrace_program.generate(
-            event_types, self_pid=os.getpid(), exists=exists, success_only=success_only, open_filters=open_filters
+        self.program = dataclasses.replace(
+            bpftrace_program.generate(
+                event_types, self_pid=os.getpid(), exists=exists, success_only=success_only, open_filters=open_filters
+            ),
+            text="",
         )
         wanted = bpftrace_program.SUPPORTED_TYPES if event_types is None else frozenset(event_types)
         ok_only = frozenset(success_only)
@@ -352,7 +354,9 @@ class RingbufSource:
         lines.append(f"map cfg {_U32.pack(0).hex()} {cfg.hex()}")
         for i, p, only_ok, gate in self._probes:
             lines += [f"prog enter_{p.syscall}", f"prog exit_{p.syscall}"]
-            any_access, lengths, entries, gated = 0, [], {}, False
+            any_access, gated = 0, False
+            lengths: list[int] = []
+            entries: dict[bytes, int] = {}
             if gate is not None:
                 try:
                     any_access, lengths, entries = _gate_entries(i, gate)
@@ -386,7 +390,8 @@ class RingbufSource:
             limit=self._chunk * 2,
         )  # fmt: skip
         self.decoder.ignore.add(self._proc.pid)
-        assert self._proc.stdin is not None and self._proc.stdout is not None
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
         self._proc.stdin.write(self.config(self._proc.pid).encode())
         with contextlib.suppress(ConnectionError):
             await self._proc.stdin.drain()
@@ -415,7 +420,8 @@ class RingbufSource:
         """Decoded events, one list per read of the loader's stdout (≤ chunk_size bytes)."""
         if self._proc is None:
             await self.start()
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._proc is not None
+        assert self._proc.stdout is not None
         stdout, decode, rest = self._proc.stdout, self.decoder.decode, self._pending
         reorder = Reorder(self._reorder_ns)
         while True:
@@ -467,20 +473,18 @@ class RingbufSource:
         """Stop the loader (SIGINT first, so it detaches and flushes)."""
         self._stopping = True
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(2)
-                try:
-                    async with asyncio.timeout(10):
-                        await proc.wait()
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(2)
+            try:
+                async with asyncio.timeout(10):
                     await proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
         if self._stderr_file is not None:
             self._stderr_file.seek(0)
             self._stderr = self._stderr_file.read()[-65536:]
             self._stderr_file.close()
             self._stderr_file = None
-
