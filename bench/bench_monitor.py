@@ -1,12 +1,13 @@
 """Benchmark of the runtime monitor (run as root: python bench/bench_monitor.py [--seconds 5]).
 
-1. eBPF pipeline: bpftrace → decoder → process table → engine (the project's rules) → sink, under
+1. eBPF pipeline: kernel side → decoder → process table → engine (the project's rules) → sink, under
    our own load generator (a child process looping open/close at a set rate, or flat out), with
    the source the command runs (kernel-side filters on). Two loads: read-only opens of
    /etc/hostname, which no loaded rule can match (dropped in the kernel), and opens for writing,
    which the rules must see. Prints events/s the kernel saw and delivered to the rules, drop
-   ratio (queue) and kernel losses, and CPU seconds per second used by the monitor (Python +
-   bpftrace) per 10k events/s. Baseline: the generator's own open rate with no monitor, measured
+   ratio (queue) and kernel losses, and CPU seconds per second used by the monitor (Python + the
+   backend's reader process: bpftrace, or the ring-buffer loader) per 10k events/s. Each eBPF
+   backend (``--backends``) runs against the same baseline. Baseline: the generator's own open rate with no monitor, measured
    in the same run. The kernel-side cost is paid in the traced process: the generator's rate.
 2. Python side alone: real bpftrace output captured under the same load, replayed through
    decoder → reorder → process table → engine, vs plain ``str.split`` of the same lines.
@@ -34,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from webhook.runtime import events, monitor, outputs, state  # noqa: E402
 from webhook.runtime.engine import Engine  # noqa: E402
-from webhook.runtime.sources import bpftrace_program, ebpf, jsonl  # noqa: E402
+from webhook.runtime.sources import bpftrace_program, ebpf, jsonl, ringbuf  # noqa: E402
+from webhook.runtime.sources import kernel as backends_mod  # noqa: E402
 
 RULES = ROOT / "rules" / "portcullis_rules.yaml"
 FALCO = ROOT / ".." / "shared" / "conformance" / "falco"
@@ -85,10 +87,12 @@ def loadgen(rate: float, seconds: float, target: tuple[str, int] = QUIET) -> sub
     )
 
 
-async def ebpf_run(rate: float, seconds: float, target: tuple[str, int] = QUIET) -> dict[str, Any]:
-    """The monitor as the command runs it (``EbpfSource.for_engine``: kernel-side filters on)."""
+async def ebpf_run(
+    rate: float, seconds: float, target: tuple[str, int] = QUIET, backend: str = "bpftrace"
+) -> dict[str, Any]:
+    """The monitor as the command runs it (``kernel.for_engine``: kernel-side filters on)."""
     engine = Engine.load([RULES])
-    source = ebpf.EbpfSource.for_engine(engine)
+    source = backends_mod.for_engine(engine, backend)
     mon = monitor.Monitor(source, engine, [Null()])
     stop = asyncio.Event()
     task = asyncio.create_task(mon.run(stop=stop))
@@ -121,7 +125,7 @@ async def ebpf_run(rate: float, seconds: float, target: tuple[str, int] = QUIET)
         "kernel_lost": snap["source"]["kernel_lost"],
         "drop_ratio": (snap["drops"] + snap["source"]["kernel_lost"]) / max(seen + snap["source"]["kernel_lost"], 1),
         "cpu_python_per_s": py_cpu / wall,
-        "cpu_bpftrace_per_s": (bt1 - bt0) / wall,
+        "cpu_reader_per_s": (bt1 - bt0) / wall,  # bpftrace, or the ring-buffer loader
         "cpu_per_10k_delivered": cpu / max(seen / wall / 10_000, 1e-9),
         "cpu_per_10k_kernel_seen": cpu / max(kernel / 10_000, seen / wall / 10_000, 1e-9),
     }
@@ -141,12 +145,16 @@ class Arrivals(outputs.Output):
         )
 
 
-async def latency_run(n: int = 40, background: float = 5000.0) -> list[int]:
+async def latency_run(n: int = 40, background: float = 5000.0, backend: str = "bpftrace") -> list[int]:
     """Kernel event → alert handed to the sink, for ``cat /etc/shadow`` every 100 ms, while the
     load generator offers ``background`` opens/s."""
     engine = Engine.load([RULES])
     sink = Arrivals()
-    source = ebpf.EbpfSource(engine.event_types, success_only=engine.success_only_types)
+    source: Any = (
+        ebpf.EbpfSource(engine.event_types, success_only=engine.success_only_types)
+        if backend == "bpftrace"
+        else ringbuf.RingbufSource(engine.event_types, success_only=engine.success_only_types)
+    )
     mon = monitor.Monitor(source, engine, [sink])
     stop = asyncio.Event()
     task = asyncio.create_task(mon.run(stop=stop))
@@ -275,45 +283,68 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rates", default="5000,20000,0", help="offered opens/s; 0 = flat out")
+    ap.add_argument("--backends", default="bpftrace,ringbuf", help="eBPF backends to run, each against the baselines")
+    ap.add_argument("--parts", default="quiet,must,floor,latency,replay,jsonl", help="which parts to run")
     args = ap.parse_args()
+    backends = args.backends.split(",")
+    parts = set(args.parts.split(","))
 
     print("== baseline: load generator alone (no monitor)")
     base, base_us = gen_alone(args.seconds, QUIET)
     print(f"  opens/s flat out: {base:,.0f} ({base_us:.2f} CPU-us per open)")
     if os.geteuid() == 0:
-        for rate in (float(r) for r in args.rates.split(",")):
-            r = asyncio.run(ebpf_run(rate, args.seconds))
+        for rate in (float(r) for r in args.rates.split(",")) if "quiet" in parts else ():
             label = f"{rate:,.0f}/s" if rate else "flat out"
-            print(f"== eBPF pipeline, load {label}: read-only opens of /etc/hostname (no loaded rule can match)")
-            if not rate:  # a baseline next to the run it is compared with (the machine is shared)
-                base, base_us = gen_alone(args.seconds, QUIET)
-                print(f"  baseline measured right after the run: {base:,.0f} opens/s ({base_us:.2f} CPU-us per open)")
-            _report(r, base, base_us, rate)
-        with tempfile.TemporaryDirectory() as tmp:
-            target = (os.path.join(tmp, "out.txt"), MUST_SEE_FLAGS)
-            must_base, must_us = gen_alone(args.seconds, target)
-            r = asyncio.run(ebpf_run(0, args.seconds, target))
-        print("== eBPF pipeline, flat out: opens for writing (the rules must see them; none is filtered)")
-        print(f"  baseline (this load, no monitor): {must_base:,.0f} opens/s ({must_us:.2f} CPU-us per open)")
-        _report(r, must_base, must_us)
-        floor = asyncio.run(floor_run(args.seconds))
-        print("== floor: generator under a bpftrace program printing one bare record per openat")
-        print(f"  opens/s: {floor:,.0f}  (ratio to baseline: {floor / base:.2f})")
-        delays = asyncio.run(latency_run())
-        if delays:
-            p50, p99 = delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-            print(f"== alert latency (kernel event → sink) at 5k opens/s background, {len(delays)} alerts")
-            print(
-                f"  p50 {p50 / 1e6:.1f} ms, p99 {p99 / 1e6:.1f} ms (includes the {ebpf.REORDER_MS} ms reorder window)"
-            )
+            for backend in backends:
+                r = asyncio.run(ebpf_run(rate, args.seconds, backend=backend))
+                print(
+                    f"== eBPF pipeline [{backend}], load {label}: read-only opens of /etc/hostname (no rule can match)"
+                )
+                if not rate:  # a baseline next to the run it is compared with (the machine is shared)
+                    base, base_us = gen_alone(args.seconds, QUIET)
+                    print(
+                        f"  baseline measured right after the run: {base:,.0f} opens/s ({base_us:.2f} CPU-us per open)"
+                    )
+                _report(r, base, base_us, rate)
+        if "must" in parts:
+            with tempfile.TemporaryDirectory() as tmp:
+                target = (os.path.join(tmp, "out.txt"), MUST_SEE_FLAGS)
+                must_base, must_us = gen_alone(args.seconds, target)
+                results = [(b, asyncio.run(ebpf_run(0, args.seconds, target, backend=b))) for b in backends]
+                after, after_us = gen_alone(args.seconds, target)
+            # the baseline before and after the runs, averaged (the machine is shared)
+            must_base, must_us = (must_base + after) / 2, (must_us + after_us) / 2
+            for backend, r in results:
+                print(f"== eBPF pipeline [{backend}], flat out: opens for writing (the rules must see them)")
+                print(
+                    f"  baseline (this load, no monitor, before+after): {must_base:,.0f} opens/s ({must_us:.2f} CPU-us)"
+                )
+                _report(r, must_base, must_us)
+        if "floor" in parts:
+            floor = asyncio.run(floor_run(args.seconds))
+            print("== floor: generator under a bpftrace program printing one bare record per openat")
+            print(f"  opens/s: {floor:,.0f}  (ratio to baseline: {floor / base:.2f})")
+        for backend in backends if "latency" in parts else ():
+            delays = asyncio.run(latency_run(backend=backend))
+            if delays:
+                p50, p99 = delays[len(delays) // 2], delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+                print(
+                    f"== alert latency [{backend}] (kernel event → sink) at 5k opens/s background, {len(delays)} alerts"
+                )
+                print(
+                    f"  p50 {p50 / 1e6:.1f} ms, p99 {p99 / 1e6:.1f} ms (includes the {ebpf.REORDER_MS} ms reorder window)"
+                )
+    if os.geteuid() == 0 and "replay" in parts:
         lines = asyncio.run(capture(args.seconds))
         piped, split, n = replay(lines)
         print(f"== Python side alone: {n:,} captured bpftrace events replayed")
         print(f"  orjson.loads only:  {split:,.0f} lines/s")
         print(f"  decode → state → engine: {piped:,.0f} events/s  (ratio to orjson: {piped / split:.3f})")
         print(f"  CPU s per 10k events/s (Python side): {10_000 / piped:.3f}")
-    else:
+    elif os.geteuid() != 0:
         print("(not root: eBPF part skipped)")
+    if "jsonl" not in parts:
+        return
 
     recs = [ln for p in sorted((FALCO / "events").glob("*.jsonl")) for ln in p.read_bytes().splitlines(True)]
     recs = (recs * (60_000 // max(len(recs), 1) + 1))[:60_000]

@@ -50,6 +50,7 @@ _ARGS = struct.Struct("<8Q")  # the six raw syscall arguments and two derived va
 _NET = struct.Struct("<iHHHHBB2x16s16s")
 _EXEC = struct.Struct("<IIQQQQIIQ")
 _U16 = struct.Struct("<H")
+_LK = struct.Struct("<IH")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _SYS_OFF = _HDR.size + _ARGS.size
@@ -122,21 +123,34 @@ class RecordDecoder:
             names = p.params
             plan = [] if p.net else _int_plan(p, formats.get(p.syscall))
             self._plans.append((p.evt, names, plan, len(p.strings), bool(p.net)))
+        # generated decoders for the plain syscall records (sockets, exec and process records
+        # take the general path)
+        self._fns = {R_SYSCALL + i: self._compile(i) for i, p in enumerate(PROBES) if not p.net}
 
-    def decode(self, buf: bytes | memoryview, start: int = 0) -> tuple[list[RawEvent], int]:
+    def decode(self, buf: bytes, start: int = 0) -> tuple[list[RawEvent], int]:
         """The events in ``buf`` from ``start``, and the offset of the first incomplete record."""
         out: list[RawEvent] = []
+        append = out.append
         end = len(buf)
         off = start
-        unpack_hdr = _HDR.unpack_from
+        fns, head = self._fns, _LK.unpack_from
         while off + 8 <= end:
-            size = _U32.unpack_from(buf, off)[0]
+            size, kind = head(buf, off)
             if size < 16:
                 raise ValueError(f"ring-buffer record of {size} bytes at offset {off}: stream out of sync")
-            if off + size > end:
+            nxt = off + size
+            if nxt > end:
                 break
-            kind = _U16.unpack_from(buf, off + 4)[0]
-            if kind == R_LOST:
+            fn = fns.get(kind)
+            if fn is not None:
+                try:
+                    ev = fn(buf, off, nxt)
+                except (struct.error, ValueError, IndexError):
+                    self.malformed += 1
+                    ev = None
+                if ev is not None:
+                    append(ev)
+            elif kind == R_LOST:
                 self.lost = _U64.unpack_from(buf, off + 8)[0]
             elif kind == R_HEARTBEAT:
                 self.heartbeats += 1
@@ -144,14 +158,60 @@ class RecordDecoder:
                 self.ready = True
             else:
                 try:
-                    ev = self._event(kind, unpack_hdr(buf, off), buf, off, off + size)
+                    ev = self._event(kind, _HDR.unpack_from(buf, off), buf, off, nxt)
                 except (struct.error, ValueError, IndexError, OSError):
                     self.malformed += 1
                     ev = None
                 if ev is not None:
-                    out.append(ev)
-            off += size
+                    append(ev)
+            off = nxt
         return out, off
+
+    def _compile(self, idx: int) -> Callable[[bytes, int, int], RawEvent | None]:
+        """A decoder for one syscall's records, generated from its plan (as the rules compiler
+        generates rule code): one ``unpack_from`` for the fixed part, the params dict as a literal."""
+        evt, names, plan, nstr, _net = self._plans[idx]
+        fixed = struct.Struct(_HDR.format + _ARGS.format.lstrip("<") + ("H" if nstr else ""))
+        exprs = []
+        for how, v in plan:
+            if how in (0, 3):
+                exprs.append(f"a{v}")
+            elif how == 1:
+                exprs.append(f"((a{v} & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000")
+            else:
+                exprs.append(repr(v))
+        lines = [
+            "def f(buf, off, end):",
+            "    (_l, _k, flags, ts, pid, tid, uid, _x, ret, cgroup, a0, a1, a2, a3, a4, a5, a6, a7"
+            + (", n" if nstr else "") + ") = unpack(buf, off)",
+            "    if pid in ignore:",
+            "        self.ignored += 1",
+            "        return None",
+            f"    o = off + {_SYS_OFF}",
+        ]  # fmt: skip
+        for k in range(nstr):
+            if k:
+                lines.append("    n = u16(buf, o)[0]")
+            lines.append(f"    s{k} = buf[o + 2 : o + 2 + n].decode('utf-8', 'surrogateescape')")
+            lines.append("    o += 2 + n")
+            exprs.append(f"s{k}")
+        items = ", ".join(f"{name!r}: {e}" for name, e in zip(names, exprs, strict=True))
+        lines += [
+            "    if o > end:",
+            "        raise ValueError('record shorter than its strings')",
+            f"    params = {{{items}, 'cgroup': cgroup}}",
+            "    if flags & 1:",
+            "        params['truncated'] = True",
+            "        self.truncated += 1",
+            f"    return RawEvent({evt!r}, ts + offset, pid, tid, uid, '', ret, params)",
+        ]
+        env: dict[str, Any] = {
+            "unpack": fixed.unpack_from, "u16": _U16.unpack_from, "ignore": self.ignore, "self": self,
+            "offset": self.offset, "RawEvent": RawEvent,
+        }  # fmt: skip
+        exec(compile("\n".join(lines) + "\n", f"<ringbuf:{evt}>", "exec"), env)  # our own template, from PROBES
+        fn: Callable[[bytes, int, int], RawEvent | None] = env["f"]
+        return fn
 
     def _event(self, kind: int, h: tuple[int, ...], buf: bytes | memoryview, off: int, end: int) -> RawEvent | None:
         _len, _kind, flags, ts, pid, tid, uid, aux, ret, cgroup = h
