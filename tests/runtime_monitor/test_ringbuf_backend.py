@@ -154,6 +154,20 @@ def test_auto_falls_back_to_bpftrace_when_the_ring_buffer_cannot_be_built(
         bpf_build.build(tmp_path / "cache")
 
 
+def test_a_cache_others_can_write_to_is_refused(tmp_path: Path) -> None:
+    """The loader built in the cache runs as root: a world-writable cache would let anyone
+    replace it."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    with pytest.raises(bpf_build.BuildUnavailable, match="not a private directory"):
+        bpf_build.build(cache)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    with pytest.raises(bpf_build.BuildUnavailable, match="not a private directory"):
+        bpf_build.build(link)
+
+
 # -- differential, real kernel ---------------------------------------------------------------------
 
 ACTIONS = r"""

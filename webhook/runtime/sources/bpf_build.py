@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -118,6 +119,18 @@ def probe_table(root: Path = Path("/sys/kernel/tracing")) -> tuple[str, dict[str
     return "\n".join(lines) + "\n", formats
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700) or check it: the loader built here runs as root, so a cache
+    that another user can write to (or a link planted in its place) is refused, not used."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise BuildUnavailable(
+            f"BPF build cache {path} is not a private directory of uid {os.geteuid()} "
+            f"(owner {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}): set PORTCULLIS_BPF_CACHE"
+        )
+
+
 def _run(cmd: list[str], what: str, **kw: object) -> bytes:
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=300, check=False, **kw)  # type: ignore[call-overload]
@@ -144,11 +157,12 @@ def build(cache: Path | None = None, *, cc: str = "cc") -> Built:
     root = cache or cache_root()
     final = root / key
     built = Built(final / "portcullis.bpf.o", final / "portcullis-rb")
+    _private_dir(root)
     if built.obj.is_file() and built.loader.is_file():
+        _private_dir(final)
         return built
     if missing:
         raise BuildUnavailable("the ring-buffer eBPF source cannot be built here: missing " + ", ".join(missing))
-    root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
     try:
         (work / "vmlinux.h").write_bytes(_run(["bpftool", "btf", "dump", "file", str(BTF), "format", "c"], "bpftool"))
