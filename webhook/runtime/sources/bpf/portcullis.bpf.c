@@ -365,8 +365,9 @@ static __always_inline int sys_exit(u32 id, int kind, int s0, int s1, int s2, st
 			off = put_ustr(b, off, (const void *)in->a[s1 & 7], STR_MAX, h);
 		if (s2 >= 0)
 			off = put_ustr(b, off, (const void *)in->a[s2 & 7], STR_MAX, h);
+		/* a cut path's last component is not the file's: it passes, as a long one did in bpftrace */
 		if ((kind == K_OPEN || kind == K_OPENAT2 || kind == K_CREAT) && pc->gated && ret >= 0 &&
-		    !open_passes(b, soff, id, pc, flags, ret))
+		    !(h->flags & HDR_TRUNC) && !open_passes(b, soff, id, pc, flags, ret))
 			goto out;
 	}
 	emit(b, off, c);
