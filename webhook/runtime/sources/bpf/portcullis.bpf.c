@@ -47,7 +47,10 @@ struct gkey { u16 probe; u16 kind; u32 len; u8 b[64]; };
 
 struct { __uint(type, BPF_MAP_TYPE_RINGBUF); __uint(max_entries, 1 << 24); } rb SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 1); __type(key, u32); __type(value, struct scratch); } scratch SEC(".maps");
-struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 65536); __type(key, u32); __type(value, struct inflight); } inflight SEC(".maps");
+// A thread's syscall in flight (its arguments, from enter to exit). A plain preallocated hash:
+// an LRU's list upkeep cost the traced process more than the rest of the enter probe; entries of
+// threads that exit inside a syscall are removed at their exit (proc_exit).
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 65536); __type(key, u32); __type(value, struct inflight); } inflight SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, u32); __type(value, struct cfg); } cfg SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, NPROBES_MAX); __type(key, u32); __type(value, struct pcfg); } pcfg SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4096); __type(key, struct gkey); __type(value, u32); } gate SEC(".maps");
@@ -161,6 +164,8 @@ static __always_inline int sys_enter(u32 id, struct trace_event_raw_sys_enter *c
 	if (!c || pid == c->self_pid || pid == c->loader_pid)
 		return 0;
 	in.probe = id;
+	/* a helper read, not ctx loads: a context access past a shorter syscall's record (fewer
+	 * arguments) makes the attach fail; words past its arguments are never decoded */
 	bpf_probe_read_kernel(in.a, sizeof(in.a), ctx->args);
 	bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY);
 	return 0;
@@ -423,7 +428,9 @@ int proc_exit(void *ctx)
 	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
 	struct cfg *c = get_cfg();
 	struct hdr *h;
+	u32 tid = (u32)pt;
 	u8 *b;
+	bpf_map_delete_elem(&inflight, &tid); /* a thread that exits inside a traced syscall */
 	if ((pt >> 32) != (u32)pt || !c || !(b = scratch_buf()))
 		return 0;
 	h = (struct hdr *)b;
