@@ -9,6 +9,7 @@ missing (``EbpfUnavailable``).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -29,6 +30,8 @@ def for_engine(engine: Any, backend: str = "auto", *, warn: bool = True, **kwarg
         # Build now (cached per kernel after the first start) so a machine that cannot build it
         # (tools missing, read-only cache) runs bpftrace instead of failing at every restart.
         try:
+            if os.geteuid() == 0:
+                ebpf.ensure_tracefs()  # the probe table reads the syscalls' tracepoint formats
             bpf_build.build(kwargs.get("cache"))
             backend = "ringbuf"
         except (bpf_build.BuildUnavailable, OSError) as exc:

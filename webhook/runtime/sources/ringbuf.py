@@ -64,7 +64,9 @@ def available() -> list[str]:
 def _int_plan(probe: bpftrace_program.Probe, args: list[str] | None) -> list[tuple[int, int]]:
     """How each of ``probe.ints`` is read from the record: (0 raw u64 | 1 signed 32-bit | 2
     constant | 3 derived word, argument index or constant), as the bpftrace program computes it."""
-    plan = []
+    plan: list[tuple[int, int]] = []
+    if args is None:  # no such tracepoint here: never attached, never decoded
+        return plan
     for _name, expr in probe.ints:
         if m := re.fullmatch(r"\$a(\d)", expr):
             plan.append((0, bpf_build.arg_position(probe, m.group(0), args)))
@@ -76,8 +78,10 @@ def _int_plan(probe: bpftrace_program.Probe, args: list[str] | None) -> list[tup
             plan.append((3, 6))
         elif expr.endswith("->mode") and "open_how" in expr:
             plan.append((3, 7))
-        else:  # a new probe expression: fail at import, not as a wrong field at run time
+        else:  # a new probe expression: fail at start, not as a wrong field at run time
             raise ValueError(f"ringbuf: no decoding for {probe.evt} {expr!r}")
+        if plan[-1][0] in (0, 1) and plan[-1][1] < 0:
+            raise ValueError(f"ringbuf: {probe.syscall}'s tracepoint has no argument for {expr!r} ({args})")
     return plan
 
 
@@ -118,6 +122,10 @@ class RecordDecoder:
         self.truncated = 0
         self.heartbeats = 0
         self.ready = False
+        self.set_formats(formats)
+
+    def set_formats(self, formats: Mapping[str, list[str] | None]) -> None:
+        """Plans and generated decoders for the syscalls' argument layouts."""
         self._plans: list[tuple[str, tuple[str, ...], list[tuple[int, int]], int, bool]] = []
         for p in PROBES:
             names = p.params
@@ -435,6 +443,10 @@ class RingbufSource:
         if os.geteuid() != 0:
             raise EbpfUnavailable("the eBPF source needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")
         ensure_tracefs()
+        _table, formats = bpf_build.probe_table()
+        if formats != self.formats:  # tracefs was not mounted when we were made: decode by the real formats
+            self.formats = formats
+            self.decoder.set_formats(formats)
         try:
             built = await asyncio.to_thread(bpf_build.build, self._cache)
         except bpf_build.BuildUnavailable as exc:
