@@ -133,7 +133,11 @@ class RecordDecoder:
             self._plans.append((p.evt, names, plan, len(p.strings), bool(p.net)))
         # generated decoders for the plain syscall records (sockets, exec and process records
         # take the general path)
-        self._fns = {R_SYSCALL + i: self._compile(i) for i, p in enumerate(PROBES) if not p.net}
+        self._fns = {
+            R_SYSCALL + i: self._compile(i)
+            for i, p in enumerate(PROBES)
+            if not p.net and len(self._plans[i][2]) == len(p.ints)  # others are not traced here
+        }
 
     def decode(self, buf: bytes, start: int = 0) -> tuple[list[RawEvent], int]:
         """The events in ``buf`` from ``start``, and the offset of the first incomplete record."""
