@@ -306,9 +306,12 @@ class Scanner:
         while True:
             await self._dirty_event.wait()
             self._dirty_event.clear()
-            # let a burst of changes settle (a rollout touches many pods at once)
+            # let a burst of changes settle (a rollout touches many pods at once). Not
+            # ``wait_for``: on Python 3.11 it drops a cancel that lands as the wait ends, and
+            # this loop would then outlive ``close()`` (seen as a hung shutdown under load).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._idle.wait()
             await self.flush()
 
     async def flush(self) -> int:
