@@ -106,3 +106,28 @@ def test_builder_makes_each_type_only_the_fields_its_rules_read() -> None:
     )
     assert chmod is not None
     assert {k: v for k, v in chmod.items() if k.startswith("fd.")} == {"fd.filename": "shadow", "fd.directory": "/etc"}
+
+
+def _raw(kind: str, res: int, flags: int = 0, mode: int = 0) -> RawEvent:
+    params = {"name": "/x", "dirfd": -100, "flags": flags, "mode": mode} if kind in events._OPEN_TYPES else {}
+    return RawEvent(type=kind, ts=5, pid=1, tid=1, uid=0, comm="x", res=res, params=params)
+
+
+def test_compiled_evt_fields_match_the_getters() -> None:
+    """Every evt.* field, generated for any type and for one known type, gives what its getter
+    gives, over opens of every access mode with and without O_CREAT and exec bits, failed and not."""
+    every = tuple(sorted(events._EVT_GETTERS.items()))
+    raws = [
+        _raw(k, res, flags, mode)
+        for k in ("openat", "open", "openat2", "creat", "execve", "connect")
+        for res in (3, 0, -2)
+        for flags in (0, 1, 2, 3, 0o100, 0o102, 0o200000)
+        for mode in (0, 0o644, 0o755)
+    ]
+    for ev in raws:
+        want = {k: v for k, g in every if (v := g(ev)) is not None}
+        for evtype in (None, ev.type):
+            for getters in (every, *(((k, g),) for k, g in every)):
+                out: dict[str, object] = {}
+                events.compile_evt_fields(getters, evtype)(ev, out)
+                assert out == {k: want[k] for k, _ in getters if k in want}, (ev, evtype, getters)

@@ -225,7 +225,7 @@ class EventBuilder:
                 # never more than the builder was made for (``required``)
                 wanted = wanted & self.plan.wanted
                 # the same plan object when nothing is left out: fd caches stay shared
-                plan = self.plan if wanted == self.plan.wanted else _Plan.of(wanted)
+                plan = self.plan if wanted == self.plan.wanted else _Plan.of(wanted, evtype)
             self._plans[evtype] = plan
         return plan
 
@@ -237,10 +237,7 @@ class EventBuilder:
         plan = self._plans.get(ev.type) or self.plan_for(ev.type)
         out = self._proc_fields(proc)  # cached per process: a copy is cheaper than a subset
         out["evt.num"] = self.num
-        for name, getter in plan.evt_getters:
-            value = getter(ev)
-            if value is not None:
-                out[name] = value
+        plan.evt_fields(ev, out)
         if plan.want_tid:
             out["thread.tid"] = ev.tid
         if plan.want_duration and proc.start_ns:
@@ -395,6 +392,7 @@ class _Plan:
 
     wanted: frozenset[str]
     evt_getters: tuple[tuple[str, Callable[[RawEvent], Any]], ...]
+    evt_fields: Callable[[RawEvent, dict[str, Any]], None]  # compile_evt_fields(evt_getters)
     fd_keys: frozenset[str]
     fd_getters: tuple[tuple[str, Callable[[Fd], Any]], ...]
     fd_fields: Callable[[Fd], dict[str, Any]]  # compile_fd_fields(fd_getters)
@@ -406,13 +404,16 @@ class _Plan:
     fs_path: bool
 
     @classmethod
-    def of(cls, wanted: frozenset[str]) -> _Plan:
+    def of(cls, wanted: frozenset[str], evtype: str | None = None) -> _Plan:
+        """``evtype``: the plan is for events of that type only (None: any type)."""
+        evt_getters = tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None)
         fd_keys = frozenset(f for f in wanted if f.startswith("fd."))
         fd_getters = tuple((k, fg) for k in sorted(fd_keys) if (fg := _FD_GETTERS.get(k)) is not None)
         args = tuple(sorted(f for f in wanted if f.startswith(("evt.arg.", "evt.rawarg."))))
         return cls(
             wanted=wanted,
-            evt_getters=tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None),
+            evt_getters=evt_getters,
+            evt_fields=compile_evt_fields(evt_getters, evtype),
             fd_keys=fd_keys,
             fd_getters=fd_getters,
             fd_fields=compile_fd_fields(fd_getters),
@@ -425,6 +426,46 @@ class _Plan:
             want_sip_name="fd.sip.name" in wanted,
             fs_path=any(f.startswith("fs.path.") for f in wanted),
         )
+
+
+# Each evt.* field as an expression of ``ev`` (a RawEvent) and ``p`` (its params), with
+# ``open_type`` the event type's openness: None unknown, True an open type, False not one. Equal
+# to _EVT_GETTERS (none of which gives None); a differential test holds them together.
+def _evt_expr(name: str, open_type: bool | None) -> str | None:
+    flag_tests = {
+        "evt.is_open_read": "p['flags'] & 3 in (0, 2)",
+        "evt.is_open_write": "p['flags'] & 3 in (1, 2)",
+        "evt.is_open_exec": "bool(p['flags'] & 0o100) and bool(p['mode'] & 0o111)",
+        "evt.is_open_create": "bool(p['flags'] & 0o100)",
+    }
+    if name in flag_tests:
+        if open_type is None:
+            return f"ev.type in OPEN and {flag_tests[name]}"
+        return flag_tests[name] if open_type else "False"
+    return {
+        "evt.type": "ev.type", "evt.dir": "'<'", "evt.time": "ev.ts", "evt.rawtime": "ev.ts",
+        "evt.res": "res_text(ev.res)", "evt.rawres": "ev.res", "evt.failed": "ev.res < 0",
+    }.get(name)  # fmt: skip
+
+
+def compile_evt_fields(
+    getters: tuple[tuple[str, Callable[[RawEvent], Any]], ...], evtype: str | None = None
+) -> Callable[[RawEvent, dict[str, Any]], None]:
+    """The evt.* fields of ``getters`` set into ``out`` by one generated function (for events of
+    ``evtype`` only, when given: what depends on the type alone is decided here, once)."""
+    open_type = None if evtype is None else evtype in _OPEN_TYPES
+    lines = ["def f(ev, out):", "    p = ev.params"]
+    env: dict[str, Any] = {"OPEN": _OPEN_TYPES, "res_text": _res}
+    for i, (name, get) in enumerate(getters):
+        expr = _evt_expr(name, open_type)
+        if expr is None:  # a getter without an expression here: called, and None left out
+            env[f"g{i}"] = get
+            lines += [f"    v = g{i}(ev)", "    if v is not None:", f"        out[{name!r}] = v"]
+        else:
+            lines.append(f"    out[{name!r}] = {expr}")
+    exec(compile("\n".join(lines) + "\n", "<evt-fields>", "exec"), env)  # our own template, from field names
+    fn: Callable[[RawEvent, dict[str, Any]], None] = env["f"]
+    return fn
 
 
 def _render(kind: str, name: str, value: Any) -> Any:
