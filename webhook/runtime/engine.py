@@ -200,6 +200,13 @@ class Engine:
 
         return process
 
+    def fields_for_type(self, evtype: str) -> frozenset[str]:
+        """The fields an event of ``evtype`` needs: those of the rules ``process`` can evaluate on
+        it (conditions and outputs), plus what dispatch and alerts read. An event builder making
+        only these gives the same alerts as one making all of ``required_fields``."""
+        base = {"evt.num", "evt.time"} | ({"evt.type"} & self.required_fields)
+        return frozenset(base.union(*(r.fields for r in self.rules if evtype in r.event_types)))
+
     def can_match_type(self, evtype: object) -> bool:
         """False only when ``process`` returns no alert for any event whose ``evt.type`` is
         ``evtype`` (None: no ``evt.type``), whatever its other fields: such events need not even

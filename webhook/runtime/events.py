@@ -188,6 +188,7 @@ class EventBuilder:
         hostname: str = "",
         metadata: Any = None,
         resolver: NameResolver | None = None,
+        by_type: Callable[[str], Iterable[str]] | None = None,
     ) -> None:
         fields = expand_required(required)
         self.table = table
@@ -197,55 +198,67 @@ class EventBuilder:
         wanted = fields if fields is not None else _ALL_FIELDS
         self.proc_keys = tuple(sorted(f for f in wanted if _proc_getter(f) is not None))
         self.pod_keys = None if fields is None else frozenset(f for f in wanted if f.startswith(_POD_PREFIXES))
-        self.fd_keys = frozenset(f for f in wanted if f.startswith("fd."))
+        self.plan = _Plan.of(wanted)
         # only the fd.* fields the rules read are computed for each new fd (all of them when every
         # field is wanted, e.g. for an output printing them all)
-        self.fd_getters = tuple((k, fg) for k in sorted(self.fd_keys) if (fg := _FD_GETTERS.get(k)) is not None)
-        self.evt_getters = tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None)
+        self.fd_keys = self.plan.fd_keys
+        self.fd_getters = self.plan.fd_getters
         self.args = tuple(sorted(f for f in wanted if f.startswith(("evt.arg.", "evt.rawarg."))))
-        self.arg_specs = tuple(
-            (k, k.startswith("evt.rawarg."), k[11:] if k.startswith("evt.rawarg.") else k[8:]) for k in self.args
-        )
-        self.want_tid = "thread.tid" in wanted
-        self.want_duration = "proc.duration" in wanted
-        self.want_name_changed = "fd.name_changed" in wanted
-        self.want_sip_name = "fd.sip.name" in wanted
+        # ``by_type``: the fields the rules can read on an event of a given type (the engine's
+        # ``fields_for_type``), so each event gets only those, not every field some rule reads.
+        self._by_type = by_type if fields is not None else None
+        self._plans: dict[str, _Plan] = {}
         self.resolver: NameResolver | None = resolver
         self._name_changed = False
-        self.fs_path = any(f.startswith("fs.path.") for f in wanted)
         self.num = 0
         self._users: dict[int, str | None] = {}
+
+    def plan_for(self, evtype: str) -> _Plan:
+        """The fields to build for events of ``evtype`` (made once per type)."""
+        plan = self._plans.get(evtype)
+        if plan is None:
+            if self._by_type is None:
+                plan = self.plan
+            else:
+                wanted = expand_required(self._by_type(evtype))
+                assert wanted is not None
+                # never more than the builder was made for (``required``)
+                wanted = wanted & self.plan.wanted
+                # the same plan object when nothing is left out: fd caches stay shared
+                plan = self.plan if wanted == self.plan.wanted else _Plan.of(wanted, evtype)
+            self._plans[evtype] = plan
+        return plan
 
     def build(self, ev: RawEvent) -> dict[str, Any] | None:
         proc = self.table.apply(ev)
         if ev.type == "F":
             return None
         self.num += 1
-        out = self._proc_fields(proc)
+        plan = self._plans.get(ev.type) or self.plan_for(ev.type)
+        out = self._proc_fields(proc)  # cached per process: a copy is cheaper than a subset
         out["evt.num"] = self.num
-        for name, getter in self.evt_getters:
-            value = getter(ev)
-            if value is not None:
-                out[name] = value
-        if self.want_tid:
+        plan.evt_fields(ev, out)
+        if plan.want_tid:
             out["thread.tid"] = ev.tid
-        if self.want_duration and proc.start_ns:
+        if plan.want_duration and proc.start_ns:
             out["proc.duration"] = max(ev.ts - proc.start_ns, 0)
         self._name_changed = False
-        fd = self._fd(ev, proc)
-        if fd is not None and self.fd_keys:
-            if fd.cache is None:
-                fd.cache = _fd_fields(fd) if self.all else _wanted_fd_fields(fd, self.fd_getters)
+        fd = self._fd(ev, proc)  # always: it keeps the process table's fds current
+        if fd is not None and plan.fd_keys:
+            getters = plan.fd_getters
+            if fd.cache is None or fd.cache_for is not getters:
+                fd.cache = _fd_fields(fd) if self.all else plan.fd_fields(fd)
+                fd.cache_for = getters
             out.update(fd.cache)
-            if self.want_name_changed:
+            if plan.want_name_changed:
                 out["fd.name_changed"] = self._name_changed
-            if self.want_sip_name and fd.sip:
+            if plan.want_sip_name and fd.sip:
                 host = self.resolver.name(fd.sip) if self.resolver is not None else None
                 if host is not None:
                     out["fd.sip.name"] = host
-        if self.args:
-            self._args(ev, out)
-        if self.fs_path:
+        if plan.arg_specs:
+            self._args(ev, out, plan.arg_specs)
+        if plan.fs_path:
             self._fs_path(ev, proc, out)
         return out
 
@@ -335,9 +348,9 @@ class EventBuilder:
         return fd
 
     # -- arguments -------------------------------------------------------------------------------
-    def _args(self, ev: RawEvent, out: dict[str, Any]) -> None:
+    def _args(self, ev: RawEvent, out: dict[str, Any], specs: tuple[tuple[str, bool, str], ...]) -> None:
         p = ev.params
-        for key, raw, name in self.arg_specs:
+        for key, raw, name in specs:
             if name == "res":
                 out[key] = ev.res if raw else _res(ev.res)
                 continue
@@ -371,6 +384,88 @@ def _res(res: int) -> str:
 
 def _tuple(p: dict[str, Any]) -> str:
     return f"{p['lip']}:{p['lport']}->{p['rip']}:{p['rport']}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """What ``EventBuilder.build`` computes for one set of wanted fields (per event type)."""
+
+    wanted: frozenset[str]
+    evt_getters: tuple[tuple[str, Callable[[RawEvent], Any]], ...]
+    evt_fields: Callable[[RawEvent, dict[str, Any]], None]  # compile_evt_fields(evt_getters)
+    fd_keys: frozenset[str]
+    fd_getters: tuple[tuple[str, Callable[[Fd], Any]], ...]
+    fd_fields: Callable[[Fd], dict[str, Any]]  # compile_fd_fields(fd_getters)
+    arg_specs: tuple[tuple[str, bool, str], ...]
+    want_tid: bool
+    want_duration: bool
+    want_name_changed: bool
+    want_sip_name: bool
+    fs_path: bool
+
+    @classmethod
+    def of(cls, wanted: frozenset[str], evtype: str | None = None) -> _Plan:
+        """``evtype``: the plan is for events of that type only (None: any type)."""
+        evt_getters = tuple((f, g) for f in sorted(wanted) if (g := _EVT_GETTERS.get(f)) is not None)
+        fd_keys = frozenset(f for f in wanted if f.startswith("fd."))
+        fd_getters = tuple((k, fg) for k in sorted(fd_keys) if (fg := _FD_GETTERS.get(k)) is not None)
+        args = tuple(sorted(f for f in wanted if f.startswith(("evt.arg.", "evt.rawarg."))))
+        return cls(
+            wanted=wanted,
+            evt_getters=evt_getters,
+            evt_fields=compile_evt_fields(evt_getters, evtype),
+            fd_keys=fd_keys,
+            fd_getters=fd_getters,
+            fd_fields=compile_fd_fields(fd_getters),
+            arg_specs=tuple(
+                (k, k.startswith("evt.rawarg."), k[11:] if k.startswith("evt.rawarg.") else k[8:]) for k in args
+            ),
+            want_tid="thread.tid" in wanted,
+            want_duration="proc.duration" in wanted,
+            want_name_changed="fd.name_changed" in wanted,
+            want_sip_name="fd.sip.name" in wanted,
+            fs_path=any(f.startswith("fs.path.") for f in wanted),
+        )
+
+
+# Each evt.* field as an expression of ``ev`` (a RawEvent) and ``p`` (its params), with
+# ``open_type`` the event type's openness: None unknown, True an open type, False not one. Equal
+# to _EVT_GETTERS (none of which gives None); a differential test holds them together.
+def _evt_expr(name: str, open_type: bool | None) -> str | None:
+    flag_tests = {
+        "evt.is_open_read": "p['flags'] & 3 in (0, 2)",
+        "evt.is_open_write": "p['flags'] & 3 in (1, 2)",
+        "evt.is_open_exec": "bool(p['flags'] & 0o100) and bool(p['mode'] & 0o111)",
+        "evt.is_open_create": "bool(p['flags'] & 0o100)",
+    }
+    if name in flag_tests:
+        if open_type is None:
+            return f"ev.type in OPEN and {flag_tests[name]}"
+        return flag_tests[name] if open_type else "False"
+    return {
+        "evt.type": "ev.type", "evt.dir": "'<'", "evt.time": "ev.ts", "evt.rawtime": "ev.ts",
+        "evt.res": "res_text(ev.res)", "evt.rawres": "ev.res", "evt.failed": "ev.res < 0",
+    }.get(name)  # fmt: skip
+
+
+def compile_evt_fields(
+    getters: tuple[tuple[str, Callable[[RawEvent], Any]], ...], evtype: str | None = None
+) -> Callable[[RawEvent, dict[str, Any]], None]:
+    """The evt.* fields of ``getters`` set into ``out`` by one generated function (for events of
+    ``evtype`` only, when given: what depends on the type alone is decided here, once)."""
+    open_type = None if evtype is None else evtype in _OPEN_TYPES
+    lines = ["def f(ev, out):", "    p = ev.params"]
+    env: dict[str, Any] = {"OPEN": _OPEN_TYPES, "res_text": _res}
+    for i, (name, get) in enumerate(getters):
+        expr = _evt_expr(name, open_type)
+        if expr is None:  # a getter without an expression here: called, and None left out
+            env[f"g{i}"] = get
+            lines += [f"    v = g{i}(ev)", "    if v is not None:", f"        out[{name!r}] = v"]
+        else:
+            lines.append(f"    out[{name!r}] = {expr}")
+    exec(compile("\n".join(lines) + "\n", "<evt-fields>", "exec"), env)  # our own template, from field names
+    fn: Callable[[RawEvent, dict[str, Any]], None] = env["f"]
+    return fn
 
 
 def _render(kind: str, name: str, value: Any) -> Any:
@@ -427,6 +522,42 @@ def _wanted_fd_fields(fd: Fd, getters: tuple[tuple[str, Callable[[Fd], Any]], ..
         if value is not None:
             out[key] = value
     return out
+
+
+# The value of each fd.* field on a file, directory or memfd (``t``: its type, ``n``: its name), as
+# _FD_GETTERS gives it; None: absent on those types.
+_FILE_EXPRS: dict[str, str | None] = {
+    "fd.num": "fd.num",
+    "fd.type": "t",
+    "fd.typechar": "TYPECHAR.get(t, 'o')",
+    "fd.name": "n",
+    "fd.nameraw": "fd.nameraw or n",
+    "fd.directory": "n if t == 'directory' else (n.rpartition('/')[0] or '/')",
+}
+
+
+def compile_fd_fields(getters: tuple[tuple[str, Callable[[Fd], Any]], ...]) -> Callable[[Fd], dict[str, Any]]:
+    """``_wanted_fd_fields(fd, getters)`` as one generated function: straight-line for files (the
+    common case, one dict literal), the getters for sockets. A differential test holds them equal."""
+    keys = [k for k, _ in getters]
+    items = ", ".join(f"{k!r}: {e}" for k in keys if (e := _FILE_EXPRS.get(k)) is not None)
+    lines = [
+        "def f(fd):",
+        "    t = fd.type",
+        "    if t not in FILE_TYPES:",
+        "        return wanted(fd, getters)",
+        "    n = fd.name",
+        f"    out = {{{items}}}",
+    ]
+    if "fd.filename" in keys:
+        lines += ["    if t != 'directory':", "        out['fd.filename'] = n.rpartition('/')[2]"]
+    lines.append("    return out")
+    env: dict[str, Any] = {
+        "FILE_TYPES": _FILE_TYPES, "TYPECHAR": _TYPECHAR, "wanted": _wanted_fd_fields, "getters": getters,
+    }  # fmt: skip
+    exec(compile("\n".join(lines) + "\n", "<fd-fields>", "exec"), env)  # our own template, from field names
+    fn: Callable[[Fd], dict[str, Any]] = env["f"]
+    return fn
 
 
 def _fd_directory(fd: Fd) -> str | None:

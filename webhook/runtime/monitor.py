@@ -103,8 +103,9 @@ class Monitor:
             if names and "fd.sip.name" in engine.required_fields:
                 self.resolver = events.NameResolver(names)
             self.builder = events.EventBuilder(
-                self.table, engine.required_fields, self.hostname, metadata, resolver=self.resolver
-            )
+                self.table, engine.required_fields, self.hostname, metadata, resolver=self.resolver,
+                by_type=getattr(engine, "fields_for_type", None),
+            )  # fmt: skip
 
     def snapshot(self) -> dict[str, Any]:
         source = self.source.stats()

@@ -91,6 +91,7 @@ class Fd:
     is_server: bool = False
     connected: bool = False
     cache: dict[str, Any] | None = None  # fd.* fields, built once
+    cache_for: object = None  # the builder plan's fd getters ``cache`` was built with
 
 
 @dataclass(slots=True)
