@@ -25,7 +25,10 @@ def mapping(value: Any) -> Mapping[str, Any]:
     ``type(x) is dict`` first: decoded JSON is always a dict, and ``isinstance`` against the
     ``Mapping`` ABC costs several times more; other mappings still take the slow path.
     """
-    return value if (type(value) is dict or isinstance(value, Mapping)) else EMPTY
+    if type(value) is dict:
+        return value
+    # absent fields (None) are the common other case; the ABC check is for other mappings
+    return value if (value is not None and isinstance(value, Mapping)) else EMPTY
 
 
 def items(value: Any) -> list[Any] | tuple[()]:
@@ -93,7 +96,7 @@ def view(pod: PodSpecRef) -> PodView:
                 name = f"{field}[{index}]"
             path = f"{prefix}{index}]"
             sc = container.get("securityContext")
-            if not (type(sc) is dict or isinstance(sc, Mapping)):
+            if not (type(sc) is dict or (sc is not None and isinstance(sc, Mapping))):
                 sc = EMPTY
             containers.append(_new(ContainerView, (name, path, field, container, sc)))
             contexts.append((path, sc, name))
