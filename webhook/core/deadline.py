@@ -50,7 +50,11 @@ class Deadline(msgspec.Struct, frozen=True):
         left = self.remaining()
         if left <= 0:
             raise errors.DeadlineExceeded(f"{what}: no time left in the request's budget")
+        # ``asyncio.timeout``, not ``wait_for``: no task per call (this runs a few times per
+        # review), and on Python 3.11 ``wait_for`` drops a cancel that lands as the awaitable
+        # finishes, so a cancelled request could run on.
         try:
-            return await asyncio.wait_for(awaitable, timeout=None if left == float("inf") else left)
+            async with asyncio.timeout(None if left == float("inf") else left):
+                return await awaitable
         except TimeoutError as exc:
             raise errors.DeadlineExceeded(f"{what}: timed out after {left * 1000:.0f} ms") from exc
