@@ -194,8 +194,9 @@ class KubeletPods:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can drop close()'s cancel
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
             wait = self._last + self.min_interval - time.monotonic()
             if wait > 0:
