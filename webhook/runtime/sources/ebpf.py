@@ -284,7 +284,53 @@ async def _poke_ready() -> None:
         await asyncio.sleep(0.02)
 
 
-class EbpfSource:
+class ChildProcessSource:
+    """What both eBPF backends (bpftrace here, the ring-buffer loader in ``ringbuf``) do alike
+    with the child process that reads the kernel: interrupt it, count, stop it."""
+
+    _proc: asyncio.subprocess.Process | None
+    _stopping: bool
+    decoder: Any
+
+    def interrupt(self) -> None:
+        """Ask the child to detach and exit; ``batches()`` then ends after what it still had."""
+        self._stopping = True
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(2)
+
+    def stats(self) -> dict[str, int]:
+        d = self.decoder
+        return {
+            "kernel_lost": d.lost,
+            "malformed_lines": d.malformed,
+            "self_events": d.ignored,
+            "truncated_strings": d.truncated,
+            "heartbeats": d.heartbeats,
+        }
+
+    def _take_proc(self) -> asyncio.subprocess.Process | None:
+        self._stopping = True
+        proc, self._proc = self._proc, None
+        return proc
+
+    @staticmethod
+    async def _stop(proc: asyncio.subprocess.Process) -> None:
+        """SIGINT first (the child detaches its probes and flushes), SIGKILL after 10 s."""
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(2)
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+class EbpfSource(ChildProcessSource):
     """Runs bpftrace as a child process; ``batches()`` yields lists of RawEvent as they are read."""
 
     kind = "raw"
@@ -406,38 +452,11 @@ class EbpfSource:
             detail = [d for d in self._stderr.decode("utf-8", "replace").splitlines() if "RLIMIT_MEMLOCK" not in d]
             raise EbpfUnavailable("bpftrace exited unexpectedly: " + (" | ".join(detail[-5:]) or "no message"))
 
-    def interrupt(self) -> None:
-        """Ask bpftrace to detach and exit; ``batches()`` then ends after the last buffered line."""
-        self._stopping = True
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(2)
-
-    def stats(self) -> dict[str, int]:
-        d = self.decoder
-        return {
-            "kernel_lost": d.lost,
-            "malformed_lines": d.malformed,
-            "self_events": d.ignored,
-            "truncated_strings": d.truncated,
-            "heartbeats": d.heartbeats,
-        }
-
     async def close(self) -> None:
         """Stop bpftrace (SIGINT first, so it detaches its probes cleanly)."""
-        self._stopping = True
-        proc, self._proc = self._proc, None
+        proc = self._take_proc()
         if proc is None:
             return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(2)
-            try:
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        await self._stop(proc)
         if proc.stderr is not None:
             self._stderr = await proc.stderr.read()

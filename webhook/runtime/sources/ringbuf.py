@@ -32,7 +32,14 @@ from typing import IO, Any
 
 from webhook.runtime.sources import bpf_build, bpftrace_program
 from webhook.runtime.sources.base import RawEvent
-from webhook.runtime.sources.ebpf import REORDER_MS, EbpfUnavailable, Reorder, _poke_ready, ensure_tracefs
+from webhook.runtime.sources.ebpf import (
+    REORDER_MS,
+    ChildProcessSource,
+    EbpfUnavailable,
+    Reorder,
+    _poke_ready,
+    ensure_tracefs,
+)
 
 __all__ = ["RecordDecoder", "RingbufSource", "available"]
 
@@ -347,7 +354,7 @@ def _gate_entries(probe_id: int, alts: Sequence[bpftrace_program.GateAlt]) -> tu
     return any_access, lengths, entries
 
 
-class RingbufSource:
+class RingbufSource(ChildProcessSource):
     """Runs the loader as a child process; ``batches()`` yields lists of RawEvent as they are read.
 
     The same interface as ``ebpf.EbpfSource`` (``program``, ``decoder``, ``last_heartbeat``,
@@ -528,37 +535,11 @@ class RingbufSource:
             detail = self._stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
             raise EbpfUnavailable("the ring-buffer loader exited unexpectedly: " + (" | ".join(detail) or "no message"))
 
-    def interrupt(self) -> None:
-        """Ask the loader to detach and exit; ``batches()`` then ends after what it still had."""
-        self._stopping = True
-        if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(2)
-
-    def stats(self) -> dict[str, int]:
-        d = self.decoder
-        return {
-            "kernel_lost": d.lost,
-            "malformed_lines": d.malformed,
-            "self_events": d.ignored,
-            "truncated_strings": d.truncated,
-            "heartbeats": d.heartbeats,
-        }
-
     async def close(self) -> None:
         """Stop the loader (SIGINT first, so it detaches and flushes)."""
-        self._stopping = True
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(2)
-            try:
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        proc = self._take_proc()
+        if proc is not None:
+            await self._stop(proc)
         if self._stderr_file is not None:
             self._stderr_file.seek(0)
             self._stderr = self._stderr_file.read()[-65536:]
