@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from monitor_session import skip_unless_backend
+from monitor_session import collect_family, skip_unless_backend
 
 from webhook.runtime import events, rules, state
 from webhook.runtime.engine import Engine
@@ -85,17 +85,6 @@ def test_fields_for_type_keeps_what_dispatch_and_alerts_read() -> None:
             assert r.fields <= opens, r.name
 
 
-async def _collect(source: Any, out: list[RawEvent], done: asyncio.Event, pids: set[int]) -> None:
-    """The events of the action process and its children, until it exits."""
-    async for batch in source.batches():
-        for ev in batch:
-            if ev.pid in pids or (ev.type == "F" and ev.params.get("ppid") in pids):
-                pids.add(ev.pid)
-                out.append(ev)
-        if pids and any(e.type == "procexit" and e.pid == min(pids) for e in out):
-            done.set()
-
-
 def _build(engine: Engine, raw: list[RawEvent], *, by_type: bool, root: Path) -> list[dict[str, Any]]:
     table = state.ProcessTable(proc_root=root)  # nothing read from /proc: both runs see the same
     builder = events.EventBuilder(
@@ -147,7 +136,7 @@ async def test_a_live_stream_alerts_the_same_with_fields_by_type(tmp_path: Path)
     await source.start()
     raw: list[RawEvent] = []
     done, pids = asyncio.Event(), set[int]()
-    task = asyncio.create_task(_collect(source, raw, done, pids))
+    task = asyncio.create_task(collect_family(source, raw, done, pids))
     try:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", ACTIONS, "mark" + str(time.time_ns()))
         pids.add(proc.pid)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from monitor_session import skip_unless_backend
+from monitor_session import collect_family, skip_unless_backend
 
 from webhook.runtime.engine import Engine
 from webhook.runtime.sources import bpf_build, bpftrace_program, ebpf, kernel, ringbuf
@@ -207,16 +207,6 @@ def _strip(ev: RawEvent) -> tuple[Any, ...]:
     return (ev.type, ev.pid, ev.tid, ev.uid, ev.comm, ev.res, ev.params)
 
 
-async def _collect(source: Any, out: list[RawEvent], done: asyncio.Event, pids: set[int]) -> None:
-    async for batch in source.batches():
-        for ev in batch:
-            if ev.pid in pids or (ev.type == "F" and ev.params.get("ppid") in pids):
-                pids.add(ev.pid)
-                out.append(ev)
-        if pids and any(e.type == "procexit" and e.pid == min(pids) for e in out):
-            done.set()
-
-
 @pytest.mark.root
 @pytest.mark.ebpf
 @pytest.mark.slow
@@ -231,7 +221,9 @@ async def test_both_backends_make_the_same_raw_events() -> None:
     outs: list[list[RawEvent]] = [[], []]
     dones = [asyncio.Event(), asyncio.Event()]
     pids: list[set[int]] = [set(), set()]
-    tasks = [asyncio.create_task(_collect(s, o, d, p)) for s, o, d, p in zip(sources, outs, dones, pids, strict=True)]
+    tasks = [
+        asyncio.create_task(collect_family(s, o, d, p)) for s, o, d, p in zip(sources, outs, dones, pids, strict=True)
+    ]
     try:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", ACTIONS, "mark" + str(time.time_ns()))
         for p in pids:

@@ -22,6 +22,7 @@ import pytest
 from webhook.runtime import monitor, outputs
 from webhook.runtime.engine import Engine
 from webhook.runtime.sources import ebpf, kernel, ringbuf
+from webhook.runtime.sources.base import RawEvent
 
 # The live eBPF backends every end-to-end test runs over (sources.kernel chooses in production).
 BACKENDS = ("bpftrace", "ringbuf")
@@ -143,3 +144,15 @@ def filter_on(source: Any) -> bool:
     if isinstance(source, ringbuf.RingbufSource):
         return "map gate " in source.config(0)
     return "gate_words *" in source.program.text
+
+
+async def collect_family(source: Any, out: list[RawEvent], done: asyncio.Event, pids: set[int]) -> None:
+    """The events of the action process and its children (``pids`` grows with its forks), until
+    the first of them exits: then ``done`` is set."""
+    async for batch in source.batches():
+        for ev in batch:
+            if ev.pid in pids or (ev.type == "F" and ev.params.get("ppid") in pids):
+                pids.add(ev.pid)
+                out.append(ev)
+        if pids and any(e.type == "procexit" and e.pid == min(pids) for e in out):
+            done.set()
