@@ -106,12 +106,14 @@ class Request:
         "too_large",
     )
 
-    def __init__(self, method: str, path: str, query_string: str, headers: dict[str, str]) -> None:
+    def __init__(self, method: str, path: str, query_string: str, headers: dict[bytes, bytes]) -> None:
         self.method = method
         self.path = path
         self.query_string = query_string
-        self.headers = headers  # names lower-cased; repeated fields joined with ", "
-        length = headers.get("content-length")
+        # as received (bytes: decoding every field costs more than the few reads), names
+        # lower-cased, repeated fields joined with ", "
+        self.headers = headers
+        length = headers.get(b"content-length")
         # llhttp refuses a malformed or repeated Content-Length before this is built
         self.content_length = int(length) if length is not None and length.isdigit() else None
         self._chunks: list[bytes] = []
@@ -136,9 +138,16 @@ class Request:
 
     def query(self, name: str) -> str | None:
         """The first value of query parameter ``name``, percent-decoded (as aiohttp's ``query``)."""
-        if not self.query_string:
+        query = self.query_string
+        if not query:
             return None
-        for key, value in parse_qsl(self.query_string, keep_blank_values=True):
+        if "%" not in query and "+" not in query:  # nothing to decode: split it as parse_qsl would
+            for pair in query.split("&"):
+                key, _, value = pair.partition("=")
+                if key == name:
+                    return value
+            return None
+        for key, value in parse_qsl(query, keep_blank_values=True):
             if key == name:
                 return value
         return None
@@ -206,6 +215,7 @@ class HttpServer:
         self.closing = False
         self.clock = _Clock()
         self._listener: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def protocol(self) -> _Connection:
         return _Connection(self)
@@ -215,23 +225,38 @@ class HttpServer:
         self._listener = await loop.create_server(
             self.protocol, host, port, ssl=ssl_context, backlog=backlog, reuse_address=True
         )
+        self._sweeper = loop.create_task(self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        """Close connections idle (or stuck in a head) past ``keepalive_timeout``. One sweep
+        a second, not a timer per request: arming and cancelling one cost more than parsing."""
+        loop = asyncio.get_running_loop()
+        interval = min(1.0, self.keepalive_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            expired = loop.time() - self.keepalive_timeout
+            for conn in [c for c in self.connections if c.idle_since is not None and c.idle_since <= expired]:
+                conn.close_if_idle()
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting; close idle connections; let requests in progress end within ``timeout``."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._listener is not None:
             self._listener.close()
         for conn in list(self.connections):
             conn.close_if_idle()
-        busy = [c.task for c in self.connections if c.task is not None]
+        busy = [c.worker for c in self.connections if c.worker is not None and (c.serving or c.queue)]
         if busy:
-            _, pending = await asyncio.wait(busy, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+            await asyncio.wait(busy, timeout=timeout)  # each ends after its answer (Connection: close)
+        workers = [c.worker for c in self.connections if c.worker is not None and not c.worker.done()]
         for conn in list(self.connections):
             conn.abort()
+        for worker in workers:
+            worker.cancel()
+        if workers:
+            await asyncio.wait(workers, timeout=1.0)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.wait_closed(), 1.0)
@@ -246,11 +271,15 @@ class _Connection(asyncio.Protocol):
         self.limit = server.routes.max_body_bytes
         self.transport: Any = None
         self.parser = httptools.HttpRequestParser(self)
-        self.task: asyncio.Task[None] | None = None  # the handler of the request at the queue's head
+        # One task per connection answers its requests in order (not a task per request: making
+        # one costs more than waking one); ``serving`` while a handler runs.
+        self.worker: asyncio.Task[None] | None = None
+        self.serving = False
+        self._wakeup: asyncio.Future[None] | None = None
         self.queue: deque[Request] = deque()
         self.current: Request | None = None  # the request being parsed
         self._url = b""
-        self._headers: dict[str, str] = {}
+        self._headers: dict[bytes, bytes] = {}
         self._head_bytes = 0
         self._in_body = False  # between a head and the end of its body
         self._closed_for_reading = False
@@ -258,25 +287,27 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._writable = True
         self._drained: asyncio.Future[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # since when no request has been in progress (the sweeper closes the connection when
+        # that is too long ago); None while one is
+        self.idle_since: float | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.server.connections.add(self)
-        self._arm_idle_timer()
+        self.worker = asyncio.get_running_loop().create_task(self._work())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.server.connections.discard(self)
-        self._cancel_idle_timer()
         for request in (self.current, *self.queue):
             if request is not None and not request.complete:
                 request.broken = True
                 request._finish()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        self._wake()
 
     def pause_writing(self) -> None:
         self._writable = False
@@ -328,33 +359,32 @@ class _Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
+        key = name.lower()
         headers = self._headers
         if key in headers:
-            headers[key] += ", " + text
+            headers[key] += b", " + value
         else:
-            headers[key] = text
+            headers[key] = value
 
     def on_headers_complete(self) -> None:
         self._in_body = True
         self._head_bytes = 0
-        self._cancel_idle_timer()
-        parsed = httptools.parse_url(self._url)
-        path = parsed.path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
-        query = parsed.query.decode("latin-1") if parsed.query else ""
+        self.idle_since = None
+        url = self._url
+        # origin-form with nothing to split or decode (the apiserver's is not: it sends ?timeout=)
+        if url[:1] == b"/" and b"?" not in url and b"%" not in url and b"#" not in url:
+            path, query = url.decode("latin-1"), ""
+        else:
+            parsed = httptools.parse_url(url)
+            path = parsed.path.decode("latin-1")
+            if "%" in path:
+                path = unquote(path)
+            query = parsed.query.decode("latin-1") if parsed.query else ""
         request = Request(self.parser.get_method().decode("ascii"), path, query, self._headers)
         request.keep_alive = self.parser.should_keep_alive()
         request.http10 = self.parser.get_http_version() == "1.0"
         self.current = request
-        self.queue.append(request)
-        if self.task is None:
-            self._start_next()
-        elif len(self.queue) >= MAX_QUEUED and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        self._enqueue(request)
 
     def on_body(self, chunk: bytes) -> None:
         request = self.current
@@ -374,15 +404,51 @@ class _Connection(asyncio.Protocol):
         failed = Request("", "", "", {})
         failed.complete = True
         failed.error = (status, reason)
-        self.queue.append(failed)
-        if self.task is None:
-            self._start_next()
+        self._enqueue(failed)
 
-    def _start_next(self) -> None:
-        request = self.queue[0]
-        self.task = asyncio.get_running_loop().create_task(self._serve(request))
+    def _enqueue(self, request: Request) -> None:
+        self.queue.append(request)
+        if self._wakeup is not None:
+            self._wake()
+        elif len(self.queue) >= MAX_QUEUED and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
 
-    async def _serve(self, request: Request) -> None:
+    def _wake(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _work(self) -> None:
+        """Answer the queued requests in order, for as long as the connection lasts."""
+        loop = asyncio.get_running_loop()
+        queue = self.queue
+        try:
+            while not self._closed:
+                if not queue:
+                    if self._reading_paused:
+                        self._reading_paused = False
+                        self.transport.resume_reading()
+                    self.idle_since = loop.time()
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
+                    continue
+                self.serving = True
+                try:
+                    keep_alive = await self._serve(queue[0])
+                finally:
+                    self.serving = False
+                queue.popleft()
+                if not keep_alive:
+                    return
+                if not self._writable and not self._closed:
+                    self._drained = loop.create_future()
+                    await self._drained
+        finally:
+            self._close()
+
+    async def _serve(self, request: Request) -> bool:
+        """Answer ``request``; True if the connection may carry another."""
         error = request.error
         head_only = request.method == "HEAD"
         if error is not None:
@@ -391,7 +457,7 @@ class _Connection(asyncio.Protocol):
             methods = self.routes.table.get(request.path)
             handler = methods.get(request.method) if methods is not None else None
             if handler is not None:
-                if not request.complete and request.headers.get("expect", "").lower() == "100-continue":
+                if not request.complete and request.headers.get(b"expect", b"").lower() == b"100-continue":
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 try:
                     response = await handler(request)
@@ -417,79 +483,44 @@ class _Connection(asyncio.Protocol):
             and not (self._closed_for_reading and len(self.queue) == 1)
         )
         self._write(response, keep_alive, request.http10, head_only)
-        self.queue.popleft()
-        if not keep_alive:
-            self.task = None
-            self._close()
-            return
-        if not self._writable and not self._closed:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
-        self.task = None
-        if self._closed:
-            return
-        if self.queue:
-            self._start_next()
-        else:
-            if self._reading_paused:
-                self._reading_paused = False
-                self.transport.resume_reading()
-            self._arm_idle_timer()
+        return keep_alive
 
     def _write(self, response: Response, keep_alive: bool, http10: bool, head_only: bool) -> None:
+        """The whole response in one write (one TLS record for a review's answer)."""
         if self._closed:
             return
+        extra = b""
+        if response.headers or not keep_alive or http10:
+            extra = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in response.headers)
+            if not keep_alive:
+                extra += b"Connection: close\r\n"
+            elif http10:
+                extra += b"Connection: keep-alive\r\n"
         body = response.body
-        parts = [
-            _status_line(response.status),
-            b"Content-Type: ",
-            response.content_type,
-            b"\r\nContent-Length: ",
-            b"%d" % len(body),
-            b"\r\nDate: ",
-            self.server.clock.date(),
-            b"\r\n",
-        ]
-        for name, value in response.headers:
-            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if not keep_alive:
-            parts.append(b"Connection: close\r\n")
-        elif http10:
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        if not head_only:
-            parts.append(body)
-        self.transport.write(b"".join(parts))
+        self.transport.write(
+            b"%sContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n%s"
+            % (
+                _status_line(response.status),
+                response.content_type,
+                len(body),
+                self.server.clock.date(),
+                extra,
+                b"" if head_only else body,
+            )
+        )
 
     # -- closing ------------------------------------------------------------------------------
 
     def close_if_idle(self) -> None:
-        if self.task is None and not self._in_body:
+        if not self.serving and not self.queue and not self._in_body:
             self._close()
 
     def _close(self) -> None:
-        self._cancel_idle_timer()
         if not self._closed and self.transport is not None:
             self._closed = True
             self.transport.close()
 
     def abort(self) -> None:
-        self._cancel_idle_timer()
         if self.transport is not None:
             self._closed = True
             self.transport.abort()
-
-    def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self.server.keepalive_timeout, self._idle_expired)
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def _idle_expired(self) -> None:
-        self._idle_timer = None
-        if self.task is None and not self._in_body:
-            self._close()
