@@ -289,3 +289,66 @@ async def test_shutdown_lets_the_request_in_progress_finish(served: Any) -> None
     await asyncio.wait_for(stopping, 10)
     writer.close()
     idle_writer.close()
+
+
+class CountingTransport:
+    """Records each write, to show how a response leaves (no socket: the count is the point)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_each_response_leaves_in_one_write() -> None:
+    """One ``write`` per response, head and body together: one TLS record and one send, as the
+    bare echo sends (aiohttp also wrote once, through several more layers of objects)."""
+    routes = http.Routes(max_body_bytes=1024)
+
+    async def answer(_request: http.Request) -> http.Response:
+        return http.Response(b'{"allowed":true}')
+
+    routes.add("POST", "/validate", answer)
+    conn = http.HttpServer(routes).protocol()
+    transport = CountingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    for _ in range(3):
+        conn.data_received(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        while conn.serving or conn.queue:
+            await asyncio.sleep(0)
+    assert len(transport.writes) == 3
+    for written in transport.writes:
+        head, _, body = written.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\nContent-Length: 16" in head
+        assert b"\r\nDate: " in head
+        assert body == b'{"allowed":true}'
+    conn.connection_lost(None)
+    assert conn.worker is not None
+    await asyncio.wait_for(conn.worker, 10)
+
+
+async def test_a_long_pipeline_pauses_reading_and_is_answered_whole_in_order(served: Any) -> None:
+    """Past ``MAX_QUEUED`` requests ahead of their answers the connection is not read (memory
+    stays bounded); it is read again as answers go out, also for a body still arriving."""
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    recorder.gate.clear()
+    count = http.MAX_QUEUED + 4
+    for i in range(count - 1):
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n%02d" % i)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nl")  # the last body, half sent
+    await writer.drain()
+    await asyncio.wait_for(recorder.entered.wait(), 10)
+    recorder.gate.set()
+    writer.write(b"a")
+    bodies = [(await read_response(reader))[2] for _ in range(count)]
+    assert bodies == [b"%02d" % i for i in range(count - 1)] + [b"la"]
+    writer.close()

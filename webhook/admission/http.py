@@ -426,9 +426,6 @@ class _Connection(asyncio.Protocol):
         try:
             while not self._closed:
                 if not queue:
-                    if self._reading_paused:
-                        self._reading_paused = False
-                        self.transport.resume_reading()
                     self.idle_since = loop.time()
                     self._wakeup = loop.create_future()
                     await self._wakeup
@@ -441,9 +438,15 @@ class _Connection(asyncio.Protocol):
                 queue.popleft()
                 if not keep_alive:
                     return
+                if self._reading_paused and len(queue) < MAX_QUEUED and not self._closed_for_reading:
+                    # room again (also for the body of the request last queued, not yet all read)
+                    self._reading_paused = False
+                    self.transport.resume_reading()
                 if not self._writable and not self._closed:
                     self._drained = loop.create_future()
                     await self._drained
+        except Exception:  # a bug here must not leave the connection open and unanswered
+            log.exception("HTTP connection failed")
         finally:
             self._close()
 
