@@ -52,7 +52,7 @@ async def served() -> AsyncIterator[tuple[http.HttpServer, int, Recorder]]:
     routes.add("POST", "/echo", recorder.echo)
     routes.add("GET", "/query", recorder.query)
     routes.add("GET", "/fail", recorder.fail)
-    server = http.HttpServer(routes, keepalive_timeout=0.5)
+    server = http.HttpServer(routes, keepalive_timeout=0.5, linger_seconds=0.5)
     await server.start("127.0.0.1", 0, ssl_context=None)
     assert server._listener is not None
     port = server._listener.sockets[0].getsockname()[1]
@@ -202,7 +202,7 @@ async def test_a_body_over_the_limit_is_dropped_and_the_connection_closed(served
     assert (status, body) == (413, b"too large")
     assert headers["connection"] == "close"
     assert recorder.seen[0].body == b""  # what was over the limit was not kept
-    assert await closed(reader)
+    assert await closed(reader)  # after the linger time (0.5 s here): the body never ends
     writer.close()
 
 
@@ -351,4 +351,22 @@ async def test_a_long_pipeline_pauses_reading_and_is_answered_whole_in_order(ser
     writer.write(b"a")
     bodies = [(await read_response(reader))[2] for _ in range(count)]
     assert bodies == [b"%02d" % i for i in range(count - 1)] + [b"la"]
+    writer.close()
+
+
+async def test_a_refused_body_is_drained_so_the_client_reads_the_answer(served: Any) -> None:
+    """Answered before its body is in (over the limit): the rest is read and dropped before the
+    connection closes, so the client is not reset while still sending and gets the answer."""
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    size = 4 * 1024 * 1024
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+    chunk = b"x" * 65536
+    for _ in range(size // len(chunk)):
+        writer.write(chunk)
+        await writer.drain()  # fails with a reset if the server closed on unread data
+    status, headers, body = await read_response(reader)
+    assert (status, body, headers["connection"]) == (413, b"too large", "close")
+    assert await closed(reader)
+    assert recorder.seen[0].body == b""
     writer.close()

@@ -41,6 +41,10 @@ MAX_HEAD_BYTES = 32 * 1024
 # Requests a client may pipeline ahead of the answers before the connection stops being read.
 MAX_QUEUED = 16
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
+# After answering a request whose body is still arriving (a refusal), the rest of the body is
+# read and dropped for up to this long before the connection closes: closing a socket with
+# unread data resets it, and the client could lose the answer (aiohttp's lingering_time is 10 s).
+LINGER_SECONDS = 5.0
 
 JSON = b"application/json"
 JSON_UTF8 = b"application/json; charset=utf-8"
@@ -208,9 +212,12 @@ class _Clock:
 class HttpServer:
     """The connections of one listening port, and their graceful end."""
 
-    def __init__(self, routes: Routes, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+    def __init__(
+        self, routes: Routes, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT, linger_seconds: float = LINGER_SECONDS
+    ) -> None:
         self.routes = routes
         self.keepalive_timeout = keepalive_timeout
+        self.linger_seconds = linger_seconds
         self.connections: set[_Connection] = set()
         self.closing = False
         self.clock = _Clock()
@@ -282,6 +289,7 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[bytes, bytes] = {}
         self._head_bytes = 0
         self._in_body = False  # between a head and the end of its body
+        self._lingering: asyncio.TimerHandle | None = None  # answered; dropping the rest of a body
         self._closed_for_reading = False
         self._reading_paused = False
         self._closed = False
@@ -397,6 +405,8 @@ class _Connection(asyncio.Protocol):
             request._finish()
         self.current = None
         self._in_body = False
+        if self._lingering is not None:
+            self._close()
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -407,6 +417,8 @@ class _Connection(asyncio.Protocol):
         self._enqueue(failed)
 
     def _enqueue(self, request: Request) -> None:
+        if self._lingering is not None:
+            return  # the connection closes once the body before this is in: never answered
         self.queue.append(request)
         if self._wakeup is not None:
             self._wake()
@@ -437,6 +449,12 @@ class _Connection(asyncio.Protocol):
                     self.serving = False
                 queue.popleft()
                 if not keep_alive:
+                    if self._in_body and not self._closed_for_reading and not self._closed:
+                        self._lingering = loop.call_later(self.server.linger_seconds, self._close)
+                        self.current = None  # what is left of the body is dropped
+                        if self._reading_paused:
+                            self._reading_paused = False
+                            self.transport.resume_reading()
                     return
                 if self._reading_paused and len(queue) < MAX_QUEUED and not self._closed_for_reading:
                     # room again (also for the body of the request last queued, not yet all read)
@@ -447,8 +465,10 @@ class _Connection(asyncio.Protocol):
                     await self._drained
         except Exception:  # a bug here must not leave the connection open and unanswered
             log.exception("HTTP connection failed")
-        finally:
             self._close()
+        finally:
+            if self._lingering is None:
+                self._close()
 
     async def _serve(self, request: Request) -> bool:
         """Answer ``request``; True if the connection may carry another."""
@@ -519,6 +539,8 @@ class _Connection(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
         if not self._closed and self.transport is not None:
             self._closed = True
             self.transport.close()
