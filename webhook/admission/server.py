@@ -12,13 +12,12 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from aiohttp import web
+import orjson
 
 from webhook import errors
-from webhook.admission import review
+from webhook.admission import http, review
 from webhook.admission.metrics import WebhookMetrics
 from webhook.admission.recorder import AuditUnavailable
 from webhook.checks.pipeline import Outcome, Pipeline, Subject
@@ -29,7 +28,6 @@ from webhook.core.decision import Verdict
 
 log = logging.getLogger("portcullis.server")
 
-_JSON = "application/json"
 # The checks whose results /mutate applies: image digest pinning.
 _MUTATING_CHECKS = frozenset({"images"})
 _TIMEOUT_PARAM = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
@@ -66,32 +64,32 @@ class WebhookServer:
         self._lag_task: asyncio.Task[None] | None = None
         self._max_queue = settings.max_queue_seconds if settings.max_queue_seconds is not None else self._budget / 10
 
-    def health_app(self) -> web.Application:
+    def health_routes(self) -> http.Routes:
         """Probes and metrics only, for a plain-HTTP port (``server.health_listen``)."""
-        app = web.Application(client_max_size=1024)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        return app
+        routes = http.Routes(max_body_bytes=1024)
+        routes.add("GET", "/healthz", self._healthz)
+        routes.add("GET", "/readyz", self._readyz)
+        routes.add("GET", "/metrics", self._metrics)
+        return routes
 
-    def app(self) -> web.Application:
-        # client_max_size a little above our own limit, so we answer the oversize case ourselves.
-        app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
-        app.router.add_post("/validate", self._endpoint("validate", mutating=False))
-        app.router.add_post("/mutate", self._endpoint("mutate", mutating=True))
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        app.on_startup.append(self._on_startup)
-        app.on_cleanup.append(self._on_cleanup)
-        return app
+    def routes(self) -> http.Routes:
+        # A body over our own limit is dropped as it arrives and answered with a 400 below.
+        routes = http.Routes(max_body_bytes=self.settings.max_body_bytes)
+        routes.add("POST", "/validate", self._endpoint("validate", mutating=False))
+        routes.add("POST", "/mutate", self._endpoint("mutate", mutating=True))
+        routes.add("GET", "/healthz", self._healthz)
+        routes.add("GET", "/readyz", self._readyz)
+        routes.add("GET", "/metrics", self._metrics)
+        return routes
 
-    async def _on_startup(self, _app: web.Application) -> None:
+    async def start(self) -> None:
+        """Before the port opens: the pipeline's watches and caches, and the loop-lag probe."""
         await self.pipeline.start()
         self._lag_task = asyncio.get_running_loop().create_task(self._watch_loop_lag())
         self.metrics.gauge_sources.append(lambda: [("portcullis_event_loop_lag_seconds", {}, round(self.loop_lag, 6))])
 
-    async def _on_cleanup(self, _app: web.Application) -> None:
+    async def close(self) -> None:
+        """After the port has drained."""
         if self._lag_task is not None:
             self._lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -106,33 +104,33 @@ class WebhookServer:
             overshoot = max(0.0, loop.time() - asked - interval)
             self.loop_lag += 0.25 * (overshoot - self.loop_lag)
 
-    async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def _healthz(self, _request: http.Request) -> http.Response:
+        return http.Response.text("ok\n")
 
-    async def _readyz(self, _request: web.Request) -> web.Response:
+    async def _readyz(self, _request: http.Request) -> http.Response:
         waiting = self.pipeline.not_ready()
         if not waiting:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text=f"not ready: waiting for {', '.join(waiting)}\n")
+            return http.Response.text("ready\n")
+        return http.Response.text(f"not ready: waiting for {', '.join(waiting)}\n", 503)
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+    async def _metrics(self, _request: http.Request) -> http.Response:
+        return http.Response.text(self.metrics.render())
 
-    def _endpoint(self, name: str, *, mutating: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _endpoint(self, name: str, *, mutating: bool) -> http.Handler:
         only = _MUTATING_CHECKS if mutating else None
         settings, metrics = self.settings, self.metrics
         perf_counter = time.perf_counter
 
         # One coroutine per review (no handler -> review -> read layers on the hot path): the
         # slow and rare cases (shedding, oversize or dribbled bodies, failures) call out.
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: http.Request) -> http.Response:
             started = perf_counter()
             if self._in_flight >= settings.max_in_flight or self.loop_lag > self._max_queue:
                 # Shed at once: a review that waited in the queue longer than this would be
                 # answered after the apiserver gave up on it, silently.
                 metrics.shed += 1
                 response = _error(429, "webhook overloaded: too many reviews queued or in flight, retry later")
-                response.headers["Retry-After"] = "1"
+                response.headers = (("Retry-After", "1"),)
                 metrics.observe(name, 429, perf_counter() - started)
                 return response
             self._in_flight += 1
@@ -159,13 +157,13 @@ class WebhookServer:
         deadline: Deadline,
         only: frozenset[str] | None,
         mutating: bool,
-    ) -> web.Response:
+    ) -> http.Response:
         try:
             outcome = await self.pipeline.evaluate(_subject(decoded), deadline, only=only)
         except errors.ReviewError as exc:
             # The review is well-formed but its object cannot be judged: deny with the reason.
             self.metrics.decisions[(endpoint, "invalid")] += 1
-            return web.Response(body=review.encode_error(decoded.uid, str(exc)), content_type=_JSON)
+            return http.Response(review.encode_error(decoded.uid, str(exc)))
         except Exception as exc:
             # A bug outside the checks (which have their own failure modes) must deny, not become
             # an HTTP 500: the apiserver applies failurePolicy to that, and `Ignore` would admit.
@@ -173,9 +171,9 @@ class WebhookServer:
             self.metrics.decisions[(endpoint, "error")] += 1
             if mutating:  # /mutate never denies: unchanged, and /validate (same pipeline) refuses
                 unchanged = Verdict(True, (), (), {}, ())
-                return web.Response(body=review.encode(decoded.uid, unchanged, mutating=True), content_type=_JSON)
+                return http.Response(review.encode(decoded.uid, unchanged, mutating=True))
             message = f"portcullis could not judge this object (internal error: {type(exc).__name__}); denied"
-            return web.Response(body=review.encode_error(decoded.uid, message, 500), content_type=_JSON)
+            return http.Response(review.encode_error(decoded.uid, message, 500))
         verdict = outcome.verdict
         decisions = self.metrics.decisions
         if mutating:
@@ -184,7 +182,7 @@ class WebhookServer:
             patches = verdict.patches if verdict.allowed else ()
             verdict = Verdict(True, (), (), {}, patches, skipped_reason=verdict.skipped_reason)
             decisions[(endpoint, "patched" if patches else "unchanged")] += 1
-            return web.Response(body=review.encode(decoded.uid, verdict, mutating=True), content_type=_JSON)
+            return http.Response(review.encode(decoded.uid, verdict, mutating=True))
         decisions[(endpoint, outcome.result)] += 1
         if verdict.findings:
             violations = self.metrics.violations
@@ -200,15 +198,15 @@ class WebhookServer:
                 await self.recorder.record(endpoint, decoded, outcome, deadline=deadline)
             except AuditUnavailable as exc:
                 decisions[(endpoint, "audit_failure")] += 1
-                return web.Response(body=review.encode_error(decoded.uid, str(exc), 500), content_type=_JSON)
-        return web.Response(body=review.encode(decoded.uid, verdict), content_type=_JSON)
+                return http.Response(review.encode_error(decoded.uid, str(exc), 500))
+        return http.Response(review.encode(decoded.uid, verdict))
 
-    def _request_budget(self, request: web.Request) -> float:
+    def _request_budget(self, request: http.Request) -> float:
         """The apiserver sends its own timeout as ``?timeout=10s``; the smaller one wins."""
         budget = self._budget - self.loop_lag  # the time it already waited in the loop's queue
         # the query is parsed only when there is one (the apiserver always sends it; probes and
         # clients that do not, skip the parse)
-        raw = request.query.get("timeout") if request.query_string else None
+        raw = request.query("timeout") if request.query_string else None
         if raw:
             match = _TIMEOUT_PARAM.match(raw)
             if match:
@@ -217,24 +215,21 @@ class WebhookServer:
         return max(0.05, budget)
 
 
-async def _read_body(request: web.Request, limit: int, deadline: Deadline) -> bytes:
+async def _read_body(request: http.Request, limit: int, deadline: Deadline) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise errors.ReviewError(f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
-    try:
-        # bounded by the app's client_max_size (limit + 1); a body still arriving is awaited only
-        # within the budget, so a client that dribbles it cannot hold an in-flight slot for ever
-        if request.content.is_eof():
-            body = await request.read()
-        else:
-            body = await deadline.run(request.read(), "reading the review body")
-    except errors.DeadlineExceeded as exc:
-        raise errors.ReviewError(f"body not received within the request's budget ({exc})") from exc
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise errors.ReviewError(f"body exceeds the limit of {limit} bytes") from exc
-    except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        raise errors.ReviewError(f"body could not be read: {exc}") from exc
-    if len(body) > limit:
+    if not request.complete:
+        # a body still arriving is awaited only within the budget, so a client that dribbles it
+        # cannot hold an in-flight slot for ever
+        try:
+            await deadline.run(request.wait_body(), "reading the review body")
+        except errors.DeadlineExceeded as exc:
+            raise errors.ReviewError(f"body not received within the request's budget ({exc})") from exc
+    if request.too_large:
         raise errors.ReviewError(f"body exceeds the limit of {limit} bytes")
+    if request.broken:
+        raise errors.ReviewError("body could not be read: the connection closed before its end")
+    body = request.body
     if not body:
         raise errors.ReviewError("body is empty")
     return body
@@ -266,5 +261,5 @@ def _object_namespace(obj: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _error(status: int, reason: str) -> web.Response:
-    return web.json_response({"error": reason}, status=status)
+def _error(status: int, reason: str) -> http.Response:
+    return http.Response(orjson.dumps({"error": reason}), status, http.JSON_UTF8)

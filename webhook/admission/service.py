@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -16,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from webhook import errors, listening
-from webhook.admission import certs, tls
+from webhook.admission import certs, http, tls
 from webhook.admission.metrics import WebhookMetrics
 from webhook.admission.recorder import AuditRecorder
 from webhook.admission.server import DecisionRecorder, WebhookServer
@@ -112,17 +111,15 @@ async def serve(
         services = cluster_services(config)
         pipeline = build_pipeline(config, services)
     server = WebhookServer(config.server, pipeline, metrics=metrics, recorder=recorder)
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
-    await runner.setup()
-    health_runner = None
+    await server.start()
+    port = http.HttpServer(server.routes())
+    health_port: http.HttpServer | None = None
     try:
-        site = web.TCPSite(runner, listen.host, listen.port, ssl_context=reloading.context, backlog=1024)
-        await _start(site, listen, "--listen or server.listen")
+        await _start(port, listen, reloading.context, "--listen or server.listen")
         if config.server.health_listen:
             health = Listen.parse(config.server.health_listen)
-            health_runner = web.AppRunner(server.health_app(), access_log=None, handle_signals=False)
-            await health_runner.setup()
-            await _start(web.TCPSite(health_runner, health.host, health.port), health, "server.health_listen")
+            health_port = http.HttpServer(server.health_routes())
+            await _start(health_port, health, None, "server.health_listen")
         reloading.start()
         metrics.cert_reloads = lambda: reloading.reloads
         for check in pipeline.checks:
@@ -145,9 +142,10 @@ async def serve(
         await stop.wait()
     finally:
         await reloading.stop()
-        if health_runner is not None:
-            await health_runner.cleanup()
-        await runner.cleanup()  # drains in-flight reviews first
+        if health_port is not None:
+            await health_port.shutdown(timeout=1.0)
+        await port.shutdown(timeout=5.0)  # drains in-flight reviews first
+        await server.close()
         if isinstance(recorder, AuditRecorder):
             await recorder.drain()
         if audit_log is not None:
@@ -156,9 +154,13 @@ async def serve(
             await asyncio.to_thread(services.kube_api.close)  # its connection pool and threads
 
 
-async def _start(site: web.TCPSite, listen: Listen, setting: str) -> None:
-    """Bind ``site``; a port in use or an address this host lacks is the caller's to fix (exit 2)."""
-    await listening.start(site.start, listen.host, listen.port, setting)
+async def _start(port: http.HttpServer, listen: Listen, context: ssl.SSLContext | None, setting: str) -> None:
+    """Bind ``port``; a port in use or an address this host lacks is the caller's to fix (exit 2)."""
+
+    async def bind() -> None:
+        await port.start(listen.host, listen.port, ssl_context=context, backlog=1024)
+
+    await listening.start(bind, listen.host, listen.port, setting)
 
 
 async def open_audit(config: Config) -> tuple[Any, AuditRecorder]:

@@ -1,0 +1,372 @@
+"""The webhook's HTTP/1.1 layer (``admission.http``) on a real loopback socket, byte for byte.
+
+A client of raw bytes (asyncio streams) speaks to an ``HttpServer`` with a small route table:
+routing, HEAD, pipelining, chunked bodies, 100-continue, HTTP/1.0, the limits on heads and
+bodies, request smuggling attempts, a handler that fails, a client that leaves mid-body, the
+idle timeout and the graceful shutdown. The webhook's own endpoints over TLS are tested in
+``test_server.py``; the timeouts below are hang guards, not timing assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from webhook.admission import http
+
+
+class Recorder:
+    """Handlers that echo what they were given, and what they saw of their body."""
+
+    def __init__(self) -> None:
+        self.seen: list[http.Request] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+
+    async def echo(self, request: http.Request) -> http.Response:
+        self.seen.append(request)
+        self.entered.set()
+        await self.gate.wait()
+        await request.wait_body()
+        if request.too_large:
+            return http.Response.text("too large", 413)
+        if request.broken:
+            return http.Response.text("broken", 400)
+        return http.Response(request.body)
+
+    async def query(self, request: http.Request) -> http.Response:
+        return http.Response.text(f"{request.path}|{request.query('timeout')}")
+
+    async def fail(self, _request: http.Request) -> http.Response:
+        raise RuntimeError("a bug")
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[http.HttpServer, int, Recorder]]:
+    recorder = Recorder()
+    routes = http.Routes(max_body_bytes=64)
+    routes.add("POST", "/echo", recorder.echo)
+    routes.add("GET", "/query", recorder.query)
+    routes.add("GET", "/fail", recorder.fail)
+    server = http.HttpServer(routes, keepalive_timeout=0.5, linger_seconds=0.5)
+    await server.start("127.0.0.1", 0, ssl_context=None)
+    assert server._listener is not None
+    port = server._listener.sockets[0].getsockname()[1]
+    try:
+        yield server, port, recorder
+    finally:
+        await server.shutdown(timeout=1.0)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One response: status, headers (lower-cased names), body (by its Content-Length)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
+    return status, headers, body
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), 10) == b""
+
+
+async def test_routes_404_405_and_head(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[::2] == (404, b"404: Not Found")
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert (status, headers["allow"], body) == (405, "POST", b"405: Method Not Allowed")
+    writer.write(b"HEAD /query HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length: 11\r\n" in head  # the GET's length, and no body follows:
+    writer.write(b"GET /query HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[2] == b"/query|None"
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(served: Any) -> None:
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\none"
+        b"GET /query?timeout=2s HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\ntwo"
+    )
+    answers = [await read_response(reader) for _ in range(3)]
+    assert [body for _, _, body in answers] == [b"one", b"/query|2s", b"two"]
+    assert len(recorder.seen) == 2
+    writer.close()
+
+
+async def test_a_chunked_body_is_reassembled(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    await writer.drain()
+    writer.write(b"4\r\ndefg\r\n0\r\n\r\n")
+    assert (await read_response(reader))[::2] == (200, b"abcdefg")
+    writer.close()
+
+
+async def test_a_body_sent_in_pieces_is_awaited(served: Any) -> None:
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+    await asyncio.wait_for(recorder.entered.wait(), 10)  # the handler runs once the head is in
+    writer.write(b"56789")
+    assert (await read_response(reader))[::2] == (200, b"0123456789")
+    writer.close()
+
+
+async def test_query_values_are_percent_decoded_and_the_first_wins(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"GET /%71uery?timeout=1%30s&timeout=9s HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[2] == b"/query|10s"
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"NOT A REQUEST\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        # request smuggling: both framings at once must not be accepted
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET /query HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    ],
+)
+async def test_malformed_requests_get_400_and_the_connection_closes(served: Any, raw: bytes) -> None:
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    writer.write(raw)
+    status, headers, body = await read_response(reader)
+    if body == b"broken":  # the head was good: its handler saw the body fail, then the parser's 400
+        status, headers, body = await read_response(reader)
+    assert status == 400
+    assert body.startswith(b"Bad Request")
+    assert headers["connection"] == "close"
+    assert await closed(reader)
+    assert all(r.body in (b"", b"abc") for r in recorder.seen)  # no handler got a smuggled body
+    writer.close()
+
+
+async def test_a_request_answered_before_a_malformed_one_still_gets_its_answer(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"GET /query HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
+    assert (await read_response(reader))[0] == 200
+    assert (await read_response(reader))[0] == 400
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_an_oversized_head_is_refused(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"GET /query HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (http.MAX_HEAD_BYTES + 10))
+    status, headers, _ = await read_response(reader)
+    assert status == 431
+    assert headers["connection"] == "close"
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_a_body_over_the_limit_is_dropped_and_the_connection_closed(served: Any) -> None:
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    chunk = b"x" * 40
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    writer.write(b"28\r\n" + chunk + b"\r\n28\r\n" + chunk + b"\r\n")  # 80 bytes > 64, and not ended
+    status, headers, body = await read_response(reader)
+    assert (status, body) == (413, b"too large")
+    assert headers["connection"] == "close"
+    assert recorder.seen[0].body == b""  # what was over the limit was not kept
+    assert await closed(reader)  # after the linger time (0.5 s here): the body never ends
+    writer.close()
+
+
+async def test_expect_100_continue_gets_the_interim_answer(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"ok")
+    assert (await read_response(reader))[::2] == (200, b"ok")
+    writer.close()
+
+
+async def test_http10_closes_unless_asked_to_keep_alive(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"GET /query HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["connection"]) == (200, "keep-alive")
+    writer.write(b"GET /query HTTP/1.0\r\n\r\n")
+    status, headers, _ = await read_response(reader)
+    assert (status, headers["connection"]) == (200, "close")
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_connection_close_is_honoured(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"GET /query HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert (await read_response(reader))[1]["connection"] == "close"
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_a_failing_handler_is_a_500_and_the_connection_goes_on(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\nGET /query HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_response(reader))[0] == 500
+    assert (await read_response(reader))[0] == 200
+    writer.close()
+
+
+async def test_a_client_leaving_mid_body_releases_the_handler(served: Any) -> None:
+    _, port, recorder = served
+    _, writer = await connect(port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\nabc")
+    await asyncio.wait_for(recorder.entered.wait(), 10)
+    writer.close()
+    request = recorder.seen[0]
+    await asyncio.wait_for(request.wait_body(), 10)
+    assert request.broken
+
+
+async def test_idle_keep_alive_connections_and_unfinished_heads_are_closed(served: Any) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(b"GET /query HTTP/1.1\r\nHost: x\r\n\r\n")
+    await read_response(reader)
+    assert await closed(reader)  # after keepalive_timeout (0.5 s here)
+    writer.close()
+    reader, writer = await connect(port)
+    writer.write(b"GET /query HTTP/1.1\r\nHo")  # a head that never ends
+    assert await closed(reader)
+    writer.close()
+
+
+async def test_shutdown_lets_the_request_in_progress_finish(served: Any) -> None:
+    server, port, recorder = served
+    idle_reader, idle_writer = await connect(port)
+    reader, writer = await connect(port)
+    recorder.gate.clear()
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nlast")
+    await asyncio.wait_for(recorder.entered.wait(), 10)
+    stopping = asyncio.create_task(server.shutdown(timeout=10))
+    assert await closed(idle_reader)  # the idle connection goes at once
+    with pytest.raises(OSError):
+        await connect(port)  # and no new one is accepted
+    recorder.gate.set()
+    status, headers, body = await read_response(reader)
+    assert (status, body, headers["connection"]) == (200, b"last", "close")
+    await asyncio.wait_for(stopping, 10)
+    writer.close()
+    idle_writer.close()
+
+
+class CountingTransport:
+    """Records each write, to show how a response leaves (no socket: the count is the point)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def test_each_response_leaves_in_one_write() -> None:
+    """One ``write`` per response, head and body together: one TLS record and one send, as the
+    bare echo sends (aiohttp also wrote once, through several more layers of objects)."""
+    routes = http.Routes(max_body_bytes=1024)
+
+    async def answer(_request: http.Request) -> http.Response:
+        return http.Response(b'{"allowed":true}')
+
+    routes.add("POST", "/validate", answer)
+    conn = http.HttpServer(routes).protocol()
+    transport = CountingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    for _ in range(3):
+        conn.data_received(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        while conn.serving or conn.queue:
+            await asyncio.sleep(0)
+    assert len(transport.writes) == 3
+    for written in transport.writes:
+        head, _, body = written.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\nContent-Length: 16" in head
+        assert b"\r\nDate: " in head
+        assert body == b'{"allowed":true}'
+    conn.connection_lost(None)
+    assert conn.worker is not None
+    await asyncio.wait_for(conn.worker, 10)
+
+
+async def test_a_long_pipeline_pauses_reading_and_is_answered_whole_in_order(served: Any) -> None:
+    """Past ``MAX_QUEUED`` requests ahead of their answers the connection is not read (memory
+    stays bounded); it is read again as answers go out, also for a body still arriving."""
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    recorder.gate.clear()
+    count = http.MAX_QUEUED + 4
+    for i in range(count - 1):
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n%02d" % i)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nl")  # the last body, half sent
+    await writer.drain()
+    await asyncio.wait_for(recorder.entered.wait(), 10)
+    recorder.gate.set()
+    writer.write(b"a")
+    bodies = [(await read_response(reader))[2] for _ in range(count)]
+    assert bodies == [b"%02d" % i for i in range(count - 1)] + [b"la"]
+    writer.close()
+
+
+async def test_a_refused_body_is_drained_so_the_client_reads_the_answer(served: Any) -> None:
+    """Answered before its body is in (over the limit): the rest is read and dropped before the
+    connection closes, so the client is not reset while still sending and gets the answer."""
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    size = 4 * 1024 * 1024
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+    chunk = b"x" * 65536
+    for _ in range(size // len(chunk)):
+        writer.write(chunk)
+        await writer.drain()  # fails with a reset if the server closed on unread data
+    status, headers, body = await read_response(reader)
+    assert (status, body, headers["connection"]) == (413, b"too large", "close")
+    assert await closed(reader)
+    assert recorder.seen[0].body == b""
+    writer.close()
