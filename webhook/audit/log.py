@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from time import time_ns as _time_ns
 from typing import Any, Literal
 
 import orjson
@@ -60,9 +61,10 @@ class AuditLog:
         self._cp_every = checkpoint_every
         self._cp_interval = checkpoint_interval
         self._witnesses = witnesses
-        # Records staged for the next group commit: entries and their waiters, side by side
-        # (two flat lists: no tuple per record, and the entries go to ``stage`` as they are).
-        self._pending: list[bytes] = []
+        # Records for the next group commit, side by side with their waiters: (kind, content,
+        # time_ns) as given, encoded by the writer one group at a time (``GroupEncoder``).
+        self._pending: list[tuple[str, dict[str, Any], int]] = []
+        self._encoder = records.GroupEncoder(writer)
         self._waiters: list[asyncio.Future[int]] = []
         self._loop = asyncio.get_running_loop()  # the writer task's loop, looked up once
         self._wake = asyncio.Event()
@@ -153,10 +155,17 @@ class AuditLog:
         return self._store.size
 
     async def append(self, kind: Literal["admission", "alert", "config"], content: dict[str, Any]) -> int:
-        """Append one record; returns its leaf index once it is durable on disk."""
+        """Append one record; returns its leaf index once it is durable on disk.
+
+        The record's time is taken now; it is encoded with its group by the writer, so
+        ``content`` must not change until this returns. Content that cannot be encoded
+        raises ``RecordError`` here, as ``records.encode_record`` would, and is not written.
+        """
         if self._closing or self._failed is not None:
             raise LogClosedError(f"audit log {self.directory} is closed") from self._failed
-        self._pending.append(records.encode_record(records.now(), kind, self.writer, content))
+        if kind not in records.KINDS or not isinstance(content, dict):
+            records.encode_record("", kind, self.writer, content)  # raises, naming the problem
+        self._pending.append((kind, content, _time_ns()))
         fut: asyncio.Future[int] = self._loop.create_future()
         self._waiters.append(fut)
         self._wake.set()
@@ -222,10 +231,13 @@ class AuditLog:
                     cut = -(-len(pending) // parts)
                     pending, self._pending = pending[:cut], pending[cut:]
                     waiters, self._waiters = waiters[:cut], waiters[cut:]
+                entries, waiters = self._encode(pending, waiters)
+                if not entries:
+                    continue
                 self._snapshot_if_due()  # the tree as of the end of what is staged so far
                 first = self._store.size
                 try:
-                    staged = self._store.stage(pending)
+                    staged = self._store.stage(entries)
                 except BaseException:
                     self._pending[:0] = pending  # failed with the rest below
                     self._waiters[:0] = waiters
@@ -251,6 +263,19 @@ class AuditLog:
             self._closing = True
             if not isinstance(exc, Exception):
                 raise
+
+    def _encode(
+        self, items: list[tuple[str, dict[str, Any], int]], waiters: list[asyncio.Future[int]]
+    ) -> tuple[list[bytes], list[asyncio.Future[int]]]:
+        """A group's entries and waiters; a record that cannot be encoded fails its own append."""
+        entries, bad = self._encoder.encode(items)
+        if not bad:
+            return entries, waiters
+        for i, exc in bad.items():
+            if not waiters[i].done():
+                waiters[i].set_exception(exc)
+        keep = [i for i in range(len(entries)) if i not in bad]
+        return [entries[i] for i in keep], [waiters[i] for i in keep]
 
     async def _settle(
         self,

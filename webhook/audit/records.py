@@ -111,7 +111,8 @@ def canonical(obj: Any) -> bytes:
         out = orjson.dumps(obj, option=_ORJSON_OPTS)
     except (orjson.JSONEncodeError, TypeError):
         out = None
-    if out is not None and ((out.isascii() and _no_float_token(out)) or _orjson_is_jcs(obj)):
+    # orjson writes NaN and infinities as null, which JCS rejects: a null sends the walk to decide.
+    if out is not None and ((out.isascii() and _no_float_token(out) and b"null" not in out) or _orjson_is_jcs(obj)):
         return bytes(out)
     try:
         return rfc8785.dumps(obj)
@@ -139,6 +140,15 @@ class _Clock:
 now = _Clock()
 
 
+def stamp(ns: int, clock: _Clock = now) -> str:
+    """``now()``'s format for a ``time.time_ns()`` reading taken earlier (by ``AuditLog.append``)."""
+    second, micro = divmod(ns // 1000, 1_000_000)
+    if second != clock.second:
+        clock.second = second
+        clock.prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{clock.prefix}.{micro:06d}Z"
+
+
 def encode_record(time: str, kind: str, writer: str, content: dict[str, Any]) -> bytes:
     if kind not in KINDS:
         raise RecordError(f"record kind {kind!r} is not one of {sorted(KINDS)}")
@@ -146,8 +156,86 @@ def encode_record(time: str, kind: str, writer: str, content: dict[str, Any]) ->
         raise RecordError(f"record content must be a JSON object, got {type(content).__name__}")
     data = _envelope(canonical(content), kind, time, writer)
     if len(data) > MAX_RECORD:
-        raise RecordError(f"record is {len(data)} bytes; the limit is {MAX_RECORD} (shrink the content)")
+        raise _too_big(data)
     return data
+
+
+class GroupEncoder:
+    """``encode_record`` for a whole group commit at once, with the same bytes and errors.
+
+    Per record this is one orjson call and one join: the envelope's fixed parts are built once
+    per writer and kind, the time prefix once per second, and the two checks that decide
+    whether orjson's output is RFC 8785 (ASCII only, no float token outside strings, no null
+    that may have been a NaN) run once
+    over the group, in C when the accelerator is built. A group that fails them (one record
+    is enough) is re-checked record by record, and only the records that fail go through
+    ``encode_record``'s exact path, so every entry is exactly ``encode_record``'s.
+    """
+
+    __slots__ = ("_clock", "_heads", "_tail", "writer")
+
+    def __init__(self, writer: str) -> None:
+        self.writer = writer
+        self._tail = b'Z","writer":' + orjson.dumps(writer) + b"}"
+        self._clock = _Clock()
+        self._heads: dict[str, bytes] = {}  # kind -> ',"kind":"<kind>","time":"<second>.'
+
+    def encode(self, items: Sequence[tuple[str, dict[str, Any], int]]) -> tuple[list[bytes], dict[int, RecordError]]:
+        """Entries for ``(kind, content, time_ns)`` items (kinds already checked), and the
+        position and error of each record ``encode_record`` would reject (left out)."""
+        dumps, opts, clock, tail = orjson.dumps, _ORJSON_OPTS, self._clock, self._tail
+        heads = self._heads
+        entries: list[bytes] = []
+        second = clock.second
+        for kind, content, ns in items:
+            try:
+                body = dumps(content, option=opts)
+            except (orjson.JSONEncodeError, TypeError):
+                body = b""  # not JSON to orjson: the exact path below decides (and says why)
+            at, micro = divmod(ns // 1000, 1_000_000)
+            if at != second:
+                second = at
+                stamp(ns, clock)
+                heads.clear()
+            head = heads.get(kind)
+            if head is None:
+                head = heads[kind] = b'","time":"'.join(
+                    (b',"kind":' + orjson.dumps(kind)[:-1], clock.prefix.encode() + b".")
+                )
+            entries.append(b"".join((b'{"content":', body, head, b"%06d" % micro, tail)))
+        joined = b"".join(entries)
+        if _accel is not None and joined.isascii() and b"null" not in joined and not _accel.content_floats(entries):
+            bad = {i: _too_big(e) for i, e in enumerate(entries) if len(e) > MAX_RECORD}
+        else:
+            bad = self._recheck(items, entries)
+        return entries, bad
+
+    def _recheck(
+        self, items: Sequence[tuple[str, dict[str, Any], int]], entries: list[bytes]
+    ) -> dict[int, RecordError]:
+        bad: dict[int, RecordError] = {}
+        for i, (kind, content, ns) in enumerate(items):
+            entry = entries[i]
+            body = entry[_CONTENT_AT : entry.rfind(b',"kind":')]
+            if not body or not (
+                (body.isascii() and _no_float(entry, body) and b"null" not in body) or _orjson_is_jcs(content)
+            ):
+                try:
+                    entry = entries[i] = encode_record(stamp(ns, self._clock), kind, self.writer, content)
+                except RecordError as exc:
+                    bad[i] = exc
+                    continue
+            if len(entry) > MAX_RECORD:
+                bad[i] = _too_big(entry)
+        return bad
+
+
+def _no_float(entry: bytes, body: bytes) -> bool:
+    return not _accel.content_floats((entry,)) if _accel is not None else _no_float_token(body)
+
+
+def _too_big(entry: bytes) -> RecordError:
+    return RecordError(f"record is {len(entry)} bytes; the limit is {MAX_RECORD} (shrink the content)")
 
 
 def _envelope(content: bytes, kind: str, time: str, writer: str) -> bytes:
