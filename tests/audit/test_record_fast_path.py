@@ -176,13 +176,35 @@ def _reference(kind: str, content: Any, ns: int) -> bytes | str:
 
 
 def _grouped(items: list[tuple[str, Any, int]], accel: object) -> list[bytes | str]:
+    """What ``AuditLog`` does: ``content_json`` per record (or ``encode_record`` at once when it
+    says no, raising there), then one ``GroupEncoder.encode`` over the group."""
     saved = records._accel
     records._accel = accel  # type: ignore[assignment]
+    encoder = records.GroupEncoder('w\u00e9"')
     try:
-        entries, bad = records.GroupEncoder('w\u00e9"').encode(items)
+        out: list[bytes | str | None] = []
+        kinds: list[str | None] = []
+        bodies: list[bytes] = []
+        times: list[int] = []
+        for kind, content, ns in items:
+            body = records.content_json(content)
+            if body is None:
+                try:
+                    body = records.encode_record(records.stamp(ns), kind, encoder.writer, content)
+                except records.RecordError as exc:
+                    out.append(f"RecordError: {exc}")
+                    continue
+                kinds.append(None)
+            else:
+                kinds.append(kind)
+            bodies.append(body)
+            times.append(ns)
+            out.append(None)
+        entries, bad = encoder.encode(kinds, bodies, times)
     finally:
         records._accel = saved
-    return [f"RecordError: {bad[i]}" if i in bad else e for i, e in enumerate(entries)]
+    grouped = iter(f"RecordError: {bad[i]}" if i in bad else e for i, e in enumerate(entries))
+    return [next(grouped) if o is None else o for o in out]
 
 
 @pytest.mark.parametrize("accel", [records._accel, None], ids=["accelerated", "python"])

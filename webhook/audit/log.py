@@ -61,9 +61,13 @@ class AuditLog:
         self._cp_every = checkpoint_every
         self._cp_interval = checkpoint_interval
         self._witnesses = witnesses
-        # Records for the next group commit, side by side with their waiters: (kind, content,
-        # time_ns) as given, encoded by the writer one group at a time (``GroupEncoder``).
-        self._pending: list[tuple[str, dict[str, Any], int]] = []
+        # Records for the next group commit, side by side with their waiters, as the writer's
+        # ``GroupEncoder`` takes them: content JSON with kind and time (or a finished entry,
+        # kind None). Three flat lists of bytes, strings and ints hold nothing the cyclic
+        # garbage collector has to walk while a group gathers.
+        self._kinds: list[str | None] = []
+        self._pending: list[bytes] = []
+        self._times: list[int] = []
         self._encoder = records.GroupEncoder(writer)
         self._waiters: list[asyncio.Future[int]] = []
         self._loop = asyncio.get_running_loop()  # the writer task's loop, looked up once
@@ -163,9 +167,16 @@ class AuditLog:
         """
         if self._closing or self._failed is not None:
             raise LogClosedError(f"audit log {self.directory} is closed") from self._failed
-        if kind not in records.KINDS or not isinstance(content, dict):
-            records.encode_record("", kind, self.writer, content)  # raises, naming the problem
-        self._pending.append((kind, content, _time_ns()))
+        ns = _time_ns()
+        body = records.content_json(content) if kind in records.KINDS and isinstance(content, dict) else None
+        if body is None:  # off the fast path: encoded exactly now (raises RecordError, naming why)
+            body = records.encode_record(records.stamp(ns), kind, self.writer, content)
+            self._kinds.append(None)
+        else:
+            self._kinds.append(kind)
+        del content  # not held while the group gathers
+        self._pending.append(body)
+        self._times.append(ns)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._waiters.append(fut)
         self._wake.set()
@@ -224,14 +235,7 @@ class AuditLog:
                     # A backlog found idle is cut in parts, so that one part is written while
                     # the next is staged; each write then overlaps the next batch's arrival.
                     parts = min(_DEPTH, max(1, len(self._pending) // _MIN_PART))
-                pending, waiters = self._pending, self._waiters
-                if parts == 1:
-                    self._pending, self._waiters = [], []
-                else:
-                    cut = -(-len(pending) // parts)
-                    pending, self._pending = pending[:cut], pending[cut:]
-                    waiters, self._waiters = waiters[:cut], waiters[cut:]
-                entries, waiters = self._encode(pending, waiters)
+                entries, waiters = self._take(-(-len(self._pending) // parts))
                 if not entries:
                     continue
                 self._snapshot_if_due()  # the tree as of the end of what is staged so far
@@ -239,8 +243,7 @@ class AuditLog:
                 try:
                     staged = self._store.stage(entries)
                 except BaseException:
-                    self._pending[:0] = pending  # failed with the rest below
-                    self._waiters[:0] = waiters
+                    self._waiters[:0] = waiters  # failed with the rest below
                     raise
                 while len(inflight) >= _DEPTH:
                     await self._settle(*inflight[0])
@@ -259,16 +262,23 @@ class AuditLog:
             for fut in waiting:
                 if not fut.done():
                     fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
-            self._pending, self._waiters = [], []
+            self._kinds, self._pending, self._times, self._waiters = [], [], [], []
             self._closing = True
             if not isinstance(exc, Exception):
                 raise
 
-    def _encode(
-        self, items: list[tuple[str, dict[str, Any], int]], waiters: list[asyncio.Future[int]]
-    ) -> tuple[list[bytes], list[asyncio.Future[int]]]:
-        """A group's entries and waiters; a record that cannot be encoded fails its own append."""
-        entries, bad = self._encoder.encode(items)
+    def _take(self, count: int) -> tuple[list[bytes], list[asyncio.Future[int]]]:
+        """The first ``count`` pending records, encoded, with their waiters; a record that cannot
+        be encoded fails its own append and is left out."""
+        kinds, bodies, times, waiters = self._kinds, self._pending, self._times, self._waiters
+        if count >= len(bodies):
+            self._kinds, self._pending, self._times, self._waiters = [], [], [], []
+        else:
+            kinds, self._kinds = kinds[:count], kinds[count:]
+            bodies, self._pending = bodies[:count], bodies[count:]
+            times, self._times = times[:count], times[count:]
+            waiters, self._waiters = waiters[:count], waiters[count:]
+        entries, bad = self._encoder.encode(kinds, bodies, times)
         if not bad:
             return entries, waiters
         for i, exc in bad.items():

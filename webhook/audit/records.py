@@ -160,16 +160,28 @@ def encode_record(time: str, kind: str, writer: str, content: dict[str, Any]) ->
     return data
 
 
-class GroupEncoder:
-    """``encode_record`` for a whole group commit at once, with the same bytes and errors.
+def content_json(content: dict[str, Any]) -> bytes | None:
+    """orjson's sorted bytes of a record's content when they are its RFC 8785 form unless a float
+    is in them (``GroupEncoder`` checks that once per group); None when only ``encode_record``'s
+    exact path can tell: not JSON to orjson, an unsafe integer, non-ASCII text, or a null
+    (orjson also writes NaN and infinities as null, which JCS rejects)."""
+    try:
+        body = orjson.dumps(content, option=_ORJSON_OPTS)
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    return body if body.isascii() and b"null" not in body else None
 
-    Per record this is one orjson call and one join: the envelope's fixed parts are built once
-    per writer and kind, the time prefix once per second, and the two checks that decide
-    whether orjson's output is RFC 8785 (ASCII only, no float token outside strings, no null
-    that may have been a NaN) run once
-    over the group, in C when the accelerator is built. A group that fails them (one record
-    is enough) is re-checked record by record, and only the records that fail go through
-    ``encode_record``'s exact path, so every entry is exactly ``encode_record``'s.
+
+class GroupEncoder:
+    """``encode_record`` for a whole group commit at once, with the same bytes.
+
+    ``AuditLog.append`` keeps each record as ``content_json`` bytes (or, off that path, as the
+    finished entry), so the caller's objects are not held while the group gathers. Here the
+    envelope's fixed parts are built once per writer and kind, the time prefix once per second,
+    and the float check runs once over the group, in C when the accelerator is built. A group
+    holding a float token (one record is enough) is re-checked record by record, and each
+    record with a float is re-encoded by ``encode_record`` from its parsed content: orjson
+    writes floats in shortest round-trip form, so the parsed value is the caller's.
     """
 
     __slots__ = ("_clock", "_heads", "_tail", "writer")
@@ -180,18 +192,19 @@ class GroupEncoder:
         self._clock = _Clock()
         self._heads: dict[str, bytes] = {}  # kind -> ',"kind":"<kind>","time":"<second>.'
 
-    def encode(self, items: Sequence[tuple[str, dict[str, Any], int]]) -> tuple[list[bytes], dict[int, RecordError]]:
-        """Entries for ``(kind, content, time_ns)`` items (kinds already checked), and the
-        position and error of each record ``encode_record`` would reject (left out)."""
-        dumps, opts, clock, tail = orjson.dumps, _ORJSON_OPTS, self._clock, self._tail
-        heads = self._heads
+    def encode(
+        self, kinds: Sequence[str | None], bodies: Sequence[bytes], times: Sequence[int]
+    ) -> tuple[list[bytes], dict[int, RecordError]]:
+        """Entries for records given as ``content_json`` bytes with their kind and time_ns (or
+        as finished entries, kind None), and the position and error of each one ``encode_record``
+        rejects (left out)."""
+        clock, tail, heads = self._clock, self._tail, self._heads
         entries: list[bytes] = []
         second = clock.second
-        for kind, content, ns in items:
-            try:
-                body = dumps(content, option=opts)
-            except (orjson.JSONEncodeError, TypeError):
-                body = b""  # not JSON to orjson: the exact path below decides (and says why)
+        for kind, body, ns in zip(kinds, bodies, times, strict=True):
+            if kind is None:
+                entries.append(body)
+                continue
             at, micro = divmod(ns // 1000, 1_000_000)
             if at != second:
                 second = at
@@ -203,25 +216,21 @@ class GroupEncoder:
                     (b',"kind":' + orjson.dumps(kind)[:-1], clock.prefix.encode() + b".")
                 )
             entries.append(b"".join((b'{"content":', body, head, b"%06d" % micro, tail)))
-        joined = b"".join(entries)
-        if _accel is not None and joined.isascii() and b"null" not in joined and not _accel.content_floats(entries):
-            bad = {i: _too_big(e) for i, e in enumerate(entries) if len(e) > MAX_RECORD}
-        else:
-            bad = self._recheck(items, entries)
-        return entries, bad
+        if _accel is not None and not _accel.content_floats(entries):
+            return entries, {i: _too_big(e) for i, e in enumerate(entries) if len(e) > MAX_RECORD}
+        return entries, self._recheck(kinds, bodies, times, entries)
 
     def _recheck(
-        self, items: Sequence[tuple[str, dict[str, Any], int]], entries: list[bytes]
+        self, kinds: Sequence[str | None], bodies: Sequence[bytes], times: Sequence[int], entries: list[bytes]
     ) -> dict[int, RecordError]:
         bad: dict[int, RecordError] = {}
-        for i, (kind, content, ns) in enumerate(items):
+        for i, kind in enumerate(kinds):
             entry = entries[i]
-            body = entry[_CONTENT_AT : entry.rfind(b',"kind":')]
-            if not body or not (
-                (body.isascii() and _no_float(entry, body) and b"null" not in body) or _orjson_is_jcs(content)
-            ):
+            if kind is not None and not _no_float(entry, bodies[i]):
                 try:
-                    entry = entries[i] = encode_record(stamp(ns, self._clock), kind, self.writer, content)
+                    entry = entries[i] = encode_record(
+                        stamp(times[i], self._clock), kind, self.writer, orjson.loads(bodies[i])
+                    )
                 except RecordError as exc:
                     bad[i] = exc
                     continue
