@@ -172,13 +172,18 @@ def content_json(content: dict[str, Any]) -> bytes | None:
     return body if body.isascii() and b"null" not in body else None
 
 
+# kind -> the envelope between content and time, for ``_tilehash.envelopes``
+_KIND_TOKENS: dict[str, bytes] = {k: b',"kind":' + orjson.dumps(k) + b',"time":"' for k in sorted(KINDS)}
+
+
 class GroupEncoder:
     """``encode_record`` for a whole group commit at once, with the same bytes.
 
     ``AuditLog.append`` keeps each record as ``content_json`` bytes (or, off that path, as the
     finished entry), so the caller's objects are not held while the group gathers. Here the
     envelope's fixed parts are built once per writer and kind, the time prefix once per second,
-    and the float check runs once over the group, in C when the accelerator is built. A group
+    and the float check runs once over the group; with the C accelerator built, the records
+    are assembled and checked in one call each. A group
     holding a float token (one record is enough) is re-checked record by record, and each
     record with a float is re-encoded by ``encode_record`` from its parsed content: orjson
     writes floats in shortest round-trip form, so the parsed value is the caller's.
@@ -198,6 +203,19 @@ class GroupEncoder:
         """Entries for records given as ``content_json`` bytes with their kind and time_ns (or
         as finished entries, kind None), and the position and error of each one ``encode_record``
         rejects (left out)."""
+        built = None
+        if _accel is not None:
+            tokens = [_KIND_TOKENS.get(k) for k in kinds]  # type: ignore[arg-type]  # None stays None
+            built = _accel.envelopes(tokens, bodies, times, self._tail)
+        entries = self._envelopes(kinds, bodies, times) if built is None else built
+        if _accel is not None and not _accel.content_floats(entries):
+            if max(map(len, entries), default=0) <= MAX_RECORD:
+                return entries, {}
+            return entries, {i: _too_big(e) for i, e in enumerate(entries) if len(e) > MAX_RECORD}
+        return entries, self._recheck(kinds, bodies, times, entries)
+
+    def _envelopes(self, kinds: Sequence[str | None], bodies: Sequence[bytes], times: Sequence[int]) -> list[bytes]:
+        """The records in Python (the reference ``_tilehash.envelopes`` is tested against)."""
         clock, tail, heads = self._clock, self._tail, self._heads
         entries: list[bytes] = []
         second = clock.second
@@ -216,9 +234,7 @@ class GroupEncoder:
                     (b',"kind":' + orjson.dumps(kind)[:-1], clock.prefix.encode() + b".")
                 )
             entries.append(b"".join((b'{"content":', body, head, b"%06d" % micro, tail)))
-        if _accel is not None and not _accel.content_floats(entries):
-            return entries, {i: _too_big(e) for i, e in enumerate(entries) if len(e) > MAX_RECORD}
-        return entries, self._recheck(kinds, bodies, times, entries)
+        return entries
 
     def _recheck(
         self, kinds: Sequence[str | None], bodies: Sequence[bytes], times: Sequence[int], entries: list[bytes]
