@@ -226,7 +226,8 @@ class AuditLog:
                     self._wake.clear()
                     timeout = max(0.0, self._cp_interval - (time.monotonic() - self._cp_time))
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
                     if not self._pending:
                         self._snapshot_if_due()
                         self._launch_checkpoint()
