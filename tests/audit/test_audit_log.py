@@ -121,6 +121,39 @@ async def test_a_bad_record_is_refused_before_it_reaches_the_log(tmp_path: Path,
     await log.close()
 
 
+async def test_one_group_mixing_odd_records_keeps_every_good_one_in_order(tmp_path: Path, signer: note.Signer) -> None:
+    """The writer encodes a whole group at once: records off the fast path (floats, non-ASCII,
+    nulls), one too big only once its float is spelled out, and refused ones in the same group
+    leave the good ones written exactly as ``encode_record`` writes them, with no index gap."""
+    from webhook.audit import records
+
+    log = await AuditLog.open(
+        tmp_path / "log", signing_key_path=tmp_path / "audit.key", origin=ORIGIN, writer="w", commit_window=0.05
+    )
+    contents: list[dict[str, object]] = [
+        {"a": 1},
+        {"f": 1.5, "g": [0.1, 2e-7]},
+        {"s": "caf\u00e9"},
+        {"n": None},
+        {"nan": float("nan")},
+        {"big": 2**60},
+        {"huge": "x" * 70000},
+        {"e": "1e5", "tag": "app:1.2.3"},
+        {"f": 1e300},
+    ]
+    results = await asyncio.gather(*(log.append("alert", c) for c in contents), return_exceptions=True)
+    await log.close()
+    refused = {i for i, r in enumerate(results) if isinstance(r, errors.AuditFormatError)}
+    assert refused == {4, 5, 6}
+    assert [r for i, r in enumerate(results) if i not in refused] == list(range(6))
+    stored = [entry for _, entry in iter_entries(tmp_path / "log")]
+    for entry, content in zip(stored, [c for i, c in enumerate(contents) if i not in refused], strict=True):
+        record = records.decode_record(entry)  # canonical, or it raises
+        assert record["content"] == content
+        assert entry == records.encode_record(record["time"], "alert", "w", content)
+    assert check(tmp_path / "log", signer).ok
+
+
 async def test_a_log_without_a_key_writes_tiles_but_no_checkpoint(tmp_path: Path) -> None:
     log = await AuditLog.open(tmp_path / "log", signing_key_path=None, origin=ORIGIN, writer="w")
     assert await log.append("config", {"a": 1}) == 0

@@ -145,3 +145,91 @@ def test_batched_record_check_is_the_same_without_the_c_accelerator(monkeypatch:
     with_accel = [_batched(c) for c in cases]
     monkeypatch.setattr(records, "_accel", None)
     assert [_batched(c) for c in cases] == with_accel == [_one_by_one(c) for c in cases]
+
+
+# -- the writer's group encoder: byte for byte ``encode_record``, error for error -------------
+
+_GROUP_ODD: list[Any] = [
+    {"a": 1},
+    {"n": 1.5},
+    {"image": "app:1.2.3", "tag": "x,1e5"},
+    {"caf\u00e9": "\u00e9t\u00e9"},
+    {"\ue000": 1},
+    {"big": 2**53},
+    {"big": -(2**60)},
+    {"nan": float("nan")},
+    {"inf": float("inf")},
+    {"obj": object()},
+    {1: "int key"},
+    {"nested": {"b": [1, {"z": 0.1, "a": 'q"\\'}]}},
+    {"huge": "x" * (records.MAX_RECORD + 1)},
+    {"edge": "y" * (records.MAX_RECORD - 80)},
+    {},
+]
+
+
+def _reference(kind: str, content: Any, ns: int) -> bytes | str:
+    try:
+        return records.encode_record(records.stamp(ns, records._Clock()), kind, 'w\u00e9"', content)
+    except records.RecordError as exc:
+        return f"RecordError: {exc}"
+
+
+def _grouped(items: list[tuple[str, Any, int]], accel: object) -> list[bytes | str]:
+    """What ``AuditLog`` does: ``content_json`` per record (or ``encode_record`` at once when it
+    says no, raising there), then one ``GroupEncoder.encode`` over the group."""
+    saved = records._accel
+    records._accel = accel  # type: ignore[assignment]
+    encoder = records.GroupEncoder('w\u00e9"')
+    try:
+        out: list[bytes | str | None] = []
+        kinds: list[str | None] = []
+        bodies: list[bytes] = []
+        times: list[int] = []
+        for kind, content, ns in items:
+            body = records.content_json(content)
+            if body is None:
+                try:
+                    body = records.encode_record(records.stamp(ns), kind, encoder.writer, content)
+                except records.RecordError as exc:
+                    out.append(f"RecordError: {exc}")
+                    continue
+                kinds.append(None)
+            else:
+                kinds.append(kind)
+            bodies.append(body)
+            times.append(ns)
+            out.append(None)
+        entries, bad = encoder.encode(kinds, bodies, times)
+    finally:
+        records._accel = saved
+    grouped = iter(f"RecordError: {bad[i]}" if i in bad else e for i, e in enumerate(entries))
+    return [next(grouped) if o is None else o for o in out]
+
+
+@pytest.mark.parametrize("accel", [records._accel, None], ids=["accelerated", "python"])
+def test_group_encoder_equals_encode_record_for_odd_contents(accel: object) -> None:
+    """Every odd content alone, and all of them in one group (one odd record sends the group
+    down the per-record re-check), across a second boundary and with times out of order."""
+    base = 1_767_225_599_999_990_000  # 10 us before a new second (and a new minute/hour/day/year)
+    items = [
+        ("alert" if i % 2 else "admission", c, base + i * 3_000 - (i % 3) * 7_000) for i, c in enumerate(_GROUP_ODD)
+    ]
+    assert _grouped(items, accel) == [_reference(*item) for item in items]
+    for item in items:
+        assert _grouped([item], accel) == [_reference(*item)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(tricky, values, max_size=5), max_size=8), st.integers(0, 2**62))
+def test_group_encoder_equals_encode_record(contents: list[dict[str, Any]], ns: int) -> None:
+    items = [("config", c, ns + i) for i, c in enumerate(contents)]
+    assert _grouped(items, records._accel) == [_reference(*item) for item in items]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nan_and_infinity_are_rejected_not_written_as_null(value: float) -> None:
+    """orjson writes them as null; RFC 8785 has no such numbers, so the record is refused."""
+    with pytest.raises(records.RecordError, match="canonical"):
+        records.encode_record("t", "alert", "w", {"a": [None, {"x": value}]})
+    assert records.canonical({"a": None, "b": [None]}) == b'{"a":null,"b":[null]}'

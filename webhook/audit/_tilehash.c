@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <openssl/sha.h>
 #include <string.h>
+#include <time.h>
 
 static void leaf(const unsigned char *p, size_t n, unsigned char *out) {
     static const unsigned char zero = 0;
@@ -224,11 +225,134 @@ static PyObject *content_floats(PyObject *self, PyObject *arg) {
     return PyBool_FromLong(found);
 }
 
+/* envelopes(kinds, bodies, times_ns, tail) -> list of records, or None to let records.py's
+ * Python loop do it (a time before 1970 or past 64-bit nanoseconds). Each record is
+ * '{"content":' body kind 'YYYY-MM-DDTHH:MM:SS.uuuuuu' tail, where kind is the envelope's
+ * ',"kind":"<kind>","time":"' and tail 'Z","writer":"<writer>"}'; a None kind passes its
+ * body through (an entry encoded already). records.GroupEncoder is the reference. */
+static PyObject *envelopes(PyObject *self, PyObject *args) {
+    PyObject *kinds_arg, *bodies_arg, *times_arg;
+    Py_buffer tail;
+    if (!PyArg_ParseTuple(args, "OOOy*", &kinds_arg, &bodies_arg, &times_arg, &tail)) return NULL;
+    PyObject *kinds = PySequence_Fast(kinds_arg, "kinds must be a sequence");
+    PyObject *bodies = kinds ? PySequence_Fast(bodies_arg, "bodies must be a sequence") : NULL;
+    PyObject *times = bodies ? PySequence_Fast(times_arg, "times must be a sequence") : NULL;
+    PyObject *out = NULL;
+    if (times == NULL) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(kinds);
+    if (PySequence_Fast_GET_SIZE(bodies) != n || PySequence_Fast_GET_SIZE(times) != n) {
+        PyErr_SetString(PyExc_ValueError, "kinds, bodies and times differ in length");
+        goto done;
+    }
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    long long cached = -1;
+    char stamp[32];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *kind = PySequence_Fast_GET_ITEM(kinds, i);
+        PyObject *body = PySequence_Fast_GET_ITEM(bodies, i);
+        if (!PyBytes_CheckExact(body) || (kind != Py_None && !PyBytes_CheckExact(kind))) {
+            PyErr_SetString(PyExc_TypeError, "kinds and bodies must be bytes (a kind may be None)");
+            Py_CLEAR(out);
+            goto done;
+        }
+        if (kind == Py_None) {
+            Py_INCREF(body);
+            PyList_SET_ITEM(out, i, body);
+            continue;
+        }
+        int overflow = 0;
+        long long ns = PyLong_AsLongLongAndOverflow(PySequence_Fast_GET_ITEM(times, i), &overflow);
+        if (ns == -1 && PyErr_Occurred()) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        if (overflow) goto fallback;
+        if (ns < 0) goto fallback;
+        long long us = ns / 1000, second = us / 1000000, micro = us % 1000000;
+        if (second != cached) {
+            time_t t = (time_t)second;
+            struct tm tm;
+            if (gmtime_r(&t, &tm) == NULL || tm.tm_year + 1900 > 9999) goto fallback;
+            snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+            cached = second;
+        }
+        static const char head[] = "{\"content\":";
+        const Py_ssize_t hl = (Py_ssize_t)sizeof(head) - 1, bl = PyBytes_GET_SIZE(body), kl = PyBytes_GET_SIZE(kind);
+        PyObject *rec = PyBytes_FromStringAndSize(NULL, hl + bl + kl + 20 + 6 + tail.len);
+        if (rec == NULL) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        char *d = PyBytes_AS_STRING(rec);
+        memcpy(d, head, (size_t)hl);
+        d += hl;
+        memcpy(d, PyBytes_AS_STRING(body), (size_t)bl);
+        d += bl;
+        memcpy(d, PyBytes_AS_STRING(kind), (size_t)kl);
+        d += kl;
+        memcpy(d, stamp, 20);
+        d += 20;
+        for (int k = 5; k >= 0; k--, micro /= 10) d[k] = (char)('0' + micro % 10);
+        d += 6;
+        memcpy(d, tail.buf, (size_t)tail.len);
+        PyList_SET_ITEM(out, i, rec);
+    }
+    goto done;
+fallback:
+    Py_CLEAR(out);
+    out = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(kinds);
+    Py_XDECREF(bodies);
+    Py_XDECREF(times);
+    PyBuffer_Release(&tail);
+    return out;
+}
+
+/* bundle(entries) -> the entries each prefixed by its 2-byte big-endian length (an entry
+ * bundle's body, tlog-tiles); ValueError for an entry longer than 65535 bytes. */
+static PyObject *bundle(PyObject *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "entries must be a sequence of bytes");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), total = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyBytes_CheckExact(items[i])) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_TypeError, "entries must be bytes");
+            return NULL;
+        }
+        if (PyBytes_GET_SIZE(items[i]) > 0xFFFF) {
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "an entry is longer than 65535 bytes");
+            return NULL;
+        }
+        total += 2 + PyBytes_GET_SIZE(items[i]);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out != NULL) {
+        unsigned char *d = (unsigned char *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t len = PyBytes_GET_SIZE(items[i]);
+            d[0] = (unsigned char)(len >> 8);
+            d[1] = (unsigned char)(len & 0xFF);
+            memcpy(d + 2, PyBytes_AS_STRING(items[i]), (size_t)len);
+            d += 2 + len;
+        }
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan_bundle", scan_bundle, METH_O, "Spans and leaf hashes of an entry bundle, or None if malformed."},
     {"split_bundle", split_bundle, METH_O, "The entries of an entry bundle, or None if malformed."},
     {"leaf_hashes", leaf_hashes, METH_O, "Concatenated leaf hashes of a sequence of entries."},
     {"content_floats", content_floats, METH_O, "Whether a record content holds a float token outside strings."},
+    {"envelopes", envelopes, METH_VARARGS, "Audit records from content JSON, kind, time and writer."},
+    {"bundle", bundle, METH_O, "Entries each prefixed by its 2-byte length."},
     {"fold", fold, METH_O, "Root of the complete subtree over a power of two of hashes."},
     {NULL, NULL, 0, NULL},
 };

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from time import time_ns as _time_ns
 from typing import Any, Literal
 
 import orjson
@@ -60,9 +61,14 @@ class AuditLog:
         self._cp_every = checkpoint_every
         self._cp_interval = checkpoint_interval
         self._witnesses = witnesses
-        # Records staged for the next group commit: entries and their waiters, side by side
-        # (two flat lists: no tuple per record, and the entries go to ``stage`` as they are).
+        # Records for the next group commit, side by side with their waiters, as the writer's
+        # ``GroupEncoder`` takes them: content JSON with kind and time (or a finished entry,
+        # kind None). Three flat lists of bytes, strings and ints hold nothing the cyclic
+        # garbage collector has to walk while a group gathers.
+        self._kinds: list[str | None] = []
         self._pending: list[bytes] = []
+        self._times: list[int] = []
+        self._encoder = records.GroupEncoder(writer)
         self._waiters: list[asyncio.Future[int]] = []
         self._loop = asyncio.get_running_loop()  # the writer task's loop, looked up once
         self._wake = asyncio.Event()
@@ -153,10 +159,24 @@ class AuditLog:
         return self._store.size
 
     async def append(self, kind: Literal["admission", "alert", "config"], content: dict[str, Any]) -> int:
-        """Append one record; returns its leaf index once it is durable on disk."""
+        """Append one record; returns its leaf index once it is durable on disk.
+
+        The record's time is taken now; it is encoded with its group by the writer, so
+        ``content`` must not change until this returns. Content that cannot be encoded
+        raises ``RecordError`` here, as ``records.encode_record`` would, and is not written.
+        """
         if self._closing or self._failed is not None:
             raise LogClosedError(f"audit log {self.directory} is closed") from self._failed
-        self._pending.append(records.encode_record(records.now(), kind, self.writer, content))
+        ns = _time_ns()
+        body = records.content_json(content) if kind in records.KINDS and isinstance(content, dict) else None
+        if body is None:  # off the fast path: encoded exactly now (raises RecordError, naming why)
+            body = records.encode_record(records.stamp(ns), kind, self.writer, content)
+            self._kinds.append(None)
+        else:
+            self._kinds.append(kind)
+        del content  # not held while the group gathers
+        self._pending.append(body)
+        self._times.append(ns)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._waiters.append(fut)
         self._wake.set()
@@ -206,7 +226,8 @@ class AuditLog:
                     self._wake.clear()
                     timeout = max(0.0, self._cp_interval - (time.monotonic() - self._cp_time))
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
                     if not self._pending:
                         self._snapshot_if_due()
                         self._launch_checkpoint()
@@ -215,20 +236,15 @@ class AuditLog:
                     # A backlog found idle is cut in parts, so that one part is written while
                     # the next is staged; each write then overlaps the next batch's arrival.
                     parts = min(_DEPTH, max(1, len(self._pending) // _MIN_PART))
-                pending, waiters = self._pending, self._waiters
-                if parts == 1:
-                    self._pending, self._waiters = [], []
-                else:
-                    cut = -(-len(pending) // parts)
-                    pending, self._pending = pending[:cut], pending[cut:]
-                    waiters, self._waiters = waiters[:cut], waiters[cut:]
+                entries, waiters = self._take(-(-len(self._pending) // parts))
+                if not entries:
+                    continue
                 self._snapshot_if_due()  # the tree as of the end of what is staged so far
                 first = self._store.size
                 try:
-                    staged = self._store.stage(pending)
+                    staged = self._store.stage(entries)
                 except BaseException:
-                    self._pending[:0] = pending  # failed with the rest below
-                    self._waiters[:0] = waiters
+                    self._waiters[:0] = waiters  # failed with the rest below
                     raise
                 while len(inflight) >= _DEPTH:
                     await self._settle(*inflight[0])
@@ -247,10 +263,30 @@ class AuditLog:
             for fut in waiting:
                 if not fut.done():
                     fut.set_exception(LogClosedError(f"audit log write failed: {exc}"))
-            self._pending, self._waiters = [], []
+            self._kinds, self._pending, self._times, self._waiters = [], [], [], []
             self._closing = True
             if not isinstance(exc, Exception):
                 raise
+
+    def _take(self, count: int) -> tuple[list[bytes], list[asyncio.Future[int]]]:
+        """The first ``count`` pending records, encoded, with their waiters; a record that cannot
+        be encoded fails its own append and is left out."""
+        kinds, bodies, times, waiters = self._kinds, self._pending, self._times, self._waiters
+        if count >= len(bodies):
+            self._kinds, self._pending, self._times, self._waiters = [], [], [], []
+        else:
+            kinds, self._kinds = kinds[:count], kinds[count:]
+            bodies, self._pending = bodies[:count], bodies[count:]
+            times, self._times = times[:count], times[count:]
+            waiters, self._waiters = waiters[:count], waiters[count:]
+        entries, bad = self._encoder.encode(kinds, bodies, times)
+        if not bad:
+            return entries, waiters
+        for i, exc in bad.items():
+            if not waiters[i].done():
+                waiters[i].set_exception(exc)
+        keep = [i for i in range(len(entries)) if i not in bad]
+        return [entries[i] for i in keep], [waiters[i] for i in keep]
 
     async def _settle(
         self,

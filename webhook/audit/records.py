@@ -111,7 +111,8 @@ def canonical(obj: Any) -> bytes:
         out = orjson.dumps(obj, option=_ORJSON_OPTS)
     except (orjson.JSONEncodeError, TypeError):
         out = None
-    if out is not None and ((out.isascii() and _no_float_token(out)) or _orjson_is_jcs(obj)):
+    # orjson writes NaN and infinities as null, which JCS rejects: a null sends the walk to decide.
+    if out is not None and ((out.isascii() and _no_float_token(out) and b"null" not in out) or _orjson_is_jcs(obj)):
         return bytes(out)
     try:
         return rfc8785.dumps(obj)
@@ -139,6 +140,15 @@ class _Clock:
 now = _Clock()
 
 
+def stamp(ns: int, clock: _Clock = now) -> str:
+    """``now()``'s format for a ``time.time_ns()`` reading taken earlier (by ``AuditLog.append``)."""
+    second, micro = divmod(ns // 1000, 1_000_000)
+    if second != clock.second:
+        clock.second = second
+        clock.prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{clock.prefix}.{micro:06d}Z"
+
+
 def encode_record(time: str, kind: str, writer: str, content: dict[str, Any]) -> bytes:
     if kind not in KINDS:
         raise RecordError(f"record kind {kind!r} is not one of {sorted(KINDS)}")
@@ -146,8 +156,111 @@ def encode_record(time: str, kind: str, writer: str, content: dict[str, Any]) ->
         raise RecordError(f"record content must be a JSON object, got {type(content).__name__}")
     data = _envelope(canonical(content), kind, time, writer)
     if len(data) > MAX_RECORD:
-        raise RecordError(f"record is {len(data)} bytes; the limit is {MAX_RECORD} (shrink the content)")
+        raise _too_big(data)
     return data
+
+
+def content_json(content: dict[str, Any]) -> bytes | None:
+    """orjson's sorted bytes of a record's content when they are its RFC 8785 form unless a float
+    is in them (``GroupEncoder`` checks that once per group); None when only ``encode_record``'s
+    exact path can tell: not JSON to orjson, an unsafe integer, non-ASCII text, or a null
+    (orjson also writes NaN and infinities as null, which JCS rejects)."""
+    try:
+        body = orjson.dumps(content, option=_ORJSON_OPTS)
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    return body if body.isascii() and b"null" not in body else None
+
+
+# kind -> the envelope between content and time, for ``_tilehash.envelopes``
+_KIND_TOKENS: dict[str, bytes] = {k: b',"kind":' + orjson.dumps(k) + b',"time":"' for k in sorted(KINDS)}
+
+
+class GroupEncoder:
+    """``encode_record`` for a whole group commit at once, with the same bytes.
+
+    ``AuditLog.append`` keeps each record as ``content_json`` bytes (or, off that path, as the
+    finished entry), so the caller's objects are not held while the group gathers. Here the
+    envelope's fixed parts are built once per writer and kind, the time prefix once per second,
+    and the float check runs once over the group; with the C accelerator built, the records
+    are assembled and checked in one call each. A group
+    holding a float token (one record is enough) is re-checked record by record, and each
+    record with a float is re-encoded by ``encode_record`` from its parsed content: orjson
+    writes floats in shortest round-trip form, so the parsed value is the caller's.
+    """
+
+    __slots__ = ("_clock", "_heads", "_tail", "writer")
+
+    def __init__(self, writer: str) -> None:
+        self.writer = writer
+        self._tail = b'Z","writer":' + orjson.dumps(writer) + b"}"
+        self._clock = _Clock()
+        self._heads: dict[str, bytes] = {}  # kind -> ',"kind":"<kind>","time":"<second>.'
+
+    def encode(
+        self, kinds: Sequence[str | None], bodies: Sequence[bytes], times: Sequence[int]
+    ) -> tuple[list[bytes], dict[int, RecordError]]:
+        """Entries for records given as ``content_json`` bytes with their kind and time_ns (or
+        as finished entries, kind None), and the position and error of each one ``encode_record``
+        rejects (left out)."""
+        built = None
+        if _accel is not None:
+            tokens = [_KIND_TOKENS.get(k) for k in kinds]  # type: ignore[arg-type]  # None stays None
+            built = _accel.envelopes(tokens, bodies, times, self._tail)
+        entries = self._envelopes(kinds, bodies, times) if built is None else built
+        if _accel is not None and not _accel.content_floats(entries):
+            if max(map(len, entries), default=0) <= MAX_RECORD:
+                return entries, {}
+            return entries, {i: _too_big(e) for i, e in enumerate(entries) if len(e) > MAX_RECORD}
+        return entries, self._recheck(kinds, bodies, times, entries)
+
+    def _envelopes(self, kinds: Sequence[str | None], bodies: Sequence[bytes], times: Sequence[int]) -> list[bytes]:
+        """The records in Python (the reference ``_tilehash.envelopes`` is tested against)."""
+        clock, tail, heads = self._clock, self._tail, self._heads
+        entries: list[bytes] = []
+        second = clock.second
+        for kind, body, ns in zip(kinds, bodies, times, strict=True):
+            if kind is None:
+                entries.append(body)
+                continue
+            at, micro = divmod(ns // 1000, 1_000_000)
+            if at != second:
+                second = at
+                stamp(ns, clock)
+                heads.clear()
+            head = heads.get(kind)
+            if head is None:
+                head = heads[kind] = b'","time":"'.join(
+                    (b',"kind":' + orjson.dumps(kind)[:-1], clock.prefix.encode() + b".")
+                )
+            entries.append(b"".join((b'{"content":', body, head, b"%06d" % micro, tail)))
+        return entries
+
+    def _recheck(
+        self, kinds: Sequence[str | None], bodies: Sequence[bytes], times: Sequence[int], entries: list[bytes]
+    ) -> dict[int, RecordError]:
+        bad: dict[int, RecordError] = {}
+        for i, kind in enumerate(kinds):
+            entry = entries[i]
+            if kind is not None and not _no_float(entry, bodies[i]):
+                try:
+                    entry = entries[i] = encode_record(
+                        stamp(times[i], self._clock), kind, self.writer, orjson.loads(bodies[i])
+                    )
+                except RecordError as exc:
+                    bad[i] = exc
+                    continue
+            if len(entry) > MAX_RECORD:
+                bad[i] = _too_big(entry)
+        return bad
+
+
+def _no_float(entry: bytes, body: bytes) -> bool:
+    return not _accel.content_floats((entry,)) if _accel is not None else _no_float_token(body)
+
+
+def _too_big(entry: bytes) -> RecordError:
+    return RecordError(f"record is {len(entry)} bytes; the limit is {MAX_RECORD} (shrink the content)")
 
 
 def _envelope(content: bytes, kind: str, time: str, writer: str) -> bytes:

@@ -96,7 +96,7 @@ class TileStore:
         i = 0
         while i < len(entries):
             chunk = entries[i : i + TILE_WIDTH - n % TILE_WIDTH]
-            edge += b"".join([len(e).to_bytes(2, "big") + e for e in chunk])
+            edge += tiles.bundle_body(chunk)
             n += len(chunk)
             i += len(chunk)
             if n % TILE_WIDTH == 0:

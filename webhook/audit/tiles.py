@@ -187,6 +187,13 @@ def entry_leaf_hashes(entries: list[bytes]) -> bytes:
     return b"".join(map(_DIGEST, map(hashlib.sha256, map(_LEAF_PREFIX, entries))))
 
 
+def bundle_body(entries: list[bytes]) -> bytes:
+    """Entries each prefixed by its 2-byte big-endian length, as an entry bundle stores them."""
+    if _accel is not None:
+        return _accel.bundle(entries)
+    return b"".join([len(e).to_bytes(2, "big") + e for e in entries])
+
+
 def py_scan_bundle(data: bytes) -> tuple[list[tuple[int, int]], bytes]:
     """The pure-Python ``scan_bundle`` (the reference the accelerator is tested against)."""
     buf = bytearray(data)
