@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from webhook.checks.pss import registry
 from webhook.checks.pss.registry import STRICTNESS, Level
+from webhook.checks.pss.screen import Screen, compile_screen
 from webhook.checks.pss.view import CheckFn, Stamp, view
 from webhook.core.decision import Mode, Violation
 from webhook.core.workloads import PodSpecRef
@@ -108,11 +109,23 @@ class Plan:
     """
 
     groups: tuple[tuple[tuple[CheckFn, ...], Stamp], ...]
+    # One pass answering "would every function above find nothing?" (``pss.screen``); a pod it
+    # passes is skipped, any other is judged by the functions. None: every pod is judged.
+    screen: Screen | None = None
 
     def evaluate(self, pods: Sequence[PodSpecRef]) -> list[Violation]:
         """Every finding for ``pods``, strongest mode first."""
         out: list[Violation] = []
+        screen = self.screen
         for pod in pods:
+            # decoded JSON only (a PodSpecRef built by hand with other types is judged in full)
+            if (
+                screen is not None
+                and type(pod.spec) is dict
+                and type(pod.metadata) is dict
+                and screen(pod.spec, pod.metadata)
+            ):
+                continue  # the functions would find nothing in it: skip building its view
             pod_view = view(pod)
             seen: set[tuple[str, str | None]] | None = None
             for index, (fns, stamp) in enumerate(self.groups):
@@ -182,4 +195,4 @@ def compile_plan(
         done.update(fresh)
         if fresh:
             groups.append((fresh, Stamp(str(level_version), mode if modes else None)))
-    return Plan(tuple(groups))
+    return Plan(tuple(groups), compile_screen(fn for fns, _ in groups for fn in fns))
