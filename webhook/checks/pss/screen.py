@@ -119,7 +119,7 @@ def _screen(
     scans_volumes = host_path or restricted_volumes
     annotation_checks = apparmor or seccomp_annotations
     reads_caps = caps_baseline or bool(caps_restricted)
-    reads_rare = bool(limits or image_tag or seccomp_annotations)  # hardened, or before v1.19
+    hardened_container = bool(limits or image_tag)
     # The securityContext fields that are fine when absent (the checks reading them find nothing
     # then): a context holding none of them is skipped by one set test instead of a read per field.
     absent_ok = frozenset(
@@ -145,6 +145,7 @@ def _screen(
     seccomp_pod_key = baseline.SECCOMP_POD_ANNOTATION
     seccomp_types = baseline.SECCOMP_TYPES
     probes = baseline.PROBES
+    probe_keys = frozenset((*probes, "lifecycle"))
     hooks = baseline.HANDLERS
     actions = baseline.ACTIONS
     allowed_volumes = restricted.ALLOWED_VOLUMES
@@ -194,9 +195,9 @@ def _screen(
                 return False
         return True
 
-    def rare_clean(container: Mapping[str, Any], field: str, index: int, annotations: Mapping[str, Any]) -> bool:
-        """The container fields only the hardened checks, or the seccomp annotations, read."""
-        if limits and field != "ephemeralContainers":
+    def hardened_clean(container: Mapping[str, Any], ephemeral: bool) -> bool:
+        """The container fields only the hardened checks read."""
+        if limits and not ephemeral:
             given = _mapping(_mapping(container.get("resources")).get("limits"))
             for resource in limits:
                 if given.get(resource) in (None, ""):
@@ -205,13 +206,24 @@ def _screen(
             image = container.get("image")
             if isinstance(image, str) and floating(image):
                 return False
-        if seccomp_annotations:
-            name = container.get("name")
-            if not isinstance(name, str):
-                name = f"{field}[{index}]"
-            key = seccomp_prefix + name
-            if key in annotations and not allowed_seccomp_annotation(annotations[key]):
-                return False
+        return True
+
+    def seccomp_annotations_clean(spec: Mapping[str, Any], annotations: Mapping[str, Any]) -> bool:
+        """The alpha seccomp annotations (policies before v1.19): the pod's, and each container's
+        by its name as the checks name it."""
+        if seccomp_pod_key in annotations and not allowed_seccomp_annotation(annotations[seccomp_pod_key]):
+            return False
+        for field in CONTAINER_FIELDS:
+            listed = spec.get(field)
+            if not listed or not isinstance(listed, list):
+                continue
+            for index, container in enumerate(listed):
+                name = _mapping(container).get("name")
+                if not isinstance(name, str):
+                    name = f"{field}[{index}]"
+                key = seccomp_prefix + name
+                if key in annotations and not allowed_seccomp_annotation(annotations[key]):
+                    return False
         return True
 
     def clean(spec: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
@@ -253,11 +265,7 @@ def _screen(
                     return False  # the checks fail on such a key: let them, as they always did
                 if key.startswith(apparmor_prefix) and not allowed_apparmor(value):
                     return False
-        if (
-            seccomp_annotations
-            and seccomp_pod_key in annotations
-            and not allowed_seccomp_annotation(annotations[seccomp_pod_key])
-        ):
+        if seccomp_annotations and annotations and not seccomp_annotations_clean(spec, annotations):
             return False
         check_proc_mount = proc_mount and not (proc_mount == RELAXED and user_ns)
         check_run_as_user = run_as_user and not (run_as_user == RELAXED and user_ns)
@@ -285,7 +293,8 @@ def _screen(
             listed = spec.get(field)
             if not listed or not isinstance(listed, list):
                 continue
-            for index, container in enumerate(listed):
+            ephemeral = field == "ephemeralContainers"
+            for container in listed:
                 if type(container) is not dict:
                     container = _mapping(container)
                 sc = container.get("securityContext")
@@ -334,7 +343,7 @@ def _screen(
                         for port in ports:
                             if (type(port) is dict or isinstance(port, Mapping)) and port.get("hostPort"):
                                 return False
-                if host_probes:
+                if host_probes and not container.keys().isdisjoint(probe_keys):
                     for where in probes:
                         handler = container.get(where)
                         if handler and _sets_host(handler, actions):
@@ -345,7 +354,7 @@ def _screen(
                             handler = lifecycle.get(hook)
                             if handler and _sets_host(handler, actions):
                                 return False
-                if reads_rare and not rare_clean(container, field, index, annotations):
+                if hardened_container and not hardened_clean(container, ephemeral):
                     return False
         return True
 
