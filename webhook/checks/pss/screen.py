@@ -230,7 +230,8 @@ def _screen(
         pod_sc = spec.get("securityContext")
         if type(pod_sc) is not dict:
             pod_sc = _mapping(pod_sc)
-        windows = reads_windows and _mapping(spec.get("os")).get("name") == "windows"
+        os_field = spec.get("os")
+        windows = reads_windows and os_field is not None and _mapping(os_field).get("name") == "windows"
         user_ns = reads_user_ns and spec.get("hostUsers") is False
         if host_namespaces and (
             spec.get("hostNetwork") is True or spec.get("hostPID") is True or spec.get("hostIPC") is True
@@ -258,7 +259,9 @@ def _screen(
             account = spec.get("serviceAccountName") or spec.get("serviceAccount")
             if not (account and account != "default"):
                 return False
-        annotations = _mapping(metadata.get("annotations")) if annotation_checks else EMPTY
+        annotations = metadata.get("annotations") if annotation_checks else EMPTY
+        if type(annotations) is not dict:
+            annotations = _mapping(annotations)
         if apparmor:
             for key, value in annotations.items():
                 if not isinstance(key, str):
@@ -282,7 +285,7 @@ def _screen(
         if check_seccomp:
             profile = pod_sc.get("seccompProfile")
             if profile is not None:
-                kind = _mapping(profile).get("type")
+                kind = (profile if type(profile) is dict else _mapping(profile)).get("type")
                 if not (isinstance(kind, str) and kind in seccomp_types):
                     return False
                 pod_seccomp_set = True
@@ -330,7 +333,7 @@ def _screen(
                 if check_seccomp:
                     profile = sc.get("seccompProfile")
                     if profile is not None:
-                        kind = _mapping(profile).get("type")
+                        kind = (profile if type(profile) is dict else _mapping(profile)).get("type")
                         if not (isinstance(kind, str) and kind in seccomp_types):
                             return False
                     elif not pod_seccomp_set:
