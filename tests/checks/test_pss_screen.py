@@ -106,6 +106,12 @@ def agree(plan: Plan, obj: Mapping[str, Any]) -> bool:
             plan.evaluate(pods)
         return False
     assert plan.screen(spec, metadata) is (found == []), found
+    # a plan with several groups screens each of them, too (for a pod its own screen did not pass)
+    assert len(plan.group_screens) == (len(plan.groups) if len(plan.groups) > 1 else 0)
+    for (fns, stamp), group_screen in zip(plan.groups, plan.group_screens, strict=False):
+        assert group_screen is not None
+        group_found = Plan(((fns, stamp),)).evaluate(pods)
+        assert group_screen(spec, metadata) is (group_found == []), group_found
     assert plan.evaluate(pods) == found
     return found == []
 
