@@ -499,6 +499,14 @@ def test_the_huge_compliant_pod_is_screened_clean() -> None:
             assert screen(pods[0].spec, pods[0].metadata)
 
 
+def test_a_hand_built_pod_ref_the_view_cannot_read_fails_as_it_always_did() -> None:
+    """Not reachable from a review (``pod_specs`` builds the path), but exact all the same."""
+    spec = {"containers": [{"name": "a", "image": "r.io/a:1"}]}
+    plan = _single(Level.BASELINE, "latest")
+    with pytest.raises(AttributeError):
+        plan.evaluate([PodSpecRef(spec, {}, None)])  # type: ignore[arg-type]
+
+
 def test_a_non_string_annotation_key_fails_as_it_always_did() -> None:
     pods = workloads.pod_specs(_pod({"containers": [{"name": "a"}]}, annotations={1: "x"}), "Pod")
     plan = _single(Level.BASELINE, "latest")

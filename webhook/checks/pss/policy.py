@@ -125,8 +125,9 @@ class Plan:
         group_screens = self.group_screens if len(self.groups) > 1 else ()
         for pod in pods:
             spec, metadata = pod.spec, pod.metadata
-            # decoded JSON only (a PodSpecRef built by hand with other types is judged in full)
-            screenable = type(spec) is dict and type(metadata) is dict
+            # decoded JSON only (a PodSpecRef built by hand with other types is judged in full,
+            # and fails where the view fails)
+            screenable = type(spec) is dict and type(metadata) is dict and type(pod.path) is str
             if screenable and screen is not None and screen(spec, metadata):
                 continue  # the functions would find nothing in it: skip building its view
             pod_view = view(pod)
