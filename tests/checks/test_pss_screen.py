@@ -130,6 +130,7 @@ def test_a_function_without_a_rule_turns_the_screen_off() -> None:
     assert plan.evaluate(workloads.pod_specs(_privileged_pod(), "Pod"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", ["baseline", "restricted"])
 def test_psa_fixtures_under_every_plan(level: str) -> None:
     """Every fixture filed under ``level``, judged by every plan (not only its own level and
