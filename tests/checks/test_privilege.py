@@ -387,6 +387,42 @@ async def test_invalid_labels_are_reported_as_warnings() -> None:
     assert any("pod-security.kubernetes.io/enforce" in w for w in result.warnings)
 
 
+async def test_a_remembered_namespace_policy_is_the_one_its_labels_give_now() -> None:
+    """The check remembers each namespace's resolved policy by its labels: every review, also
+    after a namespace's labels change, is judged as a check meeting that namespace first would."""
+    config = config_mod.parse({"privilege": {"namespaces": {"ml": {"level": "restricted", "version": "v1.30"}}}})
+    remembering = privilege.build(config, Services())
+    steps: list[tuple[str, str, dict[str, Any]]] = [
+        ("team", "Pod", {}),
+        ("team", "Pod", {PSA + "enforce": "restricted"}),
+        ("team", "Pod", {PSA + "enforce": "restricted", PSA + "enforce-version": "v1.24"}),
+        ("team", "Deployment", {PSA + "enforce": "restricted", PSA + "enforce-version": "v1.24"}),
+        ("team", "Pod", {PSA + "enforce": "strict", "other": "x"}),  # invalid: warned on each review
+        ("team", "Pod", {PSA + "enforce": "strict", "other": "y"}),
+        ("team", "Pod", {PSA + "warn": "baseline", PSA + "audit": "privileged"}),
+        ("team", "Pod", {"unrelated": "label"}),
+        ("team", "Pod", {PSA + "warn": "privileged", PSA + "audit": "restricted"}),
+        ("team", "Pod", {PSA + "warn": "privileged", PSA + "audit": "baseline"}),
+        ("team", "Pod", {PSA + "warn": "privileged", PSA + "audit": "restricted", PSA + "audit-version": "v1.22"}),
+        ("team", "Pod", {PSA + "enforce": "hardened"}),  # warn follows the stricter enforce level
+        ("team", "Pod", {PSA + "enforce": "hardened", PSA + "warn": None}),  # ... unless warn is present
+        ("ml", "Pod", {PSA + "enforce": "privileged"}),  # the config's override wins
+        ("ml", "Pod", {}),
+        ("ml", "CronJob", {PSA + "warn": "hardened"}),
+        ("team", "Pod", {PSA + "enforce": ["restricted"]}),  # does not hash: judged, not remembered
+        ("team", "Pod", {PSA + "enforce": "restricted"}),
+    ]
+    obj = pod(container("c", privileged=True, runAsUser=0))
+    for _ in range(2):
+        for namespace, kind, labels in steps:
+            request = RequestContext("CREATE", kind, namespace, "p", namespace_labels=labels)
+            pods = workloads.pod_specs(obj, "Pod")
+            fresh = await privilege.build(config, Services()).run(pods, request)
+            again = await remembering.run(pods, request)
+            assert again == fresh, (namespace, kind, labels)
+            assert again.warnings is not fresh.warnings
+
+
 def test_a_per_namespace_override_wins_over_labels() -> None:
     config = config_mod.parse({"privilege": {"namespaces": {"ml": {"level": "restricted", "version": "v1.30"}}}})
     check = privilege.build(config, Services())

@@ -34,6 +34,12 @@ CHECK_ID = "privilege"
 LEVELS: tuple[str, ...] = tuple(level.value for level in registry.Level)
 NEWEST_VERSION = f"v1.{registry.NEWEST_MINOR}"
 _PLAN_CACHE_LIMIT = 64  # distinct (namespace policy) plans kept; label sets in a cluster are few
+_RESOLVED_CACHE_LIMIT = 4096  # namespaces whose resolved policy is kept (then all are dropped and re-read)
+# The namespace labels ``policy.from_labels`` reads: their values (or absence) decide the policy.
+_POLICY_LABELS = tuple(
+    f"{policy.LABEL_PREFIX}{mode}{suffix}" for mode in ("enforce", "warn", "audit") for suffix in ("", "-version")
+)
+_ABSENT = object()
 
 
 def evaluate(
@@ -107,6 +113,10 @@ class PrivilegeCheck:
             False: (self._plan(self._defaults), self._defaults.describe()),
             True: (self._plan(templates), templates.describe()),
         }
+        # (namespace, template?, its policy labels) -> (plan, description, warnings): labelled
+        # namespaces are judged on every review, and resolving their labels costs more than
+        # screening a clean pod. The key holds everything ``policy_for`` reads.
+        self._resolved: dict[tuple[object, ...], tuple[Plan, dict[str, str], tuple[str, ...]]] = {}
 
     def policy_for(self, namespace: str, labels: Mapping[str, str]) -> tuple[Policy, list[str]]:
         """The policy in ``namespace`` with these labels, and warnings about invalid labels."""
@@ -142,16 +152,41 @@ class PrivilegeCheck:
         )
 
     async def run(self, pods: Sequence[PodSpecRef], ctx: RequestContext) -> CheckResult:
-        found, problems = self.policy_for(ctx.namespace, ctx.namespace_labels)
         template = ctx.kind != "Pod" and not self._enforce_templates
-        if found is self._defaults:  # hot path: no labels, no override; compiled once
+        labels, namespace, config = ctx.namespace_labels, ctx.namespace, self._config
+        if config.pinned or (not (labels and config.namespace_labels) and namespace not in config.namespaces):
+            # hot path: no labels, no override: the defaults, compiled once
+            plan, described = self._default_compiled[template]
+            warnings: tuple[str, ...] = ()
+        else:
+            plan, described, warnings = self._resolve(namespace, labels, template)
+        return CheckResult(plan.evaluate(pods), list(warnings), context={"pss": dict(described)})
+
+    def _resolve(
+        self, namespace: str, labels: Mapping[str, str], template: bool
+    ) -> tuple[Plan, dict[str, str], tuple[str, ...]]:
+        """``policy_for`` compiled, remembered per namespace and policy labels."""
+        key = (namespace, template, *(labels.get(k, _ABSENT) for k in _POLICY_LABELS))
+        try:
+            hit = self._resolved.get(key)
+            remember = True
+        except TypeError:  # a label value that does not hash (never from the API): not remembered
+            hit, remember = None, False
+        if hit is not None:
+            return hit
+        found, problems = self.policy_for(namespace, labels)
+        if found is self._defaults:
             plan, described = self._default_compiled[template]
         else:
             if template:
                 found = _warn_only(found)
             plan, described = self._plan(found), found.describe()
-        warnings = [f"[{CHECK_ID}] {p}" for p in problems]
-        return CheckResult(plan.evaluate(pods), warnings, context={"pss": dict(described)})
+        hit = (plan, described, tuple(f"[{CHECK_ID}] {p}" for p in problems))
+        if remember:
+            if len(self._resolved) >= _RESOLVED_CACHE_LIMIT:
+                self._resolved.clear()
+            self._resolved[key] = hit
+        return hit
 
     def _plan(self, found: Policy) -> Plan:
         plan = self._plans.get(found)

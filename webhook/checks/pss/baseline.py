@@ -12,7 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from webhook.checks.pss.view import CheckFn, ContainerView, PodView, Stamp, finding, items, mapping, one_of
+from webhook.checks.pss.view import (
+    RELAXED,
+    STRICT,
+    CheckFn,
+    ContainerView,
+    PodView,
+    Stamp,
+    finding,
+    items,
+    mapping,
+    one_of,
+    screened,
+)
 from webhook.core.decision import Violation
 
 NONE: list[Violation] = []  # shared "allowed" answer; callers never mutate it
@@ -24,6 +36,7 @@ _HOST_NAMESPACES = (
 )
 
 
+@screened("hostNamespaces")
 def host_namespaces(pod: PodView, stamp: Stamp) -> list[Violation]:
     """hostNetwork, hostPID and hostIPC must be unset or false (v1.0+)."""
     out = NONE
@@ -41,6 +54,7 @@ def host_namespaces(pod: PodView, stamp: Stamp) -> list[Violation]:
     return out
 
 
+@screened("privileged")
 def privileged(pod: PodView, stamp: Stamp) -> list[Violation]:
     """securityContext.privileged must be unset or false (v1.0+)."""
     out = NONE
@@ -78,6 +92,7 @@ BASELINE_CAPABILITIES = frozenset(
 )
 
 
+@screened("capabilities_baseline")
 def capabilities_baseline(pod: PodView, stamp: Stamp) -> list[Violation]:
     """capabilities.add may only hold the container runtime's default set (v1.0+)."""
     out = NONE
@@ -98,6 +113,7 @@ def capabilities_baseline(pod: PodView, stamp: Stamp) -> list[Violation]:
     return out
 
 
+@screened("hostPathVolumes")
 def host_path_volumes(pod: PodView, stamp: Stamp) -> list[Violation]:
     """No volume may be a hostPath (v1.0+)."""
     out = NONE
@@ -117,6 +133,7 @@ def host_path_volumes(pod: PodView, stamp: Stamp) -> list[Violation]:
     return out
 
 
+@screened("hostPorts")
 def host_ports(pod: PodView, stamp: Stamp) -> list[Violation]:
     """ports[*].hostPort must be unset or 0 (v1.0+)."""
     out = NONE
@@ -140,10 +157,11 @@ def host_ports(pod: PodView, stamp: Stamp) -> list[Violation]:
     return out
 
 
-_APPARMOR_TYPES = frozenset({"RuntimeDefault", "Localhost"})
-_APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
+APPARMOR_TYPES = frozenset({"RuntimeDefault", "Localhost"})
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
 
 
+@screened("appArmorProfile")
 def app_armor_profile(pod: PodView, stamp: Stamp) -> list[Violation]:
     """appArmorProfile.type may only be RuntimeDefault or Localhost; the beta annotations may only
     name runtime/default or localhost/* (v1.0+)."""
@@ -151,7 +169,7 @@ def app_armor_profile(pod: PodView, stamp: Stamp) -> list[Violation]:
     fix = "set appArmorProfile.type to RuntimeDefault or Localhost, or remove it"
     for where, sc, container in pod.contexts:
         profile = sc.get("appArmorProfile")
-        if profile is not None and not one_of(mapping(profile).get("type"), _APPARMOR_TYPES):
+        if profile is not None and not one_of(mapping(profile).get("type"), APPARMOR_TYPES):
             out = out or []
             kind = mapping(profile).get("type", "")
             out.append(
@@ -164,7 +182,7 @@ def app_armor_profile(pod: PodView, stamp: Stamp) -> list[Violation]:
                 )
             )
     for key, value in pod.annotations.items():
-        if key.startswith(_APPARMOR_ANNOTATION) and not _allowed_apparmor_annotation(value):
+        if key.startswith(APPARMOR_ANNOTATION) and not allowed_apparmor_annotation(value):
             out = out or []
             out.append(
                 finding(
@@ -173,13 +191,13 @@ def app_armor_profile(pod: PodView, stamp: Stamp) -> list[Violation]:
                     f"annotation {key}={value!r} disables or overrides AppArmor; "
                     "set it to runtime/default or localhost/<profile>, or remove it",
                     f"{pod.meta_path}.annotations[{key}]",
-                    key.removeprefix(_APPARMOR_ANNOTATION),
+                    key.removeprefix(APPARMOR_ANNOTATION),
                 )
             )
     return out
 
 
-def _allowed_apparmor_annotation(value: object) -> bool:
+def allowed_apparmor_annotation(value: object) -> bool:
     return value in ("", "runtime/default") or (isinstance(value, str) and value.startswith("localhost/"))
 
 
@@ -224,7 +242,7 @@ def selinux_options(allowed_types: frozenset[str]) -> CheckFn:
                     )
         return out
 
-    return check
+    return screened("seLinuxOptions", allowed_types)(check)
 
 
 def proc_mount(check_id: str, *, relax_for_user_namespace: bool) -> CheckFn:
@@ -250,27 +268,26 @@ def proc_mount(check_id: str, *, relax_for_user_namespace: bool) -> CheckFn:
                 )
         return out
 
-    return check
+    return screened("procMount", RELAXED if relax_for_user_namespace else STRICT)(check)
 
 
 SECCOMP_TYPES = frozenset({"RuntimeDefault", "Localhost"})
-_SECCOMP_POD_ANNOTATION = "seccomp.security.alpha.kubernetes.io/pod"
-_SECCOMP_CONTAINER_ANNOTATION = "container.seccomp.security.alpha.kubernetes.io/"
+SECCOMP_POD_ANNOTATION = "seccomp.security.alpha.kubernetes.io/pod"
+SECCOMP_CONTAINER_ANNOTATION = "container.seccomp.security.alpha.kubernetes.io/"
 
 
+@screened("seccompAnnotations")
 def seccomp_annotations(pod: PodView, stamp: Stamp) -> list[Violation]:
     """The alpha seccomp annotations may only name runtime/default, docker/default or
     localhost/* (v1.0 to v1.18; from v1.19 the fields are judged instead)."""
     out = NONE
-    keys: list[tuple[str, str | None]] = [(_SECCOMP_POD_ANNOTATION, None)]
-    keys += [(_SECCOMP_CONTAINER_ANNOTATION + c.name, c.name) for c in pod.containers]
+    keys: list[tuple[str, str | None]] = [(SECCOMP_POD_ANNOTATION, None)]
+    keys += [(SECCOMP_CONTAINER_ANNOTATION + c.name, c.name) for c in pod.containers]
     for key, container in keys:
         if key not in pod.annotations:
             continue
         value = pod.annotations[key]
-        if value in ("runtime/default", "docker/default") or (
-            isinstance(value, str) and value.startswith("localhost/")
-        ):
+        if allowed_seccomp_annotation(value):
             continue
         out = out or []
         out.append(
@@ -286,6 +303,11 @@ def seccomp_annotations(pod: PodView, stamp: Stamp) -> list[Violation]:
     return out
 
 
+def allowed_seccomp_annotation(value: object) -> bool:
+    return value in ("runtime/default", "docker/default") or (isinstance(value, str) and value.startswith("localhost/"))
+
+
+@screened("seccompProfile_baseline")
 def seccomp_baseline(pod: PodView, stamp: Stamp) -> list[Violation]:
     """seccompProfile.type, where set, must be RuntimeDefault or Localhost (v1.19+)."""
     out = NONE
@@ -326,9 +348,10 @@ def sysctls(allowed: frozenset[str]) -> CheckFn:
                 )
         return out
 
-    return check
+    return screened("sysctls", allowed)(check)
 
 
+@screened("windowsHostProcess")
 def windows_host_process(pod: PodView, stamp: Stamp) -> list[Violation]:
     """windowsOptions.hostProcess must be unset or false (v1.0+)."""
     out = NONE
@@ -349,23 +372,24 @@ def windows_host_process(pod: PodView, stamp: Stamp) -> list[Violation]:
     return out
 
 
-_PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
-_HANDLERS = ("postStart", "preStop")
-_ACTIONS = ("httpGet", "tcpSocket")
+PROBES = ("livenessProbe", "readinessProbe", "startupProbe")
+HANDLERS = ("postStart", "preStop")
+ACTIONS = ("httpGet", "tcpSocket")
 
 
+@screened("hostProbesAndHostLifecycle")
 def host_probes_and_lifecycle(pod: PodView, stamp: Stamp) -> list[Violation]:
     """Probes and lifecycle handlers must not set httpGet.host or tcpSocket.host (v1.34+)."""
     out = NONE
     for c in pod.containers:
         container = c.container
-        for where in _PROBES:
+        for where in PROBES:
             handler = container.get(where)
             if handler and _sets_host(handler):
                 out = _handler_hosts(stamp, c, where, handler, out)
         lifecycle = container.get("lifecycle")
         if lifecycle and (type(lifecycle) is dict or isinstance(lifecycle, Mapping)):
-            for hook in _HANDLERS:
+            for hook in HANDLERS:
                 handler = lifecycle.get(hook)
                 if handler and _sets_host(handler):
                     out = _handler_hosts(stamp, c, f"lifecycle.{hook}", handler, out)
@@ -375,7 +399,7 @@ def host_probes_and_lifecycle(pod: PodView, stamp: Stamp) -> list[Violation]:
 def _sets_host(handler: Any) -> bool:
     if not (type(handler) is dict or isinstance(handler, Mapping)):
         return False
-    for action in _ACTIONS:
+    for action in ACTIONS:
         target = handler.get(action)
         if target and (type(target) is dict or isinstance(target, Mapping)) and target.get("host"):
             return True
@@ -383,7 +407,7 @@ def _sets_host(handler: Any) -> bool:
 
 
 def _handler_hosts(stamp: Stamp, c: ContainerView, where: str, handler: Any, out: list[Violation]) -> list[Violation]:
-    for action in _ACTIONS:
+    for action in ACTIONS:
         host = mapping(handler.get(action)).get("host")
         if host:
             out = out or []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from webhook.checks.pss.baseline import NONE
-from webhook.checks.pss.view import CheckFn, PodView, Stamp, finding, mapping
+from webhook.checks.pss.view import CheckFn, PodView, Stamp, finding, mapping, screened
 from webhook.core.decision import Violation
 
 NAMES: tuple[str, ...] = (
@@ -22,6 +22,7 @@ NAMES: tuple[str, ...] = (
 )
 
 
+@screened("readOnlyRootFilesystem")
 def read_only_root_filesystem(pod: PodView, stamp: Stamp) -> list[Violation]:
     """Every container must set readOnlyRootFilesystem: true (Windows pods cannot, and are exempt)."""
     if pod.windows:
@@ -69,15 +70,16 @@ def resource_limits(required: Sequence[str]) -> CheckFn:
                 )
         return out
 
-    return check
+    return screened("resourceLimits", required)(check)
 
 
+@screened("imageTag")
 def image_tag(pod: PodView, stamp: Stamp) -> list[Violation]:
     """Images must be pinned: a tag other than ``latest``, or a digest."""
     out = NONE
     for c in pod.containers:
         image = c.container.get("image")
-        if isinstance(image, str) and _floating(image):
+        if isinstance(image, str) and floating(image):
             out = out or []
             out.append(
                 finding(
@@ -91,7 +93,7 @@ def image_tag(pod: PodView, stamp: Stamp) -> list[Violation]:
     return out
 
 
-def _floating(image: str) -> bool:
+def floating(image: str) -> bool:
     """True when ``image`` has no digest and its tag is absent or ``latest``."""
     if "@" in image:
         return False
@@ -100,6 +102,7 @@ def _floating(image: str) -> bool:
     return tag in ("", "latest")
 
 
+@screened("automountServiceAccountToken")
 def automount_service_account_token(pod: PodView, stamp: Stamp) -> list[Violation]:
     """spec.automountServiceAccountToken must be false (mount a projected token where needed)."""
     if pod.spec.get("automountServiceAccountToken") is False:
@@ -115,6 +118,7 @@ def automount_service_account_token(pod: PodView, stamp: Stamp) -> list[Violatio
     ]
 
 
+@screened("defaultServiceAccount")
 def default_service_account(pod: PodView, stamp: Stamp) -> list[Violation]:
     """The pod must name its own service account, not the namespace's ``default`` one."""
     name = pod.spec.get("serviceAccountName") or pod.spec.get("serviceAccount")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from webhook.checks.pss import registry
 from webhook.checks.pss.registry import STRICTNESS, Level
+from webhook.checks.pss.screen import Screen, compile_screen
 from webhook.checks.pss.view import CheckFn, Stamp, view
 from webhook.core.decision import Mode, Violation
 from webhook.core.workloads import PodSpecRef
@@ -108,14 +109,34 @@ class Plan:
     """
 
     groups: tuple[tuple[tuple[CheckFn, ...], Stamp], ...]
+    # One pass answering "would every function above find nothing?" (``pss.screen``); a pod it
+    # passes is skipped, any other is judged by the functions. None: every pod is judged.
+    screen: Screen | None = None
+    # The same question per group, asked of a pod the plan's screen did not pass when there are
+    # several groups: a group it passes (a pod clean at the enforce level but not at the warn
+    # level: most pods under the defaults) is skipped; a skipped group would have found nothing,
+    # so it neither adds findings nor hides any of a later group.
+    group_screens: tuple[Screen | None, ...] = ()
 
     def evaluate(self, pods: Sequence[PodSpecRef]) -> list[Violation]:
         """Every finding for ``pods``, strongest mode first."""
         out: list[Violation] = []
+        screen = self.screen
+        group_screens = self.group_screens if len(self.groups) > 1 else ()
         for pod in pods:
+            spec, metadata = pod.spec, pod.metadata
+            # decoded JSON only (a PodSpecRef built by hand with other types is judged in full,
+            # and fails where the view fails)
+            screenable = type(spec) is dict and type(metadata) is dict and type(pod.path) is str
+            if screenable and screen is not None and screen(spec, metadata):
+                continue  # the functions would find nothing in it: skip building its view
             pod_view = view(pod)
             seen: set[tuple[str, str | None]] | None = None
             for index, (fns, stamp) in enumerate(self.groups):
+                if screenable and group_screens:
+                    group_screen = group_screens[index]
+                    if group_screen is not None and group_screen(spec, metadata):
+                        continue
                 start = len(out)
                 for fn in fns:
                     found = fn(pod_view, stamp)
@@ -182,4 +203,5 @@ def compile_plan(
         done.update(fresh)
         if fresh:
             groups.append((fresh, Stamp(str(level_version), mode if modes else None)))
-    return Plan(tuple(groups))
+    screens = tuple(compile_screen(fns) for fns, _ in groups) if len(groups) > 1 else ()
+    return Plan(tuple(groups), compile_screen(fn for fns, _ in groups for fn in fns), screens)

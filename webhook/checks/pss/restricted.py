@@ -11,7 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from webhook.checks.pss.baseline import NONE, SECCOMP_TYPES
-from webhook.checks.pss.view import EMPTY, CheckFn, PodView, Stamp, finding, items, mapping, one_of
+from webhook.checks.pss.view import (
+    EMPTY,
+    RELAXED,
+    STRICT,
+    CheckFn,
+    PodView,
+    Stamp,
+    finding,
+    items,
+    mapping,
+    one_of,
+    screened,
+)
 from webhook.core.decision import Violation
 
 
@@ -36,7 +48,7 @@ def allow_privilege_escalation(*, exempt_windows: bool) -> CheckFn:
                 )
         return out
 
-    return check
+    return screened("allowPrivilegeEscalation", RELAXED if exempt_windows else STRICT)(check)
 
 
 def capabilities_restricted(*, exempt_windows: bool) -> CheckFn:
@@ -79,11 +91,11 @@ def capabilities_restricted(*, exempt_windows: bool) -> CheckFn:
                 )
         return out
 
-    return check
+    return screened("capabilities_restricted", RELAXED if exempt_windows else STRICT)(check)
 
 
 # Inline volume sources the restricted profile allows (every other one is judged forbidden).
-_ALLOWED_VOLUMES = frozenset(
+ALLOWED_VOLUMES = frozenset(
     {
         "configMap",
         "csi",
@@ -97,7 +109,7 @@ _ALLOWED_VOLUMES = frozenset(
     }
 )
 # Every other inline source of the core API, in PSA's order.
-_FORBIDDEN_VOLUMES = (
+FORBIDDEN_VOLUMES = (
     "hostPath",
     "gcePersistentDisk",
     "awsElasticBlockStore",
@@ -122,15 +134,16 @@ _FORBIDDEN_VOLUMES = (
 )
 
 
+@screened("restrictedVolumes")
 def restricted_volumes(pod: PodView, stamp: Stamp) -> list[Violation]:
     """Volumes may only be configMap, csi, downwardAPI, emptyDir, ephemeral, image,
     persistentVolumeClaim, projected or secret (v1.0+)."""
     out = NONE
     for index, volume in enumerate(items(pod.spec.get("volumes"))):
         volume = mapping(volume)
-        if any(volume[key] is not None for key in volume if key in _ALLOWED_VOLUMES):
+        if any(volume[key] is not None for key in volume if key in ALLOWED_VOLUMES):
             continue
-        kind = next((k for k in _FORBIDDEN_VOLUMES if volume.get(k) is not None), None)
+        kind = next((k for k in FORBIDDEN_VOLUMES if volume.get(k) is not None), None)
         if kind is None:
             # No known source: the apiserver defaults such a volume to emptyDir (SetDefaults_Volume)
             # before admission, and the typed API drops unknown keys, so PSA sees an emptyDir.
@@ -176,7 +189,7 @@ def run_as_non_root(*, relax_for_user_namespace: bool) -> CheckFn:
                 )
         return out
 
-    return check
+    return screened("runAsNonRoot", RELAXED if relax_for_user_namespace else STRICT)(check)
 
 
 def _non_root_explicit(stamp: Stamp, where: str, container: str | None) -> Violation:
@@ -211,7 +224,7 @@ def run_as_user(*, relax_for_user_namespace: bool) -> CheckFn:
                 )
         return out
 
-    return check
+    return screened("runAsUser", RELAXED if relax_for_user_namespace else STRICT)(check)
 
 
 def seccomp_restricted(*, exempt_windows: bool) -> CheckFn:
@@ -249,7 +262,7 @@ def seccomp_restricted(*, exempt_windows: bool) -> CheckFn:
                 )
         return out
 
-    return check
+    return screened("seccompProfile_restricted", RELAXED if exempt_windows else STRICT)(check)
 
 
 def _seccomp_bad(stamp: Stamp, where: str, container: str | None, profile: object) -> Violation:

@@ -8,6 +8,7 @@ manifest is then the one for the fields that do make sense.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -130,3 +131,38 @@ def finding(stamp: Stamp, check: str, message: str, path: str, container: str | 
 
 
 CheckFn = Callable[[PodView, Stamp], list[Violation]]
+
+
+# Rule strictness of a check with a relaxed variant (Windows pods exempt, or user-namespaced pods
+# allowed): a pod clean under the strict variant is clean under the relaxed one too.
+RELAXED = 1
+STRICT = 2
+
+
+class Rule(NamedTuple):
+    """What one check function asks of a pod it finds nothing in, for the one-pass screen
+    (``pss.screen``): which requirement (a check id, or a variant of one) and its argument
+    (``True``; an allowed-value set; a strictness; the required resource names)."""
+
+    requirement: str
+    arg: Any = True
+
+
+# Weak keys: factories (``hardened.checks`` per config) make new functions, and a function that
+# is gone needs no rule. Read only when a plan is compiled, never per review.
+_RULES: weakref.WeakKeyDictionary[CheckFn, Rule] = weakref.WeakKeyDictionary()
+
+
+def screened(requirement: str, arg: Any = True) -> Callable[[CheckFn], CheckFn]:
+    """Declare the ``Rule`` a check function keeps (a decorator; returns the function itself)."""
+
+    def register(fn: CheckFn) -> CheckFn:
+        _RULES[fn] = Rule(requirement, arg)
+        return fn
+
+    return register
+
+
+def rule_of(fn: CheckFn) -> Rule | None:
+    """The rule ``fn`` declared, or None (a plan with such a function is never screened)."""
+    return _RULES.get(fn)
