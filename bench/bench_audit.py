@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import shutil
 import statistics
 import sys
@@ -279,6 +280,10 @@ def main() -> None:
             for name, durable in (("durable", True), ("off", False)):
                 before = baseline_encode_hash(min(n, 50_000))
                 rate = asyncio.run(appends(tmp / f"{name}{r}", key, n, args.producers, durable, args.window))
+                # Untimed: write back what the run left dirty (all of it, with durability off), or
+                # the next durable run's fsyncs pay for it (ext4's ordered mode flushes the dirty
+                # data of every file in the journal transaction they commit).
+                os.sync()
                 after = baseline_encode_hash(min(n, 50_000))
                 rows[name].append(rate)
                 rows["base"] += [before, after]
