@@ -161,9 +161,10 @@ class AuditLog:
     async def append(self, kind: Literal["admission", "alert", "config"], content: dict[str, Any]) -> int:
         """Append one record; returns its leaf index once it is durable on disk.
 
-        The record's time is taken now; it is encoded with its group by the writer, so
-        ``content`` must not change until this returns. Content that cannot be encoded
-        raises ``RecordError`` here, as ``records.encode_record`` would, and is not written.
+        The record's time and content are taken now (the content as JSON bytes); the writer
+        assembles the records of a group at once. Content that cannot be encoded raises
+        ``RecordError`` (here, or for a float whose exact form is too long, from the await), as
+        ``records.encode_record`` would, and is not written.
         """
         if self._closing or self._failed is not None:
             raise LogClosedError(f"audit log {self.directory} is closed") from self._failed
