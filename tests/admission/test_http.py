@@ -44,6 +44,9 @@ class Recorder:
     async def fail(self, _request: http.Request) -> http.Response:
         raise RuntimeError("a bug")
 
+    async def big(self, _request: http.Request) -> http.Response:
+        return http.Response(b"b" * (8 * 1024 * 1024))
+
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[http.HttpServer, int, Recorder]]:
@@ -52,6 +55,7 @@ async def served() -> AsyncIterator[tuple[http.HttpServer, int, Recorder]]:
     routes.add("POST", "/echo", recorder.echo)
     routes.add("GET", "/query", recorder.query)
     routes.add("GET", "/fail", recorder.fail)
+    routes.add("GET", "/big", recorder.big)
     server = http.HttpServer(routes, keepalive_timeout=0.5, linger_seconds=0.5)
     await server.start("127.0.0.1", 0, ssl_context=None)
     assert server._listener is not None
@@ -370,3 +374,138 @@ async def test_a_refused_body_is_drained_so_the_client_reads_the_answer(served: 
     assert await closed(reader)
     assert recorder.seen[0].body == b""
     writer.close()
+
+
+# -- adversarial review (issue 22 follow-up): each test below failed before its fix ------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        # the whole head in one read: the limits must hold however the bytes arrive
+        (b"GET /query?" + b"a" * (http.MAX_HEAD_BYTES + 10) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /query HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (http.MAX_HEAD_BYTES + 10) + b"\r\n\r\n", 431),
+        # a field repeated (joined into one value each time): bounded in count, not only in bytes
+        (b"GET /query HTTP/1.1\r\nHost: x\r\n" + b"X: a\r\n" * (http.MAX_REPEATED_FIELDS + 2) + b"\r\n", 431),
+        # a head that follows a body in the same read is counted too
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz"
+            b"GET /query HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (http.MAX_HEAD_BYTES + 10) + b"\r\n\r\n",
+            431,
+        ),
+    ],
+    ids=["url", "field", "repeated-field", "head-after-body"],
+)
+async def test_a_head_over_the_limit_in_one_read_is_refused(served: Any, raw: bytes, status: int) -> None:
+    _, port, _ = served
+    reader, writer = await connect(port)
+    writer.write(raw)
+    answer = await read_response(reader)
+    if raw.startswith(b"POST"):  # the request before the big head is answered first
+        assert answer[::2] == (200, b"z")
+        answer = await read_response(reader)
+    assert answer[0] == status
+    assert answer[1]["connection"] == "close"
+    assert await closed(reader)
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        # RFC 9112 3.2: a 1.1 request without Host, or with more than one, is a 400
+        (b"GET /query HTTP/1.1\r\n\r\n", 400),
+        (b"GET /query HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        # RFC 9112 6.1: a transfer coding not understood is a 501 (the body is not what it looks like)
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 501),
+        # ... and Transfer-Encoding in HTTP/1.0 is faulty framing
+        (b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        # only HTTP/1.0 and 1.1 are spoken (llhttp also reads 0.9 and "2.0" request lines)
+        (b"GET /query\r\n\r\n", 505),
+        (b"GET /query HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        # RFC 9110 10.1.1: an expectation not met is a 417
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 1\r\n\r\na", 417),
+    ],
+    ids=["no-host", "two-hosts", "gzip-chunked", "http10-te", "http09", "http20", "expect"],
+)
+async def test_requests_the_rfcs_refuse_are_refused_before_any_handler(served: Any, raw: bytes, status: int) -> None:
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    writer.write(raw)
+    answer = await read_response(reader)
+    assert answer[0] == status
+    assert answer[1]["connection"] == "close"
+    assert await closed(reader)
+    assert recorder.seen == []
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /echo HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",  # RFC 9110 10.1.1
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9999\r\n\r\n",  # over the limit
+    ],
+    ids=["http10", "too-large"],
+)
+async def test_no_100_continue_for_a_client_that_must_not_get_one(served: Any, head: bytes) -> None:
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    recorder.gate.clear()
+    writer.write(head)
+    await asyncio.wait_for(recorder.entered.wait(), 10)
+    writer.write(b"ok" if b"HTTP/1.0" in head else b"x" * 100)
+    recorder.gate.set()
+    status, _, _ = await read_response(reader)  # the final answer, with no interim one before
+    assert status in (200, 413)
+    writer.close()
+
+
+async def test_a_client_that_never_reads_its_answers_is_disconnected(served: Any) -> None:
+    """The write buffer does not grow past its high-water mark (the worker waits for it to drain),
+    and a connection that never drains is aborted after ``keepalive_timeout`` (0.5 s here) rather
+    than held for ever."""
+    server, port, _ = served
+    _, writer = await connect(port)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
+    await writer.drain()
+    for _ in range(1000):  # hang guard, not a timing assertion
+        await asyncio.sleep(0.02)
+        if not server.connections:
+            break
+    assert not server.connections
+    writer.close()
+
+
+class PausableTransport(CountingTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def test_a_deep_pipeline_in_one_read_is_cut_off() -> None:
+    """Thousands of tiny requests in one read are not all queued (each costs far more memory than
+    its bytes): past ``MAX_PIPELINED`` the connection stops being read and closes after the
+    answers queued, which RFC 9112 9.3.2 lets a server do (the client retries the rest)."""
+    routes = http.Routes(max_body_bytes=1024)
+
+    async def answer(_request: http.Request) -> http.Response:
+        return http.Response(b"{}")
+
+    routes.add("GET", "/q", answer)
+    conn = http.HttpServer(routes).protocol()
+    transport = PausableTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(b"GET /q HTTP/1.1\r\nHost: x\r\n\r\n" * 5000)
+    assert len(conn.queue) <= http.MAX_PIPELINED
+    assert transport.paused
+    assert conn.worker is not None
+    await asyncio.wait_for(conn.worker, 10)
+    assert len(transport.writes) == http.MAX_PIPELINED
+    assert b"Connection: close\r\n" in transport.writes[-1]

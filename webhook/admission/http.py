@@ -38,8 +38,12 @@ log = logging.getLogger("portcullis.http")
 # A request line and headers longer than this are refused (aiohttp's own limits are 8 KiB per
 # line and per field); the apiserver sends a few hundred bytes.
 MAX_HEAD_BYTES = 32 * 1024
+# Repeats of a header field (each joined into one value, so each costs a copy of the value so far).
+MAX_REPEATED_FIELDS = 32
 # Requests a client may pipeline ahead of the answers before the connection stops being read.
 MAX_QUEUED = 16
+# Requests parsed from reads already taken (up to 256 KiB each) before the connection is cut off.
+MAX_PIPELINED = 4 * MAX_QUEUED
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
 # After answering a request whose body is still arriving (a refusal), the rest of the body is
 # read and dropped for up to this long before the connection closes: closing a socket with
@@ -49,6 +53,14 @@ LINGER_SECONDS = 5.0
 JSON = b"application/json"
 JSON_UTF8 = b"application/json; charset=utf-8"
 TEXT_UTF8 = b"text/plain; charset=utf-8"
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing at once (llhttp then reports a callback error)."""
+
+
+# ``_refusal`` when the connection is cut off without an error answer (too deep a pipeline)
+_CUT_OFF = (0, "")
 
 
 class Response:
@@ -287,7 +299,11 @@ class _Connection(asyncio.Protocol):
         self.current: Request | None = None  # the request being parsed
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read while a head was incomplete (the head split over reads)
+        self._head_size = 0  # the current head's target and fields (a head within one read)
+        self._repeats = 0
+        self._head_error: tuple[int, str] | None = None  # found in a field, answered at the head's end
+        self._refusal: tuple[int, str] | None = None  # why a callback stopped the parser
         self._in_body = False  # between a head and the end of its body
         self._lingering: asyncio.TimerHandle | None = None  # answered; dropping the rest of a body
         self._closed_for_reading = False
@@ -337,8 +353,12 @@ class _Connection(asyncio.Protocol):
             self._stop_reading()
         except httptools.HttpParserError as exc:
             self._stop_reading()
-            reason = str(exc).strip() or "malformed request"
-            self._enqueue_error(400, f"Bad Request: {reason}")
+            refusal = self._refusal
+            if refusal is None:
+                reason = str(exc).strip() or "malformed request"
+                self._enqueue_error(400, f"Bad Request: {reason}")
+            elif refusal is not _CUT_OFF:
+                self._enqueue_error(*refusal)
             return
         if not self._in_body and self._head_bytes > MAX_HEAD_BYTES:
             self._stop_reading()
@@ -358,18 +378,43 @@ class _Connection(asyncio.Protocol):
 
     # -- llhttp callbacks ---------------------------------------------------------------------
 
+    def _refuse(self, status: int, reason: str) -> None:
+        self._refusal = (status, reason)
+        raise _Refused(reason)
+
     def on_message_begin(self) -> None:
+        if len(self.queue) >= MAX_PIPELINED:
+            # many requests in reads already taken: parsing them all would queue each (far more
+            # memory than their bytes); answer those queued and close (the client retries the rest)
+            self._refusal = _CUT_OFF
+            raise _Refused("pipeline too deep")
         self._url = b""
         self._headers = {}
+        self._head_size = 0
+        self._repeats = 0
+        self._head_error = None
         self.current = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES:
+            self._refuse(414, f"URI Too Long: the request target exceeds {MAX_HEAD_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # a whole head can arrive in one read (data_received's count only sees heads split over reads)
+        size = self._head_size + len(name) + len(value) + 4
+        self._head_size = size
+        if size > MAX_HEAD_BYTES:
+            self._refuse(431, f"Request Header Fields Too Large: the head exceeds {MAX_HEAD_BYTES} bytes")
         key = name.lower()
         headers = self._headers
         if key in headers:
+            self._repeats += 1
+            if self._repeats > MAX_REPEATED_FIELDS:
+                self._refuse(431, f"Request Header Fields Too Large: more than {MAX_REPEATED_FIELDS} repeated fields")
+            if key == b"host":  # RFC 9112 3.2
+                self._head_error = (400, "Bad Request: more than one Host header")
             headers[key] += b", " + value
         else:
             headers[key] = value
@@ -388,9 +433,32 @@ class _Connection(asyncio.Protocol):
             if "%" in path:
                 path = unquote(path)
             query = parsed.query.decode("latin-1") if parsed.query else ""
-        request = Request(self.parser.get_method().decode("ascii"), path, query, self._headers)
-        request.keep_alive = self.parser.should_keep_alive()
-        request.http10 = self.parser.get_http_version() == "1.0"
+        headers = self._headers
+        request = Request(self.parser.get_method().decode("ascii"), path, query, headers)
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            if b"host" not in headers:  # RFC 9112 3.2
+                self._head_error = (400, "Bad Request: HTTP/1.1 request without a Host header")
+        elif version == "1.0":
+            request.http10 = True
+        else:  # llhttp also reads HTTP/0.9 request lines and versions such as 2.0
+            self._head_error = (505, "HTTP Version Not Supported: only HTTP/1.0 and HTTP/1.1")
+        if b"transfer-encoding" in headers:
+            # RFC 9112 6.1: a coding not understood is a 501 (the body is not what it looks like);
+            # Transfer-Encoding in HTTP/1.0 is faulty framing
+            if request.http10:
+                self._head_error = (400, "Bad Request: Transfer-Encoding in an HTTP/1.0 request")
+            elif headers[b"transfer-encoding"].lower() != b"chunked":
+                self._head_error = (501, "Not Implemented: transfer codings other than chunked")
+        expect = headers.get(b"expect")
+        if expect is not None and expect.lower() != b"100-continue":  # RFC 9110 10.1.1
+            self._head_error = (417, "Expectation Failed: only 100-continue is supported")
+        if self._head_error is None:
+            request.keep_alive = self.parser.should_keep_alive()
+        else:
+            # answered without a handler and closed (keep_alive stays False); the body, if any,
+            # is read and dropped as for any refusal
+            request.error = self._head_error
         self.current = request
         self._enqueue(request)
 
@@ -461,8 +529,14 @@ class _Connection(asyncio.Protocol):
                     self._reading_paused = False
                     self.transport.resume_reading()
                 if not self._writable and not self._closed:
-                    self._drained = loop.create_future()
-                    await self._drained
+                    # the client is not reading its answers: wait (the buffer stays at its
+                    # high-water mark), but not for ever
+                    self._drained = drained = loop.create_future()
+                    await asyncio.wait((drained,), timeout=self.server.keepalive_timeout)
+                    if not drained.done():
+                        log.info("closing a connection whose client has not read its answers")
+                        self.abort()
+                        return
         except Exception:  # a bug here must not leave the connection open and unanswered
             log.exception("HTTP connection failed")
             self._close()
@@ -480,7 +554,12 @@ class _Connection(asyncio.Protocol):
             methods = self.routes.table.get(request.path)
             handler = methods.get(request.method) if methods is not None else None
             if handler is not None:
-                if not request.complete and request.headers.get(b"expect", b"").lower() == b"100-continue":
+                if (
+                    not request.complete
+                    and b"expect" in request.headers  # only 100-continue gets this far
+                    and not request.http10  # RFC 9110 10.1.1: never to an HTTP/1.0 client
+                    and (request.content_length is None or request.content_length <= self.limit)
+                ):
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 try:
                     response = await handler(request)
