@@ -11,7 +11,11 @@ protocol below owns the rest:
 - a request's handler starts when its head is complete (as in aiohttp), one at a time per
   connection, and answers in order; a handler that answers before its body is in (a refusal)
   closes the connection after the answer, since the rest of the body cannot be skipped safely;
-- idle keep-alive connections, and heads not complete, are closed after ``keepalive_timeout``;
+- idle keep-alive connections are closed after ``keepalive_timeout``, heads not complete after
+  ``head_timeout`` from their first byte, clients that do not read their answers after
+  ``keepalive_timeout`` without progress;
+- only HTTP/1.0 and 1.1, ``chunked`` as the only transfer coding, ``Host`` on 1.1 (RFC 9112),
+  and ``Expect: 100-continue`` as the only expectation; anything else is refused before a handler;
 - ``GET`` routes answer ``HEAD``; other paths get 404, other methods 405 with ``Allow``;
 - ``shutdown`` stops accepting, closes idle connections and lets requests in progress finish
   within a timeout (the webhook drains in-flight reviews on SIGTERM).
@@ -45,6 +49,10 @@ MAX_QUEUED = 16
 # Requests parsed from reads already taken (up to 256 KiB each) before the connection is cut off.
 MAX_PIPELINED = 4 * MAX_QUEUED
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
+# A head not complete this long after its first byte is cut off (slowloris: a head dribbled a byte
+# at a time would otherwise hold the connection for the whole keep-alive timeout). The apiserver
+# sends a head in one write.
+HEAD_TIMEOUT = 10.0
 # After answering a request whose body is still arriving (a refusal), the rest of the body is
 # read and dropped for up to this long before the connection closes: closing a socket with
 # unread data resets it, and the client could lose the answer (aiohttp's lingering_time is 10 s).
@@ -225,10 +233,18 @@ class HttpServer:
     """The connections of one listening port, and their graceful end."""
 
     def __init__(
-        self, routes: Routes, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT, linger_seconds: float = LINGER_SECONDS
+        self,
+        routes: Routes,
+        *,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        head_timeout: float = HEAD_TIMEOUT,
+        linger_seconds: float = LINGER_SECONDS,
     ) -> None:
         self.routes = routes
         self.keepalive_timeout = keepalive_timeout
+        self.head_timeout = head_timeout
+        # the loop's time as of the last sweep: when a head started, at no cost per request
+        self.now = 0.0
         self.linger_seconds = linger_seconds
         self.connections: set[_Connection] = set()
         self.closing = False
@@ -244,17 +260,26 @@ class HttpServer:
         self._listener = await loop.create_server(
             self.protocol, host, port, ssl=ssl_context, backlog=backlog, reuse_address=True
         )
+        self.now = loop.time()
         self._sweeper = loop.create_task(self._sweep_idle())
 
     async def _sweep_idle(self) -> None:
-        """Close connections idle (or stuck in a head) past ``keepalive_timeout``. One sweep
-        a second, not a timer per request: arming and cancelling one cost more than parsing."""
+        """Close connections idle past ``keepalive_timeout``, or in a head begun more than
+        ``head_timeout`` ago. One sweep a second, not a timer per request: arming and cancelling
+        one cost more than parsing."""
         loop = asyncio.get_running_loop()
-        interval = min(1.0, self.keepalive_timeout / 4)
+        interval = min(1.0, self.keepalive_timeout / 4, self.head_timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            expired = loop.time() - self.keepalive_timeout
-            for conn in [c for c in self.connections if c.idle_since is not None and c.idle_since <= expired]:
+            self.now = now = loop.time()
+            expired = now - self.keepalive_timeout
+            head_expired = now - self.head_timeout
+            for conn in [
+                c
+                for c in self.connections
+                if (c.idle_since is not None and c.idle_since <= expired)
+                or (c.head_started is not None and c.head_started <= head_expired)
+            ]:
                 conn.close_if_idle()
 
     async def shutdown(self, timeout: float) -> None:
@@ -311,6 +336,7 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._writable = True
         self._drained: asyncio.Future[None] | None = None
+        self.head_started: float | None = None  # when the head being parsed began (sweeper's clock)
         # since when no request has been in progress (the sweeper closes the connection when
         # that is too long ago); None while one is
         self.idle_since: float | None = None
@@ -352,12 +378,19 @@ class _Connection(asyncio.Protocol):
             # No route upgrades: answer what was parsed, then close (the rest is another protocol).
             self._stop_reading()
         except httptools.HttpParserError as exc:
+            # a request whose body failed is answered with the error in place of its handler's
+            # answer (its handler sees the body broken): one request, one response
+            failed = self.current
             self._stop_reading()
             refusal = self._refusal
             if refusal is None:
                 reason = str(exc).strip() or "malformed request"
-                self._enqueue_error(400, f"Bad Request: {reason}")
-            elif refusal is not _CUT_OFF:
+                refusal = (400, f"Bad Request: {reason}")
+            elif refusal is _CUT_OFF:
+                return
+            if failed is not None:
+                failed.error = refusal
+            else:
                 self._enqueue_error(*refusal)
             return
         if not self._in_body and self._head_bytes > MAX_HEAD_BYTES:
@@ -394,6 +427,7 @@ class _Connection(asyncio.Protocol):
         self._repeats = 0
         self._head_error = None
         self.current = None
+        self.head_started = self.server.now
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -420,6 +454,7 @@ class _Connection(asyncio.Protocol):
             headers[key] = value
 
     def on_headers_complete(self) -> None:
+        self.head_started = None
         self._in_body = True
         self._head_bytes = 0
         self.idle_since = None
@@ -568,6 +603,8 @@ class _Connection(asyncio.Protocol):
                 except Exception:
                     log.exception("handler for %s %s failed", request.method, request.path)
                     response = Response.text("500: Internal Server Error\n", 500)
+                if request.error is not None:  # its body failed to parse while the handler ran
+                    response = Response.text(request.error[1] + "\n", request.error[0])
             elif methods is None:
                 response = Response.text("404: Not Found", 404)
             else:
