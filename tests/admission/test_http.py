@@ -550,3 +550,17 @@ async def test_a_head_dribbled_slowly_is_cut_off_before_the_keepalive_timeout() 
         writer.close()
     finally:
         await server.shutdown(timeout=1.0)
+
+
+async def test_trailer_fields_are_not_merged_into_the_headers(served: Any) -> None:
+    """RFC 9110 6.5.1: trailers arrive after the handler has read the head, and must not be
+    treated as header fields (a trailing ``Host`` or ``Expect`` would change the request)."""
+    _, port, recorder = served
+    reader, writer = await connect(port)
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nHost: evil\r\nX-Trailer: 1\r\n\r\n"
+    )
+    assert (await read_response(reader))[::2] == (200, b"abc")
+    assert recorder.seen[0].headers == {b"host": b"x", b"transfer-encoding": b"chunked"}
+    writer.close()

@@ -441,6 +441,8 @@ class _Connection(asyncio.Protocol):
         self._head_size = size
         if size > MAX_HEAD_BYTES:
             self._refuse(431, f"Request Header Fields Too Large: the head exceeds {MAX_HEAD_BYTES} bytes")
+        if self._in_body:
+            return  # a trailer field (RFC 9110 6.5.1: not merged into the header fields; counted above)
         key = name.lower()
         headers = self._headers
         if key in headers:
