@@ -564,3 +564,19 @@ async def test_trailer_fields_are_not_merged_into_the_headers(served: Any) -> No
     assert (await read_response(reader))[::2] == (200, b"abc")
     assert recorder.seen[0].headers == {b"host": b"x", b"transfer-encoding": b"chunked"}
     writer.close()
+
+
+async def test_a_connection_that_never_sends_a_request_is_closed_after_head_timeout() -> None:
+    """A connection opened and left silent waits ``head_timeout`` for its first request, not the
+    keep-alive timeout (60 s here; the 10 s below is a hang guard)."""
+    routes = http.Routes(max_body_bytes=64)
+    server = http.HttpServer(routes, keepalive_timeout=60, head_timeout=0.3)
+    await server.start("127.0.0.1", 0, ssl_context=None)
+    assert server._listener is not None
+    port = server._listener.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await connect(port)
+        assert await closed(reader)
+        writer.close()
+    finally:
+        await server.shutdown(timeout=1.0)

@@ -11,9 +11,9 @@ protocol below owns the rest:
 - a request's handler starts when its head is complete (as in aiohttp), one at a time per
   connection, and answers in order; a handler that answers before its body is in (a refusal)
   closes the connection after the answer, since the rest of the body cannot be skipped safely;
-- idle keep-alive connections are closed after ``keepalive_timeout``, heads not complete after
-  ``head_timeout`` from their first byte, clients that do not read their answers after
-  ``keepalive_timeout`` without progress;
+- idle keep-alive connections are closed after ``keepalive_timeout``; heads not complete
+  ``head_timeout`` after their first byte (a new connection's first after it opened), and clients
+  that do not read their answers for ``keepalive_timeout``, are cut off;
 - only HTTP/1.0 and 1.1, ``chunked`` as the only transfer coding, ``Host`` on 1.1 (RFC 9112),
   and ``Expect: 100-continue`` as the only expectation; anything else is refused before a handler;
 - ``GET`` routes answer ``HEAD``; other paths get 404, other methods 405 with ``Allow``;
@@ -346,6 +346,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.server.connections.add(self)
+        self.head_started = self.server.now  # the first request is awaited as a head in progress
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
     def connection_lost(self, exc: Exception | None) -> None:
