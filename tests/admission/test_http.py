@@ -303,6 +303,9 @@ class CountingTransport:
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 
@@ -460,13 +463,15 @@ async def test_no_100_continue_for_a_client_that_must_not_get_one(served: Any, h
     writer.close()
 
 
-async def test_a_client_that_never_reads_its_answers_is_disconnected(served: Any) -> None:
+@pytest.mark.parametrize("connection", [b"keep-alive", b"close"])
+async def test_a_client_that_never_reads_its_answers_is_disconnected(served: Any, connection: bytes) -> None:
     """The write buffer does not grow past its high-water mark (the worker waits for it to drain),
     and a connection that never drains is aborted after ``keepalive_timeout`` (0.5 s here) rather
-    than held for ever."""
+    than held for ever; also when it was to close after that answer (a plain transport's close
+    waits for its buffer to drain, with no limit)."""
     server, port, _ = served
     _, writer = await connect(port)
-    writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: %s\r\n\r\n" % connection * 4)
     await writer.drain()
     for _ in range(1000):  # hang guard, not a timing assertion
         await asyncio.sleep(0.02)

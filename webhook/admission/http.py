@@ -663,6 +663,10 @@ class _Connection(asyncio.Protocol):
         if not self._closed and self.transport is not None:
             self._closed = True
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # a plain transport's close waits for its buffer to drain, for ever if the client
+                # never reads (TLS has its own shutdown timeout)
+                asyncio.get_running_loop().call_later(self.server.keepalive_timeout, self.transport.abort)
 
     def abort(self) -> None:
         if self.transport is not None:
