@@ -11,7 +11,11 @@ protocol below owns the rest:
 - a request's handler starts when its head is complete (as in aiohttp), one at a time per
   connection, and answers in order; a handler that answers before its body is in (a refusal)
   closes the connection after the answer, since the rest of the body cannot be skipped safely;
-- idle keep-alive connections, and heads not complete, are closed after ``keepalive_timeout``;
+- idle keep-alive connections are closed after ``keepalive_timeout``; heads not complete
+  ``head_timeout`` after their first byte (a new connection's first after it opened), and clients
+  that do not read their answers for ``keepalive_timeout``, are cut off;
+- only HTTP/1.0 and 1.1, ``chunked`` as the only transfer coding, ``Host`` on 1.1 (RFC 9112),
+  and ``Expect: 100-continue`` as the only expectation; anything else is refused before a handler;
 - ``GET`` routes answer ``HEAD``; other paths get 404, other methods 405 with ``Allow``;
 - ``shutdown`` stops accepting, closes idle connections and lets requests in progress finish
   within a timeout (the webhook drains in-flight reviews on SIGTERM).
@@ -38,9 +42,17 @@ log = logging.getLogger("portcullis.http")
 # A request line and headers longer than this are refused (aiohttp's own limits are 8 KiB per
 # line and per field); the apiserver sends a few hundred bytes.
 MAX_HEAD_BYTES = 32 * 1024
+# Repeats of a header field (each joined into one value, so each costs a copy of the value so far).
+MAX_REPEATED_FIELDS = 32
 # Requests a client may pipeline ahead of the answers before the connection stops being read.
 MAX_QUEUED = 16
+# Requests parsed from reads already taken (up to 256 KiB each) before the connection is cut off.
+MAX_PIPELINED = 4 * MAX_QUEUED
 KEEPALIVE_TIMEOUT = 75.0  # aiohttp's default
+# A head not complete this long after its first byte is cut off (slowloris: a head dribbled a byte
+# at a time would otherwise hold the connection for the whole keep-alive timeout). The apiserver
+# sends a head in one write.
+HEAD_TIMEOUT = 10.0
 # After answering a request whose body is still arriving (a refusal), the rest of the body is
 # read and dropped for up to this long before the connection closes: closing a socket with
 # unread data resets it, and the client could lose the answer (aiohttp's lingering_time is 10 s).
@@ -49,6 +61,14 @@ LINGER_SECONDS = 5.0
 JSON = b"application/json"
 JSON_UTF8 = b"application/json; charset=utf-8"
 TEXT_UTF8 = b"text/plain; charset=utf-8"
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing at once (llhttp then reports a callback error)."""
+
+
+# ``_refusal`` when the connection is cut off without an error answer (too deep a pipeline)
+_CUT_OFF = (0, "")
 
 
 class Response:
@@ -213,10 +233,18 @@ class HttpServer:
     """The connections of one listening port, and their graceful end."""
 
     def __init__(
-        self, routes: Routes, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT, linger_seconds: float = LINGER_SECONDS
+        self,
+        routes: Routes,
+        *,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        head_timeout: float = HEAD_TIMEOUT,
+        linger_seconds: float = LINGER_SECONDS,
     ) -> None:
         self.routes = routes
         self.keepalive_timeout = keepalive_timeout
+        self.head_timeout = head_timeout
+        # the loop's time as of the last sweep: when a head started, at no cost per request
+        self.now = 0.0
         self.linger_seconds = linger_seconds
         self.connections: set[_Connection] = set()
         self.closing = False
@@ -232,17 +260,26 @@ class HttpServer:
         self._listener = await loop.create_server(
             self.protocol, host, port, ssl=ssl_context, backlog=backlog, reuse_address=True
         )
+        self.now = loop.time()
         self._sweeper = loop.create_task(self._sweep_idle())
 
     async def _sweep_idle(self) -> None:
-        """Close connections idle (or stuck in a head) past ``keepalive_timeout``. One sweep
-        a second, not a timer per request: arming and cancelling one cost more than parsing."""
+        """Close connections idle past ``keepalive_timeout``, or in a head begun more than
+        ``head_timeout`` ago. One sweep a second, not a timer per request: arming and cancelling
+        one cost more than parsing."""
         loop = asyncio.get_running_loop()
-        interval = min(1.0, self.keepalive_timeout / 4)
+        interval = min(1.0, self.keepalive_timeout / 4, self.head_timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            expired = loop.time() - self.keepalive_timeout
-            for conn in [c for c in self.connections if c.idle_since is not None and c.idle_since <= expired]:
+            self.now = now = loop.time()
+            expired = now - self.keepalive_timeout
+            head_expired = now - self.head_timeout
+            for conn in [
+                c
+                for c in self.connections
+                if (c.idle_since is not None and c.idle_since <= expired)
+                or (c.head_started is not None and c.head_started <= head_expired)
+            ]:
                 conn.close_if_idle()
 
     async def shutdown(self, timeout: float) -> None:
@@ -287,7 +324,11 @@ class _Connection(asyncio.Protocol):
         self.current: Request | None = None  # the request being parsed
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
-        self._head_bytes = 0
+        self._head_bytes = 0  # bytes read while a head was incomplete (the head split over reads)
+        self._head_size = 0  # the current head's target and fields (a head within one read)
+        self._repeats = 0
+        self._head_error: tuple[int, str] | None = None  # found in a field, answered at the head's end
+        self._refusal: tuple[int, str] | None = None  # why a callback stopped the parser
         self._in_body = False  # between a head and the end of its body
         self._lingering: asyncio.TimerHandle | None = None  # answered; dropping the rest of a body
         self._closed_for_reading = False
@@ -295,6 +336,7 @@ class _Connection(asyncio.Protocol):
         self._closed = False
         self._writable = True
         self._drained: asyncio.Future[None] | None = None
+        self.head_started: float | None = None  # when the head being parsed began (sweeper's clock)
         # since when no request has been in progress (the sweeper closes the connection when
         # that is too long ago); None while one is
         self.idle_since: float | None = None
@@ -304,6 +346,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.server.connections.add(self)
+        self.head_started = self.server.now  # the first request is awaited as a head in progress
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -336,9 +379,20 @@ class _Connection(asyncio.Protocol):
             # No route upgrades: answer what was parsed, then close (the rest is another protocol).
             self._stop_reading()
         except httptools.HttpParserError as exc:
+            # a request whose body failed is answered with the error in place of its handler's
+            # answer (its handler sees the body broken): one request, one response
+            failed = self.current
             self._stop_reading()
-            reason = str(exc).strip() or "malformed request"
-            self._enqueue_error(400, f"Bad Request: {reason}")
+            refusal = self._refusal
+            if refusal is None:
+                reason = str(exc).strip() or "malformed request"
+                refusal = (400, f"Bad Request: {reason}")
+            elif refusal is _CUT_OFF:
+                return
+            if failed is not None:
+                failed.error = refusal
+            else:
+                self._enqueue_error(*refusal)
             return
         if not self._in_body and self._head_bytes > MAX_HEAD_BYTES:
             self._stop_reading()
@@ -358,23 +412,52 @@ class _Connection(asyncio.Protocol):
 
     # -- llhttp callbacks ---------------------------------------------------------------------
 
+    def _refuse(self, status: int, reason: str) -> None:
+        self._refusal = (status, reason)
+        raise _Refused(reason)
+
     def on_message_begin(self) -> None:
+        if len(self.queue) >= MAX_PIPELINED:
+            # many requests in reads already taken: parsing them all would queue each (far more
+            # memory than their bytes); answer those queued and close (the client retries the rest)
+            self._refusal = _CUT_OFF
+            raise _Refused("pipeline too deep")
         self._url = b""
         self._headers = {}
+        self._head_size = 0
+        self._repeats = 0
+        self._head_error = None
         self.current = None
+        self.head_started = self.server.now
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES:
+            self._refuse(414, f"URI Too Long: the request target exceeds {MAX_HEAD_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # a whole head can arrive in one read (data_received's count only sees heads split over reads)
+        size = self._head_size + len(name) + len(value) + 4
+        self._head_size = size
+        if size > MAX_HEAD_BYTES:
+            self._refuse(431, f"Request Header Fields Too Large: the head exceeds {MAX_HEAD_BYTES} bytes")
+        if self._in_body:
+            return  # a trailer field (RFC 9110 6.5.1: not merged into the header fields; counted above)
         key = name.lower()
         headers = self._headers
         if key in headers:
+            self._repeats += 1
+            if self._repeats > MAX_REPEATED_FIELDS:
+                self._refuse(431, f"Request Header Fields Too Large: more than {MAX_REPEATED_FIELDS} repeated fields")
+            if key == b"host":  # RFC 9112 3.2
+                self._head_error = (400, "Bad Request: more than one Host header")
             headers[key] += b", " + value
         else:
             headers[key] = value
 
     def on_headers_complete(self) -> None:
+        self.head_started = None
         self._in_body = True
         self._head_bytes = 0
         self.idle_since = None
@@ -388,9 +471,32 @@ class _Connection(asyncio.Protocol):
             if "%" in path:
                 path = unquote(path)
             query = parsed.query.decode("latin-1") if parsed.query else ""
-        request = Request(self.parser.get_method().decode("ascii"), path, query, self._headers)
-        request.keep_alive = self.parser.should_keep_alive()
-        request.http10 = self.parser.get_http_version() == "1.0"
+        headers = self._headers
+        request = Request(self.parser.get_method().decode("ascii"), path, query, headers)
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            if b"host" not in headers:  # RFC 9112 3.2
+                self._head_error = (400, "Bad Request: HTTP/1.1 request without a Host header")
+        elif version == "1.0":
+            request.http10 = True
+        else:  # llhttp also reads HTTP/0.9 request lines and versions such as 2.0
+            self._head_error = (505, "HTTP Version Not Supported: only HTTP/1.0 and HTTP/1.1")
+        if b"transfer-encoding" in headers:
+            # RFC 9112 6.1: a coding not understood is a 501 (the body is not what it looks like);
+            # Transfer-Encoding in HTTP/1.0 is faulty framing
+            if request.http10:
+                self._head_error = (400, "Bad Request: Transfer-Encoding in an HTTP/1.0 request")
+            elif headers[b"transfer-encoding"].lower() != b"chunked":
+                self._head_error = (501, "Not Implemented: transfer codings other than chunked")
+        expect = headers.get(b"expect")
+        if expect is not None and expect.lower() != b"100-continue":  # RFC 9110 10.1.1
+            self._head_error = (417, "Expectation Failed: only 100-continue is supported")
+        if self._head_error is None:
+            request.keep_alive = self.parser.should_keep_alive()
+        else:
+            # answered without a handler and closed (keep_alive stays False); the body, if any,
+            # is read and dropped as for any refusal
+            request.error = self._head_error
         self.current = request
         self._enqueue(request)
 
@@ -461,8 +567,14 @@ class _Connection(asyncio.Protocol):
                     self._reading_paused = False
                     self.transport.resume_reading()
                 if not self._writable and not self._closed:
-                    self._drained = loop.create_future()
-                    await self._drained
+                    # the client is not reading its answers: wait (the buffer stays at its
+                    # high-water mark), but not for ever
+                    self._drained = drained = loop.create_future()
+                    await asyncio.wait((drained,), timeout=self.server.keepalive_timeout)
+                    if not drained.done():
+                        log.info("closing a connection whose client has not read its answers")
+                        self.abort()
+                        return
         except Exception:  # a bug here must not leave the connection open and unanswered
             log.exception("HTTP connection failed")
             self._close()
@@ -480,7 +592,12 @@ class _Connection(asyncio.Protocol):
             methods = self.routes.table.get(request.path)
             handler = methods.get(request.method) if methods is not None else None
             if handler is not None:
-                if not request.complete and request.headers.get(b"expect", b"").lower() == b"100-continue":
+                if (
+                    not request.complete
+                    and b"expect" in request.headers  # only 100-continue gets this far
+                    and not request.http10  # RFC 9110 10.1.1: never to an HTTP/1.0 client
+                    and (request.content_length is None or request.content_length <= self.limit)
+                ):
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 try:
                     response = await handler(request)
@@ -489,6 +606,8 @@ class _Connection(asyncio.Protocol):
                 except Exception:
                     log.exception("handler for %s %s failed", request.method, request.path)
                     response = Response.text("500: Internal Server Error\n", 500)
+                if request.error is not None:  # its body failed to parse while the handler ran
+                    response = Response.text(request.error[1] + "\n", request.error[0])
             elif methods is None:
                 response = Response.text("404: Not Found", 404)
             else:
@@ -544,6 +663,10 @@ class _Connection(asyncio.Protocol):
         if not self._closed and self.transport is not None:
             self._closed = True
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # a plain transport's close waits for its buffer to drain, for ever if the client
+                # never reads (TLS has its own shutdown timeout)
+                asyncio.get_running_loop().call_later(self.server.keepalive_timeout, self.transport.abort)
 
     def abort(self) -> None:
         if self.transport is not None:
