@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import rfc3339_ns
 
 from webhook import cli
 from webhook.audit import log as audit_log
@@ -144,8 +145,8 @@ def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     assert cli.main(["audit", "keygen", "--out", str(keys), "--name", "test.local/report"]) == 0
     events = simulated_events()
     times = iter(e[0] for e in events)
-    original = records.now
-    records.now = lambda: next(times)  # type: ignore[assignment]  # the simulated clock
+    original = records.now_ns
+    records.now_ns = lambda: rfc3339_ns(next(times))  # the simulated clock
     try:
 
         async def write() -> None:
@@ -162,7 +163,7 @@ def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
 
         asyncio.run(write())
     finally:
-        records.now = original
+        records.now_ns = original
     return root / "log", keys / "audit.pub", events
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clock import rfc3339_ns
 
 from webhook.audit import log as audit_log
 from webhook.audit import records, report, report_render
@@ -55,8 +56,8 @@ def alert(pod: str) -> dict[str, Any]:
 
 def write(directory: Path, events: list[tuple[str, str, dict[str, Any]]]) -> None:
     times = iter(t for t, _, _ in events)
-    original = records.now
-    records.now = lambda: next(times)  # type: ignore[assignment]  # the simulated clock
+    original = records.now_ns
+    records.now_ns = lambda: rfc3339_ns(next(times))  # the simulated clock
     try:
 
         async def run() -> None:
@@ -67,7 +68,7 @@ def write(directory: Path, events: list[tuple[str, str, dict[str, Any]]]) -> Non
 
         asyncio.run(run())
     finally:
-        records.now = original
+        records.now_ns = original
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from time import time_ns as _time_ns
 from typing import Any, Literal
 
 import orjson
@@ -168,7 +167,7 @@ class AuditLog:
         """
         if self._closing or self._failed is not None:
             raise LogClosedError(f"audit log {self.directory} is closed") from self._failed
-        ns = _time_ns()
+        ns = records.now_ns()
         body = records.content_json(content) if kind in records.KINDS and isinstance(content, dict) else None
         if body is None:  # off the fast path: encoded exactly now (raises RecordError, naming why)
             body = records.encode_record(records.stamp(ns), kind, self.writer, content)

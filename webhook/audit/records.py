@@ -138,6 +138,7 @@ class _Clock:
 
 
 now = _Clock()
+now_ns = _time.time_ns  # the writer's clock (tests replace it with a simulated one)
 
 
 def stamp(ns: int, clock: _Clock = now) -> str:
