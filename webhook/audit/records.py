@@ -130,11 +130,7 @@ class _Clock:
         self.prefix = ""
 
     def __call__(self) -> str:
-        second, micro = divmod(_time.time_ns() // 1000, 1_000_000)
-        if second != self.second:
-            self.second = second
-            self.prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self.prefix}.{micro:06d}Z"
+        return stamp(_time.time_ns(), self)
 
 
 now = _Clock()
@@ -243,7 +239,7 @@ class GroupEncoder:
         bad: dict[int, RecordError] = {}
         for i, kind in enumerate(kinds):
             entry = entries[i]
-            if kind is not None and not _no_float(entry, bodies[i]):
+            if kind is not None and _content_floats((entry,)):
                 try:
                     entry = entries[i] = encode_record(
                         stamp(times[i], self._clock), kind, self.writer, orjson.loads(bodies[i])
@@ -254,10 +250,6 @@ class GroupEncoder:
             if len(entry) > MAX_RECORD:
                 bad[i] = _too_big(entry)
         return bad
-
-
-def _no_float(entry: bytes, body: bytes) -> bool:
-    return not _accel.content_floats((entry,)) if _accel is not None else _no_float_token(body)
 
 
 def _too_big(entry: bytes) -> RecordError:

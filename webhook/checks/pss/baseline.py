@@ -385,18 +385,19 @@ def host_probes_and_lifecycle(pod: PodView, stamp: Stamp) -> list[Violation]:
         container = c.container
         for where in PROBES:
             handler = container.get(where)
-            if handler and _sets_host(handler):
+            if handler and sets_host(handler):
                 out = _handler_hosts(stamp, c, where, handler, out)
         lifecycle = container.get("lifecycle")
         if lifecycle and (type(lifecycle) is dict or isinstance(lifecycle, Mapping)):
             for hook in HANDLERS:
                 handler = lifecycle.get(hook)
-                if handler and _sets_host(handler):
+                if handler and sets_host(handler):
                     out = _handler_hosts(stamp, c, f"lifecycle.{hook}", handler, out)
     return out
 
 
-def _sets_host(handler: Any) -> bool:
+def sets_host(handler: Any) -> bool:
+    """Whether a probe or lifecycle handler names a host (the screen reads it too)."""
     if not (type(handler) is dict or isinstance(handler, Mapping)):
         return False
     for action in ACTIONS:

@@ -147,7 +147,7 @@ def _screen(
     probes = baseline.PROBES
     probe_keys = frozenset((*probes, "lifecycle"))
     hooks = baseline.HANDLERS
-    actions = baseline.ACTIONS
+    sets_host = baseline.sets_host
     allowed_volumes = restricted.ALLOWED_VOLUMES
     forbidden_volumes = restricted.FORBIDDEN_VOLUMES
     floating = hardened.floating
@@ -349,13 +349,13 @@ def _screen(
                 if host_probes and not container.keys().isdisjoint(probe_keys):
                     for where in probes:
                         handler = container.get(where)
-                        if handler and _sets_host(handler, actions):
+                        if handler and sets_host(handler):
                             return False
                     lifecycle = container.get("lifecycle")
                     if lifecycle and (type(lifecycle) is dict or isinstance(lifecycle, Mapping)):
                         for hook in hooks:
                             handler = lifecycle.get(hook)
-                            if handler and _sets_host(handler, actions):
+                            if handler and sets_host(handler):
                                 return False
                 if hardened_container and not hardened_clean(container, ephemeral):
                     return False
@@ -369,13 +369,3 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     if type(value) is dict:
         return value
     return value if (value is not None and isinstance(value, Mapping)) else EMPTY
-
-
-def _sets_host(handler: Any, actions: tuple[str, ...]) -> bool:
-    if not (type(handler) is dict or isinstance(handler, Mapping)):
-        return False
-    for action in actions:
-        target = handler.get(action)
-        if target and (type(target) is dict or isinstance(target, Mapping)) and target.get("host"):
-            return True
-    return False
