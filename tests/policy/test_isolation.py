@@ -4,6 +4,7 @@ deadline kill, the memory and CPU caps, replacement, saturation, input bounds an
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,28 @@ async def test_reload_reaches_the_workers(tmp_path: Path) -> None:
         assert [d.message for d in found] == ["a: new!"]
     finally:
         await pipeline.close()
+
+
+def test_closing_during_a_reload_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """``close`` can race a reload: a start that completes as it is cancelled retires its worker
+    in a task of its own. Every worker must be reaped before ``close`` returns; a process left
+    to the closed loop surfaces later, in whatever runs next, as an unraisable error (a CI run
+    failed that way). Each scenario runs in a loop of its own that is closed at once, then the
+    garbage collector runs, so any transport left open fails this test and not another."""
+    (tmp_path / "p.rego").write_text('package p\nimport rego.v1\ndeny contains "x" if input.n > 0\n')
+    compiled = rego.load_directory([tmp_path])
+    spec = rego_check.worker_spec(compiled, None, strict=False)
+
+    async def scenario(delay: float) -> None:
+        pool = isolation.WorkerPool(2)
+        pool.configure(spec)
+        await pool.start()
+        pool.configure(spec)  # a reload: two more workers start, the first two retire
+        await asyncio.sleep(delay)
+        await pool.close()
+        assert not pool._tasks  # every reap awaited
+        assert not pool.pids()
+
+    for delay in (0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.3):
+        asyncio.run(scenario(delay))
+        gc.collect()

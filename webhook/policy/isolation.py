@@ -150,11 +150,16 @@ class WorkerPool:
         _kill_all(self._pids)  # still starting ones too
         self._idle.clear()
         self._busy.clear()
-        for task in list(self._tasks):  # reaps finish (bounded); starts and retries are cancelled
-            if task.get_name() != _REAP:
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        # Reaps finish (bounded); starts and retries are cancelled. Awaiting one can start
+        # another (a start that completes as it is cancelled retires its worker): drain until
+        # none is left, so no worker outlives the loop that owns its pipes.
+        while self._tasks:
+            for task in list(self._tasks):
+                if task.get_name() != _REAP:
+                    task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                self._tasks.discard(task)
 
     def pids(self) -> list[int]:
         return [w.pid for w in [*self._idle, *self._busy]]
