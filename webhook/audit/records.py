@@ -107,12 +107,8 @@ def canonical(obj: Any) -> bytes:
     ECMAScript format floats differently) and, via OPT_STRICT_INTEGER, no unsafe integer.
     Anything else goes through the exact, slower ``rfc8785`` encoder.
     """
-    try:
-        out = orjson.dumps(obj, option=_ORJSON_OPTS)
-    except (orjson.JSONEncodeError, TypeError):
-        out = None
-    # orjson writes NaN and infinities as null, which JCS rejects: a null sends the walk to decide.
-    if out is not None and ((out.isascii() and _no_float_token(out) and b"null" not in out) or _orjson_is_jcs(obj)):
+    out = _orjson(obj)
+    if out is not None and ((_plain(out) and _no_float_token(out)) or _orjson_is_jcs(obj)):
         return bytes(out)
     try:
         return rfc8785.dumps(obj)
@@ -162,11 +158,23 @@ def content_json(content: dict[str, Any]) -> bytes | None:
     is in them (``GroupEncoder`` checks that once per group); None when only ``encode_record``'s
     exact path can tell: not JSON to orjson, an unsafe integer, non-ASCII text, or a null
     (orjson also writes NaN and infinities as null, which JCS rejects)."""
+    body = _orjson(content)
+    return body if body is not None and _plain(body) else None
+
+
+def _orjson(obj: Any) -> bytes | None:
+    """orjson's sorted bytes, or None for what it cannot encode (an unsafe integer among them)."""
     try:
-        body = orjson.dumps(content, option=_ORJSON_OPTS)
+        return orjson.dumps(obj, option=_ORJSON_OPTS)
     except (orjson.JSONEncodeError, TypeError):
         return None
-    return body if body.isascii() and b"null" not in body else None
+
+
+def _plain(out: bytes) -> bool:
+    """Whether orjson's bytes can be JCS as they stand but for floats: pure ASCII (code-point and
+    UTF-16 key orders agree) and no null (orjson writes NaN and infinities as null, which JCS
+    rejects: a null sends the exact path to decide)."""
+    return out.isascii() and b"null" not in out
 
 
 # kind -> the envelope between content and time, for ``_tilehash.envelopes``
