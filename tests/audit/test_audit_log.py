@@ -121,6 +121,37 @@ async def test_a_bad_record_is_refused_before_it_reaches_the_log(tmp_path: Path,
     await log.close()
 
 
+async def test_append_takes_the_record_at_the_call_and_fails_only_its_own_future(
+    tmp_path: Path, signer: note.Signer
+) -> None:
+    """``append`` is a plain function: the record is staged when it is called, and what cannot be
+    encoded (an unknown kind, content nested past any encoder's depth) fails its own future with
+    ``RecordError``, never the call, so ``gather`` over a batch keeps every good record."""
+    log = await AuditLog.open(tmp_path / "log", signing_key_path=tmp_path / "audit.key", origin=ORIGIN, writer="w")
+    nested: dict[str, object] = {}
+    inner = nested
+    for _ in range(5000):
+        inner["a"] = inner = {}
+    futures = [
+        log.append("config", {"i": 0}),
+        log.append("config", nested),
+        log.append("nope", {"i": -1}),  # type: ignore[arg-type]
+        log.append("config", {"i": 1}),
+    ]
+    assert all(isinstance(f, asyncio.Future) for f in futures)
+    assert log.size == 0
+    assert len(log._pending) == 2
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    await log.close()
+    assert results[0] == 0
+    assert results[3] == 1
+    assert isinstance(results[1], errors.AuditFormatError)
+    assert "nested too deeply" in str(results[1])
+    assert isinstance(results[2], errors.AuditFormatError)
+    assert "kind" in str(results[2])
+    assert check(tmp_path / "log", signer).ok
+
+
 async def test_one_group_mixing_odd_records_keeps_every_good_one_in_order(tmp_path: Path, signer: note.Signer) -> None:
     """The writer encodes a whole group at once: records off the fast path (floats, non-ASCII,
     nulls), one too big only once its float is spelled out, and refused ones in the same group

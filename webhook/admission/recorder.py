@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import orjson
@@ -42,7 +43,7 @@ _SIZE_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 class AppendOnlyLog(Protocol):
-    async def append(self, kind: Any, content: dict[str, Any]) -> int: ...
+    def append(self, kind: Any, content: dict[str, Any]) -> Awaitable[int]: ...
 
 
 class AuditUnavailable(Exception):

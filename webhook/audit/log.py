@@ -157,30 +157,41 @@ class AuditLog:
         """Entries staged so far (acknowledged ones are a prefix of these)."""
         return self._store.size
 
-    async def append(self, kind: Literal["admission", "alert", "config"], content: dict[str, Any]) -> int:
-        """Append one record; returns its leaf index once it is durable on disk.
+    def append(self, kind: Literal["admission", "alert", "config"], content: dict[str, Any]) -> asyncio.Future[int]:
+        """Append one record; the returned future gives its leaf index once it is durable on disk
+        (``index = await log.append(...)``).
 
-        The record's time and content are taken now (the content as JSON bytes); the writer
-        assembles the records of a group at once. Content that cannot be encoded raises
-        ``RecordError`` (here, or for a float whose exact form is too long, from the await), as
-        ``records.encode_record`` would, and is not written.
+        The record is taken now, at the call: its time and its content as JSON bytes (the
+        writer assembles the records of a group at once). A plain function, not a coroutine:
+        the append path runs once per admission, and ``asyncio.gather`` over many appends gets
+        futures to wait on instead of a task to create for each. Content that cannot be
+        encoded fails the future with ``RecordError`` (for a float whose exact form is too long,
+        once its group is encoded), as ``records.encode_record`` would, and is not written; a
+        closed log fails it with ``LogClosedError``.
         """
+        fut: asyncio.Future[int] = self._loop.create_future()
         if self._closing or self._failed is not None:
-            raise LogClosedError(f"audit log {self.directory} is closed") from self._failed
+            closed = LogClosedError(f"audit log {self.directory} is closed")
+            closed.__cause__ = self._failed
+            fut.set_exception(closed)
+            return fut
         ns = records.now_ns()
         body = records.content_json(content) if kind in records.KINDS and isinstance(content, dict) else None
-        if body is None:  # off the fast path: encoded exactly now (raises RecordError, naming why)
-            body = records.encode_record(records.stamp(ns), kind, self.writer, content)
+        if body is None:  # off the fast path: encoded exactly now (naming why it cannot be)
+            try:
+                body = records.encode_record(records.stamp(ns), kind, self.writer, content)
+            except Exception as exc:  # RecordError, or the encoder's own limits (deep nesting)
+                fut.set_exception(exc)
+                return fut
             self._kinds.append(None)
         else:
             self._kinds.append(kind)
         del content  # not held while the group gathers
         self._pending.append(body)
         self._times.append(ns)
-        fut: asyncio.Future[int] = self._loop.create_future()
         self._waiters.append(fut)
         self._wake.set()
-        return await fut
+        return fut
 
     async def close(self) -> None:
         """Flush pending records, write a final checkpoint and stop the writer."""

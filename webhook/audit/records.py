@@ -114,6 +114,8 @@ def canonical(obj: Any) -> bytes:
         return rfc8785.dumps(obj)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise RecordError(f"record content is not representable as canonical JSON: {exc}") from exc
+    except RecursionError:
+        raise RecordError("record content is nested too deeply to encode") from None
 
 
 class _Clock:
