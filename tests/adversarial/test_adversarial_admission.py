@@ -9,6 +9,7 @@ admits on a 500) and never a hang.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -371,6 +372,49 @@ async def test_username_exemption_is_exact() -> None:
     assert "pss:privileged" in checks_found(
         await judge(obj, cfg, username="System:serviceaccount:kube-system:replicaset-controller")
     )
+
+
+_NODEPORT_POLICY = """# METADATA
+# custom:
+#   id: no-nodeport
+#   kinds: [Service]
+package portcullis.services
+
+import rego.v1
+
+deny contains "NodePort services are not allowed" if input.request.object.spec.type == "NodePort"
+"""
+
+
+@pytest.mark.parametrize(
+    "exemption",
+    [{"runtime_classes": ["kata"]}, {"namespaces": ["default"], "service_accounts": ["monitor"]}],
+    ids=["runtime-class", "service-account"],
+)
+async def test_pod_selector_exemptions_do_not_exempt_objects_without_pods(
+    webhook: Any, tmp_path: Path, exemption: dict[str, Any]
+) -> None:
+    """Fixed: an object with no pod spec (a Service under a Rego policy) has no runtime class and
+    no service account, and the empty set of them is a subset of any list: an exemption meant
+    for ``kata`` pods (or the ``monitor`` account's) exempted every Service, ConfigMap and Ingress
+    from every check. Sent as AdmissionReview bytes to the real server."""
+    rego = tmp_path / "rego"
+    rego.mkdir()
+    (rego / "services.rego").write_text(_NODEPORT_POLICY)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "namespace": "default"},
+        "spec": {"type": "NodePort"},
+    }
+    cfg = {"policy": {"directory": str(rego)}, "exemptions": [exemption]}
+    async with webhook(cfg) as hook:
+        status, answer = await hook.post("/validate", review(service, kind="Service", resource="services"))
+    assert status == 200
+    response = answer["response"]
+    assert response["allowed"] is False, response
+    assert "no-nodeport" in response["status"]["message"]
+    assert "exempt" not in response.get("auditAnnotations", {})
 
 
 # -- a restricted pod stays admitted (no false positives from the attacks above) -------------

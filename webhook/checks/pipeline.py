@@ -332,9 +332,12 @@ class Pipeline:
                 continue
             if rule.usernames and ctx.username not in rule.usernames:
                 continue
-            if rule.runtime_classes and not runtime_classes <= set(rule.runtime_classes):
+            # Pod selectors match only objects with pods: one without (a Service, a ConfigMap under
+            # a Rego policy) has no runtime class or service account, and the empty set of them
+            # would be a subset of any list, exempting every such object from every check.
+            if rule.runtime_classes and not (pods and runtime_classes <= set(rule.runtime_classes)):
                 continue
-            if rule.service_accounts and not service_accounts <= set(rule.service_accounts):
+            if rule.service_accounts and not (pods and service_accounts <= set(rule.service_accounts)):
                 continue
             checks = set(rule.checks) if rule.checks else all_ids
             exempt |= checks
