@@ -76,6 +76,57 @@ def test_octal_root_user_reads_like_kubectl() -> None:
     assert "pss:runAsUser" in {v["check"] for v in results[0]["violations"]}  # type: ignore[index, union-attr]
 
 
+@pytest.mark.parametrize("value", ["0.0", "-0.0", "0.0e+3", ".0", "0e0", "0.0e0", "0E0", "00", "0X0", "0O0", "0B0"])
+def test_a_float_or_prefixed_root_user_reads_like_kubectl(value: str) -> None:
+    """Fixed: each passed ``--level restricted``. go-yaml reads them as 0 (a float for the first
+    seven; PyYAML keeps ``0e0``, ``0.0e0``, ``0E0`` and the upper-case prefixes as strings),
+    sigs.k8s.io/yaml writes a whole float to JSON as ``0``, and the apiserver stores UID 0; the
+    check only counted integers, and the reader only knew the plain one-letter booleans and 0o."""
+    manifest = _pod(
+        f"        runAsUser: {value}\n        runAsNonRoot: true\n        allowPrivilegeEscalation: false\n"
+        "        capabilities: {drop: [ALL]}\n        seccompProfile: {type: RuntimeDefault}"
+    )
+    code, results = _check(manifest, "--level", "restricted")
+    assert code == 1
+    assert "pss:runAsUser" in {v["check"] for v in results[0]["violations"]}  # type: ignore[index, union-attr]
+
+
+def test_a_float_root_user_in_json_reads_like_kubectl() -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "sneaky"},
+        "spec": {
+            "securityContext": {"runAsUser": 1000.0, "runAsNonRoot": True, "seccompProfile": {"type": "Localhost"}},
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "nginx:1.27",
+                    "securityContext": {
+                        "runAsUser": 0.0,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    code, results = _check(json.dumps(pod), "--level", "restricted")
+    assert code == 1
+    found = [v for v in results[0]["violations"] if v["check"] == "pss:runAsUser"]  # type: ignore[index, union-attr]
+    assert [v["path"] for v in found] == ["spec.containers[0].securityContext.runAsUser"]  # type: ignore[index]
+
+
+def test_false_is_not_a_root_user() -> None:
+    """``False == 0`` in Python, but a boolean UID is refused by the apiserver: no finding."""
+    manifest = _pod(
+        "        runAsUser: false\n        runAsNonRoot: true\n        allowPrivilegeEscalation: false\n"
+        "        capabilities: {drop: [ALL]}\n        seccompProfile: {type: RuntimeDefault}"
+    )
+    code, results = _check(manifest, "--level", "restricted")
+    assert code == 0, results
+
+
 @pytest.mark.parametrize("value", ["'y'", '"Y"', "yep", "n1"])
 def test_quoted_and_longer_strings_stay_strings(value: str) -> None:
     """Only the plain one-letter forms are booleans to go-yaml; the rest stay strings (and a

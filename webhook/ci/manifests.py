@@ -7,6 +7,7 @@ alias expansion (a "billion laughs" document fails fast instead of eating memory
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -189,17 +190,32 @@ def _yaml_problem(name: str, exc: yaml.YAMLError) -> InputProblem:
 
 _STR_TAG = "tag:yaml.org,2002:str"
 # Plain scalars PyYAML keeps as strings but kubectl's YAML reader (go-yaml v2, YAML 1.1) does
-# not: `privileged: y` reaches the cluster as `true`, `runAsUser: 0o0` as 0. Read them the
-# way the cluster will, or CI would pass what admission then judges differently.
+# not: `privileged: y` reaches the cluster as `true`, `runAsUser: 0o0`, `0X0` or `0e0` as 0.
+# Read them the way the cluster will, or CI would pass what admission then judges differently.
 _GO_BOOLS = {"y": True, "Y": True, "n": False, "N": False}
-_GO_OCTAL = re.compile(r"[-+]?0o[0-7_]+")
+# go-yaml v2's ``resolve``: underscores dropped, then ``strconv.ParseInt(s, 0, 64)`` (any case of
+# the 0x/0o/0b prefixes; PyYAML knows only lower-case 0x and 0b), then its float pattern, which
+# (unlike YAML 1.1's) needs neither a dot nor a sign in the exponent, nor digits before the dot.
+_GO_PREFIXED_INT = re.compile(r"[-+]?0[xXoObB][0-9a-fA-F]+")
+_GO_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+_INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 
 
-def _go_yaml_scalar(text: str) -> bool | int | None:
+def _go_yaml_scalar(text: str) -> bool | int | float | None:
+    """What go-yaml v2 makes of a plain scalar PyYAML left a string, or None if a string too."""
     if text in _GO_BOOLS:
         return _GO_BOOLS[text]
-    if _GO_OCTAL.fullmatch(text):
-        return int(text.replace("_", ""), 0)
+    # a scalar starting with "." goes straight to ParseFloat there, underscores and all
+    plain = text if text.startswith(".") else text.replace("_", "")
+    if _GO_PREFIXED_INT.fullmatch(plain):
+        try:
+            number = int(plain, 0)
+        except ValueError:  # a digit outside the base (0o9): a string there too
+            return None
+        return number if _INT64_MIN <= number <= _UINT64_MAX else None
+    if _GO_FLOAT.fullmatch(plain):
+        value = float(plain)
+        return value if math.isfinite(value) else None  # out of range: ParseFloat fails, a string
     return None
 
 

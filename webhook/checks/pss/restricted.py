@@ -203,7 +203,12 @@ def _non_root_explicit(stamp: Stamp, where: str, container: str | None) -> Viola
 
 
 def run_as_user(*, relax_for_user_namespace: bool) -> CheckFn:
-    """runAsUser must not be 0 on the pod or any container (v1.23+)."""
+    """runAsUser must not be 0 on the pod or any container (v1.23+).
+
+    0.0 (or 0e0) is 0 too: kubectl reads a manifest's number as a float when it is written as one,
+    and sends it as ``0`` (Go's JSON writes a whole float without a fraction), so ``portcullis
+    check`` must judge it as the root UID the cluster will see. A boolean is not a UID (the API
+    server refuses it), though ``False == 0`` in Python."""
 
     def check(pod: PodView, stamp: Stamp) -> list[Violation]:
         if relax_for_user_namespace and pod.user_namespace:
@@ -211,7 +216,7 @@ def run_as_user(*, relax_for_user_namespace: bool) -> CheckFn:
         out = NONE
         for where, sc, container in pod.contexts:
             user = sc.get("runAsUser")
-            if user == 0 and type(user) is int:
+            if user == 0 and type(user) is not bool:
                 out = out or []
                 out.append(
                     finding(

@@ -191,7 +191,7 @@ def _screen(
                 return False
         if check_run_as_user:
             user = sc.get("runAsUser")
-            if user == 0 and type(user) is int:
+            if user == 0 and type(user) is not bool:  # as the check reads it (0.0 is root too)
                 return False
         return True
 
