@@ -72,6 +72,28 @@ async def test_crafted_review_that_breaks_the_pipeline_never_gets_a_500(
                 assert response["status"]["message"]
 
 
+async def test_an_update_nested_as_deep_as_the_decoder_reads_is_judged_not_an_internal_error(webhook: Any) -> None:
+    """Fixed: old and new objects 1,010 levels deep (orjson reads 1,024; Python's ``==`` gives
+    up near 1,000) made the UPDATE comparison raise RecursionError, answered as "internal error;
+    denied" (code 500 in the review) where the same object on CREATE is judged. Now such an
+    update counts as changed and is judged like the CREATE."""
+    deep = b'{"a":' * 1010 + b"{}" + b"}" * 1010
+    obj = pod(affinity="DEEP", containers=[privileged()])
+    async with webhook() as hook:
+        answers = {}
+        for operation in ("CREATE", "UPDATE"):
+            old = pod(affinity="DEEP", containers=[{"name": "app", "image": "nginx:1.26"}])
+            body = review(obj, operation=operation, old=old if operation == "UPDATE" else None)
+            status, answer = await hook.post("/validate", orjson.dumps(body).replace(b'"DEEP"', deep))
+            assert status == 200, answer
+            answers[operation] = answer["response"]
+    for response in answers.values():
+        assert response["allowed"] is False
+        assert response["status"]["code"] == 403, response["status"]
+        assert "pss:privileged" in response["status"]["message"]
+        assert "internal error" not in response["status"]["message"]
+
+
 async def test_webhook_keeps_serving_after_a_crafted_review(webhook: Any) -> None:
     async with webhook() as hook:
         await hook.post("/validate", review(pod(runtimeClassName={"x": 1})))

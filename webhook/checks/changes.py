@@ -44,12 +44,19 @@ class Update:
 
 
 def must_judge(check: object, update: Update) -> bool:
-    """Whether ``check`` must judge ``update`` again (by its own rule, or by what it reads)."""
-    significant = getattr(check, "significant_update", None)
-    if significant is not None:
-        return bool(significant(update))
-    reads: frozenset[Part] = getattr(check, "reads", EVERYTHING)
-    return any(update.changed(part) for part in reads)
+    """Whether ``check`` must judge ``update`` again (by its own rule, or by what it reads).
+
+    Objects nested too deeply for Python's comparison (orjson reads 1024 levels, ``==`` gives up
+    near 1000) count as changed: judged like the same object on CREATE, never an internal error.
+    """
+    try:
+        significant = getattr(check, "significant_update", None)
+        if significant is not None:
+            return bool(significant(update))
+        reads: frozenset[Part] = getattr(check, "reads", EVERYTHING)
+        return any(update.changed(part) for part in reads)
+    except RecursionError:
+        return True
 
 
 def _spec(update: Update) -> bool:
