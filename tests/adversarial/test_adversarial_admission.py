@@ -439,6 +439,40 @@ async def test_pod_selector_exemptions_do_not_exempt_objects_without_pods(
     assert "exempt" not in response.get("auditAnnotations", {})
 
 
+async def test_a_policy_input_too_deep_to_encode_is_denied_even_under_failure_mode_allow(
+    webhook: Any, tmp_path: Path
+) -> None:
+    """Fixed: an object nested past orjson's 255 levels (a custom resource can be) made encoding
+    the policy input raise, an internal error that ``failure_mode: allow`` turned into "admitted,
+    with a warning": the NodePort Service below passed its policy unjudged. Now it is denied,
+    like an input over ``policy.max_input_bytes``. Sent as AdmissionReview bytes to the server."""
+    rego = tmp_path / "rego"
+    rego.mkdir()
+    # reads every field of the spec (a fixed path would be all the engine is given)
+    policy = _NODEPORT_POLICY.replace(
+        'if input.request.object.spec.type == "NodePort"',
+        'if {\n  some key\n  input.request.object.spec[key] == "NodePort"\n}',
+    )
+    assert policy != _NODEPORT_POLICY
+    (rego / "services.rego").write_text(policy)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "namespace": "default"},
+        "spec": {"type": "NodePort", "deep": "DEEP"},
+    }
+    body = orjson.dumps(review(service, kind="Service", resource="services"))
+    deep = b'{"a":' * 300 + b"{}" + b"}" * 300
+    cfg = {"policy": {"directory": str(rego)}, "checks": {"rego": {"failure_mode": "allow"}}}
+    async with webhook(cfg) as hook:
+        status, answer = await hook.post("/validate", body.replace(b'"DEEP"', deep))
+    assert status == 200
+    response = answer["response"]
+    assert response["allowed"] is False, response
+    assert "cannot be encoded" in response["status"]["message"]
+    assert "internal error" not in response["status"]["message"]
+
+
 # -- a restricted pod stays admitted (no false positives from the attacks above) -------------
 
 

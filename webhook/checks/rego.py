@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from webhook.checks.base import Check
 from webhook.checks.services import Services
 from webhook.config import Config
@@ -227,12 +229,15 @@ def _prepare(
         "review": review if matching else None,
         "constraints": [c.id for c in matching],
     }
-    payload = bounds.encoded(request)
-    if len(payload) > max_bytes:
-        return bounds.too_many_bytes(len(payload), max_bytes)
-    referential = templates is not None and any(templates.templates[c.kind].referential for c in matching)
-    if synced is not None and referential:
-        payload = bounds.encoded({**request, "inventory": synced})
+    try:
+        payload = bounds.encoded(request)
+        if len(payload) > max_bytes:
+            return bounds.too_many_bytes(len(payload), max_bytes)
+        referential = templates is not None and any(templates.templates[c.kind].referential for c in matching)
+        if synced is not None and referential:
+            payload = bounds.encoded({**request, "inventory": synced})
+    except orjson.JSONEncodeError as exc:  # judged like an input over the bounds, not an internal error
+        return bounds.unencodable(exc)
     policies = list(bundle.policies) if run_bundle and bundle is not None else []
     return _Prepared(payload, policies, matching)
 

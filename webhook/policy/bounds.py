@@ -35,6 +35,15 @@ def encoded(request: Any) -> bytes:
     return orjson.dumps(request, option=orjson.OPT_NON_STR_KEYS)
 
 
+def unencodable(exc: Exception) -> str:
+    """Why an input the encoder refuses (nested past its 255 levels, an integer beyond 64 bits)
+    is denied: it cannot reach the policies, and a failure mode of ``allow`` must not admit it."""
+    return (
+        f"the policy input cannot be encoded for the policies ({exc}: nested deeper than 255 levels, "
+        "or an integer beyond 64 bits), so it is denied without evaluation"
+    )
+
+
 def too_many_bytes(size: int, max_bytes: int) -> str:
     return (
         f"the policy input is {size} bytes; policies judge at most {max_bytes} "
