@@ -458,6 +458,7 @@ def test_webhook_rules_cover_pods_ephemeral_containers_and_every_workload_kind(c
         "pods": "Pod",
         "pods/ephemeralcontainers": "Pod",
         "replicationcontrollers": "ReplicationController",
+        "podtemplates": "PodTemplate",  # Pod Security Admission judges them too (warn and audit)
         "deployments": "Deployment",
         "replicasets": "ReplicaSet",
         "statefulsets": "StatefulSet",

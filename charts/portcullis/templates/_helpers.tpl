@@ -251,7 +251,7 @@ spec:
 - apiGroups: [""]
   apiVersions: ["v1"]
   operations: ["CREATE", "UPDATE"]
-  resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
+  resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers", "podtemplates"]
   scope: Namespaced
 - apiGroups: ["apps"]
   apiVersions: ["v1"]
