@@ -512,3 +512,55 @@ async def test_audit_annotation_is_bounded_too() -> None:
     annotation = outcome.verdict.audit_annotations["privilege"]
     assert "and 200 more pss:privileged findings" in annotation
     assert annotation.count("[pss:privileged]") == 101
+
+
+@pytest.mark.parametrize("shape", ["deep", "big"])
+async def test_a_remote_opa_gets_the_same_input_bounds_as_the_embedded_engine(
+    webhook: Any, tmp_path: Path, shape: str
+) -> None:
+    """Fixed: with ``engine: opa`` the input went to OPA unbounded. Nested past the encoder's
+    depth it raised while being sent, an internal error that ``failure_mode: allow`` admitted
+    unjudged; over ``policy.max_input_bytes`` it was sent whole. Both are now denied before OPA is
+    asked, as the embedded engine denies them. No OPA server can be installed here: a local
+    aiohttp server answers OPA's Data API (``POST /v1/data/<path>``), allowing everything."""
+    from aiohttp import web
+
+    asked: list[int] = []
+
+    async def allow_all(request: web.Request) -> web.Response:
+        asked.append(len(await request.read()))
+        return web.json_response({"result": {"services": {"deny": []}}})
+
+    app = web.Application()
+    app.router.add_post("/v1/data/{path:.*}", allow_all)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "namespace": "default"},
+        "spec": {"type": "NodePort", "extra": "EXTRA"},
+    }
+    body = orjson.dumps(review(service, kind="Service", resource="services"))
+    extra = b'{"a":' * 300 + b"{}" + b"}" * 300 if shape == "deep" else orjson.dumps("x" * 70_000)
+    cfg = {
+        "policy": {"engine": "opa", "opa_url": f"http://127.0.0.1:{port}", "max_input_bytes": 65536},
+        "checks": {"rego": {"failure_mode": "allow"}},
+    }
+    try:
+        async with webhook(cfg) as hook:
+            status, answer = await hook.post("/validate", body.replace(b'"EXTRA"', extra))
+            ok_status, ok_answer = await hook.post("/validate", body.replace(b'"EXTRA"', b'"small"'))
+    finally:
+        await runner.cleanup()
+    assert status == 200
+    response = answer["response"]
+    assert response["allowed"] is False, response
+    assert ("cannot be encoded" if shape == "deep" else "65536") in response["status"]["message"]
+    assert "internal error" not in response["status"]["message"]
+    assert ok_status == 200
+    assert ok_answer["response"]["allowed"] is True  # the same service, small: OPA is asked and allows it
+    assert len(asked) == 1

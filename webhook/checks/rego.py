@@ -157,6 +157,10 @@ class RegoCheck:
             return CheckResult(violations=[Violation(CHECK_ID, too_big)])
         document = policy_input.build(ctx, pods)
         if self.remote is not None:
+            beyond = _beyond_bounds(document, self.settings.max_input_bytes)  # the same bounds as embedded
+            if beyond is not None:
+                self.over_bounds += 1
+                return CheckResult(violations=[Violation(CHECK_ID, beyond)])
             return to_result(await self.remote.evaluate(document, ctx.deadline), self.settings.failure_mode)
         version = self._install() if (self.bundle or self.templates) else self._current()
         synced = self.sync.document if self.sync is not None else None
@@ -199,6 +203,16 @@ class RegoCheck:
 
 
 _Version = tuple[rego.CompiledPolicies | None, gatekeeper.GatekeeperSet | None]
+
+
+def _beyond_bounds(document: dict[str, Any], max_bytes: int) -> str | None:
+    """Why an input for a remote OPA is denied unsent (too deep to encode, or over the size
+    bound), or None: OPA gets no more than the embedded engine would."""
+    try:
+        size = len(bounds.encoded(document))
+    except orjson.JSONEncodeError as exc:
+        return bounds.unencodable(exc)
+    return bounds.too_many_bytes(size, max_bytes) if size > max_bytes else None
 
 
 @dataclass(frozen=True, slots=True)
