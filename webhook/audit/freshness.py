@@ -45,7 +45,7 @@ def load_trusted(
             problems.append(f"{what}: a trusted checkpoint needs the log's public key to be checked")
             continue
         try:
-            cp, _ = note.open_checkpoint(path.read_bytes(), log_key, what)
+            cp, _ = note.open_checkpoint(note.read_note(path, what), log_key, what)
         except OSError as exc:
             problems.append(f"{what}: trusted checkpoint unreadable ({exc.strerror})")
             continue

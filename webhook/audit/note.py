@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,9 @@ SIG_ED25519 = 0x01
 SIG_COSIGNATURE_V1 = 0x04
 DASH = "\u2014"
 MAX_SIGNATURES = 64
+# The largest signed note read from a file: a checkpoint (origin, size, root, a few extension
+# lines) and its signature lines take well under a kilobyte each.
+MAX_NOTE_BYTES = 1 << 20
 
 
 class NoteError(errors.AuditFormatError):
@@ -187,6 +192,19 @@ class Note:
         return self.text + b"\n" + "".join(s.line for s in self.signatures).encode()
 
 
+def read_note(path: Path, what: str) -> bytes:
+    """A signed note file's bytes, refusing (``NoteError``) anything but a regular file of at
+    most ``MAX_NOTE_BYTES`` before reading it (``OSError`` if it cannot be opened)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NoteError(f"{what}: not a regular file")
+        if st.st_size > MAX_NOTE_BYTES:
+            raise NoteError(f"{what}: {st.st_size} bytes, larger than any signed note ({MAX_NOTE_BYTES})")
+        return f.read(MAX_NOTE_BYTES + 1)
+
+
 def parse_note(data: bytes, what: str = "note") -> Note:
     """Split a signed note into text and signature lines (signed-note §Format)."""
     try:
@@ -258,7 +276,9 @@ def parse_checkpoint(text: bytes, what: str = "checkpoint") -> Checkpoint:
         raise NoteError(f"{what}: expected origin, size and root hash lines")
     origin, size_s, root_s = lines[:3]
     if not size_s.isascii() or not size_s.isdigit() or (size_s != "0" and size_s.startswith("0")):
-        raise NoteError(f"{what}: tree size {size_s!r} is not a canonical decimal")
+        raise NoteError(f"{what}: tree size {size_s[:24]!r} is not a canonical decimal")
+    if len(size_s) > 20 or int(size_s) >= 1 << 64:  # int() refuses over 4300 digits
+        raise NoteError(f"{what}: tree size {size_s[:24]!r}... is larger than a uint64")
     try:
         root = base64.b64decode(root_s, validate=True)
     except (ValueError, binascii.Error) as exc:  # ValueError: non-ASCII text in a str

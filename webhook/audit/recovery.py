@@ -89,14 +89,16 @@ def load_floor(root: Path, verifier: note.Verifier | None) -> tuple[Floor | None
     """
     damage: list[str] = []
     found: list[tuple[note.Checkpoint, str, bytes]] = []
-    paths = [root / CHECKPOINT] if (root / CHECKPOINT).is_file() else []
+    # Whatever is named ``checkpoint`` is read (a directory or a link there is damage, never
+    # a file to overwrite); history names are ASCII decimals ('²'.isdigit(), yet int() refuses it).
+    paths = [root / CHECKPOINT] if os.path.lexists(root / CHECKPOINT) else []
     hist = root / HISTORY
     if hist.is_dir():
-        paths += sorted(p for p in hist.iterdir() if p.name.isdigit() and str(int(p.name)) == p.name)
+        paths += sorted(p for p in hist.iterdir() if _decimal(p.name) and p.is_file())
     for path in paths:
         rel = path.relative_to(root).as_posix()
         try:
-            data = path.read_bytes()
+            data = note.read_note(path, rel)
             if verifier is not None:
                 cp, _ = note.open_checkpoint(data, verifier, rel)
             else:
@@ -114,6 +116,10 @@ def load_floor(root: Path, verifier: note.Verifier | None) -> tuple[Floor | None
     # The newest size wins; at equal sizes the history copy (it may carry more cosignatures).
     cp, rel, data = max(found, key=lambda f: (f[0].size, f[1] != CHECKPOINT))
     return Floor(cp.size, cp.root, rel, data), damage, sizes
+
+
+def _decimal(name: str) -> bool:
+    return name.isascii() and name.isdigit() and str(int(name)) == name
 
 
 def inspect(root: Path, floor: Floor | None) -> Plan:
@@ -200,7 +206,9 @@ def _check_partials(root: Path, files: _Listing, plan: Plan, index: int, signed:
 def _bundle_count(root: Path, rel: str) -> int | str:
     """Entries in a bundle file, or the reason it does not decode."""
     try:
-        return len(tiles.decode_bundle((root / rel).read_bytes()))
+        width = tiles.parse_tile_path(rel)
+        limit = tiles.max_bundle_bytes(width.width if width else TILE_WIDTH)
+        return len(tiles.decode_bundle(tiles.read_bounded(root / rel, limit)))
     except tiles.TileFormatError as exc:
         return f"byte {exc.offset}: {exc}"
     except OSError as exc:
@@ -310,7 +318,7 @@ def _restore_checkpoints(root: Path, plan: Plan, floor: Floor) -> None:
     either may be missing after a crash between the two writes."""
     latest = root / CHECKPOINT
     try:
-        current = note.parse_checkpoint(note.parse_note(latest.read_bytes()).text)
+        current = note.parse_checkpoint(note.parse_note(note.read_note(latest, CHECKPOINT)).text)
         stale = current.size < floor.size
     except (OSError, note.NoteError):
         stale = True

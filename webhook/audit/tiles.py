@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import os
 import re
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,7 +78,9 @@ def tile_path(level: int, index: int, width: int = TILE_WIDTH) -> str:
     return path
 
 
-_TILE_RE = re.compile(r"tile/(entries|0|[1-9]\d?)/((?:x\d{3}/)*\d{3})(?:\.p/([1-9]\d{0,2}))?")
+# ASCII digits only: ``\d`` would take any Unicode digit, which ``int()`` reads too, so a file
+# named ``000.p/2٠٠`` would pass for (and shadow) ``000.p/200``.
+_TILE_RE = re.compile(r"tile/(entries|0|[1-9][0-9]?)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([1-9][0-9]{0,2}))?")
 
 
 def parse_tile_path(rel: str) -> TileId | None:
@@ -93,6 +97,25 @@ def parse_tile_path(rel: str) -> TileId | None:
     if (width and w >= TILE_WIDTH) or encode_index(index) != idx:
         return None
     return TileId(level, index, w)
+
+
+def max_bundle_bytes(width: int) -> int:
+    """The most bytes an entry bundle of ``width`` entries can hold (each at the size limit)."""
+    return width * (2 + MAX_ENTRY)
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """A file's bytes, refusing (``TileFormatError``) anything but a regular file of at most
+    ``limit`` bytes, before reading it: a huge sparse file, or a FIFO that never ends, put
+    among the log's files must be reported, not read into memory."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO must not wait
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise TileFormatError("not a regular file")
+        if st.st_size > limit:
+            raise TileFormatError(f"{st.st_size} bytes, more than the {limit} it can hold", limit)
+        return f.read(limit + 1)
 
 
 def tiles_for_size(size: int) -> Iterator[TileId]:
@@ -263,21 +286,29 @@ class TileReader:
         width = min(TILE_WIDTH, count - index * TILE_WIDTH)
         if width <= 0:
             raise TileFormatError(f"tile {level}/{index} lies beyond tree size {self.size}")
-        full = self.root / tile_path(level, index)
-        if full.exists():
-            data = full.read_bytes()
-            if len(data) != TILE_WIDTH * merkle.HASH_SIZE:
-                raise TileFormatError(f"{tile_path(level, index)}: {len(data)} bytes, expected 8192")
-            return data[: width * merkle.HASH_SIZE]
+        full = tile_path(level, index)
+        if (self.root / full).exists():
+            return self._bytes(full, TILE_WIDTH * merkle.HASH_SIZE)[: width * merkle.HASH_SIZE]
         rel = tile_path(level, index, width)
         try:
-            data = (self.root / rel).read_bytes()
+            return self._bytes(rel, width * merkle.HASH_SIZE)
         except FileNotFoundError:
-            if full.exists():  # the writer completed the tile and retired its partials meanwhile
-                return full.read_bytes()[: width * merkle.HASH_SIZE]
+            if (self.root / full).exists():  # the writer completed the tile and retired its partials meanwhile
+                return self._bytes(full, TILE_WIDTH * merkle.HASH_SIZE)[: width * merkle.HASH_SIZE]
             raise TileFormatError(f"{rel}: missing (needed for tree size {self.size})") from None
-        if len(data) != width * merkle.HASH_SIZE:
-            raise TileFormatError(f"{rel}: {len(data)} bytes, expected {width * merkle.HASH_SIZE}")
+
+    def _bytes(self, rel: str, expected: int) -> bytes:
+        """The tile file ``rel``, which must hold exactly ``expected`` bytes (never read further)."""
+        try:
+            data = read_bounded(self.root / rel, expected)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise TileFormatError(f"{rel}: unreadable ({exc.strerror})") from None
+        except TileFormatError as exc:
+            raise TileFormatError(f"{rel}: {exc}") from None
+        if len(data) != expected:
+            raise TileFormatError(f"{rel}: {len(data)} bytes, expected {expected}")
         return data
 
     def node(self, height: int, index: int) -> bytes:

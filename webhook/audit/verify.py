@@ -8,6 +8,7 @@ bad place".
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -94,9 +95,20 @@ class _Files:
                 dirnames.remove(QUARANTINE)  # a torn tail cut on reopen: kept, not part of the tree
                 kept = sum(len(f) for _, _, f in os.walk(root / QUARANTINE))
                 result.warnings.append(f"{QUARANTINE}/: {kept} file(s) cut from torn tails on reopen (not verified)")
+            for name in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                # not walked (os.walk does not follow links): whatever it points to is no part of the log
+                rel = Path(dirpath, name).relative_to(root).as_posix()
+                result.add(_NOWHERE, f"{rel}: a symbolic link, not a directory of the log")
             for name in names:
                 path = Path(dirpath, name)
                 rel = path.relative_to(root).as_posix()
+                mode = path.lstat().st_mode
+                if stat.S_ISLNK(mode):  # the log's bytes would live outside it
+                    result.add(_NOWHERE, f"{rel}: a symbolic link, not a file of the log")
+                    continue
+                if not stat.S_ISREG(mode):  # a FIFO or device: never read
+                    result.add(_NOWHERE, f"{rel}: not a regular file")
+                    continue
                 tid = tiles.parse_tile_path(rel)
                 if tid is not None:
                     self.tiles[(tid.level, tid.index)][tid.width] = path
@@ -104,7 +116,7 @@ class _Files:
                     continue
                 elif name.endswith(".tmp"):  # a crash leftover, cleaned when the writer reopens
                     result.warnings.append(f"{rel}: unfinished write from a crash (ignored)")
-                elif rel.startswith(HISTORY + "/") and name.isdigit() and str(int(name)) == name:
+                elif rel == f"{HISTORY}/{name}" and name.isascii() and name.isdigit() and str(int(name)) == name:
                     self.history[int(name)] = path
                 else:
                     result.add(_NOWHERE, f"{rel}: file not part of a tile log")
@@ -187,9 +199,9 @@ class _TreeCheck:
         stored = self.files.tiles.get((level, index), {})
         if len(stored) == 1 and full:  # the common case: one full tile
             path = stored.get(TILE_WIDTH)
-            if path is not None and path.read_bytes() == data:
+            if path is not None and _head(path, len(data)) == data:
                 return
-        got = {w: p.read_bytes() for w, p in stored.items() if w * 32 <= len(data)}
+        got = {w: _head(p, w * 32) for w, p in stored.items() if w * 32 <= len(data)}
         # Hashes still served by a whole, matching file: a torn (short) file loses only beyond them.
         served = max((w for w, g in got.items() if g == data[: w * 32]), default=0)
         if full and TILE_WIDTH not in stored:
@@ -223,8 +235,8 @@ def key_for(directory: Path, keys: Sequence[note.Verifier]) -> note.Verifier:
     if len(keys) == 1:
         return keys[0]
     try:
-        origin = (directory / CHECKPOINT).read_text(encoding="utf-8").split("\n", 1)[0]
-    except (OSError, UnicodeDecodeError):
+        origin = note.read_note(directory / CHECKPOINT, CHECKPOINT).decode("utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError, note.NoteError):
         origin = ""
     for key in keys:
         if key.name == origin:
@@ -289,7 +301,7 @@ def verify(
 def _latest_size(root: Path, result: Result) -> int | None:
     """Size of the checkpoint the witnesses cosigned (``checkpoint`` itself), if it verified."""
     try:
-        text = note.parse_note((root / CHECKPOINT).read_bytes(), CHECKPOINT).text
+        text = note.parse_note(note.read_note(root / CHECKPOINT, CHECKPOINT), CHECKPOINT).text
         return note.parse_checkpoint(text).size
     except (OSError, note.NoteError):
         return result.checkpoint_size
@@ -357,7 +369,7 @@ def _walk_entries(
             result.add(index + len(spans), msg, derived=0)
         for width, path in widths.items():
             if width != best:
-                _check_prefix(root, path, data, index, rel, result)
+                _check_prefix(root, path, width, data, index, rel, result)
         if check is not None:
             check(index, rel, data, spans)
         tree.leaves(hashes)
@@ -380,9 +392,9 @@ def _widest_whole(
     bad: list[tuple[int, str]] = []
     chosen = None
     for width in sorted(widths, reverse=True):
-        data = widths[width].read_bytes()
         rel = widths[width].relative_to(root).as_posix()
         try:
+            data = tiles.read_bounded(widths[width], tiles.max_bundle_bytes(width))
             spans, hashes = tiles.scan_bundle(data)
         except tiles.TileFormatError as exc:
             bad.append((exc.count, f"{rel}: byte {exc.offset}: {exc}"))
@@ -398,18 +410,27 @@ def _widest_whole(
     return chosen
 
 
-def _check_prefix(root: Path, path: Path, data: bytes, index: int, rel: str, result: Result) -> None:
-    """A narrower bundle of the same index must hold the first entries of the widest one."""
-    got = path.read_bytes()
-    if data.startswith(got):
+def _check_prefix(root: Path, path: Path, width: int, data: bytes, index: int, rel: str, result: Result) -> None:
+    """A narrower bundle of the same index must hold exactly the first ``width`` entries of the
+    widest one. One that is torn or short loses no entry (the widest holds them), but a client
+    of the size that named it reads it: it is placed at its last entry, so it is a problem once
+    a checkpoint covers all of it (as recovery judges it) and a crash leftover before that."""
+    mine_rel = path.relative_to(root).as_posix()
+    try:
+        got = tiles.read_bounded(path, tiles.max_bundle_bytes(width))
+        mine = tiles.decode_bundle(got)
+    except tiles.TileFormatError as exc:
+        result.add(index + width - 1, f"{mine_rel}: torn or unreadable ({exc})", derived=0)
+        return
+    if data.startswith(got) and len(mine) == width:
         return
     entries = tiles.decode_bundle(data)
-    try:
-        mine = tiles.decode_bundle(got)
-    except tiles.TileFormatError:
-        mine = []
-    j = next((i for i, (a, b) in enumerate(zip(mine, entries, strict=False)) if a != b), len(mine))
-    msg = f"{path.relative_to(root).as_posix()}: entry {index + j} differs from {rel} (leaf {index + j})"
+    j = next((i for i, (a, b) in enumerate(zip(mine, entries, strict=False)) if a != b), None)
+    if j is None:
+        msg = f"{mine_rel}: holds {len(mine)} entries, its name says {width}"
+        result.add(index + width - 1, msg, derived=0)
+        return
+    msg = f"{mine_rel}: entry {index + j} differs from {rel} (leaf {index + j})"
     result.add(index + j, msg, derived=0)
 
 
@@ -418,17 +439,20 @@ def _load_checkpoints(
 ) -> list[tuple[str, note.Checkpoint]]:
     out = []
     sources: list[tuple[Path, int | None]] = []
-    if (root / CHECKPOINT).exists():
+    if os.path.lexists(root / CHECKPOINT):
         sources.append((root / CHECKPOINT, None))
     sources += [(p, n) for n, p in sorted(files.history.items())]
     for path, named in sources:
         rel = path.relative_to(root).as_posix()
         try:
-            data = path.read_bytes()
+            data = note.read_note(path, rel)
             if log_key is not None:
                 cp, _ = note.open_checkpoint(data, log_key, rel)
             else:
                 cp = note.parse_checkpoint(note.parse_note(data, rel).text, rel)
+        except OSError as exc:
+            result.add(_NOWHERE, f"{rel}: cannot read ({exc.strerror})")
+            continue
         except note.NoteError as exc:
             result.add(_NOWHERE, str(exc))
             continue
@@ -442,7 +466,7 @@ def _load_checkpoints(
         if named is None:
             result.checkpoint_size = cp.size
         out.append((rel, cp))
-    if result.checkpoint_size is None and not (root / CHECKPOINT).exists():
+    if result.checkpoint_size is None and not os.path.lexists(root / CHECKPOINT):
         result.add(_NOWHERE, f"{CHECKPOINT}: missing")
     return out
 
@@ -457,7 +481,7 @@ def _load_published(
             continue
         path = publish.checkpoint_path(d, result.origin)
         try:
-            data = path.read_bytes()
+            data = note.read_note(path, str(path))
             if log_key is not None:
                 cp, _ = note.open_checkpoint(data, log_key, str(path))
             else:
@@ -510,7 +534,7 @@ def _check_latest(
     if not required and not witness_keys:
         return {}
     try:
-        signed = note.parse_note((root / CHECKPOINT).read_bytes(), CHECKPOINT)
+        signed = note.parse_note(note.read_note(root / CHECKPOINT, CHECKPOINT), CHECKPOINT)
         ok = note.verified_by(signed, list(witness_keys))
     except (OSError, note.NoteError) as exc:
         result.add(_NOWHERE, f"{CHECKPOINT}: cosignatures: {exc}")
@@ -521,6 +545,13 @@ def _check_latest(
         result.add(_NOWHERE, f"{CHECKPOINT}: {len(ok)} of {need} required witness cosignatures")
         return {}
     return ok
+
+
+def _head(path: Path, size: int) -> bytes:
+    """A tile file that should hold ``size`` bytes: at most one byte more is read (a longer
+    file then differs from what it should hold, however long it is)."""
+    with path.open("rb") as f:
+        return f.read(size + 1)
 
 
 def _differs(a: bytes, b: bytes, i: int) -> bool:

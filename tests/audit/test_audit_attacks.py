@@ -1,0 +1,205 @@
+"""Damaged and tampered log directories seen by an attacker: odd names, symlinks, directories
+where files belong, huge files, oversized checkpoint fields. ``verify`` must report each one
+(never say OK, never crash), and ``AuditLog.open`` must refuse or repair without a traceback
+and without touching a signed file."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from webhook import errors
+from webhook.audit import note, verify
+from webhook.audit.log import AuditLog
+
+ORIGIN = "portcullis.test/attacks"
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> note.Signer:
+    s = note.generate(ORIGIN)
+    (tmp_path / "audit.key").write_text(s.private_text())
+    return s
+
+
+async def _fill(directory: Path, key: Path, rounds: list[int]) -> None:
+    log = await AuditLog.open(
+        directory, signing_key_path=key, origin=ORIGIN, writer="t", checkpoint_every=10**9, durable=False
+    )
+    try:
+        for n in rounds:
+            base = log.size
+            await asyncio.gather(*(log.append("admission", {"n": base + i}) for i in range(n)))
+            await log._checkpoint()
+    finally:
+        await log.close()
+
+
+def build(tmp_path: Path, rounds: list[int] = [200, 200, 200]) -> Path:  # noqa: B006
+    directory = tmp_path / "log"
+    asyncio.run(_fill(directory, tmp_path / "audit.key", rounds))
+    for path in directory.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return directory
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, dirnames, names in os.walk(directory):
+        for name in names + dirnames:
+            path = Path(dirpath, name)
+            rel = path.relative_to(directory).as_posix()
+            if path.is_symlink():
+                out[rel] = "-> " + os.readlink(path)
+            elif path.is_file() and path.stat().st_size > 1 << 24:  # the huge sparse files below
+                st = path.stat()
+                out[rel] = f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
+            elif path.is_file():
+                out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                out[rel + "/"] = ""
+    return out
+
+
+def reopen_refused_untouched(directory: Path, key: Path) -> str:
+    """``AuditLog.open`` refuses with a clear report and changes nothing."""
+    before = snapshot(directory)
+    with pytest.raises(errors.AuditFormatError) as info:
+        asyncio.run(_fill(directory, key, [1]))
+    assert snapshot(directory) == before
+    return str(info.value)
+
+
+def problems(result: verify.Result) -> str:
+    return "\n".join(p.message for p in result.problems)
+
+
+# -- odd names -------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_history_name_in_non_ascii_digits_is_reported_not_a_crash(
+    tmp_path: Path, signer: note.Signer
+) -> None:
+    directory = build(tmp_path)
+    shutil.copy(directory / "checkpoints/200", directory / "checkpoints/\u00b2")  # '²'.isdigit()
+    result = verify.verify(directory, signer.verifier)
+    assert not result.ok
+    assert "checkpoints/\u00b2" in problems(result)
+    asyncio.run(_fill(directory, tmp_path / "audit.key", [1]))  # not part of the log: ignored, no crash
+
+
+def test_a_nested_copy_does_not_hide_a_tampered_history_checkpoint(tmp_path: Path, signer: note.Signer) -> None:
+    directory = build(tmp_path)
+    (directory / "checkpoints/sub").mkdir()
+    shutil.copy(directory / "checkpoints/200", directory / "checkpoints/sub/200")
+    forged = bytearray((directory / "checkpoints/200").read_bytes())
+    forged[-10] ^= 1  # the signature no longer verifies
+    (directory / "checkpoints/200").write_bytes(bytes(forged))
+    result = verify.verify(directory, signer.verifier)
+    assert not result.ok
+    assert "checkpoints/200:" in problems(result)
+    assert "checkpoints/sub/200: file not part of a tile log" in problems(result)
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "tile/0/000.p/2\u0660\u0660",  # Arabic-Indic zeros: int() reads 200
+        "tile/entries/000.p/2\u0660\u0660",
+        "tile/1\u0660/000",  # level "10"
+    ],
+)
+def test_tile_names_in_non_ascii_digits_are_not_tiles(tmp_path: Path, signer: note.Signer, rel: str) -> None:
+    directory = build(tmp_path)
+    canonical = rel.replace("\u0660", "0")
+    source = directory / canonical if (directory / canonical).exists() else directory / "tile/0/000"
+    (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, directory / rel)
+    result = verify.verify(directory, signer.verifier)
+    assert not result.ok
+    assert f"{rel}: file not part of a tile log" in problems(result)
+
+
+# -- symlinks and directories where files belong ----------------------------------------------------
+
+
+def test_a_symlinked_bundle_or_directory_is_reported(tmp_path: Path, signer: note.Signer) -> None:
+    directory = build(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(directory / "tile/entries/000", outside / "000")
+    os.symlink(outside / "000", directory / "tile/entries/000")
+    os.symlink(outside, directory / "elsewhere")
+    result = verify.verify(directory, signer.verifier)
+    assert not result.ok
+    assert "tile/entries/000: a symbolic link" in problems(result)
+    assert "elsewhere: a symbolic link" in problems(result)
+
+
+def test_a_directory_named_checkpoint_is_reported_not_a_crash(tmp_path: Path, signer: note.Signer) -> None:
+    directory = build(tmp_path)
+    (directory / "checkpoint").unlink()
+    (directory / "checkpoint").mkdir()
+    result = verify.verify(directory, signer.verifier)
+    assert not result.ok
+    assert "checkpoint: " in problems(result)
+    message = reopen_refused_untouched(directory, tmp_path / "audit.key")
+    assert "checkpoint" in message
+
+
+# -- truncated signed partials kept behind their full bundle -----------------------------------------
+
+
+@pytest.mark.parametrize("keep", [0, 100])
+def test_a_truncated_signed_partial_bundle_behind_its_full_bundle_is_reported(
+    tmp_path: Path, signer: note.Signer, keep: int
+) -> None:
+    """``checkpoints/200`` names ``tile/entries/000.p/200``: a client of that size fetches it,
+    so losing its entries is damage even though the full bundle still holds them (recovery
+    already refuses to open such a log; verify must not call it OK)."""
+    directory = build(tmp_path)
+    path = directory / "tile/entries/000.p/200"
+    path.write_bytes(path.read_bytes()[:keep])
+    result = verify.verify(directory, signer.verifier)
+    assert not result.ok
+    assert "tile/entries/000.p/200" in problems(result)
+    assert "tile/entries/000.p/200" in reopen_refused_untouched(directory, tmp_path / "audit.key")
+
+
+# -- huge fields and files ---------------------------------------------------------------------------
+
+
+def test_a_checkpoint_size_of_thousands_of_digits_is_reported_not_a_crash(tmp_path: Path, signer: note.Signer) -> None:
+    directory = build(tmp_path)
+    lines = (directory / "checkpoint").read_bytes().split(b"\n")
+    lines[1] = b"9" * 5000  # int() refuses more than 4300 digits
+    (directory / "checkpoint").write_bytes(b"\n".join(lines))
+    result = verify.verify(directory, signer.verifier)
+    assert not result.ok
+    assert "checkpoint:" in problems(result)
+    assert "checkpoint" in reopen_refused_untouched(directory, tmp_path / "audit.key")
+    with pytest.raises(note.NoteError, match="tree size"):
+        note.parse_checkpoint(b"o\n" + b"1" * 21 + b"\n" + b"A" * 43 + b"=\n")
+
+
+def _sparse(path: Path, size: int) -> None:
+    path.unlink(missing_ok=True)
+    with path.open("wb") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("rel", ["tile/entries/000", "tile/entries/000.p/200", "tile/0/000", "checkpoints/200"])
+def test_a_huge_file_is_reported_without_reading_it(tmp_path: Path, signer: note.Signer, rel: str) -> None:
+    """A sparse file of 4 GiB: larger than any file of the log can be. Reading it (or, for a
+    bundle of zero bytes, splitting it into two billion empty entries) would exhaust memory."""
+    directory = build(tmp_path)
+    _sparse(directory / rel, 4 << 30)
+    result = verify.verify(directory, signer.verifier)
+    assert not result.ok
+    assert rel in problems(result)
+    assert rel in reopen_refused_untouched(directory, tmp_path / "audit.key")
