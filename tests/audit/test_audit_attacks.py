@@ -1,7 +1,7 @@
 """Damaged and tampered log directories seen by an attacker: odd names, symlinks, directories
 where files belong, huge files, oversized checkpoint fields. ``verify`` must report each one
 (never say OK, never crash), and ``AuditLog.open`` must refuse or repair without a traceback
-and without touching a signed file."""
+and without touching a signed file. Proofs must pass an independent RFC 9162 verifier."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import asyncio
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from webhook import errors
-from webhook.audit import note, verify
+from webhook.audit import note, proofs, verify
 from webhook.audit.log import AuditLog
 
 ORIGIN = "portcullis.test/attacks"
@@ -203,3 +204,51 @@ def test_a_huge_file_is_reported_without_reading_it(tmp_path: Path, signer: note
     assert not result.ok
     assert rel in problems(result)
     assert rel in reopen_refused_untouched(directory, tmp_path / "audit.key")
+
+
+# -- proofs against an independent RFC 9162 verifier ---------------------------------------------------
+
+
+def _h(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _rfc9162_consistency(m: int, n: int, first: bytes, second: bytes, path: Sequence[bytes]) -> bool:
+    """RFC 9162 §2.1.4.2, written out independently of ``merkle``."""
+    if m == n:
+        return not path and first == second
+    if not 0 < m < n or not path:
+        return False
+    hashes = [first, *path] if m & (m - 1) == 0 else list(path)
+    fn, sn = m - 1, n - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = hashes[0]
+    for c in hashes[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = _h(b"\x01" + c + fr), _h(b"\x01" + c + sr)
+            while fn and not fn & 1:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = _h(b"\x01" + sr + c)
+        fn, sn = fn >> 1, sn >> 1
+    return fr == first and sr == second and sn == 0
+
+
+def test_a_consistency_proof_from_altered_tiles_is_refused_not_printed(tmp_path: Path, signer: note.Signer) -> None:
+    """A level-0 tile altered under an intact level-1 tile: the old root and the proof come from
+    the altered hashes, the new root from the intact ones. ``audit consistency`` must not print
+    a proof that any RFC 9162 verifier rejects (``prove`` already checks its own)."""
+    directory = build(tmp_path, [70000])
+    cp, _ = proofs.latest_checkpoint(directory)
+    good = proofs.consistency(directory, 1283, cp.size)
+    args = [bytes.fromhex(good[k]) for k in ("old_root", "new_root")]
+    assert _rfc9162_consistency(1283, cp.size, *args, [bytes.fromhex(h) for h in good["hashes"]])
+    path = directory / "tile/0/005"
+    data = bytearray(path.read_bytes())
+    data[3 * 32] ^= 1  # leaf hash 1283
+    path.write_bytes(bytes(data))
+    with pytest.raises(errors.AuditFormatError, match="tiles disagree with the checkpoint"):
+        proofs.consistency(directory, 1283, cp.size)

@@ -91,8 +91,16 @@ def consistency(directory: Path, old: int, new: int | None) -> dict[str, Any]:
     try:
         hashes = merkle.consistency_proof(reader.node, old, new)
         old_root, new_root = merkle.root_at(reader.node, old), merkle.root_at(reader.node, new)
+        # Self-checked, as ``inclusion`` is: the proof must lead from the old root to the new one,
+        # and the new root on to the signed checkpoint's. Altered tiles below intact ones would
+        # otherwise yield roots and hashes that no verifier accepts.
+        merkle.verify_consistency(old, new, old_root, new_root, hashes)
+        to_signed = merkle.consistency_proof(reader.node, new, cp.size)
+        merkle.verify_consistency(new, cp.size, new_root, cp.root, to_signed)
     except tiles.TileFormatError as exc:
         raise errors.AuditFormatError(f"{directory}: {exc}") from exc
+    except merkle.ProofError as exc:
+        raise errors.AuditFormatError(f"{directory}: tiles disagree with the checkpoint ({exc}); run verify") from exc
     return {
         "old_size": old,
         "new_size": new,
