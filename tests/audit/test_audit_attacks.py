@@ -252,3 +252,18 @@ def test_a_consistency_proof_from_altered_tiles_is_refused_not_printed(tmp_path:
     path.write_bytes(bytes(data))
     with pytest.raises(errors.AuditFormatError, match="tiles disagree with the checkpoint"):
         proofs.consistency(directory, 1283, cp.size)
+
+
+# -- witness cosignatures ------------------------------------------------------------------------------
+
+
+def test_a_cosignature_time_beyond_any_date_is_reported_not_a_crash(tmp_path: Path, signer: note.Signer) -> None:
+    """The cosignature time is a signed uint64: a witness key can sign 2**64 - 1."""
+    directory = build(tmp_path)
+    witness = note.generate("witness.test/w1", note.SIG_COSIGNATURE_V1)
+    text = note.parse_note((directory / "checkpoint").read_bytes()).text
+    line = witness.sign_line(text, timestamp=(1 << 64) - 1)
+    (directory / "checkpoint").write_bytes((directory / "checkpoint").read_bytes() + line.encode())
+    result = verify.verify(directory, signer.verifier, [witness.verifier], 1)
+    assert result.cosigners == [witness.verifier.vkey()]
+    assert any("out of range" in a.how for a in result.anchors)

@@ -80,7 +80,7 @@ def assess(
         # a mismatch is already a problem of verify (records removed or altered)
     if cosignatures and signed_size is not None:
         newest = max(cosignatures.values())
-        when = dt.datetime.fromtimestamp(newest, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = _stamp(newest)
         names = ", ".join(sorted(k.split("+", 1)[0] for k in cosignatures))
         how = (
             f"witness cosignature ({names}) of size {signed_size} at {when}: the witness saw this "
@@ -97,6 +97,14 @@ def assess(
                 "(records removed or the log rolled back)"
             )
     return anchors, problems
+
+
+def _stamp(seconds: int) -> str:
+    """A cosignature time (a signed uint64, so any value a witness key signed) in UTC."""
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):  # beyond year 9999 or the platform's time_t
+        return f"{seconds} seconds after the epoch (out of range)"
 
 
 UNANCHORED = (
