@@ -267,3 +267,31 @@ def test_a_cosignature_time_beyond_any_date_is_reported_not_a_crash(tmp_path: Pa
     result = verify.verify(directory, signer.verifier, [witness.verifier], 1)
     assert result.cosigners == [witness.verifier.vkey()]
     assert any("out of range" in a.how for a in result.anchors)
+
+
+async def test_a_partial_named_in_non_ascii_digits_does_not_stop_the_writer(
+    tmp_path: Path, signer: note.Signer
+) -> None:
+    """``'²'.isdigit()`` is true, yet ``int`` refuses it: a file so named in the edge bundle's
+    ``.p/`` directory made retiring partials raise once the bundle filled, which stopped the
+    writer and closed the log. It is not a partial; the writer goes on and leaves it alone."""
+    directory, key = tmp_path / "log", tmp_path / "audit.key"
+    log = await AuditLog.open(directory, signing_key_path=key, origin=ORIGIN, writer="w", commit_window=0)
+    for i in range(100):
+        await log.append("config", {"i": i})
+    stray = directory / "tile/entries/000.p/\u00b2"
+    stray.write_bytes(b"")
+    assert (await asyncio.gather(*(log.append("config", {"i": 100 + i}) for i in range(300))))[-1] == 399
+    await log.close()
+    assert stray.exists()
+    assert not [p.name for p in (directory / "tile/entries/000.p").iterdir() if p.name.isascii()]
+
+
+@pytest.mark.parametrize("size", ["9" * 21, "1" * 5000])
+def test_a_witness_request_with_an_oversized_old_size_is_a_400(size: str) -> None:
+    """An ``old`` size beyond 64 bits (or past ``int``'s 4300 digits) is a bad request, not a crash."""
+    from webhook.audit import witness
+
+    with pytest.raises(witness.RequestError) as caught:
+        witness.parse_request(f"old {size}\n\nexample.org/log\n1\nAAAA\n".encode())
+    assert caught.value.status == 400

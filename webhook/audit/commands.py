@@ -329,7 +329,7 @@ def cmd_witness(args: argparse.Namespace) -> int:
     signer = note.load_signer(args.key)
     wit = witness.Witness(signer, [note.load_verifier(k) for k in args.log_key], args.state)
     host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise errors.InputError(f"--listen {args.listen!r}: expected HOST:PORT")
     try:  # web.run_app would report a port in use as an internal error
         bare = host.strip("[]")

@@ -202,7 +202,7 @@ def read_note(path: Path, what: str) -> bytes:
             raise NoteError(f"{what}: not a regular file")
         if st.st_size > MAX_NOTE_BYTES:
             raise NoteError(f"{what}: {st.st_size} bytes, larger than any signed note ({MAX_NOTE_BYTES})")
-        return f.read(MAX_NOTE_BYTES + 1)
+        return f.read(min(st.st_size, MAX_NOTE_BYTES) + 1)
 
 
 def parse_note(data: bytes, what: str = "note") -> Note:

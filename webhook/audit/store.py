@@ -306,7 +306,7 @@ def _remove_partials(full_path: Path, keep: set[int]) -> None:
         return
     full = full_path.read_bytes()
     for p in pdir.iterdir():
-        if p.name.isdigit() and int(p.name) not in keep and full.startswith(p.read_bytes()):
+        if _width(p.name) and int(p.name) not in keep and full.startswith(p.read_bytes()):
             p.unlink()
 
 
@@ -314,4 +314,10 @@ def _partial_widths(root: Path, level: int, index: int) -> list[int]:
     pdir = root / (tiles.tile_path(level, index) + ".p")
     if not pdir.is_dir():
         return []
-    return sorted((int(p.name) for p in pdir.iterdir() if p.name.isdigit()), reverse=True)
+    return sorted((int(p.name) for p in pdir.iterdir() if _width(p.name)), reverse=True)
+
+
+def _width(name: str) -> bool:
+    """Whether a file in a ``.p/`` directory is named as a partial's width (ASCII digits only:
+    ``'²'.isdigit()`` is true, yet ``int`` refuses it, and the writer must not stop on it)."""
+    return tiles.parse_tile_path(f"tile/0/000.p/{name}") is not None

@@ -115,7 +115,7 @@ def read_bounded(path: Path, limit: int) -> bytes:
             raise TileFormatError("not a regular file")
         if st.st_size > limit:
             raise TileFormatError(f"{st.st_size} bytes, more than the {limit} it can hold", limit)
-        return f.read(limit + 1)
+        return f.read(min(st.st_size, limit) + 1)  # not a buffer of the limit's size for every read
 
 
 def tiles_for_size(size: int) -> Iterator[TileId]:

@@ -51,7 +51,7 @@ def parse_request(body: bytes) -> AddCheckpoint:
     lines = head.split(b"\n")
     first = lines[0].decode("ascii", "replace")
     size = first.removeprefix("old ")
-    if not first.startswith("old ") or not size.isdigit() or (size != "0" and size.startswith("0")):
+    if not first.startswith("old ") or not size.isdigit() or len(size) > 20 or (size != "0" and size.startswith("0")):
         raise RequestError(400, "first line must be 'old <size>'")
     if len(lines) - 1 > MAX_PROOF_LINES:
         raise RequestError(400, f"more than {MAX_PROOF_LINES} consistency proof lines")
