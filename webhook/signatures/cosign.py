@@ -223,8 +223,10 @@ def _rekor_bundle(text: str, source: str) -> ev.TlogEntry:
         payload = doc["Payload"]
         return ev.TlogEntry(
             body=ev.b64(payload["body"], f"{source}: rekor body"),
-            integrated_time=int(payload["integratedTime"]),
-            log_index=int(payload["logIndex"]),
+            integrated_time=ev.tlog_number(
+                payload["integratedTime"], f"{source}: rekor integratedTime", ev.MAX_TLOG_TIME
+            ),
+            log_index=ev.tlog_number(payload["logIndex"], f"{source}: rekor logIndex"),
             log_id=bytes.fromhex(payload["logID"]),
             signed_entry_timestamp=ev.b64(doc["SignedEntryTimestamp"], f"{source}: SET"),
         )

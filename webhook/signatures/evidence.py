@@ -17,6 +17,12 @@ SIMPLE_SIGNING_TYPE = "cosign container image signature"
 IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
 COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 MAX_DSSE_SIGNATURES = 16  # signers of one envelope; cosign writes one  # what `cosign sign` (v3 bundles) signs
+# Rekor's integratedTime (Unix seconds) and logIndex are int64s, and a time must be one ``datetime``
+# can hold (it stops at the end of year 9999): anything else is junk to report, not a number to
+# compute with (``datetime.fromtimestamp`` raises on year 33658, and that exception would make the
+# whole images check "could not finish", hiding every good signature beside it).
+MAX_TLOG_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_INT64 = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,15 @@ def b64(text: Any, what: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise EvidenceError(f"{what} is not valid base64") from exc
+
+
+def tlog_number(value: Any, what: str, high: int = MAX_INT64) -> int:
+    """An integer from 0 to ``high``, as a JSON number or a decimal string (protobuf JSON's int64)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise EvidenceError(f"{what} {str(value)[:40]!r} is not an integer from 0 to {high}")
+    return value
 
 
 def simple_signing_digests(payload: bytes) -> frozenset[str]:

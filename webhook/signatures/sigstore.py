@@ -138,8 +138,10 @@ def _tlog_entry(material: Any, source: str) -> ev.TlogEntry | None:
         try:
             return ev.TlogEntry(
                 body=ev.b64(entry["canonicalizedBody"], f"{source}: tlog body"),
-                integrated_time=int(entry["integratedTime"]),
-                log_index=int(entry["logIndex"]),
+                integrated_time=ev.tlog_number(
+                    entry["integratedTime"], f"{source}: tlog integratedTime", ev.MAX_TLOG_TIME
+                ),
+                log_index=ev.tlog_number(entry["logIndex"], f"{source}: tlog logIndex"),
                 log_id=ev.b64(entry["logId"]["keyId"], f"{source}: tlog log id"),
                 signed_entry_timestamp=ev.b64(promise["signedEntryTimestamp"], f"{source}: SET"),
             )

@@ -1,0 +1,146 @@
+"""Hostile signature material pushed next to an image, judged against the real docker-registry.
+
+Whoever can push to the image's repository controls its ``.sig`` layers and its referrers. What
+they push must be a verdict about that layer (a problem named in the denial), never an exception
+that makes the whole images check "could not finish": that hides the good signatures beside it,
+and under the images check's ``failure_mode: allow`` admits an unsigned image.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from webhook.core.decision import FailureMode
+from webhook.signatures import cosign
+
+pytestmark = pytest.mark.registry
+
+ISSUER = "https://token.actions.example"
+SUBJECT = "https://github.example/org/repo/.github/workflows/release.yml@refs/heads/main"
+BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+
+
+def keyless_policy(env: Any, keyless: Any) -> dict[str, Any]:
+    return {
+        "policies": [{"pattern": f"{env.host}/team-a/*", "keyless": [{"issuer": ISSUER, "subject": SUBJECT}]}],
+        "trust_root": str(keyless.trust_root),
+    }
+
+
+def keyless_layer(tools: Any, keyless: Any, host: str, repo: str, digest: str) -> tuple[bytes, str, dict[str, str]]:
+    """A genuine keyless ``.sig`` layer (certificate, chain, Rekor bundle) for ``digest``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = keyless.certificate(key, SUBJECT, ISSUER)
+    payload = tools.simple_signing(f"{host}/{repo}", digest)
+    signature = tools.sign_bytes(key, payload)
+    entry = keyless.rekor_entry(payload, signature, cert, int(time.time()))
+    annotations = {
+        cosign.SIGNATURE_ANNOTATION: base64.b64encode(signature).decode(),
+        cosign.CERTIFICATE_ANNOTATION: cert.public_bytes(serialization.Encoding.PEM).decode(),
+        cosign.CHAIN_ANNOTATION: keyless.ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
+        cosign.BUNDLE_ANNOTATION: json.dumps(entry),
+    }
+    return payload, cosign.SIMPLE_SIGNING_MEDIA, annotations
+
+
+def self_signed_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def junk_time_layer(tools: Any, host: str, repo: str, digest: str, when: object) -> tuple[bytes, str, dict[str, str]]:
+    """A layer anyone can push: a self-signed certificate and a Rekor bundle whose integratedTime
+    no clock can represent (year 33658, or past time_t)."""
+    payload = tools.simple_signing(f"{host}/{repo}", digest)
+    entry = {
+        "SignedEntryTimestamp": base64.b64encode(b"x" * 64).decode(),
+        "Payload": {"body": base64.b64encode(b"{}").decode(), "integratedTime": when, "logIndex": 1, "logID": "00"},
+    }
+    annotations = {
+        cosign.SIGNATURE_ANNOTATION: base64.b64encode(b"x" * 64).decode(),
+        cosign.CERTIFICATE_ANNOTATION: self_signed_pem(),
+        cosign.BUNDLE_ANNOTATION: json.dumps(entry),
+    }
+    return payload, cosign.SIMPLE_SIGNING_MEDIA, annotations
+
+
+TIMES = [10**12, -(10**12), str(10**19), str(10**30)]
+
+
+@pytest.mark.parametrize("when", TIMES)
+async def test_an_unrepresentable_log_time_does_not_hide_a_good_keyless_signature(
+    env, registry, tools, keyless, when
+) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    registry.push_signature_layers(
+        repo,
+        digest,
+        [
+            junk_time_layer(tools, registry.host, repo, digest, when),
+            keyless_layer(tools, keyless, registry.host, repo, digest),
+        ],
+    )
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+
+
+@pytest.mark.parametrize("when", TIMES)
+async def test_an_unrepresentable_log_time_on_an_unsigned_image_is_a_verdict_not_the_failure_mode(
+    env, registry, tools, keyless, when
+) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    registry.push_signature_layers(repo, digest, [junk_time_layer(tools, registry.host, repo, digest, when)])
+    check = env.check(**keyless_policy(env, keyless))
+    check.failure_mode = FailureMode.ALLOW  # checks.images.failure_mode: allow (registry outages admit)
+    outcome = await env.admit(check, f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed, f"unsigned image admitted: {outcome.verdict.warnings}"
+    message = outcome.verdict.deny_message()
+    assert "could not finish" not in message
+    assert "internal error" not in message
+    assert "integratedTime" in message
+
+
+@pytest.mark.parametrize("promise", [True, False], ids=["with-promise", "proof-only"])
+@pytest.mark.parametrize("when", ["1000000000000", "99999999999999999999999999"])
+async def test_a_bundle_with_an_unrepresentable_log_time_is_a_verdict(env, registry, keyless, when, promise) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = keyless.certificate(key, SUBJECT, ISSUER)
+    bundle = json.loads(keyless.dsse_bundle(f"{registry.host}/{repo}", digest, key, cert))
+    entry = bundle["verificationMaterial"]["tlogEntries"][0]
+    entry["integratedTime"] = when
+    if not promise:
+        del entry["inclusionPromise"]
+    registry.push_referrer(repo, digest, BUNDLE, json.dumps(bundle).encode(), BUNDLE)
+    check = env.check(**keyless_policy(env, keyless))
+    check.failure_mode = FailureMode.ALLOW
+    outcome = await env.admit(check, f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed, f"admitted: {outcome.verdict.warnings}"
+    message = outcome.verdict.deny_message()
+    assert "could not finish" not in message
+    assert "internal error" not in message
