@@ -144,3 +144,82 @@ async def test_a_bundle_with_an_unrepresentable_log_time_is_a_verdict(env, regis
     message = outcome.verdict.deny_message()
     assert "could not finish" not in message
     assert "internal error" not in message
+
+
+def duplicate_extension_bundle(digest: str) -> bytes:
+    """A v0.1 bundle whose certificate lists BasicConstraints twice: the ``sigstore`` library's
+    ``Bundle.from_json`` raises cryptography's ``DuplicateExtension`` (not a ``ValueError``)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")])
+    now = dt.datetime.now(dt.UTC)
+    constraints = x509.BasicConstraints(ca=False, path_length=None)
+    placeholder = x509.ObjectIdentifier("2.5.29.99")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(constraints, critical=True)
+        .add_extension(x509.UnrecognizedExtension(placeholder, constraints.public_bytes()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    # 2.5.29.99 -> 2.5.29.19 (BasicConstraints): the same extension twice.
+    der = cert.public_bytes(serialization.Encoding.DER).replace(
+        bytes.fromhex("0603551d63"), bytes.fromhex("0603551d13")
+    )
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    entry = {
+        "logIndex": "1",
+        "logId": {"keyId": b64(b"x" * 32)},
+        "kindVersion": {"kind": "hashedrekord", "version": "0.0.1"},
+        "integratedTime": str(int(time.time())),
+        "inclusionPromise": {"signedEntryTimestamp": b64(b"x" * 64)},
+        "inclusionProof": {
+            "logIndex": "1",
+            "rootHash": b64(b"r" * 32),
+            "treeSize": "2",
+            "hashes": [],
+            "checkpoint": {"envelope": "x"},
+        },
+        "canonicalizedBody": b64(b"{}"),
+    }
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.1",
+        "verificationMaterial": {
+            "x509CertificateChain": {"certificates": [{"rawBytes": b64(der)}]},
+            "tlogEntries": [entry],
+        },
+        "messageSignature": {
+            "messageDigest": {"algorithm": "SHA2_256", "digest": b64(bytes.fromhex(digest.split(":")[1]))},
+            "signature": b64(b"x" * 64),
+        },
+    }
+    return json.dumps(bundle).encode()
+
+
+async def test_a_bundle_the_library_cannot_load_is_a_verdict_not_the_failure_mode(env, registry, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    registry.push_referrer(repo, digest, BUNDLE, duplicate_extension_bundle(digest), BUNDLE)
+    check = env.check(**keyless_policy(env, keyless))
+    check.failure_mode = FailureMode.ALLOW
+    outcome = await env.admit(check, f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed, f"unsigned image admitted: {outcome.verdict.warnings}"
+    message = outcome.verdict.deny_message()
+    assert "could not finish" not in message
+    assert "sigstore bundle" in message
+
+
+async def test_a_bundle_the_library_cannot_load_does_not_hide_a_good_one(env, registry, keyless) -> None:
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    registry.push_referrer(repo, digest, BUNDLE, duplicate_extension_bundle(digest), BUNDLE)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = keyless.certificate(key, SUBJECT, ISSUER)
+    good = keyless.dsse_bundle(f"{registry.host}/{repo}", digest, key, cert)
+    registry.push_referrer(repo, digest, BUNDLE, good, BUNDLE)
+    outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()

@@ -261,8 +261,14 @@ def _verify_bundle(
             digests = frozenset({digest})
     except SigstoreError as exc:
         return f"sigstore bundle rejected: {exc}"
-    except (ValueError, TypeError) as exc:  # malformed bundle JSON (pydantic) and the like
-        return f"sigstore bundle unreadable: {str(exc).splitlines()[0]}"
+    except Exception as exc:
+        # Malformed bundle JSON (pydantic), and whatever else the library raises on the content the
+        # repository served: cryptography's ``DuplicateExtension`` for a certificate listing an
+        # extension twice is a bare ``Exception``. It is a verdict about this bundle; escaping
+        # here it would make the images check "could not finish" (its failure mode), hiding the
+        # good signatures beside it.
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return f"sigstore bundle unreadable: {type(exc).__name__}: {text}"
     if digest not in digests:
         named = ", ".join(sorted(digests)) or "no digest"
         return f"signed payload names {named}, not {digest} (digest mismatch)"
