@@ -8,6 +8,7 @@ and under the images check's ``failure_mode: allow`` admits an unsigned image.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -15,10 +16,12 @@ import time
 from typing import Any
 
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from registry_front import front
 
 from webhook.core.decision import FailureMode
 from webhook.signatures import cosign
@@ -223,3 +226,30 @@ async def test_a_bundle_the_library_cannot_load_does_not_hide_a_good_one(env, re
     registry.push_referrer(repo, digest, BUNDLE, good, BUNDLE)
     outcome = await env.admit(env.check(**keyless_policy(env, keyless)), f"{registry.host}/{repo}:v1")
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
+
+
+async def test_bundle_referrers_within_the_bound_are_fetched_in_parallel_not_run_into_the_deadline(
+    env, registry, serve, keyless
+) -> None:
+    """40 junk bundle referrers (within max_signatures) behind a registry 50 ms away: fetched one
+    after another (a manifest and a blob each, 4 s) they ran the request into its deadline, and a
+    pattern with ``failure_mode: allow`` admitted the unsigned image as "registry too slow"."""
+
+    async def slow(request: web.Request) -> web.StreamResponse | None:
+        await asyncio.sleep(0.05)
+        return None
+
+    host = await serve(front(registry.host, slow))
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    for i in range(40):
+        registry.push_referrer(repo, digest, BUNDLE, b'{"junk": %d}' % i, BUNDLE)
+    config = keyless_policy(env, keyless)
+    config["insecure_registries"] = [host]
+    config["policies"][0]["pattern"] = f"{host}/team-a/*"
+    config["policies"][0]["failure_mode"] = "allow"
+    outcome = await env.admit(env.check(**config), f"{host}/{repo}@{digest}", budget=2.5)
+    assert not outcome.verdict.allowed, f"unsigned image admitted: {outcome.verdict.warnings}"
+    message = outcome.verdict.deny_message()
+    assert "failure mode" not in message
+    assert "unreadable bundle" in message

@@ -33,7 +33,7 @@ BUNDLE_ANNOTATION = "dev.sigstore.cosign/bundle"
 SIMPLE_SIGNING_MEDIA = "application/vnd.dev.cosign.simplesigning.v1+json"
 DSSE_MEDIA = "application/vnd.dsse.envelope.v1+json"
 
-_PARALLEL_BLOBS = 8
+PARALLEL_FETCHES = 8  # blobs (and bundle referrers, sigstore.py) fetched at once per image
 _SIGNATURE_MANIFESTS = frozenset({reg.OCI_MANIFEST, reg.DOCKER_MANIFEST})
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -65,7 +65,7 @@ async def fetch(
     except reg.ContentError as exc:
         return [ev.problem(f"{repository}:{tag}", f"signature manifest {repository}:{tag}: {exc}")]
     # Blobs are fetched a few at a time: a hundred layers cost ~13 round trips, not a hundred.
-    gate = asyncio.Semaphore(_PARALLEL_BLOBS)
+    gate = asyncio.Semaphore(PARALLEL_FETCHES)
 
     async def one(index: int, layer: dict[str, Any] | str) -> list[ev.Evidence]:
         source = f"{repository}:{tag} layer {index}"

@@ -12,6 +12,7 @@ requires its signature to be in the transparency log (``tlog: required``, cosign
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -63,27 +64,35 @@ async def fetch_bundles(
         descriptors = await client.referrers(registry, repository, digest, deadline, creds)
     except reg.ContentError as exc:
         return [(where, f"{where}: {exc}")]
-    found: list[tuple[str, bytes | str]] = []
     bundles = [d for d in descriptors if str(d.get("artifactType") or "").startswith(BUNDLE_ARTIFACT_PREFIX)]
     if len(bundles) > client.max_signatures:
         return [(where, f"{where}: {len(bundles)} sigstore bundles; at most {client.max_signatures} are read")]
-    for descriptor in bundles:
+    # A few at a time, as the .sig layers: a hundred referrers (a manifest and a blob each) one
+    # after another cost 200 round trips, enough to run a request into its deadline against a
+    # registry tens of milliseconds away, and a pattern's failure mode would then decide.
+    gate = asyncio.Semaphore(cosign.PARALLEL_FETCHES)
+
+    async def one(descriptor: dict[str, Any]) -> tuple[str, bytes | str] | None:
         source = f"{repository} referrer {descriptor['digest'][:19]}"
         try:
-            manifest = await client.manifest(registry, repository, descriptor["digest"], deadline, creds)
-            if manifest is None:
-                continue
-            layers = manifest.document().get("layers") or []
-            layer = layers[0]
-            size = layer["size"]
-            if not isinstance(size, int) or size > client.max_blob_bytes:
-                raise ValueError(f"layer size {str(size)[:40]} is not within the {client.max_blob_bytes}-byte limit")
-            found.append((source, await client.blob(registry, repository, layer["digest"], deadline, creds)))
+            async with gate:
+                manifest = await client.manifest(registry, repository, descriptor["digest"], deadline, creds)
+                if manifest is None:
+                    return None
+                layers = manifest.document().get("layers") or []
+                layer = layers[0]
+                size = layer["size"]
+                if not isinstance(size, int) or size > client.max_blob_bytes:
+                    limit = client.max_blob_bytes
+                    raise ValueError(f"layer size {str(size)[:40]} is not within the {limit}-byte limit")
+                return source, await client.blob(registry, repository, layer["digest"], deadline, creds)
         except reg.ContentError as exc:
-            found.append((source, f"{source}: {exc}"))
+            return source, f"{source}: {exc}"
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            found.append((source, f"{source}: unreadable bundle: {exc}"))
-    return found
+            return source, f"{source}: unreadable bundle: {exc}"
+
+    found = await asyncio.gather(*(one(d) for d in bundles))
+    return [entry for entry in found if entry is not None]
 
 
 def decode_bundle(raw: bytes | str, source: str) -> list[ev.Evidence]:
