@@ -253,3 +253,28 @@ async def test_bundle_referrers_within_the_bound_are_fetched_in_parallel_not_run
     message = outcome.verdict.deny_message()
     assert "failure mode" not in message
     assert "unreadable bundle" in message
+
+
+@pytest.mark.parametrize(
+    "subjects",
+    [[{"digest": "sha256"}], [{"digest": ["x"]}], ["name"], {"not": "a list"}],
+    ids=["digest-a-string", "digest-a-list", "subject-a-string", "subjects-an-object"],
+)
+async def test_an_in_toto_statement_of_odd_shape_in_a_sig_layer_is_a_verdict(env, registry, tools, subjects) -> None:
+    """No signature needed: a DSSE layer whose statement's subject digest is not an object."""
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    statement = {"subject": subjects, "predicateType": "https://sigstore.dev/cosign/sign/v1"}
+    envelope = {
+        "payloadType": "application/vnd.in-toto+json",
+        "payload": base64.b64encode(json.dumps(statement).encode()).decode(),
+        "signatures": [{"sig": base64.b64encode(b"x" * 64).decode()}],
+    }
+    registry.push_signature_layers(repo, digest, [(json.dumps(envelope).encode(), cosign.DSSE_MEDIA, {})])
+    key = ec.generate_private_key(ec.SECP256R1())
+    config = {"policies": [{"pattern": f"{env.host}/team-a/*", "keys": [env.key_file(key)], "tlog": "optional"}]}
+    check = env.check(**config)
+    check.failure_mode = FailureMode.ALLOW
+    outcome = await env.admit(check, f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed, f"unsigned image admitted: {outcome.verdict.warnings}"
+    assert "could not finish" not in outcome.verdict.deny_message()

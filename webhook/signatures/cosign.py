@@ -171,6 +171,10 @@ def decode_layer(layer: dict[str, Any], blob: bytes, source: str) -> list[ev.Evi
         return _layer_evidence(layer, blob, source)
     except ev.EvidenceError as exc:
         return [ev.problem(source, str(exc))]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        # A decoding slip on an odd shape is still a verdict on this layer (as for bundles):
+        # raised, it would make the whole images check "could not finish" (its failure mode).
+        return [ev.problem(source, f"{source}: unreadable signature layer: {type(exc).__name__}: {exc}")]
 
 
 def _layer_evidence(layer: dict[str, object], blob: bytes, source: str) -> list[ev.Evidence]:

@@ -109,7 +109,10 @@ def in_toto_digests(payload: bytes) -> frozenset[str]:
         return frozenset()
     found = set()
     for subject in subjects if isinstance(subjects, list) else ():
-        value = subject.get("digest", {}).get("sha256") if isinstance(subject, dict) else None
+        # Every level checked: a subject whose ``digest`` is a string or a list, pushed unsigned
+        # into a .sig layer, would otherwise raise out of the fetcher ("could not finish").
+        named = subject.get("digest") if isinstance(subject, dict) else None
+        value = named.get("sha256") if isinstance(named, dict) else None
         if isinstance(value, str):
             found.add(f"sha256:{value}")
     return frozenset(found)
