@@ -295,3 +295,30 @@ def test_a_witness_request_with_an_oversized_old_size_is_a_400(size: str) -> Non
     with pytest.raises(witness.RequestError) as caught:
         witness.parse_request(f"old {size}\n\nexample.org/log\n1\nAAAA\n".encode())
     assert caught.value.status == 400
+
+
+def test_a_writer_with_another_origin_is_refused_and_changes_nothing(tmp_path: Path, signer: note.Signer) -> None:
+    """Opening a log under a new origin would sign the same tree under two names, which verify
+    then reports as mixed origins. It is refused, naming both, before anything is written."""
+    directory = build(tmp_path, [50])
+    before = snapshot(directory)
+
+    async def reopen() -> None:
+        await AuditLog.open(directory, signing_key_path=tmp_path / "audit.key", origin="other.test/log", writer="t")
+
+    with pytest.raises(errors.AuditFormatError, match="portcullis.test/attacks.*other.test/log"):
+        asyncio.run(reopen())
+    assert snapshot(directory) == before
+
+
+def test_an_older_checkpoint_of_a_fork_signed_with_the_log_key_is_refused(tmp_path: Path, signer: note.Signer) -> None:
+    """Recovery checked only the newest checkpoint's root. Another tree at an older size, signed
+    with the log key (a fork), let the writer append on top; verify reported it. Now ``open``
+    refuses it as damage, naming the file, and changes nothing."""
+    directory = build(tmp_path, [200, 200])
+    text = note.Checkpoint(ORIGIN, 200, hashlib.sha256(b"another tree").digest()).text()
+    (directory / "checkpoints/200").write_bytes(text + b"\n" + signer.sign_line(text).encode())
+    assert "checkpoints/200" in problems(verify.verify(directory, signer.verifier))
+    message = reopen_refused_untouched(directory, tmp_path / "audit.key")
+    assert "checkpoints/200: root hash of size 200" in message
+    assert "fork" in message

@@ -111,7 +111,7 @@ class AuditLog:
         if not origin or "\n" in origin:
             raise errors.ConfigError(f"audit log origin {origin!r} must be one non-empty line")
         verifier = signer.verifier if signer else None
-        tilestore = await asyncio.to_thread(store.TileStore.recover, directory, durable, verifier)
+        tilestore = await asyncio.to_thread(store.TileStore.recover, directory, durable, verifier, origin)
         try:
             return await cls._start(
                 tilestore, signer, origin, writer, commit_window, checkpoint_every, checkpoint_interval, witnesses

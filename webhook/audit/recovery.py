@@ -44,6 +44,9 @@ class Floor:
     root: bytes
     source: str  # relative path of the file it was read from
     signed: bytes  # the note, to restore ``checkpoint`` or ``checkpoints/N`` from
+    origin: str = ""
+    # every other signed checkpoint found (size, root, file): the tree must hold each of them too
+    older: tuple[tuple[int, bytes, str], ...] = ()
 
 
 @dataclass
@@ -115,7 +118,8 @@ def load_floor(root: Path, verifier: note.Verifier | None) -> tuple[Floor | None
         return None, damage, sizes
     # The newest size wins; at equal sizes the history copy (it may carry more cosignatures).
     cp, rel, data = max(found, key=lambda f: (f[0].size, f[1] != CHECKPOINT))
-    return Floor(cp.size, cp.root, rel, data), damage, sizes
+    older = tuple((c.size, c.root, r) for c, r, _ in found if r != rel)
+    return Floor(cp.size, cp.root, rel, data, cp.origin, older), damage, sizes
 
 
 def _decimal(name: str) -> bool:
@@ -311,6 +315,18 @@ def _check_root(root: Path, plan: Plan, floor: Floor, files: _Listing) -> None:
             f"{floor.source}: root hash of size {floor.size} does not match the tiles on disk "
             "(records or tiles below it were altered)"
         )
+        return
+    # Every older signed checkpoint must be a prefix of the tree the newest one vouches for: one
+    # that is not is a fork the log key signed, and the writer must not sign on top of it.
+    roots: dict[int, bytes] = {}
+    for size, signed_root, rel in sorted(floor.older):
+        if size not in roots:
+            roots[size] = merkle.root_at(reader.node, size) if size else merkle.EMPTY_ROOT
+        if roots[size] != signed_root:
+            plan.damage.append(
+                f"{rel}: root hash of size {size} is not the tree that {floor.source} signs "
+                "(the log key signed two different trees: a fork)"
+            )
 
 
 def _restore_checkpoints(root: Path, plan: Plan, floor: Floor) -> None:

@@ -240,14 +240,23 @@ class TileStore:
     # -- recovery ---------------------------------------------------------------------------
 
     @classmethod
-    def recover(cls, root: Path, durable: bool = True, verifier: note.Verifier | None = None) -> TileStore:
+    def recover(
+        cls, root: Path, durable: bool = True, verifier: note.Verifier | None = None, origin: str | None = None
+    ) -> TileStore:
         """Open a log directory after a crash; raises ``RecoveryError`` (changing nothing) if
-        anything a signed checkpoint covers is missing or altered (see ``recovery``)."""
+        anything a signed checkpoint covers is missing or altered (see ``recovery``), or if its
+        checkpoints name another ``origin`` than the writer's (a log keeps one origin)."""
         store = cls(root, durable)
         root.mkdir(parents=True, exist_ok=True)
         store._lock()
         try:
             floor, damage, sizes = recovery.load_floor(root, verifier)
+            if floor is not None and origin is not None and floor.origin != origin:
+                raise RecoveryError(
+                    f"{root}: its checkpoints are signed for origin {floor.origin!r}, but this writer's origin is "
+                    f"{origin!r}; a log keeps one origin: configure {floor.origin!r}, or use a new directory "
+                    "(nothing was changed)"
+                )
             plan = recovery.inspect(root, floor)
             plan.damage[:0] = damage
             plan.signed_sizes = sizes
