@@ -306,7 +306,7 @@ def test_a_writer_with_another_origin_is_refused_and_changes_nothing(tmp_path: P
     async def reopen() -> None:
         await AuditLog.open(directory, signing_key_path=tmp_path / "audit.key", origin="other.test/log", writer="t")
 
-    with pytest.raises(errors.AuditFormatError, match="portcullis.test/attacks.*other.test/log"):
+    with pytest.raises(errors.AuditFormatError, match=r"portcullis\.test/attacks.*other\.test/log"):
         asyncio.run(reopen())
     assert snapshot(directory) == before
 

@@ -278,3 +278,45 @@ async def test_an_in_toto_statement_of_odd_shape_in_a_sig_layer_is_a_verdict(env
     outcome = await env.admit(check, f"{registry.host}/{repo}:v1")
     assert not outcome.verdict.allowed, f"unsigned image admitted: {outcome.verdict.warnings}"
     assert "could not finish" not in outcome.verdict.deny_message()
+
+
+async def test_a_referrer_descriptor_naming_a_path_is_a_verdict_never_a_request(env, registry, serve, keyless) -> None:
+    """A referrer's descriptor is repository content (a real registry refuses such an index on
+    push; a hostile one serves it, as the front below does). A "digest" of
+    ``../../<other repo>/manifests/v1`` was put in the manifest URL as it stood, and the HTTP
+    client folded the dots into a request for another repository, with this image's credentials.
+    Now a manifest reference must be a tag or ``sha256:<hex>``; anything else is a problem of that
+    referrer, and no such request is made."""
+    repo, other = registry.repo(), registry.repo()
+    registry.push_image(other, "v1")
+    digest = registry.push_image(repo, "v1")
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": f"../../{other}/manifests/v1",
+                "size": 100,
+                "artifactType": BUNDLE,
+            }
+        ],
+    }
+    seen: list[str] = []
+
+    async def hostile(request: web.Request) -> web.StreamResponse | None:
+        seen.append(request.raw_path)
+        if request.path in (f"/v2/{repo}/manifests/{digest.replace(':', '-')}", f"/v2/{repo}/referrers/{digest}"):
+            return web.Response(body=json.dumps(index).encode(), content_type="application/vnd.oci.image.index.v1+json")
+        return None
+
+    host = await serve(front(registry.host, hostile))
+    config = keyless_policy(env, keyless)
+    config["insecure_registries"] = [host]
+    config["policies"][0]["pattern"] = f"{host}/team-a/*"
+    config["policies"][0]["failure_mode"] = "allow"
+    outcome = await env.admit(env.check(**config), f"{host}/{repo}@{digest}")
+    assert not outcome.verdict.allowed, f"unsigned image admitted: {outcome.verdict.warnings}"
+    assert "neither a tag nor sha256" in outcome.verdict.deny_message()
+    assert any("referrers" in p or digest.replace(":", "-") in p for p in seen), seen
+    assert not [p for p in seen if other in p or ".." in p], seen

@@ -38,6 +38,9 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 _MAX_TOKENS = 4096
 _MAX_REFERRER_PAGES = 16
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# A manifest reference as the distribution spec allows it: a tag, or a digest (sha256 here). A
+# referrer's descriptor is repository content: "../../other/manifests/x" must not become a path.
+_REFERENCE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|sha256:[0-9a-f]{64}")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -210,6 +213,8 @@ class RegistryClient:
         as (OCI image-spec: ``mediaType`` in the body must equal the ``Content-Type``); raises
         ``ContentError`` when not, ``RegistryCallError`` on transport trouble.
         """
+        if not _REFERENCE.fullmatch(reference):
+            raise ContentError(registry, f"manifest reference {reference[:80]!r} is neither a tag nor sha256:<64 hex>")
         path = f"/v2/{repository}/manifests/{reference}"
         async with self._call("GET", registry, repository, path, deadline, creds, MANIFEST_ACCEPT) as resp:
             if resp.status == 404:
