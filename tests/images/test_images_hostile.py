@@ -320,3 +320,36 @@ async def test_a_referrer_descriptor_naming_a_path_is_a_verdict_never_a_request(
     assert "neither a tag nor sha256" in outcome.verdict.deny_message()
     assert any("referrers" in p or digest.replace(":", "-") in p for p in seen), seen
     assert not [p for p in seen if other in p or ".." in p], seen
+
+
+async def test_signatures_beyond_the_bound_are_not_checked_one_by_one(env, registry, tools, monkeypatch) -> None:
+    """The bound was on layers: 100 DSSE layers of 16 signers each (junk, pushed by anyone who can
+    push to the repository) bought 1,600 signature checks per key authority on the event loop,
+    about 100 ms. Now the bound counts signatures: past ``max_signatures`` the layers are one
+    problem, and no signature is checked."""
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+
+    repo = registry.repo()
+    digest = registry.push_image(repo, "v1")
+    payload = tools.simple_signing(f"{registry.host}/{repo}", digest)
+    envelope = {
+        "payloadType": "application/vnd.dev.cosign.simplesigning.v1+json",
+        "payload": base64.b64encode(payload).decode(),
+        "signatures": [{"sig": base64.b64encode(b"x" * 64).decode()}] * 16,
+    }
+    layers = [(json.dumps({**envelope, "n": i}).encode(), cosign.DSSE_MEDIA, {}) for i in range(10)]
+    registry.push_signature_layers(repo, digest, layers)  # 160 signatures in 10 layers
+    checked: list[int] = []
+    real = type(ec.generate_private_key(ec.SECP256R1()).public_key()).verify
+
+    def counting(self: EllipticCurvePublicKey, *args: Any, **kwargs: Any) -> None:
+        checked.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(ec.generate_private_key(ec.SECP256R1()).public_key()), "verify", counting)
+    key = ec.generate_private_key(ec.SECP256R1())
+    config = {"policies": [{"pattern": f"{env.host}/team-a/*", "keys": [env.key_file(key)], "tlog": "optional"}]}
+    outcome = await env.admit(env.check(**config), f"{registry.host}/{repo}:v1")
+    assert not outcome.verdict.allowed
+    assert "160 signatures; at most 100 are checked" in outcome.verdict.deny_message()
+    assert not checked
