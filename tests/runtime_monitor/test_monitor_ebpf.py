@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from monitor_session import BACKENDS, MonitorSession, live_session, skip_unless_backend
+from monitor_session import BACKENDS, Collect, MonitorSession, live_session, skip_unless_backend
 
 from webhook.runtime import monitor
 from webhook.runtime.engine import Engine
@@ -261,3 +261,37 @@ async def test_the_backend_dying_on_its_own_is_an_error_not_a_quiet_end(backend:
     source._proc.kill()
     with pytest.raises(ebpf.EbpfUnavailable, match="exited unexpectedly"):
         await task
+
+
+DROP_RULE = "Falco internal: syscall event drop"
+
+
+async def test_events_the_kernel_could_not_deliver_raise_an_alert_and_a_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A flood that overflows the kernel's buffer hides what happens during it (an attacker's
+    cover): the loss must not be only a counter. A one-page ring and a burst of directory opens
+    (which every open filter passes) overflow it; the monitor says so as Falco does, with an alert
+    of Falco's internal drop rule (its fields) and a log line, and the run's counters agree."""
+    skip_unless_backend("ringbuf")
+    engine = Engine.load([RULES])
+    source = ringbuf.RingbufSource.for_engine(engine, ring_bytes=4096, poll_ms=50)
+    sink = Collect()
+    mon = monitor.Monitor(source, engine, [sink], restart_backoff=None)
+    stop = asyncio.Event()
+    task = asyncio.create_task(mon.run(stop=stop))
+    await mon.ready.wait()
+    code = "import os\nfor _ in range(20000):\n    os.close(os.open('/', os.O_RDONLY | os.O_DIRECTORY))\n"
+    flood = await asyncio.create_subprocess_exec(sys.executable, "-c", code)
+    assert await flood.wait() == 0
+    for _ in range(200):  # the loader reports the kernel's count once a second
+        if source.stats()["kernel_lost"]:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    snap = await task
+    assert snap["source"]["kernel_lost"] > 0
+    drops = [a for a in sink.alerts if a["rule"] == DROP_RULE]
+    assert drops, sorted({a["rule"] for a in sink.alerts})
+    assert sum(int(a["output_fields"]["n_drops"]) for a in drops) == snap["source"]["kernel_lost"] + snap["drops"]
+    assert drops[0]["priority"] == "Debug"  # as Falco's
+    assert drops[0]["output"].startswith(DROP_RULE + ".")
+    assert any(DROP_RULE in r.getMessage() for r in caplog.records)

@@ -107,6 +107,31 @@ async def test_a_live_source_drops_and_counts_when_the_queue_is_full() -> None:
     assert engine.seen == 3
 
 
+async def test_queue_drops_are_said_as_falcos_drop_alert_once_with_the_rest_at_the_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Dropped at the queue is lost as surely as in the kernel: Falco's internal drop alert
+    (string fields, as Falco's), not only a counter; at most one per 30 s while running, and
+    whatever is left when the run ends."""
+    sink = Collect()
+    mon = monitor.Monitor(Burst(), CountingEngine(), [sink], queue_batches=1)
+    mon._report_loss()  # nothing lost yet: nothing said
+    snap = await mon.run()
+    drops = [a for a in sink.alerts if a["rule"] == monitor.DROP_RULE]
+    assert [a["output_fields"] for a in drops] == [
+        {"n_drops": "27", "n_drops_buffer": "0", "n_drops_queue": "27", "n_evts": "3"}
+    ]
+    assert drops[0]["output"] == "Falco internal: syscall event drop. 27 system calls dropped in last second."
+    assert (drops[0]["priority"], snap["alerts_by_rule"]) == ("Debug", {monitor.DROP_RULE: 1})
+    assert [r.levelname for r in caplog.records if monitor.DROP_RULE in r.getMessage()] == ["CRITICAL"]
+    mon.metrics.drops += 5  # more, within 30 s of the first report: held until the end of a run
+    mon._report_loss()
+    assert mon.metrics.alerts_by_rule[monitor.DROP_RULE] == 1
+    mon._report_loss(final=True)
+    assert mon.metrics.alerts_by_rule[monitor.DROP_RULE] == 2
+    assert "5 system calls dropped" in caplog.records[-1].getMessage()
+
+
 def shadow_rules(tmp_path: Path) -> Path:
     path = tmp_path / "r.yaml"
     path.write_text(

@@ -2,7 +2,10 @@
 
 A live source (eBPF) never waits for the engine: when the queue is full the batch is dropped
 and counted (Falco's ``n_drops``), so memory stays bounded and the kernel buffers keep draining.
-Replayed sources (files) wait instead, so no event is lost. Called by ``monitor_commands``.
+Replayed sources (files) wait instead, so no event is lost. Events lost either way (in the
+kernel, or at the queue) are said as Falco says them: a log line and an alert of its internal
+drop rule, since a flood that hides an action is an attack in itself. Called by
+``monitor_commands``.
 """
 
 from __future__ import annotations
@@ -19,12 +22,16 @@ from typing import Any, Protocol
 
 from webhook import errors
 from webhook.runtime import events, outputs, state
+from webhook.runtime.rules.output import iso_time
 from webhook.runtime.sources.base import Source
 
 __all__ = ["Metrics", "Monitor", "prometheus", "readiness"]
 
 _log = logging.getLogger("portcullis.monitor")
 _STOP = object()
+DROP_RULE = "Falco internal: syscall event drop"  # Falco's syscall_event_drops alert
+_DROP_EVERY_S = 30.0  # Falco's default action rate (1 per 30 s, burst 1); what is left is said at the end
+_DROP_CHECK_S = 1.0  # how often the counters are read (the kernel's count arrives once a second)
 
 
 class RuleEngine(Protocol):
@@ -97,6 +104,10 @@ class Monitor:
         self.attached = False
         self.last_batch: float | None = None  # time.monotonic() of the latest batch with events
         self.resolver: events.NameResolver | None = None
+        # Losses already reported (``_report_loss``): the source's kernel count restarts with a
+        # restarted source, so the counts of earlier ones are kept in ``_lost_before``.
+        self._lost_prev = self._lost_before = self._kernel_said = self._queue_said = self._events_said = 0
+        self._said_at: float | None = None
         if source.kind == "raw":
             self.table = table or state.ProcessTable()
             names: frozenset[str] = getattr(engine, "sip_names", frozenset())
@@ -124,6 +135,7 @@ class Monitor:
         if self.resolver is not None:
             self.resolver.start()
         consumer = asyncio.create_task(self._consume(), name="monitor-engine")
+        watch = asyncio.create_task(self._watch_loss(), name="monitor-loss")
         producer: asyncio.Task[None] | None = None
         try:
             start = getattr(self.source, "start", None)
@@ -148,6 +160,10 @@ class Monitor:
             await self.source.close()
             await self._queue.put(_STOP)
             await consumer
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            self._report_loss(final=True)  # nothing lost goes unsaid, whatever the rate
             for sink in self.sinks:
                 await sink.close()
             if self.metadata is not None:
@@ -202,6 +218,50 @@ class Monitor:
                 queue.put_nowait(batch)
             except asyncio.QueueFull:
                 metrics.drops += len(batch)
+
+    async def _watch_loss(self) -> None:
+        while True:
+            await asyncio.sleep(_DROP_CHECK_S)
+            self._report_loss()
+
+    def _report_loss(self, *, final: bool = False) -> None:
+        """Events lost since the last report (the source's kernel-side count and the queue's
+        drops): a CRITICAL log line and an alert of Falco's internal drop rule, with its name,
+        priority (Debug) and string-valued fields, so falcosidekick and friends treat it as
+        Falco's. The first loss is said at once, then at most once per ``_DROP_EVERY_S``."""
+        lost = int(self.source.stats().get("kernel_lost", 0))
+        if lost < self._lost_prev:  # a restarted source counts from 0 again
+            self._lost_before += self._lost_prev
+        self._lost_prev = lost
+        kernel = self._lost_before + lost
+        now = time.monotonic()
+        buffer, queue = kernel - self._kernel_said, self.metrics.drops - self._queue_said
+        if buffer + queue <= 0 or (not final and self._said_at is not None and now - self._said_at < _DROP_EVERY_S):
+            return
+        since = now - (self._said_at if self._said_at is not None else self.metrics.started)
+        evts = self.metrics.events - self._events_said
+        self._kernel_said, self._queue_said, self._events_said = kernel, self.metrics.drops, self.metrics.events
+        self._said_at = now
+        span = "last second" if since <= 1.5 else f"last {since:.0f} seconds"
+        text = f"{DROP_RULE}. {buffer + queue} system calls dropped in {span}."
+        _log.critical(
+            "%s (kernel buffer %d, queue %d; %d and %d in all)", text, buffer, queue, kernel, self.metrics.drops
+        )
+        fields = {"n_drops": buffer + queue, "n_drops_buffer": buffer, "n_drops_queue": queue, "n_evts": evts}
+        doc = {
+            "hostname": self.hostname,
+            "output": text,
+            "output_fields": {k: str(v) for k, v in fields.items()},
+            "priority": "Debug",
+            "rule": DROP_RULE,
+            "source": "syscall",
+            "tags": [],
+            "time": iso_time(time.time_ns()),
+        }
+        self.metrics.alerts_by_rule[DROP_RULE] += 1
+        self.metrics.alerts_by_priority["Debug"] += 1
+        for sink in self.sinks:
+            sink.emit(doc)
 
     async def _consume(self) -> None:
         while True:
