@@ -407,6 +407,19 @@ import rego.v1
 deny contains "NodePort services are not allowed" if input.request.object.spec.type == "NodePort"
 """
 
+_DEEP = b'{"a":' * 300 + b"{}" + b"}" * 300  # past the encoder's 255 levels, within the decoder's 1024
+
+
+def _nodeport_review(extra: bytes) -> bytes:
+    """AdmissionReview bytes for a NodePort Service with ``extra`` (raw JSON) in its spec."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "namespace": "default"},
+        "spec": {"type": "NodePort", "extra": "EXTRA"},
+    }
+    return orjson.dumps(review(service, kind="Service", resource="services")).replace(b'"EXTRA"', extra)
+
 
 @pytest.mark.parametrize(
     "exemption",
@@ -455,17 +468,9 @@ async def test_a_policy_input_too_deep_to_encode_is_denied_even_under_failure_mo
     )
     assert policy != _NODEPORT_POLICY
     (rego / "services.rego").write_text(policy)
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "s", "namespace": "default"},
-        "spec": {"type": "NodePort", "deep": "DEEP"},
-    }
-    body = orjson.dumps(review(service, kind="Service", resource="services"))
-    deep = b'{"a":' * 300 + b"{}" + b"}" * 300
     cfg = {"policy": {"directory": str(rego)}, "checks": {"rego": {"failure_mode": "allow"}}}
     async with webhook(cfg) as hook:
-        status, answer = await hook.post("/validate", body.replace(b'"DEEP"', deep))
+        status, answer = await hook.post("/validate", _nodeport_review(_DEEP))
     assert status == 200
     response = answer["response"]
     assert response["allowed"] is False, response
@@ -516,7 +521,7 @@ async def test_audit_annotation_is_bounded_too() -> None:
 
 @pytest.mark.parametrize("shape", ["deep", "big"])
 async def test_a_remote_opa_gets_the_same_input_bounds_as_the_embedded_engine(
-    webhook: Any, tmp_path: Path, shape: str
+    webhook: Any, serve: Any, shape: str
 ) -> None:
     """Fixed: with ``engine: opa`` the input went to OPA unbounded. Nested past the encoder's
     depth it raised while being sent, an internal error that ``failure_mode: allow`` admitted
@@ -533,29 +538,15 @@ async def test_a_remote_opa_gets_the_same_input_bounds_as_the_embedded_engine(
 
     app = web.Application()
     app.router.add_post("/v1/data/{path:.*}", allow_all)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "s", "namespace": "default"},
-        "spec": {"type": "NodePort", "extra": "EXTRA"},
-    }
-    body = orjson.dumps(review(service, kind="Service", resource="services"))
-    extra = b'{"a":' * 300 + b"{}" + b"}" * 300 if shape == "deep" else orjson.dumps("x" * 70_000)
+    opa = await serve(app)
     cfg = {
-        "policy": {"engine": "opa", "opa_url": f"http://127.0.0.1:{port}", "max_input_bytes": 65536},
+        "policy": {"engine": "opa", "opa_url": f"http://{opa}", "max_input_bytes": 65536},
         "checks": {"rego": {"failure_mode": "allow"}},
     }
-    try:
-        async with webhook(cfg) as hook:
-            status, answer = await hook.post("/validate", body.replace(b'"EXTRA"', extra))
-            ok_status, ok_answer = await hook.post("/validate", body.replace(b'"EXTRA"', b'"small"'))
-    finally:
-        await runner.cleanup()
+    extra = _DEEP if shape == "deep" else orjson.dumps("x" * 70_000)
+    async with webhook(cfg) as hook:
+        status, answer = await hook.post("/validate", _nodeport_review(extra))
+        ok_status, ok_answer = await hook.post("/validate", _nodeport_review(b'"small"'))
     assert status == 200
     response = answer["response"]
     assert response["allowed"] is False, response

@@ -56,11 +56,12 @@ def keyless_layer(tools: Any, keyless: Any, host: str, repo: str, digest: str) -
     return payload, cosign.SIMPLE_SIGNING_MEDIA, annotations
 
 
-def self_signed_pem() -> str:
+def self_signed(*extensions: tuple[x509.ExtensionType, bool]) -> x509.Certificate:
+    """A day-long self-signed certificate anyone can make, with ``(extension, critical)`` pairs."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")])
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -68,9 +69,14 @@ def self_signed_pem() -> str:
         .serial_number(1)
         .not_valid_before(now)
         .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
     )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(key, hashes.SHA256())
+
+
+def self_signed_pem() -> str:
+    return self_signed().public_bytes(serialization.Encoding.PEM).decode()
 
 
 def junk_time_layer(tools: Any, host: str, repo: str, digest: str, when: object) -> tuple[bytes, str, dict[str, str]]:
@@ -152,23 +158,10 @@ async def test_a_bundle_with_an_unrepresentable_log_time_is_a_verdict(env, regis
 def duplicate_extension_bundle(digest: str) -> bytes:
     """A v0.1 bundle whose certificate lists BasicConstraints twice: the ``sigstore`` library's
     ``Bundle.from_json`` raises cryptography's ``DuplicateExtension`` (not a ``ValueError``)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mallory")])
-    now = dt.datetime.now(dt.UTC)
     constraints = x509.BasicConstraints(ca=False, path_length=None)
     placeholder = x509.ObjectIdentifier("2.5.29.99")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(constraints, critical=True)
-        .add_extension(x509.UnrecognizedExtension(placeholder, constraints.public_bytes()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    twin = x509.UnrecognizedExtension(placeholder, constraints.public_bytes())
+    cert = self_signed((constraints, True), (twin, False))
     # 2.5.29.99 -> 2.5.29.19 (BasicConstraints): the same extension twice.
     der = cert.public_bytes(serialization.Encoding.DER).replace(
         bytes.fromhex("0603551d63"), bytes.fromhex("0603551d13")

@@ -97,7 +97,7 @@ def load_floor(root: Path, verifier: note.Verifier | None) -> tuple[Floor | None
     paths = [root / CHECKPOINT] if os.path.lexists(root / CHECKPOINT) else []
     hist = root / HISTORY
     if hist.is_dir():
-        paths += sorted(p for p in hist.iterdir() if _decimal(p.name) and p.is_file())
+        paths += sorted(p for p in hist.iterdir() if tiles.decimal_name(p.name) and p.is_file())
     for path in paths:
         rel = path.relative_to(root).as_posix()
         try:
@@ -120,10 +120,6 @@ def load_floor(root: Path, verifier: note.Verifier | None) -> tuple[Floor | None
     cp, rel, data = max(found, key=lambda f: (f[0].size, f[1] != CHECKPOINT))
     older = tuple((c.size, c.root, r) for c, r, _ in found if r != rel)
     return Floor(cp.size, cp.root, rel, data, cp.origin, older), damage, sizes
-
-
-def _decimal(name: str) -> bool:
-    return name.isascii() and name.isdigit() and str(int(name)) == name
 
 
 def inspect(root: Path, floor: Floor | None) -> Plan:

@@ -329,4 +329,4 @@ def _partial_widths(root: Path, level: int, index: int) -> list[int]:
 def _width(name: str) -> bool:
     """Whether a file in a ``.p/`` directory is named as a partial's width (ASCII digits only:
     ``'²'.isdigit()`` is true, yet ``int`` refuses it, and the writer must not stop on it)."""
-    return tiles.parse_tile_path(f"tile/0/000.p/{name}") is not None
+    return tiles.decimal_name(name) and 0 < int(name) < TILE_WIDTH

@@ -83,6 +83,12 @@ def tile_path(level: int, index: int, width: int = TILE_WIDTH) -> str:
 _TILE_RE = re.compile(r"tile/(entries|0|[1-9][0-9]?)/((?:x[0-9]{3}/)*[0-9]{3})(?:\.p/([1-9][0-9]{0,2}))?")
 
 
+def decimal_name(name: str) -> bool:
+    """A file name that is a canonical decimal in ASCII digits (a history checkpoint's size):
+    ``'²'.isdigit()`` is true, yet ``int`` refuses it; ``007`` is not 7's name."""
+    return name.isascii() and name.isdigit() and str(int(name)) == name
+
+
 def parse_tile_path(rel: str) -> TileId | None:
     """The tile a relative path names, or None if it is not a canonical tile path."""
     match = _TILE_RE.fullmatch(rel)

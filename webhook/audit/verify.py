@@ -116,7 +116,7 @@ class _Files:
                     continue
                 elif name.endswith(".tmp"):  # a crash leftover, cleaned when the writer reopens
                     result.warnings.append(f"{rel}: unfinished write from a crash (ignored)")
-                elif rel == f"{HISTORY}/{name}" and name.isascii() and name.isdigit() and str(int(name)) == name:
+                elif rel == f"{HISTORY}/{name}" and tiles.decimal_name(name):
                     self.history[int(name)] = path
                 else:
                     result.add(_NOWHERE, f"{rel}: file not part of a tile log")

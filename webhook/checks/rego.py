@@ -17,8 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from webhook.checks.base import Check
 from webhook.checks.services import Services
 from webhook.config import Config
@@ -157,10 +155,10 @@ class RegoCheck:
             return CheckResult(violations=[Violation(CHECK_ID, too_big)])
         document = policy_input.build(ctx, pods)
         if self.remote is not None:
-            beyond = _beyond_bounds(document, self.settings.max_input_bytes)  # the same bounds as embedded
-            if beyond is not None:
+            sent = bounds.within(document, self.settings.max_input_bytes)  # the embedded engine's bounds
+            if isinstance(sent, str):
                 self.over_bounds += 1
-                return CheckResult(violations=[Violation(CHECK_ID, beyond)])
+                return CheckResult(violations=[Violation(CHECK_ID, sent)])
             return to_result(await self.remote.evaluate(document, ctx.deadline), self.settings.failure_mode)
         version = self._install() if (self.bundle or self.templates) else self._current()
         synced = self.sync.document if self.sync is not None else None
@@ -205,16 +203,6 @@ class RegoCheck:
 _Version = tuple[rego.CompiledPolicies | None, gatekeeper.GatekeeperSet | None]
 
 
-def _beyond_bounds(document: dict[str, Any], max_bytes: int) -> str | None:
-    """Why an input for a remote OPA is denied unsent (too deep to encode, or over the size
-    bound), or None: OPA gets no more than the embedded engine would."""
-    try:
-        size = len(bounds.encoded(document))
-    except orjson.JSONEncodeError as exc:
-        return bounds.unencodable(exc)
-    return bounds.too_many_bytes(size, max_bytes) if size > max_bytes else None
-
-
 @dataclass(frozen=True, slots=True)
 class _Prepared:
     """One evaluation request for the workers of one policy version."""
@@ -243,15 +231,12 @@ def _prepare(
         "review": review if matching else None,
         "constraints": [c.id for c in matching],
     }
-    try:
-        payload = bounds.encoded(request)
-        if len(payload) > max_bytes:
-            return bounds.too_many_bytes(len(payload), max_bytes)
-        referential = templates is not None and any(templates.templates[c.kind].referential for c in matching)
-        if synced is not None and referential:
-            payload = bounds.encoded({**request, "inventory": synced})
-    except orjson.JSONEncodeError as exc:  # judged like an input over the bounds, not an internal error
-        return bounds.unencodable(exc)
+    payload = bounds.within(request, max_bytes)
+    referential = templates is not None and any(templates.templates[c.kind].referential for c in matching)
+    if isinstance(payload, bytes) and synced is not None and referential:
+        payload = bounds.within({**request, "inventory": synced}, None)  # cluster state: not bounded
+    if isinstance(payload, str):  # judged like an input over the bounds, not an internal error
+        return payload
     policies = list(bundle.policies) if run_bundle and bundle is not None else []
     return _Prepared(payload, policies, matching)
 

@@ -35,6 +35,16 @@ def encoded(request: Any) -> bytes:
     return orjson.dumps(request, option=orjson.OPT_NON_STR_KEYS)
 
 
+def within(request: Any, max_bytes: int | None) -> bytes | str:
+    """The encoded request, or why it is denied without evaluation: the encoder refuses it, or
+    it is over ``max_bytes`` (None: not bounded). The embedded engine and a remote OPA alike."""
+    try:
+        payload = encoded(request)
+    except orjson.JSONEncodeError as exc:
+        return unencodable(exc)
+    return too_many_bytes(len(payload), max_bytes) if max_bytes is not None and len(payload) > max_bytes else payload
+
+
 def unencodable(exc: Exception) -> str:
     """Why an input the encoder refuses (nested past its 255 levels, an integer beyond 64 bits)
     is denied: it cannot reach the policies, and a failure mode of ``allow`` must not admit it."""
