@@ -12,7 +12,7 @@ from webhook import config as config_mod
 from webhook import errors
 from webhook.signatures import credentials, reference
 from webhook.signatures.cache import VerdictCache
-from webhook.signatures.trust import TrustPolicy
+from webhook.signatures.trust import TrustPolicy, TrustPolicySet
 
 HEX = "a" * 64
 
@@ -64,6 +64,7 @@ class _Nobody:
         ("ghcr.io/org/*@sha256:*", f"ghcr.io/org/app@sha256:{HEX}", True),
         ("ghcr.io/org/*@sha256:*", "ghcr.io/org/app:v1", False),
         ("ghcr.io/org/app?", "ghcr.io/org/app1", True),
+        ("**/app", "ghcr.io/org/team/app", True),
     ],
 )
 def test_patterns_glob_over_registry_repository_tag_and_digest(pattern, image, matches) -> None:
@@ -228,6 +229,8 @@ def test_threshold_matches_authorities_to_distinct_signers_whatever_the_order() 
         ("registry.example:05000/a/*", "registry.example:5000/a/*"),
         ("**", "**"),
         ("docker.io/**", "docker.io/**"),
+        ("**.Dev.Corp.example:0443/**", "*.dev.corp.example/**"),
+        ("**/app", "**/app"),
     ],
 )
 def test_patterns_are_canonical_after_config_load(written, canonical) -> None:
@@ -277,3 +280,27 @@ def test_bad_patterns_are_config_errors_naming_the_key(pattern, message) -> None
 def test_references_with_a_malformed_host_are_refused(image) -> None:
     with pytest.raises(reference.ReferenceError_, match="registry host"):
         reference.parse(image)
+
+
+@pytest.mark.parametrize(
+    ("image", "chosen"),
+    [
+        ("ghcr.io/evil/x.dev.corp.example/miner:v1", "**"),  # the attacker's path, not a dev registry
+        ("docker.io/evil/x.dev.corp.example", "**"),
+        ("registry.dev.corp.example/team/app:v1", "*.dev.corp.example/**"),
+        ("a.b.dev.corp.example:5000/team/app:v1", "**"),  # another port is another server
+        ("a.b.dev.corp.example/app:v1", "*.dev.corp.example/**"),
+    ],
+)
+def test_a_host_glob_never_matches_across_a_slash(image, chosen) -> None:
+    """A `**` in a host name once crossed `/`: an audit-only policy for dev registries took any
+    image whose path the attacker named `….dev.corp.example/…`, ahead of the enforced catch-all."""
+    policies = [
+        {"pattern": "**.dev.corp.example/**", "keys": ["k.pub"], "mode": "audit"},
+        {"pattern": "**", "keys": ["k.pub"]},
+    ]
+    cfg = config_mod.parse({"images": {"policies": policies}})
+    trust = TrustPolicySet([TrustPolicy(p.pattern, [_Nobody()]) for p in cfg.images.policies])
+    matched = trust.match(reference.parse(image))
+    assert matched is not None
+    assert matched.pattern == chosen

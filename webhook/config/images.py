@@ -54,7 +54,8 @@ def canonical_pattern(pattern: str) -> str:
     ``nginx`` and ``docker.io/nginx`` → ``docker.io/library/nginx``; ``team/*`` →
     ``docker.io/team/*``; ``LOCALHOST:5000/**`` → ``localhost:5000/**``; ``ghcr.io:0443/x`` →
     ``ghcr.io/x``. A first segment is a registry when it holds ``.`` or ``:`` or is ``localhost``
-    (the runtime's rule for references); one holding ``**`` spans registries and stays as is.
+    (the runtime's rule for references); ``**`` alone there spans registries, and ``**`` inside
+    a host name is ``*`` (``**.corp.example`` → ``*.corp.example``: any subdomains, never a ``/``).
     """
     if not pattern or pattern != pattern.strip():
         raise ValueError(f"`pattern` {pattern!r} is empty or has surrounding spaces")
@@ -70,8 +71,10 @@ def canonical_pattern(pattern: str) -> str:
     elif slash and ("**" in first or "." in first or ":" in first or first.lower() == "localhost"):
         if not _HOST_GLOB.fullmatch(first):
             raise ValueError(f"{where}: registry {first!r} is not a host[:port] glob")
-        # A `**` host spans registries (and path segments): it is matched as written, lower-cased.
-        host = first.lower() if "**" in first else canonical_registry(first)
+        # `**` alone spans registries and path segments. Inside a host name (`**.corp.example`)
+        # it stands for any subdomains and is `*`: a `**` there would cross `/`, and the pattern
+        # would take `ghcr.io/anyone/x.corp.example/app`, whose path an attacker chooses.
+        host = "**" if first == "**" else canonical_registry(first.replace("**", "*"))
         components = rest.split("/")
     else:
         host, components = DOCKER_HUB, name.split("/")
