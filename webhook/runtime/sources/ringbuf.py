@@ -61,6 +61,9 @@ _LK = struct.Struct("<IH")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _SYS_OFF = _HDR.size + _ARGS.size
+# The string the kernel side adds after a syscall's own (portcullis.bpf.c): the directory a
+# relative open starts from, the cwd after chdir/fchdir. Empty when it could not be named.
+_KERNEL_DIR = {"open": "base", "openat": "base", "openat2": "base", "creat": "base", "chdir": "cwd", "fchdir": "cwd"}
 
 
 def available() -> list[str]:
@@ -219,6 +222,17 @@ class RecordDecoder:
             "    if o > end:",
             "        raise ValueError('record shorter than its strings')",
             f"    params = {{{items}, 'cgroup': cgroup}}",
+        ]
+        if extra := _KERNEL_DIR.get(evt):
+            lines += [
+                "    if o + 2 <= end:",
+                "        n = u16(buf, o)[0]",
+                "        if o + 2 + n > end:",
+                "            raise ValueError('record shorter than its strings')",
+                "        if n:",
+                f"            params[{extra!r}] = buf[o + 2 : o + 2 + n].decode('utf-8', 'surrogateescape')",
+            ]
+        lines += [
             "    if flags & 1:",
             "        params['truncated'] = True",
             "        self.truncated += 1",
@@ -284,6 +298,12 @@ class RecordDecoder:
             raise ValueError("record shorter than its strings")
         params: dict[str, Any] = dict(zip(names, values, strict=True))
         params["cgroup"] = cgroup
+        if (extra := _KERNEL_DIR.get(evt)) and o + 2 <= end:
+            n = _U16.unpack_from(buf, o)[0]
+            if o + 2 + n > end:
+                raise ValueError("record shorter than its strings")
+            if n:
+                params[extra] = _text(bytes(buf[o + 2 : o + 2 + n]))
         if flags & HDR_TRUNC:
             params["truncated"] = True
             self.truncated += 1
