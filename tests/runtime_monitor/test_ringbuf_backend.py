@@ -257,3 +257,10 @@ def test_the_differential_actions_run_without_the_monitor() -> None:
     if os.geteuid() != 0:
         pytest.skip("setuid(0) needs root")
     subprocess.run([sys.executable, "-c", ACTIONS, "m"], check=True)
+
+
+def test_the_in_flight_table_size_is_checked_and_sent_to_the_loader() -> None:
+    src = ringbuf.RingbufSource({"openat"}, inflight_slots=128, exists=lambda _s: True)
+    assert "inflight 128\n" in src.config(1)
+    with pytest.raises(ValueError, match="inflight_slots"):
+        ringbuf.RingbufSource({"openat"}, inflight_slots=0, exists=lambda _s: True)

@@ -131,6 +131,7 @@ class RecordDecoder:
         self.ignored = 0
         self.truncated = 0
         self.heartbeats = 0
+        self.helper_errors = 0  # as bpftrace's decoder (the loader reports none)
         self.ready = False
         self.set_formats(formats)
 
@@ -394,6 +395,7 @@ class RingbufSource(ChildProcessSource):
         chunk_size: int = 1 << 20,
         ring_bytes: int = 1 << 24,
         wake_bytes: int = 1 << 21,
+        inflight_slots: int = 1 << 16,
         poll_ms: int = 5,
         reorder_ms: float = REORDER_MS,
         success_only: Iterable[str] = (),
@@ -403,6 +405,11 @@ class RingbufSource(ChildProcessSource):
     ) -> None:
         if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
             raise ValueError(f"ring_bytes {ring_bytes}: expected a power of two of at least 4096")
+        if not 1 <= inflight_slots <= 1 << 22:
+            raise ValueError(f"inflight_slots {inflight_slots}: expected 1..{1 << 22}")
+        # Threads inside a traced call at once (the kernel side keeps each call's arguments
+        # until it returns); a call past this is counted lost, never silently untraced.
+        self._inflight = inflight_slots
         # What is traced, and what not (with the reason), exactly as the bpftrace program decides.
         self.program = dataclasses.replace(
             bpftrace_program.generate(
@@ -447,7 +454,8 @@ class RingbufSource(ChildProcessSource):
 
     def config(self, loader_pid: int) -> str:
         """The loader's stdin: ring size, programs, maps (see ``bpf/loader.c``)."""
-        lines = [f"ring {self._ring}", f"poll {self._poll_ms}", "heartbeat heartbeat 1000000000"]
+        lines = [f"ring {self._ring}", f"inflight {self._inflight}", f"poll {self._poll_ms}"]
+        lines.append("heartbeat heartbeat 1000000000")
         v1 = -1 if self.v1_subsys is None else self.v1_subsys
         cfg = _CFG.pack(os.getpid(), loader_pid, v1, self._wake, int(self.emit_clone), 0)
         lines.append(f"map cfg {_U32.pack(0).hex()} {cfg.hex()}")
