@@ -204,7 +204,9 @@ os.spawnv(os.P_WAIT, "/bin/true", ["true", "x" * 300, sys.argv[1]])
 
 
 def _strip(ev: RawEvent) -> tuple[Any, ...]:
-    return (ev.type, ev.pid, ev.tid, ev.uid, ev.comm, ev.res, ev.params)
+    # the directories the ring buffer's kernel side names (bpftrace's events have none)
+    params = {k: v for k, v in ev.params.items() if k not in ("base", "cwd")}
+    return (ev.type, ev.pid, ev.tid, ev.uid, ev.comm, ev.res, params)
 
 
 @pytest.mark.root
@@ -240,6 +242,14 @@ async def test_both_backends_make_the_same_raw_events() -> None:
     assert len(rb) > 50
     assert rb == bt
     assert any(e[0] == "execve" and e[6]["argv"][1] == "x" * 300 for e in rb)
+    # what the ring buffer names in the kernel: the cwd after each chdir/fchdir, the start
+    # directory of each relative open (of the cwd, or of the directory fd), none for absolute ones
+    temp = next(e.params["path"] for e in outs[1] if e.type == "chdir")
+    cwds = [e.params.get("cwd") for e in outs[1] if e.type in ("chdir", "fchdir")]
+    assert cwds == [temp, temp, "/", temp]
+    opens = [e.params for e in outs[1] if e.type in ("open", "openat", "openat2") and e.pid == min(pids[1])]
+    assert {p.get("base") for p in opens if p["name"][:1] not in ("/", "")} == {temp}
+    assert all("base" not in p for p in opens if p["name"][:1] == "/")
 
 
 def test_the_differential_actions_run_without_the_monitor() -> None:
@@ -247,3 +257,10 @@ def test_the_differential_actions_run_without_the_monitor() -> None:
     if os.geteuid() != 0:
         pytest.skip("setuid(0) needs root")
     subprocess.run([sys.executable, "-c", ACTIONS, "m"], check=True)
+
+
+def test_the_in_flight_table_size_is_checked_and_sent_to_the_loader() -> None:
+    src = ringbuf.RingbufSource({"openat"}, inflight_slots=128, exists=lambda _s: True)
+    assert "inflight 128\n" in src.config(1)
+    with pytest.raises(ValueError, match="inflight_slots"):
+        ringbuf.RingbufSource({"openat"}, inflight_slots=0, exists=lambda _s: True)

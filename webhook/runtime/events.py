@@ -18,7 +18,7 @@ from typing import Any
 
 from webhook.runtime.rules import fields as catalog
 from webhook.runtime.sources.base import RawEvent
-from webhook.runtime.state import Fd, Process, ProcessTable
+from webhook.runtime.state import Fd, Process, ProcessTable, resolve_path
 
 __all__ = ["EventBuilder", "NameResolver", "expand_required", "open_flags", "producible"]
 
@@ -294,7 +294,11 @@ class EventBuilder:
         kind, p = ev.type, ev.params
         if kind in _OPEN_TYPES:
             raw = p["name"]
-            path = self.table.absolute(proc, raw, p["dirfd"])
+            base = p.get("base")  # the start directory as the kernel named it (ring-buffer source)
+            if base and raw and raw[0] != "/":
+                path = resolve_path(base, raw)
+            else:  # the process table's cwd and directory fds
+                path = self.table.absolute(proc, raw, p["dirfd"])
             if p.get("truncated") and ev.res >= 0:  # longer than the source carries: ask the kernel
                 path = self.table.fd_path(ev.pid, ev.res) or path
             ftype = "directory" if p["flags"] & 0o200000 else "file"

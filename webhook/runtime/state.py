@@ -213,8 +213,11 @@ class ProcessTable:
         return proc
 
     def _chdir(self, ev: RawEvent, proc: Process) -> None:
-        """The cwd after a successful chdir/fchdir (libsinsp updates it the same way)."""
-        if ev.type == "chdir":
+        """The cwd after a successful chdir/fchdir (libsinsp updates it the same way), as the
+        kernel named it when the source says (an fchdir fd the table has wrong or not at all)."""
+        if ev.params.get("cwd"):
+            new = ev.params["cwd"]
+        elif ev.type == "chdir":
             new = resolve_path(proc.cwd, ev.params["path"]) if proc.cwd or ev.params["path"][:1] == "/" else ""
         else:
             fd = proc.fds.get(ev.params["fd"])

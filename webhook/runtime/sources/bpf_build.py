@@ -30,7 +30,7 @@ BTF = Path("/sys/kernel/btf/vmlinux")
 LIBBPF_HEADER = Path("/usr/include/bpf/libbpf.h")
 
 # Probe kinds of the kernel side (enum in portcullis.bpf.c).
-K_GEN, K_OPEN, K_OPENAT2, K_CREAT, K_NET_REMOTE, K_NET_LOCAL, K_NET_SK, K_NET_ACCEPT, K_SENDMSG = range(9)
+K_GEN, K_OPEN, K_OPENAT2, K_CREAT, K_NET_REMOTE, K_NET_LOCAL, K_NET_SK, K_NET_ACCEPT, K_SENDMSG, K_CWD = range(10)
 
 
 class BuildUnavailable(errors.UpstreamError):
@@ -113,7 +113,10 @@ def probe_table(root: Path = Path("/sys/kernel/tracing")) -> tuple[str, dict[str
             addr = p.addr if p.evt != "sendmsg" else "$a1"
             strs = [arg_position(p, addr, args)] if p.net != "sk" else []
         else:
-            kind = {"open": K_OPEN, "openat": K_OPEN, "openat2": K_OPENAT2, "creat": K_CREAT}.get(p.evt, K_GEN)
+            kind = {
+                "open": K_OPEN, "openat": K_OPEN, "openat2": K_OPENAT2, "creat": K_CREAT, "chdir": K_CWD,
+                "fchdir": K_CWD,
+            }.get(p.evt, K_GEN)  # fmt: skip
         s = [*strs, -1, -1, -1][:3]
         lines.append(f"PROBE({i}, {p.syscall}, {kind}, {s[0]}, {s[1]}, {s[2]})")
     return "\n".join(lines) + "\n", formats

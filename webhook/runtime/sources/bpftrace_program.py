@@ -432,7 +432,10 @@ def _syscall_probe(
         body = f"print(({rec}, {_COMMON}{''.join(', ' + v for v in values)}));"
     out.append(f"{exit_point} {{\n  {loads}\n  {body}\n}}")
     # The entry goes whatever the result (a failed call dropped above must not leave it behind).
-    out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} {{ delete({m}); }}")
+    # Only an entry that is there: bpftrace -k reports a failed delete (a call entered before
+    # the probes were attached, or by the monitor itself) as a helper error.
+    present = f"{m}.0 != 0" if probe.save else f"{m} != 0"
+    out.append(f"tracepoint:syscalls:sys_exit_{probe.syscall} /{present}/ {{ delete({m}); }}")
     return enter + "\n" + "\n".join(out)
 
 

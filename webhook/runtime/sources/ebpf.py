@@ -82,6 +82,7 @@ class LineDecoder:
         self.ignored = 0
         self.truncated = 0
         self.heartbeats = 0  # the program's interval heartbeat lines seen
+        self.helper_errors = 0  # other failed helper calls bpftrace -k reported
         self.ready = False
         self._strings: dict[int, list[tuple[int, str]]] = {}
         self._argv: dict[int, list[tuple[int, list[int]]]] = {}
@@ -107,6 +108,14 @@ class LineDecoder:
                 # them rather than hand them to a later event of the same thread
                 self._strings.clear()
                 self._argv.clear()
+                return None
+            if kind == "helper_error":  # -k: a helper failed in the kernel
+                if obj["helper"] == "map_update_elem":
+                    # a call entered with no room left to keep its arguments (the attack: threads
+                    # parked inside traced calls fill the map): its event will never come
+                    self.lost += 1
+                else:
+                    self.helper_errors += 1
                 return None
             if kind in ("attached_probes", "map", "hist", "stats", "time", "join", "syscall"):
                 return None
@@ -307,6 +316,7 @@ class ChildProcessSource:
             "self_events": d.ignored,
             "truncated_strings": d.truncated,
             "heartbeats": d.heartbeats,
+            "helper_errors": d.helper_errors,
         }
 
     def _take_proc(self) -> asyncio.subprocess.Process | None:
@@ -346,10 +356,16 @@ class EbpfSource(ChildProcessSource):
         start_timeout: float = 90.0,
         chunk_size: int = 1 << 16,
         perf_rb_pages: int = 1024,
+        inflight_slots: int = 4096,
         reorder_ms: float = REORDER_MS,
         success_only: Iterable[str] = (),
         open_filters: Mapping[str, Sequence[bpftrace_program.GateAlt]] | None = None,
     ) -> None:
+        if not 1 <= inflight_slots <= 1 << 20:
+            raise ValueError(f"inflight_slots {inflight_slots}: expected 1..{1 << 20}")
+        # Threads inside one traced syscall at once (each probe's map of calls in progress:
+        # bpftrace's map size, its default 4096). A call past it is reported (``-k``) and counted lost.
+        self._inflight = inflight_slots
         self.program = bpftrace_program.generate(
             event_types,
             self_pid=os.getpid(),
@@ -394,9 +410,10 @@ class EbpfSource(ChildProcessSource):
             **os.environ,
             "BPFTRACE_STRLEN": str(bpftrace_program.STRLEN),
             "BPFTRACE_PERF_RB_PAGES": str(self._rb_pages),
+            "BPFTRACE_MAP_KEYS_MAX": str(self._inflight),
         }
         self._proc = await asyncio.create_subprocess_exec(
-            exe, "-f", "json", "-B", self._buffering, "-e", self.program.text,
+            exe, "-k", "-f", "json", "-B", self._buffering, "-e", self.program.text,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env=env, limit=1 << 20,
         )  # fmt: skip

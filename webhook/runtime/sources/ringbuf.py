@@ -61,6 +61,9 @@ _LK = struct.Struct("<IH")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _SYS_OFF = _HDR.size + _ARGS.size
+# The string the kernel side adds after a syscall's own (portcullis.bpf.c): the directory a
+# relative open starts from, the cwd after chdir/fchdir. Empty when it could not be named.
+_KERNEL_DIR = {"open": "base", "openat": "base", "openat2": "base", "creat": "base", "chdir": "cwd", "fchdir": "cwd"}
 
 
 def available() -> list[str]:
@@ -128,6 +131,7 @@ class RecordDecoder:
         self.ignored = 0
         self.truncated = 0
         self.heartbeats = 0
+        self.helper_errors = 0  # as bpftrace's decoder (the loader reports none)
         self.ready = False
         self.set_formats(formats)
 
@@ -219,6 +223,17 @@ class RecordDecoder:
             "    if o > end:",
             "        raise ValueError('record shorter than its strings')",
             f"    params = {{{items}, 'cgroup': cgroup}}",
+        ]
+        if extra := _KERNEL_DIR.get(evt):
+            lines += [
+                "    if o + 2 <= end:",
+                "        n = u16(buf, o)[0]",
+                "        if o + 2 + n > end:",
+                "            raise ValueError('record shorter than its strings')",
+                "        if n:",
+                f"            params[{extra!r}] = buf[o + 2 : o + 2 + n].decode('utf-8', 'surrogateescape')",
+            ]
+        lines += [
             "    if flags & 1:",
             "        params['truncated'] = True",
             "        self.truncated += 1",
@@ -284,6 +299,12 @@ class RecordDecoder:
             raise ValueError("record shorter than its strings")
         params: dict[str, Any] = dict(zip(names, values, strict=True))
         params["cgroup"] = cgroup
+        if (extra := _KERNEL_DIR.get(evt)) and o + 2 <= end:
+            n = _U16.unpack_from(buf, o)[0]
+            if o + 2 + n > end:
+                raise ValueError("record shorter than its strings")
+            if n:
+                params[extra] = _text(bytes(buf[o + 2 : o + 2 + n]))
         if flags & HDR_TRUNC:
             params["truncated"] = True
             self.truncated += 1
@@ -374,6 +395,7 @@ class RingbufSource(ChildProcessSource):
         chunk_size: int = 1 << 20,
         ring_bytes: int = 1 << 24,
         wake_bytes: int = 1 << 21,
+        inflight_slots: int = 1 << 16,
         poll_ms: int = 5,
         reorder_ms: float = REORDER_MS,
         success_only: Iterable[str] = (),
@@ -383,6 +405,11 @@ class RingbufSource(ChildProcessSource):
     ) -> None:
         if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
             raise ValueError(f"ring_bytes {ring_bytes}: expected a power of two of at least 4096")
+        if not 1 <= inflight_slots <= 1 << 22:
+            raise ValueError(f"inflight_slots {inflight_slots}: expected 1..{1 << 22}")
+        # Threads inside a traced call at once (the kernel side keeps each call's arguments
+        # until it returns); a call past this is counted lost, never silently untraced.
+        self._inflight = inflight_slots
         # What is traced, and what not (with the reason), exactly as the bpftrace program decides.
         self.program = dataclasses.replace(
             bpftrace_program.generate(
@@ -427,7 +454,8 @@ class RingbufSource(ChildProcessSource):
 
     def config(self, loader_pid: int) -> str:
         """The loader's stdin: ring size, programs, maps (see ``bpf/loader.c``)."""
-        lines = [f"ring {self._ring}", f"poll {self._poll_ms}", "heartbeat heartbeat 1000000000"]
+        lines = [f"ring {self._ring}", f"inflight {self._inflight}", f"poll {self._poll_ms}"]
+        lines.append("heartbeat heartbeat 1000000000")
         v1 = -1 if self.v1_subsys is None else self.v1_subsys
         cfg = _CFG.pack(os.getpid(), loader_pid, v1, self._wake, int(self.emit_clone), 0)
         lines.append(f"map cfg {_U32.pack(0).hex()} {cfg.hex()}")

@@ -94,7 +94,7 @@ static void lost_record(uint64_t total)
 int main(int argc, char **argv)
 {
 	char line[MAX_LINE], *progs[256], hb_name[64] = "";
-	unsigned long long hb_ns = 0, ring = 0;
+	unsigned long long hb_ns = 0, ring = 0, inflight = 0;
 	int nprogs = 0, nentries = 0, poll_ms = 5, ncpu, err;
 	struct entry *entries = calloc(4096, sizeof(struct entry));
 	struct bpf_object *obj;
@@ -117,7 +117,8 @@ int main(int argc, char **argv)
 		line[strcspn(line, "\n")] = 0;
 		if (!strcmp(line, "go"))
 			break;
-		if (sscanf(line, "ring %llu", &ring) == 1 || sscanf(line, "poll %d", &poll_ms) == 1)
+		if (sscanf(line, "ring %llu", &ring) == 1 || sscanf(line, "poll %d", &poll_ms) == 1 ||
+		    sscanf(line, "inflight %llu", &inflight) == 1)
 			continue;
 		if (sscanf(line, "prog %63s", a) == 1 && nprogs < 256) {
 			progs[nprogs++] = strdup(a);
@@ -151,6 +152,11 @@ int main(int argc, char **argv)
 	}
 	if (ring && bpf_map__set_max_entries(bpf_object__find_map_by_name(obj, "rb"), (unsigned)ring)) {
 		fprintf(stderr, "bad ring size %llu\n", ring);
+		return 1;
+	}
+	if (inflight && (inflight > 1u << 22 ||
+			 bpf_map__set_max_entries(bpf_object__find_map_by_name(obj, "inflight"), (unsigned)inflight))) {
+		fprintf(stderr, "bad in-flight table size %llu\n", inflight);
 		return 1;
 	}
 	if ((err = bpf_object__load(obj))) {

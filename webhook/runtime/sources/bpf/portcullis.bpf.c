@@ -6,7 +6,10 @@
 // wakeup-per-record costs the traced process ~8 us of system time per event.
 //
 // Record: struct hdr, then a kind-specific fixed part, then strings as (u16 length, bytes). A
-// string read to its full size without finding its NUL sets HDR_TRUNC (the rules see it).
+// string read to its full size without finding its NUL sets HDR_TRUNC (the rules see it). Opens
+// and chdir/fchdir add one more string the kernel names: the directory a relative path starts
+// from (opens), the new cwd (chdir/fchdir), so the userspace fd table (which never sees close,
+// fcntl(F_DUPFD) or fds passed over sockets) is not what names the file.
 // probes.h (generated from bpftrace_program.PROBES and the kernel's syscall tracepoint formats)
 // lists the syscalls: PROBE(id, syscall, kind, s0, s1, s2) with the argument positions of its
 // strings (-1: none).
@@ -22,8 +25,12 @@
 #define IDX(x) ((x) & (SCRATCH - 1))
 #define HDR_TRUNC 1
 #define NPROBES_MAX 64
+#define DP_TMP 20480   /* a directory's path is assembled backwards here, past every string */
+#define DP_SIZE 8192
+#define DP_DEPTH 64    /* components (and mount crossings) walked; deeper paths are not named */
+#define AT_FDCWD_ -100
 
-enum { K_GEN, K_OPEN, K_OPENAT2, K_CREAT, K_NET_REMOTE, K_NET_LOCAL, K_NET_SK, K_NET_ACCEPT, K_SENDMSG };
+enum { K_GEN, K_OPEN, K_OPENAT2, K_CREAT, K_NET_REMOTE, K_NET_LOCAL, K_NET_SK, K_NET_ACCEPT, K_SENDMSG, K_CWD };
 enum { R_FORK = 2, R_EXIT = 3, R_EXEC = 4, R_SYSCALL = 10, R_HEARTBEAT = 100, R_READY = 101 };
 
 struct hdr {
@@ -71,18 +78,23 @@ static __always_inline u8 *scratch_buf(void)
 	return s ? s->b : 0;
 }
 
+// An event that will never reach the reader: counted, and said as Falco's drop alert.
+static __always_inline void count_lost(void)
+{
+	u32 z = 0;
+	u64 *n = bpf_map_lookup_elem(&lost, &z);
+	if (n)
+		*n += 1;
+}
+
 // Wake the reader only when a lot is pending; otherwise it finds the data on its next poll.
 static __always_inline void emit(u8 *b, u32 len, struct cfg *c)
 {
 	u64 pending = bpf_ringbuf_query(&rb, BPF_RB_AVAIL_DATA);
 	u64 flags = pending + len >= c->wake_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	((struct hdr *)b)->len = len;
-	if (len < sizeof(struct hdr) || len >= SCRATCH || bpf_ringbuf_output(&rb, b, len & (SCRATCH - 1), flags)) {
-		u32 z = 0;
-		u64 *n = bpf_map_lookup_elem(&lost, &z);
-		if (n)
-			*n += 1;
-	}
+	if (len < sizeof(struct hdr) || len >= SCRATCH || bpf_ringbuf_output(&rb, b, len & (SCRATCH - 1), flags))
+		count_lost();
 }
 
 static __always_inline void put_len(u8 *b, u32 off, u16 l)
@@ -140,7 +152,7 @@ static __always_inline struct file *fd_file(struct task_struct *t, long fd)
 {
 	struct file **arr = BPF_CORE_READ(t, files, fdt, fd);
 	struct file *f = 0;
-	if (fd < 0 || !arr)
+	if (fd < 0 || !arr || fd >= BPF_CORE_READ(t, files, fdt, max_fds))
 		return 0;
 	bpf_probe_read_kernel(&f, sizeof(f), arr + fd);
 	return f;
@@ -151,6 +163,102 @@ static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
 	if (bpf_core_field_exists(kn->__parent))
 		return BPF_CORE_READ(kn, __parent);
 	return BPF_CORE_READ((struct kernfs_node___old *)kn, parent);
+}
+
+
+// One step up a directory's path (a bpf_loop callback, so the verifier walks it once): the
+// component's name goes before those already written at DP_TMP + pos; at a mount's root the
+// walk goes on from its mount point in the parent mount.
+struct dp { struct dentry *d; struct vfsmount *vm; struct mount *mnt; struct dentry *root_d; struct vfsmount *root_m; u32 pos; u32 ok; };
+
+static long dp_step(u64 i, void *arg)
+{
+	struct dp *s = arg;
+	struct dentry *d = s->d, *parent, *mroot;
+	struct vfsmount *vm = s->vm; /* locals: a CO-RE read of s->vm would relocate struct dp too */
+	struct mount *mnt = s->mnt, *pm;
+	u8 *b = scratch_buf();
+	u32 len, pos = s->pos;
+	if (!b || !d || !vm)
+		return 1;
+	if (d == s->root_d && vm == s->root_m) {
+		s->ok = 1;
+		return 1;
+	}
+	mroot = BPF_CORE_READ(vm, mnt_root);
+	parent = BPF_CORE_READ(d, d_parent);
+	if (d == mroot || d == parent) {
+		pm = BPF_CORE_READ(mnt, mnt_parent);
+		if (d != mroot || pm == mnt) { /* the top of the mount tree, or a disconnected dentry */
+			s->ok = d == mroot;
+			return 1;
+		}
+		s->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+		s->mnt = pm;
+		s->vm = __builtin_preserve_access_index(&pm->mnt);
+		return 0;
+	}
+	len = BPF_CORE_READ(d, d_name.len);
+	if (len == 0 || len > 255 || pos < len + 1)
+		return 1;
+	pos -= len;
+	bpf_probe_read_kernel(b + DP_TMP + (pos & (DP_SIZE - 1)), len & 255, BPF_CORE_READ(d, d_name.name));
+	pos -= 1;
+	b[DP_TMP + (pos & (DP_SIZE - 1))] = '/';
+	s->pos = pos;
+	s->d = parent;
+	return 0;
+}
+
+// The path of (d, vm) as the task sees it, as the kernel's d_path does: names up to the task's
+// root, crossing mount points. An empty string when it cannot be named whole (deeper than
+// DP_DEPTH, longer than PATH_MAX, a dentry cut off from its tree); userspace then falls back to
+// its own tables.
+static __always_inline u32 put_dpath(u8 *b, u32 off, struct dentry *d, struct vfsmount *vm, struct task_struct *t)
+{
+	struct dp s = {
+		.d = d, .vm = vm, .mnt = container_of(vm, struct mount, mnt), .root_d = BPF_CORE_READ(t, fs, root.dentry),
+		.root_m = BPF_CORE_READ(t, fs, root.mnt), .pos = DP_SIZE, .ok = 0,
+	};
+	u32 n, sz;
+	off &= OFF_MASK;
+	bpf_loop(DP_DEPTH, dp_step, &s, 0);
+	n = DP_SIZE - s.pos;
+	if (!s.ok || n > 4095) {
+		put_len(b, off, 0);
+		return off + 2;
+	}
+	if (n == 0) {
+		b[IDX(off + 2)] = '/';
+		put_len(b, off, 1);
+		return off + 3;
+	}
+	sz = n & 4095;
+	barrier_var(sz);
+	bpf_probe_read_kernel(b + off + 2, sz & 4095, b + DP_TMP + (s.pos & (DP_SIZE - 1)));
+	put_len(b, off, sz);
+	return off + 2 + (sz & 4095); /* bounded for the verifier (n is not, once past bpf_loop) */
+}
+
+// The directory a relative open starts from (the string at soff): dirfd's, or the cwd; empty for
+// an absolute or empty path.
+static __always_inline u32 put_base(u8 *b, u32 off, u32 soff, s32 dfd)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	u32 l = b[IDX(soff)] | ((u32)b[IDX(soff + 1)] << 8);
+	struct file *f;
+	if (l == 0 || b[IDX(soff + 2)] == '/') {
+		put_len(b, off & OFF_MASK, 0);
+		return (off & OFF_MASK) + 2;
+	}
+	if (dfd == AT_FDCWD_)
+		return put_dpath(b, off, BPF_CORE_READ(t, fs, pwd.dentry), BPF_CORE_READ(t, fs, pwd.mnt), t);
+	f = fd_file(t, dfd);
+	if (!f) {
+		put_len(b, off & OFF_MASK, 0);
+		return (off & OFF_MASK) + 2;
+	}
+	return put_dpath(b, off, BPF_CORE_READ(f, f_path.dentry), BPF_CORE_READ(f, f_path.mnt), t);
 }
 
 // ---------------------------------------------------------------- syscall enter / exit
@@ -167,7 +275,10 @@ static __always_inline int sys_enter(u32 id, struct trace_event_raw_sys_enter *c
 	/* a helper read, not ctx loads: a context access past a shorter syscall's record (fewer
 	 * arguments) makes the attach fail; words past its arguments are never decoded */
 	bpf_probe_read_kernel(in.a, sizeof(in.a), ctx->args);
-	bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY);
+	/* A full table (threads parked inside traced calls, e.g. opens of FIFOs nobody writes)
+	 * would make the call's exit find nothing: never silent, it is a lost event. */
+	if (bpf_map_update_elem(&inflight, &tid, &in, BPF_ANY))
+		count_lost();
 	return 0;
 }
 
@@ -374,6 +485,12 @@ static __always_inline int sys_exit(u32 id, int kind, int s0, int s1, int s2, st
 		if ((kind == K_OPEN || kind == K_OPENAT2 || kind == K_CREAT) && pc->gated && ret >= 0 &&
 		    !(h->flags & HDR_TRUNC) && !open_passes(b, soff, id, pc, flags, ret))
 			goto out;
+		if (kind == K_OPEN || kind == K_OPENAT2 || kind == K_CREAT) /* open(path) and creat: from the cwd */
+			off = put_base(b, off, soff, kind == K_CREAT || s0 == 0 ? AT_FDCWD_ : (s32)in->a[0]);
+		else if (kind == K_CWD && ret == 0) {
+			struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+			off = put_dpath(b, off, BPF_CORE_READ(t, fs, pwd.dentry), BPF_CORE_READ(t, fs, pwd.mnt), t);
+		}
 	}
 	emit(b, off, c);
 out:
