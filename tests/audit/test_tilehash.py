@@ -5,12 +5,15 @@ and names the byte) and tile folds, checked against each other and against RFC 9
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from webhook.audit import merkle, tiles
+from webhook.audit import merkle, store, tiles
 
 accel = tiles._accel
 needs_accel = pytest.mark.skipif(accel is None, reason="C accelerator not built (pip install -e .)")
@@ -138,3 +141,59 @@ def test_envelopes_equal_the_group_encoders_python_loop(
         assert built is None  # left to the Python loop
     else:
         assert built == encoder._envelopes(kinds, bodies, times)
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+GROUP = store.Batch(
+    files=[
+        ("tile/entries/000", _bundle([b"x" * 200] * 256)),
+        ("tile/entries/001.p/3", _bundle([b"a", b"", b"c"])),
+        ("tile/0/x001/002", bytes(range(256)) * 32),
+    ]
+)
+
+
+@needs_accel
+@pytest.mark.parametrize("durable", [True, False])
+def test_write_group_writes_what_the_python_code_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    """The writer's one C call (no GIL) and its Python version leave the same files, read-only."""
+    trees = []
+    for name, use in (("c", accel), ("python", None)):
+        monkeypatch.setattr(tiles, "_accel", use)
+        root = tmp_path / name
+        root.mkdir()
+        store.TileStore(root, durable).write(GROUP)
+        trees.append(_tree(root))
+    assert trees[0] == trees[1]
+    assert {mode for _, mode in trees[0].values()} == {0o444}
+    assert len(trees[0]) == 3
+
+
+@needs_accel
+def test_write_group_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, use in (("c", accel), ("python", None)):
+        monkeypatch.setattr(tiles, "_accel", use)
+        root = tmp_path / name
+        (root / "tile/entries/001.p/3").mkdir(parents=True)  # a directory where the file goes
+        with pytest.raises(IsADirectoryError) as caught:
+            store.TileStore(root, True).write(GROUP)
+        assert caught.value.filename == str(root / "tile/entries/001.p/3")
+        assert (root / "tile/entries/000").read_bytes() == GROUP.files[0][1]  # the files before it
+
+
+@needs_accel
+def test_write_group_refuses_a_path_with_a_null_byte(tmp_path: Path) -> None:
+    """As ``os.open`` does: C would read the path only up to the null, a shorter path."""
+    assert accel is not None
+    with pytest.raises(ValueError, match="null byte"):
+        accel.write_group([os.fsencode(tmp_path / "a") + b"\0b"], [b"x"], [], False)
+    assert not (tmp_path / "a").exists()
