@@ -1,0 +1,108 @@
+"""Attacks on GPU quota accounting, sent as the API server sends them (AdmissionReview v1 bodies
+decoded by ``admission.review`` and turned into a subject as ``admission.server`` does), through
+the real pipeline with Pod Security, against the local API server (``kubeapi.py``: the real
+list/watch wire format, since no Kubernetes API server can run here).
+
+The watch lags the API server: a pod admitted a moment ago is held only by its reservation. Pods
+an attack admits are therefore not put in the local API server until the attack is over.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from webhook.admission import review, server
+from webhook.checks import gpu, privilege
+from webhook.checks.pipeline import Outcome, Pipeline
+from webhook.checks.services import Services
+from webhook.config import parse
+from webhook.core.deadline import Deadline
+
+Judge = Callable[..., Any]
+
+
+def admission_review(obj: dict[str, Any], *, operation: str = "CREATE", dry_run: bool = False) -> bytes:
+    """An AdmissionReview v1 for a pod as kube-apiserver sends it at validating admission: the
+    object carries its server-set uid and (for generateName) its generated name; ``request.name``
+    is what the client sent."""
+    meta = obj["metadata"]
+    request = {
+        "uid": str(uuid.uuid4()),
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+        "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+        "name": meta.get("name", ""),
+        "namespace": meta["namespace"],
+        "operation": operation,
+        "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+        "object": obj,
+        "oldObject": None,
+        "dryRun": dry_run,
+        "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+    }
+    return orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+
+
+def gpu_pod(name: str, gpus: int, *, uid: str, privileged: bool = False) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": "trainer:1",
+        "resources": {"limits": {"nvidia.com/gpu": str(gpus)}, "requests": {"nvidia.com/gpu": str(gpus)}},
+    }
+    if privileged:
+        container["securityContext"] = {"privileged": True}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ml", "uid": uid},
+        "spec": {"containers": [container]},
+    }
+
+
+@pytest.fixture
+async def judge(api: Any, kube_config: Any) -> AsyncIterator[Judge]:
+    """``await judge(pod, quota={...})`` → the outcome of its review, one pipeline per quota config
+    (gpu check with local coordination + Pod Security, as ``portcullis serve`` builds them)."""
+    pipelines: dict[str, tuple[Pipeline, gpu.GpuCheck]] = {}
+
+    async def run(obj: dict[str, Any], *, quota: dict[str, Any], dry_run: bool = False) -> Outcome:
+        key = orjson.dumps(quota, option=orjson.OPT_SORT_KEYS).decode()
+        if key not in pipelines:
+            config = parse({"quota": quota})
+            check = gpu.build(config, Services(kube_api=api), kubernetes=kube_config)
+            assert check is not None
+            pipeline = Pipeline(config, [privilege.build(config, Services()), check])
+            await pipeline.start()
+            assert check.watch is not None
+            assert await check.watch.wait_ready(10)
+            pipelines[key] = (pipeline, check)
+        pipeline = pipelines[key][0]
+        subject = server._subject(review.decode(admission_review(obj, dry_run=dry_run)))
+        return await pipeline.evaluate(subject, Deadline.after(10))
+
+    yield run
+    for pipeline, _ in pipelines.values():
+        await pipeline.close()
+
+
+POOL = {"quotas": [{"name": "pool", "namespace": "ml", "limit": 8}]}
+
+
+async def test_a_second_create_of_the_same_name_does_not_free_the_first_pods_reservation(judge: Judge) -> None:
+    """Attack: pod "x" (7 GPUs) is admitted and reserved; before the watch sees it, a second
+    CREATE of "x" (1 GPU, privileged so Pod Security denies it; etcd would refuse the duplicate
+    name anyway) is admitted by the gpu check. Keying reservations by namespace/name let that
+    second request replace, then give back, the first pod's reservation, so 8 more GPUs fit."""
+    first = await judge(gpu_pod("x", 7, uid="uid-1"), quota=POOL)
+    assert first.verdict.allowed, first.verdict.deny_message()
+    twin = await judge(gpu_pod("x", 1, uid="uid-2", privileged=True), quota=POOL)
+    assert [d.check for d in twin.verdict.denials] == ["pss:privileged"]
+    third = await judge(gpu_pod("y", 8, uid="uid-3"), quota=POOL)
+    assert not third.verdict.allowed
+    assert "7 reserved" in third.verdict.deny_message()
