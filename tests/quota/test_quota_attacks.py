@@ -106,3 +106,50 @@ async def test_a_second_create_of_the_same_name_does_not_free_the_first_pods_res
     third = await judge(gpu_pod("y", 8, uid="uid-3"), quota=POOL)
     assert not third.verdict.allowed
     assert "7 reserved" in third.verdict.deny_message()
+
+
+def _containers(*amounts: str, field: str = "containers") -> dict[str, Any]:
+    return {
+        field: [
+            {"name": f"c{i}", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": a}}}
+            for i, a in enumerate(amounts)
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        # a negative request offsets another container's: 2 in all, 3 GPUs handed out
+        (_containers("-1", "3"), "containers[0].resources.limits[nvidia.com/gpu]"),
+        (_containers("-1000m", "3"), "containers[0].resources.limits[nvidia.com/gpu]"),
+        # devices are not divisible: the API server refuses fractional extended resources
+        (_containers("1500m", "500m"), "containers[0].resources.limits[nvidia.com/gpu]"),
+        (_containers("0.5"), "containers[0].resources.limits[nvidia.com/gpu]"),
+        ({**_containers("2"), "overhead": {"nvidia.com/gpu": "-2"}}, "overhead[nvidia.com/gpu]"),
+        ({**_containers("2"), **_containers("-2", field="initContainers")}, "initContainers[0]"),
+        # the API server refuses resources on ephemeral containers: they must not go uncounted
+        ({**_containers("2"), **_containers("4", field="ephemeralContainers")}, "ephemeralContainers[0].resources"),
+    ],
+)
+async def test_amounts_the_api_server_refuses_are_never_counted_low(
+    judge: Judge, spec: dict[str, Any], field: str
+) -> None:
+    """Attack: quantities that make the pod's sum smaller than what a device plugin would hand out
+    (or that the API server refuses outright) against a 2-GPU quota. The check is at least as
+    strict as the API server's validation: such a pod is denied, naming the field."""
+    obj = gpu_pod("odd", 0, uid="uid-odd")
+    obj["spec"] = spec
+    outcome = await judge(obj, quota={"quotas": [{"name": "pool", "namespace": "ml", "limit": 2}]})
+    assert not outcome.verdict.allowed
+    gpu_denials = [d.message for d in outcome.verdict.denials if d.check == "gpu"]
+    assert gpu_denials, outcome.verdict.deny_message()
+    assert any(field in m for m in gpu_denials), gpu_denials
+
+
+@pytest.mark.parametrize("amount", ["1", "1000m", "1e0", "0.001k", "2", "2000m"])
+async def test_whole_amounts_in_any_spelling_are_admitted(judge: Judge, amount: str) -> None:
+    obj = gpu_pod("whole", 0, uid=f"uid-whole-{amount}")
+    obj["spec"] = _containers(amount)
+    outcome = await judge(obj, quota={"quotas": [{"name": "pool", "namespace": "ml", "limit": 2}]})
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()

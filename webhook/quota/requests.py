@@ -6,6 +6,12 @@ an init container also holds every sidecar started before it; the larger wins, t
 ``overhead`` is added. A container that sets a limit but no request for a resource requests its
 limit (the API server's defaulting), so manifests judged in CI count like admitted pods.
 Pod-level ``spec.resources`` only covers cpu and memory upstream, so it never changes GPUs.
+
+Amounts the API server's validation refuses are refused here too (``FieldError``), so nothing
+counts lower than a device plugin would hand out: negative amounts (they would offset another
+container's), fractions of an extended resource (devices are not divisible;
+``ValidateResourceQuantityValue``), and any counted resource on an ephemeral container (which
+may set no resources at all). The API server never stores such a pod; CI manifests may hold one.
 """
 
 from __future__ import annotations
@@ -80,11 +86,11 @@ def container_requests(
     try:
         for name, value in requests.items():
             if counts(name):
-                out[name] = milli(value)
+                out[name] = _valid(name, milli(value))
         section = "limits"
         for name, value in limits.items():
             if counts(name):
-                amount = milli(value)
+                amount = _valid(name, milli(value))
                 if name not in requests:
                     out[name] = amount
     except quantity.QuantityError as exc:
@@ -124,6 +130,15 @@ def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
     overhead = _quantities(spec.get("overhead"), "overhead", "")
     if overhead:
         _add(total, {k: _milli(v, "overhead", k) for k, v in overhead.items() if counts(k)})
+    ephemeral = spec.get("ephemeralContainers")
+    if ephemeral:
+        for index, container in enumerate(_containers(spec, "ephemeralContainers")):
+            if container_requests(container, counts, "ephemeralContainers", index):
+                raise FieldError(
+                    f"ephemeralContainers[{index}].resources",
+                    "an ephemeral container may not set resources (the API server refuses them); "
+                    "request GPUs in containers",
+                )
     return {k: v for k, v in total.items() if v}
 
 
@@ -179,9 +194,31 @@ _EMPTY: Mapping[str, Any] = {}
 
 def _milli(value: Any, where: str, name: str) -> int:
     try:
-        return quantity.milli(value)
+        return _valid(name, quantity.milli(value))
     except quantity.QuantityError as exc:
         raise FieldError(f"{where}[{name}]", str(exc)) from None
+
+
+def _valid(name: str, milli: int) -> int:
+    """``milli`` when the API server would accept it for ``name``; else ``QuantityError``."""
+    if milli < 0:
+        raise quantity.QuantityError(f"{_shown(milli)} must not be negative")
+    if milli % 1000 and _extended(name):
+        raise quantity.QuantityError(
+            f"{_shown(milli)} is not a whole number: {name} is an extended resource, whose devices "
+            "cannot be divided (the API server refuses fractions of it)"
+        )
+    return milli
+
+
+def _extended(name: str) -> bool:
+    """Whether ``name`` is an extended resource (upstream ``IsExtendedResourceName``): it has a
+    domain, not kubernetes.io's, and is not a quota's ``requests.`` name. Those take whole amounts."""
+    return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
+
+
+def _shown(milli: int) -> str:
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
 
 
 def _exact(value: Any, where: str, name: str) -> Any:
