@@ -47,6 +47,9 @@ def test_default_weights(resource: str, weight: Fraction) -> None:
         "aws.amazon.com/neuroncore",
         "google.com/tpu",
         "example.com/vgpu",
+        # DRAExtendedResource: any DeviceClass asked for as an extended resource
+        "deviceclass.resource.kubernetes.io/mig.nvidia.com",
+        "deviceclass.resource.kubernetes.io/dra.cpu",
     ],
 )
 def test_other_accelerators_have_no_weight_until_configured(resource: str) -> None:

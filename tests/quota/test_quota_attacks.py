@@ -153,3 +153,24 @@ async def test_whole_amounts_in_any_spelling_are_admitted(judge: Judge, amount: 
     obj["spec"] = _containers(amount)
     outcome = await judge(obj, quota={"quotas": [{"name": "pool", "namespace": "ml", "limit": 2}]})
     assert outcome.verdict.allowed, outcome.verdict.deny_message()
+
+
+DRA_MIG = "deviceclass.resource.kubernetes.io/mig.nvidia.com"
+
+
+async def test_a_dra_device_class_asked_as_an_extended_resource_is_not_free(judge: Judge) -> None:
+    """Attack (DRAExtendedResource, 1.34+): any DeviceClass can be asked for in ``resources`` as
+    ``deviceclass.resource.kubernetes.io/<class>``; the scheduler turns it into a ResourceClaim
+    for that many devices. The name does not look like a GPU, so it was counted as nothing."""
+    obj = gpu_pod("dra", 0, uid="uid-dra")
+    obj["spec"]["containers"][0]["resources"] = {"limits": {DRA_MIG: "7"}, "requests": {DRA_MIG: "7"}}
+    quota = {"quotas": [{"name": "pool", "namespace": "ml", "limit": 2}]}
+    outcome = await judge(obj, quota=quota)
+    assert not outcome.verdict.allowed
+    assert f"set quota.resources['{DRA_MIG}']" in outcome.verdict.deny_message()
+    weighed = await judge(obj, quota={**quota, "resources": {"nvidia.com/gpu": 1, DRA_MIG: "1/7"}})
+    assert weighed.verdict.allowed, weighed.verdict.deny_message()
+    assert weighed.context["gpu"]["gpus"] == 1.0
+    obj["spec"]["containers"][0]["resources"] = {"limits": {DRA_MIG: "500m"}}
+    outcome = await judge(obj, quota={**quota, "resources": {"nvidia.com/gpu": 1, DRA_MIG: "1/7"}})
+    assert "is not a whole number" in outcome.verdict.deny_message()

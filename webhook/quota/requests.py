@@ -213,8 +213,14 @@ def _valid(name: str, milli: int) -> int:
 
 def _extended(name: str) -> bool:
     """Whether ``name`` is an extended resource (upstream ``IsExtendedResourceName``): it has a
-    domain, not kubernetes.io's, and is not a quota's ``requests.`` name. Those take whole amounts."""
+    domain, not kubernetes.io's (save a DRA device class asked for by name), and is not a quota's
+    ``requests.`` name. Those take whole amounts."""
+    if name.startswith(_DEVICE_CLASS):
+        return True
     return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
+
+
+_DEVICE_CLASS = "deviceclass.resource.kubernetes.io/"  # DRAExtendedResource's implicit names
 
 
 def _shown(milli: int) -> str:
