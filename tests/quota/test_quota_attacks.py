@@ -174,3 +174,22 @@ async def test_a_dra_device_class_asked_as_an_extended_resource_is_not_free(judg
     obj["spec"]["containers"][0]["resources"] = {"limits": {DRA_MIG: "500m"}}
     outcome = await judge(obj, quota={**quota, "resources": {"nvidia.com/gpu": 1, DRA_MIG: "1/7"}})
     assert "is not a whole number" in outcome.verdict.deny_message()
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "3"}},
+        {"requests": {"nvidia.com/gpu": "3"}, "limits": {"nvidia.com/gpu": "1"}},
+        {"requests": {"nvidia.com/gpu": "0"}, "limits": {"nvidia.com/gpu": "3"}},
+    ],
+)
+async def test_a_request_below_its_limit_counts_the_limit(judge: Judge, resources: dict[str, Any]) -> None:
+    """Attack: request 1 GPU, limit 3. The kubelet's device manager allocates extended resources
+    by the limit, so counting the request would hand out 3 GPUs against a 2-GPU quota (the API
+    server refuses such a pod; manifests in CI are not validated by it)."""
+    obj = gpu_pod("uneven", 0, uid="uid-uneven")
+    obj["spec"]["containers"][0]["resources"] = resources
+    outcome = await judge(obj, quota={"quotas": [{"name": "pool", "namespace": "ml", "limit": 2}]})
+    assert not outcome.verdict.allowed
+    assert "this pod asks 3, 2 left" in outcome.verdict.deny_message()

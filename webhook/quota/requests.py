@@ -4,7 +4,9 @@
 (init containers with ``restartPolicy: Always``), against the largest init container, where
 an init container also holds every sidecar started before it; the larger wins, then the pod
 ``overhead`` is added. A container that sets a limit but no request for a resource requests its
-limit (the API server's defaulting), so manifests judged in CI count like admitted pods.
+limit (the API server's defaulting), so manifests judged in CI count like admitted pods; one
+whose request and limit differ (the API server refuses that for an extended resource) counts
+the larger, since the kubelet's device manager hands out the limit.
 Pod-level ``spec.resources`` only covers cpu and memory upstream, so it never changes GPUs.
 
 Amounts the API server's validation refuses are refused here too (``FieldError``), so nothing
@@ -57,7 +59,8 @@ _QUANTITIES = "must be an object of quantities"
 def container_requests(
     container: Mapping[str, Any], counts: Counts, field: str = "containers", index: int = 0
 ) -> dict[str, int]:
-    """Requests (milli-units) of the counted resources of one container, limits filling gaps.
+    """Requests (milli-units) of the counted resources of one container, limits filling gaps
+    (and winning over a smaller request: devices are allocated by the limit).
 
     ``field[index]`` is where the container sits in the pod spec, for ``FieldError`` (the path is
     only built on error: this runs for every container of every pod). Every counted limit is read,
@@ -91,7 +94,7 @@ def container_requests(
         for name, value in limits.items():
             if counts(name):
                 amount = _valid(name, milli(value))
-                if name not in requests:
+                if amount > out.get(name, -1):
                     out[name] = amount
     except quantity.QuantityError as exc:
         raise FieldError(f"{field}[{index}].resources.{section}[{name}]", str(exc)) from None
