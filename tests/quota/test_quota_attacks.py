@@ -9,19 +9,25 @@ an attack admits are therefore not put in the local API server until the attack 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import kubeapi
 import orjson
 import pytest
+from aiohttp import web
 
 from webhook.admission import review, server
 from webhook.checks import gpu, privilege
 from webhook.checks.pipeline import Outcome, Pipeline
 from webhook.checks.services import Services
 from webhook.config import parse
+from webhook.config.kubernetes import KubernetesConfig
 from webhook.core.deadline import Deadline
+from webhook.kube import client as kube_client
+from webhook.kube.namespaces import NamespaceDirectory
 
 Judge = Callable[..., Any]
 
@@ -193,3 +199,52 @@ async def test_a_request_below_its_limit_counts_the_limit(judge: Judge, resource
     outcome = await judge(obj, quota={"quotas": [{"name": "pool", "namespace": "ml", "limit": 2}]})
     assert not outcome.verdict.allowed
     assert "this pod asks 3, 2 left" in outcome.verdict.deny_message()
+
+
+class _FailingNamespaceGets(kubeapi.FakeKubeApi):
+    """The local API server, except that a GET of one namespace answers 500 (an overloaded or
+    briefly unreachable API server); lists and watches work."""
+
+    async def _get_one(self, request: web.Request, resource: str, namespace: str, name: str) -> web.Response:
+        if resource == "namespaces":
+            return web.json_response(kubeapi.status(500, "InternalError", "etcdserver: request timed out"), status=500)
+        return await super()._get_one(request, resource, namespace, name)
+
+
+async def test_a_pod_whose_namespace_team_cannot_be_read_is_not_judged_teamless(make_pod: Any) -> None:
+    """Attack: a namespace of team vision created together with its pods (the namespace watch has
+    not delivered it) while the API server fails the namespace GET. The pipeline judges with the
+    config's labels (no team), so the team's quota was never charged: 3 GPUs against a team
+    limit of 2, counted once the watches catch up. The team is unknown, so the check cannot
+    finish: its failure mode (deny) decides."""
+    kube = _FailingNamespaceGets()
+    await kube.start()
+    kube_config = KubernetesConfig(api_url=kube.url, request_timeout=2.0, backoff_initial=0.02, backoff_max=0.1)
+    api = kube_client.build(kube_config)
+    directory = NamespaceDirectory(api, kube_config)
+    config = parse({"quota": {"quotas": [{"name": "teams", "per": "team", "limit": 2}]}})
+    check = gpu.build(config, Services(kube_api=api, namespaces=directory), kubernetes=kube_config)
+    assert check is not None
+    pipeline = Pipeline(config, [check], directory)
+    try:
+        kube.put("namespaces", {"metadata": {"name": "vision-a", "labels": {"team": "vision"}}})
+        kube.put("pods", make_pod("running", "vision-a", gpus=2, uid="uid-running"))
+        await pipeline.start()
+        assert await directory.wait_ready(10)
+        assert check.watch is not None
+        assert await check.watch.wait_ready(10)
+        kube.rv += 1  # stored, not yet delivered to watchers
+        kube.objects[("namespaces", "", "fresh")] = {
+            "metadata": {"name": "fresh", "labels": {"team": "vision"}, "resourceVersion": str(kube.rv)}
+        }
+        obj = gpu_pod("new", 1, uid="uid-new")
+        obj["metadata"]["namespace"] = "fresh"
+        subject = server._subject(review.decode(admission_review(obj)))
+        outcome = await pipeline.evaluate(subject, Deadline.after(5))
+        assert not outcome.verdict.allowed
+        assert "denied by failure mode 'deny'" in outcome.verdict.deny_message()
+        assert "team" in outcome.verdict.deny_message()
+    finally:
+        await pipeline.close()
+        await asyncio.to_thread(api.close)
+        await kube.stop()
