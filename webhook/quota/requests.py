@@ -57,14 +57,15 @@ _QUANTITIES = "must be an object of quantities"
 
 
 def container_requests(
-    container: Mapping[str, Any], counts: Counts, field: str = "containers", index: int = 0
+    container: Mapping[str, Any], counts: Counts, field: str = "containers", index: int = 0, stored: bool = False
 ) -> dict[str, int]:
     """Requests (milli-units) of the counted resources of one container, limits filling gaps
     (and winning over a smaller request: devices are allocated by the limit).
 
     ``field[index]`` is where the container sits in the pod spec, for ``FieldError`` (the path is
     only built on error: this runs for every container of every pod). Every counted limit is read,
-    even one its request overrides, so an invalid one is reported whatever the rules.
+    even one its request overrides, so an invalid one is reported whatever the rules. ``stored``:
+    see ``pod_requests``.
     """
     if not (type(container) is dict or isinstance(container, Mapping)):
         raise FieldError(f"{field}[{index}]", "must be an object")
@@ -89,11 +90,11 @@ def container_requests(
     try:
         for name, value in requests.items():
             if counts(name):
-                out[name] = _valid(name, milli(value))
+                out[name] = _valid(name, milli(value), stored)
         section = "limits"
         for name, value in limits.items():
             if counts(name):
-                amount = _valid(name, milli(value))
+                amount = _valid(name, milli(value), stored)
                 if amount > out.get(name, -1):
                     out[name] = amount
     except quantity.QuantityError as exc:
@@ -101,15 +102,17 @@ def container_requests(
     return out
 
 
-def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
+def pod_requests(spec: Mapping[str, Any], counts: Counts, stored: bool = False) -> dict[str, int]:
     """Effective requests (milli-units) of the counted resources; empty when the pod asks none.
 
     Raises ``FieldError`` (a ``QuantityError``) for a field of the wrong type or a quantity that
-    does not parse.
+    does not parse, or (unless ``stored``) an amount the API server refuses. ``stored`` is for
+    pods the API server already holds (the pod watch): they are counted as what they get, never
+    dropped, so a negative amount counts 0 and a fraction of an extended resource whole devices.
     """
     total: dict[str, int] = {}
     for index, container in enumerate(_containers(spec, "containers")):
-        _add(total, container_requests(container, counts, "containers", index))
+        _add(total, container_requests(container, counts, "containers", index, stored))
     init_containers = _containers(spec, "initContainers")
     if init_containers:
         # Upstream also takes the max with the running sidecar sum after each sidecar; ``total``
@@ -118,7 +121,7 @@ def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
         sidecars: dict[str, int] = {}
         init_peak: dict[str, int] = {}
         for index, container in enumerate(init_containers):
-            own = container_requests(container, counts, "initContainers", index)
+            own = container_requests(container, counts, "initContainers", index, stored)
             if not own:
                 continue
             if container.get("restartPolicy") == "Always":
@@ -132,9 +135,9 @@ def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
             _max(total, init_peak)
     overhead = _quantities(spec.get("overhead"), "overhead", "")
     if overhead:
-        _add(total, {k: _milli(v, "overhead", k) for k, v in overhead.items() if counts(k)})
+        _add(total, {k: _milli(v, "overhead", k, stored) for k, v in overhead.items() if counts(k)})
     ephemeral = spec.get("ephemeralContainers")
-    if ephemeral:
+    if ephemeral and not stored:
         for index, container in enumerate(_containers(spec, "ephemeralContainers")):
             if container_requests(container, counts, "ephemeralContainers", index):
                 raise FieldError(
@@ -195,15 +198,20 @@ def _quantities(value: Any, where: str, section: str) -> Mapping[str, Any]:
 _EMPTY: Mapping[str, Any] = {}
 
 
-def _milli(value: Any, where: str, name: str) -> int:
+def _milli(value: Any, where: str, name: str, stored: bool) -> int:
     try:
-        return _valid(name, quantity.milli(value))
+        return _valid(name, quantity.milli(value), stored)
     except quantity.QuantityError as exc:
         raise FieldError(f"{where}[{name}]", str(exc)) from None
 
 
-def _valid(name: str, milli: int) -> int:
-    """``milli`` when the API server would accept it for ``name``; else ``QuantityError``."""
+def _valid(name: str, milli: int, stored: bool) -> int:
+    """``milli`` when the API server would accept it for ``name``; else ``QuantityError``, or for a
+    ``stored`` pod what it gets: nothing for a negative amount, whole devices for a fraction."""
+    if stored:
+        if milli % 1000 and _extended(name):
+            milli += 1000 - milli % 1000
+        return max(milli, 0)
     if milli < 0:
         raise quantity.QuantityError(f"{_shown(milli)} must not be negative")
     if milli % 1000 and _extended(name):
