@@ -22,7 +22,8 @@ Amount = int | float | str
 
 # MIG profiles, with the device plugin's variants: compute-instance profiles (mig-1c.3g.20gb) and
 # suffixes for media extensions or other options (mig-1g.10gb.me, mig-1g.10gb+me, mig-2g.20gb-x).
-_MIG = re.compile(r"^nvidia\.com/mig-(?:\d+c\.)?(?P<g>\d+)g\.(?P<mem>\d+)gb(?:[.+-][A-Za-z0-9._+-]*)?$")
+# A profile has at least one slice: "mig-0g..." is no profile, so not weighed 0 (free) here.
+_MIG = re.compile(r"^nvidia\.com/mig-(?:\d+c\.)?(?P<g>0*[1-9]\d*)g\.(?P<mem>\d+)gb(?:[.+-][A-Za-z0-9._+-]*)?$")
 # Whole devices nobody gave a weight: one GPU each. nvidia.com/gpu.shared and other renamed
 # time-sliced replicas included (conservatively a whole GPU: set their weight, e.g. 1/4).
 _WHOLE_DEVICE = re.compile(r"^(?:nvidia\.com/gpu|amd\.com/gpu|gpu\.intel\.com/(?:i915|xe))(?:[.-][A-Za-z0-9._-]*)?$")
