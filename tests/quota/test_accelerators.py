@@ -47,6 +47,12 @@ def test_default_weights(resource: str, weight: Fraction) -> None:
         "aws.amazon.com/neuroncore",
         "google.com/tpu",
         "example.com/vgpu",
+        # DRAExtendedResource: any DeviceClass asked for as an extended resource
+        "deviceclass.resource.kubernetes.io/mig.nvidia.com",
+        "deviceclass.resource.kubernetes.io/dra.cpu",
+        # no MIG profile has 0 slices: a resource so named is not weighed 0 (free) by the MIG rule
+        "nvidia.com/mig-0g.5gb",
+        "nvidia.com/mig-1c.0g.5gb",
     ],
 )
 def test_other_accelerators_have_no_weight_until_configured(resource: str) -> None:

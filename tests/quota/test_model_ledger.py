@@ -124,3 +124,17 @@ def test_same_pod_admitted_twice_holds_one_reservation() -> None:
     ledger.admit(("uid-1", "ml/a"), charges, reserve=True)
     ledger.admit(("uid-1", "ml/a"), charges, reserve=True)
     assert ledger.reserved == {"q": model.scale}
+
+
+def test_two_pods_of_one_name_keep_separate_reservations() -> None:
+    """A second CREATE of "ml/a" (another uid; etcd refuses it after admission) neither replaces
+    nor releases the reservation of the pod holding the name; the watch ends each by its uid."""
+    model, ledger, _ = _setup()
+    charges = model.charges("ml", {}, model.demand(_spec({"nvidia.com/gpu": 1})))
+    assert ledger.admit(("uid-1", "ml/a"), charges, reserve=True)[0]
+    assert ledger.admit(("uid-2", "ml/a"), charges, reserve=True)[0]
+    ledger.release(("uid-2", "ml/a"))
+    assert ledger.reserved == {"q": model.scale}
+    ledger.upsert("uid-1", PodRecord("ml", "a", model.demand(_spec({"nvidia.com/gpu": 1})), charges))
+    assert ledger.reserved == {}
+    assert ledger.used == {"q": model.scale}

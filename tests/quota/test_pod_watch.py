@@ -132,3 +132,24 @@ async def test_watch_reconnects_after_the_api_server_comes_back(
     await kube.start()
     await eventually(lambda: _gpus(ledger, model) == 6)
     assert watch.reflector.stale_for() == 0
+
+
+@pytest.mark.parametrize(
+    ("amount", "gpus"),
+    [
+        ("500m", 1),  # rounded up to whole devices, as the scheduler's claim count is
+        ("1500m", 2),
+        ("-1", 0),
+    ],
+)
+async def test_a_stored_pod_the_check_would_refuse_is_counted_never_dropped(
+    kube: Any, make_pod: Any, eventually: Any, watched: Any, amount: str, gpus: int
+) -> None:
+    """The watch counts pods the API server stored. Amounts the admission check refuses (a
+    fraction of an extended resource, which a DRA device class asked for by name may take; a
+    negative) are counted as the whole devices they get, never dropped from the ledger."""
+    _, ledger, model, _ = watched
+    kube.put("pods", make_pod("odd", gpus=amount))
+    kube.put("pods", make_pod("whole", gpus=1))  # events come in order: "odd" is judged by then
+    await eventually(lambda: ledger.version > 0 and len(ledger) == 1 + (gpus > 0))
+    assert _gpus(ledger, model) == 1 + gpus

@@ -208,3 +208,23 @@ async def test_two_replicas_racing_with_pods_denied_by_another_check_never_overs
         for i, o in enumerate(more)
     ]
     assert len(admitted) + sum(late) == LIMIT - 1
+
+
+async def test_a_second_create_of_a_name_leaves_the_first_pods_reservation_in_the_api_server(
+    kube: Any, make_pod: Any, replicas: Any
+) -> None:
+    """With reservations in the API server (keyed by uid), a second CREATE of a name (another
+    uid; Pod Security denies it) on the other replica never drops the first pod's entry."""
+    pipelines = await replicas(2, "apiserver", with_pss=True)
+    first = make_pod("x", gpus=LIMIT - 1, uid="uid-first", phase=None)
+    outcome = await pipelines[0].evaluate(Subject("CREATE", "Pod", "ml", "x", first), Deadline.after(10))
+    assert outcome.verdict.allowed, outcome.verdict.deny_message()
+    twin = _privileged(make_pod("x", gpus=1, uid="uid-twin", phase=None))
+    outcome = await pipelines[1].evaluate(Subject("CREATE", "Pod", "ml", "x", twin), Deadline.after(10))
+    assert [d.check for d in outcome.verdict.denials] == ["pss:privileged"]
+    await _released(pipelines)
+    stored = kube.objects[("configmaps", "pc", coordination.configmap_name("pool"))]
+    assert sorted(json.loads(stored["data"]["reservations.json"])) == ["uid-first"]
+    other = make_pod("y", gpus=LIMIT, uid="uid-other", phase=None)
+    outcome = await pipelines[1].evaluate(Subject("CREATE", "Pod", "ml", "y", other), Deadline.after(10))
+    assert not outcome.verdict.allowed

@@ -4,7 +4,8 @@ Amounts are in weighted GPUs: a resource's request times its weight (``nvidia.co
 a ``mig-1g.10gb`` slice = 1/7, a time-sliced replica = 1/N). Weights and limits accept
 integers, decimals ("0.5") and fractions ("1/7"), so sums stay exact. No accelerator is free:
 unlisted MIG profiles weigh <g>/mig_slices, whole devices (``nvidia.com/gpu*``, ``amd.com/gpu``,
-``gpu.intel.com/i915|xe``) 1, and anything else that looks like one is refused until weighted.
+``gpu.intel.com/i915|xe``) 1, and anything else that looks like one is refused until weighted,
+DRA device classes asked for as extended resources (``deviceclass.resource.kubernetes.io/*``) included.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ Amount = int | float | str
 
 # MIG profiles, with the device plugin's variants: compute-instance profiles (mig-1c.3g.20gb) and
 # suffixes for media extensions or other options (mig-1g.10gb.me, mig-1g.10gb+me, mig-2g.20gb-x).
-_MIG = re.compile(r"^nvidia\.com/mig-(?:\d+c\.)?(?P<g>\d+)g\.(?P<mem>\d+)gb(?:[.+-][A-Za-z0-9._+-]*)?$")
+# A profile has at least one slice: "mig-0g..." is no profile, so not weighed 0 (free) here.
+_MIG = re.compile(r"^nvidia\.com/mig-(?:\d+c\.)?(?P<g>0*[1-9]\d*)g\.(?P<mem>\d+)gb(?:[.+-][A-Za-z0-9._+-]*)?$")
 # Whole devices nobody gave a weight: one GPU each. nvidia.com/gpu.shared and other renamed
 # time-sliced replicas included (conservatively a whole GPU: set their weight, e.g. 1/4).
 _WHOLE_DEVICE = re.compile(r"^(?:nvidia\.com/gpu|amd\.com/gpu|gpu\.intel\.com/(?:i915|xe))(?:[.-][A-Za-z0-9._-]*)?$")
 # Anything else that looks like an accelerator is never free: it is refused until quota.resources
 # gives it a weight (0 for a resource that is not one, e.g. nvidia.com/rdma_shared_device).
+# deviceclass.resource.kubernetes.io/<class> (DRAExtendedResource, 1.34+) asks for devices of any
+# DeviceClass, whatever its name says ("mig.nvidia.com"): every one is refused until weighted.
 _ACCELERATOR = re.compile(
     r"^(?:(?:nvidia\.com|amd\.com|gpu\.intel\.com|habana\.ai|xilinx\.com|qualcomm\.com)/.*"
+    r"|deviceclass\.resource\.kubernetes\.io/.*"
     r"|aws\.amazon\.com/neuron.*|google\.com/tpu.*|[^/]*/.*(?:gpu|tpu).*)$",
     re.IGNORECASE,
 )

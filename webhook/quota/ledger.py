@@ -132,8 +132,8 @@ class Ledger:
     ) -> tuple[bool, list[QuotaView]]:
         """Check every charge and, when all fit and ``reserve``, reserve them atomically.
 
-        ``keys`` name the pod (uid and/or "namespace/name") so the watch can end the
-        reservation when it sees the pod. Returns (admitted, views).
+        ``keys`` name the pod (its uid first when known, then "namespace/name") so the watch can
+        end the reservation when it sees the pod. Returns (admitted, views).
         """
         self._purge(self._clock())
         used, reserved = self.used, self.reserved
@@ -149,25 +149,30 @@ class Ledger:
         return admitted, views
 
     def reserve(self, keys: tuple[str, ...], charges: tuple[Charge, ...]) -> None:
-        for key in keys:
-            previous = self._reservations.get(key)
-            if previous is not None:
-                self._release(previous)  # the same pod admitted again (an apiserver retry)
-        reservation = _Reservation(keys, charges, self._clock() + self.ttl)
-        for key in keys:
-            self._reservations[key] = reservation
+        """Hold ``charges`` for the pod named by ``keys[0]`` (its uid when the review has one).
+
+        Only that identity replaces an earlier reservation (the same pod admitted again). A
+        namespace/name is not one: a second CREATE of a name (which etcd refuses, after
+        admission) must not free the reservation of the pod that holds the name.
+        """
+        identity = keys[0]
+        previous = self._reservations.get(identity)
+        if previous is not None:
+            self._release(previous)
+        reservation = _Reservation((identity,), charges, self._clock() + self.ttl)
+        self._reservations[identity] = reservation
         reserved = self.reserved
         for charge in charges:
             reserved[charge.key] = reserved.get(charge.key, 0) + charge.units
             self._quotas.setdefault(charge.key, charge)
         self._expiry.append(reservation)
 
-    def release(self, keys: Iterable[str]) -> None:
-        """Drop the reservation of a pod (its admission was refused after all)."""
-        for key in keys:
-            reservation = self._reservations.get(key)
-            if reservation is not None:
-                self._release(reservation)
+    def release(self, keys: tuple[str, ...]) -> None:
+        """Drop the reservation of the pod named by ``keys[0]`` (its admission was refused after
+        all); never another pod's that shares its namespace/name."""
+        reservation = self._reservations.get(keys[0]) if keys else None
+        if reservation is not None:
+            self._release(reservation)
 
     def quotas(self) -> Iterator[QuotaView]:
         """Every quota key known so far, for metrics."""
@@ -191,6 +196,7 @@ class Ledger:
         self._group(record, 1)
         now = self._clock()
         for key in (uid, f"{record.namespace}/{record.name}"):
+            # by uid, or by namespace/name for a pod reviewed without a uid (never both: see reserve)
             reservation = self._reservations.get(key)
             if reservation is not None:
                 self._release(reservation)

@@ -94,9 +94,12 @@ class QuotaModel:
         """Whether ``resource`` looks like an accelerator but has no weight (see ``QuotaConfig``)."""
         return isinstance(resource, str) and self.config.unweighted_accelerator(resource)
 
-    def demand(self, spec: Mapping[str, Any]) -> Demand:
-        """What the pod asks, by the scheduler's arithmetic. Raises ``QuantityError``."""
-        milli = requests.pod_requests(spec, self.counts)
+    def demand(self, spec: Mapping[str, Any], *, stored: bool = False) -> Demand:
+        """What the pod asks, by the scheduler's arithmetic. Raises ``QuantityError``.
+
+        ``stored``: a pod the API server holds, counted as what it gets (``requests.pod_requests``).
+        """
+        milli = requests.pod_requests(spec, self.counts, stored)
         if not milli:
             return _NO_DEMAND
         units = {name: m * (self.factor(name) or 0) for name, m in milli.items()}

@@ -4,8 +4,16 @@
 (init containers with ``restartPolicy: Always``), against the largest init container, where
 an init container also holds every sidecar started before it; the larger wins, then the pod
 ``overhead`` is added. A container that sets a limit but no request for a resource requests its
-limit (the API server's defaulting), so manifests judged in CI count like admitted pods.
+limit (the API server's defaulting), so manifests judged in CI count like admitted pods; one
+whose request and limit differ (the API server refuses that for an extended resource) counts
+the larger, since the kubelet's device manager hands out the limit.
 Pod-level ``spec.resources`` only covers cpu and memory upstream, so it never changes GPUs.
+
+Amounts the API server's validation refuses are refused here too (``FieldError``), so nothing
+counts lower than a device plugin would hand out: negative amounts (they would offset another
+container's), fractions of an extended resource (devices are not divisible;
+``ValidateResourceQuantityValue``), and any counted resource on an ephemeral container (which
+may set no resources at all). The API server never stores such a pod; CI manifests may hold one.
 """
 
 from __future__ import annotations
@@ -49,13 +57,15 @@ _QUANTITIES = "must be an object of quantities"
 
 
 def container_requests(
-    container: Mapping[str, Any], counts: Counts, field: str = "containers", index: int = 0
+    container: Mapping[str, Any], counts: Counts, field: str = "containers", index: int = 0, stored: bool = False
 ) -> dict[str, int]:
-    """Requests (milli-units) of the counted resources of one container, limits filling gaps.
+    """Requests (milli-units) of the counted resources of one container, limits filling gaps
+    (and winning over a smaller request: devices are allocated by the limit).
 
     ``field[index]`` is where the container sits in the pod spec, for ``FieldError`` (the path is
     only built on error: this runs for every container of every pod). Every counted limit is read,
-    even one its request overrides, so an invalid one is reported whatever the rules.
+    even one its request overrides, so an invalid one is reported whatever the rules. ``stored``:
+    see ``pod_requests``.
     """
     if not (type(container) is dict or isinstance(container, Mapping)):
         raise FieldError(f"{field}[{index}]", "must be an object")
@@ -80,27 +90,29 @@ def container_requests(
     try:
         for name, value in requests.items():
             if counts(name):
-                out[name] = milli(value)
+                out[name] = _valid(name, milli(value), stored)
         section = "limits"
         for name, value in limits.items():
             if counts(name):
-                amount = milli(value)
-                if name not in requests:
+                amount = _valid(name, milli(value), stored)
+                if amount > out.get(name, -1):
                     out[name] = amount
     except quantity.QuantityError as exc:
         raise FieldError(f"{field}[{index}].resources.{section}[{name}]", str(exc)) from None
     return out
 
 
-def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
+def pod_requests(spec: Mapping[str, Any], counts: Counts, stored: bool = False) -> dict[str, int]:
     """Effective requests (milli-units) of the counted resources; empty when the pod asks none.
 
     Raises ``FieldError`` (a ``QuantityError``) for a field of the wrong type or a quantity that
-    does not parse.
+    does not parse, or (unless ``stored``) an amount the API server refuses. ``stored`` is for
+    pods the API server already holds (the pod watch): they are counted as what they get, never
+    dropped, so a negative amount counts 0 and a fraction of an extended resource whole devices.
     """
     total: dict[str, int] = {}
     for index, container in enumerate(_containers(spec, "containers")):
-        _add(total, container_requests(container, counts, "containers", index))
+        _add(total, container_requests(container, counts, "containers", index, stored))
     init_containers = _containers(spec, "initContainers")
     if init_containers:
         # Upstream also takes the max with the running sidecar sum after each sidecar; ``total``
@@ -109,7 +121,7 @@ def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
         sidecars: dict[str, int] = {}
         init_peak: dict[str, int] = {}
         for index, container in enumerate(init_containers):
-            own = container_requests(container, counts, "initContainers", index)
+            own = container_requests(container, counts, "initContainers", index, stored)
             if not own:
                 continue
             if container.get("restartPolicy") == "Always":
@@ -123,7 +135,16 @@ def pod_requests(spec: Mapping[str, Any], counts: Counts) -> dict[str, int]:
             _max(total, init_peak)
     overhead = _quantities(spec.get("overhead"), "overhead", "")
     if overhead:
-        _add(total, {k: _milli(v, "overhead", k) for k, v in overhead.items() if counts(k)})
+        _add(total, {k: _milli(v, "overhead", k, stored) for k, v in overhead.items() if counts(k)})
+    ephemeral = spec.get("ephemeralContainers")
+    if ephemeral and not stored:
+        for index, container in enumerate(_containers(spec, "ephemeralContainers")):
+            if container_requests(container, counts, "ephemeralContainers", index):
+                raise FieldError(
+                    f"ephemeralContainers[{index}].resources",
+                    "an ephemeral container may not set resources (the API server refuses them); "
+                    "request GPUs in containers",
+                )
     return {k: v for k, v in total.items() if v}
 
 
@@ -177,11 +198,44 @@ def _quantities(value: Any, where: str, section: str) -> Mapping[str, Any]:
 _EMPTY: Mapping[str, Any] = {}
 
 
-def _milli(value: Any, where: str, name: str) -> int:
+def _milli(value: Any, where: str, name: str, stored: bool) -> int:
     try:
-        return quantity.milli(value)
+        return _valid(name, quantity.milli(value), stored)
     except quantity.QuantityError as exc:
         raise FieldError(f"{where}[{name}]", str(exc)) from None
+
+
+def _valid(name: str, milli: int, stored: bool) -> int:
+    """``milli`` when the API server would accept it for ``name``; else ``QuantityError``, or for a
+    ``stored`` pod what it gets: nothing for a negative amount, whole devices for a fraction."""
+    if stored:
+        if milli % 1000 and _extended(name):
+            milli += 1000 - milli % 1000
+        return max(milli, 0)
+    if milli < 0:
+        raise quantity.QuantityError(f"{_shown(milli)} must not be negative")
+    if milli % 1000 and _extended(name):
+        raise quantity.QuantityError(
+            f"{_shown(milli)} is not a whole number: {name} is an extended resource, whose devices "
+            "cannot be divided (the API server refuses fractions of it)"
+        )
+    return milli
+
+
+def _extended(name: str) -> bool:
+    """Whether ``name`` is an extended resource (upstream ``IsExtendedResourceName``): it has a
+    domain, not kubernetes.io's (save a DRA device class asked for by name), and is not a quota's
+    ``requests.`` name. Those take whole amounts."""
+    if name.startswith(_DEVICE_CLASS):
+        return True
+    return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
+
+
+_DEVICE_CLASS = "deviceclass.resource.kubernetes.io/"  # DRAExtendedResource's implicit names
+
+
+def _shown(milli: int) -> str:
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
 
 
 def _exact(value: Any, where: str, name: str) -> Any:

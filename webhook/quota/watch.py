@@ -81,7 +81,7 @@ class PodWatch:
         if (pod.get("status") or {}).get("phase") in _TERMINAL:
             return uid, None
         try:
-            demand = self._model.demand(pod.get("spec") or {})
+            demand = self._model.demand(pod.get("spec") or {}, stored=True)
         except quantity.QuantityError as exc:  # the API server validated it; never trust, though
             log.warning("pod %s/%s: %s; not counted", namespace, name, exc)
             return uid, None
