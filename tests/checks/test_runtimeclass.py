@@ -127,6 +127,22 @@ def test_every_configured_gpu_resource_needs_the_gpu_runtime_class(resource: str
     assert judge(wrap("Pod", pod_spec("nvidia", gpu=resource)), GPU_CONFIG) == []
 
 
+@pytest.mark.parametrize(
+    ("resource", "gpu"),
+    [
+        ("deviceclass.resource.kubernetes.io/gpu.nvidia.com", True),
+        ("deviceclass.resource.kubernetes.io/mig.nvidia.com", True),
+        ("deviceclass.resource.kubernetes.io/fpga.example.com", False),
+    ],
+)
+def test_a_gpu_device_class_asked_as_an_extended_resource_needs_the_gpu_runtime_class(resource: str, gpu: bool) -> None:
+    """DRAExtendedResource (Kubernetes 1.34+) lets ``resources`` ask for any DeviceClass by the
+    name ``deviceclass.resource.kubernetes.io/<class>``: a GPU class asked that way once ran
+    under any runtime class."""
+    assert judge(wrap("Pod", pod_spec(gpu=resource)), GPU_CONFIG) == (["runtimeclass:gpu"] if gpu else [])
+    assert judge(wrap("Pod", pod_spec("nvidia", gpu=resource)), GPU_CONFIG) == []
+
+
 def test_pods_without_gpus_or_with_zero_gpus_need_no_gpu_runtime_class() -> None:
     assert judge(wrap("Pod", pod_spec()), GPU_CONFIG) == []
     assert judge(wrap("Pod", pod_spec(gpu="nvidia.com/gpu", quantity="0")), GPU_CONFIG) == []

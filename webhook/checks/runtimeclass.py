@@ -30,6 +30,7 @@ from webhook.core.deadline import Deadline
 from webhook.core.decision import CheckResult, FailureMode, Mode, Violation
 from webhook.core.request import RequestContext
 from webhook.core.workloads import PodSpecRef
+from webhook.quota.requests import DEVICE_CLASS_RESOURCE
 
 CHECK_ID = "runtimeclass"
 _MISS_REFRESH_SECONDS = 5.0  # a name missing from a list this old triggers one refresh
@@ -71,6 +72,10 @@ class Rules:
         )
 
     def is_gpu(self, resource: str) -> bool:
+        # DRAExtendedResource (1.34+): any DeviceClass can be asked for in ``resources`` under
+        # this implicit name; a GPU device class asked that way is a GPU like its claim would be.
+        if resource.startswith(DEVICE_CLASS_RESOURCE):
+            return self.is_gpu_class(resource[len(DEVICE_CLASS_RESOURCE) :])
         return resource in self.gpu_exact or (bool(self.gpu_prefixes) and resource.startswith(self.gpu_prefixes))
 
     def is_gpu_class(self, device_class: str) -> bool:

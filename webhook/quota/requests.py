@@ -226,12 +226,12 @@ def _extended(name: str) -> bool:
     """Whether ``name`` is an extended resource (upstream ``IsExtendedResourceName``): it has a
     domain, not kubernetes.io's (save a DRA device class asked for by name), and is not a quota's
     ``requests.`` name. Those take whole amounts."""
-    if name.startswith(_DEVICE_CLASS):
+    if name.startswith(DEVICE_CLASS_RESOURCE):
         return True
     return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")
 
 
-_DEVICE_CLASS = "deviceclass.resource.kubernetes.io/"  # DRAExtendedResource's implicit names
+DEVICE_CLASS_RESOURCE = "deviceclass.resource.kubernetes.io/"  # DRAExtendedResource's implicit names
 
 
 def _shown(milli: int) -> str:
