@@ -1,20 +1,23 @@
 """Reports of ``portcullis check``: text, JSON, SARIF 2.1.0, JUnit XML and PolicyReport.
 
 Machine formats are contracts: sorted keys, stable names, no timestamps, byte-identical output for
-the same input.
+the same input. Names, messages and file names are attacker-chosen: every format stays well-formed
+for a strict parser whatever they hold, and shows them (escaped where the format cannot hold a
+character, see ``core.shown``) instead of dropping them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 from xml.etree import ElementTree as ET
 
 from webhook import __version__
 from webhook.ci.check import Finding, NotJudged, ObjectResult, Report
+from webhook.core import shown
 from webhook.core.decision import Mode
 
 FORMATS = ("text", "json", "sarif", "junit", "policyreport")
@@ -50,30 +53,37 @@ _RESET, _BOLD, _GREEN = "\033[0m", "\033[1m", "\033[32m"
 
 
 def text(report: Report, *, color: bool = False) -> str:
+    """Lines for a terminal: every field passes through ``shown.terminal`` (a pod named with an
+    escape sequence must not clear the screen or rewrite the verdict line above it)."""
+
     def paint(code: str, s: str) -> str:
         return f"{code}{s}{_RESET}" if color else s
 
+    t = shown.terminal
     lines: list[str] = []
     for result in report.results:
         if not result.findings and not result.warnings and not result.not_judged:
             continue
         status = paint(_GREEN, "allowed") if result.allowed else paint("\033[31m", "DENIED")
-        head = f"{result.file}:{result.manifest.line}: {result.kind} {result.namespace}/{result.name}: {status}"
+        head = (
+            f"{t(result.file)}:{result.manifest.line}: {t(result.kind)} "
+            f"{t(result.namespace)}/{t(result.name)}: {status}"
+        )
         lines.append(paint(_BOLD, head) if color else head)
         for f in result.findings:
-            where = f" [{f.container}]" if f.container else ""
-            path = f" ({f.path})" if f.path else ""
+            where = f" [{t(f.container)}]" if f.container else ""
+            path = f" ({t(f.path)})" if f.path else ""
             lines.append(
-                f"  {f.line}: {paint(_COLORS.get(f.mode, ''), f.mode.value)} {f.check}{where}: {f.message}{path}"
+                f"  {f.line}: {paint(_COLORS.get(f.mode, ''), f.mode.value)} {t(f.check)}{where}: {t(f.message)}{path}"
             )
         for warning in result.warnings:
-            lines.append(f"  warning: {warning}")
+            lines.append(f"  warning: {t(warning)}")
         noted = " ".join(result.warnings)
         for n in result.not_judged:
             if n.image not in noted:  # the check's own warning usually says it already
-                lines.append(f"  {n.line}: not judged {n.check}: image {n.image}: {n.reason}")
+                lines.append(f"  {n.line}: not judged {t(n.check)}: image {t(n.image)}: {t(n.reason)}")
     for problem in report.problems:
-        lines.append(f"error: {problem}")
+        lines.append(f"error: {t(str(problem))}")
     lines.append(_summary(report))
     return "\n".join(lines) + "\n"
 
@@ -89,7 +99,7 @@ def _summary(report: Report) -> str:
     if report.problems:
         parts.append(_count(len(report.problems), "input error"))
     if report.skipped_checks:
-        parts.append(f"checks skipped: {', '.join(report.skipped_checks)}")
+        parts.append(f"checks skipped: {shown.terminal(', '.join(report.skipped_checks))}")
     if report.not_judged:
         allowed = " (allowed by --allow-unverified)" if report.allow_unverified else ""
         parts.append(
@@ -139,7 +149,23 @@ def to_json(report: Report) -> str:
         }
         for r in report.results
     ]
-    return json.dumps(items, sort_keys=True, indent=2) + "\n"
+    return _dumps(items)
+
+
+def _dumps(doc: Any) -> str:
+    """JSON any strict parser reads: no lone surrogates (an undecodable file name's bytes are
+    shown as ``\\xNN``), no NaN or Infinity."""
+    return json.dumps(_unicode(doc), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+def _unicode(value: Any) -> Any:
+    if isinstance(value, str):
+        return shown.unicode(value)
+    if isinstance(value, dict):
+        return {_unicode(k): _unicode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_unicode(v) for v in value]
+    return value
 
 
 # --- SARIF 2.1.0 ----------------------------------------------------------------------------------
@@ -152,13 +178,32 @@ def _rule_help(rule_id: str) -> str:
     return _FAMILY_HELP.get(family, f"Portcullis check {family}.")
 
 
-def _uri(path: str, base_dir: str | None) -> str:
+SRCROOT = "%SRCROOT%"  # the uriBaseId of relative artifact URIs: the directory `check` ran in
+
+
+def _artifact(path: str, base_dir: str | None) -> dict[str, str]:
+    """A SARIF artifactLocation (§3.4): ``uri`` must be a URI reference, so a file name's spaces,
+    ``%``, ``#``, ``?``, backslashes and non-UTF-8 bytes are percent-encoded (as bytes), a file
+    under ``base_dir`` is a relative reference against ``%SRCROOT%`` (what code scanning maps to
+    the checkout), and one outside it an absolute ``file:`` URI rather than a ``../`` climb."""
     if path == "<stdin>":
-        return "stdin"
-    if base_dir and os.path.isabs(path):
-        with contextlib.suppress(ValueError):
-            path = os.path.relpath(path, base_dir)
-    return path.replace(os.sep, "/")
+        return {"uri": "stdin"}
+    full = os.path.normpath(path if os.path.isabs(path) or not base_dir else os.path.join(base_dir, path))
+    if base_dir:
+        try:
+            relative = os.path.relpath(full, base_dir)
+        except ValueError:  # another drive (Windows)
+            relative = ""
+        if relative and relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+            return {"uri": _quote(relative), "uriBaseId": SRCROOT}
+    if os.path.isabs(full):
+        return {"uri": "file://" + _quote(full if full.startswith("/") else "/" + full)}
+    return {"uri": _quote(full), "uriBaseId": SRCROOT}
+
+
+def _quote(path: str) -> str:
+    """Percent-encode a file path's bytes for a URI (``:`` too: ``c:x.yaml`` is no scheme)."""
+    return urllib.parse.quote_from_bytes(os.fsencode(path.replace(os.sep, "/")), safe="/")
 
 
 def sarif(report: Report, *, base_dir: str | None = None) -> str:
@@ -196,7 +241,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
                     "locations": [
                         {
                             "physicalLocation": {
-                                "artifactLocation": {"uri": _uri(r.file, base_dir)},
+                                "artifactLocation": _artifact(r.file, base_dir),
                                 "region": {"startLine": max(1, f.line)},
                             },
                             "logicalLocations": [
@@ -214,7 +259,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
             "locations": [
                 {
                     "physicalLocation": {
-                        "artifactLocation": {"uri": _uri(p.file, base_dir)},
+                        "artifactLocation": _artifact(p.file, base_dir),
                         "region": {"startLine": max(1, p.line)},
                     }
                 }
@@ -235,7 +280,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
                     "locations": [
                         {
                             "physicalLocation": {
-                                "artifactLocation": {"uri": _uri(r.file, base_dir)},
+                                "artifactLocation": _artifact(r.file, base_dir),
                                 "region": {"startLine": max(1, n.line)},
                             }
                         }
@@ -262,7 +307,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
             }
         ],
     }
-    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+    return _dumps(doc)
 
 
 # --- JUnit XML ------------------------------------------------------------------------------------
@@ -331,6 +376,11 @@ def junit(report: Report) -> str:
     suites.set("errors", str(errors_ + len(report.problems)))
     if skipped_:
         suites.set("skipped", str(skipped_))
+    for element in suites.iter():  # XML 1.0 cannot hold NUL, most C0 controls or U+FFFE: escape them
+        if element.text:
+            element.text = shown.xml(element.text)
+        for key, value in element.attrib.items():
+            element.set(key, shown.xml(value))
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -405,4 +455,4 @@ def policy_report(report: Report) -> str:
         "summary": summary,
         "results": results,
     }
-    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+    return _dumps(doc)
