@@ -155,17 +155,7 @@ def to_json(report: Report) -> str:
 def _dumps(doc: Any) -> str:
     """JSON any strict parser reads: no lone surrogates (an undecodable file name's bytes are
     shown as ``\\xNN``), no NaN or Infinity."""
-    return json.dumps(_unicode(doc), sort_keys=True, indent=2, allow_nan=False) + "\n"
-
-
-def _unicode(value: Any) -> Any:
-    if isinstance(value, str):
-        return shown.unicode(value)
-    if isinstance(value, dict):
-        return {_unicode(k): _unicode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_unicode(v) for v in value]
-    return value
+    return json.dumps(shown.unicode_values(doc), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
 # --- SARIF 2.1.0 ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ the project.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # Terminals act on C0/C1 controls and DEL (ESC starts CSI/OSC sequences that clear the screen,
 # move the cursor, set the title; U+009B is a one-character CSI on some); bidirectional
@@ -56,3 +57,15 @@ def xml(text: str) -> str:
 def unicode(text: str) -> str:
     """``text`` encodable as UTF-8 (JSON, files): lone surrogates escaped, the rest kept."""
     return _SURROGATE.sub(_escape, text)
+
+
+def unicode_values(value: Any) -> Any:
+    """A JSON-like value with ``unicode`` applied to every string, keys included: ``json.dumps``
+    writes a lone surrogate as ``\\udcff``, which strict parsers (and I-JSON, RFC 7493) reject."""
+    if isinstance(value, str):
+        return unicode(value)
+    if isinstance(value, dict):
+        return {unicode_values(k): unicode_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [unicode_values(v) for v in value]
+    return value
