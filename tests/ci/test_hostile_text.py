@@ -264,3 +264,18 @@ def test_stdout_on_a_full_disk_is_a_clean_error(tmp_path: Path) -> None:
     assert b"portcullis: error: cannot write the report to stdout: No space left on device" in proc.stderr
     assert b"Traceback" not in proc.stderr
     assert b"Exception ignored" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["::error file=x,line=1::all clear.yaml", "::add-mask::x.yaml", "##[error]x.yaml"])
+def test_a_file_name_cannot_start_a_ci_workflow_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """GitHub Actions obeys a log line that starts with ``::`` (``##[`` for the older form); a
+    shell glob (``portcullis check *.yaml``) passes such a file name as given."""
+    monkeypatch.chdir(tmp_path)
+    Path(name).write_text(_pod("web"))
+    code, out, _ = run_check(name, *PINNED)
+    assert code == 1
+    assert out.startswith(f"./{name}:1: Pod ")
+    for line in out.splitlines():
+        assert not line.lstrip().startswith(("::", "##")), line

@@ -66,7 +66,7 @@ def text(report: Report, *, color: bool = False) -> str:
             continue
         status = paint(_GREEN, "allowed") if result.allowed else paint("\033[31m", "DENIED")
         head = (
-            f"{t(result.file)}:{result.manifest.line}: {t(result.kind)} "
+            f"{_line_start_path(t(result.file))}:{result.manifest.line}: {t(result.kind)} "
             f"{t(result.namespace)}/{t(result.name)}: {status}"
         )
         lines.append(paint(_BOLD, head) if color else head)
@@ -86,6 +86,15 @@ def text(report: Report, *, color: bool = False) -> str:
         lines.append(f"error: {t(str(problem))}")
     lines.append(_summary(report))
     return "\n".join(lines) + "\n"
+
+
+def _line_start_path(path: str) -> str:
+    """A path that begins a line of CI log: CI runners obey lines starting with ``::`` (GitHub
+    Actions workflow commands: ``::add-mask::``, ``::error::``, ``::stop-commands::``) or ``##[``,
+    and a shell glob passes a file of that name as given. ``./`` names the same file."""
+    if path.lstrip().startswith(("::", "##")):
+        return "./" + path
+    return path
 
 
 def _summary(report: Report) -> str:
