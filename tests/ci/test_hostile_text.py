@@ -279,3 +279,35 @@ def test_a_file_name_cannot_start_a_ci_workflow_command(
     assert out.startswith(f"./{name}:1: Pod ")
     for line in out.splitlines():
         assert not line.lstrip().startswith(("::", "##")), line
+
+
+def _unescaped_link_closers(text: str) -> list[int]:
+    """Offsets of ``](`` whose ``]`` is not backslash-escaped (SARIF §3.11.6 embedded links)."""
+    found = []
+    for match in re.finditer(r"(\\*)\]\(", text):
+        if len(match.group(1)) % 2 == 0:
+            found.append(match.start())
+    return found
+
+
+def _message_texts(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        texts = [value["text"]] if isinstance(value.get("text"), str) and "markdown" not in value else []
+        return texts + [t for v in value.values() for t in _message_texts(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _message_texts(v)]
+    return []
+
+
+@pytest.mark.parametrize("name", ["[click](https://evil.example/)", "[x\\](https://evil.example/)", "[0](0)"])
+def test_sarif_messages_hold_no_embedded_links_from_names(tmp_path: Path, name: str) -> None:
+    """A plain-text SARIF message may embed ``[text](target)`` links that viewers make clickable:
+    a pod name must not become one."""
+    manifest = tmp_path / "pod.json"
+    manifest.write_text(_pod(name))
+    code, out, _ = run_check(str(manifest), *PINNED, "--format", "sarif")
+    assert code == 1
+    texts = _message_texts(json.loads(out))
+    assert any("evil.example" in t or "[0\\](0)" in t for t in texts)  # shown, escaped
+    for text in texts:
+        assert _unescaped_link_closers(text) == [], text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -200,6 +201,17 @@ def _artifact(path: str, base_dir: str | None) -> dict[str, str]:
     return {"uri": _quote(full), "uriBaseId": SRCROOT}
 
 
+_LINK_CLOSE = re.compile(r"(\\*)\]\(")
+
+
+def _plain(text: str) -> str:
+    """A SARIF plain-text message (§3.11.6) turns ``[text](target)`` into a link viewers make
+    clickable; names and messages are attacker-chosen, so every ``](`` gets its ``]`` escaped
+    (backslashes before it doubled, so one cannot cancel the escape). Other brackets stay as
+    they are (``[baseline:latest]`` is no link)."""
+    return _LINK_CLOSE.sub(lambda m: m.group(1) * 2 + "\\](", text)
+
+
 def _quote(path: str) -> str:
     """Percent-encode a file path's bytes for a URI (``:`` too: ``c:x.yaml`` is no scheme)."""
     return urllib.parse.quote_from_bytes(os.fsencode(path.replace(os.sep, "/")), safe="/")
@@ -217,7 +229,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
             "id": rule_id,
             "name": rule_id.replace(":", "/"),
             "shortDescription": {"text": _rule_help(rule_id)},
-            "fullDescription": {"text": f"{_rule_help(rule_id)} Example finding: {example[rule_id]}"},
+            "fullDescription": {"text": f"{_rule_help(rule_id)} Example finding: {_plain(example[rule_id])}"},
             "help": {
                 "text": f"{_rule_help(rule_id)} See {DOCS} for how to fix it.",
                 "markdown": f"{_rule_help(rule_id)} See [the checks reference]({DOCS}).",
@@ -236,7 +248,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
                     "ruleId": f.check,
                     "ruleIndex": index[f.check],
                     "level": _SARIF_LEVEL[f.mode],
-                    "message": {"text": f"{r.kind} {r.namespace}/{r.name}{container}: {f.message}"},
+                    "message": {"text": _plain(f"{r.kind} {r.namespace}/{r.name}{container}: {f.message}")},
                     "locations": [
                         {
                             "physicalLocation": {
@@ -254,7 +266,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
     notifications = [
         {
             "level": "error",
-            "message": {"text": p.message},
+            "message": {"text": _plain(p.message)},
             "locations": [
                 {
                     "physicalLocation": {
@@ -275,7 +287,9 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
                 {
                     "level": level,
                     "descriptor": {"id": n.check},
-                    "message": {"text": f"{r.kind} {r.namespace}/{r.name}: image {n.image} not judged: {n.reason}"},
+                    "message": {
+                        "text": _plain(f"{r.kind} {r.namespace}/{r.name}: image {n.image} not judged: {n.reason}")
+                    },
                     "locations": [
                         {
                             "physicalLocation": {
