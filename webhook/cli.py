@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Sequence
 
 from webhook import __version__, errors
+from webhook.core import shown
 
 # Faces that contribute sub-commands, in the order they appear in --help.
 _COMMAND_MODULES = (
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(func(args))
     except errors.PortcullisError as exc:
-        print(f"portcullis: error: {exc}", file=sys.stderr)
+        print(f"portcullis: error: {shown.terminal_lines(str(exc))}", file=sys.stderr)  # names may be hostile
         return 2
     except KeyboardInterrupt:
         return 130
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure must never look like success or a verdict
         if args.verbose:
             traceback.print_exc(file=sys.stderr)
-        print(f"portcullis: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"portcullis: internal error: {type(exc).__name__}: {shown.terminal_lines(str(exc))}", file=sys.stderr)
         if not args.verbose:
             print("portcullis: run again with -v for the traceback, and please report it", file=sys.stderr)
         return 2

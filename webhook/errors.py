@@ -40,6 +40,11 @@ class AuditFormatError(InputError):
     """An audit log, checkpoint, key or proof is malformed."""
 
 
+class OutputError(PortcullisError):
+    """A finished report could not be written (disk full, a reader that closed the pipe, a
+    directory as the file): exit 2, so a gate never passes on a report nobody received."""
+
+
 class UpstreamError(PortcullisError):
     """Trouble outside: handled by the component's stated failure mode."""
 

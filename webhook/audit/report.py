@@ -268,11 +268,14 @@ def _gpu(time: str, c: dict[str, Any], data: ReportData) -> None:
 
 def _number(value: Any) -> float:
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past float range
+            return 0.0
     if isinstance(value, str):
         try:
             return float(Fraction(value))
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):  # "1e999" too: no count of GPUs
             return 0.0
     return 0.0
 

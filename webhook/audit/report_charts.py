@@ -1,4 +1,7 @@
-"""Charts for the audit report: matplotlib drawn to inline SVG (no network, no files)."""
+"""Charts for the audit report: matplotlib drawn to inline SVG (no network, no files).
+
+Series names (priorities, results, team and namespace names) come from records: they are drawn
+as plain text, never as TeX, and never hidden (see ``_label``)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import io
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -14,8 +18,11 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from webhook.core import shown
+
 matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, selectable, prints sharp
 matplotlib.rcParams["svg.hashsalt"] = "portcullis"  # deterministic ids: same input, same bytes
+matplotlib.rcParams["text.parse_math"] = False  # "$\\foo{$" in a record is text, not TeX that fails
 
 _COLORS = {
     "allowed": "#2e7d32",
@@ -43,15 +50,22 @@ def stacked_bars(title: str, days: Sequence[str], series: dict[str, Counter[str]
     try:
         bottoms = [0] * len(days)
         x = range(len(days))
+        handles: list[tuple[Any, str]] = []
         for i, category in enumerate(categories):
             values = [series.get(d, Counter())[category] for d in days]
             color = _COLORS.get(category, _FALLBACK[i % len(_FALLBACK)])
-            ax.bar(x, values, bottom=bottoms, label=category, color=color, width=0.8)
+            bars = ax.bar(x, values, bottom=bottoms, color=color, width=0.8)
+            handles.append((bars, _label(category)))
             bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
         _finish(ax, title, days)
         if categories:
             ax.legend(
-                loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=8, ncols=min(len(categories), 6), frameon=False
+                *zip(*handles, strict=True),
+                loc="upper left",
+                bbox_to_anchor=(0, -0.12),
+                fontsize=8,
+                ncols=min(len(categories), 6),
+                frameon=False,
             )
             fig.tight_layout()
         return _svg(fig)
@@ -65,27 +79,41 @@ def usage_lines(title: str, days: Sequence[str], usage: dict[str, dict[str, tupl
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=96)
     try:
         x = list(range(len(days)))
+        handles: list[tuple[Any, str]] = []
         for i, scope in enumerate(scopes[:8]):
             color = _FALLBACK[i % len(_FALLBACK)]
             used = [usage.get(d, {}).get(scope, (float("nan"), 0))[0] for d in days]
             limit = [usage.get(d, {}).get(scope, (0, float("nan")))[1] for d in days]
-            ax.plot(x, used, marker="o", color=color, label=f"{scope} used")
-            ax.plot(x, limit, linestyle="--", color=color, label=f"{scope} quota")
+            handles.append((ax.plot(x, used, marker="o", color=color)[0], _label(f"{scope} used")))
+            handles.append((ax.plot(x, limit, linestyle="--", color=color)[0], _label(f"{scope} quota")))
         _finish(ax, title, days)
         ax.set_ylabel("GPUs")
         if scopes:
-            ax.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=7, ncols=4, frameon=False)
+            ax.legend(
+                *zip(*handles, strict=True),
+                loc="upper left",
+                bbox_to_anchor=(0, -0.12),
+                fontsize=7,
+                ncols=4,
+                frameon=False,
+            )
             fig.tight_layout()
         return _svg(fig)
     finally:
         plt.close(fig)
 
 
+def _label(text: str) -> str:
+    """A legend entry given with its handle (a ``label=`` starting with ``_`` would be left out of
+    the legend), with control characters shown escaped (SVG text in HTML cannot hold NUL)."""
+    return shown.terminal(text)
+
+
 def _finish(ax: Axes, title: str, days: Sequence[str]) -> None:
     ax.set_title(title, fontsize=11, loc="left")
     ax.set_xticks(range(len(days)))
     step = max(1, len(days) // 12)
-    ax.set_xticklabels([d[5:] if i % step == 0 else "" for i, d in enumerate(days)], fontsize=8)
+    ax.set_xticklabels([_label(d[5:]) if i % step == 0 else "" for i, d in enumerate(days)], fontsize=8)
     ax.spines[["top", "right"]].set_visible(False)
     ax.tick_params(axis="y", labelsize=8)
 

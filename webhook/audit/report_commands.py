@@ -24,15 +24,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from webhook import output
     from webhook.audit import report, report_render
 
     window = report.Window(report.parse_time(args.start), report.parse_time(args.end, end=True), args.namespace)
     data = report.build(args.log, window=window, public_keys=args.pub)
-    text = report_render.render(data, args.format)
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    output.write(args.output, report_render.render(data, args.format))  # failure: OutputError, exit 2
     if any(i.verified is False for i in data.integrity):
         print("portcullis: the log does NOT verify; see the integrity section", file=sys.stderr)
         return 1

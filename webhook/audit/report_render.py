@@ -7,6 +7,8 @@ import dataclasses
 import html
 import io
 import json
+import math
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 from webhook import __version__
 from webhook.audit import report_charts
 from webhook.audit.report import Evidence, ReportData, days, top
+from webhook.core import shown
 
 FORMATS = ("html", "json", "csv", "md")
 _RESULTS = ("allowed", "warned", "denied", "skipped", "invalid", "audit_failure")
@@ -21,7 +24,9 @@ _PRIORITIES = ("Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "
 
 
 def render(data: ReportData, fmt: str) -> str:
-    return {"html": to_html, "json": to_json, "csv": to_csv, "md": to_markdown}[fmt](data)
+    """The report in ``fmt``, always encodable as UTF-8 (a log directory named by undecodable
+    bytes is shown as ``\\xNN``)."""
+    return shown.unicode({"html": to_html, "json": to_json, "csv": to_csv, "md": to_markdown}[fmt](data))
 
 
 # --- JSON -----------------------------------------------------------------------------------------
@@ -66,7 +71,7 @@ def to_dict(data: ReportData) -> dict[str, Any]:
         },
         "gpu": {
             "usage_by_day": {
-                d: {s: {"used": u, "limit": lim} for s, (u, lim) in sorted(v.items())}
+                d: {s: {"used": _finite(u), "limit": _finite(lim)} for s, (u, lim) in sorted(v.items())}
                 for d, v in sorted(data.gpu_by_day.items())
             }
         },
@@ -83,8 +88,13 @@ def to_dict(data: ReportData) -> dict[str, Any]:
     }
 
 
+def _finite(value: float) -> float | None:
+    """JSON has no Infinity or NaN (a sum of huge recorded values overflows): unknown is null."""
+    return value if math.isfinite(value) else None
+
+
 def to_json(data: ReportData) -> str:
-    return json.dumps(to_dict(data), sort_keys=True, indent=2) + "\n"
+    return json.dumps(shown.unicode_values(to_dict(data)), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
 # --- CSV: one row per counted fact ------------------------------------------------------------------
@@ -93,13 +103,23 @@ def to_json(data: ReportData) -> str:
 # A spreadsheet runs a cell that starts like a formula; record fields are attacker-chosen (pod
 # names, users, messages). OWASP's CSV injection advice: prefix such cells with a single quote.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# Looked past before the test: spaces of any kind, controls and invisible format characters
+# (NBSP, ideographic space, zero-width space, BOM), which an importer may trim or a reader miss.
+_INVISIBLE = ("Zs", "Zl", "Zp", "Cc", "Cf")
+
+
+def _lstrip_invisible(text: str) -> str:
+    for index, ch in enumerate(text):
+        if unicodedata.category(ch) not in _INVISIBLE or ch in "\t\r":
+            return text[index:]
+    return ""
 
 
 def csv_cell(value: Any) -> Any:
     """A cell safe to open in a spreadsheet: numbers stay numbers, risky text gets a quote."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         text = str(value)
-        stripped = text.lstrip(" \n\x0b\x0c")
+        stripped = _lstrip_invisible(text)
         if stripped.startswith(_FORMULA_START) or (stripped != text and stripped[:1] in ("'", '"')):
             return "'" + text
         return text
@@ -113,7 +133,7 @@ def to_csv(data: ReportData) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(["section", "dimension", "key", "subkey", "count", "detail"])
-    rows: list[tuple[str, str, str, str, float, str]] = []
+    rows: list[tuple[str, str, str, str, float | None, str]] = []
 
     def flat(section: str, dimension: str, counter: Counter[str]) -> None:
         rows.extend((section, dimension, k, "", v, "") for k, v in sorted(counter.items()))
@@ -130,8 +150,8 @@ def to_csv(data: ReportData) -> str:
         rows.extend(("images", "outcome_by_registry", registry, k, v, "") for k, v in sorted(c.items()))
     for day, usage in sorted(data.gpu_by_day.items()):
         for scope, (used, limit) in sorted(usage.items()):
-            rows.append(("gpu", "used_by_day", day, scope, used, ""))
-            rows.append(("gpu", "limit_by_day", day, scope, limit, ""))
+            rows.append(("gpu", "used_by_day", day, scope, _finite(used), ""))
+            rows.append(("gpu", "limit_by_day", day, scope, _finite(limit), ""))
     flat("runtime", "alerts_by_priority", data.alerts_by_priority)
     flat("runtime", "alerts_by_rule", data.alerts_by_rule)
     for day, c in sorted(data.alerts_by_day.items()):
@@ -202,7 +222,7 @@ def to_markdown(data: ReportData) -> str:
 def _md_text(text: str) -> str:
     """Record text inside Markdown: no markup, links or HTML of its own."""
     out = text.replace("\\", "\\\\").replace("\n", " ").replace("\r", " ")
-    for ch in "`*_[]<>|#!":
+    for ch in "`*_[]<>|#!~&":
         out = out.replace(ch, "\\" + ch)
     return out
 
@@ -236,7 +256,9 @@ figure{margin:.6em 0}figure svg{width:100%;height:auto}code{font-size:.85em;word
 
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """Escaped for HTML text and attributes; NUL and the other characters XML cannot hold are
+    shown as ``\\xNN`` (an HTML parser drops NUL: the reader would not see it)."""
+    return html.escape(shown.xml(str(value)), quote=True)
 
 
 def _table(headers: list[str], rows: Iterable[Iterable[Any]], numeric: set[int] | None = None) -> str:

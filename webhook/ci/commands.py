@@ -13,11 +13,12 @@ from typing import Any
 import msgspec
 
 from webhook import config as config_mod
-from webhook import errors
+from webhook import errors, output
 from webhook.checks.pipeline import Pipeline
 from webhook.checks.registry import build_checks
 from webhook.checks.services import Services
 from webhook.ci import check, formats, manifests
+from webhook.core import shown
 from webhook.core.decision import Mode
 
 
@@ -27,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "check",
         help="evaluate the webhook's checks over manifests (files, directories, '-' for stdin)",
         description="Exit codes: 0 no enforce-mode violation, 1 violations, 2 usage or input error, or an "
-        "image not judged (its registry failed) without --allow-unverified.",
+        "image not judged (its registry failed) without --allow-unverified, or the report could not be "
+        "written.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (recursive) or '-' for stdin")
     p.add_argument("--config", type=Path, metavar="FILE", help="the webhook's config file (same keys)")
@@ -161,21 +163,14 @@ def _run(args: argparse.Namespace) -> int:
         raise errors.ManifestError(f"{manifests.NOTHING_FOUND} in {named}")
     report = asyncio.run(_check(loaded, pipeline, cfg, args.namespace or cfg.default_namespace, sorted(skip)))
     report.allow_unverified = args.allow_unverified
-    out_stream = sys.stdout
     color = args.color == "always" or (
         args.color == "auto" and args.output is None and sys.stdout.isatty() and "NO_COLOR" not in os.environ
     )
     rendered = formats.render(report, args.format, color=color, base_dir=os.getcwd())
-    if args.output:
-        try:
-            args.output.write_text(rendered, encoding="utf-8")
-        except OSError as exc:
-            raise errors.InputError(f"cannot write the report to {args.output}: {exc.strerror or exc}") from exc
-    else:
-        out_stream.write(rendered)
+    output.write(args.output, rendered)  # a report that cannot be written: OutputError, exit 2
     if args.format != "text":
         for problem in report.problems:
-            print(f"portcullis: error: {problem}", file=sys.stderr)
+            print(f"portcullis: error: {shown.terminal(str(problem))}", file=sys.stderr)
     if report.problems:
         return 2
     if report.not_judged and not args.allow_unverified:

@@ -1,20 +1,24 @@
 """Reports of ``portcullis check``: text, JSON, SARIF 2.1.0, JUnit XML and PolicyReport.
 
 Machine formats are contracts: sorted keys, stable names, no timestamps, byte-identical output for
-the same input.
+the same input. Names, messages and file names are attacker-chosen: every format stays well-formed
+for a strict parser whatever they hold, and shows them (escaped where the format cannot hold a
+character, see ``core.shown``) instead of dropping them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 from xml.etree import ElementTree as ET
 
 from webhook import __version__
 from webhook.ci.check import Finding, NotJudged, ObjectResult, Report
+from webhook.core import shown
 from webhook.core.decision import Mode
 
 FORMATS = ("text", "json", "sarif", "junit", "policyreport")
@@ -50,32 +54,48 @@ _RESET, _BOLD, _GREEN = "\033[0m", "\033[1m", "\033[32m"
 
 
 def text(report: Report, *, color: bool = False) -> str:
+    """Lines for a terminal: every field passes through ``shown.terminal`` (a pod named with an
+    escape sequence must not clear the screen or rewrite the verdict line above it)."""
+
     def paint(code: str, s: str) -> str:
         return f"{code}{s}{_RESET}" if color else s
 
+    t = shown.terminal
     lines: list[str] = []
     for result in report.results:
         if not result.findings and not result.warnings and not result.not_judged:
             continue
         status = paint(_GREEN, "allowed") if result.allowed else paint("\033[31m", "DENIED")
-        head = f"{result.file}:{result.manifest.line}: {result.kind} {result.namespace}/{result.name}: {status}"
+        head = (
+            f"{_line_start_path(t(result.file))}:{result.manifest.line}: {t(result.kind)} "
+            f"{t(result.namespace)}/{t(result.name)}: {status}"
+        )
         lines.append(paint(_BOLD, head) if color else head)
         for f in result.findings:
-            where = f" [{f.container}]" if f.container else ""
-            path = f" ({f.path})" if f.path else ""
+            where = f" [{t(f.container)}]" if f.container else ""
+            path = f" ({t(f.path)})" if f.path else ""
             lines.append(
-                f"  {f.line}: {paint(_COLORS.get(f.mode, ''), f.mode.value)} {f.check}{where}: {f.message}{path}"
+                f"  {f.line}: {paint(_COLORS.get(f.mode, ''), f.mode.value)} {t(f.check)}{where}: {t(f.message)}{path}"
             )
         for warning in result.warnings:
-            lines.append(f"  warning: {warning}")
+            lines.append(f"  warning: {t(warning)}")
         noted = " ".join(result.warnings)
         for n in result.not_judged:
             if n.image not in noted:  # the check's own warning usually says it already
-                lines.append(f"  {n.line}: not judged {n.check}: image {n.image}: {n.reason}")
+                lines.append(f"  {n.line}: not judged {t(n.check)}: image {t(n.image)}: {t(n.reason)}")
     for problem in report.problems:
-        lines.append(f"error: {problem}")
+        lines.append(f"error: {t(str(problem))}")
     lines.append(_summary(report))
     return "\n".join(lines) + "\n"
+
+
+def _line_start_path(path: str) -> str:
+    """A path that begins a line of CI log: CI runners obey lines starting with ``::`` (GitHub
+    Actions workflow commands: ``::add-mask::``, ``::error::``, ``::stop-commands::``) or ``##[``,
+    and a shell glob passes a file of that name as given. ``./`` names the same file."""
+    if path.lstrip().startswith(("::", "##")):
+        return "./" + path
+    return path
 
 
 def _summary(report: Report) -> str:
@@ -89,7 +109,7 @@ def _summary(report: Report) -> str:
     if report.problems:
         parts.append(_count(len(report.problems), "input error"))
     if report.skipped_checks:
-        parts.append(f"checks skipped: {', '.join(report.skipped_checks)}")
+        parts.append(f"checks skipped: {shown.terminal(', '.join(report.skipped_checks))}")
     if report.not_judged:
         allowed = " (allowed by --allow-unverified)" if report.allow_unverified else ""
         parts.append(
@@ -139,7 +159,13 @@ def to_json(report: Report) -> str:
         }
         for r in report.results
     ]
-    return json.dumps(items, sort_keys=True, indent=2) + "\n"
+    return _dumps(items)
+
+
+def _dumps(doc: Any) -> str:
+    """JSON any strict parser reads: no lone surrogates (an undecodable file name's bytes are
+    shown as ``\\xNN``), no NaN or Infinity."""
+    return json.dumps(shown.unicode_values(doc), sort_keys=True, indent=2, allow_nan=False) + "\n"
 
 
 # --- SARIF 2.1.0 ----------------------------------------------------------------------------------
@@ -152,13 +178,43 @@ def _rule_help(rule_id: str) -> str:
     return _FAMILY_HELP.get(family, f"Portcullis check {family}.")
 
 
-def _uri(path: str, base_dir: str | None) -> str:
+SRCROOT = "%SRCROOT%"  # the uriBaseId of relative artifact URIs: the directory `check` ran in
+
+
+def _artifact(path: str, base_dir: str | None) -> dict[str, str]:
+    """A SARIF artifactLocation (§3.4): ``uri`` must be a URI reference, so a file name's spaces,
+    ``%``, ``#``, ``?``, backslashes and non-UTF-8 bytes are percent-encoded (as bytes), a file
+    under ``base_dir`` is a relative reference against ``%SRCROOT%`` (what code scanning maps to
+    the checkout), and one outside it an absolute ``file:`` URI rather than a ``../`` climb."""
     if path == "<stdin>":
-        return "stdin"
-    if base_dir and os.path.isabs(path):
-        with contextlib.suppress(ValueError):
-            path = os.path.relpath(path, base_dir)
-    return path.replace(os.sep, "/")
+        return {"uri": "stdin"}
+    full = os.path.normpath(path if os.path.isabs(path) or not base_dir else os.path.join(base_dir, path))
+    if base_dir:
+        try:
+            relative = os.path.relpath(full, base_dir)
+        except ValueError:  # another drive (Windows)
+            relative = ""
+        if relative and relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+            return {"uri": _quote(relative), "uriBaseId": SRCROOT}
+    if os.path.isabs(full):
+        return {"uri": "file://" + _quote(full if full.startswith("/") else "/" + full)}
+    return {"uri": _quote(full), "uriBaseId": SRCROOT}
+
+
+_LINK_CLOSE = re.compile(r"(\\*)\]\(")
+
+
+def _plain(text: str) -> str:
+    """A SARIF plain-text message (§3.11.6) turns ``[text](target)`` into a link viewers make
+    clickable; names and messages are attacker-chosen, so every ``](`` gets its ``]`` escaped
+    (backslashes before it doubled, so one cannot cancel the escape). Other brackets stay as
+    they are (``[baseline:latest]`` is no link)."""
+    return _LINK_CLOSE.sub(lambda m: m.group(1) * 2 + "\\](", text)
+
+
+def _quote(path: str) -> str:
+    """Percent-encode a file path's bytes for a URI (``:`` too: ``c:x.yaml`` is no scheme)."""
+    return urllib.parse.quote_from_bytes(os.fsencode(path.replace(os.sep, "/")), safe="/")
 
 
 def sarif(report: Report, *, base_dir: str | None = None) -> str:
@@ -173,7 +229,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
             "id": rule_id,
             "name": rule_id.replace(":", "/"),
             "shortDescription": {"text": _rule_help(rule_id)},
-            "fullDescription": {"text": f"{_rule_help(rule_id)} Example finding: {example[rule_id]}"},
+            "fullDescription": {"text": f"{_rule_help(rule_id)} Example finding: {_plain(example[rule_id])}"},
             "help": {
                 "text": f"{_rule_help(rule_id)} See {DOCS} for how to fix it.",
                 "markdown": f"{_rule_help(rule_id)} See [the checks reference]({DOCS}).",
@@ -192,11 +248,11 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
                     "ruleId": f.check,
                     "ruleIndex": index[f.check],
                     "level": _SARIF_LEVEL[f.mode],
-                    "message": {"text": f"{r.kind} {r.namespace}/{r.name}{container}: {f.message}"},
+                    "message": {"text": _plain(f"{r.kind} {r.namespace}/{r.name}{container}: {f.message}")},
                     "locations": [
                         {
                             "physicalLocation": {
-                                "artifactLocation": {"uri": _uri(r.file, base_dir)},
+                                "artifactLocation": _artifact(r.file, base_dir),
                                 "region": {"startLine": max(1, f.line)},
                             },
                             "logicalLocations": [
@@ -210,11 +266,11 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
     notifications = [
         {
             "level": "error",
-            "message": {"text": p.message},
+            "message": {"text": _plain(p.message)},
             "locations": [
                 {
                     "physicalLocation": {
-                        "artifactLocation": {"uri": _uri(p.file, base_dir)},
+                        "artifactLocation": _artifact(p.file, base_dir),
                         "region": {"startLine": max(1, p.line)},
                     }
                 }
@@ -231,11 +287,13 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
                 {
                     "level": level,
                     "descriptor": {"id": n.check},
-                    "message": {"text": f"{r.kind} {r.namespace}/{r.name}: image {n.image} not judged: {n.reason}"},
+                    "message": {
+                        "text": _plain(f"{r.kind} {r.namespace}/{r.name}: image {n.image} not judged: {n.reason}")
+                    },
                     "locations": [
                         {
                             "physicalLocation": {
-                                "artifactLocation": {"uri": _uri(r.file, base_dir)},
+                                "artifactLocation": _artifact(r.file, base_dir),
                                 "region": {"startLine": max(1, n.line)},
                             }
                         }
@@ -262,7 +320,7 @@ def sarif(report: Report, *, base_dir: str | None = None) -> str:
             }
         ],
     }
-    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+    return _dumps(doc)
 
 
 # --- JUnit XML ------------------------------------------------------------------------------------
@@ -331,6 +389,11 @@ def junit(report: Report) -> str:
     suites.set("errors", str(errors_ + len(report.problems)))
     if skipped_:
         suites.set("skipped", str(skipped_))
+    for element in suites.iter():  # XML 1.0 cannot hold NUL, most C0 controls or U+FFFE: escape them
+        if element.text:
+            element.text = shown.xml(element.text)
+        for key, value in element.attrib.items():
+            element.set(key, shown.xml(value))
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -405,4 +468,4 @@ def policy_report(report: Report) -> str:
         "summary": summary,
         "results": results,
     }
-    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+    return _dumps(doc)
