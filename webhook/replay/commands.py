@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
 from webhook import config as config_mod
-from webhook import errors
+from webhook import errors, output
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -52,11 +51,7 @@ def _replay(args: argparse.Namespace) -> int:
         result.log_problems = [
             f"leaf {p.position}: {p.message}" if p.position < 1 << 63 else p.message for p in checked.ordered()
         ]
-    text = render.render(result, args.format)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    output.write(args.out, render.render(result, args.format))  # failure: OutputError, exit 2
     return int(result.exit_code)
 
 

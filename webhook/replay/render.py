@@ -7,6 +7,7 @@ from typing import Any
 
 from webhook import __version__
 from webhook.audit import report_render
+from webhook.core import shown
 from webhook.replay.diff import CATEGORIES, ReplayReport, prove_command
 
 _TITLES = {"newly_denied": "Newly denied", "newly_allowed": "Newly allowed", "newly_warned": "Newly warned"}
@@ -14,9 +15,9 @@ _TITLES = {"newly_denied": "Newly denied", "newly_allowed": "Newly allowed", "ne
 
 def render(report: ReplayReport, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(to_dict(report), sort_keys=True, indent=2) + "\n"
+        return json.dumps(shown.unicode_values(to_dict(report)), sort_keys=True, indent=2, allow_nan=False) + "\n"
     if fmt == "html":
-        return to_html(report)
+        return shown.unicode(to_html(report))
     return to_text(report)
 
 
@@ -51,35 +52,39 @@ def _problem(report: ReplayReport, p: Any) -> dict[str, Any]:
 
 
 def to_text(report: ReplayReport) -> str:
+    """For a terminal: every recorded field (names, users, messages: the requester's words) is
+    shown with its control and bidi characters escaped, one line each (``shown.terminal``)."""
+    t = shown.terminal
     lines = [
-        f"replayed {report.judged} of {report.records} admission records from {report.log}: "
+        f"replayed {report.judged} of {report.records} admission records from {t(report.log)}: "
         + ", ".join(f"{report.count(c)} {c.replace('_', ' ')}" for c in CATEGORIES)
     ]
     if report.log_verified is not None:
         lines.append(f"log signature and tree: {'verified' if report.log_verified else 'NOT VERIFIED'}")
-    lines += [f"INTEGRITY: log: {p}" for p in report.log_problems]
+    lines += [f"INTEGRITY: log: {t(p)}" for p in report.log_problems]
     for problem in report.problems:
-        lines.append(f"INTEGRITY: record {problem.index} not judged: {problem.detail}")
+        lines.append(f"INTEGRITY: record {problem.index} not judged: {t(problem.detail)}")
     for category in CATEGORIES:
         changes = [c for c in report.changes if c.category == category]
         if not changes:
             continue
         lines.append(f"\n{_TITLES[category]}:")
-        checks = ", ".join(f"{k} {n}" for k, n in sorted(report.by_check[category].items()))
-        namespaces = ", ".join(f"{k or '(cluster)'} {n}" for k, n in sorted(report.by_namespace[category].items()))
+        checks = ", ".join(f"{t(k)} {n}" for k, n in sorted(report.by_check[category].items()))
+        namespaces = ", ".join(f"{t(k) or '(cluster)'} {n}" for k, n in sorted(report.by_namespace[category].items()))
         lines.append(f"  by check: {checks}")
         lines.append(f"  by namespace: {namespaces}")
         for c in changes:
+            who = f"{t(c.kind)} {t(c.namespace)}/{t(c.name)} by {t(c.user) or '?'}"
             lines.append(
-                f"  #{c.index} {c.time} {c.operation} {c.kind} {c.namespace}/{c.name} by {c.user or '?'}: "
-                f"{c.before} -> {c.after} ({', '.join(c.checks)})"
+                f"  #{c.index} {t(c.time)} {t(c.operation)} {who}: "
+                f"{t(c.before)} -> {t(c.after)} ({t(', '.join(c.checks))})"
             )
-            lines += [f"      {m}" for m in c.messages]
-            lines.append(f"      prove: {prove_command(report.log, c.index)}")
+            lines += [f"      {t(m)}" for m in c.messages]
+            lines.append(f"      prove: {t(prove_command(report.log, c.index))}")
     for reason, n in sorted(report.not_replayable.items()):
-        lines.append(f"not replayable ({reason}): {n}")
+        lines.append(f"not replayable ({t(reason)}): {n}")
     for index, message in report.errors:
-        lines.append(f"record {index} cannot be judged by the candidate: {message}")
+        lines.append(f"record {index} cannot be judged by the candidate: {t(message)}")
     return "\n".join(lines) + "\n"
 
 
