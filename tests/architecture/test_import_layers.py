@@ -17,6 +17,7 @@ RANK: dict[str, int] = {
     "files": 0,
     "shapes": 0,
     "listening": 1,
+    "output": 1,
     "core": 1,
     "config": 2,
     "kube": 3,
