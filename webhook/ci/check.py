@@ -110,8 +110,11 @@ async def check(
             report.skipped_objects += 1
             continue
         verdict = outcome.verdict
+        where = f"{manifest.file}:{manifest.line} {kind}/{name}"
         for policy_id in (outcome.context.get("rego") or {}).get("failed") or ():
-            report.policy_errors.setdefault(str(policy_id), f"{manifest.file}:{manifest.line} {kind}/{name}")
+            report.policy_errors.setdefault(str(policy_id), where)
+        if "rego" in outcome.errors:  # the check itself could not finish (a remote OPA's error)
+            report.policy_errors.setdefault("rego", where)
         result = ObjectResult(manifest, kind, namespace, name, verdict.allowed, exempt=verdict.exempt_reason)
         for entry in (outcome.context.get("images") or {}).get("not_judged", ()):
             report.not_judged.setdefault(entry["image"], entry["reason"])
