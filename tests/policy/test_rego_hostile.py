@@ -11,7 +11,7 @@ import pytest
 from webhook import errors
 from webhook.checks import rego as rego_check
 from webhook.core.decision import FailureMode
-from webhook.policy import gatekeeper, isolation, lifecycle, rego
+from webhook.policy import gatekeeper, isolation, lifecycle, probe, rego
 
 DENY = 'package a\nimport rego.v1\ndefault limit := 3\ndeny contains "no" if input.n > limit\n'
 
@@ -113,3 +113,28 @@ def test_an_unknown_builtin_call_site_is_not_hidden_by_whitespace(tmp_path: Path
     )
     with pytest.raises(errors.PolicyLoadError):
         rego.load_directory([tmp_path])
+
+
+def test_the_webhook_compiles_the_very_sources_the_crash_probe_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An edit landing between the probe (a child reading the files) and the webhook's own
+    # compile would install a version no probe ever ran: the crash it guards against then
+    # takes the webhook down. The edit must wait for the next reload, probed in its turn.
+    policy = tmp_path / "a.rego"
+    policy.write_text('package a\nimport rego.v1\ndeny contains "v1" if true\n')
+    probed = probe.check
+
+    def edit_after_probe(*args: object, **kwargs: object) -> None:
+        probed(*args, **kwargs)  # type: ignore[arg-type]
+        policy.write_text('package a\nimport rego.v1\ndeny contains "v2, never probed" if true\n')
+
+    monkeypatch.setattr(probe, "check", edit_after_probe)
+    engine = rego.engine([tmp_path])
+    (result,) = engine.load().evaluate({})
+    assert result.deny == (rego.Item("v1"),)
+    monkeypatch.setattr(probe, "check", probed)
+    assert engine.reload_if_changed()
+    assert engine.current is not None
+    (result,) = engine.current.evaluate({})
+    assert result.deny == (rego.Item("v2, never probed"),)

@@ -351,8 +351,10 @@ def engine(
     rejects it instead of killing the webhook."""
 
     def load(p: Sequence[Path]) -> CompiledPolicies:
+        mods = [modules.read(f) for f in modules.discover(p, tests=False)]  # read once: probe what is compiled
         if probe:
-            crash_probe.check("rego", p, strict_builtins=strict_builtins)
-        return load_directory(p, strict_builtins=strict_builtins)
+            sources = [(m.name, m.source) for m in mods]
+            crash_probe.check("rego", p, strict_builtins=strict_builtins, sources=sources)
+        return compile_modules(mods, strict_builtins=strict_builtins)
 
     return lifecycle.Reloadable(paths, load, (".rego",))
