@@ -200,3 +200,24 @@ async def test_a_non_json_answer_is_an_opa_error() -> None:
 
     with pytest.raises(errors.OpaError):
         await _ask(handler)
+
+
+async def test_an_answer_dripping_slowly_ends_within_the_timeout() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"result": {"deny": [')
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            await response.write(b" ")
+        await response.write(b"]}}")
+        return response
+
+    runner, url = await _answering(handler)
+    engine = opa.OpaEngine(url, timeout=0.3)
+    try:
+        with pytest.raises(errors.OpaError, match="no answer within 300 ms"):
+            await asyncio.wait_for(engine.evaluate({}, Deadline.after(10)), 5)  # generous: a hang fails
+    finally:
+        await engine.close()
+        await runner.cleanup()
