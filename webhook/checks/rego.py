@@ -195,9 +195,12 @@ class RegoCheck:
         modes = [p.failure_mode or self.settings.failure_mode for p in policies]
         if templates and templates.constraints:
             modes.append(self.settings.failure_mode)
+        ids = _ids(bundle, templates)
+        context = {"policies": ids, "failed": ids}  # none of them answered (CI exits 2 on it)
         if FailureMode.DENY in modes:
-            return CheckResult(violations=[Violation(CHECK_ID, f"{reason}; denied by failure mode 'deny'")])
-        return CheckResult(warnings=[f"[{CHECK_ID}] {reason}; allowed by failure mode 'allow'"])
+            message = f"{reason}; denied by failure mode 'deny'"
+            return CheckResult(violations=[Violation(CHECK_ID, message)], context=context)
+        return CheckResult(warnings=[f"[{CHECK_ID}] {reason}; allowed by failure mode 'allow'"], context=context)
 
 
 _Version = tuple[rego.CompiledPolicies | None, gatekeeper.GatekeeperSet | None]
@@ -303,8 +306,12 @@ def _items(raw: Any) -> tuple[rego.Item, ...]:
     return tuple(out)
 
 
+def _ids(bundle: rego.CompiledPolicies | None, templates: gatekeeper.GatekeeperSet | None) -> list[str]:
+    return [*(bundle.policy_ids if bundle else ()), *(templates.policy_ids if templates else ())]
+
+
 def _names(bundle: rego.CompiledPolicies | None, templates: gatekeeper.GatekeeperSet | None) -> str:
-    ids = [*(bundle.policy_ids if bundle else ()), *(templates.policy_ids if templates else ())]
+    ids = _ids(bundle, templates)
     shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
     return f"policies: {shown}"
 

@@ -63,6 +63,9 @@ class Report:
     skipped_checks: tuple[str, ...] = ()
     not_judged: dict[str, str] = field(default_factory=dict)  # image -> why the images check could not judge it
     allow_unverified: bool = False  # `--allow-unverified`: not judged is reported, but not an error
+    # policy id -> the first object it could not judge (it errored): a broken policy is not a pass,
+    # even when its failure mode would admit at the webhook (CI exits 2, like an image not judged)
+    policy_errors: dict[str, str] = field(default_factory=dict)
 
     def count(self, mode: Mode) -> int:
         return sum(1 for r in self.results for f in r.findings if f.mode is mode)
@@ -107,6 +110,11 @@ async def check(
             report.skipped_objects += 1
             continue
         verdict = outcome.verdict
+        where = f"{manifest.file}:{manifest.line} {kind}/{name}"
+        for policy_id in (outcome.context.get("rego") or {}).get("failed") or ():
+            report.policy_errors.setdefault(str(policy_id), where)
+        if "rego" in outcome.errors:  # the check itself could not finish (a remote OPA's error)
+            report.policy_errors.setdefault("rego", where)
         result = ObjectResult(manifest, kind, namespace, name, verdict.allowed, exempt=verdict.exempt_reason)
         for entry in (outcome.context.get("images") or {}).get("not_judged", ()):
             report.not_judged.setdefault(entry["image"], entry["reason"])

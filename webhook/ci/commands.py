@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "check",
         help="evaluate the webhook's checks over manifests (files, directories, '-' for stdin)",
         description="Exit codes: 0 no enforce-mode violation, 1 violations, 2 usage or input error, or an "
-        "image not judged (its registry failed) without --allow-unverified, or the report could not be "
-        "written.",
+        "image not judged (its registry failed) without --allow-unverified, a custom policy that failed to "
+        "evaluate, or the report could not be written.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="file, directory (recursive) or '-' for stdin")
     p.add_argument("--config", type=Path, metavar="FILE", help="the webhook's config file (same keys)")
@@ -172,6 +172,15 @@ def _run(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"portcullis: error: {shown.terminal(str(problem))}", file=sys.stderr)
     if report.problems:
+        return 2
+    if report.policy_errors:
+        # A policy that errored judged nothing, whatever failure mode admission would apply.
+        for policy_id, where in sorted(report.policy_errors.items()):
+            print(
+                f"portcullis: error: policy {shown.terminal(policy_id)} failed to evaluate "
+                f"(first at {shown.terminal(where)}; its error is in the report)",
+                file=sys.stderr,
+            )
         return 2
     if report.not_judged and not args.allow_unverified:
         # Not judged is not passed: the run could not do what it was asked (CLI convention: 2).

@@ -315,7 +315,7 @@ def _yaml_files(paths: Sequence[Path]) -> list[Path]:
         if path.is_file():
             files.add(path)
         elif path.is_dir():
-            files.update(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+            files.update(modules.files_under(path, (".yaml", ".yml")))
         else:
             raise errors.PolicyLoadError(f"{path}: no such Gatekeeper file or directory")
     return sorted(files)

@@ -322,6 +322,7 @@ class WorkerPool:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 limit=wire.MAX_FRAME,
+                env=worker_environment(),
             )
             worker = Worker(proc, generation)
             self._pids.add(proc.pid)
@@ -357,6 +358,18 @@ class WorkerPool:
             return
         self.last_error = None
         self._hand_over(worker)
+
+
+# What a worker needs of the webhook's environment to start Python and find the package.
+_WORKER_ENV = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The workers' environment: only what starting Python needs. Policies are evaluated there,
+    and a built-in that reads the environment (``opa.runtime``, refused at load) must find
+    none of the webhook's credentials even if a future engine adds another such built-in."""
+    source = os.environ if environ is None else environ
+    return {k: source[k] for k in _WORKER_ENV if k in source}
 
 
 def _kill_all(pids: set[int]) -> None:

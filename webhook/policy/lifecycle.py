@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from webhook import errors
+from webhook.policy import modules
 
 log = logging.getLogger("portcullis.policy")
 T = TypeVar("T")
@@ -84,10 +85,8 @@ def fingerprint(paths: Sequence[Path], suffixes: tuple[str, ...] = (".rego",)) -
     """What changes when a policy file changes (path, size, mtime): cheap enough to poll."""
     out: list[tuple[str, int, int]] = []
     for root in paths:
-        candidates = [root] if root.is_file() else sorted(root.rglob("*")) if root.is_dir() else []
+        candidates = [root] if root.is_file() else modules.files_under(root, suffixes) if root.is_dir() else []
         for path in candidates:
-            if not path.name.endswith(suffixes):
-                continue
             try:
                 stat = path.stat()
             except OSError:

@@ -42,6 +42,12 @@ class RegoModule:
     tests: tuple[str, ...]  # ``test_`` rules, in file order
 
     @property
+    def package_line(self) -> int:
+        """The line of the ``package`` declaration (1 when it cannot be found)."""
+        match = _PACKAGE.search(_mask(self.source))
+        return self.source.count("\n", 0, match.start()) + 1 if match else 1
+
+    @property
     def package_path(self) -> str:
         """The package as an entrypoint path (``portcullis/gpu/limits``)."""
         return self.package.replace(".", "/")
@@ -53,6 +59,23 @@ _TEST_HEAD = re.compile(r"^(test_\w+)\b", re.MULTILINE)
 _KEYWORDS = frozenset({"package", "import", "default", "else", "not", "some", "every", "with", "as"})
 
 
+def files_under(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under the directory ``root`` ending in ``suffixes``, sorted, skipping every name
+    (file or directory) that starts with a dot below ``root``.
+
+    Why: kubelet mounts a ConfigMap as one symlink per key through ``..data`` into a hidden
+    ``..<timestamp>`` directory holding the real files; reading that directory too compiled every
+    policy twice (a ``default`` rule or a Gatekeeper template then refused to load). Editors'
+    hidden lock and backup files are skipped by the same rule."""
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.name.endswith(suffixes)
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+        and path.is_file()
+    )
+
+
 def discover(paths: Iterable[Path], *, tests: bool) -> list[Path]:
     """Every ``.rego`` file under ``paths`` (sorted; ``*_test.rego`` only when ``tests``)."""
     found: set[Path] = set()
@@ -60,7 +83,7 @@ def discover(paths: Iterable[Path], *, tests: bool) -> list[Path]:
         if path.is_file():
             found.add(path)
         elif path.is_dir():
-            found.update(p for p in path.rglob("*.rego") if p.is_file())
+            found.update(files_under(path, (".rego",)))
         else:
             raise errors.PolicyLoadError(f"{path}: no such policy file or directory")
     return sorted(p for p in found if tests or not p.name.endswith("_test.rego"))
@@ -69,7 +92,7 @@ def discover(paths: Iterable[Path], *, tests: bool) -> list[Path]:
 def read(path: Path, name: str | None = None) -> RegoModule:
     """Read and parse one file; raise ``PolicyLoadError`` when unreadable or without a package."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not Rego
     except (OSError, UnicodeDecodeError) as exc:
         raise errors.PolicyLoadError(f"{path}: cannot read policy: {exc}") from exc
     return parse(name or str(path), text)
@@ -347,6 +370,11 @@ def _uncomment(line: str) -> str:
 # --- static lint: what rego-cpp would only notice at evaluation time ------------------------
 
 _CALL = re.compile(r"(?<![\w.\]])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\(")
+# Built-ins the embedded engine has that policies must not call, and why.
+REFUSED_BUILTINS = {
+    "opa.runtime": "in the embedded engine it returns every environment variable of the process "
+    "evaluating the policy (the webhook's credentials, a CI job's secrets), which a message could echo",
+}
 _NOT_CALLS = frozenset({"if", "not", "in", "contains", "else", "some", "every", "with", "as", "set"})
 _WITH_INPUT = re.compile(r"\bwith\s+input\s+as\b")
 _INVENTORY = re.compile(r"\bdata\.inventory\b|\bdata\[\s*\"inventory\"")
@@ -364,6 +392,11 @@ def lint(modules: Sequence[RegoModule], is_builtin: Callable[[str], bool]) -> li
         for match in _CALL.finditer(masked):
             fn = match.group(1)
             leaf = fn.rsplit(".", 1)[-1]
+            refused = REFUSED_BUILTINS.get(fn)
+            if refused is not None:
+                line, col = _line_col(module.source, match.start())
+                problems.append(f"{module.name}:{line}:{col}: `{fn}` is not available to policies: {refused}")
+                continue
             if fn in _NOT_CALLS or leaf in defined or is_builtin(fn):
                 continue
             line, col = _line_col(module.source, match.start())

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 from opa_client.opa_async import AsyncOpaClient
 
 from webhook import errors
@@ -67,41 +68,104 @@ class OpaEngine:
         if budget <= 0:
             raise errors.DeadlineExceeded(f"{where}: no time left in the request's budget")
         try:
-            answer = await asyncio.wait_for(self._client.query_rule(dict(document), self.path), budget)
+            answer = await asyncio.wait_for(self._query(dict(document)), budget)
         except TimeoutError as exc:
             raise errors.OpaError(f"{where}: no answer within {budget * 1000:.0f} ms") from exc
         except aiohttp.ClientResponseError as exc:
             raise errors.OpaError(f"{where}: HTTP {exc.status} {exc.message}") from exc
         except (aiohttp.ClientError, ValueError, OSError) as exc:
             raise errors.OpaError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        except _Refused as exc:
+            raise errors.OpaError(f"{where}: {exc}") from None
         if not isinstance(answer, dict) or "result" not in answer:
             raise errors.OpaError(f"{where}: the document is undefined (is the policy bundle loaded in OPA?)")
         return interpret(answer["result"], self.path.replace("/", "."))
 
+    async def _query(self, document: dict[str, Any]) -> Any:
+        """``POST /v1/data/<path>`` through the client's pooled session (what ``query_rule``
+        sends), without following redirects and reading at most ``MAX_ANSWER_BYTES``.
+
+        Why not ``query_rule``: it follows redirects (a 307 re-posts the pod spec wherever it
+        points, a 302 becomes a GET whose answer is taken as OPA's) and reads any body whole."""
+        url = f"{self._client.root_url}/data/{self.path}"
+        async with self._client._request("POST", url, json={"input": document}, allow_redirects=False) as response:
+            if response.status >= 300:
+                where = f" to {response.headers.get('Location', '?')!r:.200}" if 300 <= response.status < 400 else ""
+                raise _Refused(f"HTTP {response.status} {response.reason or ''}{where}".rstrip())
+            body = await _read_at_most(response.content, MAX_ANSWER_BYTES)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise _Refused(f"the answer is not JSON ({exc})") from None
+
+
+class _Refused(Exception):
+    """An answer not taken (redirect, HTTP error, too large, not JSON): an ``OpaError``."""
+
+
+# OPA's answer is a few findings per policy; a body beyond this is refused, not read into memory.
+MAX_ANSWER_BYTES = 8 << 20
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await stream.read(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(f"the answer is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
 
 def interpret(document: Any, root: str) -> list[PolicyResult]:
     """Find every object holding ``deny``/``warn`` in OPA's answer; its dotted path is the policy id.
+    Packages below a policy's package are policies too (``data.portcullis.deny`` and
+    ``data.portcullis.gpu.deny``).
 
     An optional ``mode`` key next to them sets that policy's mode (OPA cannot send metadata).
+    An answer naming no policy (OPA without the bundle, a path at a library package) and a
+    policy nested too deep to read are errors, judged by the failure mode: never an allow.
     """
     results: list[PolicyResult] = []
     _walk(document, root, 0, results)
-    if not results and not isinstance(document, dict):
+    if not results:
         policy = Policy(id=root, package=root, file="opa")
-        return [PolicyResult(policy, error=f"policy {root} (opa): expected an object, got {type(document).__name__}")]
+        got = "an object holding no `deny` or `warn`" if isinstance(document, dict) else type(document).__name__
+        return [PolicyResult(policy, error=f"policy {root} (opa): expected policies under {root}, got {got}")]
     return results
 
 
 def _walk(node: Any, path: str, depth: int, out: list[PolicyResult]) -> None:
-    if not isinstance(node, dict) or depth > _MAX_DEPTH:
+    if not isinstance(node, dict):
+        return
+    if depth > _MAX_DEPTH:
+        if _holds_policy(node):
+            policy = Policy(id=path, package=path, file="opa")
+            out.append(PolicyResult(policy, error=f"policy {path} (opa): nested deeper than {_MAX_DEPTH} packages"))
         return
     if "deny" in node or "warn" in node:
         mode = node.get("mode")
         policy = Policy(id=path, package=path, file="opa", mode=Mode(mode) if mode in _MODES else None)
         out.append(rego.result_of(policy, node.get("deny", []), node.get("warn", [])))
-        return
     for key in sorted(node):
-        _walk(node[key], f"{path}.{key}", depth + 1, out)
+        if key not in _OWN_KEYS:
+            _walk(node[key], f"{path}.{key}", depth + 1, out)
+
+
+def _holds_policy(node: Any) -> bool:
+    """Whether ``node`` or an object below it holds ``deny``/``warn`` (iterative: no depth limit)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            if "deny" in current or "warn" in current:
+                return True
+            stack.extend(current.values())
+    return False
+
+
+_OWN_KEYS = frozenset({"deny", "warn", "mode"})
 
 
 _MODES = {m.value for m in Mode}

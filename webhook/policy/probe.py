@@ -9,6 +9,7 @@ keeps its last good bundle. Called by ``rego.engine`` and ``gatekeeper.reloadabl
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -69,11 +70,27 @@ def sample_document(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check(kind: str, paths: Sequence[Path], *, strict_builtins: bool = False) -> None:
-    """Raise ``PolicyLoadError`` if loading or evaluating ``paths`` fails or crashes the engine."""
+def check(
+    kind: str,
+    paths: Sequence[Path],
+    *,
+    strict_builtins: bool = False,
+    sources: Sequence[tuple[str, str]] | None = None,
+) -> None:
+    """Raise ``PolicyLoadError`` if loading or evaluating ``paths`` fails or crashes the engine.
+
+    ``sources`` (``(name, text)`` of Rego modules, for kind ``rego``): probe exactly these instead
+    of reading ``paths`` again, so the caller compiles what was probed even if a file changes
+    between the two (an unprobed version could crash the webhook's own compile)."""
     args = [sys.executable, "-m", "webhook.policy.probe_child", kind, "strict" if strict_builtins else "lax"]
+    stdin = None
+    if sources is not None:
+        args.append("-")
+        stdin = json.dumps([list(s) for s in sources])
+    else:
+        args += map(str, paths)
     try:
-        proc = subprocess.run([*args, *map(str, paths)], capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+        proc = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise errors.PolicyLoadError(f"compiling the policies took over {_TIMEOUT:.0f} s") from exc
     if proc.returncode == 0:

@@ -6,12 +6,13 @@ from ``probe`` so that the parent never imports the engines it guards (no import
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from webhook import errors
-from webhook.policy import gatekeeper, rego
+from webhook.policy import gatekeeper, modules, rego
 from webhook.policy.probe import SAMPLES, sample_document, sample_review
 
 
@@ -21,7 +22,11 @@ def _main(argv: Sequence[str]) -> int:
     paths = [Path(n) for n in names]
     try:
         if kind == "rego":
-            compiled = rego.load_directory(paths, strict_builtins=strict == "strict")
+            if names == ["-"]:  # the very sources the parent will compile (``probe.check``)
+                mods = [modules.parse(name, text) for name, text in json.load(sys.stdin)]
+                compiled = rego.compile_modules(mods, strict_builtins=strict == "strict")
+            else:
+                compiled = rego.load_directory(paths, strict_builtins=strict == "strict")
             print("(compiled)", flush=True)
             for obj in SAMPLES:
                 document = sample_document(obj)

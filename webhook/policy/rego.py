@@ -177,18 +177,36 @@ def _items(policy: Policy, name: str, value: Any) -> tuple[Item, ...]:
     items: list[Item] = []
     for element in value:
         if isinstance(element, str):
-            items.append(Item(element))
+            items.append(Item(_cut(element)))
         elif isinstance(element, dict) and isinstance(element.get("msg"), str):
             check, path = element.get("check"), element.get("path")
             if not isinstance(check, str | None) or not isinstance(path, str | None):
                 raise native.PolicyEvalError(f"{where}: `check` and `path` must be strings, got {element!r}")
-            items.append(Item(element["msg"], check, path))
+            items.append(Item(_cut(element["msg"]), _cut_optional(check), _cut_optional(path)))
         else:
             raise native.PolicyEvalError(
                 f"{where} contains {_kind(element)} {orjson.dumps(element).decode()[:80]}; "
                 f"each item must be a string or an object with a string `msg`"
             )
-    return tuple(sorted(items, key=lambda i: (i.msg, i.check or "", i.path or "")))
+    items.sort(key=lambda i: (i.msg, i.check or "", i.path or ""))
+    if len(items) > MAX_ITEMS:
+        items[MAX_ITEMS:] = [Item(f"... and {len(items) - MAX_ITEMS} more `{name}` items of this policy")]
+    return tuple(items)
+
+
+# One policy's answer, bounded: a message that echoes the input (``sprintf("%v", [input])`` per
+# container) or a rule per element of a large list made denials and audit records of many MB.
+# The verdict still follows every item (a cut ``deny`` still denies).
+MAX_TEXT = 4096  # characters of one msg, check or path
+MAX_ITEMS = 500  # items of one policy's deny (or warn) kept
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}...[{len(text) - MAX_TEXT} characters cut]"
+
+
+def _cut_optional(text: str | None) -> str | None:
+    return None if text is None else _cut(text)
 
 
 def _kind(value: Any) -> str:
@@ -273,7 +291,7 @@ def compile_modules(
     """Compile modules into one bundle; raise ``PolicySyntaxError`` listing every problem.
     ``prune_input`` copies only the input paths the plans can read into the engine."""
     policies = policies_of(mods)
-    problems = modules.lint(mods, native.is_builtin)
+    problems = [*_reserved(mods), *modules.lint(mods, native.is_builtin)]
     if problems:
         raise modules.PolicySyntaxError("\n".join(problems))
     sources = [(m.name, m.source) for m in mods]
@@ -290,6 +308,17 @@ def compile_modules(
         raise modules.PolicySyntaxError(modules.explain_compile_error(exc.raw, mods)) from exc
     readable = _input_reads(bundle) if prune_input else None
     return CompiledPolicies(bundle, tuple(policies), tuple(mods), strict_builtins, readable)
+
+
+def _reserved(mods: Sequence[RegoModule]) -> list[str]:
+    """Modules in the generated wrapper's package: they could redefine the result every policy
+    is read from (a conflict then errors every policy; an agreeing value hides them)."""
+    return [
+        f"{m.name}:{m.package_line}:1: package `{m.package}` is reserved for the engine's generated bundle "
+        f"(rename the package)"
+        for m in mods
+        if m.package == _WRAPPER_PACKAGE or m.package.startswith(f"{_WRAPPER_PACKAGE}.")
+    ]
 
 
 def _input_reads(bundle: Any) -> reads.InputReads | None:
@@ -322,8 +351,10 @@ def engine(
     rejects it instead of killing the webhook."""
 
     def load(p: Sequence[Path]) -> CompiledPolicies:
+        mods = [modules.read(f) for f in modules.discover(p, tests=False)]  # read once: probe what is compiled
         if probe:
-            crash_probe.check("rego", p, strict_builtins=strict_builtins)
-        return load_directory(p, strict_builtins=strict_builtins)
+            sources = [(m.name, m.source) for m in mods]
+            crash_probe.check("rego", p, strict_builtins=strict_builtins, sources=sources)
+        return compile_modules(mods, strict_builtins=strict_builtins)
 
     return lifecycle.Reloadable(paths, load, (".rego",))
