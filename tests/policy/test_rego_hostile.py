@@ -138,3 +138,20 @@ def test_the_webhook_compiles_the_very_sources_the_crash_probe_checked(
     assert engine.current is not None
     (result,) = engine.current.evaluate({})
     assert result.deny == (rego.Item("v2, never probed"),)
+
+
+def test_a_package_with_only_a_gatekeeper_violation_rule_is_said_not_silently_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Gatekeeper habit in a plain policy file: ``violation`` is not read here, so the file
+    judges nothing; loading says so, naming the file, and still loads the real policies."""
+    (tmp_path / "gk.rego").write_text(
+        'package gk.privileged\n\nviolation contains {"msg": "no"} if input.request.object.spec.hostPID\n'
+    )
+    (tmp_path / "ok.rego").write_text('package ok\n\ndeny contains "no" if input.request.object.spec.hostIPC\n')
+    with caplog.at_level("WARNING", logger="portcullis.policy"):
+        compiled = rego.load_directory([tmp_path])
+    assert [p.package for p in compiled.policies] == ["ok"]
+    (record,) = [r for r in caplog.records if "not a policy" in r.getMessage()]
+    assert "gk.rego" in record.getMessage()
+    assert "violation" in record.getMessage()

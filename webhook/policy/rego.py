@@ -28,6 +28,7 @@ log = logging.getLogger("portcullis.policy")
 _WRAPPER_PACKAGE = "portcullis_bundle"
 _RESULT = f"{_WRAPPER_PACKAGE}/result"
 _OUTPUTS = ("deny", "warn")
+_FOREIGN_DECISIONS = frozenset({"violation", "allow"})  # other engines' decision rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +220,28 @@ def _kind(value: Any) -> str:
 
 
 def policies_of(mods: Sequence[RegoModule]) -> list[Policy]:
-    """One policy per package that defines ``deny`` or ``warn`` (metadata of any of its files)."""
+    """One policy per package that defines ``deny`` or ``warn`` (metadata of any of its files).
+
+    A package with a decision rule of another engine's convention (Gatekeeper's ``violation``,
+    an ``allow``) and neither of ours is said in a warning: such a file judges nothing here, and
+    an author who meant it as a policy would otherwise admit everything unawares."""
     by_package: dict[str, list[RegoModule]] = {}
+    foreign: dict[str, tuple[str, set[str]]] = {}
     for module in mods:
-        if not module.package.startswith(_WRAPPER_PACKAGE) and module.rules & set(_OUTPUTS):
+        if module.package.startswith(_WRAPPER_PACKAGE):
+            continue
+        if module.rules & set(_OUTPUTS):
             by_package.setdefault(module.package, []).append(module)
+        elif module.rules & _FOREIGN_DECISIONS:
+            where, names = foreign.setdefault(module.package, (module.name, set()))
+            names |= module.rules & _FOREIGN_DECISIONS
+    for package, (where, names) in sorted(foreign.items()):
+        if package not in by_package:
+            log.warning(
+                "%s: package %s defines %s but neither deny nor warn: it is not a policy and judges nothing "
+                "(Portcullis reads deny and warn; a Gatekeeper violation rule belongs in a ConstraintTemplate)",
+                where, package, " and ".join(sorted(names)),
+            )  # fmt: skip
     policies: list[Policy] = []
     seen: dict[str, str] = {}
     for package, members in sorted(by_package.items()):
