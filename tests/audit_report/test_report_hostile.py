@@ -4,7 +4,6 @@ shown (escaped, never dropped or acted on) and the report is written or fails cl
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -15,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clock import rfc3339_ns
+from audit_events import write
 from markdown_it import MarkdownIt
 
 from webhook import cli
-from webhook.audit import log as audit_log
-from webhook.audit import records, report, report_render
+from webhook.audit import report, report_render
 
 WINDOW = report.Window(None, None, None)
 # markup, a script, an event handler, a javascript: link, an auto-loading image, a table pipe,
@@ -29,23 +27,6 @@ MARKUP = (
     "x</td></style><script>alert(1)</script><img src=x onerror=alert(1)>"
     "[a](javascript:alert(1))![t](http://attacker.example/t.png)|`c`*e*_u_~~s~~&lt;i&gt;]]>\nnext"
 )
-
-
-def write(directory: Path, events: list[tuple[str, str, dict[str, Any]]]) -> None:
-    times = iter(t for t, _, _ in events)
-    original = records.now_ns
-    records.now_ns = lambda: rfc3339_ns(next(times))  # the simulated clock
-    try:
-
-        async def run() -> None:
-            log = await audit_log.AuditLog.open(directory, signing_key_path=None, origin="t", writer="w")
-            for _, kind, content in events:
-                await log.append(kind, content)  # type: ignore[arg-type]
-            await log.close()
-
-        asyncio.run(run())
-    finally:
-        records.now_ns = original
 
 
 def denial(name: str, *, user: str = "alice", message: str = "privileged", quotas: Any = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from aiohttp import web
+from opa_stub import serve
 
 from .conftest import run_check
 
@@ -65,14 +66,7 @@ async def _opa(answer: object) -> tuple[web.AppRunner, str]:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response(answer)
 
-    app = web.Application()
-    app.router.add_post("/v1/data/{path:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    return await serve(handler)
 
 
 @pytest.mark.parametrize("answer", [{}, {"result": {}}])

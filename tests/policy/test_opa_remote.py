@@ -9,21 +9,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from opa_stub import serve
 
 from webhook import errors
 from webhook.core.deadline import Deadline
 from webhook.policy import opa
-
-
-async def serve(handler: Any) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_post("/v1/data/{path:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
 
 
 async def test_results_per_package_and_connection_reuse() -> None:
@@ -104,21 +94,8 @@ def test_wrong_shape_from_opa_is_a_policy_error() -> None:
     assert "must be a set" in (result.error or "")
 
 
-async def _answering(handler: Any, extra: Any = None) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_post("/v1/data/{path:.*}", handler)
-    if extra is not None:
-        extra(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
-
-
 async def _ask(handler: Any, extra: Any = None) -> list[Any]:
-    runner, url = await _answering(handler, extra)
+    runner, url = await serve(handler, extra)
     engine = opa.OpaEngine(url, "portcullis", timeout=5)
     try:
         return await engine.evaluate({"request": {"name": "web"}}, Deadline.after(10))
@@ -213,7 +190,7 @@ async def test_an_answer_dripping_slowly_ends_within_the_timeout() -> None:
         await response.write(b"]}}")
         return response
 
-    runner, url = await _answering(handler)
+    runner, url = await serve(handler)
     engine = opa.OpaEngine(url, timeout=0.3)
     try:
         with pytest.raises(errors.OpaError, match="no answer within 300 ms"):
