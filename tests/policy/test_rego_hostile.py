@@ -155,3 +155,14 @@ def test_a_package_with_only_a_gatekeeper_violation_rule_is_said_not_silently_sk
     (record,) = [r for r in caplog.records if "not a policy" in r.getMessage()]
     assert "gk.rego" in record.getMessage()
     assert "violation" in record.getMessage()
+
+
+def test_the_crash_probe_reports_the_error_alone_not_the_loads_warnings(tmp_path: Path) -> None:
+    """The probe child's stderr is its error channel: a load warning there (said by the webhook's
+    own compile anyway) must not stand in the error the operator reads."""
+    (tmp_path / "gk.rego").write_text('package gk\n\nviolation contains "no" if input.x\n')
+    (tmp_path / "bad.rego").write_text("package bad\n\ndeny contains if {\n")
+    with pytest.raises(errors.PolicyLoadError) as caught:
+        probe.check("rego", [tmp_path])
+    assert "bad.rego" in str(caught.value)
+    assert "not a policy" not in str(caught.value)

@@ -7,6 +7,7 @@ from ``probe`` so that the parent never imports the engines it guards (no import
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,9 @@ from webhook.policy.probe import SAMPLES, sample_document, sample_review
 
 
 def _main(argv: Sequence[str]) -> int:
-
+    # stderr is this process's error channel (its last line names a crash); the load's warnings
+    # are said once, by the parent's own compile of the same sources.
+    logging.disable(logging.WARNING)
     kind, strict, *names = argv
     paths = [Path(n) for n in names]
     try:
