@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from webhook import cli, errors
-from webhook.audit import merkle, note, proofs, tiles, verify
+from webhook.audit import merkle, note, proofs, store, tiles, verify
 from webhook.audit.log import AuditLog, LogClosedError, iter_entries, read_records
 from webhook.audit.tiles import ENTRIES
 
@@ -104,6 +104,39 @@ async def test_full_tiles_are_read_only_and_only_unsigned_partials_retire(tmp_pa
     assert (directory / "tile/entries/001.p/44").exists()
     assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["100", "300"]
     assert check(directory, signer).ok
+
+
+async def test_groups_on_bundle_boundaries_write_no_partial_and_a_reopened_partial_retires(tmp_path: Path) -> None:
+    """A group that ends on a bundle boundary is written as whole bundles: no partial is made,
+    so none is deleted a group later. A partial left by an earlier run (here: a log without a
+    key, so no checkpoint names it) is still retired once its bundle is full."""
+    directory = tmp_path / "log"
+
+    async def run(n: int) -> None:
+        log = await AuditLog.open(directory, signing_key_path=None, origin=ORIGIN, writer="t")
+        await asyncio.gather(*(log.append("admission", {"n": i}) for i in range(n)))
+        await log.close()
+
+    await run(512)
+    assert sorted(p.name for p in (directory / "tile/entries").iterdir()) == ["000", "001"]
+    await run(40)
+    assert sorted(p.name for p in (directory / "tile/entries/002.p").iterdir()) == ["40"]
+    await run(216)
+    assert not any((directory / "tile/entries/002.p").iterdir())
+    assert (directory / "tile/entries/002").exists()
+    assert [i for i, _ in iter_entries(directory)] == list(range(768))
+
+
+def test_a_staged_group_retires_a_bundle_only_if_it_made_a_partial_of_it(tmp_path: Path) -> None:
+    tilestore = store.TileStore(tmp_path)
+    whole = tilestore.stage([b"x"] * 256)
+    assert [rel for rel, _ in whole.files] == ["tile/entries/000"]
+    assert not whole.retired
+    part, rest = tilestore.stage([b"x"] * 100), tilestore.stage([b"x"] * 156)
+    assert [rel for rel, _ in part.files] == ["tile/entries/001.p/100"]
+    assert not part.retired
+    assert [rel for rel, _ in rest.files] == ["tile/entries/001"]
+    assert rest.retired == [tiles.TileId(ENTRIES, 1)]
 
 
 async def test_appends_after_close_are_refused(tmp_path: Path, signer: note.Signer) -> None:

@@ -85,6 +85,7 @@ class TileStore:
         self._unflushed: dict[TileId, bytes] = {}  # full tiles not yet written
         self._flushed: dict[int, int] = {}  # level -> hash count of the last tiles written
         self._dirs: set[Path] = set()  # directories known to exist
+        self._bundle_partials: set[int] = set()  # entry bundles with partials on disk
 
     # -- staging (event loop) -------------------------------------------------------------
 
@@ -102,10 +103,13 @@ class TileStore:
             if n % TILE_WIDTH == 0:
                 tid = TileId(ENTRIES, n // TILE_WIDTH - 1)
                 batch.files.append((tid.path(), bytes(edge)))
-                batch.retired.append(tid)
+                if tid.index in self._bundle_partials:  # else there is nothing to retire
+                    self._bundle_partials.discard(tid.index)
+                    batch.retired.append(tid)
                 edge.clear()
         if n % TILE_WIDTH:
             batch.files.append((tiles.tile_path(ENTRIES, n // TILE_WIDTH, n % TILE_WIDTH), bytes(edge)))
+            self._bundle_partials.add(n // TILE_WIDTH)
         self.counts[ENTRIES] = n
         self._push(0, tiles.entry_leaf_hashes(entries))
         self.size += len(entries)
@@ -295,6 +299,8 @@ class TileStore:
         self.size = plan.size
         self.counts[ENTRIES] = plan.size
         self.edges[ENTRIES] = bytearray(plan.bundle)
+        if plan.size % TILE_WIDTH:
+            self._bundle_partials.add(plan.size // TILE_WIDTH)
         for tid in sorted(plan.rebuild, key=lambda t: (t.level, t.index)):
             log.warning("audit log %s: rebuilding missing tile %s above the signed checkpoint", root, tid.path())
             write_atomic(root / tid.path(), self._hashes(tid.level, tid.index, tid.width), self.durable)
