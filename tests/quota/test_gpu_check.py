@@ -4,11 +4,14 @@ time-slicing weights, reservations, dry-run, warnings, per-pod rules, CI mode, f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 import pytest
 
+from webhook import errors
 from webhook.checks import gpu
 from webhook.checks.pipeline import Outcome, Pipeline, Subject
 from webhook.checks.services import Services
@@ -296,3 +299,45 @@ async def test_apiserver_coordination_with_the_server_down_names_the_failed_call
     message = denial(await admit(pipeline, make_pod("b", gpus=1, uid="u-b", phase=None)))
     assert "could not finish (read GPU reservations portcullis-system/portcullis-gpu-q-" in message
     assert "API server unreachable" in message
+
+
+async def test_a_watch_hung_open_cannot_let_an_expired_reservation_admit_past_the_quota(
+    api: Any, kube: Any, make_pod: Any, kube_config: Any
+) -> None:
+    """The pod watch hangs open (delivers nothing, never closes) right before a GPU pod is
+    admitted and created. Its reservation expires after ``reservation_ttl``; the watch must
+    have caught up by then (it is reopened after ``watch_idle_timeout`` of silence), or a
+    second pod is admitted past the quota."""
+    kube_config = msgspec.structs.replace(kube_config, watch_idle_timeout=0.3)
+    config = parse(
+        {
+            "quota": {"quotas": [{"name": "q", "limit": 1}], "reservation_ttl": 1.0, "max_staleness": 0.5},
+            "kubernetes": {"watch_idle_timeout": 0.3, "request_timeout": 0.5},
+        }
+    )
+    check = gpu.build(config, Services(kube_api=api), kubernetes=kube_config)
+    assert check is not None
+    assert check.watch is not None
+    namespaces = NamespaceDirectory(api, kube_config)
+    pipeline = Pipeline(config, [check], namespaces)
+    await namespaces.start()
+    await pipeline.start()
+    try:
+        assert await check.watch.wait_ready(10)
+        assert await namespaces.wait_ready(10)
+        kube.hang_watches()
+        assert (await admit(pipeline, make_pod("a", gpus=1, phase=None))).verdict.allowed
+        kube.put("pods", make_pod("a", gpus=1))  # created; the hung stream does not carry it
+        await asyncio.sleep(1.5)  # the reservation's TTL goes by
+        assert "GPU quota 'q' (all pods) exceeded" in denial(await admit(pipeline, make_pod("b", gpus=1, phase=None)))
+    finally:
+        await pipeline.close()
+        await namespaces.close()
+
+
+def test_a_reservation_must_outlive_the_time_a_watch_can_lag_unnoticed() -> None:
+    with pytest.raises(errors.ConfigError, match=r"quota.reservation_ttl \(20s\) must be longer .* = 30s"):
+        parse({"quota": {"quotas": [{"name": "q", "limit": 1}], "reservation_ttl": 20}})
+    with pytest.raises(errors.ConfigError, match=r"request_timeout\) = 65s"):
+        parse({"quota": {"quotas": [{"name": "q", "limit": 1}]}, "kubernetes": {"watch_idle_timeout": 60}})
+    assert parse({"quota": {"reservation_ttl": 1}}).quota.reservation_ttl == 1  # no quota: nothing reserved

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from webhook.config import parse
@@ -153,3 +154,54 @@ async def test_a_stored_pod_the_check_would_refuse_is_counted_never_dropped(
     kube.put("pods", make_pod("whole", gpus=1))  # events come in order: "odd" is judged by then
     await eventually(lambda: ledger.version > 0 and len(ledger) == 1 + (gpus > 0))
     assert _gpus(ledger, model) == 1 + gpus
+
+
+async def test_a_watch_hung_open_is_reopened_and_catches_up(
+    kube: Any, make_pod: Any, eventually: Any, api: Any, kube_config: Any
+) -> None:
+    """A watch connection that stays open but delivers nothing (a dead peer behind a load
+    balancer) must not pass for a quiet one: after ``watch_idle_timeout`` of silence it is
+    reopened from its resourceVersion, and the pod it missed arrives without a new list."""
+    config = msgspec.structs.replace(kube_config, watch_idle_timeout=0.3)
+    model = QuotaModel(parse({"quota": QUOTA}).quota)
+    ledger = Ledger(60.0)
+    watch = PodWatch(api, config, model, ledger)
+    await watch.start()
+    try:
+        assert await watch.wait_ready(10)
+        kube.put("pods", make_pod("a", gpus=1))
+        await eventually(lambda: _gpus(ledger, model) == 1)
+        kube.hang_watches()
+        kube.put("pods", make_pod("b", gpus=2))  # never sent on the hung stream
+        await eventually(lambda: _gpus(ledger, model) == 3)
+        assert watch.reflector.quiet_reopens >= 1
+        assert watch.reflector.lists == 1
+        assert watch.reflector.stale_for() == 0
+    finally:
+        await watch.close()
+
+
+async def test_a_watch_hung_open_with_the_server_wedged_counts_as_stale_from_its_last_word(
+    kube: Any, make_pod: Any, eventually: Any, api: Any, kube_config: Any
+) -> None:
+    """Hung open, and the server takes connections but answers nothing: the reopened watch
+    times out, and staleness counts from the last word heard (the moment usage stopped being
+    known), not from when the failure was noticed, so ``quota.max_staleness`` is kept."""
+    config = msgspec.structs.replace(kube_config, watch_idle_timeout=0.3, request_timeout=0.3)
+    watch = PodWatch(api, config, QuotaModel(parse({"quota": QUOTA}).quota), Ledger(60.0))
+    await watch.start()
+    try:
+        assert await watch.wait_ready(10)
+        await eventually(lambda: watch.reflector.watches == 1)
+        kube.hang_watches()
+        kube.stalled = True
+        heard = watch.reflector.last_heard
+        await eventually(lambda: watch.reflector.last_error is not None)
+        assert "timed out" in watch.reflector.last_error.lower()
+        assert watch.reflector.last_heard == heard
+        assert watch.reflector.stale_for() >= 0.3  # the idle timeout went by before the error
+        kube.stalled = False
+        await eventually(lambda: watch.reflector.stale_for() == 0)
+    finally:
+        kube.stalled = False
+        await watch.close()

@@ -109,6 +109,7 @@ class FakeKubeApi:
         # kube-apiserver allows a PUT without metadata.resourceVersion (an unconditional update);
         # the scan tests refuse it, to prove every write they make is a compare-and-swap.
         self.require_version_on_update = False
+        self.stalled = False  # accept connections but answer no request (a wedged server or path)
         self._creations: dict[Key, int] = {}
         self.port = 0
         self._runner: web.AppRunner | None = None
@@ -201,6 +202,11 @@ class FakeKubeApi:
         """Advance the version with a change nobody watches (to test bookmarks moving the watch on)."""
         self.put(resource, {"metadata": {"name": f"noise-{self.rv}", "namespace": "kube-system"}, "data": {}})
 
+    def hang_watches(self) -> None:
+        """Open watch streams stay connected but deliver nothing more (a dead peer behind a load
+        balancer that keeps the TCP connection open); new watches work."""
+        self.watchers.clear()
+
     def drop_watches(self) -> None:
         """End every open watch stream (a load balancer timeout, an apiserver restart)."""
         for _, queue, _ in list(self.watchers):
@@ -233,6 +239,8 @@ class FakeKubeApi:
         plural, name = parts[0], (parts[1] if len(parts) > 1 else "")
         resource = f"{plural}.{group}" if group else plural
         self.requests.append(f"{request.method} {request.path_qs}")
+        while self.stalled:
+            await asyncio.sleep(0.05)
         if resource not in self.resources:
             message = f"the server could not find the requested resource ({plural})"
             return json_response(status(404, "NotFound", message), 404)

@@ -66,6 +66,15 @@ class Config(Section, frozen=True):
         unknown = sorted(set(self.checks) - set(CHECK_IDS))
         if unknown:
             raise ValueError(f"unknown check {unknown[0]!r} under `checks` (known: {', '.join(CHECK_IDS)})")
+        quota, kube = self.quota, self.kubernetes
+        blind = max(quota.max_staleness, kube.watch_idle_timeout + kube.request_timeout)
+        if quota.quotas and quota.reservation_ttl <= blind:
+            raise ValueError(
+                f"quota.reservation_ttl ({quota.reservation_ttl:g}s) must be longer than the pod watch can lag "
+                f"unnoticed: max(quota.max_staleness, kubernetes.watch_idle_timeout + kubernetes.request_timeout) "
+                f"= {blind:g}s; else an admitted pod's reservation can expire before the watch counts the pod, "
+                "and the quota admits past its limit"
+            )
 
     def check_settings(self, check_id: str) -> CheckSettings:
         return self.checks.get(check_id) or _DEFAULT_SETTINGS

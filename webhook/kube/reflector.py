@@ -3,8 +3,11 @@
 The list is paged (``limit`` + ``continue``) and gives the resourceVersion the watch starts
 from; every event (BOOKMARKs included) moves that version forward, so a dropped watch
 resumes where it stopped. ``410 Gone`` (version compacted away, or continue token expired)
-forces a fresh list; other failures reconnect with exponential backoff. Results reach the
-owner on its event loop (``call_soon_threadsafe``) so the owner's state has a single writer.
+forces a fresh list; other failures reconnect with exponential backoff. A watch silent for
+``watch_idle_timeout`` is reopened (the socket's read timeout), so a connection that hangs open
+is found out, and staleness counts from the last word heard from the API server, not from
+the moment a failure was noticed. Results reach the owner on its event loop
+(``call_soon_threadsafe``) so the owner's state has a single writer.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class Reflector:
         self.resource_version: str | None = None
         self.last_error: str | None = None
         self.disconnected_since: float | None = time.monotonic()
+        self.last_heard = time.monotonic()  # a list page, a watch opened, or any watch line
+        self.quiet_reopens = 0  # watches reopened after watch_idle_timeout of silence
         self.lists = 0  # full lists done (first one, then one per 410 Gone)
         self.watches = 0  # watch requests opened
 
@@ -104,9 +109,13 @@ class Reflector:
         return True
 
     def stale_for(self) -> float:
-        """Seconds since the watch lost the API server (0 while connected)."""
-        since = self.disconnected_since
-        return 0.0 if since is None else time.monotonic() - since
+        """Seconds the owner's view may lag the API server: 0 while the watch is connected and
+        heard from within its idle timeout (plus one request's time to reopen it), else the time
+        since the API server was last heard from."""
+        silent = time.monotonic() - self.last_heard
+        if self.disconnected_since is None and silent <= self._config.watch_idle_timeout + self._config.request_timeout:
+            return 0.0
+        return silent
 
     async def close(self) -> None:
         self._stopping.set()
@@ -159,6 +168,7 @@ class Reflector:
         log.warning("%s: watch failed (%s); reconnecting", self.what, self.last_error)
 
     def _connected(self) -> None:
+        self.last_heard = time.monotonic()
         self.disconnected_since = None
 
     def _list(self) -> None:
@@ -191,31 +201,37 @@ class Reflector:
         self._synced.set()
 
     def _watch(self) -> None:
-        watch_timeout = self._config.watch_timeout
-        try:
+        config = self._config
+        try:  # the read timeout bounds each wait for data: the watch's idle timeout
             response = self._list_func(
                 watch=True,
                 resource_version=self.resource_version,
                 allow_watch_bookmarks=True,
-                timeout_seconds=watch_timeout,
+                timeout_seconds=config.watch_timeout,
                 _preload_content=False,
-                _request_timeout=(self._config.request_timeout, watch_timeout + 30),
+                _request_timeout=(config.request_timeout, config.watch_idle_timeout),
             )
         except kubernetes.client.ApiException as exc:
             if exc.status == 410:
                 raise _Gone from exc
             raise
         self._response = response
-        self.watches += 1
         self._connected()
+        self.watches += 1
         try:
             if self._stopping.is_set():  # close() ran before the response was visible to it
                 return
             for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
                 if self._stopping.is_set():
                     return
+                self.last_heard = time.monotonic()
                 if line:
                     self._event(line)
+        except urllib3.exceptions.ReadTimeoutError:
+            # Nothing for watch_idle_timeout: a quiet watch or one hung open; either way reopen
+            # from the resourceVersion (an API server that is gone fails the reopening).
+            self.quiet_reopens += 1
+            log.debug("%s: no word on the watch for %gs; reopening it", self.what, config.watch_idle_timeout)
         except urllib3.exceptions.ProtocolError:
             if not self._stopping.is_set():
                 raise
