@@ -184,3 +184,20 @@ def test_plain_allow_is_the_same_bytes_as_the_general_encoding(uid: str, mutatin
     patch = ({"op": "add", "path": "/x", "value": 1},)
     patched = orjson.loads(review.encode(uid, Verdict(True, (), (), {}, patch), mutating=mutating))
     assert ("patch" in patched["response"]) is mutating
+
+
+def test_the_denial_and_warnings_kubectl_prints_cannot_drive_a_terminal_or_a_ci_log() -> None:
+    """kubectl prints a webhook's message and warnings as they are, to a terminal or a CI log. An
+    image reference (the API server does not check its form) or a policy message quoting an
+    annotation can carry an escape sequence, or ``##vso[`` that the Azure Pipelines agent runs
+    wherever it sits in a line; both are shown escaped, not acted on."""
+    hostile = "evil\x1b]0;owned\x07##vso[task.setvariable variable=PATH]/tmp\nnext"
+    v = Violation("images", f"image {hostile!s} is not signed")
+    verdict = Verdict(False, (Finding(v, Mode.ENFORCE),), (f"warned {hostile}",), {}, ())
+    response = orjson.loads(review.encode("u", verdict))["response"]
+    message, (warning,) = response["status"]["message"], response["warnings"]
+    for text in (message, warning):
+        assert "\x1b" not in text
+        assert "\n" not in text
+        assert "##vso[" not in text.lower()
+    assert "evil\\x1b]0;owned\\x07##vso\\x5btask.setvariable variable=PATH]/tmp\\nnext" in message

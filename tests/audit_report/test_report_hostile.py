@@ -239,3 +239,27 @@ def test_an_undecodable_log_directory_name_does_not_break_the_report(tmp_path: P
         assert "log\\xff" in text.replace("\\\\", "\\")
         if fmt == "json":
             strict_json(text)
+
+
+@pytest.mark.parametrize("fmt", report_render.FORMATS)
+def test_no_report_format_carries_an_azure_pipelines_logging_command(tmp_path: Path, fmt: str) -> None:
+    """The Azure Pipelines agent runs ``##vso[...]`` found anywhere in a line of a step's output,
+    so a report printed in a pipeline must not carry one from a record; HTML and JSON readers
+    still get the exact text (``&#91;``, ``\\u005b``)."""
+    command = "##vso[task.setvariable variable=PATH]/tmp/evil"
+    data = build(
+        tmp_path,
+        [
+            ("2026-11-01T10:00:00.000000Z", "admission", denial("app" + command, user="u" + command, message=command)),
+            ("2026-11-01T10:01:00.000000Z", "alert", alert("Warning", rule="r" + command, pod="p" + command)),
+        ],
+    )
+    text = report_render.render(data, fmt)
+    assert "##vso[" not in text.lower()
+    if fmt == "json":
+        assert "app" + command in json.dumps(strict_json(text), ensure_ascii=False)
+    if fmt == "html":
+        page = _Collect()
+        page.feed(text)
+        page.close()
+        assert "app" + command in "".join(page.text)

@@ -311,3 +311,32 @@ def test_sarif_messages_hold_no_embedded_links_from_names(tmp_path: Path, name: 
     assert any("evil.example" in t or "[0\\](0)" in t for t in texts)  # shown, escaped
     for text in texts:
         assert _unescaped_link_closers(text) == [], text
+
+
+LOG_COMMAND = "web##vso[task.setvariable variable=PATH]/tmp/evil"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "sarif", "junit", "policyreport"])
+def test_no_format_carries_an_azure_pipelines_logging_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The Azure Pipelines agent runs a ``##vso[...]`` logging command found anywhere in a line
+    of a step's stdout or stderr, not only at its start: a pod or a file named with one must not
+    set a pipeline variable when the report is printed. Machine formats keep the exact name for
+    their parsers (JSON ``\\u005b``, XML ``&#91;``); text shows ``\\x5b``."""
+    monkeypatch.chdir(tmp_path)
+    name = "pod##VSO[task.setvariable variable=x]y.yaml"
+    Path(name).write_text(_pod(LOG_COMMAND))
+    code, out, err = run_check(name, *PINNED, "--format", fmt)
+    assert code == 1, err
+    assert "##vso[" not in (out + err).lower()
+    if fmt == "text":
+        assert "web##vso\\x5btask.setvariable variable=PATH]/tmp/evil" in out
+    elif fmt == "junit":
+        root = ET.fromstring(out)
+        values = [el.text or "" for el in root.iter()] + [v for el in root.iter() for v in el.attrib.values()]
+        assert any(LOG_COMMAND in v for v in values)
+        assert any(name in v for v in values)
+    else:
+        strings = json.dumps(json.loads(out), ensure_ascii=False)
+        assert LOG_COMMAND in strings

@@ -3,6 +3,7 @@ letting it act: on a terminal, in JSON, in HTML."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from html.parser import HTMLParser
 
@@ -44,3 +45,12 @@ def test_json_and_html_reports_encode_and_keep_the_name_visible() -> None:
     parser.handle_data = texts.append  # type: ignore[method-assign]
     parser.feed(html)
     assert any("forged line" in t for t in texts)
+
+
+def test_no_replay_format_carries_an_azure_pipelines_logging_command() -> None:
+    """``##vso[`` anywhere in a line of a pipeline step's output is a command to the Azure agent."""
+    report = _report()
+    report.changes[0] = dataclasses.replace(report.changes[0], name="web##vso[task.setvariable variable=x]y")
+    for fmt in ("text", "json", "html"):
+        assert "##vso[" not in render.render(report, fmt).lower(), fmt
+    assert json.loads(render.render(report, "json"))["changes"][0]["name"] == "web##vso[task.setvariable variable=x]y"

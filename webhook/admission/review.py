@@ -15,6 +15,7 @@ import msgspec
 import orjson
 
 from webhook import errors
+from webhook.core import shown
 from webhook.core.decision import Verdict
 
 API_VERSION = "admission.k8s.io/v1"
@@ -198,7 +199,8 @@ def encode(uid: str, verdict: Verdict, *, mutating: bool = False) -> bytes:
         return _ALLOWED_HEAD + orjson.dumps(uid) + _ALLOWED_TAIL
     response: dict[str, Any] = {"uid": uid, "allowed": verdict.allowed}
     if not verdict.allowed:
-        response["status"] = {"code": 403, "reason": "Forbidden", "message": verdict.deny_message()}
+        # kubectl prints the message as it is, to a terminal or a CI log: escaped as for one
+        response["status"] = {"code": 403, "reason": "Forbidden", "message": shown.terminal(verdict.deny_message())}
     if verdict.warnings:
         response["warnings"] = bounded_warnings(verdict.warnings)
     if verdict.audit_annotations:
@@ -210,12 +212,13 @@ def encode(uid: str, verdict: Verdict, *, mutating: bool = False) -> bytes:
 
 
 def bounded_warnings(warnings: Sequence[str], limit: int = MAX_WARNING_CHARS) -> list[str]:
-    """Warnings the API server passes on whole: control characters replaced, each cut to 512
+    """Warnings the API server passes on whole: control characters replaced (and any CI logging
+    command, see ``shown.without_log_commands``: kubectl prints warnings), each cut to 512
     characters, in order while the total (with a final "… N more warnings") stays within ``limit``."""
     out: list[str] = []
     total = 0
     for index, text in enumerate(warnings):
-        text = _CONTROL.sub(" ", text)
+        text = shown.without_log_commands(_CONTROL.sub(" ", text), "\\x5b")
         if len(text) > _MAX_ONE_WARNING:
             text = text[: _MAX_ONE_WARNING - 1] + "…"
         rest = len(warnings) - index - 1

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import html
 import io
-import json
 import math
 import unicodedata
 from collections import Counter
@@ -26,7 +25,14 @@ _PRIORITIES = ("Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "
 def render(data: ReportData, fmt: str) -> str:
     """The report in ``fmt``, always encodable as UTF-8 (a log directory named by undecodable
     bytes is shown as ``\\xNN``)."""
-    return shown.unicode({"html": to_html, "json": to_json, "csv": to_csv, "md": to_markdown}[fmt](data))
+    text = shown.unicode({"html": to_html, "json": to_json, "csv": to_csv, "md": to_markdown}[fmt](data))
+    return shown.without_log_commands(text, _LOG_BRACKET[fmt])
+
+
+# How a CI log is kept from running a ``##vso[`` logging command in a report printed to it: the
+# same text to an HTML or JSON reader; Markdown already escapes ``#`` and ``[``; CSV has no
+# escape, so the cell shows a visible ``\x5b``.
+_LOG_BRACKET = {"html": "&#91;", "json": "\\u005b", "csv": "\\x5b", "md": "\\["}
 
 
 # --- JSON -----------------------------------------------------------------------------------------
@@ -94,7 +100,7 @@ def _finite(value: float) -> float | None:
 
 
 def to_json(data: ReportData) -> str:
-    return json.dumps(shown.unicode_values(to_dict(data)), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    return shown.json_document(to_dict(data))
 
 
 # --- CSV: one row per counted fact ------------------------------------------------------------------

@@ -8,7 +8,6 @@ character, see ``core.shown``) instead of dropping them.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import urllib.parse
@@ -165,7 +164,7 @@ def to_json(report: Report) -> str:
 def _dumps(doc: Any) -> str:
     """JSON any strict parser reads: no lone surrogates (an undecodable file name's bytes are
     shown as ``\\xNN``), no NaN or Infinity."""
-    return json.dumps(shown.unicode_values(doc), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    return shown.json_document(doc)
 
 
 # --- SARIF 2.1.0 ----------------------------------------------------------------------------------
@@ -395,7 +394,7 @@ def junit(report: Report) -> str:
         for key, value in element.attrib.items():
             element.set(key, shown.xml(value))
     ET.indent(suites)
-    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+    return shown.without_log_commands(ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n", "&#91;")
 
 
 def _family_of(check: str, families: tuple[str, ...]) -> str:

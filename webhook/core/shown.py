@@ -9,6 +9,7 @@ the project.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -25,6 +26,11 @@ _TERMINAL = re.compile(
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# The Azure Pipelines agent runs a logging command found ANYWHERE in a line of a step's stdout or
+# stderr (``message.IndexOf("##vso[")``), not only at its start as GitHub Actions does: a pod
+# named ``x##vso[task.setvariable variable=PATH]/tmp/evil`` would set a variable for the steps
+# that follow. Matched in any case, though the agent's match is exact: it costs nothing.
+_LOG_COMMAND = re.compile(r"##vso\[", re.IGNORECASE)
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -39,9 +45,26 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\u{code:04x}"
 
 
+def without_log_commands(text: str, bracket: str) -> str:
+    """``text`` with the ``[`` of every ``##vso[`` written as ``bracket``: for serialized JSON
+    ``\\u005b`` and for XML or HTML ``&#91;`` (the same string to a parser, inert in a CI log),
+    for text a visible ``\\x5b``."""
+    if "##" not in text:
+        return text
+    return _LOG_COMMAND.sub(lambda m: m.group()[:-1] + bracket, text)
+
+
 def terminal(text: str) -> str:
-    """``text`` on one line of a terminal: every control, bidi or unencodable character escaped."""
-    return _TERMINAL.sub(_escape, text)
+    """``text`` on one line of a terminal or CI log: every control, bidi or unencodable
+    character escaped, and no CI logging command."""
+    return without_log_commands(_TERMINAL.sub(_escape, text), "\\x5b")
+
+
+def json_document(value: Any) -> str:
+    """A JSON-like value as an indented, key-sorted JSON document that strict parsers accept and
+    a CI log cannot take a command from (see ``without_log_commands``)."""
+    text = json.dumps(unicode_values(value), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    return without_log_commands(text, "\\u005b")
 
 
 def terminal_lines(text: str) -> str:

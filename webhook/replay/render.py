@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from webhook import __version__
@@ -15,9 +14,9 @@ _TITLES = {"newly_denied": "Newly denied", "newly_allowed": "Newly allowed", "ne
 
 def render(report: ReplayReport, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(shown.unicode_values(to_dict(report)), sort_keys=True, indent=2, allow_nan=False) + "\n"
+        return shown.json_document(to_dict(report))
     if fmt == "html":
-        return shown.unicode(to_html(report))
+        return shown.without_log_commands(shown.unicode(to_html(report)), "&#91;")
     return to_text(report)
 
 
