@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from webhook import errors
-from webhook.policy import gatekeeper
+from webhook.policy import gatekeeper, probe
 
 TEMPLATE = """\
 apiVersion: templates.gatekeeper.sh/v1
@@ -73,3 +73,34 @@ def test_an_impossible_timestamp_names_its_line(tmp_path: Path) -> None:
 
 def test_nesting_too_deep_is_a_load_error(tmp_path: Path) -> None:
     assert "nested too deeply" in _load(tmp_path, "a: " + "[" * 5000 + "]" * 5000 + "\n")
+
+
+def test_the_webhook_compiles_the_very_templates_the_crash_probe_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit landing between the crash probe (a child process) and the webhook's own compile
+    would install a template no probe ever ran, and the crash the probe guards against would
+    then take the webhook down: the edit waits for the next reload, probed in its turn."""
+    path = tmp_path / "gk.yaml"
+    path.write_text(TEMPLATE + _constraint("{}"), encoding="utf-8")
+    probed: list[list[tuple[str, str]]] = []
+
+    def edit_after_probe(kind: str, paths: object, **kwargs: object) -> None:
+        sources = kwargs["sources"]
+        assert isinstance(sources, list)
+        probed.append(sources)
+        path.write_text(TEMPLATE.replace("k8sdeny", "edited") + _constraint("{}"), encoding="utf-8")
+
+    monkeypatch.setattr(probe, "check", edit_after_probe)
+    loaded = gatekeeper.reloadable([tmp_path]).load()
+    assert probed == [[(str(path), TEMPLATE + _constraint("{}"))]]
+    assert loaded.templates["K8sDeny"].entrypoint == "k8sdeny/violation"
+
+
+def test_the_crash_probe_child_loads_the_templates_it_is_given(tmp_path: Path) -> None:
+    """The probe reads the sources the parent will compile from stdin, not the files again."""
+    (tmp_path / "gk.yaml").write_text("not: [a template", encoding="utf-8")  # what the files say now
+    probe.check("gatekeeper", [tmp_path], sources=[(str(tmp_path / "gk.yaml"), TEMPLATE + _constraint("{}"))])
+    broken = TEMPLATE.replace('m := "x"', "m := ")
+    with pytest.raises(errors.PolicyLoadError, match=r"gk\.yaml:\d+"):
+        probe.check("gatekeeper", [tmp_path], sources=[(str(tmp_path / "gk.yaml"), broken)])

@@ -279,11 +279,30 @@ def _any_of(allowed: frozenset[str], value: str) -> bool:
 
 def load(paths: Sequence[Path], *, strict_builtins: bool = False) -> GatekeeperSet:
     """Read every YAML file under ``paths``; raise ``PolicyLoadError`` listing every problem."""
+    return load_sources(read_sources(paths), strict_builtins=strict_builtins)
+
+
+def read_sources(paths: Sequence[Path]) -> list[tuple[str, str]]:
+    """``(path, text)`` of every YAML file under ``paths``, read once: the crash probe and the
+    compile then see the same bytes even if a file changes between the two."""
+    sources = []
+    for path in _yaml_files(paths):
+        try:
+            sources.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise errors.PolicyLoadError(f"{path}: cannot read: {exc}") from exc
+    return sources
+
+
+def load_sources(sources: Sequence[tuple[str, str]], *, strict_builtins: bool = False) -> GatekeeperSet:
+    """Templates and constraints from ``(path, text)`` pairs (``read_sources``); raise
+    ``PolicyLoadError`` listing every problem."""
     templates: dict[str, Template] = {}
     raw_constraints: list[tuple[str, Mapping[str, Any]]] = []
     problems: list[str] = []
-    for path in _yaml_files(paths):
-        for doc, line in _documents(path):
+    for name, text in sources:
+        path = Path(name)
+        for doc, line in _documents(path, text):
             try:
                 kind = doc.get("kind")
                 if kind == "ConstraintTemplate":
@@ -321,12 +340,8 @@ def _yaml_files(paths: Sequence[Path]) -> list[Path]:
     return sorted(files)
 
 
-def _documents(path: Path) -> list[tuple[dict[str, Any], int]]:
-    """Each mapping document of a YAML file with its first line (for messages)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise errors.PolicyLoadError(f"{path}: cannot read: {exc}") from exc
+def _documents(path: Path, text: str) -> list[tuple[dict[str, Any], int]]:
+    """Each mapping document of a YAML file's text with its first line (for messages)."""
     out: list[tuple[dict[str, Any], int]] = []
     node: Any = None
     try:
@@ -576,8 +591,9 @@ def reloadable(
     crash probe in a child process, see ``policy.probe``)."""
 
     def load_checked(p: Sequence[Path]) -> GatekeeperSet:
+        sources = read_sources(p)  # read once: probe what is compiled
         if probe:
-            crash_probe.check("gatekeeper", p, strict_builtins=strict_builtins)
-        return load(p, strict_builtins=strict_builtins)
+            crash_probe.check("gatekeeper", p, strict_builtins=strict_builtins, sources=sources)
+        return load_sources(sources, strict_builtins=strict_builtins)
 
     return lifecycle.Reloadable(paths, load_checked, (".yaml", ".yml"))

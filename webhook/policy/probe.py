@@ -79,8 +79,8 @@ def check(
 ) -> None:
     """Raise ``PolicyLoadError`` if loading or evaluating ``paths`` fails or crashes the engine.
 
-    ``sources`` (``(name, text)`` of Rego modules, for kind ``rego``): probe exactly these instead
-    of reading ``paths`` again, so the caller compiles what was probed even if a file changes
+    ``sources`` (``(name, text)`` of the Rego modules or Gatekeeper YAML files): probe exactly
+    these instead of reading ``paths`` again, so the caller compiles what was probed even if a file changes
     between the two (an unprobed version could crash the webhook's own compile)."""
     args = [sys.executable, "-m", "webhook.policy.probe_child", kind, "strict" if strict_builtins else "lax"]
     stdin = None

@@ -37,7 +37,11 @@ def _main(argv: Sequence[str]) -> int:
                     print(f"policy {policy.id} ({policy.file})", flush=True)
                     compiled.evaluate_policy(policy, document)
         else:
-            loaded = gatekeeper.load(paths, strict_builtins=strict == "strict")
+            if names == ["-"]:  # the very sources the parent will compile (``probe.check``)
+                sources = [(name, text) for name, text in json.load(sys.stdin)]
+                loaded = gatekeeper.load_sources(sources, strict_builtins=strict == "strict")
+            else:
+                loaded = gatekeeper.load(paths, strict_builtins=strict == "strict")
             print("(compiled)", flush=True)
             for obj in SAMPLES:
                 for constraint in loaded.constraints:
