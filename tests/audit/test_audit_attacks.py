@@ -91,7 +91,9 @@ def test_a_checkpoint_history_name_in_non_ascii_digits_is_reported_not_a_crash(
     result = verify.verify(directory, signer.verifier)
     assert not result.ok
     assert "checkpoints/\u00b2" in problems(result)
-    asyncio.run(_fill(directory, tmp_path / "audit.key", [1]))  # not part of the log: ignored, no crash
+    # not part of a log, so verify fails the log: the writer refuses too (changing nothing), no crash
+    with pytest.raises(errors.AuditFormatError, match="checkpoints/\u00b2: file not part of a tile log"):
+        asyncio.run(_fill(directory, tmp_path / "audit.key", [1]))
 
 
 def test_a_nested_copy_does_not_hide_a_tampered_history_checkpoint(tmp_path: Path, signer: note.Signer) -> None:
@@ -322,3 +324,96 @@ def test_an_older_checkpoint_of_a_fork_signed_with_the_log_key_is_refused(tmp_pa
     message = reopen_refused_untouched(directory, tmp_path / "audit.key")
     assert "checkpoints/200: root hash of size 200" in message
     assert "fork" in message
+
+
+# -- verify and the writer agree --------------------------------------------------------------------
+
+
+def _link_tile_outside(directory: Path) -> None:
+    tile = directory / "tile/0/000.p/200"
+    outside = directory.parent / "outside"
+    outside.write_bytes(tile.read_bytes())  # the same bytes: only where they live differs
+    tile.unlink()
+    tile.symlink_to(outside)
+
+
+FOREIGN = {
+    "history name with a leading zero": (
+        lambda d: shutil.copy(d / "checkpoints/200", d / "checkpoints/0200"),
+        "checkpoints/0200: file not part of a tile log",
+    ),
+    "partial of width 0": (lambda d: (d / "tile/entries/002.p/0").write_bytes(b""), "002.p/0: file not part"),
+    "tile linked to identical bytes outside the log": (_link_tile_outside, "a symbolic link, not a file of the log"),
+    "FIFO named as a partial": (lambda d: os.mkfifo(d / "tile/entries/002.p/100"), "002.p/100: not a regular file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOREIGN))
+def test_what_verify_calls_tampering_the_writer_refuses_to_append_over(
+    tmp_path: Path, signer: note.Signer, case: str
+) -> None:
+    """A name no writer makes, a link, a FIFO: ``verify`` fails the log, so a writer that
+    appended and signed on top of it would leave a log that never verifies again. It refuses,
+    naming the file, and changes nothing."""
+    directory = build(tmp_path)
+    damage, said = FOREIGN[case]
+    damage(directory)
+    assert said in problems(verify.verify(directory, signer.verifier))
+    assert said in reopen_refused_untouched(directory, tmp_path / "audit.key")
+
+
+def test_a_deleted_checkpoint_file_is_damage_not_restored(tmp_path: Path, signer: note.Signer) -> None:
+    """The writer writes ``checkpoint`` before its history copy and never removes it, so no
+    crash leaves it missing: deleted, it is reported (as ``verify`` does), not quietly rewritten
+    from the history."""
+    directory = build(tmp_path)
+    (directory / "checkpoint").unlink()
+    assert "checkpoint: missing" in problems(verify.verify(directory, signer.verifier))
+    assert "checkpoint: missing, yet checkpoints/600 is signed" in reopen_refused_untouched(
+        directory, tmp_path / "audit.key"
+    )
+
+
+def test_a_log_whose_checkpoints_were_all_deleted_is_not_signed_again(tmp_path: Path, signer: note.Signer) -> None:
+    """Delete every checkpoint, rewrite an entry (and the tiles over it): with nothing signed
+    left, a writer that trusted what it found would sign the forged history with the log's own
+    key. A new log signs its empty tree at creation, so entries without any checkpoint can only
+    mean deleted checkpoints: the writer refuses."""
+    directory = build(tmp_path)
+    (directory / "checkpoint").unlink()
+    shutil.rmtree(directory / "checkpoints")
+    bundle = directory / "tile/entries/000"
+    bundle.write_bytes(bundle.read_bytes().replace(b'"n":1}', b'"n":7}', 1))
+    message = reopen_refused_untouched(directory, tmp_path / "audit.key")
+    assert "600 entries on disk but no signed checkpoint" in message
+
+
+async def test_a_new_log_signs_its_empty_tree_before_its_first_append(tmp_path: Path, signer: note.Signer) -> None:
+    directory = tmp_path / "log"
+    log = await AuditLog.open(directory, signing_key_path=tmp_path / "audit.key", origin=ORIGIN, writer="w")
+    try:
+        assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["0"]
+        result = verify.verify(directory, signer.verifier)
+        assert result.ok, problems(result)
+        assert result.size == 0
+    finally:
+        await log.close()
+
+    # a crash right after the first appends (no checkpoint due yet) reopens: size 0 is the floor
+    async def crash_after_appends() -> None:
+        crashed = await AuditLog.open(directory, signing_key_path=tmp_path / "audit.key", origin=ORIGIN, writer="w")
+        await asyncio.gather(*(crashed.append("config", {"i": i}) for i in range(5)))
+        crashed._store.close()  # the process dies: no close(), no checkpoint of size 5
+        assert crashed._task is not None
+        crashed._task.cancel()
+
+    await crash_after_appends()
+    await _reopen_and_append(directory, tmp_path / "audit.key")
+
+
+async def _reopen_and_append(directory: Path, key: Path) -> None:
+    log = await AuditLog.open(directory, signing_key_path=key, origin=ORIGIN, writer="w")
+    try:
+        assert await log.append("config", {"after": "crash"}) == 5
+    finally:
+        await log.close()

@@ -102,7 +102,7 @@ async def test_full_tiles_are_read_only_and_only_unsigned_partials_retire(tmp_pa
     assert sorted(p.name for p in (directory / "tile/0/000.p").iterdir()) == ["100"]
     assert sorted(p.name for p in (directory / "tile/entries/000.p").iterdir()) == ["100"]
     assert (directory / "tile/entries/001.p/44").exists()
-    assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["100", "300"]
+    assert sorted(p.name for p in (directory / "checkpoints").iterdir()) == ["0", "100", "300"]  # 0: signed at creation
     assert check(directory, signer).ok
 
 

@@ -143,8 +143,18 @@ class AuditLog:
         )
         self._publish_dirs = [d for w in witnesses if (d := _publish_target(w)) is not None]
         self._cp_size = tilestore.floor.size if tilestore.floor else -1
+        if signer is not None and tilestore.floor is None:
+            await self._sign_empty_tree(signer)
         self._task = asyncio.create_task(self._run(), name=f"audit-writer:{origin}")
         return self
+
+    async def _sign_empty_tree(self, signer: note.Signer) -> None:
+        """A new log signs its empty tree before its first append: from then on a log holding
+        entries but no checkpoint is one whose checkpoints were deleted, and reopening refuses
+        it (a writer must not sign, as its own, entries nothing vouched for)."""
+        signed = note.sign_checkpoint(note.Checkpoint(self.origin, 0, merkle.EMPTY_ROOT), signer)
+        await asyncio.to_thread(self._write_checkpoint, signed, 0)
+        self._cp_size, self._cp_signed = 0, signed
 
     @property
     def root(self) -> bytes:

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webhook import errors, files
-from webhook.audit import merkle, note, tiles
+from webhook.audit import layout, merkle, note, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
 log = logging.getLogger("portcullis.audit")
-CHECKPOINT = "checkpoint"
-HISTORY = "checkpoints"
-QUARANTINE = "quarantine"
-TMP_SUFFIX = ".tmp"
+CHECKPOINT = layout.CHECKPOINT
+HISTORY = layout.HISTORY
+QUARANTINE = layout.QUARANTINE
+TMP_SUFFIX = layout.TMP_SUFFIX
 _HASH = merkle.HASH_SIZE
 
 
@@ -64,21 +64,19 @@ class Plan:
 
 
 class _Listing:
-    """Every tile and bundle file under ``tile/``, plus crash leftovers anywhere in the log."""
+    """Every tile and bundle file, crash leftovers, and names no part of a log (``layout``)."""
 
     def __init__(self, root: Path) -> None:
         self.tiles: dict[tuple[int, int], dict[int, str]] = defaultdict(dict)
         self.leftovers: list[str] = []
-        for dirpath, dirnames, names in os.walk(root):
-            if Path(dirpath) == root and QUARANTINE in dirnames:
-                dirnames.remove(QUARANTINE)
-            for name in names:
-                rel = Path(dirpath, name).relative_to(root).as_posix()
-                tid = tiles.parse_tile_path(rel)
-                if tid is not None:
-                    self.tiles[(tid.level, tid.index)][tid.width] = rel
-                elif name.endswith(TMP_SUFFIX):
-                    self.leftovers.append(rel)
+        self.foreign: list[str] = []  # what verify calls tampering: the writer refuses too
+        for entry in layout.walk(root):
+            if entry.tile is not None:
+                self.tiles[(entry.tile.level, entry.tile.index)][entry.tile.width] = entry.rel
+            elif entry.kind == "unfinished":
+                self.leftovers.append(entry.rel)
+            elif entry.kind == "foreign":
+                self.foreign.append(f"{entry.rel}: {entry.why}")
 
     def levels(self) -> set[int]:
         return {lvl for lvl, _ in self.tiles}
@@ -128,6 +126,7 @@ def inspect(root: Path, floor: Floor | None) -> Plan:
     plan = Plan(floor)
     signed = floor.size if floor else 0
     plan.quarantine += files.leftovers
+    plan.damage += files.foreign
     _entries(root, files, plan, signed)
     top = max(plan.size, signed)
     levels = {lvl for lvl in files.levels() if lvl >= 0} | {0}
@@ -326,9 +325,16 @@ def _check_root(root: Path, plan: Plan, floor: Floor, files: _Listing) -> None:
 
 
 def _restore_checkpoints(root: Path, plan: Plan, floor: Floor) -> None:
-    """``checkpoint`` must name the newest signed size and ``checkpoints/N`` must hold it:
-    either may be missing after a crash between the two writes."""
+    """``checkpoint`` must name the newest signed size and ``checkpoints/N`` must hold it. A
+    crash between the two writes leaves only the history copy missing (``checkpoint`` is
+    written first), and an older ``checkpoint`` is the file rolled back (or a crash under the
+    old order): both are restored. A missing ``checkpoint`` is no crash's doing: damage."""
     latest = root / CHECKPOINT
+    if not os.path.lexists(latest):
+        plan.damage.append(
+            f"{CHECKPOINT}: missing, yet {floor.source} is signed (the writer never removes it: deleted)"
+        )
+        return
     try:
         current = note.parse_checkpoint(note.parse_note(note.read_note(latest, CHECKPOINT)).text)
         stale = current.size < floor.size
@@ -343,7 +349,8 @@ def _restore_checkpoints(root: Path, plan: Plan, floor: Floor) -> None:
 def refuse(root: Path, plan: Plan) -> RecoveryError:
     lines = "\n".join(f"  {d}" for d in plan.damage)
     return RecoveryError(
-        f"{root}: the log is damaged below its signed checkpoint; refusing to append, nothing was "
+        f"{root}: the log is damaged below its signed checkpoint (or holds files no log has); refusing to "
+        "append, nothing was "
         f"changed (run 'portcullis audit verify'):\n{lines}"
     )
 

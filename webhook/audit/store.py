@@ -280,6 +280,12 @@ class TileStore:
                 )
             plan = recovery.inspect(root, floor)
             plan.damage[:0] = damage
+            if floor is None and verifier is not None and plan.size:
+                plan.damage.append(
+                    f"{plan.size} entries on disk but no signed checkpoint: a log signs its empty tree when "
+                    "it is created, so its checkpoints were deleted (or it was written without a key: "
+                    "move it aside and start a new log)"
+                )
             plan.signed_sizes = sizes
             if plan.damage:
                 raise recovery.refuse(root, plan)

@@ -8,7 +8,6 @@ bad place".
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -16,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from webhook import errors
-from webhook.audit import freshness, merkle, note, publish, record_workers, records, tiles
+from webhook.audit import freshness, layout, merkle, note, publish, record_workers, records, tiles
 from webhook.audit.tiles import ENTRIES, TILE_WIDTH
 
-CHECKPOINT = "checkpoint"
-HISTORY = "checkpoints"
-QUARANTINE = "quarantine"
+CHECKPOINT = layout.CHECKPOINT
+HISTORY = layout.HISTORY
+QUARANTINE = layout.QUARANTINE
 _NOWHERE = 1 << 64  # a problem not tied to one leaf sorts after every located one
 # Fewer full bundles than this are checked in this process: forking workers costs more than
 # checking a few thousand records (about 0.5 ms per bundle) saves.
@@ -85,41 +84,23 @@ class Result:
 
 
 class _Files:
-    """Every file of the log directory, classified; unknown ones become problems."""
+    """Every file of the log directory, classified (``layout``); foreign ones become problems."""
 
     def __init__(self, root: Path, result: Result) -> None:
         self.tiles: dict[tuple[int, int], dict[int, Path]] = defaultdict(dict)
         self.history: dict[int, Path] = {}
-        for dirpath, dirnames, names in os.walk(root):
-            if Path(dirpath) == root and QUARANTINE in dirnames:
-                dirnames.remove(QUARANTINE)  # a torn tail cut on reopen: kept, not part of the tree
-                kept = sum(len(f) for _, _, f in os.walk(root / QUARANTINE))
-                result.warnings.append(f"{QUARANTINE}/: {kept} file(s) cut from torn tails on reopen (not verified)")
-            for name in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                # not walked (os.walk does not follow links): whatever it points to is no part of the log
-                rel = Path(dirpath, name).relative_to(root).as_posix()
-                result.add(_NOWHERE, f"{rel}: a symbolic link, not a directory of the log")
-            for name in names:
-                path = Path(dirpath, name)
-                rel = path.relative_to(root).as_posix()
-                mode = path.lstat().st_mode
-                if stat.S_ISLNK(mode):  # the log's bytes would live outside it
-                    result.add(_NOWHERE, f"{rel}: a symbolic link, not a file of the log")
-                    continue
-                if not stat.S_ISREG(mode):  # a FIFO or device: never read
-                    result.add(_NOWHERE, f"{rel}: not a regular file")
-                    continue
-                tid = tiles.parse_tile_path(rel)
-                if tid is not None:
-                    self.tiles[(tid.level, tid.index)][tid.width] = path
-                elif rel == CHECKPOINT:
-                    continue
-                elif name.endswith(".tmp"):  # a crash leftover, cleaned when the writer reopens
-                    result.warnings.append(f"{rel}: unfinished write from a crash (ignored)")
-                elif rel == f"{HISTORY}/{name}" and tiles.decimal_name(name):
-                    self.history[int(name)] = path
-                else:
-                    result.add(_NOWHERE, f"{rel}: file not part of a tile log")
+        if (root / QUARANTINE).is_dir() and not (root / QUARANTINE).is_symlink():
+            kept = sum(len(f) for _, _, f in os.walk(root / QUARANTINE))
+            result.warnings.append(f"{QUARANTINE}/: {kept} file(s) cut from torn tails on reopen (not verified)")
+        for entry in layout.walk(root):
+            if entry.kind == "foreign":
+                result.add(_NOWHERE, f"{entry.rel}: {entry.why}")
+            elif entry.tile is not None:
+                self.tiles[(entry.tile.level, entry.tile.index)][entry.tile.width] = root / entry.rel
+            elif entry.kind == "unfinished":
+                result.warnings.append(f"{entry.rel}: unfinished write from a crash (ignored)")
+            elif entry.kind == "history":
+                self.history[int(Path(entry.rel).name)] = root / entry.rel
 
 
 class _TreeCheck:
